@@ -1,0 +1,168 @@
+"""Errors raised by amphora.
+
+Every error amphora raises derives from :class:`AmphoraError`::
+
+    AmphoraError
+     +-- StorageError                  a storage cannot do what was asked
+     |    +-- StorageFormatError       a file or database that is not (or no longer) a
+     |    |                            readable amphora store: wrong schema, truncated, corrupt
+     |    +-- CorruptRecordError       one stored record cannot be decoded
+     |    +-- StorageTransactionError  two-phase commit called out of order or with the
+     |    |                            wrong transaction
+     |    +-- ReadOnlyError            a write on a read-only storage or connection
+     |    |    +-- ReadOnlyHistoryError   a write on a historical (``at=``) connection
+     |    +-- Unsupported              the storage lacks the capability
+     +-- ObjectNotFoundError (KeyError)   no record for an oid (ZODB: POSKeyError)
+     +-- ConflictError (TransientError)   another transaction changed what this one wrote
+     |    +-- ReadConflictError        ... or what it read (``readCurrent``, vanished objects)
+     +-- ConnectionStateError          a closed connection, or one with pending changes
+     +-- InvalidURIError (ValueError)  a URI amphora cannot open
+
+:class:`ConflictError` is a :class:`transaction.interfaces.TransientError`, so
+``transaction`` retry loops (``for attempt in transaction.manager.attempts()``) retry it.
+
+Code written for ZODB catches ZODB's exception classes (``POSKeyError``,
+``ConflictError``, ``ReadOnlyError`` ...). When ZODB is installed, each amphora error with a
+ZODB counterpart also derives from that class, so such code keeps working against amphora.
+"""
+from __future__ import annotations
+
+import importlib.util
+
+from transaction.interfaces import TransientError
+
+from amphora.utils import oid_repr, tid_repr
+
+__all__ = [
+    "AmphoraError", "StorageError", "StorageFormatError", "CorruptRecordError",
+    "StorageTransactionError", "ReadOnlyError", "ReadOnlyHistoryError", "Unsupported",
+    "ObjectNotFoundError", "POSKeyError", "ConflictError", "ReadConflictError",
+    "ConnectionStateError", "InvalidURIError",
+]
+
+
+def _zodb_bases(*names: str) -> tuple[type, ...]:
+    """ZODB's exception classes of these names, when ZODB is installed (else none)."""
+    if importlib.util.find_spec("ZODB") is None:
+        return ()
+    from ZODB import POSException
+    return tuple(getattr(POSException, name) for name in names)
+
+
+class AmphoraError(Exception):
+    """The root of every error amphora raises."""
+
+
+class StorageError(AmphoraError, *_zodb_bases("StorageError")):
+    """A storage cannot do what was asked."""
+
+
+class StorageFormatError(StorageError):
+    """The file or database is not an amphora store this version can read."""
+
+
+class CorruptRecordError(StorageError):
+    """A stored record cannot be decoded."""
+
+
+class StorageTransactionError(StorageError, *_zodb_bases("StorageTransactionError")):
+    """A two-phase-commit call came out of order or named another transaction."""
+
+
+class ReadOnlyError(StorageError, *_zodb_bases("ReadOnlyError")):
+    """A write was attempted on a read-only storage or connection."""
+
+
+class ReadOnlyHistoryError(ReadOnlyError, *_zodb_bases("ReadOnlyHistoryError")):
+    """A write was attempted on a historical connection (``db.open(at=...)``)."""
+
+
+class Unsupported(StorageError, *_zodb_bases("Unsupported")):
+    """The storage does not have the capability asked for."""
+
+
+class ObjectNotFoundError(AmphoraError, *_zodb_bases("POSKeyError"), KeyError):
+    """There is no record for the oid (ZODB calls this ``POSKeyError``).
+
+    ``args[0]`` is the 8-byte oid.
+    """
+
+    def __str__(self) -> str:
+        oid = self.args[0] if self.args else None
+        return f"no object with oid {oid_repr(oid)}" if isinstance(oid, bytes) else super().__str__()
+
+
+POSKeyError = ObjectNotFoundError
+
+
+class ConflictError(AmphoraError, *_zodb_bases("ConflictError"), TransientError):
+    """Another transaction committed a change to an object this transaction changed.
+
+    Attributes: ``oid`` (8-byte oid or None), ``class_name`` (``module.Class`` or None),
+    ``serials`` (``(committed_tid, read_tid)`` or None), ``data`` (the rejected record).
+    Retrying the transaction may succeed.
+    """
+
+    def __init__(self, message: str | None = None, object=None, oid: bytes | None = None,
+                 serials: tuple[bytes, bytes] | None = None, data: bytes | None = None):
+        self.message = message or self.default_message
+        self.oid = oid
+        self.serials = serials
+        self.data = data
+        self.class_name = None
+        if object is not None:
+            self.oid = getattr(object, "_p_oid", oid)
+            klass = type(object)
+            self.class_name = f"{klass.__module__}.{klass.__qualname__}"
+        elif data is not None:
+            from amphora.serialize import class_name_of
+            try:
+                self.class_name = class_name_of(data)
+            except AmphoraError:
+                pass
+        Exception.__init__(self, self.message)
+
+    default_message = "database conflict error"
+
+    # The ZODB spellings, for code written against ZODB.
+    def get_oid(self):
+        return self.oid
+
+    def get_class_name(self):
+        return self.class_name
+
+    def get_old_serial(self):
+        return self.serials[1] if self.serials else None
+
+    def get_new_serial(self):
+        return self.serials[0] if self.serials else None
+
+    def get_serials(self):
+        return self.serials
+
+    def __str__(self) -> str:
+        parts = [self.message]
+        if self.oid is not None:
+            parts.append(f"oid {oid_repr(self.oid)}")
+        if self.class_name:
+            parts.append(f"class {self.class_name}")
+        if self.serials:
+            committed, read = self.serials
+            parts.append(f"serial this txn started with {tid_repr(read)}")
+            parts.append(f"serial currently committed {tid_repr(committed)}")
+        detail = ", ".join(parts[1:])
+        return f"{self.message} ({detail})" if detail else self.message
+
+
+class ReadConflictError(ConflictError, *_zodb_bases("ReadConflictError")):
+    """An object this transaction read has changed (or vanished) since it was read."""
+
+    default_message = "database read conflict error"
+
+
+class ConnectionStateError(AmphoraError, *_zodb_bases("ConnectionStateError")):
+    """The connection is closed, or cannot be closed with changes pending."""
+
+
+class InvalidURIError(AmphoraError, ValueError):
+    """The URI names no storage amphora can open, or has bad options."""

@@ -1,0 +1,251 @@
+"""The record format: ZODB's two pickles.
+
+A record is two pickles written back to back by one pickler (so they share a memo):
+
+1. the *class metadata*: the object's class (a GLOBAL), or ``(class, newargs)`` when the
+   class defines ``__getnewargs__``; records from older ZODB versions may instead hold
+   ``((module, name), args)`` or ``(class, None)``, which are read too;
+2. the *state*: ``obj.__getstate__()``.
+
+Persistent objects inside the state are not pickled but referenced, in ZODB's forms:
+
+- ``(oid, class)``: the usual form; lets a reader make a ghost without loading;
+- ``oid``: for classes with ``__getnewargs__`` (the class must be loaded from the record);
+- ``['w', (oid,)]``: a :class:`persistent.wref.WeakRef`;
+- ``['m', (database, oid, class)]``, ``['n', (database, oid)]``: cross-database references
+  (read as errors: amphora has no multi-database support);
+- ``[oid]``: a legacy weak reference.
+
+Oids are 8-byte big-endian strings. Pickle protocol 3 is written, as ZODB does, so a record
+written by amphora reads in ZODB and back.
+
+:func:`references` and :func:`class_name_of` look at a record *symbolically*: they never
+import or call application classes, so storages, servers and tools can use them on any
+record.
+"""
+from __future__ import annotations
+
+import io
+import pickletools
+from typing import Any, Callable, Iterable
+
+import zodbpickle.pickle as _zpickle
+from persistent import Persistent
+from persistent.wref import WeakRef
+
+from amphora.errors import CorruptRecordError, StorageError
+
+__all__ = ["ObjectWriter", "ObjectReader", "references", "class_name_of", "PROTOCOL"]
+
+PROTOCOL = 3
+
+
+class ObjectWriter:
+    """Turns persistent objects into records for one connection.
+
+    ``new_oid()`` hands out oids to new persistent objects met while pickling; each such
+    object is attached to ``jar`` and passed to ``on_new(obj)`` so that it is stored in
+    the same transaction (storing by reachability).
+    """
+
+    def __init__(self, jar: Any, new_oid: Callable[[], bytes], on_new: Callable[[Any], None]):
+        self._jar = jar
+        self._new_oid = new_oid
+        self._on_new = on_new
+        self._file = io.BytesIO()
+        self._pickler = _zpickle.Pickler(self._file, PROTOCOL)
+        self._pickler.persistent_id = self._persistent_id
+
+    def _persistent_id(self, obj: Any) -> Any:
+        if not isinstance(obj, Persistent):
+            if type(obj) is WeakRef:
+                target = obj._v_ob if obj._v_ob is not None else None
+                oid = obj.oid if target is None else self._persistent_id(target)
+                if isinstance(oid, tuple):
+                    oid = oid[0]
+                return ["w", (oid,)]
+            return None
+        if isinstance(obj, type):
+            return None  # a persistent class is pickled as a global
+        oid = obj._p_oid
+        jar = obj._p_jar
+        if oid is None or jar is None:
+            if jar is not None and jar is not self._jar:
+                from amphora.errors import AmphoraError
+                raise AmphoraError(f"{obj!r} belongs to another connection")
+            if oid is None:
+                oid = self._new_oid()
+                obj._p_oid = oid
+            obj._p_jar = self._jar
+            self._on_new(obj)
+        elif jar is not self._jar:
+            from amphora.errors import AmphoraError
+            raise AmphoraError(
+                f"{obj!r} (oid {oid.hex()}) belongs to another connection or database; "
+                "a reference cannot cross connections")
+        klass = type(obj)
+        if hasattr(klass, "__getnewargs__"):
+            return oid
+        return oid, klass
+
+    def serialize(self, obj: Any) -> bytes:
+        """The record for ``obj``."""
+        klass = type(obj)
+        getnewargs = getattr(obj, "__getnewargs__", None)
+        meta = klass if getnewargs is None else (klass, getnewargs())
+        state = obj.__getstate__()
+        file = self._file
+        file.seek(0)
+        file.truncate()
+        pickler = self._pickler
+        pickler.clear_memo()
+        pickler.dump(meta)
+        pickler.dump(state)
+        return file.getvalue()
+
+
+class ObjectReader:
+    """Turns records back into objects for one connection.
+
+    ``ghost(oid, klass)`` returns the connection's object for a reference (a ghost if it
+    is not loaded yet); ``get(oid)`` does the same when the reference names no class.
+    """
+
+    def __init__(self, ghost: Callable[[bytes, Any], Any], get: Callable[[bytes], Any],
+                 find_class: Callable[[str, str], Any] | None = None):
+        self._ghost = ghost
+        self._get = get
+        self._find_class = find_class or _find_class
+
+    def _unpickler(self, data: bytes) -> Any:
+        unpickler = _zpickle.Unpickler(io.BytesIO(data), encoding="ASCII", errors="bytes")
+        unpickler.persistent_load = self._persistent_load
+        unpickler.find_class = self._find_class
+        return unpickler
+
+    def _persistent_load(self, ref: Any) -> Any:
+        if isinstance(ref, tuple):
+            oid, klass = ref
+            if isinstance(oid, str):
+                oid = oid.encode("ascii")
+            if isinstance(klass, tuple):
+                klass = self._find_class(*klass)
+            return self._ghost(oid, klass)
+        if isinstance(ref, (bytes, str)):
+            return self._get(ref.encode("ascii") if isinstance(ref, str) else ref)
+        if isinstance(ref, list):
+            if len(ref) == 1:
+                return _weakref(self._get(ref[0]))
+            kind, args = ref
+            if kind == "w":
+                return _weakref(self._get(args[0]))
+            raise CorruptRecordError(
+                f"cross-database reference {ref!r}: amphora does not support multiple databases")
+        raise CorruptRecordError(f"unknown persistent reference {ref!r}")
+
+    def class_of(self, data: bytes) -> tuple[type, tuple]:
+        """The class of the record and the arguments to its ``__new__``."""
+        try:
+            meta = self._unpickler(data).load()
+        except Exception as exc:
+            raise CorruptRecordError(f"cannot read the class of a record: {exc}") from exc
+        return _split_meta(meta, self._find_class)
+
+    def new_ghost(self, data: bytes) -> Any:
+        """A new instance of the record's class, not yet given its state."""
+        klass, args = self.class_of(data)
+        return klass.__new__(klass, *args)
+
+    def get_state(self, data: bytes) -> Any:
+        """The state (second pickle) of a record, with references resolved."""
+        unpickler = self._unpickler(data)
+        try:
+            unpickler.load()
+            return unpickler.load()
+        except (EOFError, _zpickle.UnpicklingError, ValueError, IndexError) as exc:
+            raise CorruptRecordError(f"cannot read a record: {exc}") from exc
+
+    def set_state(self, obj: Any, data: bytes) -> None:
+        obj.__setstate__(self.get_state(data))
+
+
+def _weakref(obj: Any) -> WeakRef:
+    return WeakRef(obj)
+
+
+def _split_meta(meta: Any, find_class: Callable[[str, str], Any]) -> tuple[type, tuple]:
+    if isinstance(meta, type):
+        return meta, ()
+    if isinstance(meta, tuple) and len(meta) == 2:
+        klass, args = meta
+        if isinstance(klass, tuple):
+            klass = find_class(*klass)
+        if isinstance(klass, type):
+            return klass, tuple(args or ())
+    raise CorruptRecordError(f"unrecognized class metadata {meta!r}")
+
+
+def _find_class(module: str, name: str) -> Any:
+    try:
+        mod = __import__(module, fromlist=[name])
+        return getattr(mod, name)
+    except (ImportError, AttributeError) as exc:
+        raise StorageError(
+            f"the class {module}.{name} of a stored object cannot be imported: {exc}") from exc
+
+
+# ---------------------------------------------------------------------------------------
+# Symbolic reading: no class is imported
+
+def references(data: bytes, oids: list[bytes] | None = None) -> list[bytes]:
+    """The oids a record refers to strongly (weak and cross-database references left out).
+
+    Reads the record with ``noload``: no class is imported or called.
+    """
+    refs: list[Any] = []
+    unpickler = _zpickle.Unpickler(io.BytesIO(data))
+    unpickler.persistent_load = refs.append
+    try:
+        unpickler.noload()
+        unpickler.noload()
+    except Exception as exc:
+        raise CorruptRecordError(f"cannot scan a record for references: {exc}") from exc
+    found = [] if oids is None else oids
+    for ref in refs:
+        if isinstance(ref, tuple):
+            oid = ref[0]
+        elif isinstance(ref, (bytes, str)):
+            oid = ref
+        else:
+            continue  # weak or cross-database
+        if isinstance(oid, str):
+            oid = oid.encode("latin-1")
+        found.append(oid)
+    return found
+
+
+def class_name_of(data: bytes) -> str:
+    """``module.Class`` of a record, read from its class metadata without importing it."""
+    strings: list[str] = []
+    try:
+        for opcode, arg, _pos in pickletools.genops(data):
+            name = opcode.name
+            if name == "GLOBAL":
+                return arg.replace(" ", ".", 1)
+            if name == "STACK_GLOBAL" and len(strings) >= 2:
+                return f"{strings[-2]}.{strings[-1]}"
+            if isinstance(arg, str):
+                strings.append(arg)
+    except Exception as exc:
+        raise CorruptRecordError(f"cannot read the class of a record: {exc}") from exc
+    if len(strings) >= 2:
+        return f"{strings[0]}.{strings[1]}"  # ((module, name), args)
+    raise CorruptRecordError("a record names no class")
+
+
+def iter_references(records: Iterable[bytes]) -> set[bytes]:
+    """Every oid referenced by any of ``records``."""
+    found: list[bytes] = []
+    for data in records:
+        references(data, found)
+    return set(found)

@@ -1,0 +1,491 @@
+"""The storage contract, written once.
+
+A storage keeps *records*: opaque ``bytes`` (ZODB's two pickles, see
+:mod:`amphora.serialize`) filed under an 8-byte oid and the 8-byte tid of the transaction
+that wrote them. A storage never unpickles application objects; only the Connection (and
+conflict resolution) does.
+
+The contract is ZODB's ``IStorage``, so ``ZODB.DB(storage)`` works on every amphora
+storage and ZODB's storage test mixins run against them. Its historical names
+(``loadBefore``, the always-empty ``version`` argument) live at this boundary only.
+
+Invariants every storage keeps:
+
+- Tids are strictly increasing: a transaction that commits after another gets a larger tid.
+- ``loadBefore(oid, tid)`` answers exactly: the revision current just before ``tid``, the
+  tid that wrote it, and the tid of the next revision (``None`` if it is still current).
+- Invalidations come before visibility: for every transaction committed by someone else
+  (another process, another storage instance), the storage calls
+  ``wrapper.invalidate(tid, oids)`` with the full oid set, in commit order, *before*
+  ``lastTransaction()`` reports that tid. For its own commits, ``tpc_finish`` calls
+  ``func(tid)`` before ``lastTransaction()`` reports the tid.
+- ``tpc_finish`` and ``tpc_abort`` cannot fail once ``tpc_vote`` succeeded.
+- Bad input leaves stored data intact: a failed or aborted commit writes nothing.
+
+:class:`StorageBase` implements the two-phase-commit bookkeeping (the commit lock, the
+checks on which transaction is current, conflict resolution) so that a concrete storage
+writes only its own reads and writes: ``_vote``, ``_finish``, ``_abort``.
+"""
+from __future__ import annotations
+
+import datetime
+import io
+import pickle
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Iterator, Protocol, runtime_checkable
+
+from amphora.errors import (ConflictError, ObjectNotFoundError, ReadConflictError,
+                            ReadOnlyError, StorageError, StorageTransactionError)
+from amphora.utils import maxtid, new_tid, tid_from_datetime, tid_time, z64
+
+__all__ = ["Storage", "StorageBase", "TransactionMetaData", "TransactionRecord", "DataRecord",
+           "encode_metadata", "decode_extension"]
+
+
+@runtime_checkable
+class Storage(Protocol):
+    """What the database needs of a storage.
+
+    Capability flags (class attributes) say what else a storage can do; tests and callers
+    check them instead of probing with ``hasattr``.
+    """
+
+    supports_history: bool   #: old revisions stay readable until pack
+    supports_undo: bool      #: ``undo``/``undoLog`` (no amphora storage has it yet)
+    supports_pack: bool      #: ``pack`` drops old revisions and garbage
+    is_remote: bool          #: records cross a network
+
+    # -- reading --------------------------------------------------------------------
+    def loadBefore(self, oid: bytes, tid: bytes) -> tuple[bytes, bytes, bytes | None] | None:
+        """``(data, start_tid, end_tid)`` of the revision current just before ``tid``.
+
+        ``end_tid`` is the tid of the following revision, or None if the revision is
+        still current. None if the object did not exist before ``tid``; raises
+        :class:`ObjectNotFoundError` if the oid was never stored.
+        """
+
+    def load_many(self, oids: Iterable[bytes], before: bytes
+                  ) -> dict[bytes, tuple[bytes, bytes, bytes | None]]:
+        """``loadBefore`` for many oids in one go: ``{oid: (data, start, end)}``.
+
+        Oids with no revision before ``before`` are left out, never an error.
+        """
+
+    def loadSerial(self, oid: bytes, serial: bytes) -> bytes:
+        """The record written for ``oid`` by transaction ``serial``, else ObjectNotFoundError."""
+
+    def lastTransaction(self) -> bytes:
+        """The last committed tid whose invalidations are delivered (``z64`` when empty)."""
+
+    def history(self, oid: bytes, size: int = 1) -> list[dict[str, Any]]:
+        """Up to ``size`` revisions of ``oid``, newest first, as dicts with ``tid``,
+        ``serial``, ``time``, ``user_name``, ``description``, ``size`` and the
+        transaction's extension keys."""
+
+    def iterator(self, start: bytes | None = None, stop: bytes | None = None
+                 ) -> Iterator[TransactionRecord]:
+        """Transactions with ``start <= tid <= stop`` in tid order, each iterable over its
+        :class:`DataRecord` s."""
+
+    def __len__(self) -> int:
+        """The number of objects (current records)."""
+
+    def getSize(self) -> int:
+        """The approximate size in bytes."""
+
+    # -- writing (two-phase commit) ---------------------------------------------------
+    def new_oid(self) -> bytes:
+        """A new 8-byte oid, never handed out before."""
+
+    def tpc_begin(self, transaction: Any, tid: bytes | None = None, status: str = " ") -> None:
+        """Start committing ``transaction``; blocks while another commit is in progress."""
+
+    def store(self, oid: bytes, serial: bytes, data: bytes, version: str, transaction: Any) -> None:
+        """Write ``data`` for ``oid``; ``serial`` is the tid it was read at (``z64`` if new).
+
+        Raises :class:`ConflictError` (here or at vote) if ``serial`` is no longer
+        current and the conflict cannot be resolved.
+        """
+
+    def checkCurrentSerialInTransaction(self, oid: bytes, serial: bytes, transaction: Any) -> None:
+        """Fail the commit with :class:`ReadConflictError` unless ``serial`` is current."""
+
+    def tpc_vote(self, transaction: Any) -> list[bytes] | None:
+        """Last chance to fail. Returns the oids whose conflicts were resolved."""
+
+    def tpc_finish(self, transaction: Any, func: Callable[[bytes], None] | None = None) -> bytes:
+        """Make the transaction durable, call ``func(tid)``, and return the new tid."""
+
+    def tpc_abort(self, transaction: Any) -> None:
+        """Discard the transaction (no error if it is not the current one)."""
+
+    # -- management -------------------------------------------------------------------
+    def pack(self, pack_time: float, referencesf: Callable | None = None, gc: bool = True) -> None:
+        """Drop revisions superseded before ``pack_time`` and, with ``gc``, objects no
+        longer reachable from the root."""
+
+    def registerDB(self, wrapper: Any) -> None:
+        """Remember ``wrapper`` (``invalidate(tid, oids)``, ``invalidateCache()``) to tell
+        it about transactions committed elsewhere."""
+
+    def sync(self) -> None:
+        """Catch up with transactions committed elsewhere, reporting them to the wrapper."""
+
+    def sortKey(self) -> str: ...
+    def getName(self) -> str: ...
+    def isReadOnly(self) -> bool: ...
+    def supportsUndo(self) -> bool: ...
+    def close(self) -> None: ...
+
+
+# ---------------------------------------------------------------------------------------
+# Transaction metadata
+
+_PLAIN_BUILTINS = {t.__name__: t for t in (dict, list, tuple, set, frozenset, bytes, bytearray,
+                                           str, int, float, complex, bool)}
+
+
+def _restricted_loads(data: bytes) -> Any:
+    """Unpickle plain data (a transaction's extension dict) without importing any class."""
+    class _NoGlobals(pickle.Unpickler):
+        def find_class(self, module, name):
+            if module in ("builtins", "__builtin__") and name in _PLAIN_BUILTINS:
+                return _PLAIN_BUILTINS[name]
+            if module == "datetime" and name in ("datetime", "date", "time", "timedelta"):
+                return getattr(datetime, name)
+            raise pickle.UnpicklingError(f"{module}.{name} is not allowed in metadata")
+    return _NoGlobals(io.BytesIO(data)).load()
+
+
+def decode_extension(extension_bytes: bytes) -> dict:
+    """The extension dict stored as ``extension_bytes`` (empty dict if none or unreadable)."""
+    if not extension_bytes:
+        return {}
+    try:
+        value = _restricted_loads(extension_bytes)
+    except Exception:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def encode_metadata(transaction: Any) -> tuple[bytes, bytes, bytes]:
+    """``(user, description, extension_bytes)`` of any transaction-like object.
+
+    Accepts ``transaction.Transaction`` (str fields, ``extension`` dict), ZODB's and
+    amphora's ``TransactionMetaData`` (bytes fields, ``extension_bytes``).
+    """
+    user = getattr(transaction, "user", b"") or b""
+    description = getattr(transaction, "description", b"") or b""
+    if isinstance(user, str):
+        user = user.encode("utf-8")
+    if isinstance(description, str):
+        description = description.encode("utf-8")
+    extension_bytes = getattr(transaction, "extension_bytes", None)
+    if extension_bytes is None:
+        extension = getattr(transaction, "extension", None) or {}
+        extension_bytes = pickle.dumps(extension, 3) if extension else b""
+    return user, description, extension_bytes
+
+
+class TransactionMetaData:
+    """What a storage records about a transaction: user, description, extension.
+
+    ``user`` and ``description`` are bytes (str is encoded as UTF-8); ``extension`` is a
+    dict of plain data, stored pickled as ``extension_bytes``.
+    """
+
+    def __init__(self, user: str | bytes = b"", description: str | bytes = b"",
+                 extension: dict | bytes | None = None):
+        self.user = user.encode("utf-8") if isinstance(user, str) else user
+        self.description = description.encode("utf-8") if isinstance(description, str) else description
+        if isinstance(extension, bytes):
+            self.extension_bytes = extension
+        else:
+            self.extension_bytes = pickle.dumps(extension, 3) if extension else b""
+        self._data: dict[int, Any] = {}
+
+    @property
+    def extension(self) -> dict:
+        return decode_extension(self.extension_bytes)
+
+    def note(self, text: str | bytes) -> None:
+        text = text.encode("utf-8") if isinstance(text, str) else text
+        self.description = (self.description.strip() + b" " + text.strip()).strip()
+
+    # per-data-manager scratch space, as transaction.Transaction offers
+    def data(self, ob: Any) -> Any:
+        return self._data[id(ob)]
+
+    def set_data(self, ob: Any, value: Any) -> None:
+        self._data[id(ob)] = value
+
+
+@dataclass
+class DataRecord:
+    """One record of a transaction, as :meth:`Storage.iterator` yields it."""
+
+    oid: bytes
+    tid: bytes
+    data: bytes | None
+    data_txn: bytes | None = None
+    version: str = ""
+
+
+@dataclass
+class TransactionRecord:
+    """One committed transaction, as :meth:`Storage.iterator` yields it."""
+
+    tid: bytes
+    status: str
+    user: bytes
+    description: bytes
+    extension_bytes: bytes
+    records: list[DataRecord] = field(default_factory=list)
+
+    @property
+    def extension(self) -> dict:
+        return decode_extension(self.extension_bytes)
+
+    def __iter__(self) -> Iterator[DataRecord]:
+        return iter(self.records)
+
+
+def history_entry(tid: bytes, user: bytes, description: bytes, extension_bytes: bytes,
+                  size: int) -> dict[str, Any]:
+    """One ``history()`` dict."""
+    entry = dict(decode_extension(extension_bytes))
+    entry.update(time=tid_time(tid), tid=tid, serial=tid, user_name=user,
+                 description=description, size=size)
+    return entry
+
+
+# ---------------------------------------------------------------------------------------
+# The shared two-phase-commit machinery
+
+class StorageBase:
+    """Two-phase-commit bookkeeping shared by amphora's storages.
+
+    One commit at a time per storage object: ``tpc_begin`` takes ``_commit_lock`` and
+    ``tpc_finish``/``tpc_abort`` release it. ``_lock`` (re-entrant) guards the storage's
+    published state; ``tpc_finish`` holds it while it calls ``func(tid)`` and publishes
+    the tid, so no reader sees a half-finished commit.
+
+    Subclasses implement ``_current_serial(oid)``, ``_vote()`` (check and write, may
+    raise), ``_finish(tid)`` (make durable; must not fail) and ``_abort()``. Stores are
+    buffered in ``_stores``; read checks in ``_checks``.
+    """
+
+    supports_history = True
+    supports_undo = False
+    supports_pack = True
+    is_remote = False
+
+    def __init__(self, name: str, read_only: bool = False, resolve_conflicts: bool = True):
+        self.__name__ = name
+        self._read_only = read_only
+        self._resolve_conflicts = resolve_conflicts
+        self._lock = threading.RLock()
+        self._commit_lock = threading.Lock()
+        self._transaction: Any = None
+        self._tid: bytes | None = None
+        self._stores: dict[bytes, bytes] = {}
+        self._serials: dict[bytes, bytes] = {}
+        self._checks: dict[bytes, bytes] = {}
+        self._resolved: list[bytes] = []
+        self._meta: tuple[bytes, bytes, bytes] = (b"", b"", b"")
+        self._wrapper: Any = None
+        self._closed = False
+
+    # -- naming -----------------------------------------------------------------------
+    def getName(self) -> str:
+        return self.__name__
+
+    def sortKey(self) -> str:
+        return self.__name__
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.__name__!r}>"
+
+    def isReadOnly(self) -> bool:
+        return self._read_only
+
+    def supportsUndo(self) -> bool:
+        return False
+
+    def registerDB(self, wrapper: Any) -> None:
+        self._wrapper = wrapper
+
+    def sync(self) -> None:
+        """Nothing to catch up with for a storage no one else writes to."""
+
+    def prefetch(self, oids: Iterable[bytes], tid: bytes) -> None:
+        """A hint that ``oids`` will be loaded; storages with a cache override it."""
+
+    def load(self, oid: bytes, version: str = "") -> tuple[bytes, bytes]:
+        """The current ``(data, tid)`` of ``oid`` (ZODB 4 API, for tools and tests)."""
+        found = self.loadBefore(oid, maxtid)
+        if found is None:
+            raise ObjectNotFoundError(oid)
+        return found[0], found[1]
+
+    def getTid(self, oid: bytes) -> bytes:
+        """The tid of the current revision of ``oid``."""
+        return self.load(oid)[1]
+
+    def load_many(self, oids: Iterable[bytes], before: bytes
+                  ) -> dict[bytes, tuple[bytes, bytes, bytes | None]]:
+        found = {}
+        for oid in oids:
+            try:
+                record = self.loadBefore(oid, before)
+            except ObjectNotFoundError:
+                continue
+            if record is not None:
+                found[oid] = record
+        return found
+
+    # -- two-phase commit -------------------------------------------------------------
+    def _check_writable(self) -> None:
+        if self._read_only:
+            raise ReadOnlyError(f"{self.__name__} is read-only")
+        if self._closed:
+            raise StorageError(f"{self.__name__} is closed")
+
+    def _check_current(self, transaction: Any) -> None:
+        if transaction is not self._transaction or transaction is None:
+            raise StorageTransactionError(
+                "this storage is not committing that transaction")
+
+    def tpc_begin(self, transaction: Any, tid: bytes | None = None, status: str = " ") -> None:
+        self._check_writable()
+        if self._transaction is transaction:
+            raise StorageTransactionError("duplicate tpc_begin calls for the same transaction")
+        self._commit_lock.acquire()
+        self._transaction = transaction
+        self._tid = tid
+        self._stores = {}
+        self._serials = {}
+        self._checks = {}
+        self._resolved = []
+        self._meta = encode_metadata(transaction)
+        self._begin()
+
+    def _begin(self) -> None:
+        """Hook: a commit started (the commit lock is held)."""
+
+    def store(self, oid: bytes, serial: bytes, data: bytes, version: str, transaction: Any) -> None:
+        self._check_current(transaction)
+        if version:
+            raise StorageError("versions are not supported")
+        if not isinstance(data, bytes):
+            raise TypeError(f"record data must be bytes, not {type(data).__name__}")
+        if serial is None:
+            serial = z64
+        if len(oid) != 8 or len(serial) != 8:
+            raise StorageError("oids and serials are 8 bytes")
+        if oid not in self._stores:
+            # A second store of an oid in one transaction replaces the data; the serial
+            # to check is the one first read.
+            self._serials[oid] = serial
+        self._stores[oid] = data
+
+    def checkCurrentSerialInTransaction(self, oid: bytes, serial: bytes, transaction: Any) -> None:
+        self._check_current(transaction)
+        self._checks[oid] = serial
+
+    def tpc_vote(self, transaction: Any) -> list[bytes] | None:
+        self._check_current(transaction)
+        self._vote()
+        return list(self._resolved)
+
+    def tpc_finish(self, transaction: Any, func: Callable[[bytes], None] | None = None) -> bytes:
+        self._check_current(transaction)
+        try:
+            with self._lock:
+                tid = self._finish(func)
+        finally:
+            self._end()
+        return tid
+
+    def tpc_abort(self, transaction: Any) -> None:
+        if transaction is not self._transaction or transaction is None:
+            return
+        try:
+            self._abort()
+        finally:
+            self._end()
+
+    def _end(self) -> None:
+        self._transaction = None
+        self._tid = None
+        self._stores = {}
+        self._serials = {}
+        self._checks = {}
+        self._commit_lock.release()
+
+    # -- conflict checks, for _vote ----------------------------------------------------
+    def _check_conflicts(self, current_serial: Callable[[bytes], bytes],
+                         load_serial: Callable[[bytes, bytes], bytes]) -> None:
+        """Check read checks and stores against the committed serials; resolve or raise.
+
+        ``current_serial(oid)`` gives the committed serial (``z64`` if none) as seen
+        under the storage's write lock.
+        """
+        for oid, serial in self._checks.items():
+            committed = current_serial(oid)
+            if committed != serial:
+                raise ReadConflictError(oid=oid, serials=(committed, serial))
+        for oid, data in list(self._stores.items()):
+            read = self._serials.get(oid, z64)
+            committed = current_serial(oid)
+            if committed == read:
+                continue
+            if self._resolve_conflicts and read != z64 and committed != z64:
+                from amphora.conflict import resolve_record
+                resolved = resolve_record(oid, committed, read, data, load_serial)
+                if resolved is not None:
+                    self._stores[oid] = resolved
+                    self._resolved.append(oid)
+                    continue
+            raise ConflictError(oid=oid, serials=(committed, read), data=data)
+
+    def _next_tid(self, last: bytes) -> bytes:
+        """The tid for this commit: the one asked for at ``tpc_begin`` or a new one."""
+        if self._tid is not None:
+            if self._tid <= last:
+                raise StorageTransactionError("a restored tid must be above the last tid")
+            return self._tid
+        return new_tid(last)
+
+    # -- abstract ---------------------------------------------------------------------
+    def _vote(self) -> None:
+        raise NotImplementedError
+
+    def _finish(self, func: Callable[[bytes], None] | None) -> bytes:
+        raise NotImplementedError
+
+    def _abort(self) -> None:
+        raise NotImplementedError
+
+
+def pack_tid(pack_time: float | bytes) -> bytes:
+    """The tid of a pack time given as seconds since the epoch (or already as a tid)."""
+    if isinstance(pack_time, bytes):
+        return pack_time
+    when = datetime.datetime.fromtimestamp(pack_time, datetime.timezone.utc)
+    return tid_from_datetime(when)
+
+
+def reachable(roots: Iterable[bytes], references: Callable[[bytes], Iterable[bytes]]) -> set[bytes]:
+    """Every oid reachable from ``roots``, following ``references(oid)``."""
+    seen = set(roots)
+    todo = list(seen)
+    while todo:
+        oid = todo.pop()
+        for ref in references(oid):
+            if ref not in seen:
+                seen.add(ref)
+                todo.append(ref)
+    return seen
+

@@ -1,0 +1,155 @@
+"""A history-preserving storage in memory: the working reference of the storage contract.
+
+Every revision of every object is kept (until pack) in two parallel lists per oid, tids
+ascending, so ``loadBefore`` is one bisection. Data lives as long as the storage object.
+"""
+from __future__ import annotations
+
+import bisect
+import threading
+from typing import Callable, Iterable, Iterator
+
+from amphora.errors import ObjectNotFoundError
+from amphora.serialize import references as record_references
+from amphora.storage.base import (DataRecord, StorageBase, TransactionRecord, history_entry,
+                                  pack_tid, reachable)
+from amphora.utils import p64, z64
+
+__all__ = ["MemoryStorage"]
+
+
+class MemoryStorage(StorageBase):
+    """Keeps records in dicts: ``oid -> ([tid, ...], [data, ...])`` and an ordered
+    ``tid -> TransactionRecord`` (the record list holds oids and tids, data is looked up)."""
+
+    def __init__(self, name: str = "memory", read_only: bool = False,
+                 resolve_conflicts: bool = True):
+        super().__init__(name, read_only, resolve_conflicts)
+        self._revisions: dict[bytes, tuple[list[bytes], list[bytes]]] = {}
+        self._transactions: dict[bytes, TransactionRecord] = {}
+        self._ltid = z64
+        self._last_oid = 0
+        self._oid_lock = threading.Lock()
+
+    # -- reading --------------------------------------------------------------------
+    def lastTransaction(self) -> bytes:
+        with self._lock:
+            return self._ltid
+
+    def loadBefore(self, oid: bytes, tid: bytes) -> tuple[bytes, bytes, bytes | None] | None:
+        with self._lock:
+            revisions = self._revisions.get(oid)
+            if revisions is None:
+                raise ObjectNotFoundError(oid)
+            tids, datas = revisions
+            i = bisect.bisect_left(tids, tid)
+            if i == 0:
+                return None
+            return datas[i - 1], tids[i - 1], tids[i] if i < len(tids) else None
+
+    def loadSerial(self, oid: bytes, serial: bytes) -> bytes:
+        with self._lock:
+            revisions = self._revisions.get(oid)
+            if revisions is not None:
+                tids, datas = revisions
+                i = bisect.bisect_left(tids, serial)
+                if i < len(tids) and tids[i] == serial:
+                    return datas[i]
+            raise ObjectNotFoundError(oid)
+
+    def _current_serial(self, oid: bytes) -> bytes:
+        revisions = self._revisions.get(oid)
+        return revisions[0][-1] if revisions else z64
+
+    def history(self, oid: bytes, size: int = 1) -> list[dict]:
+        with self._lock:
+            revisions = self._revisions.get(oid)
+            if revisions is None:
+                raise ObjectNotFoundError(oid)
+            tids, datas = revisions
+            entries = []
+            for tid, data in zip(reversed(tids), reversed(datas)):
+                if size is not None and len(entries) >= size:
+                    break
+                txn = self._transactions[tid]
+                entries.append(history_entry(tid, txn.user, txn.description,
+                                             txn.extension_bytes, len(data)))
+            return entries
+
+    def iterator(self, start: bytes | None = None, stop: bytes | None = None
+                 ) -> Iterator[TransactionRecord]:
+        with self._lock:
+            selected = [txn for tid, txn in self._transactions.items()
+                        if (start is None or tid >= start) and (stop is None or tid <= stop)]
+            copies = [TransactionRecord(txn.tid, txn.status, txn.user, txn.description,
+                                        txn.extension_bytes,
+                                        [DataRecord(r.oid, r.tid, self.loadSerial(r.oid, r.tid))
+                                         for r in txn.records])
+                      for txn in selected]
+        return iter(copies)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._revisions)
+
+    def getSize(self) -> int:
+        with self._lock:
+            return sum(len(d) for _, datas in self._revisions.values() for d in datas)
+
+    # -- writing --------------------------------------------------------------------
+    def new_oid(self) -> bytes:
+        with self._oid_lock:
+            self._last_oid += 1
+            return p64(self._last_oid)
+
+    def _vote(self) -> None:
+        with self._lock:
+            self._check_conflicts(self._current_serial, self.loadSerial)
+
+    def _finish(self, func: Callable[[bytes], None] | None) -> bytes:
+        tid = self._next_tid(self._ltid)
+        user, description, extension_bytes = self._meta
+        txn = TransactionRecord(tid, " ", user, description, extension_bytes)
+        for oid, data in self._stores.items():
+            tids, datas = self._revisions.setdefault(oid, ([], []))
+            tids.append(tid)
+            datas.append(data)
+            txn.records.append(DataRecord(oid, tid, None))
+        self._transactions[tid] = txn
+        if func is not None:
+            func(tid)
+        self._ltid = tid
+        return tid
+
+    def _abort(self) -> None:
+        pass
+
+    # -- management -----------------------------------------------------------------
+    def pack(self, pack_time: float, referencesf: Callable | None = None, gc: bool = True) -> None:
+        """Drop revisions superseded at ``pack_time``; with ``gc``, drop objects that no
+        kept revision reaches from the root (objects created after ``pack_time`` stay)."""
+        cutoff = pack_tid(pack_time)
+        refs_of = referencesf or record_references
+        with self._commit_lock, self._lock:
+            for oid, (tids, datas) in self._revisions.items():
+                keep_from = bisect.bisect_right(tids, cutoff) - 1
+                if keep_from > 0:
+                    del tids[:keep_from], datas[:keep_from]
+            if gc:
+                def refs(oid: bytes) -> Iterable[bytes]:
+                    found: list[bytes] = []
+                    for data in self._revisions.get(oid, ((), ()))[1]:
+                        refs_of(data, found)
+                    return found
+                live = reachable([z64], refs) if z64 in self._revisions else set()
+                for oid in [oid for oid, (tids, _) in self._revisions.items()
+                            if oid not in live and tids[0] <= cutoff]:
+                    del self._revisions[oid]
+            for tid, txn in list(self._transactions.items()):
+                txn.records = [r for r in txn.records
+                               if r.oid in self._revisions and tid in self._revisions[r.oid][0]]
+                if not txn.records and tid < cutoff:
+                    del self._transactions[tid]
+
+    def close(self) -> None:
+        self._closed = True
