@@ -14,6 +14,8 @@ class MemoryPeerTests(StorageTestBase.StorageTestBase, BasicStorage.BasicStorage
                       PackableStorage.PackableStorageWithOptionalGC,
                       RevisionStorage.RevisionStorage, Synchronization.SynchronizedStorage,
                       ConflictResolution.ConflictResolvingStorage):
+    use_extension_bytes = True  # extension bytes are stored verbatim
+
     def setUp(self):
         super().setUp()
         self._storage = MemoryStorage()

@@ -247,6 +247,10 @@ class TransactionRecord:
     def extension(self) -> dict:
         return decode_extension(self.extension_bytes)
 
+    @extension.setter
+    def extension(self, value: dict) -> None:
+        self.extension_bytes = pickle.dumps(value, 3) if value else b""
+
     def __iter__(self) -> Iterator[DataRecord]:
         return iter(self.records)
 
