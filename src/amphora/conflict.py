@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 import zodbpickle.pickle as _zpickle
 
-from amphora.serialize import PROTOCOL, _find_class, _split_meta
+from amphora.serialize import PROTOCOL, Unpickler, _find_class, _split_meta
 
 __all__ = ["resolve_record", "PersistentReference"]
 
@@ -73,9 +73,7 @@ def _state(data: bytes, refs: dict) -> tuple[Any, Any]:
             found = refs[key] = PersistentReference(ref)
         return found
 
-    unpickler = _zpickle.Unpickler(io.BytesIO(data), encoding="ASCII", errors="bytes")
-    unpickler.persistent_load = persistent_load
-    unpickler.find_class = _find_class
+    unpickler = Unpickler(data, persistent_load, _find_class)
     meta = unpickler.load()
     return meta, unpickler.load()
 

@@ -118,10 +118,7 @@ class ObjectReader:
         self._find_class = find_class or _find_class
 
     def _unpickler(self, data: bytes) -> Any:
-        unpickler = _zpickle.Unpickler(io.BytesIO(data), encoding="ASCII", errors="bytes")
-        unpickler.persistent_load = self._persistent_load
-        unpickler.find_class = self._find_class
-        return unpickler
+        return Unpickler(data, self._persistent_load, self._find_class)
 
     def _persistent_load(self, ref: Any) -> Any:
         if isinstance(ref, tuple):
@@ -169,6 +166,20 @@ class ObjectReader:
         obj.__setstate__(self.get_state(data))
 
 
+class Unpickler(_zpickle.Unpickler):
+    """Reads records: references go to ``persistent_load``, classes come from
+    ``find_class``; ZODB 3 (Python 2) strings read as ASCII or else bytes."""
+
+    def __init__(self, data: bytes, persistent_load: Callable[[Any], Any],
+                 find_class: Callable[[str, str], Any]):
+        super().__init__(io.BytesIO(data), encoding="ASCII", errors="bytes")
+        self.persistent_load = persistent_load
+        self._find = find_class
+
+    def find_class(self, module: str, name: str) -> Any:
+        return self._find(module, name)
+
+
 def _weakref(obj: Any) -> WeakRef:
     return WeakRef(obj)
 
@@ -185,13 +196,21 @@ def _split_meta(meta: Any, find_class: Callable[[str, str], Any]) -> tuple[type,
     raise CorruptRecordError(f"unrecognized class metadata {meta!r}")
 
 
+_classes: dict[tuple[str, str], Any] = {}
+
+
 def _find_class(module: str, name: str) -> Any:
-    try:
-        mod = __import__(module, fromlist=[name])
-        return getattr(mod, name)
-    except (ImportError, AttributeError) as exc:
-        raise StorageError(
-            f"the class {module}.{name} of a stored object cannot be imported: {exc}") from exc
+    """The global ``module.name``, imported once and remembered."""
+    key = (module, name)
+    found = _classes.get(key)
+    if found is None:
+        try:
+            mod = __import__(module, fromlist=[name])
+            found = _classes[key] = getattr(mod, name)
+        except (ImportError, AttributeError) as exc:
+            raise StorageError(
+                f"the class {module}.{name} of a stored object cannot be imported: {exc}") from exc
+    return found
 
 
 # ---------------------------------------------------------------------------------------

@@ -1,0 +1,47 @@
+"""amphora: a transactional object database for Python.
+
+>>> import amphora
+>>> db = amphora.open("memory://")
+>>> with db.transaction() as conn:
+...     conn.root.greeting = "hello"
+>>> with db.transaction() as conn:
+...     conn.root.greeting
+'hello'
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from amphora.connection import Connection
+from amphora.db import DB
+from amphora.errors import (AmphoraError, ConflictError, ConnectionStateError,
+                            CorruptRecordError, InvalidURIError, ObjectNotFoundError,
+                            POSKeyError, ReadConflictError, ReadOnlyError,
+                            ReadOnlyHistoryError, StorageError, StorageFormatError,
+                            StorageTransactionError, Unsupported)
+from amphora.storage.base import Storage, TransactionMetaData
+from amphora.storage.memory import MemoryStorage
+from amphora.uri import DB_OPTIONS, open_storage
+
+__all__ = [
+    "AmphoraError", "ConflictError", "Connection", "ConnectionStateError", "CorruptRecordError",
+    "DB", "InvalidURIError", "MemoryStorage", "ObjectNotFoundError", "POSKeyError",
+    "ReadConflictError", "ReadOnlyError", "ReadOnlyHistoryError", "Storage", "StorageError",
+    "StorageFormatError", "StorageTransactionError", "TransactionMetaData", "Unsupported",
+    "open", "open_storage",
+]
+
+
+def open(uri: str, **options: Any) -> DB:
+    """A :class:`DB` on the storage ``uri`` names (``"sqlite:///app.db"``, ``"memory://"``).
+
+    ``cache_size``, ``cache_size_bytes`` and ``pool_size`` go to the DB; every other
+    option to the storage (see :func:`open_storage`).
+    """
+    db_options = {k: options.pop(k) for k in DB_OPTIONS if k in options}
+    storage = open_storage(uri, **options)
+    try:
+        return DB(storage, **db_options)
+    except BaseException:
+        storage.close()
+        raise

@@ -1,0 +1,535 @@
+"""A Connection: one thread's view of the database, and the jar of its objects.
+
+A Connection is three things at once:
+
+- the *jar* of the persistent objects it loaded (``obj._p_jar``): ``persistent`` asks it
+  to load a ghost's state (``setstate``), tells it when an object changes (``register``),
+  and asks for old states (``oldstate``, for conflict resolution);
+- a *data manager* in ``transaction``'s two-phase commit: at commit it writes every
+  changed object, and every new object reachable from one, to the storage;
+- a *snapshot*: it reads everything as committed before its start tid, fixed at each
+  transaction boundary. Objects changed by transactions committed since (here, in other
+  connections, or in other processes) are *invalidated* (turned back into ghosts) at the
+  next boundary, never in the middle of a transaction.
+
+MVCC, step by step. At each transaction boundary the connection
+
+1. asks the storage to catch up with commits made elsewhere (``storage.sync()``), which
+   delivers their invalidations to every connection of the database;
+2. reads ``storage.lastTransaction()``;
+3. takes, atomically, the oids invalidated since the last boundary and the newest tid
+   those invalidations came with;
+4. starts its snapshot just after the later of the two tids, and ghostifies the oids.
+
+Reading the last tid before taking the invalidations matters: a commit that lands between
+the two steps is either in the snapshot with its invalidations applied, or after the
+snapshot with its invalidations still pending. (ZODB learned this the hard way.)
+
+Object states (``_p_changed``, after ``persistent``): ghost (None), up to date (False),
+changed (True). A changed object is *registered* with its connection, which joins the
+current transaction.
+"""
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING, Any, Iterable
+
+import transaction as transaction_module
+from persistent import PickleCache
+from persistent.mapping import PersistentMapping
+
+from amphora.errors import ConnectionStateError, ReadConflictError, ReadOnlyHistoryError
+from amphora.serialize import ObjectReader, ObjectWriter
+from amphora.storage.base import TransactionMetaData
+from amphora.utils import p64, u64, z64
+
+if TYPE_CHECKING:
+    from amphora.db import DB
+
+__all__ = ["Connection", "Root"]
+
+
+class Root:
+    """``conn.root``: the root mapping, with its keys also readable as attributes.
+
+    ``conn.root()`` returns the mapping itself (as in ZODB); ``conn.root.people`` is
+    ``conn.root()["people"]``; ``conn.root.people = x`` sets it.
+    """
+
+    __slots__ = ("_mapping",)
+
+    def __init__(self, mapping: PersistentMapping):
+        object.__setattr__(self, "_mapping", mapping)
+
+    def __call__(self) -> PersistentMapping:
+        return self._mapping
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self._mapping[name]
+        except KeyError:
+            raise AttributeError(f"the root has no {name!r}") from None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        self._mapping[name] = value
+
+    def __delattr__(self, name: str) -> None:
+        try:
+            del self._mapping[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def __dir__(self) -> list[str]:
+        return [k for k in self._mapping if isinstance(k, str) and k.isidentifier()]
+
+    def __repr__(self) -> str:
+        return f"<root: {' '.join(sorted(map(str, self._mapping)))}>"
+
+
+class Connection:
+    """A view of the database for one thread at a time; see the module docstring.
+
+    Obtain one with ``db.open()``; give it back with ``conn.close()``.
+    """
+
+    def __init__(self, db: "DB", cache_size: int, cache_size_bytes: int,
+                 before: bytes | None = None):
+        self._db = db
+        self._storage = db.storage
+        self.transaction_manager: Any = None
+        self._cache = PickleCache(self, cache_size, cache_size_bytes)
+        self._reader = ObjectReader(self._ghost, self.get)
+        self._writer = ObjectWriter(self, self._storage.new_oid, self._creating_queue_add)
+        # MVCC
+        self._historical = before
+        self._start = before if before is not None else p64(u64(self._storage.lastTransaction()) + 1)
+        self._inv_lock = threading.Lock()
+        self._invalidated: set[bytes] | None = set()   # None: flush the whole cache
+        self._inv_tid = z64
+        # the current transaction
+        self._joined: Any = None
+        self._registered: list[Any] = []
+        self._added: dict[bytes, Any] = {}
+        self._read_current: dict[bytes, bytes] = {}
+        self._creating: list[Any] = []
+        self._modified: list[bytes] = []
+        self._prefetched: dict[bytes, tuple[bytes, bytes]] = {}
+        # savepoints: states written at savepoints in this transaction
+        self._sp_states: dict[bytes, bytes] = {}
+        self._sp_serials: dict[bytes, bytes] = {}
+        self._opened = False
+
+    # -- public API -----------------------------------------------------------------
+    @property
+    def db(self) -> "DB":
+        return self._db
+
+    @property
+    def root(self) -> Root:
+        """The root object: ``conn.root()`` is the mapping, ``conn.root.name`` its items."""
+        return Root(self.get(z64))
+
+    def get(self, oid: bytes) -> Any:
+        """The object with ``oid`` in this connection (a ghost until used).
+
+        Raises :class:`ObjectNotFoundError` if there is no such object in the snapshot.
+        """
+        obj = self._cache.get(oid)
+        if obj is not None:
+            return obj
+        obj = self._added.get(oid)
+        if obj is not None:
+            return obj
+        record = self._load(oid)
+        obj = self._reader.new_ghost(record[0])
+        self._cache.new_ghost(oid, obj)
+        self._prefetched[oid] = record  # activation uses it without a second read
+        return obj
+
+    __getitem__ = get
+
+    def add(self, obj: Any) -> None:
+        """Make a new persistent object part of this connection now (it gets an oid at
+        once and is stored at the next commit even if nothing refers to it)."""
+        self._check_open()
+        if obj._p_jar is self:
+            return
+        if obj._p_jar is not None:
+            raise ConnectionStateError(f"{obj!r} already belongs to another connection")
+        if self._historical is not None:
+            raise ReadOnlyHistoryError("a historical connection cannot add objects")
+        oid = obj._p_oid = self._storage.new_oid()
+        obj._p_jar = self
+        self._added[oid] = obj
+        self._join()
+        self._registered.append(obj)
+
+    def readCurrent(self, obj: Any) -> None:
+        """Fail this transaction's commit if ``obj`` changes before then (even though this
+        transaction only reads it)."""
+        oid = obj._p_oid
+        if oid is None or obj._p_jar is not self or oid in self._added:
+            return
+        self._read_current.setdefault(oid, obj._p_serial)
+        self._join()
+
+    read_current = readCurrent
+
+    def prefetch(self, *objs_or_oids: Any) -> None:
+        """Load many objects in one storage round trip.
+
+        Takes persistent objects or oids (or iterables of them); ghosts among them get
+        their records now, and are activated without another read when used.
+        """
+        oids = []
+        for item in objs_or_oids:
+            items = item if isinstance(item, (list, tuple, set, frozenset)) else (item,)
+            for one in items:
+                if isinstance(one, bytes):
+                    obj = self._cache.get(one)
+                    if obj is None or obj._p_changed is None:
+                        oids.append(one)
+                elif getattr(one, "_p_jar", None) is self and one._p_changed is None:
+                    oids.append(one._p_oid)
+        oids = [oid for oid in oids if oid not in self._prefetched]
+        if oids:
+            for oid, (data, start, _end) in self._storage.load_many(oids, self._start).items():
+                self._prefetched[oid] = (data, start)
+
+    def close(self) -> None:
+        """Give the connection back to the database. Its objects stay usable only as far
+        as they are loaded; raises ConnectionStateError with changes pending."""
+        if not self._opened:
+            return
+        if self._joined is not None:
+            raise ConnectionStateError("cannot close a connection joined to a transaction; "
+                                       "commit or abort first")
+        if self.transaction_manager is not None:
+            self.transaction_manager.unregisterSynch(self)
+        self._opened = False
+        self._db._release(self)
+
+    def __enter__(self) -> "Connection":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._joined is not None:
+            self.transaction_manager.abort()
+        self.close()
+
+    @property
+    def opened(self) -> bool:
+        return self._opened
+
+    def isReadOnly(self) -> bool:
+        return self._historical is not None or self._storage.isReadOnly()
+
+    def cacheMinimize(self) -> None:
+        """Turn every up-to-date object in the cache into a ghost."""
+        self._cache.minimize()
+
+    cache_minimize = cacheMinimize
+
+    def cacheGC(self) -> None:
+        """Shrink the cache towards its target size."""
+        self._cache.incrgc()
+
+    @property
+    def cache_size(self) -> int:
+        return self._cache.cache_size
+
+    def cache_info(self) -> dict[str, int]:
+        return {"objects": len(self._cache), "non_ghosts": self._cache.cache_non_ghost_count,
+                "estimated_bytes": self._cache.total_estimated_size}
+
+    def sync(self) -> None:
+        """Abort the current transaction and move to the newest snapshot."""
+        self.transaction_manager.abort()
+        self._new_snapshot(sync=True)
+
+    # -- opening (called by DB) -------------------------------------------------------
+    def _open(self, transaction_manager: Any) -> None:
+        self.transaction_manager = transaction_manager or transaction_module.manager
+        self._opened = True
+        if self._historical is None:
+            self.transaction_manager.registerSynch(self)
+            self._new_snapshot(sync=True)
+
+    def _check_open(self) -> None:
+        if not self._opened:
+            raise ConnectionStateError("the connection is closed")
+
+    # -- invalidations and snapshots ------------------------------------------------
+    def _invalidate(self, tid: bytes, oids: Iterable[bytes]) -> None:
+        """Called by the DB when a transaction ``tid`` changed ``oids``."""
+        with self._inv_lock:
+            if self._invalidated is not None:
+                self._invalidated.update(oids)
+            if tid > self._inv_tid:
+                self._inv_tid = tid
+
+    def _invalidate_all(self) -> None:
+        with self._inv_lock:
+            self._invalidated = None
+
+    def _new_snapshot(self, sync: bool) -> None:
+        if self._historical is not None:
+            return
+        storage = self._storage
+        if sync:
+            storage.sync()
+        last = storage.lastTransaction()
+        with self._inv_lock:
+            invalidated, self._invalidated = self._invalidated, set()
+            if self._inv_tid > last:
+                last = self._inv_tid
+        self._start = p64(u64(last) + 1)
+        self._prefetched.clear()
+        if invalidated is None:
+            self._cache.invalidate(list(self._cache.cache_data))
+        elif invalidated:
+            self._cache.invalidate(list(invalidated))
+        self._cache.incrgc()
+
+    # -- the jar protocol (called by persistent) -------------------------------------
+    def _load(self, oid: bytes) -> tuple[bytes, bytes]:
+        found = self._prefetched.pop(oid, None)
+        if found is not None:
+            return found
+        if oid in self._sp_states:
+            return self._sp_states[oid], self._sp_serials[oid]
+        record = self._storage.loadBefore(oid, self._start)
+        if record is None:
+            raise ReadConflictError(
+                "the object does not exist in this connection's snapshot (it may have "
+                "been removed by a pack)", oid=oid)
+        return record[0], record[1]
+
+    def setstate(self, obj: Any) -> None:
+        """Load the state of the ghost ``obj``."""
+        oid = obj._p_oid
+        if not self._opened and self._historical is None and self.transaction_manager is None:
+            raise ConnectionStateError("the connection is closed")
+        data, serial = self._load(oid)
+        self._reader.set_state(obj, data)
+        obj._p_serial = serial
+        obj._p_estimated_size = len(data)
+
+    def register(self, obj: Any) -> None:
+        """``obj`` changed: write it at the next commit."""
+        if self._historical is not None:
+            raise ReadOnlyHistoryError(
+                f"cannot change {type(obj).__name__} in a historical connection")
+        self._join()
+        self._registered.append(obj)
+
+    def oldstate(self, obj: Any, tid: bytes) -> Any:
+        """The state ``obj`` had as written by transaction ``tid``."""
+        return self._reader.get_state(self._storage.loadSerial(obj._p_oid, tid))
+
+    def _ghost(self, oid: bytes, klass: type) -> Any:
+        """The object a reference names: from the cache, or a new ghost."""
+        obj = self._cache.get(oid)
+        if obj is not None:
+            return obj
+        obj = self._added.get(oid)
+        if obj is not None:
+            return obj
+        obj = klass.__new__(klass)
+        self._cache.new_ghost(oid, obj)
+        return obj
+
+    def _creating_queue_add(self, obj: Any) -> None:
+        self._creating.append(obj)
+
+    def _join(self) -> None:
+        if self._joined is None:
+            self._check_open()
+            txn = self.transaction_manager.get()
+            txn.join(self)
+            self._joined = txn
+
+    # -- the data-manager protocol (called by transaction) ----------------------------
+    def sortKey(self) -> str:
+        return f"{self._storage.sortKey()}:{id(self)}"
+
+    def tpc_begin(self, txn: Any) -> None:
+        if self._historical is not None:
+            raise ReadOnlyHistoryError("a historical connection cannot commit")
+        self._modified = []
+        self._creating = []
+        meta = TransactionMetaData(txn.user, txn.description, txn.extension)
+        txn.set_data(self, meta)
+        self._storage.tpc_begin(meta)
+
+    def commit(self, txn: Any) -> None:
+        meta = txn.data(self)
+        storage = self._storage
+        stored: set[bytes] = set()
+        for oid, serial in self._read_current.items():
+            storage.checkCurrentSerialInTransaction(oid, serial, meta)
+        # objects written at savepoints and not changed since
+        for oid, data in self._sp_states.items():
+            obj = self._cache.get(oid) or self._added.get(oid)
+            if obj is not None and obj._p_changed:
+                continue  # changed again: written below
+            storage.store(oid, self._sp_serials[oid], data, "", meta)
+            stored.add(oid)
+        self._store_objects(self._registered, meta, stored, storage.store)
+        self._modified = list(stored)
+
+    def _store_objects(self, objs: list[Any], meta: Any, stored: set[bytes], store: Any) -> None:
+        """Serialize and write ``objs`` and every new object they reach."""
+        writer = self._writer
+        cache = self._cache
+        queue = self._creating
+        pending = list(objs)
+        while pending or queue:
+            if not pending:
+                pending, queue[:] = list(queue), []
+            obj = pending.pop()
+            oid = obj._p_oid
+            if oid in stored or obj._p_jar is not self:
+                continue
+            if obj._p_changed is None:
+                continue  # a ghost (invalidated after a savepoint rollback)
+            data = writer.serialize(obj)
+            serial = self._sp_serials.get(oid, obj._p_serial)
+            store(oid, serial, data, "", meta)
+            stored.add(oid)
+            if cache.get(oid) is None:
+                cache[oid] = obj
+            self._added.pop(oid, None)
+
+    def tpc_vote(self, txn: Any) -> None:
+        try:
+            resolved = self._storage.tpc_vote(txn.data(self))
+        except ReadConflictError as exc:
+            if exc.oid is not None:
+                self._cache.invalidate(exc.oid)
+            raise
+        if resolved:
+            for oid in resolved:
+                obj = self._cache.get(oid)
+                if obj is not None:
+                    del obj._p_changed  # the stored state is the merged one: reload it
+
+    def tpc_finish(self, txn: Any) -> None:
+        modified = self._modified
+
+        def invalidate_others(tid: bytes) -> None:
+            self._db._invalidate(tid, modified, exclude=self)
+
+        serial = self._storage.tpc_finish(txn.data(self), invalidate_others)
+        for oid in modified:
+            obj = self._cache.get(oid)
+            if obj is not None and obj._p_changed is not None:
+                obj._p_changed = False
+                obj._p_serial = serial
+        self._cleanup()
+
+    def tpc_abort(self, txn: Any) -> None:
+        try:
+            meta = txn.data(self)
+        except KeyError:
+            meta = None
+        if meta is not None:
+            self._storage.tpc_abort(meta)
+        self._abort_objects()
+        self._cleanup()
+
+    def abort(self, txn: Any) -> None:
+        self._abort_objects()
+        self._cleanup()
+
+    def _abort_objects(self) -> None:
+        """Forget this transaction's changes: new objects are detached, changed ones
+        become ghosts (they reload their committed state when used)."""
+        cache = self._cache
+        objs = self._registered + self._creating + list(self._added.values())
+        objs += [obj for obj in map(cache.get, self._sp_states) if obj is not None]
+        for obj in objs:
+            oid = obj._p_oid
+            if oid is None or obj._p_jar is not self:
+                continue
+            if obj._p_serial == z64:  # never committed
+                if cache.get(oid) is obj:
+                    del cache[oid]
+                obj._p_jar = None
+                obj._p_oid = None
+            else:
+                cache.invalidate(oid)
+
+    def _cleanup(self) -> None:
+        self._joined = None
+        self._registered = []
+        self._added = {}
+        self._creating = []
+        self._modified = []
+        self._read_current = {}
+        self._sp_states = {}
+        self._sp_serials = {}
+
+    # -- synchronizer protocol (transaction manager hooks) -----------------------------
+    def beforeCompletion(self, txn: Any) -> None:
+        pass
+
+    def afterCompletion(self, txn: Any) -> None:
+        if not getattr(self.transaction_manager, "explicit", False):
+            self._new_snapshot(sync=False)
+
+    def newTransaction(self, txn: Any, sync: bool = True) -> None:
+        self._new_snapshot(sync=sync)
+
+    # -- savepoints -------------------------------------------------------------------
+    def savepoint(self) -> "_Savepoint":
+        """Write the changes so far aside (in memory) so they can be rolled back to."""
+        stored: set[bytes] = set()
+
+        def keep(oid: bytes, serial: bytes, data: bytes, version: str, meta: Any) -> None:
+            self._sp_states[oid] = data
+            self._sp_serials.setdefault(oid, serial)
+
+        self._creating = []
+        self._store_objects(self._registered, None, stored, keep)
+        for oid in stored:
+            obj = self._cache.get(oid)
+            if obj is not None and obj._p_changed:
+                obj._p_changed = False
+        for obj in list(self._added.values()):
+            self._cache[obj._p_oid] = obj
+        self._added = {}
+        self._registered = []
+        return _Savepoint(self, dict(self._sp_states))
+
+    def _rollback(self, states: dict[bytes, bytes]) -> None:
+        cache = self._cache
+        changed = [obj._p_oid for obj in self._registered if obj._p_oid is not None]
+        for obj in list(self._added.values()) + self._creating:
+            if obj._p_oid is not None and cache.get(obj._p_oid) is obj:
+                del cache[obj._p_oid]
+            obj._p_jar = obj._p_oid = None
+        later = [oid for oid in self._sp_states if oid not in states]
+        for oid in later:
+            obj = cache.get(oid)
+            if obj is not None and self._sp_serials.get(oid) == z64:
+                del cache[oid]
+                obj._p_jar = obj._p_oid = None
+            self._sp_serials.pop(oid, None)
+        self._sp_states = dict(states)
+        self._registered = []
+        self._added = {}
+        self._creating = []
+        cache.invalidate([oid for oid in changed + later if cache.get(oid) is not None])
+
+
+class _Savepoint:
+    """A point in the current transaction to roll back to."""
+
+    def __init__(self, conn: Connection, states: dict[bytes, bytes]):
+        self._conn = conn
+        self._states = states
+
+    def rollback(self) -> None:
+        self._conn._rollback(self._states)
+

@@ -1,0 +1,227 @@
+"""The database: a storage, a pool of connections, and the invalidations between them.
+
+``DB(storage)`` makes sure the storage has a root object (a ``PersistentMapping`` at oid
+0), then hands out :class:`~amphora.connection.Connection` s. It registers itself with the
+storage (``storage.registerDB(db)``) so that transactions committed elsewhere (another
+process on the same SQLite file, another client of a server) reach every connection as
+invalidations; commits made through its own connections are passed to the others in the
+storage's commit callback.
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime
+import threading
+import time
+import weakref
+from typing import Any, Iterable, Iterator
+
+import transaction as transaction_module
+from persistent.mapping import PersistentMapping
+
+from amphora.connection import Connection
+from amphora.errors import ConflictError, ConnectionStateError, ObjectNotFoundError
+from amphora.serialize import ObjectWriter, references
+from amphora.storage.base import Storage, TransactionMetaData
+from amphora.utils import maxtid, p64, tid_from_datetime, u64, z64
+
+__all__ = ["DB"]
+
+
+class DB:
+    """An amphora database over ``storage``.
+
+    ``cache_size`` is each connection's target number of objects in memory (0: no
+    limit by count), ``cache_size_bytes`` its target in estimated bytes (0: no limit);
+    ``pool_size`` is how many closed connections are kept for reuse.
+    """
+
+    def __init__(self, storage: Storage, cache_size: int = 10000, cache_size_bytes: int = 0,
+                 pool_size: int = 7):
+        self.storage = storage
+        self.cache_size = cache_size
+        self.cache_size_bytes = cache_size_bytes
+        self.pool_size = pool_size
+        self._lock = threading.Lock()
+        self._pool: list[Connection] = []
+        self._connections: weakref.WeakSet[Connection] = weakref.WeakSet()
+        self._closed = False
+        storage.registerDB(self)
+        self._ensure_root()
+
+    def _ensure_root(self) -> None:
+        storage = self.storage
+        try:
+            storage.loadBefore(z64, maxtid)
+            return
+        except ObjectNotFoundError:
+            pass
+        if storage.isReadOnly():
+            return
+        root = PersistentMapping()
+        meta = TransactionMetaData(description="initial database creation")
+        writer = ObjectWriter(None, storage.new_oid, lambda obj: None)
+        data = writer.serialize(root)
+        storage.tpc_begin(meta)
+        try:
+            storage.store(z64, z64, data, "", meta)
+            storage.tpc_vote(meta)
+        except ConflictError:
+            storage.tpc_abort(meta)  # another process created it first
+            return
+        except BaseException:
+            storage.tpc_abort(meta)
+            raise
+        storage.tpc_finish(meta)
+
+    # -- connections ----------------------------------------------------------------
+    def open(self, transaction_manager: Any = None, at: Any = None,
+             before: Any = None) -> Connection:
+        """A connection. ``at``/``before`` (a tid, datetime or ISO string) give a
+        read-only view of the database as it was at (or just before) that moment."""
+        if self._closed:
+            raise ConnectionStateError("the database is closed")
+        if at is not None or before is not None:
+            if at is not None and before is not None:
+                raise ValueError("give at= or before=, not both")
+            bound = _as_tid(before if before is not None else at)
+            if at is not None:
+                bound = p64(u64(bound) + 1)
+            conn = Connection(self, self.cache_size, self.cache_size_bytes, before=bound)
+            conn._open(transaction_manager)
+            return conn
+        with self._lock:
+            conn = self._pool.pop() if self._pool else None
+        if conn is None:
+            conn = Connection(self, self.cache_size, self.cache_size_bytes)
+            with self._lock:
+                self._connections.add(conn)
+        conn._open(transaction_manager)
+        return conn
+
+    def _release(self, conn: Connection) -> None:
+        if conn._historical is not None:
+            return
+        with self._lock:
+            if len(self._pool) < self.pool_size and not self._closed:
+                self._pool.append(conn)
+            else:
+                self._connections.discard(conn)
+
+    @contextlib.contextmanager
+    def transaction(self, note: str | None = None) -> Iterator[Connection]:
+        """``with db.transaction() as conn:`` commits on success, aborts on error."""
+        manager = transaction_module.TransactionManager()
+        conn = self.open(manager)
+        try:
+            txn = manager.begin()
+            if note:
+                txn.note(note)
+            try:
+                yield conn
+            except BaseException:
+                manager.abort()
+                raise
+            manager.commit()
+        finally:
+            if conn._joined is not None:
+                manager.abort()
+            conn.close()
+
+    # -- the storage-wrapper protocol (called by the storage) ------------------------
+    def invalidate(self, tid: bytes, oids: Iterable[bytes]) -> None:
+        """A transaction committed elsewhere changed ``oids``."""
+        self._invalidate(tid, list(oids))
+
+    def invalidateCache(self) -> None:
+        """Changes happened elsewhere that cannot be enumerated: flush every cache."""
+        with self._lock:
+            conns = list(self._connections)
+        for conn in conns:
+            conn._invalidate_all()
+
+    def _invalidate(self, tid: bytes, oids: list[bytes], exclude: Connection | None = None) -> None:
+        with self._lock:
+            conns = list(self._connections)
+        for conn in conns:
+            if conn is not exclude:
+                conn._invalidate(tid, oids)
+
+    def references(self, record: bytes, oids: list[bytes] | None = None) -> list[bytes]:
+        return references(record, oids)
+
+    def transform_record_data(self, data: bytes) -> bytes:
+        return data
+
+    def untransform_record_data(self, data: bytes) -> bytes:
+        return data
+
+    # -- information and management -------------------------------------------------
+    def last_transaction(self) -> bytes:
+        """The tid of the last committed transaction (``z64`` if none)."""
+        return self.storage.lastTransaction()
+
+    lastTransaction = last_transaction
+
+    def history(self, oid: bytes, size: int = 1) -> list[dict]:
+        return self.storage.history(oid, size)
+
+    def pack(self, t: float | None = None, days: float = 0, gc: bool = True) -> None:
+        """Remove revisions older than ``t`` (epoch seconds; default now) minus ``days``,
+        and, with ``gc``, objects no longer reachable from the root."""
+        when = (time.time() if t is None else t) - days * 86400
+        self.storage.pack(when, references, gc=gc)
+
+    def objectCount(self) -> int:
+        return len(self.storage)
+
+    object_count = objectCount
+
+    def getName(self) -> str:
+        return self.storage.getName()
+
+    def getSize(self) -> int:
+        return self.storage.getSize()
+
+    def cacheMinimize(self) -> None:
+        with self._lock:
+            conns = list(self._connections)
+        for conn in conns:
+            conn.cacheMinimize()
+
+    def supportsUndo(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        """Close the storage. Open connections become unusable."""
+        if self._closed:
+            return
+        self._closed = True
+        with self._lock:
+            self._pool.clear()
+            self._connections = weakref.WeakSet()
+        self.storage.close()
+
+    def __enter__(self) -> "DB":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<amphora.DB {self.storage.getName()!r}>"
+
+
+def _as_tid(when: Any) -> bytes:
+    """A tid from a tid, datetime, date or ISO-8601 string."""
+    if isinstance(when, bytes):
+        if len(when) != 8:
+            raise ValueError("a tid is 8 bytes")
+        return when
+    if isinstance(when, str):
+        when = datetime.datetime.fromisoformat(when)
+    if isinstance(when, datetime.date) and not isinstance(when, datetime.datetime):
+        when = datetime.datetime(when.year, when.month, when.day)
+    if isinstance(when, datetime.datetime):
+        return tid_from_datetime(when)
+    raise TypeError(f"expected a tid, datetime or ISO string, not {type(when).__name__}")

@@ -1,0 +1,94 @@
+"""Storage URIs.
+
+==========================================  ==============================================
+``memory://``                               a history-preserving storage in memory
+``sqlite:///relative/path.db``              an SQLite file (path relative to the working
+                                            directory: three slashes, then the path)
+``sqlite:////absolute/path.db``             an SQLite file by absolute path (four slashes)
+==========================================  ==============================================
+
+Options go in the query string or as keyword arguments, e.g.
+``sqlite:///app.db?keep_history=false&synchronous=full``. Booleans are written
+``true``/``false`` (or ``1``/``0``, ``yes``/``no``). An unknown scheme or option is an
+:class:`~amphora.errors.InvalidURIError` that names it.
+"""
+from __future__ import annotations
+
+import inspect
+import urllib.parse
+from typing import Any, Callable
+
+from amphora.errors import InvalidURIError
+
+__all__ = ["open_storage", "parse_uri"]
+
+DB_OPTIONS = ("cache_size", "cache_size_bytes", "pool_size")
+
+
+def _memory(path: str, **options: Any):
+    from amphora.storage.memory import MemoryStorage
+    if path not in ("", "/"):
+        options.setdefault("name", path.strip("/"))
+    return MemoryStorage, options
+
+
+def _sqlite(path: str, **options: Any):
+    from amphora.storage.sqlite import SQLiteStorage
+    if not path or path == "/":
+        raise InvalidURIError("an sqlite URI needs a file path: sqlite:///path/to/file.db")
+    return SQLiteStorage, dict(options, path=path[1:] if path.startswith("/") else path)
+
+
+SCHEMES: dict[str, Callable[..., tuple[type, dict]]] = {
+    "memory": _memory,
+    "sqlite": _sqlite,
+}
+
+
+def _convert(value: str) -> Any:
+    lowered = value.lower()
+    if lowered in ("true", "yes", "on"):
+        return True
+    if lowered in ("false", "no", "off"):
+        return False
+    try:
+        return int(value)
+    except ValueError:
+        pass
+    try:
+        return float(value)
+    except ValueError:
+        return value
+
+
+def parse_uri(uri: str) -> tuple[str, str, dict[str, Any]]:
+    """``(scheme, path, options)`` of a storage URI."""
+    if not isinstance(uri, str) or "://" not in uri:
+        raise InvalidURIError(
+            f"{uri!r} is not a storage URI; expected e.g. 'sqlite:///app.db' or 'memory://'")
+    scheme, rest = uri.split("://", 1)
+    path, _, query = rest.partition("?")
+    options = {}
+    for key, value in urllib.parse.parse_qsl(query, keep_blank_values=True):
+        options[key] = _convert(value)
+    return scheme.lower(), urllib.parse.unquote(path), options
+
+
+def open_storage(uri: str, read_only: bool = False, **options: Any):
+    """The storage a URI names (see the module docstring for the forms)."""
+    scheme, path, query = parse_uri(uri)
+    factory = SCHEMES.get(scheme)
+    if factory is None:
+        known = ", ".join(f"{s}://" for s in SCHEMES)
+        raise InvalidURIError(f"unknown storage scheme {scheme!r} in {uri!r}; known: {known}")
+    merged = {**query, **options}
+    if read_only or merged.get("read_only"):
+        merged["read_only"] = True
+    klass, kwargs = factory(path, **merged)
+    accepted = inspect.signature(klass).parameters
+    unknown = sorted(set(kwargs) - set(accepted))
+    if unknown:
+        raise InvalidURIError(
+            f"unknown option(s) {', '.join(unknown)} for {scheme}:// storages; "
+            f"accepted: {', '.join(p for p in accepted if p not in ('path', 'name'))}")
+    return klass(**kwargs)
