@@ -96,6 +96,7 @@ class Connection:
                  before: bytes | None = None):
         self._db = db
         self._storage = db.storage
+        self._records = db.records
         self.transaction_manager: Any = None
         self._cache = PickleCache(self, cache_size, cache_size_bytes)
         self._reader = ObjectReader(self._ghost, self.get)
@@ -113,6 +114,7 @@ class Connection:
         self._read_current: dict[bytes, bytes] = {}
         self._creating: list[Any] = []
         self._modified: list[bytes] = []
+        self._written: dict[bytes, bytes] = {}
         self._prefetched: dict[bytes, tuple[bytes, bytes]] = {}
         # savepoints: states written at savepoints in this transaction
         self._sp_states: dict[bytes, bytes] = {}
@@ -191,10 +193,16 @@ class Connection:
                         oids.append(one)
                 elif getattr(one, "_p_jar", None) is self and one._p_changed is None:
                     oids.append(one._p_oid)
-        oids = [oid for oid in oids if oid not in self._prefetched]
-        if oids:
-            for oid, (data, start, _end) in self._storage.load_many(oids, self._start).items():
+        records = self._records
+        missing = []
+        for oid in oids:
+            if oid not in self._prefetched and records.get(oid, self._start) is None:
+                missing.append(oid)
+        if missing:
+            generation = records.generation()
+            for oid, (data, start, end) in self._storage.load_many(missing, self._start).items():
                 self._prefetched[oid] = (data, start)
+                records.put(oid, data, start, end, generation)
 
     def close(self) -> None:
         """Give the connection back to the database. Its objects stay usable only as far
@@ -293,24 +301,32 @@ class Connection:
 
     # -- the jar protocol (called by persistent) -------------------------------------
     def _load(self, oid: bytes) -> tuple[bytes, bytes]:
+        """``(data, serial)`` of ``oid`` in this snapshot (or this transaction's savepoints)."""
         found = self._prefetched.pop(oid, None)
         if found is not None:
             return found
         if oid in self._sp_states:
             return self._sp_states[oid], self._sp_serials[oid]
+        records = self._records
+        found = records.get(oid, self._start)
+        if found is not None:
+            return found
+        generation = records.generation()
         record = self._storage.loadBefore(oid, self._start)
         if record is None:
             raise ReadConflictError(
                 "the object does not exist in this connection's snapshot (it may have "
                 "been removed by a pack)", oid=oid)
-        return record[0], record[1]
+        data, start, end = record
+        records.put(oid, data, start, end, generation)
+        return data, start
 
     def setstate(self, obj: Any) -> None:
         """Load the state of the ghost ``obj``."""
-        oid = obj._p_oid
-        if not self._opened and self._historical is None and self.transaction_manager is None:
-            raise ConnectionStateError("the connection is closed")
-        data, serial = self._load(oid)
+        if not self._opened:
+            raise ConnectionStateError(
+                f"cannot load {type(obj).__name__} (oid {obj._p_oid!r}): the connection is closed")
+        data, serial = self._load(obj._p_oid)
         self._reader.set_state(obj, data)
         obj._p_serial = serial
         obj._p_estimated_size = len(data)
@@ -366,6 +382,12 @@ class Connection:
         meta = txn.data(self)
         storage = self._storage
         stored: set[bytes] = set()
+        written = self._written = {}
+
+        def store(oid: bytes, serial: bytes, data: bytes, version: str, meta: Any) -> None:
+            storage.store(oid, serial, data, version, meta)
+            written[oid] = data
+
         for oid, serial in self._read_current.items():
             storage.checkCurrentSerialInTransaction(oid, serial, meta)
         # objects written at savepoints and not changed since
@@ -373,9 +395,9 @@ class Connection:
             obj = self._cache.get(oid) or self._added.get(oid)
             if obj is not None and obj._p_changed:
                 continue  # changed again: written below
-            storage.store(oid, self._sp_serials[oid], data, "", meta)
+            store(oid, self._sp_serials[oid], data, "", meta)
             stored.add(oid)
-        self._store_objects(self._registered, meta, stored, storage.store)
+        self._store_objects(self._registered, meta, stored, store)
         self._modified = list(stored)
 
     def _store_objects(self, objs: list[Any], meta: Any, stored: set[bytes], store: Any) -> None:
@@ -410,15 +432,18 @@ class Connection:
             raise
         if resolved:
             for oid in resolved:
+                self._written.pop(oid, None)  # the storage holds a merged record
                 obj = self._cache.get(oid)
                 if obj is not None:
                     del obj._p_changed  # the stored state is the merged one: reload it
 
     def tpc_finish(self, txn: Any) -> None:
         modified = self._modified
+        written = self._written
 
         def invalidate_others(tid: bytes) -> None:
             self._db._invalidate(tid, modified, exclude=self)
+            self._records.committed(tid, written)
 
         serial = self._storage.tpc_finish(txn.data(self), invalidate_others)
         for oid in modified:
@@ -466,6 +491,7 @@ class Connection:
         self._added = {}
         self._creating = []
         self._modified = []
+        self._written = {}
         self._read_current = {}
         self._sp_states = {}
         self._sp_serials = {}

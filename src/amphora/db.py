@@ -19,6 +19,7 @@ from typing import Any, Iterable, Iterator
 import transaction as transaction_module
 from persistent.mapping import PersistentMapping
 
+from amphora.cache import RecordCache
 from amphora.connection import Connection
 from amphora.errors import ConflictError, ConnectionStateError, ObjectNotFoundError
 from amphora.serialize import ObjectWriter, references
@@ -33,12 +34,15 @@ class DB:
 
     ``cache_size`` is each connection's target number of objects in memory (0: no
     limit by count), ``cache_size_bytes`` its target in estimated bytes (0: no limit);
-    ``pool_size`` is how many closed connections are kept for reuse.
+    ``pool_size`` is how many closed connections are kept for reuse;
+    ``record_cache_bytes`` the size of the record cache all connections share (see
+    :mod:`amphora.cache`; 0 turns it off).
     """
 
     def __init__(self, storage: Storage, cache_size: int = 10000, cache_size_bytes: int = 0,
-                 pool_size: int = 7):
+                 pool_size: int = 7, record_cache_bytes: int = 64 * 1024 * 1024):
         self.storage = storage
+        self.records = RecordCache(record_cache_bytes)
         self.cache_size = cache_size
         self.cache_size_bytes = cache_size_bytes
         self.pool_size = pool_size
@@ -135,12 +139,14 @@ class DB:
 
     def invalidateCache(self) -> None:
         """Changes happened elsewhere that cannot be enumerated: flush every cache."""
+        self.records.clear()
         with self._lock:
             conns = list(self._connections)
         for conn in conns:
             conn._invalidate_all()
 
     def _invalidate(self, tid: bytes, oids: list[bytes], exclude: Connection | None = None) -> None:
+        self.records.invalidate(tid, oids)
         with self._lock:
             conns = list(self._connections)
         for conn in conns:

@@ -22,7 +22,7 @@ from amphora.errors import InvalidURIError
 
 __all__ = ["open_storage", "parse_uri"]
 
-DB_OPTIONS = ("cache_size", "cache_size_bytes", "pool_size")
+DB_OPTIONS = ("cache_size", "cache_size_bytes", "pool_size", "record_cache_bytes")
 
 
 def _memory(path: str, **options: Any):

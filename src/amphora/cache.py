@@ -1,0 +1,126 @@
+"""The record cache: records shared by all connections of one DB.
+
+A connection's pickle cache holds live objects; this cache holds the *records* behind
+them, so that a ghost loads from memory when any connection of the database read or wrote
+that record before. Records are immutable facts about history, which makes sharing safe
+across snapshots:
+
+- an entry is ``oid -> (data, start, end)``: the revision written by ``start`` and
+  superseded by ``end`` (None while it is current);
+- a snapshot that reads everything before ``before`` may use an entry when
+  ``start < before`` and (``end`` is None or ``before <= end``);
+- every invalidation ``(tid, oids)`` the database receives, for its own commits and for
+  commits made elsewhere, closes the current entries of those oids (``end = tid``). Since
+  the database gets invalidations before ``lastTransaction()`` reports their tid, no
+  snapshot can be newer than the invalidations the cache has seen;
+- a record read from the storage while an invalidation arrived may already be stale, so
+  it is only kept if it is closed (``end`` known) or no invalidation arrived meanwhile.
+
+Eviction is first-in first-out by estimated size (record bytes plus a fixed overhead).
+"""
+from __future__ import annotations
+
+import threading
+from typing import Iterable
+
+__all__ = ["RecordCache"]
+
+_OVERHEAD = 100  # bytes per entry beyond the record itself, roughly
+
+
+class RecordCache:
+    """Records by oid with the validity range of each; see the module docstring."""
+
+    def __init__(self, max_bytes: int = 64 * 1024 * 1024):
+        self.max_bytes = max_bytes
+        self._entries: dict[bytes, tuple[bytes, bytes, bytes | None]] = {}
+        self._bytes = 0
+        self._lock = threading.Lock()
+        self._generation = 0  # bumped by every invalidation
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @property
+    def size_bytes(self) -> int:
+        return self._bytes
+
+    def generation(self) -> int:
+        """Take this before reading from the storage; give it to :meth:`put`."""
+        return self._generation
+
+    def get(self, oid: bytes, before: bytes) -> tuple[bytes, bytes] | None:
+        """``(data, start)`` of the revision of ``oid`` visible before ``before``, if known."""
+        entry = self._entries.get(oid)
+        if entry is not None:
+            data, start, end = entry
+            if start < before and (end is None or before <= end):
+                self.hits += 1
+                return data, start
+        self.misses += 1
+        return None
+
+    def put(self, oid: bytes, data: bytes, start: bytes, end: bytes | None,
+            generation: int) -> None:
+        """Remember a record read from the storage after :meth:`generation` returned
+        ``generation``."""
+        if self.max_bytes <= 0:
+            return
+        with self._lock:
+            if end is None and generation != self._generation:
+                return  # an invalidation may have superseded it while it was read
+            current = self._entries.get(oid)
+            if current is not None:
+                if current[2] is None and end is not None:
+                    return  # keep the current revision rather than an older one
+                self._bytes -= len(current[0]) + _OVERHEAD
+            self._entries[oid] = (data, start, end)
+            self._bytes += len(data) + _OVERHEAD
+            if self._bytes > self.max_bytes:
+                self._evict()
+
+    def committed(self, tid: bytes, records: dict[bytes, bytes]) -> None:
+        """A transaction ``tid`` committed here wrote ``records``; call after
+        :meth:`invalidate` for the same transaction."""
+        if self.max_bytes <= 0:
+            return
+        with self._lock:
+            entries = self._entries
+            for oid, data in records.items():
+                old = entries.get(oid)
+                if old is not None:
+                    self._bytes -= len(old[0]) + _OVERHEAD
+                entries[oid] = (data, tid, None)
+                self._bytes += len(data) + _OVERHEAD
+            if self._bytes > self.max_bytes:
+                self._evict()
+
+    def invalidate(self, tid: bytes, oids: Iterable[bytes]) -> None:
+        """Transaction ``tid`` wrote new revisions of ``oids``."""
+        with self._lock:
+            self._generation += 1
+            entries = self._entries
+            for oid in oids:
+                entry = entries.get(oid)
+                if entry is not None and entry[2] is None:
+                    if entry[1] < tid:
+                        entries[oid] = (entry[0], entry[1], tid)
+                    else:  # cannot happen in order; be safe
+                        del entries[oid]
+                        self._bytes -= len(entry[0]) + _OVERHEAD
+
+    def clear(self) -> None:
+        with self._lock:
+            self._generation += 1
+            self._entries.clear()
+            self._bytes = 0
+
+    def _evict(self) -> None:
+        target = self.max_bytes * 3 // 4
+        entries = self._entries
+        while self._bytes > target and entries:
+            oid = next(iter(entries))
+            data = entries.pop(oid)[0]
+            self._bytes -= len(data) + _OVERHEAD
