@@ -38,7 +38,8 @@ import transaction as transaction_module
 from persistent import PickleCache
 from persistent.mapping import PersistentMapping
 
-from amphora.errors import ConnectionStateError, ReadConflictError, ReadOnlyHistoryError
+from amphora.errors import (ConflictError, ConnectionStateError, ReadConflictError,
+                            ReadOnlyHistoryError)
 from amphora.serialize import ObjectReader, ObjectWriter
 from amphora.storage.base import TransactionMetaData
 from amphora.utils import p64, u64, z64
@@ -426,8 +427,12 @@ class Connection:
     def tpc_vote(self, txn: Any) -> None:
         try:
             resolved = self._storage.tpc_vote(txn.data(self))
-        except ReadConflictError as exc:
-            if exc.oid is not None:
+        except ConflictError as exc:
+            obj = self._cache.get(exc.oid) if exc.oid is not None else None
+            if obj is not None and not exc.class_name:
+                klass = type(obj)
+                exc.class_name = f"{klass.__module__}.{klass.__qualname__}"
+            if isinstance(exc, ReadConflictError) and exc.oid is not None:
                 self._cache.invalidate(exc.oid)
             raise
         if resolved:
