@@ -1,0 +1,197 @@
+"""Shared fixtures: every test that takes a storage runs once per storage kind.
+
+A *storage kind* is one entry in :data:`STORAGE_KINDS`: a name (the pytest id), a function
+that opens a storage of that kind in a directory, and how its URI is written. Adding a
+storage or a wrapper stack (postgresql, client->memory, demo, encrypted->sqlite ...) to the
+whole conformance suite is one more entry there.
+
+What a kind can do is read from the storage itself, from the capability flags of the
+storage contract (``supports_history``, ``supports_undo``, ``supports_pack``,
+``is_remote``). A test that needs a capability calls ``make_storage.require("history")``,
+which skips with a reason naming the kind and why it lacks it; nothing is skipped
+silently.
+
+Fixtures:
+
+``make_storage``
+    a :class:`StorageFactory` for the current kind: ``make_storage()`` opens a storage
+    (closed after the test), ``make_storage.reopen(storage)`` closes and opens it again
+    (the same object for kinds whose data lives in memory), ``make_storage.uri()`` is its
+    ``amphora.open`` URI.
+``storage``
+    one open storage of the current kind.
+``db``
+    an :class:`amphora.DB` on ``storage``.
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+import transaction
+
+import amphora
+
+CAPABILITIES = ("history", "undo", "pack", "remote")
+
+
+@dataclass(frozen=True)
+class StorageKind:
+    """One way of making a storage, as the conformance suite sees it.
+
+    ``open(path, **options)`` opens (or re-opens) the storage kept at ``path`` (a file
+    name in the test's temporary directory; kinds that keep data in memory ignore it).
+    ``uri(path)`` is the ``amphora.open`` URI of the same storage, or None when the kind
+    has no URI. ``durable`` says whether data survives closing the storage and opening
+    ``path`` again. ``notes`` explain, per capability, why the kind lacks it (used in skip
+    reasons). ``module`` is imported first: when it cannot be imported, every test of the
+    kind is skipped with the import error as the reason.
+    """
+
+    name: str
+    open: Callable[..., Any]
+    uri: Callable[[Path], str] | None
+    durable: bool
+    module: str = "amphora"
+    options: dict[str, Any] = field(default_factory=dict)
+    notes: dict[str, str] = field(default_factory=dict)
+
+
+def _memory(path: Path, **options: Any) -> Any:
+    from amphora.storage.memory import MemoryStorage
+    return MemoryStorage(**options)
+
+
+def _sqlite(path: Path, **options: Any) -> Any:
+    from amphora.storage.sqlite import SQLiteStorage
+    return SQLiteStorage(str(path), **options)
+
+
+STORAGE_KINDS: list[StorageKind] = [
+    StorageKind("memory", _memory, uri=lambda path: "memory://", durable=False,
+                module="amphora.storage.memory"),
+    StorageKind("sqlite", _sqlite, uri=lambda path: f"sqlite:///{path}", durable=True,
+                module="amphora.storage.sqlite"),
+    StorageKind("sqlite-history-free", _sqlite, durable=True, module="amphora.storage.sqlite",
+                options={"keep_history": False},
+                uri=lambda path: f"sqlite:///{path}?keep_history=false",
+                notes={"history": "keep_history=false", "pack": "keep_history=false"}),
+]
+
+
+class StorageFactory:
+    """Opens storages of one kind inside one test's temporary directory, and closes
+    them all when the test ends."""
+
+    def __init__(self, kind: StorageKind, directory: Path):
+        self.kind = kind
+        self.directory = directory
+        self._opened: list[Any] = []
+        self._paths: dict[int, Path] = {}
+
+    @property
+    def name(self) -> str:
+        return self.kind.name
+
+    @property
+    def durable(self) -> bool:
+        return self.kind.durable
+
+    def path(self, name: str = "data") -> Path:
+        return self.directory / f"{name}.db"
+
+    def __call__(self, name: str = "data", **options: Any) -> Any:
+        """A storage of this kind kept under ``name`` (the same data for the same name,
+        for durable kinds)."""
+        path = self.path(name)
+        storage = self.kind.open(path, **{**self.kind.options, **options})
+        self._opened.append(storage)
+        self._paths[id(storage)] = path
+        return storage
+
+    def reopen(self, storage: Any, **options: Any) -> Any:
+        """``storage`` closed and opened again with ``options``; for kinds that keep data
+        in memory, ``storage`` itself (closing it would lose the data)."""
+        if not self.durable:
+            return storage
+        storage.close()
+        path = self._paths[id(storage)]
+        return self(path.stem, **options)
+
+    def uri(self, name: str = "data") -> str:
+        """The ``amphora.open`` URI of the storage kept under ``name``."""
+        if self.kind.uri is None:
+            pytest.skip(f"{self.name} storage: no URI form")
+        return self.kind.uri(self.path(name))
+
+    def supports(self, capability: str, storage: Any = None) -> bool:
+        if capability not in CAPABILITIES:
+            raise ValueError(f"unknown capability {capability!r}; known: {CAPABILITIES}")
+        attribute = "is_remote" if capability == "remote" else f"supports_{capability}"
+        if storage is None:
+            storage = self._opened[0] if self._opened else self()
+        return bool(getattr(storage, attribute))
+
+    def require(self, capability: str, storage: Any = None) -> None:
+        """Skip the test, with a reason, unless storages of this kind have ``capability``
+        (one of ``history``, ``undo``, ``pack``, ``remote``)."""
+        if not self.supports(capability, storage):
+            why = self.kind.notes.get(capability)
+            if why is None:
+                flag = "is_remote" if capability == "remote" else f"supports_{capability}"
+                why = f"{flag} is False"
+            pytest.skip(f"{self.name} storage: no {capability} ({why})")
+
+    def close_all(self) -> None:
+        for storage in reversed(self._opened):
+            try:
+                storage.close()
+            except Exception:
+                pass
+
+
+def _import_error(kind: StorageKind) -> str | None:
+    try:
+        importlib.import_module(kind.module)
+    except ImportError as exc:
+        return f"{kind.name} storage cannot be imported: {exc}"
+    return None
+
+
+@pytest.fixture(params=STORAGE_KINDS, ids=[kind.name for kind in STORAGE_KINDS])
+def make_storage(request, tmp_path) -> Any:
+    kind: StorageKind = request.param
+    problem = _import_error(kind)
+    if problem:
+        pytest.skip(problem)
+    factory = StorageFactory(kind, tmp_path)
+    yield factory
+    factory.close_all()
+
+
+@pytest.fixture
+def storage_factory(make_storage) -> Any:
+    """The same as ``make_storage``."""
+    return make_storage
+
+
+@pytest.fixture
+def storage(make_storage) -> Any:
+    return make_storage()
+
+
+@pytest.fixture
+def db(storage) -> amphora.DB:
+    database = amphora.DB(storage)
+    yield database
+    database.close()
+
+
+@pytest.fixture(autouse=True)
+def _clean_thread_transaction():
+    """No test leaks a half-done transaction of the thread-local manager into the next."""
+    yield
+    transaction.manager.abort()
