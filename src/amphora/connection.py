@@ -117,6 +117,8 @@ class Connection:
         self._modified: list[bytes] = []
         self._written: dict[bytes, bytes] = {}
         self._prefetched: dict[bytes, tuple[bytes, bytes]] = {}
+        self._siblings: dict[bytes, _Siblings] = {}
+        self._new_ghosts: list[bytes] | None = None
         # savepoints: states written at savepoints in this transaction
         self._sp_states: dict[bytes, bytes] = {}
         self._sp_serials: dict[bytes, bytes] = {}
@@ -312,6 +314,12 @@ class Connection:
         found = records.get(oid, self._start)
         if found is not None:
             return found
+        siblings = self._siblings.pop(oid, None)
+        if siblings is not None and siblings.missed():
+            self._read_ahead(siblings)
+            found = self._prefetched.pop(oid, None)
+            if found is not None:
+                return found
         generation = records.generation()
         record = self._storage.loadBefore(oid, self._start)
         if record is None:
@@ -322,13 +330,44 @@ class Connection:
         records.put(oid, data, start, end, generation)
         return data, start
 
+    def _read_ahead(self, siblings: "_Siblings") -> None:
+        """Load the ghosts among ``siblings`` in one batch: they were met in the same
+        container, and two of them were asked for one by one already."""
+        cache = self._cache
+        siblings_of = self._siblings
+        oids = []
+        for oid in siblings.oids:
+            obj = cache.get(oid)
+            if obj is not None and obj._p_changed is None and oid not in self._prefetched:
+                oids.append(oid)
+            siblings_of.pop(oid, None)
+        if oids:
+            generation = self._records.generation()
+            for oid, (data, start, end) in self._storage.load_many(oids, self._start).items():
+                self._prefetched[oid] = (data, start)
+                self._records.put(oid, data, start, end, generation)
+
     def setstate(self, obj: Any) -> None:
         """Load the state of the ghost ``obj``."""
         if not self._opened:
             raise ConnectionStateError(
                 f"cannot load {type(obj).__name__} (oid {obj._p_oid!r}): the connection is closed")
         data, serial = self._load(obj._p_oid)
-        self._reader.set_state(obj, data)
+        outer, new_ghosts = self._new_ghosts, []
+        self._new_ghosts = new_ghosts
+        try:
+            self._reader.set_state(obj, data)
+        finally:
+            self._new_ghosts = outer
+        if len(new_ghosts) > 1:
+            # Remember which ghosts came from one container: if the application reads
+            # them one after another, the rest are loaded in one batch (see _load).
+            siblings = _Siblings(new_ghosts)
+            siblings_of = self._siblings
+            if len(siblings_of) > _MAX_SIBLINGS:
+                siblings_of.clear()
+            for oid in new_ghosts:
+                siblings_of[oid] = siblings
         obj._p_serial = serial
         obj._p_estimated_size = len(data)
 
@@ -354,6 +393,8 @@ class Connection:
             return obj
         obj = klass.__new__(klass)
         self._cache.new_ghost(oid, obj)
+        if self._new_ghosts is not None:
+            self._new_ghosts.append(oid)
         return obj
 
     def _creating_queue_add(self, obj: Any) -> None:
@@ -552,6 +593,24 @@ class Connection:
         self._added = {}
         self._creating = []
         cache.invalidate([oid for oid in changed + later if cache.get(oid) is not None])
+
+
+_MAX_SIBLINGS = 100_000  # ghosts remembered for read-ahead, per connection
+
+
+class _Siblings:
+    """Ghosts created while loading one container's state."""
+
+    __slots__ = ("oids", "misses")
+
+    def __init__(self, oids: list[bytes]):
+        self.oids = oids
+        self.misses = 0
+
+    def missed(self) -> bool:
+        """Count a one-by-one load among them; True from the second on."""
+        self.misses += 1
+        return self.misses > 1
 
 
 class _Savepoint:
