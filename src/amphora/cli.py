@@ -1,0 +1,376 @@
+"""The ``amphora`` command: look into, pack and copy storages.
+
+A thin consumer of the public API: every command opens storages by URI
+(:func:`amphora.open_storage`) and calls the storage contract; copying is
+:func:`amphora.copy.copy_transactions`. ZODB ``FileStorage`` files (a path ending in
+``.fs``, or ``file://path.fs``) are accepted wherever a storage is, when ZODB is installed.
+
+Errors a user can cause (a bad URI, a missing or foreign file, an unknown oid) print one
+line, ``amphora: error: ...``, on stderr and exit with status 2; no command changes data
+before it has validated its arguments.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import sys
+import time
+from typing import Any, Iterator, Sequence
+
+from amphora.copy import CopyStats, copy_transactions
+from amphora.errors import AmphoraError
+from amphora.serialize import class_name_of, references
+from amphora.uri import open_storage, parse_uri
+from amphora.utils import maxtid, p64, tid_to_datetime, u64, z64
+
+__all__ = ["main", "build_parser"]
+
+EXIT_ERROR = 2
+
+
+class CommandError(Exception):
+    """A user error found by the command itself (printed as one line, exit 2)."""
+
+
+# ---------------------------------------------------------------------------------------
+# Opening storages
+
+def _filestorage_path(spec: str) -> str | None:
+    """The path of a ZODB FileStorage spec (``data.fs``, ``file://data.fs``,
+    ``file:///abs/data.fs``), or None if ``spec`` names something else."""
+    if spec.startswith("file://"):
+        return spec[len("file://"):]
+    if "://" not in spec and spec.endswith(".fs"):
+        return spec
+    return None
+
+
+def _open_filestorage(path: str, read_only: bool, must_exist: bool) -> Any:
+    try:
+        from ZODB.FileStorage import FileStorage
+    except ImportError:
+        raise CommandError(
+            f"{path}: reading or writing ZODB FileStorage files needs ZODB "
+            "(pip install ZODB)") from None
+    if must_exist and not os.path.exists(path):
+        raise CommandError(f"{path}: no such file")
+    from ZODB.FileStorage.FileStorage import FileStorageFormatError
+    try:
+        return FileStorage(path, read_only=read_only)
+    except FileStorageFormatError:
+        raise CommandError(f"{path}: not a ZODB FileStorage file") from None
+
+
+@contextlib.contextmanager
+def opened(spec: str, read_only: bool = False, must_exist: bool = True) -> Iterator[Any]:
+    """The storage ``spec`` names, closed afterwards.
+
+    ``must_exist``: a file-backed storage must already exist (nothing is created).
+    """
+    fs_path = _filestorage_path(spec)
+    if fs_path is not None:
+        storage = _open_filestorage(fs_path, read_only, must_exist)
+    else:
+        if "://" not in spec and os.path.exists(spec):
+            raise CommandError(
+                f"{spec!r} is a file name, not a storage URI; for an SQLite file write "
+                f"'sqlite:///{spec}' (relative) or 'sqlite:////abs/path.db'")
+        scheme, path, _ = parse_uri(spec)
+        if must_exist and scheme == "sqlite" and path not in ("", "/"):
+            file_path = path[1:] if path.startswith("/") else path
+            if not os.path.exists(file_path):
+                raise CommandError(f"{spec}: no such file: {file_path}")
+        storage = open_storage(spec, read_only=read_only)
+    try:
+        yield storage
+    finally:
+        storage.close()
+
+
+# ---------------------------------------------------------------------------------------
+# Formatting
+
+def _format_tid(tid: bytes) -> str:
+    return "0x" + tid.hex()
+
+
+def _format_time(tid: bytes) -> str:
+    return tid_to_datetime(tid).strftime("%Y-%m-%d %H:%M:%S.%f UTC")
+
+
+def _format_size(n: int) -> str:
+    size = float(n)
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{n:,} bytes" if unit == "bytes" else f"{n:,} bytes ({size:.1f} {unit})"
+        size /= 1024
+    raise AssertionError("unreachable")
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return "" if value is None else str(value)
+
+
+def _parse_oid(text: str) -> bytes:
+    try:
+        number = int(text[2:], 16) if text.lower().startswith("0x") else int(text, 10)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an oid; write it in decimal (12) or hex (0xc)") from None
+    if not 0 <= number < 2 ** 64:
+        raise argparse.ArgumentTypeError(f"{text!r} is out of the range of oids")
+    return p64(number)
+
+
+def _non_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError("must not be negative")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _count_transactions(storage: Any) -> int:
+    counter = getattr(storage, "transaction_count", None)
+    if counter is not None:
+        return counter()
+    return sum(1 for _ in storage.iterator())
+
+
+# ---------------------------------------------------------------------------------------
+# Commands
+
+def cmd_info(args: argparse.Namespace) -> int:
+    with opened(args.uri, read_only=True) as storage:
+        last = storage.lastTransaction()
+        rows = [
+            ("storage", f"{args.uri} ({type(storage).__name__})"),
+            ("size", _format_size(storage.getSize())),
+            ("objects", f"{len(storage):,}"),
+            ("transactions", f"{_count_transactions(storage):,}"),
+            ("last transaction",
+             "none" if last == z64 else f"{_format_tid(last)} {_format_time(last)}"),
+        ]
+    width = max(len(name) for name, _ in rows)
+    for name, value in rows:
+        print(f"{name + ':':<{width + 1}} {value}")
+    return 0
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    with opened(args.uri, read_only=True) as storage:
+        entries = storage.history(args.oid, args.size)
+        current = storage.loadBefore(args.oid, maxtid)
+        class_name = _class_name(current[0]) if current else "?"
+    print(f"oid 0x{u64(args.oid):x} ({u64(args.oid)}), {class_name}: "
+          f"{len(entries)} revision{'s' if len(entries) != 1 else ''}, newest first")
+    rows = [("tid", "time", "size", "user", "description")]
+    for entry in entries:
+        tid = entry.get("tid") or entry.get("serial")
+        rows.append((_format_tid(tid), _format_time(tid), f"{entry.get('size', 0):,}",
+                     _text(entry.get("user_name")), _text(entry.get("description"))))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    for row in rows:
+        cells = [row[0].ljust(widths[0]), row[1].ljust(widths[1]), row[2].rjust(widths[2]),
+                 row[3].ljust(widths[3]), row[4]]
+        print("  ".join(cells).rstrip())
+    return 0
+
+
+def _class_name(data: bytes | None) -> str:
+    if not data:
+        return "deleted"
+    try:
+        return class_name_of(data)
+    except AmphoraError:
+        return "?"
+
+
+def cmd_pack(args: argparse.Namespace) -> int:
+    with opened(args.uri) as storage:
+        size, objects = storage.getSize(), len(storage)
+        started = time.monotonic()
+        storage.pack(time.time() - args.days * 86400, references, gc=not args.no_gc)
+        elapsed = time.monotonic() - started
+        new_size, new_objects = storage.getSize(), len(storage)
+    what = "revisions older than " + (f"{args.days:g} days" if args.days else "now")
+    gc = "" if args.no_gc else " and unreachable objects"
+    print(f"packed {args.uri} ({what}{gc} removed) in {elapsed:.2f} s: "
+          f"size {size:,} -> {new_size:,} bytes, objects {objects:,} -> {new_objects:,}")
+    return 0
+
+
+def cmd_copy(args: argparse.Namespace) -> int:
+    if args.source == args.destination:
+        raise CommandError("the source and the destination are the same")
+    with opened(args.source, read_only=True) as source, \
+            opened(args.destination, must_exist=False) as destination:
+        source_last = source.lastTransaction()
+        started = time.monotonic()
+        with _copy_progress(source_last) as progress:
+            try:
+                stats = copy_transactions(source, destination, progress,
+                                          incremental=args.incremental)
+            except AmphoraError:
+                raise
+            except BaseException:
+                print(f"amphora: copy stopped; {args.destination} holds the transactions "
+                      "copied so far (resume with --incremental)", file=sys.stderr)
+                raise
+        elapsed = time.monotonic() - started
+    skipped = (f"; {stats.skipped:,} records without data skipped" if stats.skipped else "")
+    print(f"copied {stats.transactions:,} transactions ({stats.records:,} records, "
+          f"{stats.bytes:,} bytes) from {args.source} to {args.destination} "
+          f"in {elapsed:.2f} s{skipped}")
+    return 0
+
+
+@contextlib.contextmanager
+def _copy_progress(source_last: bytes) -> Iterator[Any]:
+    """A progress callback for :func:`copy_transactions`: a bar on stderr when it is a
+    terminal, measured in time covered (tids are timestamps), else nothing."""
+    if not sys.stderr.isatty() or source_last == z64:
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    end = u64(source_last)
+    columns = (TextColumn("copying"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
+               TextColumn("{task.fields[transactions]:,} transactions"), TimeRemainingColumn())
+    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task("copy", total=1.0, transactions=0)
+
+        def progress(stats: CopyStats) -> None:
+            first = u64(stats.first_tid or source_last)
+            span = max(end - first, 1)
+            done = (u64(stats.last_tid or source_last) - first) / span
+            bar.update(task, completed=min(done, 1.0), transactions=stats.transactions)
+
+        yield progress
+
+
+# ---------------------------------------------------------------------------------------
+# The parser
+
+STORAGE_FORMS = """\
+storages are named by URI: memory://, sqlite:///relative/path.db,
+sqlite:////absolute/path.db (options as ?keep_history=false&synchronous=full);
+ZODB FileStorage files as path.fs or file://path.fs (needs ZODB installed)"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``amphora`` argument parser (one sub-parser per command)."""
+    parser = argparse.ArgumentParser(
+        prog="amphora", description="Look into, pack and copy amphora storages.",
+        epilog=STORAGE_FORMS)
+    parser.add_argument("--version", action="version", version=f"amphora {_version()}")
+    commands = parser.add_subparsers(title="commands", dest="command", metavar="COMMAND")
+    commands.required = True
+
+    def command(name: str, help: str, description: str) -> argparse.ArgumentParser:
+        return commands.add_parser(name, help=help, description=description,
+                                   epilog=STORAGE_FORMS)
+
+    info = command("info", "size, object and transaction counts, last transaction",
+                   "Show a storage's size, its number of objects and transactions, and its "
+                   "last transaction (tid and UTC time). Opens the storage read-only.")
+    info.add_argument("uri", metavar="URI", help="the storage")
+    info.set_defaults(func=cmd_info)
+
+    history = command("history", "the revisions of one object",
+                      "List the revisions of an object, newest first: tid, UTC time, record "
+                      "size, user and description of the transaction that wrote each. "
+                      "Opens the storage read-only.")
+    history.add_argument("uri", metavar="URI", help="the storage")
+    history.add_argument("oid", metavar="OID", type=_parse_oid,
+                         help="the object id, decimal (12) or hex (0xc); the root is 0")
+    history.add_argument("--size", metavar="N", type=_positive_int, default=10,
+                         help="show at most N revisions (default: 10)")
+    history.set_defaults(func=cmd_history)
+
+    pack = command("pack", "remove old revisions and unreachable objects",
+                   "Pack a storage: remove the revisions that were superseded before the "
+                   "pack time and, unless --no-gc is given, the objects no longer reachable "
+                   "from the root.")
+    pack.add_argument("uri", metavar="URI", help="the storage")
+    pack.add_argument("--days", metavar="N", type=_non_negative, default=0.0,
+                      help="keep the history of the last N days (default: 0, pack to now)")
+    pack.add_argument("--no-gc", action="store_true",
+                      help="only remove old revisions; keep unreachable objects")
+    pack.set_defaults(func=cmd_pack)
+
+    copy = command("copy", "copy every transaction from one storage to another",
+                   "Copy every transaction of SRC into DST, keeping tids, users, "
+                   "descriptions and extensions. DST must be empty (a new file is "
+                   "created) unless --incremental is given. Either may be a ZODB "
+                   "FileStorage file, to migrate from ZODB to amphora and back.")
+    copy.add_argument("source", metavar="SRC", help="the storage to read (opened read-only)")
+    copy.add_argument("destination", metavar="DST", help="the storage to write")
+    copy.add_argument("--incremental", action="store_true",
+                      help="DST is an earlier copy of SRC: copy only the transactions "
+                           "committed after DST's last one (resumes an interrupted copy)")
+    copy.set_defaults(func=cmd_copy)
+    return parser
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version("amphora")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _error_types() -> tuple[type[BaseException], ...]:
+    """The errors a user can cause: amphora's, the OS's, and ZODB's when it is loaded."""
+    types: list[type[BaseException]] = [AmphoraError, CommandError, OSError]
+    zodb_errors = sys.modules.get("ZODB.POSException")
+    if zodb_errors is not None:
+        types.append(zodb_errors.POSError)
+    return tuple(types)
+
+
+def _describe(exc: BaseException) -> str:
+    message = str(exc).strip() or type(exc).__name__
+    if isinstance(exc, OSError) and exc.filename and str(exc.filename) not in message:
+        message = f"{exc.filename}: {message}"
+    if not isinstance(exc, (AmphoraError, CommandError, OSError)):
+        message = f"{type(exc).__name__}: {message}"  # ZODB's errors often say little
+    return " ".join(message.split())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``amphora`` command; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    # Warnings from the storages' loggers (ZODB's FileStorage rebuilding an index, say)
+    # are worth seeing, marked as ours.
+    logging.basicConfig(level=logging.WARNING, format="amphora: %(levelname)s: %(message)s")
+    try:
+        return args.func(args)
+    except _error_types() as exc:
+        print(f"amphora: error: {_describe(exc)}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("amphora: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,135 @@
+"""Copy transactions from one storage to another.
+
+Works between any two storages that keep the storage contract (amphora's, and ZODB's
+own such as ``FileStorage``): the source is read with ``iterator()``, and every
+transaction is committed to the destination with its original tid, user, description
+and extension, record for record. This is how ZODB data moves into amphora and back::
+
+    from ZODB.FileStorage import FileStorage
+    copy_transactions(FileStorage("Data.fs", read_only=True),
+                      amphora.open_storage("sqlite:///app.db"))
+
+Rules:
+
+- The destination must be empty, unless ``incremental`` is true: then it must be an
+  earlier copy of the same source (its last transaction is one of the source's), and
+  only the source's later transactions are copied. Running an incremental copy again
+  resumes where an interrupted one stopped.
+- A destination that has ``restore`` (ZODB's FileStorage) gets records through it,
+  keeping back-pointers and deletion records. Otherwise each record is ``store``\\ d
+  with the destination's current serial of the oid, so no conflict can arise; records
+  without data (ZODB writes them when an object's creation is undone) cannot be stored
+  that way and are skipped and counted in :attr:`CopyStats.skipped`.
+- Each transaction is committed on its own: if the copy stops halfway, the destination
+  holds a prefix of the source's history, never a partial transaction.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+from amphora.errors import StorageError
+from amphora.storage.base import Storage, TransactionMetaData
+from amphora.utils import maxtid, p64, tid_repr, u64, z64
+
+__all__ = ["CopyStats", "copy_transactions"]
+
+
+@dataclasses.dataclass
+class CopyStats:
+    """How far a copy got. ``first_tid``/``last_tid`` are the first and last tids copied."""
+
+    transactions: int = 0
+    records: int = 0
+    bytes: int = 0
+    skipped: int = 0  #: records without data that the destination could not take
+    first_tid: bytes | None = None
+    last_tid: bytes | None = None
+
+
+def copy_transactions(source: Storage, destination: Storage,
+                      progress: Callable[[CopyStats], None] | None = None,
+                      incremental: bool = False) -> CopyStats:
+    """Copy every transaction of ``source`` into ``destination``, keeping tids.
+
+    ``progress(stats)`` is called after each transaction is committed. Returns the
+    final :class:`CopyStats`. Raises :class:`~amphora.errors.StorageError` if the
+    destination is not empty (or, with ``incremental``, is not a copy of the source);
+    any error raised by either storage aborts the transaction being copied and
+    propagates, leaving the transactions copied so far committed.
+    """
+    stats = CopyStats()
+    start = _start_tid(source, destination, incremental)
+    restore = getattr(destination, "restore", None)
+    # The serial each oid has in the destination, as store() must be told it.
+    serials: dict[bytes, bytes] = {}
+    look_up_serials = start is not None
+
+    def current_serial(oid: bytes) -> bytes:
+        serial = serials.get(oid)
+        if serial is None:
+            serial = _current_serial(destination, oid) if look_up_serials else z64
+        return serial
+
+    for txn in source.iterator(start):
+        meta = TransactionMetaData(txn.user, txn.description, _extension_bytes(txn))
+        destination.tpc_begin(meta, txn.tid, getattr(txn, "status", " "))
+        try:
+            for record in txn:
+                data = record.data
+                if restore is not None:
+                    restore(record.oid, txn.tid, data, "", record.data_txn, meta)
+                elif data is None:
+                    stats.skipped += 1
+                    continue
+                else:
+                    destination.store(record.oid, current_serial(record.oid), data, "", meta)
+                    serials[record.oid] = txn.tid
+                stats.records += 1
+                stats.bytes += len(data or b"")
+            destination.tpc_vote(meta)
+        except BaseException:
+            destination.tpc_abort(meta)
+            raise
+        destination.tpc_finish(meta)
+        stats.transactions += 1
+        if stats.first_tid is None:
+            stats.first_tid = txn.tid
+        stats.last_tid = txn.tid
+        if progress is not None:
+            progress(stats)
+    return stats
+
+
+def _start_tid(source: Storage, destination: Storage, incremental: bool) -> bytes | None:
+    """The tid to start copying at (None: from the beginning), after checking that the
+    destination may receive the copy."""
+    last = destination.lastTransaction()
+    if last == z64:
+        return None
+    if not incremental:
+        raise StorageError(
+            f"the destination is not empty (last transaction {tid_repr(last)}); copy into "
+            "an empty storage, or continue an earlier copy of the same source incrementally")
+    found = next(iter(source.iterator(last, last)), None)
+    if found is None or found.tid != last:
+        raise StorageError(
+            f"the destination's last transaction {tid_repr(last)} is not in the source, "
+            "so the destination is not a copy of it; an incremental copy would mix two "
+            "databases")
+    return p64(u64(last) + 1)
+
+
+def _current_serial(storage: Storage, oid: bytes) -> bytes:
+    try:
+        found = storage.loadBefore(oid, maxtid)
+    except KeyError:  # amphora's ObjectNotFoundError and ZODB's POSKeyError
+        return z64
+    return found[1] if found else z64
+
+
+def _extension_bytes(txn: Any) -> bytes:
+    extension_bytes = getattr(txn, "extension_bytes", None)
+    if extension_bytes is not None:
+        return extension_bytes
+    return TransactionMetaData(extension=getattr(txn, "extension", None) or {}).extension_bytes
