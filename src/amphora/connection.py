@@ -215,8 +215,8 @@ class Connection:
         if self._joined is not None:
             raise ConnectionStateError("cannot close a connection joined to a transaction; "
                                        "commit or abort first")
-        if self.transaction_manager is not None:
-            self.transaction_manager.unregisterSynch(self)
+        if self.transaction_manager is not None and self._historical is None:
+            self.transaction_manager.unregisterSynch(self)  # only current views registered
         self._opened = False
         self._db._release(self)
 
