@@ -46,6 +46,10 @@ handle (its index is reread, untimed). The OS page cache stays warm for all of t
 The memory databases (amphora-memory, zodb-mapping) cannot be reopened: their cold is
 ``db.cacheMinimize()``, i.e. the same as hot.
 
+Before each sample the garbage collector runs; while timing it is off (as in ``timeit``;
+``--gc`` leaves it on), because in one process the cost of a collection depends on every
+database's leftovers, not on the database being timed.
+
 Each round runs every database once, in rotating order (round-robin) so that noise from
 other processes on the machine spreads over all of them; each workload is sampled
 ``--loops`` times per round. Reported: median over all samples, ms per N-object
@@ -224,8 +228,9 @@ class Runner:
     """Runs every workload once per loop on one fresh database; collects samples."""
 
     def __init__(self, c: Contender, n: int, loops: int, base: str, seed: int,
-                 profiles: dict[str, cProfile.Profile] | None = None):
+                 profiles: dict[str, cProfile.Profile] | None = None, keep_gc: bool = False):
         self.c = c
+        self.keep_gc = keep_gc
         self.n = n
         self.loops = loops
         self.base = base
@@ -238,14 +243,19 @@ class Runner:
     # timing -------------------------------------------------------------------------
     def _timed(self, workload: str, func: Callable[[], Any]) -> Any:
         gc.collect()
+        if not self.keep_gc:
+            gc.disable()  # as timeit does: a collection's cost depends on the whole heap
         prof = self.profiles.get(workload) if self.profiles is not None else None
         if prof is not None:
             prof.enable()
-        t0 = time.perf_counter()
-        result = func()
-        elapsed = time.perf_counter() - t0
-        if prof is not None:
-            prof.disable()
+        try:
+            t0 = time.perf_counter()
+            result = func()
+            elapsed = time.perf_counter() - t0
+        finally:
+            if prof is not None:
+                prof.disable()
+            gc.enable()
         self.samples[workload].append(elapsed)
         return result
 
@@ -476,6 +486,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="instead of timing, cProfile one round of each workload for the "
                         f"selected databases (default {HEADLINE_DB}); writes DIR/<db>-<workload>"
                         ".prof and prints the top functions")
+    p.add_argument("--gc", action="store_true",
+                   help="leave the garbage collector on during timed sections (default: "
+                        "collect before each sample, then disable it while timing)")
     p.add_argument("--seed", type=int, default=1234)
     args = p.parse_args(argv)
     args.dbs, args.workloads = [], []
@@ -558,7 +571,8 @@ def run_benchmark(args: argparse.Namespace, cs: list[Contender], base: str) -> i
             if c.name in errors:
                 continue
             try:
-                samples = Runner(c, args.objects, args.loops, base, args.seed + r).run()
+                samples = Runner(c, args.objects, args.loops, base, args.seed + r,
+                                 keep_gc=args.gc).run()
             except Exception as exc:  # noqa: BLE001 - reported below and in the table
                 errors[c.name] = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
                 c.unavailable = f"failed during round {r + 1}: {errors[c.name]}"
