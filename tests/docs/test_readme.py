@@ -1,0 +1,61 @@
+"""README.md is executable documentation: its Python examples run, and its set-up
+commands are the ones the repository's scripts and CI use."""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+README = (REPO / "README.md").read_text()
+
+
+def python_blocks(text: str) -> list[tuple[int, str]]:
+    """``(line number, code)`` of every ```python block."""
+    blocks = []
+    for match in re.finditer(r"^```python\n(.*?)^```", text, re.S | re.M):
+        blocks.append((text.count("\n", 0, match.start()) + 2, match.group(1)))
+    return blocks
+
+
+def test_the_readme_has_examples():
+    assert len(python_blocks(README)) >= 2
+
+
+def test_the_python_examples_run(tmp_path):
+    """The blocks run in order, as one program, in an empty directory (so the SQLite
+    files they name by relative URI land there); what they print is checked against the
+    ``# prints ...`` comments beside the calls."""
+    pytest.importorskip("amphora.storage.sqlite", reason="the SQLite storage is not available")
+    parts, expected = [], []
+    for line_number, code in python_blocks(README):
+        parts.append(f"# ---- README.md line {line_number} ----\n{code}")
+        expected += re.findall(r"# prints (.+)$", code, re.M)
+    script = tmp_path / "readme_examples.py"
+    script.write_text("\n".join(parts))
+    done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == expected
+
+
+def test_the_setup_commands_exist():
+    setup = README.split("## Set up", 1)[1].split("\n## ", 1)[0]
+    commands = re.findall(r"^(\./scripts/\S+)", setup, re.M)
+    assert commands == ["./scripts/example", "./scripts/test"]
+    for command in commands:
+        path = REPO / command
+        assert path.is_file(), command
+        assert path.stat().st_mode & 0o111, f"{command} is not executable"
+
+
+def test_ci_runs_the_readme_test_command():
+    ci = REPO / ".ci" / "run"
+    assert ci.stat().st_mode & 0o111
+    lines = [line.strip() for line in ci.read_text().splitlines()
+             if line.strip() and not line.lstrip().startswith("#")]
+    assert "set -euo pipefail" in lines
+    assert lines[-1] == "./scripts/test"
