@@ -1,0 +1,128 @@
+"""Batched loading: ``conn.prefetch(objs)`` reads many records in one storage call.
+
+Reading objects one by one costs one storage round trip each. ``conn.prefetch`` takes
+persistent objects or oids, loads the records of those that are ghosts with a single
+``load_many``, and the ghosts then activate without further reads, each with exactly the
+state of the connection's snapshot.
+"""
+from __future__ import annotations
+
+import pytest
+from persistent.list import PersistentList
+
+import amphora
+
+from conformance.models import Item
+
+pytestmark = pytest.mark.timeout(30)
+
+
+class LoadCounting:
+    """Mixed into a storage's own class: counts the calls made to it that read records
+    (a ``load_many`` implemented with ``loadBefore`` counts once)."""
+
+    _inside_load_many = False
+
+    def _count(self, name: str) -> None:
+        if not self._inside_load_many:
+            counts = self.__dict__.setdefault("load_counts", {})
+            counts[name] = counts.get(name, 0) + 1
+
+    def loadBefore(self, oid, tid):
+        self._count("loadBefore")
+        return super().loadBefore(oid, tid)
+
+    def load_many(self, oids, before):
+        self._count("load_many")
+        self._inside_load_many = True
+        try:
+            return super().load_many(oids, before)
+        finally:
+            self._inside_load_many = False
+
+    def loadSerial(self, oid, serial):
+        self._count("loadSerial")
+        return super().loadSerial(oid, serial)
+
+
+def counting(storage):
+    """``storage``, now an instance of a subclass of its class that counts its loads."""
+    klass = type(storage)
+    storage.__class__ = type(f"LoadCounting{klass.__name__}", (LoadCounting, klass), {})
+    storage.load_counts = {}
+    return storage
+
+
+@pytest.fixture
+def items_db(storage):
+    """A DB (no shared record cache, so every read reaches the storage) whose root holds
+    ``items``: a list of 30 Items with values 0..29."""
+    db = amphora.DB(counting(storage), record_cache_bytes=0)
+    with db.transaction() as conn:
+        conn.root.items = PersistentList(Item(n) for n in range(30))
+    yield db
+    db.close()
+
+
+def test_prefetched_ghosts_load_their_states_without_further_reads(items_db, connect):
+    conn = connect(items_db)
+    items = list(conn.root.items)
+    conn.cacheMinimize()
+    assert all(item._p_changed is None for item in items)
+    storage = items_db.storage
+    storage.load_counts.clear()
+    conn.prefetch(items)
+    assert storage.load_counts == {"load_many": 1}
+    assert [item.value for item in items] == list(range(30))
+    assert storage.load_counts == {"load_many": 1}  # no per-object reads
+
+
+def test_prefetch_accepts_oids_and_skips_loaded_objects(items_db, connect):
+    conn = connect(items_db)
+    items = list(conn.root.items)
+    conn.cacheMinimize()
+    items[0].value  # loaded: nothing to prefetch for it
+    storage = items_db.storage
+    storage.load_counts.clear()
+    conn.prefetch([item._p_oid for item in items[:10]])
+    conn.prefetch(items[0])
+    assert storage.load_counts.get("load_many") == 1
+    assert [item.value for item in items[:10]] == list(range(10))
+    assert storage.load_counts.get("loadBefore", 0) == 0
+
+
+def test_prefetch_reads_the_connections_snapshot_not_newer_commits(items_db, connect):
+    reader = connect(items_db)
+    reader.transaction_manager.begin()
+    items = list(reader.root.items)
+    reader.cacheMinimize()
+    with items_db.transaction() as writer:
+        for item in writer.root.items:
+            item.value = -1
+    reader.prefetch(items)
+    assert [item.value for item in items] == list(range(30))
+    reader.transaction_manager.begin()
+    assert {item.value for item in items} == {-1}
+
+
+def test_prefetch_of_objects_without_ghosts_does_nothing(items_db, connect):
+    conn = connect(items_db)
+    items = list(conn.root.items)
+    [item.value for item in items]
+    storage = items_db.storage
+    storage.load_counts.clear()
+    conn.prefetch(items)
+    assert storage.load_counts == {}
+
+
+def test_reading_ghosts_one_by_one_costs_one_read_each_without_prefetch(items_db, connect):
+    """The baseline the prefetch tests improve on (shows the counting storage counts)."""
+    conn = connect(items_db)
+    items = list(conn.root.items)
+    conn.cacheMinimize()
+    storage = items_db.storage
+    storage.load_counts.clear()
+    for item in items[:5]:
+        item.value
+    reads = storage.load_counts.get("loadBefore", 0) + storage.load_counts.get("load_many", 0)
+    assert 1 <= reads <= 5
