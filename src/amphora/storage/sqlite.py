@@ -1,0 +1,766 @@
+"""The embedded default storage: one SQLite file, shared by many threads and processes.
+
+SQLite in WAL mode lets readers run while one writer commits, across processes, so no
+server is needed. Committed transactions survive a crash of the process at any point
+(``synchronous="normal"``, the default); ``synchronous="full"`` also survives a power
+loss or an operating-system crash, at the price of an fsync per commit.
+"""
+from __future__ import annotations
+
+import os
+import pathlib
+import sqlite3
+import struct
+import threading
+import weakref
+from typing import Any, Callable, Iterable, Iterator
+
+from amphora.errors import (ObjectNotFoundError, ReadOnlyError, StorageError,
+                            StorageFormatError, Unsupported)
+from amphora.serialize import references as record_references
+from amphora.storage.base import (DataRecord, StorageBase, TransactionRecord, history_entry,
+                                  pack_tid, reachable)
+from amphora.utils import p64, z64
+
+__all__ = ["SQLiteStorage"]
+
+FORMAT = "amphora-sqlite"
+SCHEMA_VERSION = 1
+
+# -- schema ---------------------------------------------------------------------------------
+# The current revision of every object lives in ``objects``, keyed by oid (SQLite's rowid,
+# so a current load is one B-tree descent with the data inline). Older revisions move to
+# ``revisions`` when they are replaced (history-preserving mode only) and stay until pack.
+_CREATE_SCHEMA = (
+    "CREATE TABLE amphora_meta (key TEXT PRIMARY KEY, value)",
+    "CREATE TABLE objects (oid INTEGER PRIMARY KEY, tid INTEGER NOT NULL, data BLOB NOT NULL)",
+    "CREATE TABLE revisions (oid INTEGER NOT NULL, tid INTEGER NOT NULL, data BLOB NOT NULL)",
+    "CREATE UNIQUE INDEX revisions_oid_tid ON revisions (oid, tid)",
+    "CREATE TABLE transactions (tid INTEGER PRIMARY KEY, user BLOB NOT NULL,"
+    " description BLOB NOT NULL, extension BLOB NOT NULL, oids BLOB NOT NULL)",
+)
+_INSERT_META = "INSERT INTO amphora_meta (key, value) VALUES (?, ?)"
+_SELECT_META = "SELECT key, value FROM amphora_meta"
+_COUNT_TABLES = "SELECT count(*) FROM sqlite_master"
+
+# -- reading --------------------------------------------------------------------------------
+_LOAD_CURRENT = "SELECT tid, data FROM objects WHERE oid = ?"
+_LOAD_REVISION_BEFORE = (
+    "SELECT r.tid, r.data, (SELECT min(n.tid) FROM revisions AS n"
+    " WHERE n.oid = r.oid AND n.tid > r.tid)"
+    " FROM revisions AS r WHERE r.oid = ? AND r.tid < ? ORDER BY r.tid DESC LIMIT 1")
+_LOAD_SERIAL = ("SELECT data FROM objects WHERE oid = ?1 AND tid = ?2"
+                " UNION ALL SELECT data FROM revisions WHERE oid = ?1 AND tid = ?2")
+_LOAD_MANY_CURRENT = ("SELECT oid, tid, CASE WHEN tid < ? THEN data END FROM objects"
+                      " WHERE oid IN ({marks})")
+_LOAD_MANY_REVISIONS = (
+    "WITH wanted(oid) AS (VALUES {rows})"
+    " SELECT w.oid, r.tid, r.data, (SELECT min(n.tid) FROM revisions AS n"
+    "  WHERE n.oid = w.oid AND n.tid > r.tid)"
+    " FROM wanted AS w JOIN revisions AS r ON r.oid = w.oid AND r.tid ="
+    "  (SELECT max(m.tid) FROM revisions AS m WHERE m.oid = w.oid AND m.tid < ?)")
+_CURRENT_SERIALS = "SELECT oid, tid FROM objects WHERE oid IN ({marks})"
+_HISTORY = (
+    "SELECT x.tid, length(x.data), t.user, t.description, t.extension FROM"
+    " (SELECT tid, data FROM objects WHERE oid = ?1"
+    "  UNION ALL SELECT tid, data FROM revisions WHERE oid = ?1) AS x"
+    " LEFT JOIN transactions AS t ON t.tid = x.tid ORDER BY x.tid DESC LIMIT ?2")
+_LAST_TID = "SELECT max(tid) FROM transactions"
+_CHANGES_SINCE = "SELECT tid, oids FROM transactions WHERE tid > ? ORDER BY tid"
+_PACKED_THROUGH = "SELECT value FROM amphora_meta WHERE key = 'packed_through'"
+_TRANSACTIONS = ("SELECT tid, user, description, extension, oids FROM transactions"
+                 " WHERE tid >= ? AND tid <= ? ORDER BY tid LIMIT ?")
+_RECORDS_OF = (  # ?1 is the tid; the oids are ?2, ?3, ...
+    "WITH wanted(oid) AS (VALUES {rows})"
+    " SELECT o.oid, o.data FROM wanted AS w JOIN objects AS o ON o.oid = w.oid WHERE o.tid = ?1"
+    " UNION ALL SELECT r.oid, r.data FROM wanted AS w JOIN revisions AS r"
+    "  ON r.oid = w.oid AND r.tid = ?1")
+_COUNT_OBJECTS = "SELECT count(*) FROM objects"
+
+# -- writing --------------------------------------------------------------------------------
+_ARCHIVE_CURRENT = "INSERT INTO revisions (oid, tid, data) SELECT oid, tid, data FROM objects WHERE oid = ?"
+_UPSERT_OBJECT = ("INSERT INTO objects (oid, tid, data) VALUES (?, ?, ?) ON CONFLICT (oid)"
+                  " DO UPDATE SET tid = excluded.tid, data = excluded.data")
+_INSERT_TRANSACTION = ("INSERT INTO transactions (tid, user, description, extension, oids)"
+                       " VALUES (?, ?, ?, ?, ?)")
+_NEXT_OID = "SELECT value FROM amphora_meta WHERE key = 'next_oid'"
+_SET_NEXT_OID = "UPDATE amphora_meta SET value = ?1 WHERE key = 'next_oid' AND value < ?1"
+
+# -- pack -----------------------------------------------------------------------------------
+_SUPERSEDED = (  # revisions replaced by another revision at or before the pack tid
+    "SELECT r.oid, r.tid FROM revisions AS r JOIN objects AS o ON o.oid = r.oid"
+    " WHERE o.tid <= ?1 OR r.tid <"
+    "  (SELECT max(m.tid) FROM revisions AS m WHERE m.oid = r.oid AND m.tid <= ?1)")
+_DELETE_REVISION = "DELETE FROM revisions WHERE oid = ? AND tid = ?"
+_ALL_DATA = ("SELECT data FROM objects WHERE oid = ?1"
+             " UNION ALL SELECT data FROM revisions WHERE oid = ?1")
+_FIRST_TIDS = ("SELECT o.oid, min(o.tid, coalesce((SELECT min(r.tid) FROM revisions AS r"
+               " WHERE r.oid = o.oid), o.tid)) FROM objects AS o")
+_DELETE_OBJECT = "DELETE FROM objects WHERE oid = ?"
+_DELETE_REVISIONS = "DELETE FROM revisions WHERE oid = ?"
+_RECORD_EXISTS = ("SELECT 1 FROM objects WHERE oid = ?1 AND tid = ?2"
+                  " UNION ALL SELECT 1 FROM revisions WHERE oid = ?1 AND tid = ?2 LIMIT 1")
+_OLD_TRANSACTIONS = "SELECT tid, oids FROM transactions WHERE tid < ? ORDER BY tid"
+_DELETE_TRANSACTION = "DELETE FROM transactions WHERE tid = ?"
+_SET_PACKED_THROUGH = "UPDATE amphora_meta SET value = ?1 WHERE key = 'packed_through' AND value < ?1"
+
+_SYNCHRONOUS = ("off", "normal", "full", "extra")
+_BATCH = 500                         # oids per statement in batched reads
+_BATCH_SIZES = (1, 4, 16, 64, 128, 256, _BATCH)  # few distinct statements, so all stay cached
+_OID_BLOCK = 64                      # oids reserved in the file per new_oid round trip
+_DELETE_CHUNK = 1000                 # rows deleted per write transaction while packing
+_TXN_CHUNK = 100                     # transactions read per query while iterating
+_MIN_INT, _MAX_INT = -(1 << 63), (1 << 63) - 1
+
+# Oids and tids are stored as signed 64-bit integers holding the same 8 bytes, so any
+# 8-byte oid round-trips (tids, below 2**63, keep their order).
+_int64 = struct.Struct(">q")
+_unpack = _int64.unpack
+_pack = _int64.pack
+
+
+def _u(value: bytes) -> int:
+    return _unpack(value)[0]
+
+
+def _split(oids: bytes) -> list[bytes]:
+    return [oids[i:i + 8] for i in range(0, len(oids), 8)]
+
+
+def _padded(values: list) -> list:
+    """``values`` (at most _BATCH) repeated at the end up to the next batch size."""
+    size = next(n for n in _BATCH_SIZES if n >= len(values))
+    return values + [values[-1]] * (size - len(values))
+
+
+def _marks(n: int) -> str:
+    return ",".join("?" * n)
+
+
+def _rows(n: int, first: int | None = None) -> str:
+    if first is None:
+        return ",".join(["(?)"] * n)
+    return ",".join(f"(?{i})" for i in range(first, first + n))
+
+
+class _Connection(sqlite3.Connection):
+    """A connection that can be weakly referenced (so closing the storage finds the
+    per-thread connections still alive, and dead threads' connections go away)."""
+
+
+class SQLiteStorage(StorageBase):
+    """A storage in one SQLite file (WAL mode), shared safely by threads and processes.
+
+    On-disk format (``schema_version`` 1)::
+
+        amphora_meta(key TEXT PRIMARY KEY, value)
+            format='amphora-sqlite', schema_version=1, keep_history=1|0,
+            next_oid=<first oid not yet handed out>, packed_through=<largest tid of a
+            transaction row removed by pack>
+        objects(oid INTEGER PRIMARY KEY, tid INTEGER, data BLOB)
+            the current revision of every object
+        revisions(oid INTEGER, tid INTEGER, data BLOB), UNIQUE(oid, tid)
+            replaced revisions (history-preserving mode only), kept until pack
+        transactions(tid INTEGER PRIMARY KEY, user BLOB, description BLOB,
+                     extension BLOB, oids BLOB)
+            one row per commit; ``oids`` is the concatenated 8-byte oids it wrote, which
+            is how other processes learn what to invalidate. Pack removes rows left
+            without records (never the last one).
+
+    Oids and tids are the signed 64-bit integers with the same 8 bytes; ``data`` is the
+    record exactly as stored.
+
+    Concurrency: reads use one connection per thread and never wait. A commit holds the
+    storage's commit lock from ``tpc_begin``; ``tpc_vote`` takes SQLite's write lock
+    (``BEGIN IMMEDIATE``, waiting up to ``busy_timeout`` seconds for other processes),
+    checks conflicts against what is committed under that lock, picks a tid above every
+    tid in the file and writes; ``tpc_finish`` commits, which is the durability point.
+    ``sync()`` reports transactions committed by other processes or storage objects to
+    the registered database, in tid order, before ``lastTransaction()`` shows them.
+
+    ``keep_history=None`` takes the mode the file was created with (history-preserving
+    for a new file); asking for the other mode raises :class:`StorageFormatError`.
+    Opening anything that is not an amphora SQLite file of a known schema version
+    raises :class:`StorageFormatError` and leaves the file untouched.
+    """
+
+    supports_undo = False
+    supports_pack = True
+    is_remote = False
+    mmap_size = 1 << 30  #: optional tuning: memory-map the file for reads
+
+    def __init__(self, path: str, read_only: bool = False, keep_history: bool | None = None,
+                 resolve_conflicts: bool = True, synchronous: str = "normal",
+                 busy_timeout: float = 60.0, create: bool = True):
+        super().__init__(str(path), read_only, resolve_conflicts)
+        synchronous = synchronous.lower()
+        if synchronous not in _SYNCHRONOUS:
+            raise ValueError(f"synchronous must be one of {_SYNCHRONOUS}, not {synchronous!r}")
+        self._path = os.path.abspath(path)
+        self._uri = pathlib.Path(self._path).as_uri()
+        self._synchronous = synchronous
+        self._busy_timeout = busy_timeout
+        self._local = threading.local()
+        self._readers: weakref.WeakSet[_Connection] = weakref.WeakSet()
+        self._oid_lock = threading.Lock()
+        self._oid_next = self._oid_end = 0
+        self._oid_conn: _Connection | None = None
+        self._pending: list[tuple[int, bytes]] = []  # others' commits found at vote
+        self._pending_packed = 0
+        self._voted_tid: bytes | None = None
+        self._ltid = z64
+        self._writer: _Connection | None = None
+        self._poller: _Connection | None = None
+        try:
+            meta = self._open(create, True if keep_history is None else bool(keep_history))
+            self.keep_history = self._check_meta(meta, keep_history)
+            self.supports_history = self.keep_history
+            if not read_only:
+                self._writer = self._connect(read_only=False)
+            self._poller = self._connect(read_only=True)
+            self._data_version = self._poller.execute("PRAGMA data_version").fetchone()[0]
+            last = self._poller.execute(_LAST_TID).fetchone()[0]
+        except sqlite3.Error as exc:
+            self._close_connections()
+            raise self._error(exc) from exc
+        except BaseException:
+            self._close_connections()
+            raise
+        self._ltid = _pack(last) if last else z64
+
+    # -- opening --------------------------------------------------------------------
+    def _connect(self, read_only: bool, create: bool = False) -> _Connection:
+        mode = "ro" if read_only else ("rwc" if create else "rw")
+        conn = sqlite3.connect(f"{self._uri}?mode={mode}", uri=True, timeout=self._busy_timeout,
+                               isolation_level=None, check_same_thread=False,
+                               cached_statements=256, factory=_Connection)
+        try:
+            if read_only:
+                conn.execute(f"PRAGMA mmap_size={int(self.mmap_size)}")
+            else:
+                conn.execute(f"PRAGMA synchronous={self._synchronous}")
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _open(self, create: bool, keep_history: bool) -> dict[str, Any]:
+        """The meta table of the file, after creating the file if allowed."""
+        path = self._path
+        if os.path.exists(path) and os.path.getsize(path) > 0:
+            self._check_header()
+            conn = self._connect(read_only=True)
+            try:
+                if conn.execute(_COUNT_TABLES).fetchone()[0]:
+                    return self._read_meta(conn)
+            except sqlite3.DatabaseError as exc:
+                raise StorageFormatError(f"{path}: not a readable amphora database ({exc})") from exc
+            finally:
+                conn.close()
+        elif self._read_only or not create:
+            why = "is read-only" if self._read_only else "was opened with create=False"
+            raise StorageFormatError(f"{path}: no such amphora database (the storage {why})")
+        if self._read_only or not create:
+            raise StorageFormatError(f"{path}: an empty SQLite database, not an amphora database")
+        return self._initialize(keep_history)
+
+    def _check_header(self) -> None:
+        """Reject files that are not SQLite, or shorter than their header says."""
+        path = self._path
+        with open(path, "rb") as file:
+            header = file.read(100)
+        if not header.startswith(b"SQLite format 3\0"):
+            raise StorageFormatError(f"{path}: not an SQLite database (no SQLite header)")
+        if len(header) < 100:
+            raise StorageFormatError(f"{path}: truncated ({len(header)} bytes)")
+        page_size = int.from_bytes(header[16:18], "big")
+        page_size = 65536 if page_size == 1 else page_size
+        pages = int.from_bytes(header[28:32], "big")
+        header_valid = header[24:28] == header[92:96]  # the page count is current
+        size = os.path.getsize(path)
+        # While a write-ahead log has frames, a checkpoint may be writing the file (page 1,
+        # with the new size, comes first), so the size only tells on a quiet file.
+        try:
+            quiet = os.path.getsize(path + "-wal") == 0
+        except OSError:
+            quiet = True
+        if header_valid and quiet and size < pages * page_size:
+            raise StorageFormatError(
+                f"{path}: truncated ({size} bytes; its header says {pages * page_size})")
+
+    def _read_meta(self, conn: sqlite3.Connection) -> dict[str, Any]:
+        try:
+            return dict(conn.execute(_SELECT_META).fetchall())
+        except sqlite3.OperationalError as exc:
+            if "no such table" in str(exc):
+                raise StorageFormatError(f"{self._path}: an SQLite database, but not an "
+                                         "amphora database (no amphora_meta table)") from exc
+            raise
+
+    def _initialize(self, keep_history: bool) -> dict[str, Any]:
+        """Create the schema in a new or empty file (another process may race us)."""
+        conn = self._connect(read_only=False, create=True)
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                if not conn.execute(_COUNT_TABLES).fetchone()[0]:
+                    for statement in _CREATE_SCHEMA:
+                        conn.execute(statement)
+                    conn.executemany(_INSERT_META, [
+                        ("format", FORMAT), ("schema_version", SCHEMA_VERSION),
+                        ("keep_history", int(keep_history)), ("next_oid", 1), ("packed_through", 0)])
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            return self._read_meta(conn)
+        finally:
+            conn.close()
+
+    def _check_meta(self, meta: dict[str, Any], keep_history: bool | None) -> bool:
+        """The history mode, after checking the file is one this version can use."""
+        path = self._path
+        if meta.get("format") != FORMAT:
+            raise StorageFormatError(f"{path}: not an amphora database "
+                                     f"(format {meta.get('format')!r}, expected {FORMAT!r})")
+        version = meta.get("schema_version")
+        if not isinstance(version, int) or version > SCHEMA_VERSION or version < 1:
+            raise StorageFormatError(f"{path}: schema version {version!r}; this version of "
+                                     f"amphora reads schema version {SCHEMA_VERSION}")
+        stored = meta.get("keep_history")
+        if stored not in (0, 1):
+            raise StorageFormatError(f"{path}: bad keep_history value {stored!r}")
+        if keep_history is not None and bool(keep_history) != bool(stored):
+            have = "history-preserving" if stored else "history-free"
+            raise StorageFormatError(f"{path} is a {have} database; it cannot be opened with "
+                                     f"keep_history={bool(keep_history)}")
+        return bool(stored)
+
+    # -- errors ---------------------------------------------------------------------
+    def _error(self, exc: sqlite3.Error) -> StorageError:
+        """The amphora error for a driver error: the one place they are translated."""
+        if self._closed or (isinstance(exc, sqlite3.ProgrammingError) and "closed" in str(exc)):
+            return StorageError(f"{self.__name__} is closed")
+        name = getattr(exc, "sqlite_errorname", "")
+        text = str(exc)
+        if name.startswith("SQLITE_READONLY") or "readonly database" in text:
+            return ReadOnlyError(f"{self._path}: {text}")
+        if (name.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB"))
+                or "malformed" in text or "not a database" in text):
+            return StorageFormatError(f"{self._path}: damaged or not an amphora database ({text})")
+        if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) or "locked" in text:
+            return StorageError(f"{self._path}: still locked by another writer after "
+                                f"{self._busy_timeout} s ({text})")
+        return StorageError(f"{self._path}: {text}")
+
+    def _reader(self) -> _Connection:
+        """This thread's read connection."""
+        try:
+            return self._local.reader
+        except AttributeError:
+            pass
+        if self._closed:
+            raise StorageError(f"{self.__name__} is closed")
+        try:
+            conn = self._connect(read_only=True)
+        except sqlite3.Error as exc:
+            raise self._error(exc) from exc
+        self._local.reader = conn
+        self._readers.add(conn)
+        return conn
+
+    def _execute(self, conn: sqlite3.Connection | None, sql: str, params: Any = ()) -> list:
+        """All rows of ``sql``, with driver errors translated."""
+        if conn is None:
+            raise StorageError(f"{self.__name__} is closed")
+        try:
+            return conn.execute(sql, params).fetchall()
+        except sqlite3.Error as exc:
+            raise self._error(exc) from exc
+
+    # -- reading --------------------------------------------------------------------
+    def lastTransaction(self) -> bytes:
+        with self._lock:
+            return self._ltid
+
+    def loadBefore(self, oid: bytes, tid: bytes) -> tuple[bytes, bytes, bytes | None] | None:
+        try:
+            conn = self._local.reader
+        except AttributeError:
+            conn = self._reader()
+        key = _unpack(oid)[0]
+        before = _unpack(tid)[0]
+        try:
+            row = conn.execute(_LOAD_CURRENT, (key,)).fetchone()
+            if row is None:
+                raise ObjectNotFoundError(oid)
+            if row[0] < before:
+                return row[1], _pack(row[0]), None
+            old = conn.execute(_LOAD_REVISION_BEFORE, (key, before)).fetchone()
+        except sqlite3.Error as exc:
+            raise self._error(exc) from exc
+        if old is None:
+            return None
+        return old[1], _pack(old[0]), _pack(row[0] if old[2] is None else old[2])
+
+    def load_many(self, oids: Iterable[bytes], before: bytes
+                  ) -> dict[bytes, tuple[bytes, bytes, bytes | None]]:
+        """``loadBefore`` for many oids, one query per 500 (two if some changed since)."""
+        conn = self._reader()
+        before_i = _u(before)
+        keys = list({_u(oid) for oid in oids})
+        found: dict[bytes, tuple[bytes, bytes, bytes | None]] = {}
+        older: dict[int, int] = {}  # oid -> current tid, for objects changed since `before`
+        try:
+            for i in range(0, len(keys), _BATCH):
+                chunk = _padded(keys[i:i + _BATCH])
+                sql = _LOAD_MANY_CURRENT.format(marks=_marks(len(chunk)))
+                for key, tid, data in conn.execute(sql, (before_i, *chunk)):
+                    if data is None:
+                        older[key] = tid
+                    else:
+                        found[_pack(key)] = (data, _pack(tid), None)
+            stale = list(older)
+            for i in range(0, len(stale), _BATCH):
+                chunk = _padded(stale[i:i + _BATCH])
+                sql = _LOAD_MANY_REVISIONS.format(rows=_rows(len(chunk)))
+                for key, tid, data, end in conn.execute(sql, (*chunk, before_i)):
+                    found[_pack(key)] = (data, _pack(tid), _pack(older[key] if end is None else end))
+        except sqlite3.Error as exc:
+            raise self._error(exc) from exc
+        return found
+
+    def loadSerial(self, oid: bytes, serial: bytes) -> bytes:
+        rows = self._execute(self._reader(), _LOAD_SERIAL, (_u(oid), _u(serial)))
+        if not rows:
+            raise ObjectNotFoundError(oid)
+        return rows[0][0]
+
+    def history(self, oid: bytes, size: int | None = 1) -> list[dict[str, Any]]:
+        rows = self._execute(self._reader(), _HISTORY, (_u(oid), -1 if size is None else size))
+        if not rows:
+            raise ObjectNotFoundError(oid)
+        return [history_entry(_pack(tid), user or b"", description or b"", extension or b"",
+                              length) for tid, length, user, description, extension in rows]
+
+    def iterator(self, start: bytes | None = None, stop: bytes | None = None
+                 ) -> Iterator[TransactionRecord]:
+        """Transactions with ``start <= tid <= stop``, read in chunks; transactions
+        committed after this call are not included."""
+        last = self._execute(self._reader(), _LAST_TID)[0][0]
+        low = 0 if start is None else _u(start)
+        high = min(_MAX_INT if stop is None else _u(stop), last or 0)
+        return self._iterate(low, high)
+
+    def _iterate(self, low: int, high: int) -> Iterator[TransactionRecord]:
+        while low <= high:
+            rows = self._execute(self._reader(), _TRANSACTIONS, (low, high, _TXN_CHUNK))
+            for tid, user, description, extension, oids in rows:
+                yield TransactionRecord(_pack(tid), " ", user, description, extension,
+                                        self._records_of(tid, oids))
+            if len(rows) < _TXN_CHUNK:
+                return
+            low = rows[-1][0] + 1
+
+    def _records_of(self, tid: int, oids: bytes) -> list[DataRecord]:
+        """The records transaction ``tid`` wrote that are still stored, in store order."""
+        wanted = _split(oids)
+        keys = [_u(oid) for oid in wanted]
+        datas: dict[int, bytes] = {}
+        for i in range(0, len(keys), _BATCH):
+            chunk = _padded(keys[i:i + _BATCH])
+            sql = _RECORDS_OF.format(rows=_rows(len(chunk), first=2))
+            datas.update(self._execute(self._reader(), sql, (tid, *chunk)))
+        tid_bytes = _pack(tid)
+        return [DataRecord(oid, tid_bytes, datas[key])
+                for oid, key in zip(wanted, keys) if key in datas]
+
+    def __len__(self) -> int:
+        return self._execute(self._reader(), _COUNT_OBJECTS)[0][0]
+
+    def getSize(self) -> int:
+        """The size in bytes of the file and its write-ahead log."""
+        size = 0
+        for path in (self._path, self._path + "-wal"):
+            try:
+                size += os.path.getsize(path)
+            except OSError:
+                pass
+        return size
+
+    # -- invalidations --------------------------------------------------------------
+    def sync(self) -> None:
+        """Report transactions committed by others since the last report.
+
+        Each goes to ``wrapper.invalidate(tid, oids)`` in tid order before
+        ``lastTransaction()`` returns it; if pack removed some of them unseen,
+        ``wrapper.invalidateCache()`` is called first. Costs one ``PRAGMA data_version``
+        when nothing changed.
+        """
+        with self._lock:
+            conn = self._poller
+            if conn is None or self._closed:
+                raise StorageError(f"{self.__name__} is closed")
+            try:
+                version = conn.execute("PRAGMA data_version").fetchone()[0]
+                if version == self._data_version:
+                    return
+                self._data_version = version  # read before the query: no commit is missed
+                rows = conn.execute(_CHANGES_SINCE, (_u(self._ltid),)).fetchall()
+                packed = conn.execute(_PACKED_THROUGH).fetchone()[0] if rows else 0
+            except sqlite3.Error as exc:
+                raise self._error(exc) from exc
+            self._deliver(rows, packed)
+
+    def _deliver(self, rows: list[tuple[int, bytes]], packed_through: int) -> None:
+        """Tell the wrapper about others' commits ``rows`` newer than ``_ltid`` (holding
+        ``_lock``), then publish them."""
+        ltid = _u(self._ltid)
+        rows = [row for row in rows if row[0] > ltid]
+        if not rows:
+            return
+        wrapper = self._wrapper
+        if wrapper is not None:
+            if packed_through > ltid:
+                invalidate_cache = getattr(wrapper, "invalidateCache", None)
+                if invalidate_cache is not None:
+                    invalidate_cache()
+            for tid, oids in rows:
+                wrapper.invalidate(_pack(tid), _split(oids))
+        self._ltid = _pack(rows[-1][0])
+
+    # -- writing --------------------------------------------------------------------
+    def new_oid(self) -> bytes:
+        """A new oid, unique across every process using the file (reserved in blocks)."""
+        self._check_writable()
+        with self._oid_lock:
+            if self._oid_next >= self._oid_end:
+                self._reserve_oids()
+            oid = self._oid_next
+            self._oid_next += 1
+        return p64(oid)
+
+    def _reserve_oids(self) -> None:
+        try:
+            if self._oid_conn is None:
+                self._oid_conn = self._connect(read_only=False)
+            conn = self._oid_conn
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                first = conn.execute(_NEXT_OID).fetchone()[0]
+                conn.execute(_SET_NEXT_OID, (first + _OID_BLOCK,))
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise self._error(exc) from exc
+        self._oid_next, self._oid_end = first, first + _OID_BLOCK
+
+    def store(self, oid: bytes, serial: bytes, data: bytes, version: str, transaction: Any) -> None:
+        if self._read_only:
+            raise ReadOnlyError(f"{self.__name__} is read-only")
+        super().store(oid, serial, data, version, transaction)
+
+    def undo(self, transaction_id: bytes, transaction: Any) -> None:
+        """Undo is not supported (``supports_undo`` is False)."""
+        if self._read_only:
+            raise ReadOnlyError(f"{self.__name__} is read-only")
+        raise Unsupported("amphora storages do not support undo")
+
+    def _current_serials(self, conn: sqlite3.Connection, oids: list[bytes]) -> dict[bytes, bytes]:
+        serials = {}
+        keys = [_u(oid) for oid in oids]
+        for i in range(0, len(keys), _BATCH):
+            chunk = _padded(keys[i:i + _BATCH])
+            for key, tid in conn.execute(_CURRENT_SERIALS.format(marks=_marks(len(chunk))), chunk):
+                serials[_pack(key)] = _pack(tid)
+        return serials
+
+    def _vote(self) -> None:
+        conn = self._writer
+        if conn is None:
+            raise StorageError(f"{self.__name__} is closed")
+        try:
+            conn.execute("BEGIN IMMEDIATE")  # SQLite's write lock, across processes
+        except sqlite3.Error as exc:
+            raise self._error(exc) from exc
+        try:
+            self._write(conn)
+        except sqlite3.Error as exc:
+            self._rollback()
+            raise self._error(exc) from exc
+        except BaseException:
+            self._rollback()
+            raise
+
+    def _write(self, conn: sqlite3.Connection) -> None:
+        """Check conflicts and write the transaction, inside the write transaction."""
+        stores = self._stores
+        last = conn.execute(_LAST_TID).fetchone()[0] or 0
+        serials = self._current_serials(conn, list(stores.keys() | self._checks.keys()))
+        self._check_conflicts(lambda oid: serials.get(oid, z64), self.loadSerial)
+        tid = self._next_tid(max(_pack(last), self._ltid))
+        tid_i = _u(tid)
+        rows = [(_u(oid), tid_i, data) for oid, data in stores.items()]
+        if self.keep_history:
+            conn.executemany(_ARCHIVE_CURRENT, [(_u(oid),) for oid in stores if oid in serials])
+        conn.executemany(_UPSERT_OBJECT, rows)
+        user, description, extension = self._meta
+        conn.execute(_INSERT_TRANSACTION, (tid_i, user, description, extension, b"".join(stores)))
+        if rows:  # oids stored without new_oid (restores, the root) are never handed out
+            top = max(row[0] for row in rows)
+            if top >= 0:
+                conn.execute(_SET_NEXT_OID, (top + 1,))
+        # Commits by others since our last sync: reported before ours, in tid order.
+        ltid = _u(self._ltid)
+        if last > ltid:
+            self._pending = conn.execute(_CHANGES_SINCE, (ltid,)).fetchall()
+            self._pending_packed = conn.execute(_PACKED_THROUGH).fetchone()[0]
+        self._voted_tid = tid
+
+    def _rollback(self) -> None:
+        conn = self._writer
+        self._pending = []
+        if conn is not None and conn.in_transaction:
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass  # a failed rollback leaves nothing committed either
+
+    def _finish(self, func: Callable[[bytes], None] | None) -> bytes:
+        tid = self._voted_tid
+        conn = self._writer
+        if conn is None or tid is None:
+            raise StorageError(f"{self.__name__} is closed")
+        try:
+            conn.execute("COMMIT")  # the durability point
+        except sqlite3.Error as exc:
+            self._rollback()
+            raise self._error(exc) from exc
+        pending, self._pending = self._pending, []
+        self._deliver([row for row in pending if row[0] < _u(tid)], self._pending_packed)
+        top = max((_u(oid) for oid in self._stores), default=-1)
+        with self._oid_lock:
+            if self._oid_next <= top < self._oid_end:
+                self._oid_next = top + 1
+        if func is not None:
+            func(tid)
+        self._ltid = tid
+        return tid
+
+    def _abort(self) -> None:
+        self._rollback()
+
+    # -- pack -----------------------------------------------------------------------
+    def pack(self, pack_time: float, referencesf: Callable | None = None, gc: bool = True) -> None:
+        """Drop revisions replaced at or before ``pack_time`` and, with ``gc``, objects no
+        kept revision reaches from the root (objects whose first kept revision is after
+        ``pack_time`` stay). Other threads and processes keep reading and committing:
+        the write lock is taken only for short deletes. Transaction rows left without
+        records (before ``pack_time``, except the last) are removed too."""
+        self._check_writable()
+        refs_of = referencesf or record_references
+        reader = writer = None
+        try:
+            reader = self._connect(read_only=True)
+            writer = self._connect(read_only=False)
+            last = reader.execute(_LAST_TID).fetchone()[0] or 0
+            # Nothing committed from here on has a tid at or below `cutoff`.
+            cutoff = min(_u(pack_tid(pack_time)), last)
+            doomed = reader.execute(_SUPERSEDED, (cutoff,)).fetchall()
+            self._delete_in_chunks(writer, _DELETE_REVISION, doomed)
+            if gc:
+                self._collect_garbage(reader, writer, cutoff, refs_of)
+            self._trim_transactions(reader, writer, min(cutoff, last))
+        except sqlite3.Error as exc:
+            raise self._error(exc) from exc
+        finally:
+            for conn in (reader, writer):
+                if conn is not None:
+                    conn.close()
+
+    def _delete_in_chunks(self, writer: sqlite3.Connection, sql: str, rows: list) -> None:
+        for i in range(0, len(rows), _DELETE_CHUNK):
+            writer.execute("BEGIN IMMEDIATE")
+            try:
+                writer.executemany(sql, rows[i:i + _DELETE_CHUNK])
+                writer.execute("COMMIT")
+            except BaseException:
+                writer.execute("ROLLBACK")
+                raise
+
+    def _collect_garbage(self, reader: sqlite3.Connection, writer: sqlite3.Connection,
+                         cutoff: int, refs_of: Callable) -> None:
+        def references(conn: sqlite3.Connection, key: int) -> list[int]:
+            found: list[bytes] = []
+            for (data,) in conn.execute(_ALL_DATA, (key,)):
+                refs_of(data, found)
+            return [_u(oid) for oid in found if len(oid) == 8]
+
+        reader.execute("BEGIN")  # one snapshot for the whole walk
+        try:
+            seen = reader.execute(_LAST_TID).fetchone()[0] or 0
+            if reader.execute(_LOAD_CURRENT, (0,)).fetchone() is None:
+                live: set[int] = set()
+            else:
+                live = reachable([0], lambda key: references(reader, key))
+            garbage = {key for key, first in reader.execute(_FIRST_TIDS)
+                       if first <= cutoff and key not in live}
+        finally:
+            reader.execute("COMMIT")
+        if not garbage:
+            return
+        writer.execute("BEGIN IMMEDIATE")
+        try:
+            # Commits since the walk may refer to garbage again: it stays, with what it reaches.
+            referred: set[int] = set()
+            for tid, oids in writer.execute(_CHANGES_SINCE, (seen,)).fetchall():
+                for oid in _split(oids):
+                    for (data,) in writer.execute(_LOAD_SERIAL, (_u(oid), tid)):
+                        referred.update(_u(ref) for ref in refs_of(data) if len(ref) == 8)
+            garbage -= reachable(referred & garbage, lambda key: [
+                ref for ref in references(writer, key) if ref in garbage])
+            rows = [(key,) for key in garbage]
+            writer.executemany(_DELETE_OBJECT, rows)
+            writer.executemany(_DELETE_REVISIONS, rows)
+            writer.execute("COMMIT")
+        except BaseException:
+            writer.execute("ROLLBACK")
+            raise
+
+    def _trim_transactions(self, reader: sqlite3.Connection, writer: sqlite3.Connection,
+                           before: int) -> None:
+        """Remove transaction rows below ``before`` whose records are all gone."""
+        empty, packed = [], 0
+        for tid, oids in reader.execute(_OLD_TRANSACTIONS, (before,)).fetchall():
+            if not any(reader.execute(_RECORD_EXISTS, (_u(oid), tid)).fetchone()
+                       for oid in _split(oids)):
+                empty.append((tid,))
+                if oids:
+                    packed = max(packed, tid)
+        if packed:  # instances that had not seen these cannot learn their oids any more
+            writer.execute(_SET_PACKED_THROUGH, (packed,))
+        self._delete_in_chunks(writer, _DELETE_TRANSACTION, empty)
+
+    # -- closing --------------------------------------------------------------------
+    def close(self) -> None:
+        """Close every connection; the storage raises :class:`StorageError` afterwards."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._close_connections()
+
+    def _close_connections(self) -> None:
+        # Readers first: the writer, closing last, checkpoints and removes the WAL file.
+        conns = [*list(self._readers), self._poller, self._oid_conn, self._writer]
+        self._readers = weakref.WeakSet()
+        self._poller = self._oid_conn = self._writer = None
+        for conn in conns:
+            if conn is not None:
+                try:
+                    conn.close()
+                except sqlite3.Error:
+                    pass
