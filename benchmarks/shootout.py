@@ -180,7 +180,7 @@ def contenders() -> list[Contender]:
                   "reopened)", "none (memory)"),
         Contender("amphora-sqlite", _amphora_sqlite, _amphora_sqlite,
                   f"DB {reopened}: new SQLite connection and page cache, empty record cache",
-                  "storage defaults"),
+                  "WAL, synchronous=normal (the storage's default)"),
         Contender("zodb-mapping", _zodb_mapping, None,
                   "db.cacheMinimize() (a memory storage cannot be reopened; no storage cache)",
                   "none (memory)"),
@@ -456,6 +456,23 @@ def target_lines(results: dict, cs: list[Contender]) -> list[str]:
     return lines
 
 
+def markdown_table(results: dict, cs: list[Contender], workloads: list[str]) -> str:
+    """One table, workloads by databases: ``median ms (speedup vs FileStorage)``."""
+    names = [c.name for c in cs]
+    lines = ["| workload (ms per txn, speedup) | " + " | ".join(names) + " |",
+             "|---|" + "---:|" * len(names)]
+    for w in workloads:
+        cells = []
+        for c in cs:
+            samples = results.get(c.name, {}).get(w)
+            if c.unavailable or not samples:
+                cells.append("unavailable" if c.unavailable else "")
+            else:
+                cells.append(f"{median_ms(samples):.2f} ({fmt_ratio(ratio(results, c.name, w))})")
+        lines.append(f"| {w} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def machine_info() -> dict[str, Any]:
     from importlib.metadata import PackageNotFoundError, version
     versions = {}
@@ -484,6 +501,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="comma-separated database and/or workload names to run; databases: "
                         f"{', '.join(names)}; workloads: {', '.join(WORKLOADS)}")
     p.add_argument("--json", metavar="FILE", help="write raw samples and summary as JSON")
+    p.add_argument("--markdown", action="store_true",
+                   help="also print one Markdown table of all results (for docs/benchmarks.md)")
     p.add_argument("--tmpdir", default=None,
                    help="where the temporary databases go (default: the system temp dir)")
     p.add_argument("--profile", metavar="DIR",
@@ -595,6 +614,9 @@ def run_benchmark(args: argparse.Namespace, cs: list[Contender], base: str) -> i
     targets = target_lines(results, cs)
     for line in heads + targets:
         print(line)
+    if args.markdown:
+        print()
+        print(markdown_table(results, cs, args.workloads))
     print(f"total {time.perf_counter() - started:.0f} s")
 
     if args.json:
