@@ -9,8 +9,6 @@ has changed (a :class:`amphora.ReadConflictError`).
 """
 from __future__ import annotations
 
-import threading
-
 import pytest
 from BTrees.Length import Length
 from BTrees.OOBTree import OOBTree
@@ -206,44 +204,3 @@ def test_read_current_passes_when_nothing_changed(db, connect):
     reader.transaction_manager.commit()
     with db.transaction() as conn:
         assert conn.root.log.value == ["ok"]
-
-
-@pytest.mark.timeout(60)
-def test_threads_incrementing_one_plain_object_with_retries_count_exactly(db):
-    """4 threads x 50 transactions, each retried on ConflictError: no update is lost."""
-    with db.transaction() as conn:
-        conn.root.item = Item(0)
-    threads_count, per_thread = 4, 50
-    errors: list[BaseException] = []
-    retries = []
-
-    def work() -> None:
-        import transaction
-        manager = transaction.TransactionManager()
-        conn = db.open(manager)
-        try:
-            for _ in range(per_thread):
-                while True:
-                    try:
-                        manager.begin()
-                        conn.root.item.value += 1
-                        manager.commit()
-                        break
-                    except ConflictError:
-                        manager.abort()
-                        retries.append(1)
-        except BaseException as exc:  # reported below
-            errors.append(exc)
-            manager.abort()
-        finally:
-            conn.close()
-
-    threads = [threading.Thread(target=work) for _ in range(threads_count)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(50)
-    assert not any(thread.is_alive() for thread in threads), "a thread hung"
-    assert errors == []
-    with db.transaction() as conn:
-        assert conn.root.item.value == threads_count * per_thread

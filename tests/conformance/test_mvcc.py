@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from amphora import ReadOnlyHistoryError
+from amphora import ReadConflictError, ReadOnlyHistoryError
 from amphora.utils import p64, u64
 
 from conformance.models import Item
@@ -49,8 +49,9 @@ def test_a_reader_does_not_see_a_commit_until_its_next_transaction(db, connect, 
     assert reader.root.b.value == 1
 
 
-def test_ghosts_loaded_after_a_concurrent_commit_still_read_the_snapshot(db, connect,
-                                                                         two_items):
+def test_ghosts_loaded_after_a_concurrent_commit_still_read_the_snapshot(make_storage, db,
+                                                                         connect, two_items):
+    make_storage.require("history", db.storage)
     reader = connect()
     reader.transaction_manager.begin()
     a = reader.root.a
@@ -59,6 +60,25 @@ def test_ghosts_loaded_after_a_concurrent_commit_still_read_the_snapshot(db, con
     commit_values(connect, a=5)
     assert a.value == 0  # reloaded from the snapshot, not the newest revision
     reader.transaction_manager.begin()
+    assert a.value == 5
+
+
+def test_without_history_a_ghost_changed_since_the_snapshot_raises_read_conflict(
+        make_storage, db, connect, two_items):
+    """A history-free storage keeps only current records: a snapshot cannot read an object
+    changed after it began, and says so with a (retryable) ReadConflictError rather than
+    show a state from another snapshot."""
+    if make_storage.supports("history", db.storage):
+        pytest.skip(f"{make_storage.name} storage keeps history: old states stay readable")
+    reader = connect()
+    reader.transaction_manager.begin()
+    a = reader.root.a
+    reader.cacheMinimize()
+    commit_values(connect, a=5)
+    with pytest.raises(ReadConflictError) as info:
+        a.value
+    assert info.value.oid == a._p_oid
+    reader.transaction_manager.abort()
     assert a.value == 5
 
 

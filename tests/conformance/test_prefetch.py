@@ -91,7 +91,9 @@ def test_prefetch_accepts_oids_and_skips_loaded_objects(items_db, connect):
     assert storage.load_counts.get("loadBefore", 0) == 0
 
 
-def test_prefetch_reads_the_connections_snapshot_not_newer_commits(items_db, connect):
+def test_prefetch_reads_the_connections_snapshot_not_newer_commits(make_storage, items_db,
+                                                                   connect):
+    make_storage.require("history", items_db.storage)
     reader = connect(items_db)
     reader.transaction_manager.begin()
     items = list(reader.root.items)
