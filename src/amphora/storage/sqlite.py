@@ -15,8 +15,8 @@ import threading
 import weakref
 from typing import Any, Callable, Iterable, Iterator
 
-from amphora.errors import (ObjectNotFoundError, ReadOnlyError, StorageError,
-                            StorageFormatError, Unsupported)
+from amphora.errors import (InvalidURIError, ObjectNotFoundError, ReadOnlyError,
+                            StorageError, StorageFormatError, Unsupported)
 from amphora.serialize import references as record_references
 from amphora.storage.base import (DataRecord, StorageBase, TransactionRecord, history_entry,
                                   pack_tid, reachable)
@@ -193,9 +193,14 @@ class SQLiteStorage(StorageBase):
                  resolve_conflicts: bool = True, synchronous: str = "normal",
                  busy_timeout: float = 60.0, create: bool = True):
         super().__init__(str(path), read_only, resolve_conflicts)
+        # Bad option values (often from a URI's query string) are InvalidURIError (a ValueError).
+        if not isinstance(synchronous, str) or synchronous.lower() not in _SYNCHRONOUS:
+            raise InvalidURIError(f"synchronous must be one of {_SYNCHRONOUS}, not {synchronous!r}")
         synchronous = synchronous.lower()
-        if synchronous not in _SYNCHRONOUS:
-            raise ValueError(f"synchronous must be one of {_SYNCHRONOUS}, not {synchronous!r}")
+        if keep_history not in (None, True, False):
+            raise InvalidURIError(f"keep_history must be true or false, not {keep_history!r}")
+        if isinstance(busy_timeout, bool) or not isinstance(busy_timeout, (int, float)):
+            raise InvalidURIError(f"busy_timeout must be a number of seconds, not {busy_timeout!r}")
         self._path = os.path.abspath(path)
         self._uri = pathlib.Path(self._path).as_uri()
         self._synchronous = synchronous
@@ -267,8 +272,11 @@ class SQLiteStorage(StorageBase):
     def _check_header(self) -> None:
         """Reject files that are not SQLite, or shorter than their header says."""
         path = self._path
-        with open(path, "rb") as file:
-            header = file.read(100)
+        try:
+            with open(path, "rb") as file:
+                header = file.read(100)
+        except OSError as exc:  # a directory, no permission, ...
+            raise StorageError(f"{path}: cannot read the file ({exc.strerror or exc})") from exc
         if not header.startswith(b"SQLite format 3\0"):
             raise StorageFormatError(f"{path}: not an SQLite database (no SQLite header)")
         if len(header) < 100:
