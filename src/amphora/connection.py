@@ -430,8 +430,6 @@ class Connection:
             storage.store(oid, serial, data, version, meta)
             written[oid] = data
 
-        for oid, serial in self._read_current.items():
-            storage.checkCurrentSerialInTransaction(oid, serial, meta)
         # objects written at savepoints and not changed since
         for oid, data in self._sp_states.items():
             obj = self._cache.get(oid) or self._added.get(oid)
@@ -441,6 +439,9 @@ class Connection:
             stored.add(oid)
         self._store_objects(self._registered, meta, stored, store)
         self._modified = list(stored)
+        for oid, serial in self._read_current.items():
+            if oid not in stored:  # a write checks its own serial, and may be resolved
+                storage.checkCurrentSerialInTransaction(oid, serial, meta)
 
     def _store_objects(self, objs: list[Any], meta: Any, stored: set[bytes], store: Any) -> None:
         """Serialize and write ``objs`` and every new object they reach."""
@@ -582,6 +583,9 @@ class Connection:
                 del cache[obj._p_oid]
             obj._p_jar = obj._p_oid = None
         later = [oid for oid in self._sp_states if oid not in states]
+        # written again at a later savepoint: the loaded state is newer than the one kept
+        changed += [oid for oid, data in self._sp_states.items()
+                    if oid in states and states[oid] != data]
         for oid in later:
             obj = cache.get(oid)
             if obj is not None and self._sp_serials.get(oid) == z64:
