@@ -33,11 +33,30 @@ import zodbpickle.pickle as _zpickle
 from persistent import Persistent
 from persistent.wref import WeakRef
 
-from amphora.errors import CorruptRecordError, StorageError
+from amphora.errors import AmphoraError, CorruptRecordError, StorageError
 
 __all__ = ["ObjectWriter", "ObjectReader", "references", "class_name_of", "PROTOCOL"]
 
 PROTOCOL = 3
+
+
+class _Sink:
+    """A pickler's output file that just collects what each ``dump`` writes."""
+
+    __slots__ = ("write", "chunks")
+
+    def __init__(self) -> None:
+        self.chunks: list[bytes] = []
+        self.write = self.chunks.append
+
+    def take(self) -> bytes:
+        chunks = self.chunks
+        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        chunks.clear()
+        return data
+
+
+_REFERENCE_TYPES = (Persistent, WeakRef)
 
 
 class ObjectWriter:
@@ -52,56 +71,71 @@ class ObjectWriter:
         self._jar = jar
         self._new_oid = new_oid
         self._on_new = on_new
-        self._file = io.BytesIO()
-        self._pickler = _zpickle.Pickler(self._file, PROTOCOL)
+        self._sink = _Sink()
+        self._pickler = _zpickle.Pickler(self._sink, PROTOCOL)
         self._pickler.persistent_id = self._persistent_id
+        # The class pickle of a record is the same for every instance of a class
+        # without __getnewargs__: pickle it once.
+        self._class_pickles: dict[type, bytes | None] = {}
 
     def _persistent_id(self, obj: Any) -> Any:
-        if not isinstance(obj, Persistent):
-            if type(obj) is WeakRef:
-                target = obj._v_ob if obj._v_ob is not None else None
-                oid = obj.oid if target is None else self._persistent_id(target)
-                if isinstance(oid, tuple):
-                    oid = oid[0]
-                return ["w", (oid,)]
+        # Called by the pickler for every object in a state: keep the common case short.
+        if not isinstance(obj, _REFERENCE_TYPES) or isinstance(obj, type):
             return None
-        if isinstance(obj, type):
-            return None  # a persistent class is pickled as a global
+        if type(obj) is WeakRef:
+            target = obj._v_ob
+            oid = obj.oid if target is None else self._persistent_id(target)
+            return ["w", (oid[0] if isinstance(oid, tuple) else oid,)]
         oid = obj._p_oid
         jar = obj._p_jar
-        if oid is None or jar is None:
-            if jar is not None and jar is not self._jar:
-                from amphora.errors import AmphoraError
-                raise AmphoraError(f"{obj!r} belongs to another connection")
+        if jar is not self._jar:
+            if jar is not None:
+                raise AmphoraError(
+                    f"{type(obj).__name__} object (oid {oid!r}) belongs to another connection "
+                    "or database; a reference cannot cross connections")
             if oid is None:
-                oid = self._new_oid()
-                obj._p_oid = oid
+                oid = obj._p_oid = self._new_oid()
             obj._p_jar = self._jar
             self._on_new(obj)
-        elif jar is not self._jar:
-            from amphora.errors import AmphoraError
-            raise AmphoraError(
-                f"{obj!r} (oid {oid.hex()}) belongs to another connection or database; "
-                "a reference cannot cross connections")
+        elif oid is None:
+            oid = obj._p_oid = self._new_oid()
+            self._on_new(obj)
         klass = type(obj)
-        if hasattr(klass, "__getnewargs__"):
+        if _has_newargs(klass):
             return oid
         return oid, klass
 
     def serialize(self, obj: Any) -> bytes:
         """The record for ``obj``."""
         klass = type(obj)
-        getnewargs = getattr(obj, "__getnewargs__", None)
-        meta = klass if getnewargs is None else (klass, getnewargs())
-        state = obj.__getstate__()
-        file = self._file
-        file.seek(0)
-        file.truncate()
         pickler = self._pickler
+        sink = self._sink
+        class_pickle = self._class_pickles.get(klass, b"")
+        if class_pickle == b"":
+            class_pickle = None
+            if not _has_newargs(klass):
+                pickler.clear_memo()
+                pickler.dump(klass)
+                class_pickle = sink.take()
+            self._class_pickles[klass] = class_pickle
+        state = obj.__getstate__()
         pickler.clear_memo()
-        pickler.dump(meta)
+        if class_pickle is None:
+            pickler.dump((klass, obj.__getnewargs__()))
+            pickler.dump(state)
+            return sink.take()
         pickler.dump(state)
-        return file.getvalue()
+        return class_pickle + sink.take()
+
+
+_newargs: dict[type, bool] = {}
+
+
+def _has_newargs(klass: type) -> bool:
+    found = _newargs.get(klass)
+    if found is None:
+        found = _newargs[klass] = hasattr(klass, "__getnewargs__")
+    return found
 
 
 class ObjectReader:
@@ -111,25 +145,20 @@ class ObjectReader:
     is not loaded yet); ``get(oid)`` does the same when the reference names no class.
     """
 
-    def __init__(self, ghost: Callable[[bytes, Any], Any], get: Callable[[bytes], Any],
-                 find_class: Callable[[str, str], Any] | None = None):
+    def __init__(self, ghost: Callable[[bytes, Any], Any], get: Callable[[bytes], Any]):
         self._ghost = ghost
         self._get = get
-        self._find_class = find_class or _find_class
-
-    def _unpickler(self, data: bytes) -> Any:
-        return Unpickler(data, self._persistent_load, self._find_class)
 
     def _persistent_load(self, ref: Any) -> Any:
-        if isinstance(ref, tuple):
+        if type(ref) is tuple:
             oid, klass = ref
             if isinstance(oid, str):
-                oid = oid.encode("ascii")
+                oid = oid.encode("latin-1")
             if isinstance(klass, tuple):
-                klass = self._find_class(*klass)
+                klass = _find_class(*klass)
             return self._ghost(oid, klass)
         if isinstance(ref, (bytes, str)):
-            return self._get(ref.encode("ascii") if isinstance(ref, str) else ref)
+            return self._get(ref.encode("latin-1") if isinstance(ref, str) else ref)
         if isinstance(ref, list):
             if len(ref) == 1:
                 return _weakref(self._get(ref[0]))
@@ -142,11 +171,17 @@ class ObjectReader:
 
     def class_of(self, data: bytes) -> tuple[type, tuple]:
         """The class of the record and the arguments to its ``__new__``."""
+        unpickler = _zpickle.Unpickler(io.BytesIO(data), encoding="ASCII", errors="bytes")
+        unpickler.persistent_load = self._persistent_load
         try:
-            meta = self._unpickler(data).load()
+            meta = unpickler.load()
+        except (ImportError, AttributeError) as exc:
+            raise StorageError(
+                f"the class {class_name_of(data)} of a stored object cannot be imported: "
+                f"{exc}") from exc
         except Exception as exc:
             raise CorruptRecordError(f"cannot read the class of a record: {exc}") from exc
-        return _split_meta(meta, self._find_class)
+        return _split_meta(meta, _find_class)
 
     def new_ghost(self, data: bytes) -> Any:
         """A new instance of the record's class, not yet given its state."""
@@ -155,11 +190,15 @@ class ObjectReader:
 
     def get_state(self, data: bytes) -> Any:
         """The state (second pickle) of a record, with references resolved."""
-        unpickler = self._unpickler(data)
+        unpickler = _zpickle.Unpickler(io.BytesIO(data), encoding="ASCII", errors="bytes")
+        unpickler.persistent_load = self._persistent_load
         try:
-            unpickler.load()
+            unpickler.noload()  # the class pickle: skipped without importing anything
             return unpickler.load()
-        except (EOFError, _zpickle.UnpicklingError, ValueError, IndexError) as exc:
+        except (ImportError, AttributeError) as exc:
+            raise StorageError(f"a stored object's state names a class that cannot be "
+                               f"imported: {exc}") from exc
+        except (EOFError, _zpickle.UnpicklingError, ValueError, IndexError, TypeError) as exc:
             raise CorruptRecordError(f"cannot read a record: {exc}") from exc
 
     def set_state(self, obj: Any, data: bytes) -> None:
@@ -167,7 +206,7 @@ class ObjectReader:
 
 
 class Unpickler(_zpickle.Unpickler):
-    """Reads records: references go to ``persistent_load``, classes come from
+    """Reads records with references going to ``persistent_load`` and classes coming from
     ``find_class``; ZODB 3 (Python 2) strings read as ASCII or else bytes."""
 
     def __init__(self, data: bytes, persistent_load: Callable[[Any], Any],
