@@ -21,7 +21,8 @@ from amphora.errors import (AmphoraError, ConflictError, ConnectionStateError,
                             StorageTransactionError, Unsupported)
 from amphora.storage.base import Storage, TransactionMetaData
 from amphora.storage.memory import MemoryStorage
-from amphora.uri import DB_OPTIONS, open_storage
+from amphora.uri import DB_OPTIONS as _DB_OPTIONS
+from amphora.uri import open_storage
 
 __all__ = [
     "AmphoraError", "ConflictError", "Connection", "ConnectionStateError", "CorruptRecordError",
@@ -38,7 +39,7 @@ def open(uri: str, **options: Any) -> DB:
     ``cache_size``, ``cache_size_bytes`` and ``pool_size`` go to the DB; every other
     option to the storage (see :func:`open_storage`).
     """
-    db_options = {k: options.pop(k) for k in DB_OPTIONS if k in options}
+    db_options = {k: options.pop(k) for k in _DB_OPTIONS if k in options}
     storage = open_storage(uri, **options)
     try:
         return DB(storage, **db_options)

@@ -324,8 +324,8 @@ class Connection:
         record = self._storage.loadBefore(oid, self._start)
         if record is None:
             raise ReadConflictError(
-                "the object does not exist in this connection's snapshot (it may have "
-                "been removed by a pack)", oid=oid)
+                "the object has no revision in this connection's snapshot (a history-free "
+                "storage replaced it since, or a pack removed it)", oid=oid)
         data, start, end = record
         records.put(oid, data, start, end, generation)
         return data, start

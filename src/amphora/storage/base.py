@@ -379,20 +379,21 @@ class StorageBase:
         """Hook: a commit started (the commit lock is held)."""
 
     def store(self, oid: bytes, serial: bytes, data: bytes, version: str, transaction: Any) -> None:
-        self._check_current(transaction)
+        # Called once per object written: checks kept to the cheap ones.
+        if transaction is not self._transaction or transaction is None:
+            self._check_current(transaction)
         if version:
             raise StorageError("versions are not supported")
-        if not isinstance(data, bytes):
+        if type(data) is not bytes:
             raise TypeError(f"record data must be bytes, not {type(data).__name__}")
-        if serial is None:
-            serial = z64
-        if len(oid) != 8 or len(serial) != 8:
-            raise StorageError("oids and serials are 8 bytes")
-        if oid not in self._stores:
+        if len(oid) != 8:
+            raise StorageError(f"an oid is 8 bytes, not {oid!r}")
+        stores = self._stores
+        if oid not in stores:
             # A second store of an oid in one transaction replaces the data; the serial
             # to check is the one first read.
-            self._serials[oid] = serial
-        self._stores[oid] = data
+            self._serials[oid] = z64 if serial is None else serial
+        stores[oid] = data
 
     def checkCurrentSerialInTransaction(self, oid: bytes, serial: bytes, transaction: Any) -> None:
         self._check_current(transaction)

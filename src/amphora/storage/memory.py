@@ -9,7 +9,7 @@ import bisect
 import threading
 from typing import Callable, Iterable, Iterator
 
-from amphora.errors import ObjectNotFoundError
+from amphora.errors import ObjectNotFoundError, StorageError
 from amphora.serialize import references as record_references
 from amphora.storage.base import (DataRecord, StorageBase, TransactionRecord, history_entry,
                                   pack_tid, reachable)
@@ -37,6 +37,7 @@ class MemoryStorage(StorageBase):
             return self._ltid
 
     def loadBefore(self, oid: bytes, tid: bytes) -> tuple[bytes, bytes, bytes | None] | None:
+        self._check_open()
         with self._lock:
             revisions = self._revisions.get(oid)
             if revisions is None:
@@ -48,6 +49,7 @@ class MemoryStorage(StorageBase):
             return datas[i - 1], tids[i - 1], tids[i] if i < len(tids) else None
 
     def loadSerial(self, oid: bytes, serial: bytes) -> bytes:
+        self._check_open()
         with self._lock:
             revisions = self._revisions.get(oid)
             if revisions is not None:
@@ -62,6 +64,7 @@ class MemoryStorage(StorageBase):
         return revisions[0][-1] if revisions else z64
 
     def history(self, oid: bytes, size: int = 1) -> list[dict]:
+        self._check_open()
         with self._lock:
             revisions = self._revisions.get(oid)
             if revisions is None:
@@ -78,6 +81,7 @@ class MemoryStorage(StorageBase):
 
     def iterator(self, start: bytes | None = None, stop: bytes | None = None
                  ) -> Iterator[TransactionRecord]:
+        self._check_open()
         with self._lock:
             selected = [txn for tid, txn in self._transactions.items()
                         if (start is None or tid >= start) and (stop is None or tid <= stop)]
@@ -98,6 +102,7 @@ class MemoryStorage(StorageBase):
 
     # -- writing --------------------------------------------------------------------
     def new_oid(self) -> bytes:
+        self._check_open()
         with self._oid_lock:
             self._last_oid += 1
             return p64(self._last_oid)
@@ -150,6 +155,10 @@ class MemoryStorage(StorageBase):
                                if r.oid in self._revisions and tid in self._revisions[r.oid][0]]
                 if not txn.records and tid < cutoff:
                     del self._transactions[tid]
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StorageError(f"the storage {self.__name__!r} is closed")
 
     def close(self) -> None:
         self._closed = True
