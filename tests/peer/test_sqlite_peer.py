@@ -66,10 +66,6 @@ class SQLiteHistoryFreePeerTests(_SQLiteTestBase, BasicStorage.BasicStorage,
         raise unittest.SkipTest("reads a replaced revision back; a history-free storage "
                                 "keeps only current revisions")
 
-    # Conflict resolution loads the revision the losing transaction started from, which a
-    # history-free storage has already replaced.
-    testResolve = testZClassesArentResolved = testBuggyResolve1 = testBuggyResolve2 = \
-        _needs_history
     # These packs first read old revisions back (loadSerial of replaced tids).
     testPackAllRevisions = testPackJustOldRevisions = testPackOnlyOneObject = \
         testPackAllRevisionsNoGC = testPackUnlinkedFromRoot = testRedundantPack = \

@@ -15,12 +15,12 @@ import threading
 import weakref
 from typing import Any, Callable, Iterable, Iterator
 
-from amphora.errors import (InvalidURIError, ObjectNotFoundError, ReadOnlyError,
-                            StorageError, StorageFormatError, Unsupported)
+from amphora.errors import (CorruptRecordError, InvalidURIError, ObjectNotFoundError,
+                            ReadOnlyError, StorageError, StorageFormatError, Unsupported)
 from amphora.serialize import references as record_references
 from amphora.storage.base import (DataRecord, StorageBase, TransactionRecord, history_entry,
                                   pack_tid, reachable)
-from amphora.utils import p64, z64
+from amphora.utils import oid_repr, p64, tid_repr, tid_time, z64
 
 __all__ = ["SQLiteStorage"]
 
@@ -29,13 +29,19 @@ SCHEMA_VERSION = 1
 
 # -- schema ---------------------------------------------------------------------------------
 # The current revision of every object lives in ``objects``, keyed by oid (SQLite's rowid,
-# so a current load is one B-tree descent with the data inline). Older revisions move to
-# ``revisions`` when they are replaced (history-preserving mode only) and stay until pack.
+# so a current load is one B-tree descent with the data inline). A replaced revision moves
+# to ``revisions`` (history-preserving mode, until pack) or to ``replaced`` (history-free
+# mode, for ``conflict_window`` seconds, only so that conflicts can be resolved).
 _CREATE_SCHEMA = (
     "CREATE TABLE amphora_meta (key TEXT PRIMARY KEY, value)",
     "CREATE TABLE objects (oid INTEGER PRIMARY KEY, tid INTEGER NOT NULL, data BLOB NOT NULL)",
-    "CREATE TABLE revisions (oid INTEGER NOT NULL, tid INTEGER NOT NULL, data BLOB NOT NULL)",
+    "CREATE TABLE revisions (oid INTEGER NOT NULL, tid INTEGER NOT NULL,"
+    " end_tid INTEGER NOT NULL, data BLOB NOT NULL)",
     "CREATE UNIQUE INDEX revisions_oid_tid ON revisions (oid, tid)",
+    "CREATE TABLE replaced (oid INTEGER NOT NULL, tid INTEGER NOT NULL,"
+    " end_tid INTEGER NOT NULL, data BLOB NOT NULL)",
+    "CREATE INDEX replaced_oid_tid ON replaced (oid, tid)",
+    "CREATE INDEX replaced_end_tid ON replaced (end_tid)",
     "CREATE TABLE transactions (tid INTEGER PRIMARY KEY, user BLOB NOT NULL,"
     " description BLOB NOT NULL, extension BLOB NOT NULL, oids BLOB NOT NULL)",
 )
@@ -45,18 +51,16 @@ _COUNT_TABLES = "SELECT count(*) FROM sqlite_master"
 
 # -- reading --------------------------------------------------------------------------------
 _LOAD_CURRENT = "SELECT tid, data FROM objects WHERE oid = ?"
-_LOAD_REVISION_BEFORE = (
-    "SELECT r.tid, r.data, (SELECT min(n.tid) FROM revisions AS n"
-    " WHERE n.oid = r.oid AND n.tid > r.tid)"
-    " FROM revisions AS r WHERE r.oid = ? AND r.tid < ? ORDER BY r.tid DESC LIMIT 1")
+_LOAD_REVISION_BEFORE = ("SELECT tid, end_tid, data FROM revisions WHERE oid = ? AND tid < ?"
+                         " ORDER BY tid DESC LIMIT 1")
 _LOAD_SERIAL = ("SELECT data FROM objects WHERE oid = ?1 AND tid = ?2"
-                " UNION ALL SELECT data FROM revisions WHERE oid = ?1 AND tid = ?2")
+                " UNION ALL SELECT data FROM revisions WHERE oid = ?1 AND tid = ?2"
+                " UNION ALL SELECT data FROM replaced WHERE oid = ?1 AND tid = ?2 LIMIT 1")
 _LOAD_MANY_CURRENT = ("SELECT oid, tid, CASE WHEN tid < ? THEN data END FROM objects"
                       " WHERE oid IN ({marks})")
 _LOAD_MANY_REVISIONS = (
     "WITH wanted(oid) AS (VALUES {rows})"
-    " SELECT w.oid, r.tid, r.data, (SELECT min(n.tid) FROM revisions AS n"
-    "  WHERE n.oid = w.oid AND n.tid > r.tid)"
+    " SELECT w.oid, r.tid, r.end_tid, r.data"
     " FROM wanted AS w JOIN revisions AS r ON r.oid = w.oid AND r.tid ="
     "  (SELECT max(m.tid) FROM revisions AS m WHERE m.oid = w.oid AND m.tid < ?)")
 _CURRENT_SERIALS = "SELECT oid, tid FROM objects WHERE oid IN ({marks})"
@@ -78,7 +82,11 @@ _RECORDS_OF = (  # ?1 is the tid; the oids are ?2, ?3, ...
 _COUNT_OBJECTS = "SELECT count(*) FROM objects"
 
 # -- writing --------------------------------------------------------------------------------
-_ARCHIVE_CURRENT = "INSERT INTO revisions (oid, tid, data) SELECT oid, tid, data FROM objects WHERE oid = ?"
+_ARCHIVE_CURRENT = ("INSERT INTO revisions (oid, tid, end_tid, data)"
+                    " SELECT oid, tid, ?, data FROM objects WHERE oid IN ({marks})")
+_RETAIN_CURRENT = ("INSERT INTO replaced (oid, tid, end_tid, data)"
+                   " SELECT oid, tid, ?, data FROM objects WHERE oid IN ({marks})")
+_PRUNE_REPLACED = "DELETE FROM replaced WHERE end_tid < ?"
 _UPSERT_OBJECT = ("INSERT INTO objects (oid, tid, data) VALUES (?, ?, ?) ON CONFLICT (oid)"
                   " DO UPDATE SET tid = excluded.tid, data = excluded.data")
 _INSERT_TRANSACTION = ("INSERT INTO transactions (tid, user, description, extension, oids)"
@@ -87,10 +95,7 @@ _NEXT_OID = "SELECT value FROM amphora_meta WHERE key = 'next_oid'"
 _SET_NEXT_OID = "UPDATE amphora_meta SET value = ?1 WHERE key = 'next_oid' AND value < ?1"
 
 # -- pack -----------------------------------------------------------------------------------
-_SUPERSEDED = (  # revisions replaced by another revision at or before the pack tid
-    "SELECT r.oid, r.tid FROM revisions AS r JOIN objects AS o ON o.oid = r.oid"
-    " WHERE o.tid <= ?1 OR r.tid <"
-    "  (SELECT max(m.tid) FROM revisions AS m WHERE m.oid = r.oid AND m.tid <= ?1)")
+_SUPERSEDED = "SELECT oid, tid FROM revisions WHERE end_tid <= ?"  # replaced by pack time
 _DELETE_REVISION = "DELETE FROM revisions WHERE oid = ? AND tid = ?"
 _ALL_DATA = ("SELECT data FROM objects WHERE oid = ?1"
              " UNION ALL SELECT data FROM revisions WHERE oid = ?1")
@@ -98,6 +103,7 @@ _FIRST_TIDS = ("SELECT o.oid, min(o.tid, coalesce((SELECT min(r.tid) FROM revisi
                " WHERE r.oid = o.oid), o.tid)) FROM objects AS o")
 _DELETE_OBJECT = "DELETE FROM objects WHERE oid = ?"
 _DELETE_REVISIONS = "DELETE FROM revisions WHERE oid = ?"
+_DELETE_REPLACED = "DELETE FROM replaced WHERE oid = ?"
 _RECORD_EXISTS = ("SELECT 1 FROM objects WHERE oid = ?1 AND tid = ?2"
                   " UNION ALL SELECT 1 FROM revisions WHERE oid = ?1 AND tid = ?2 LIMIT 1")
 _OLD_TRANSACTIONS = "SELECT tid, oids FROM transactions WHERE tid < ? ORDER BY tid"
@@ -110,7 +116,8 @@ _BATCH_SIZES = (1, 4, 16, 64, 128, 256, _BATCH)  # few distinct statements, so a
 _OID_BLOCK = 64                      # oids reserved in the file per new_oid round trip
 _DELETE_CHUNK = 1000                 # rows deleted per write transaction while packing
 _TXN_CHUNK = 100                     # transactions read per query while iterating
-_MIN_INT, _MAX_INT = -(1 << 63), (1 << 63) - 1
+_PAD_TO = [next(size for size in _BATCH_SIZES if size >= n) for n in range(_BATCH + 1)]
+_MAX_INT = (1 << 63) - 1
 
 # Oids and tids are stored as signed 64-bit integers holding the same 8 bytes, so any
 # 8-byte oid round-trips (tids, below 2**63, keep their order).
@@ -128,19 +135,34 @@ def _split(oids: bytes) -> list[bytes]:
 
 
 def _padded(values: list) -> list:
-    """``values`` (at most _BATCH) repeated at the end up to the next batch size."""
-    size = next(n for n in _BATCH_SIZES if n >= len(values))
-    return values + [values[-1]] * (size - len(values))
+    """``values`` (at most _BATCH) with the last repeated up to the next batch size: the
+    same few statements serve every size (repeats in ``IN`` lists change nothing)."""
+    missing = _PAD_TO[len(values)] - len(values)
+    return values + [values[-1]] * missing if missing else values
 
 
-def _marks(n: int) -> str:
-    return ",".join("?" * n)
+def _chunks(keys: list[int]) -> Iterator[list[int]]:
+    """``keys`` in padded chunks of at most _BATCH (see _padded)."""
+    for i in range(0, len(keys), _BATCH):
+        yield _padded(keys[i:i + _BATCH])
 
 
-def _rows(n: int, first: int | None = None) -> str:
-    if first is None:
-        return ",".join(["(?)"] * n)
-    return ",".join(f"(?{i})" for i in range(first, first + n))
+def _by_size(template: str, first: int | None = None) -> dict[int, str]:
+    """``template`` with ``{marks}`` (``?,?,...``) or ``{rows}`` (``(?),(?),...``, or
+    numbered from ``first``) filled in for every batch size."""
+    def rows(n: int) -> str:
+        if first is None:
+            return ",".join(["(?)"] * n)
+        return ",".join(f"(?{i})" for i in range(first, first + n))
+    return {n: template.format(marks=",".join("?" * n), rows=rows(n)) for n in _BATCH_SIZES}
+
+
+_LOAD_MANY_CURRENT_SQL = _by_size(_LOAD_MANY_CURRENT)
+_LOAD_MANY_REVISIONS_SQL = _by_size(_LOAD_MANY_REVISIONS)
+_RECORDS_OF_SQL = _by_size(_RECORDS_OF, first=2)
+_CURRENT_SERIALS_SQL = _by_size(_CURRENT_SERIALS)
+_ARCHIVE_CURRENT_SQL = _by_size(_ARCHIVE_CURRENT)
+_RETAIN_CURRENT_SQL = _by_size(_RETAIN_CURRENT)
 
 
 class _Connection(sqlite3.Connection):
@@ -188,6 +210,9 @@ class SQLiteStorage(StorageBase):
     supports_pack = True
     is_remote = False
     mmap_size = 1 << 30  #: optional tuning: memory-map the file for reads
+    #: history-free mode: seconds a replaced revision stays readable by ``loadSerial``, so
+    #: that a transaction that read it can still have its conflicts resolved
+    conflict_window = 60.0
 
     def __init__(self, path: str, read_only: bool = False, keep_history: bool | None = None,
                  resolve_conflicts: bool = True, synchronous: str = "normal",
@@ -244,6 +269,8 @@ class SQLiteStorage(StorageBase):
                 conn.execute(f"PRAGMA mmap_size={int(self.mmap_size)}")
             else:
                 conn.execute(f"PRAGMA synchronous={self._synchronous}")
+                conn.execute(f"PRAGMA mmap_size={int(self.mmap_size)}")
+                conn.execute("PRAGMA cache_size=-65536")
         except BaseException:
             conn.close()
             raise
@@ -362,6 +389,10 @@ class SQLiteStorage(StorageBase):
                                 f"{self._busy_timeout} s ({text})")
         return StorageError(f"{self._path}: {text}")
 
+    def _corrupt(self, oid: bytes, tid: int) -> CorruptRecordError:
+        return CorruptRecordError(f"{self._path}: the record of oid {oid_repr(oid)} written "
+                                  f"by {tid_repr(_pack(tid))} is not bytes")
+
     def _reader(self) -> _Connection:
         """This thread's read connection."""
         try:
@@ -403,38 +434,50 @@ class SQLiteStorage(StorageBase):
             row = conn.execute(_LOAD_CURRENT, (key,)).fetchone()
             if row is None:
                 raise ObjectNotFoundError(oid)
-            if row[0] < before:
-                return row[1], _pack(row[0]), None
-            old = conn.execute(_LOAD_REVISION_BEFORE, (key, before)).fetchone()
+            if row[0] >= before:
+                row = conn.execute(_LOAD_REVISION_BEFORE, (key, before)).fetchone()
+                if row is None:
+                    return None
+                start, end, data = row
+                end = _pack(end)
+            else:
+                start, data = row
+                end = None
         except sqlite3.Error as exc:
             raise self._error(exc) from exc
-        if old is None:
-            return None
-        return old[1], _pack(old[0]), _pack(row[0] if old[2] is None else old[2])
+        if data.__class__ is not bytes:
+            raise self._corrupt(oid, start)
+        return data, _pack(start), end
 
     def load_many(self, oids: Iterable[bytes], before: bytes
                   ) -> dict[bytes, tuple[bytes, bytes, bytes | None]]:
         """``loadBefore`` for many oids, one query per 500 (two if some changed since)."""
-        conn = self._reader()
-        before_i = _u(before)
-        keys = list({_u(oid) for oid in oids})
+        try:
+            conn = self._local.reader
+        except AttributeError:
+            conn = self._reader()
+        before_i = _unpack(before)[0]
+        wanted = {_unpack(oid)[0]: oid for oid in oids}
+        keys = list(wanted)
         found: dict[bytes, tuple[bytes, bytes, bytes | None]] = {}
-        older: dict[int, int] = {}  # oid -> current tid, for objects changed since `before`
+        older: list[int] = []  # oids of objects changed since `before`
         try:
             for i in range(0, len(keys), _BATCH):
                 chunk = _padded(keys[i:i + _BATCH])
-                sql = _LOAD_MANY_CURRENT.format(marks=_marks(len(chunk)))
+                sql = _LOAD_MANY_CURRENT_SQL[len(chunk)]
                 for key, tid, data in conn.execute(sql, (before_i, *chunk)):
-                    if data is None:
-                        older[key] = tid
+                    if data.__class__ is bytes:
+                        found[wanted[key]] = (data, _pack(tid), None)
+                    elif data is None:
+                        older.append(key)
                     else:
-                        found[_pack(key)] = (data, _pack(tid), None)
-            stale = list(older)
-            for i in range(0, len(stale), _BATCH):
-                chunk = _padded(stale[i:i + _BATCH])
-                sql = _LOAD_MANY_REVISIONS.format(rows=_rows(len(chunk)))
-                for key, tid, data, end in conn.execute(sql, (*chunk, before_i)):
-                    found[_pack(key)] = (data, _pack(tid), _pack(older[key] if end is None else end))
+                        raise self._corrupt(wanted[key], tid)
+            for chunk in _chunks(older):
+                sql = _LOAD_MANY_REVISIONS_SQL[len(chunk)]
+                for key, tid, end, data in conn.execute(sql, (*chunk, before_i)):
+                    if data.__class__ is not bytes:
+                        raise self._corrupt(wanted[key], tid)
+                    found[wanted[key]] = (data, _pack(tid), _pack(end))
         except sqlite3.Error as exc:
             raise self._error(exc) from exc
         return found
@@ -443,6 +486,8 @@ class SQLiteStorage(StorageBase):
         rows = self._execute(self._reader(), _LOAD_SERIAL, (_u(oid), _u(serial)))
         if not rows:
             raise ObjectNotFoundError(oid)
+        if rows[0][0].__class__ is not bytes:
+            raise self._corrupt(oid, _u(serial))
         return rows[0][0]
 
     def history(self, oid: bytes, size: int | None = 1) -> list[dict[str, Any]]:
@@ -476,9 +521,8 @@ class SQLiteStorage(StorageBase):
         wanted = _split(oids)
         keys = [_u(oid) for oid in wanted]
         datas: dict[int, bytes] = {}
-        for i in range(0, len(keys), _BATCH):
-            chunk = _padded(keys[i:i + _BATCH])
-            sql = _RECORDS_OF.format(rows=_rows(len(chunk), first=2))
+        for chunk in _chunks(keys):
+            sql = _RECORDS_OF_SQL[len(chunk)]
             datas.update(self._execute(self._reader(), sql, (tid, *chunk)))
         tid_bytes = _pack(tid)
         return [DataRecord(oid, tid_bytes, datas[key])
@@ -577,14 +621,6 @@ class SQLiteStorage(StorageBase):
             raise ReadOnlyError(f"{self.__name__} is read-only")
         raise Unsupported("amphora storages do not support undo")
 
-    def _current_serials(self, conn: sqlite3.Connection, oids: list[bytes]) -> dict[bytes, bytes]:
-        serials = {}
-        keys = [_u(oid) for oid in oids]
-        for i in range(0, len(keys), _BATCH):
-            chunk = _padded(keys[i:i + _BATCH])
-            for key, tid in conn.execute(_CURRENT_SERIALS.format(marks=_marks(len(chunk))), chunk):
-                serials[_pack(key)] = _pack(tid)
-        return serials
 
     def _vote(self) -> None:
         conn = self._writer
@@ -607,13 +643,24 @@ class SQLiteStorage(StorageBase):
         """Check conflicts and write the transaction, inside the write transaction."""
         stores = self._stores
         last = conn.execute(_LAST_TID).fetchone()[0] or 0
-        serials = self._current_serials(conn, list(stores.keys() | self._checks.keys()))
-        self._check_conflicts(lambda oid: serials.get(oid, z64), self.loadSerial)
+        keys = {oid: _unpack(oid)[0] for oid in stores.keys() | self._checks.keys()}
+        serials: dict[int, int] = {}  # oid -> committed tid, as seen under the write lock
+        for chunk in _chunks(list(keys.values())):
+            serials.update(conn.execute(_CURRENT_SERIALS_SQL[len(chunk)], chunk))
+
+        def current_serial(oid: bytes) -> bytes:
+            committed = serials.get(keys[oid])
+            return z64 if committed is None else _pack(committed)
+        self._check_conflicts(current_serial, self.loadSerial)
         tid = self._next_tid(max(_pack(last), self._ltid))
         tid_i = _u(tid)
-        rows = [(_u(oid), tid_i, data) for oid, data in stores.items()]
-        if self.keep_history:
-            conn.executemany(_ARCHIVE_CURRENT, [(_u(oid),) for oid in stores if oid in serials])
+        rows = [(keys[oid], tid_i, data) for oid, data in stores.items()]
+        archive = _ARCHIVE_CURRENT_SQL if self.keep_history else _RETAIN_CURRENT_SQL
+        for chunk in _chunks([row[0] for row in rows if row[0] in serials]):
+            conn.execute(archive[len(chunk)], (tid_i, *chunk))
+        if not self.keep_history:  # replaced revisions stay only while they may resolve conflicts
+            horizon = pack_tid(max(tid_time(tid) - self.conflict_window, 0))
+            conn.execute(_PRUNE_REPLACED, (_u(horizon),))
         conn.executemany(_UPSERT_OBJECT, rows)
         user, description, extension = self._meta
         conn.execute(_INSERT_TRANSACTION, (tid_i, user, description, extension, b"".join(stores)))
@@ -733,6 +780,7 @@ class SQLiteStorage(StorageBase):
             rows = [(key,) for key in garbage]
             writer.executemany(_DELETE_OBJECT, rows)
             writer.executemany(_DELETE_REVISIONS, rows)
+            writer.executemany(_DELETE_REPLACED, rows)
             writer.execute("COMMIT")
         except BaseException:
             writer.execute("ROLLBACK")
