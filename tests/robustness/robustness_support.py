@@ -13,8 +13,12 @@ from pathlib import Path
 
 from persistent import Persistent
 
+import amphora
+
 HERE = Path(__file__).resolve().parent
-SRC = HERE.parent.parent / "src"
+# helper processes import the same amphora as the tests (the checkout's src/ when run
+# from it, or wherever PYTHONPATH or the installed package points)
+SRC = Path(amphora.__file__).resolve().parent.parent
 
 
 class Counter(Persistent):
@@ -61,7 +65,7 @@ def sqlite_uri(path: os.PathLike | str) -> str:
 
 
 def child_env() -> dict:
-    """The environment of a helper process: this directory and src/ importable."""
+    """The environment of a helper process: this directory and this amphora importable."""
     env = dict(os.environ)
     parts = [str(HERE), str(SRC)]
     if env.get("PYTHONPATH"):
