@@ -181,8 +181,12 @@ class SQLiteStorage(StorageBase):
             transaction row removed by pack>
         objects(oid INTEGER PRIMARY KEY, tid INTEGER, data BLOB)
             the current revision of every object
-        revisions(oid INTEGER, tid INTEGER, data BLOB), UNIQUE(oid, tid)
-            replaced revisions (history-preserving mode only), kept until pack
+        revisions(oid INTEGER, tid INTEGER, end_tid INTEGER, data BLOB), UNIQUE(oid, tid)
+            history-preserving mode: replaced revisions, kept until pack; ``end_tid`` is
+            the tid of the revision that replaced it
+        replaced(oid INTEGER, tid INTEGER, end_tid INTEGER, data BLOB)
+            history-free mode: replaced revisions, kept ``conflict_window`` seconds for
+            conflict resolution only (``loadSerial``; never ``loadBefore``)
         transactions(tid INTEGER PRIMARY KEY, user BLOB, description BLOB,
                      extension BLOB, oids BLOB)
             one row per commit; ``oids`` is the concatenated 8-byte oids it wrote, which
@@ -247,6 +251,9 @@ class SQLiteStorage(StorageBase):
             self.supports_history = self.keep_history
             if not read_only:
                 self._writer = self._connect(read_only=False)
+                # WAL is a property of the file; put it back if a tool switched it off.
+                if self._writer.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                    self._writer.execute("PRAGMA journal_mode=WAL")
             self._poller = self._connect(read_only=True)
             self._data_version = self._poller.execute("PRAGMA data_version").fetchone()[0]
             last = self._poller.execute(_LAST_TID).fetchone()[0]
@@ -491,11 +498,13 @@ class SQLiteStorage(StorageBase):
         return rows[0][0]
 
     def history(self, oid: bytes, size: int | None = 1) -> list[dict[str, Any]]:
-        rows = self._execute(self._reader(), _HISTORY, (_u(oid), -1 if size is None else size))
+        limit = -1 if size is None else max(size, 1)
+        rows = self._execute(self._reader(), _HISTORY, (_u(oid), limit))
         if not rows:
             raise ObjectNotFoundError(oid)
-        return [history_entry(_pack(tid), user or b"", description or b"", extension or b"",
-                              length) for tid, length, user, description, extension in rows]
+        entries = [history_entry(_pack(tid), user or b"", description or b"", extension or b"",
+                                 length) for tid, length, user, description, extension in rows]
+        return entries if size is None else entries[:max(size, 0)]
 
     def iterator(self, start: bytes | None = None, stop: bytes | None = None
                  ) -> Iterator[TransactionRecord]:
@@ -621,7 +630,6 @@ class SQLiteStorage(StorageBase):
             raise ReadOnlyError(f"{self.__name__} is read-only")
         raise Unsupported("amphora storages do not support undo")
 
-
     def _vote(self) -> None:
         conn = self._writer
         if conn is None:
@@ -700,9 +708,11 @@ class SQLiteStorage(StorageBase):
         with self._oid_lock:
             if self._oid_next <= top < self._oid_end:
                 self._oid_next = top + 1
-        if func is not None:
-            func(tid)
-        self._ltid = tid
+        try:
+            if func is not None:
+                func(tid)
+        finally:
+            self._ltid = tid
         return tid
 
     def _abort(self) -> None:

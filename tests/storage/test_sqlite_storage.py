@@ -1,0 +1,514 @@
+"""The SQLite storage: its file format, its modes, and what it promises beyond the shared
+storage contract (batched loads, invalidations between storage objects, pack).
+
+Records here are built by hand (two pickles, references as ``(oid, None)``), so the tests
+need no database object and no application class.
+"""
+from __future__ import annotations
+
+import io
+import pickle
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from amphora.errors import (ConflictError, CorruptRecordError, ObjectNotFoundError,
+                            ReadOnlyError, StorageError, StorageFormatError)
+from amphora.storage.base import TransactionMetaData
+from amphora.storage.sqlite import SCHEMA_VERSION, SQLiteStorage
+from amphora.utils import maxtid, p64, u64, z64
+
+# -- helpers --------------------------------------------------------------------------------
+
+
+class Ref:
+    """A persistent reference to ``oid`` inside a hand-made record."""
+
+    def __init__(self, oid: bytes):
+        self.oid = oid
+
+
+def record(value=None, *refs: bytes) -> bytes:
+    """A record in ZODB's format: class metadata, then a state referring to ``refs``."""
+    file = io.BytesIO()
+    pickler = pickle.Pickler(file, 3)
+    pickler.persistent_id = lambda obj: (obj.oid, None) if isinstance(obj, Ref) else None
+    pickler.dump(("tests.storage", "Thing"))
+    pickler.dump({"value": value, "refs": [Ref(oid) for oid in refs]})
+    return file.getvalue()
+
+
+def commit(storage, records: dict[bytes, bytes], serials: dict[bytes, bytes] | None = None,
+           description: str = "") -> bytes:
+    """Commit ``{oid: data}``; ``serials`` gives the tid each oid was read at (new if absent)."""
+    txn = TransactionMetaData(description=description)
+    storage.tpc_begin(txn)
+    for oid, data in records.items():
+        storage.store(oid, (serials or {}).get(oid, z64), data, "", txn)
+    storage.tpc_vote(txn)
+    return storage.tpc_finish(txn)
+
+
+def after(tid: bytes) -> bytes:
+    return p64(u64(tid) + 1)
+
+
+class Recorder:
+    """A stand-in for the database: what ``registerDB`` callers receive."""
+
+    def __init__(self, storage=None):
+        self.storage = storage
+        self.events: list = []
+
+    def invalidate(self, tid, oids):
+        # The invariant: a tid is reported before lastTransaction() shows it.
+        if self.storage is not None:
+            assert self.storage._ltid < tid
+        self.events.append(("invalidate", tid, sorted(oids)))
+
+    def invalidateCache(self):
+        self.events.append(("invalidateCache",))
+
+
+@pytest.fixture
+def path(tmp_path) -> Path:
+    return tmp_path / "data.db"
+
+
+@pytest.fixture
+def storage(path):
+    opened = SQLiteStorage(str(path))
+    yield opened
+    opened.close()
+
+
+def make_amphora_file(path: Path, **options) -> None:
+    storage = SQLiteStorage(str(path), **options)
+    commit(storage, {z64: record("root")})
+    storage.close()
+
+
+# -- the file -------------------------------------------------------------------------------
+
+
+def test_a_new_file_says_what_it_is(path):
+    make_amphora_file(path)
+    with sqlite3.connect(path) as conn:
+        meta = dict(conn.execute("SELECT key, value FROM amphora_meta"))
+        journal = conn.execute("PRAGMA journal_mode").fetchone()[0]
+    conn.close()
+    assert meta["format"] == "amphora-sqlite"
+    assert meta["schema_version"] == SCHEMA_VERSION == 1
+    assert meta["keep_history"] == 1
+    assert journal == "wal"
+
+
+def _non_sqlite(path: Path) -> None:
+    path.write_bytes(b"this is a text file, not a database\n" * 100)
+
+
+def _foreign_sqlite(path: Path) -> None:
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE people (name TEXT)")
+    conn.execute("INSERT INTO people VALUES ('ada')")
+    conn.commit()
+    conn.close()
+
+
+def _newer_schema(path: Path) -> None:
+    make_amphora_file(path)
+    conn = sqlite3.connect(path)
+    conn.execute("UPDATE amphora_meta SET value = ? WHERE key = 'schema_version'",
+                 (SCHEMA_VERSION + 1,))
+    conn.commit()
+    conn.close()
+
+
+def _truncated(path: Path) -> None:
+    storage = SQLiteStorage(str(path))
+    commit(storage, {p64(i): record("x" * 2000) for i in range(200)})
+    storage.close()
+    data = path.read_bytes()
+    path.write_bytes(data[:len(data) // 2])
+
+
+def _truncated_header(path: Path) -> None:
+    make_amphora_file(path)
+    path.write_bytes(path.read_bytes()[:60])
+
+
+BAD_FILES = {
+    "not-sqlite": (_non_sqlite, "not an SQLite database"),
+    "foreign-sqlite": (_foreign_sqlite, "not an amphora database"),
+    "newer-schema": (_newer_schema, "schema version 2"),
+    "truncated": (_truncated, "truncated"),
+    "truncated-header": (_truncated_header, "truncated"),
+}
+
+
+@pytest.mark.parametrize("read_only", [False, True], ids=["read-write", "read-only"])
+@pytest.mark.parametrize("kind", list(BAD_FILES))
+def test_a_file_that_is_not_a_usable_amphora_database_is_refused_untouched(path, kind,
+                                                                            read_only):
+    make, problem = BAD_FILES[kind]
+    make(path)
+    before = path.read_bytes()
+    with pytest.raises(StorageFormatError) as info:
+        SQLiteStorage(str(path), read_only=read_only)
+    message = str(info.value)
+    assert str(path) in message and problem in message
+    assert path.read_bytes() == before
+
+
+@pytest.mark.parametrize("options", [{"read_only": True}, {"create": False}],
+                         ids=["read-only", "create-false"])
+def test_a_missing_file_is_only_created_when_allowed(path, options):
+    with pytest.raises(StorageFormatError, match="no such amphora database"):
+        SQLiteStorage(str(path), **options)
+    assert not path.exists()
+
+
+def test_the_history_mode_is_fixed_when_the_file_is_created(path):
+    make_amphora_file(path, keep_history=False)
+    with pytest.raises(StorageFormatError, match="history-free"):
+        SQLiteStorage(str(path), keep_history=True)
+    reopened = SQLiteStorage(str(path))  # not asked: the file decides
+    assert reopened.keep_history is False and reopened.supports_history is False
+    reopened.close()
+
+
+def test_data_survives_closing_and_reopening(path, storage):
+    tid = commit(storage, {z64: record("root"), p64(1): record("one")})
+    storage.close()
+    reopened = SQLiteStorage(str(path))
+    try:
+        assert reopened.lastTransaction() == tid
+        assert reopened.load(p64(1)) == (record("one"), tid)
+        assert len(reopened) == 2
+    finally:
+        reopened.close()
+
+
+# -- read-only and closed -------------------------------------------------------------------
+
+
+def test_read_only_storage_reads_and_refuses_writes(path, storage):
+    tid = commit(storage, {z64: record("root")})
+    reader = SQLiteStorage(str(path), read_only=True)
+    try:
+        assert reader.isReadOnly()
+        assert reader.load(z64) == (record("root"), tid)
+        with pytest.raises(ReadOnlyError):
+            reader.new_oid()
+        with pytest.raises(ReadOnlyError):
+            reader.tpc_begin(TransactionMetaData())
+        with pytest.raises(ReadOnlyError):
+            reader.pack(time.time())
+        # a read-only storage still hears about others' commits
+        tid2 = commit(storage, {z64: record("changed")}, {z64: tid})
+        reader.sync()
+        assert reader.lastTransaction() == tid2
+        assert reader.load(z64) == (record("changed"), tid2)
+    finally:
+        reader.close()
+
+
+def test_a_closed_storage_raises_storage_error(storage):
+    oid = storage.new_oid()
+    commit(storage, {oid: record(1)})
+    storage.close()
+    storage.close()  # closing twice is fine
+    for call in (lambda: storage.loadBefore(oid, maxtid), lambda: storage.load_many([oid], maxtid),
+                 lambda: storage.loadSerial(oid, z64), storage.new_oid, storage.sync,
+                 lambda: list(storage.iterator()), lambda: len(storage),
+                 lambda: storage.tpc_begin(TransactionMetaData()),
+                 lambda: storage.pack(time.time())):
+        with pytest.raises(StorageError) as info:
+            call()
+        assert not isinstance(info.value, sqlite3.Error)
+        assert "closed" in str(info.value)
+
+
+def test_a_record_that_is_not_bytes_raises_corrupt_record_error(path, storage):
+    tid = commit(storage, {z64: record("root")})
+    conn = sqlite3.connect(path)
+    conn.execute("UPDATE objects SET data = 'text' WHERE oid = 0")
+    conn.commit()
+    conn.close()
+    with pytest.raises(CorruptRecordError):
+        storage.loadBefore(z64, maxtid)
+    with pytest.raises(CorruptRecordError):
+        storage.load_many([z64], maxtid)
+    with pytest.raises(CorruptRecordError):
+        storage.loadSerial(z64, tid)
+
+
+# -- transactions ---------------------------------------------------------------------------
+
+
+def test_an_empty_transaction_gets_a_tid_and_a_transaction_record(storage):
+    first = commit(storage, {})
+    second = commit(storage, {})
+    assert z64 < first < second == storage.lastTransaction()
+    assert [(t.tid, list(t)) for t in storage.iterator()] == [(first, []), (second, [])]
+
+
+def test_new_oids_are_unique_across_storage_objects(path, storage):
+    other = SQLiteStorage(str(path))
+    try:
+        oids = [storage.new_oid() for _ in range(100)] + [other.new_oid() for _ in range(100)]
+        oids += [storage.new_oid() for _ in range(100)]
+        assert len(set(oids)) == len(oids)
+        assert z64 not in oids  # the root's oid is never handed out
+    finally:
+        other.close()
+
+
+def test_oids_stored_without_new_oid_are_not_handed_out_later(storage):
+    commit(storage, {p64(1000): record("restored")})
+    assert u64(storage.new_oid()) > 1000
+
+
+# -- MVCC reads -----------------------------------------------------------------------------
+
+
+def test_load_before_gives_exact_start_and_end(storage):
+    oid = storage.new_oid()
+    t1 = commit(storage, {oid: record(1)})
+    t2 = commit(storage, {oid: record(2)}, {oid: t1})
+    t3 = commit(storage, {oid: record(3)}, {oid: t2})
+    assert storage.loadBefore(oid, t1) is None
+    assert storage.loadBefore(oid, t2) == (record(1), t1, t2)
+    assert storage.loadBefore(oid, t3) == (record(2), t2, t3)
+    assert storage.loadBefore(oid, after(t3)) == (record(3), t3, None)
+    with pytest.raises(ObjectNotFoundError):
+        storage.loadBefore(p64(12345), maxtid)
+    assert [entry["tid"] for entry in storage.history(oid, 10)] == [t3, t2, t1]
+    assert storage.loadSerial(oid, t1) == record(1)
+
+
+def test_load_many_matches_load_before_across_chunks(storage):
+    """1200 oids in three chunks: current, changed since the snapshot, created after it,
+    and never stored; one or two queries per 500 oids."""
+    oids = [storage.new_oid() for _ in range(1100)]
+    t1 = commit(storage, {oid: record(i) for i, oid in enumerate(oids)})
+    changed = oids[::7]
+    t2 = commit(storage, {oid: record("changed") for oid in changed}, {oid: t1 for oid in changed})
+    late = [storage.new_oid() for _ in range(50)]
+    t3 = commit(storage, {oid: record("late") for oid in late})
+    missing = [p64(10**9 + i) for i in range(50)]
+    wanted = oids + late + missing
+
+    statements: list[str] = []
+    conn = storage._reader()
+    conn.set_trace_callback(statements.append)
+    try:
+        snapshot = storage.load_many(wanted, after(t1))
+    finally:
+        conn.set_trace_callback(None)
+    assert len(statements) == 3 + 1  # three chunks, then the changed ones in one batch
+    assert snapshot == {oid: storage.loadBefore(oid, after(t1)) for oid in oids}
+    assert snapshot[changed[0]] == (record(0), t1, t2)
+    assert snapshot[oids[1]] == (record(1), t1, None)
+
+    now = storage.load_many(wanted, after(t3))
+    assert set(now) == set(oids) | set(late)
+    assert now[changed[1]] == (record("changed"), t2, None)
+    assert now[late[0]] == (record("late"), t3, None)
+    assert storage.load_many([], maxtid) == {}
+
+
+# -- history-free mode ----------------------------------------------------------------------
+
+
+def test_history_free_keeps_only_current_revisions(path):
+    storage = SQLiteStorage(str(path), keep_history=False)
+    try:
+        oid = storage.new_oid()
+        t1 = commit(storage, {oid: record(1)})
+        t2 = commit(storage, {oid: record(2)}, {oid: t1})
+        assert storage.loadBefore(oid, t2) is None  # the revision before t2 is gone
+        assert storage.loadBefore(oid, after(t2)) == (record(2), t2, None)
+        assert [entry["tid"] for entry in storage.history(oid, 10)] == [t2]
+        assert [[r.oid for r in txn] for txn in storage.iterator()] == [[], [oid]]
+        # ... but the replaced revision stays for conflict resolution, for a while
+        assert storage.loadSerial(oid, t1) == record(1)
+        storage.conflict_window = 0
+        commit(storage, {oid: record(3)}, {oid: t2})
+        with pytest.raises(ObjectNotFoundError):
+            storage.loadSerial(oid, t1)
+    finally:
+        storage.close()
+
+
+def test_history_free_still_detects_conflicts(path):
+    storage = SQLiteStorage(str(path), keep_history=False)
+    try:
+        oid = storage.new_oid()
+        t1 = commit(storage, {oid: record(1)})
+        commit(storage, {oid: record(2)}, {oid: t1})
+        with pytest.raises(ConflictError):
+            commit(storage, {oid: record(3)}, {oid: t1})
+    finally:
+        storage.close()
+
+
+# -- invalidations between storage objects --------------------------------------------------
+
+
+def test_sync_reports_commits_of_another_storage_object_in_order(path, storage):
+    watcher = SQLiteStorage(str(path))
+    try:
+        recorder = Recorder(watcher)
+        watcher.registerDB(recorder)
+        a, b = storage.new_oid(), storage.new_oid()
+        t1 = commit(storage, {a: record(1), b: record(1)})
+        t2 = commit(storage, {b: record(2)}, {b: t1})
+        assert watcher.lastTransaction() < t1  # nothing is seen before sync
+        watcher.sync()
+        assert recorder.events == [("invalidate", t1, sorted([a, b])), ("invalidate", t2, [b])]
+        assert watcher.lastTransaction() == t2
+        watcher.sync()  # nothing new: nothing reported
+        assert len(recorder.events) == 2
+    finally:
+        watcher.close()
+
+
+def test_a_commit_reports_earlier_commits_of_others_first(path, storage):
+    """A storage object that commits after another one did, without syncing, still tells
+    its database about the other commit first, then calls back for its own."""
+    other = SQLiteStorage(str(path))
+    try:
+        recorder = Recorder(storage)
+        storage.registerDB(recorder)
+        a, b = storage.new_oid(), storage.new_oid()
+        theirs = commit(other, {a: record("theirs")})
+        txn = TransactionMetaData()
+        storage.tpc_begin(txn)
+        storage.store(b, z64, record("mine"), "", txn)
+        storage.tpc_vote(txn)
+        mine = storage.tpc_finish(txn, lambda tid: recorder.events.append(("mine", tid)))
+        assert theirs < mine
+        assert recorder.events == [("invalidate", theirs, [a]), ("mine", mine)]
+        storage.sync()
+        assert len(recorder.events) == 2  # its own commit is not reported again
+    finally:
+        other.close()
+
+
+def test_processes_share_one_file(path, storage):
+    """Two other processes commit to the file at the same time as this one: every oid is
+    unique, every commit lands, and this storage object hears about all of them."""
+    recorder = Recorder(storage)
+    storage.registerDB(recorder)
+    script = textwrap.dedent(f"""
+        import sys
+        sys.path[:0] = {sys.path!r}
+        from amphora.storage.sqlite import SQLiteStorage
+        from amphora.storage.base import TransactionMetaData
+        from amphora.utils import z64
+        storage = SQLiteStorage({str(path)!r})
+        oids = []
+        for i in range(20):
+            txn = TransactionMetaData()
+            storage.tpc_begin(txn)
+            for j in range(10):
+                oid = storage.new_oid()
+                oids.append(oid)
+                storage.store(oid, z64, b"record", "", txn)
+            storage.tpc_vote(txn)
+            storage.tpc_finish(txn)
+        storage.close()
+        print(",".join(oid.hex() for oid in oids))
+    """)
+    procs = [subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    mine = [storage.new_oid() for _ in range(50)]
+    commit(storage, {oid: b"record" for oid in mine})
+    theirs = []
+    for proc in procs:
+        out, _ = proc.communicate(timeout=120)
+        assert proc.returncode == 0
+        theirs += [bytes.fromhex(h) for h in out.strip().split(",")]
+    everything = mine + theirs
+    assert len(set(everything)) == len(everything) == 450
+    storage.sync()
+    reported = [event[1] for event in recorder.events]
+    assert reported == sorted(reported) and len(reported) == 40
+    assert {oid for event in recorder.events for oid in event[2]} == set(theirs)
+    assert all(storage.load(oid)[0] == b"record" for oid in everything)
+
+
+# -- pack -----------------------------------------------------------------------------------
+
+
+def test_pack_drops_old_revisions_and_unreachable_objects(storage):
+    root, a, b, lost = z64, storage.new_oid(), storage.new_oid(), storage.new_oid()
+    t1 = commit(storage, {root: record("root", a), a: record(1, b), b: record("b"),
+                          lost: record("lost")})
+    t2 = commit(storage, {a: record(2, b)}, {a: t1})
+    time.sleep(0.01)
+    pack_time = time.time()
+    time.sleep(0.01)
+    young = storage.new_oid()  # unreachable, but written after the pack time: it stays
+    t3 = commit(storage, {young: record("young"), a: record(3, b)}, {a: t2})
+    storage.pack(pack_time)
+
+    assert storage.load(root) == (record("root", a), t1)
+    assert storage.load(b) == (record("b"), t1)
+    with pytest.raises(ObjectNotFoundError):
+        storage.load(lost)
+    with pytest.raises(ObjectNotFoundError):
+        storage.loadSerial(a, t1)  # replaced before the pack time
+    assert storage.loadSerial(a, t2) == record(2, b)  # current at the pack time
+    assert storage.load(a) == (record(3, b), t3)
+    assert storage.load(young) == (record("young"), t3)
+    assert len(storage) == 4
+    assert storage.lastTransaction() == t3
+
+
+def test_pack_keeps_what_a_commit_during_pack_refers_to(storage, monkeypatch):
+    """An object unreachable when pack walked the graph, but referred to again by a commit
+    that landed before pack deleted anything, is kept."""
+    root, orphan = z64, storage.new_oid()
+    t1 = commit(storage, {root: record("root"), orphan: record("orphan")})
+    time.sleep(0.01)
+    walk = SQLiteStorage._collect_garbage
+
+    def walk_then_commit(self, reader, writer, cutoff, refs_of):
+        committed = []
+
+        def references(data, found=None):  # the first record read: the root, in the walk
+            if not committed:
+                committed.append(commit(storage, {root: record("root", orphan)}, {root: t1}))
+            return refs_of(data, found)
+        walk(self, reader, writer, cutoff, references)
+        assert committed
+
+    monkeypatch.setattr(SQLiteStorage, "_collect_garbage", walk_then_commit)
+    storage.pack(time.time())
+    assert storage.load(orphan)[0] == record("orphan")
+
+
+def test_pack_trims_transactions_without_records_and_others_are_told(path, storage):
+    watcher = SQLiteStorage(str(path))
+    try:
+        recorder = Recorder(watcher)
+        watcher.registerDB(recorder)
+        oid = storage.new_oid()
+        t1 = commit(storage, {z64: record("root", oid), oid: record(1)})
+        t2 = commit(storage, {oid: record(2)}, {oid: t1})
+        t3 = commit(storage, {oid: record(3)}, {oid: t2})
+        storage.pack(time.time() + 10)
+        assert [txn.tid for txn in storage.iterator()] == [t1, t3]
+        watcher.sync()  # t2's oids can no longer be read: the whole cache is dropped
+        assert recorder.events[0] == ("invalidateCache",)
+        assert [event[1] for event in recorder.events[1:]] == [t1, t3]
+        assert watcher.lastTransaction() == t3
+    finally:
+        watcher.close()
