@@ -54,22 +54,14 @@ class SQLiteHistoryFreePeerTests(_SQLiteTestBase, BasicStorage.BasicStorage,
                                  ReadOnlyStorage.ReadOnlyStorage,
                                  Synchronization.SynchronizedStorage,
                                  ConflictResolution.ConflictResolvingStorage):
-    """A history-free file (``keep_history=False``): only current revisions are kept.
+    """A history-free file (``keep_history=False``): only current revisions are kept
+    (replaced ones only briefly, for conflict resolution).
 
-    RevisionStorage, HistoryStorage and the iterator mixins are left out: each of their
-    tests reads replaced revisions back.
+    RevisionStorage, HistoryStorage and the iterator mixins are left out: their tests
+    read replaced revisions back through ``loadBefore``, ``history`` or ``iterator``.
     """
 
     keep_history = False
-
-    def _needs_history(self):
-        raise unittest.SkipTest("reads a replaced revision back; a history-free storage "
-                                "keeps only current revisions")
-
-    # These packs first read old revisions back (loadSerial of replaced tids).
-    testPackAllRevisions = testPackJustOldRevisions = testPackOnlyOneObject = \
-        testPackAllRevisionsNoGC = testPackUnlinkedFromRoot = testRedundantPack = \
-        _needs_history
 
     def _needs_old_snapshots(self):
         raise unittest.SkipTest(

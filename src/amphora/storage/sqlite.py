@@ -108,7 +108,8 @@ _RECORD_EXISTS = ("SELECT 1 FROM objects WHERE oid = ?1 AND tid = ?2"
                   " UNION ALL SELECT 1 FROM revisions WHERE oid = ?1 AND tid = ?2 LIMIT 1")
 _OLD_TRANSACTIONS = "SELECT tid, oids FROM transactions WHERE tid < ? ORDER BY tid"
 _DELETE_TRANSACTION = "DELETE FROM transactions WHERE tid = ?"
-_SET_PACKED_THROUGH = "UPDATE amphora_meta SET value = ?1 WHERE key = 'packed_through' AND value < ?1"
+_SET_PACKED_THROUGH = ("UPDATE amphora_meta SET value = ?1"
+                       " WHERE key = 'packed_through' AND value < ?1")
 
 _SYNCHRONOUS = ("off", "normal", "full", "extra")
 _BATCH = 500                         # oids per statement in batched reads
@@ -293,7 +294,8 @@ class SQLiteStorage(StorageBase):
                 if conn.execute(_COUNT_TABLES).fetchone()[0]:
                     return self._read_meta(conn)
             except sqlite3.DatabaseError as exc:
-                raise StorageFormatError(f"{path}: not a readable amphora database ({exc})") from exc
+                raise StorageFormatError(
+                    f"{path}: not a readable amphora database ({exc})") from exc
             finally:
                 conn.close()
         elif self._read_only or not create:
@@ -351,7 +353,8 @@ class SQLiteStorage(StorageBase):
                         conn.execute(statement)
                     conn.executemany(_INSERT_META, [
                         ("format", FORMAT), ("schema_version", SCHEMA_VERSION),
-                        ("keep_history", int(keep_history)), ("next_oid", 1), ("packed_through", 0)])
+                        ("keep_history", int(keep_history)), ("next_oid", 1),
+                        ("packed_through", 0)])
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
@@ -736,6 +739,7 @@ class SQLiteStorage(StorageBase):
             cutoff = min(_u(pack_tid(pack_time)), last)
             doomed = reader.execute(_SUPERSEDED, (cutoff,)).fetchall()
             self._delete_in_chunks(writer, _DELETE_REVISION, doomed)
+            writer.execute(_PRUNE_REPLACED, (cutoff + 1,))  # history-free: the same rule
             if gc:
                 self._collect_garbage(reader, writer, cutoff, refs_of)
             self._trim_transactions(reader, writer, min(cutoff, last))
