@@ -38,11 +38,11 @@ import transaction as transaction_module
 from persistent import PickleCache
 from persistent.mapping import PersistentMapping
 
-from amphora.errors import (ConflictError, ConnectionStateError, ReadConflictError,
-                            ReadOnlyHistoryError)
+from amphora.errors import (ConflictError, ConnectionStateError, CorruptRecordError,
+                            ObjectNotFoundError, ReadConflictError, ReadOnlyHistoryError)
 from amphora.serialize import ObjectReader, ObjectWriter
 from amphora.storage.base import TransactionMetaData
-from amphora.utils import p64, u64, z64
+from amphora.utils import oid_repr, p64, tid_repr, u64, z64
 
 if TYPE_CHECKING:
     from amphora.db import DB
@@ -146,7 +146,10 @@ class Connection:
         if obj is not None:
             return obj
         record = self._load(oid)
-        obj = self._reader.new_ghost(record[0])
+        try:
+            obj = self._reader.new_ghost(record[0])
+        except Exception as exc:
+            raise _corrupt(oid, None, record[1], exc) from exc
         self._cache.new_ghost(oid, obj)
         self._prefetched[oid] = record  # activation uses it without a second read
         return obj
@@ -327,6 +330,9 @@ class Connection:
                 "the object has no revision in this connection's snapshot (a history-free "
                 "storage replaced it since, or a pack removed it)", oid=oid)
         data, start, end = record
+        if type(data) is not bytes:
+            raise CorruptRecordError(f"the record of oid {oid_repr(oid)} (serial {tid_repr(start)}) "
+                                     f"is a {type(data).__name__}, not bytes")
         records.put(oid, data, start, end, generation)
         return data, start
 
@@ -357,6 +363,10 @@ class Connection:
         self._new_ghosts = new_ghosts
         try:
             self._reader.set_state(obj, data)
+        except (ConflictError, ObjectNotFoundError, ConnectionStateError):
+            raise  # about another object, or this connection: not this record's fault
+        except Exception as exc:
+            raise _corrupt(obj._p_oid, type(obj), serial, exc) from exc
         finally:
             self._new_ghosts = outer
         if len(new_ghosts) > 1:
@@ -627,3 +637,11 @@ class _Savepoint:
     def rollback(self) -> None:
         self._conn._rollback(self._states)
 
+
+
+def _corrupt(oid: bytes, klass: type | None, serial: bytes, exc: BaseException) -> CorruptRecordError:
+    """The error for a record of ``oid`` that cannot be turned into its object."""
+    what = f" ({klass.__module__}.{klass.__qualname__})" if klass is not None else ""
+    detail = str(exc) or type(exc).__name__
+    return CorruptRecordError(f"cannot load oid {oid_repr(oid)}{what}, serial {tid_repr(serial)}: "
+                              f"{detail}")
