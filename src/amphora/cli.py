@@ -19,7 +19,7 @@ import sys
 import time
 from typing import Any, Iterator, Sequence
 
-from amphora.copy import CopyStats, copy_transactions
+from amphora.copy import CopyStats, DestinationNotEmptyError, copy_transactions
 from amphora.errors import AmphoraError
 from amphora.serialize import class_name_of, references
 from amphora.uri import open_storage, parse_uri
@@ -109,6 +109,10 @@ def _format_size(n: int) -> str:
     raise AssertionError("unreachable")
 
 
+def _plural(n: int, noun: str) -> str:
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
+
+
 def _text(value: Any) -> str:
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
@@ -147,9 +151,7 @@ def _positive_int(text: str) -> int:
 
 
 def _count_transactions(storage: Any) -> int:
-    counter = getattr(storage, "transaction_count", None)
-    if counter is not None:
-        return counter()
+    # The storage contract has no count; iterating reads every record once.
     return sum(1 for _ in storage.iterator())
 
 
@@ -179,7 +181,7 @@ def cmd_history(args: argparse.Namespace) -> int:
         current = storage.loadBefore(args.oid, maxtid)
         class_name = _class_name(current[0]) if current else "?"
     print(f"oid 0x{u64(args.oid):x} ({u64(args.oid)}), {class_name}: "
-          f"{len(entries)} revision{'s' if len(entries) != 1 else ''}, newest first")
+          f"{_plural(len(entries), 'revision')}, newest first")
     rows = [("tid", "time", "size", "user", "description")]
     for entry in entries:
         tid = entry.get("tid") or entry.get("serial")
@@ -209,9 +211,9 @@ def cmd_pack(args: argparse.Namespace) -> int:
         storage.pack(time.time() - args.days * 86400, references, gc=not args.no_gc)
         elapsed = time.monotonic() - started
         new_size, new_objects = storage.getSize(), len(storage)
-    what = "revisions older than " + (f"{args.days:g} days" if args.days else "now")
-    gc = "" if args.no_gc else " and unreachable objects"
-    print(f"packed {args.uri} ({what}{gc} removed) in {elapsed:.2f} s: "
+    since = "now" if not args.days else f"{args.days:g} days ago"
+    gc = "; no garbage collection" if args.no_gc else ""
+    print(f"packed {args.uri} (history kept since {since}{gc}) in {elapsed:.2f} s: "
           f"size {size:,} -> {new_size:,} bytes, objects {objects:,} -> {new_objects:,}")
     return 0
 
@@ -227,6 +229,11 @@ def cmd_copy(args: argparse.Namespace) -> int:
             try:
                 stats = copy_transactions(source, destination, progress,
                                           incremental=args.incremental)
+            except DestinationNotEmptyError as exc:
+                hint = "" if args.incremental else (
+                    "; copy into a new file, or give --incremental if it is an earlier "
+                    "copy of the source")
+                raise CommandError(f"{args.destination}: {exc}{hint}") from None
             except AmphoraError:
                 raise
             except BaseException:
@@ -235,8 +242,9 @@ def cmd_copy(args: argparse.Namespace) -> int:
                 raise
         elapsed = time.monotonic() - started
     skipped = (f"; {stats.skipped:,} records without data skipped" if stats.skipped else "")
-    print(f"copied {stats.transactions:,} transactions ({stats.records:,} records, "
-          f"{stats.bytes:,} bytes) from {args.source} to {args.destination} "
+    print(f"copied {_plural(stats.transactions, 'transaction')} "
+          f"({_plural(stats.records, 'record')}, {stats.bytes:,} bytes) "
+          f"from {args.source} to {args.destination} "
           f"in {elapsed:.2f} s{skipped}")
     return 0
 

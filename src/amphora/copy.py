@@ -32,7 +32,11 @@ from amphora.errors import StorageError
 from amphora.storage.base import Storage, TransactionMetaData
 from amphora.utils import maxtid, p64, tid_repr, u64, z64
 
-__all__ = ["CopyStats", "copy_transactions"]
+__all__ = ["CopyStats", "DestinationNotEmptyError", "copy_transactions"]
+
+
+class DestinationNotEmptyError(StorageError):
+    """The destination holds transactions, and the copy is not a continuation of them."""
 
 
 @dataclasses.dataclass
@@ -53,13 +57,16 @@ def copy_transactions(source: Storage, destination: Storage,
     """Copy every transaction of ``source`` into ``destination``, keeping tids.
 
     ``progress(stats)`` is called after each transaction is committed. Returns the
-    final :class:`CopyStats`. Raises :class:`~amphora.errors.StorageError` if the
-    destination is not empty (or, with ``incremental``, is not a copy of the source);
+    final :class:`CopyStats`. Raises :class:`DestinationNotEmptyError` (a
+    :class:`~amphora.errors.StorageError`) if the destination is not empty (or, with
+    ``incremental``, is not a copy of the source), before anything is written;
     any error raised by either storage aborts the transaction being copied and
     propagates, leaving the transactions copied so far committed.
     """
     stats = CopyStats()
     start = _start_tid(source, destination, incremental)
+    # restore() is optional in ZODB's storage API (FileStorage has it); ZODB's own copy
+    # looks for it the same way.
     restore = getattr(destination, "restore", None)
     # The serial each oid has in the destination, as store() must be told it.
     serials: dict[bytes, bytes] = {}
@@ -108,12 +115,11 @@ def _start_tid(source: Storage, destination: Storage, incremental: bool) -> byte
     if last == z64:
         return None
     if not incremental:
-        raise StorageError(
-            f"the destination is not empty (last transaction {tid_repr(last)}); copy into "
-            "an empty storage, or continue an earlier copy of the same source incrementally")
+        raise DestinationNotEmptyError(
+            f"the destination is not empty (its last transaction is {tid_repr(last)})")
     found = next(iter(source.iterator(last, last)), None)
     if found is None or found.tid != last:
-        raise StorageError(
+        raise DestinationNotEmptyError(
             f"the destination's last transaction {tid_repr(last)} is not in the source, "
             "so the destination is not a copy of it; an incremental copy would mix two "
             "databases")
