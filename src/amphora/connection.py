@@ -31,8 +31,9 @@ current transaction.
 """
 from __future__ import annotations
 
+import itertools
 import threading
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 import transaction as transaction_module
 from persistent import PickleCache
@@ -317,9 +318,9 @@ class Connection:
         found = records.get(oid, self._start)
         if found is not None:
             return found
-        siblings = self._siblings.pop(oid, None)
-        if siblings is not None and siblings.missed():
-            self._read_ahead(siblings)
+        siblings = self._siblings.get(oid)
+        if siblings is not None:
+            self._read_ahead(oid, siblings)
             found = self._prefetched.pop(oid, None)
             if found is not None:
                 return found
@@ -336,22 +337,25 @@ class Connection:
         records.put(oid, data, start, end, generation)
         return data, start
 
-    def _read_ahead(self, siblings: "_Siblings") -> None:
-        """Load the ghosts among ``siblings`` in one batch: they were met in the same
-        container, and two of them were asked for one by one already."""
+    def _read_ahead(self, oid: bytes, siblings: "_Siblings") -> None:
+        """Load ``oid`` together with the ghosts that follow it among its siblings (met in
+        the same container's state), in one batch: containers are mostly read in order."""
         cache = self._cache
         siblings_of = self._siblings
-        oids = []
-        for oid in siblings.oids:
-            obj = cache.get(oid)
-            if obj is not None and obj._p_changed is None and oid not in self._prefetched:
-                oids.append(oid)
-            siblings_of.pop(oid, None)
-        if oids:
-            generation = self._records.generation()
-            for oid, (data, start, end) in self._storage.load_many(oids, self._start).items():
-                self._prefetched[oid] = (data, start)
-                self._records.put(oid, data, start, end, generation)
+        prefetched = self._prefetched
+        oids = [oid]
+        for other in siblings.following(oid):
+            if len(oids) >= _READ_AHEAD:
+                break
+            obj = cache.get(other)
+            if obj is not None and obj._p_changed is None and other not in prefetched:
+                oids.append(other)
+        for one in oids:
+            siblings_of.pop(one, None)
+        generation = self._records.generation()
+        for one, (data, start, end) in self._storage.load_many(oids, self._start).items():
+            prefetched[one] = (data, start)
+            self._records.put(one, data, start, end, generation)
 
     def setstate(self, obj: Any) -> None:
         """Load the state of the ghost ``obj``."""
@@ -612,19 +616,21 @@ class Connection:
 _MAX_SIBLINGS = 100_000  # ghosts remembered for read-ahead, per connection
 
 
-class _Siblings:
-    """Ghosts created while loading one container's state."""
+_READ_AHEAD = 64  # records loaded in one batch when reading a container's ghosts
 
-    __slots__ = ("oids", "misses")
+
+class _Siblings:
+    """Ghosts created while loading one container's state, in the order met."""
+
+    __slots__ = ("oids", "position")
 
     def __init__(self, oids: list[bytes]):
         self.oids = oids
-        self.misses = 0
+        self.position = {oid: i for i, oid in enumerate(oids)}
 
-    def missed(self) -> bool:
-        """Count a one-by-one load among them; True from the second on."""
-        self.misses += 1
-        return self.misses > 1
+    def following(self, oid: bytes) -> Iterator[bytes]:
+        """The siblings after ``oid``."""
+        return itertools.islice(self.oids, self.position[oid] + 1, None)
 
 
 class _Savepoint:
