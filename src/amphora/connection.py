@@ -31,9 +31,8 @@ current transaction.
 """
 from __future__ import annotations
 
-import itertools
 import threading
-from typing import TYPE_CHECKING, Any, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Iterable
 
 import transaction as transaction_module
 from persistent import PickleCache
@@ -344,7 +343,7 @@ class Connection:
         siblings_of = self._siblings
         prefetched = self._prefetched
         oids = [oid]
-        for other in siblings.following(oid):
+        for other in siblings.following(oid, 2 * _READ_AHEAD):
             if len(oids) >= _READ_AHEAD:
                 break
             obj = cache.get(other)
@@ -628,9 +627,10 @@ class _Siblings:
         self.oids = oids
         self.position = {oid: i for i, oid in enumerate(oids)}
 
-    def following(self, oid: bytes) -> Iterator[bytes]:
-        """The siblings after ``oid``."""
-        return itertools.islice(self.oids, self.position[oid] + 1, None)
+    def following(self, oid: bytes, limit: int) -> list[bytes]:
+        """Up to ``limit`` siblings after ``oid``."""
+        start = self.position[oid] + 1
+        return self.oids[start:start + limit]
 
 
 class _Savepoint:
