@@ -13,7 +13,7 @@ from amphora.errors import ObjectNotFoundError, StorageError
 from amphora.serialize import references as record_references
 from amphora.storage.base import (DataRecord, StorageBase, TransactionRecord, history_entry,
                                   pack_tid, reachable)
-from amphora.utils import p64, z64
+from amphora.utils import p64, u64, z64
 
 __all__ = ["MemoryStorage"]
 
@@ -115,6 +115,10 @@ class MemoryStorage(StorageBase):
         tid = self._next_tid(self._ltid)
         user, description, extension_bytes = self._meta
         txn = TransactionRecord(tid, " ", user, description, extension_bytes)
+        highest = max(self._stores, default=z64)
+        if highest > p64(self._last_oid):  # oids written by a copy must not be handed out
+            with self._oid_lock:
+                self._last_oid = max(self._last_oid, u64(highest))
         for oid, data in self._stores.items():
             tids, datas = self._revisions.setdefault(oid, ([], []))
             tids.append(tid)
