@@ -304,13 +304,14 @@ def test_load_many_matches_load_before_across_chunks(storage):
     wanted = oids + late + missing
 
     statements: list[str] = []
-    conn = storage._reader()
+    conn = storage._reader().conn
     conn.set_trace_callback(statements.append)
     try:
         snapshot = storage.load_many(wanted, after(t1))
     finally:
         conn.set_trace_callback(None)
-    assert len(statements) == 3 + 1  # three chunks, then the changed ones in one batch
+    queries = [sql for sql in statements if sql.startswith(("SELECT", "WITH"))]
+    assert len(queries) == 3 + 1  # three chunks, then the changed ones in one batch
     assert snapshot == {oid: storage.loadBefore(oid, after(t1)) for oid in oids}
     assert snapshot[changed[0]] == (record(0), t1, t2)
     assert snapshot[oids[1]] == (record(1), t1, None)
@@ -511,3 +512,38 @@ def test_pack_trims_transactions_without_records_and_others_are_told(path, stora
         assert watcher.lastTransaction() == t3
     finally:
         watcher.close()
+
+
+# -- read snapshots -------------------------------------------------------------------------
+
+
+def test_a_thread_reads_what_was_reported_to_its_database(path, storage):
+    """Loads reuse a read snapshot between calls; it is renewed as soon as the storage
+    reports a newer commit, so a load at the new ``lastTransaction()`` never misses it."""
+    storage.snapshot_age = 60  # not renewed for age during the test
+    oid = storage.new_oid()
+    t1 = commit(storage, {oid: record(1)})
+    other = SQLiteStorage(str(path))
+    try:
+        assert storage.loadBefore(oid, after(t1)) == (record(1), t1, None)  # snapshot taken
+        t2 = commit(other, {oid: record(2)}, {oid: t1})
+        assert storage.loadBefore(oid, after(t1)) == (record(1), t1, None)  # same snapshot
+        assert storage.load(oid) == (record(2), t2)  # past lastTransaction(): read fresh
+        storage.sync()
+        assert storage.lastTransaction() == t2
+        assert storage.loadBefore(oid, after(t2)) == (record(2), t2, None)
+        assert storage.loadBefore(oid, after(t1)) == (record(1), t1, t2)
+    finally:
+        other.close()
+
+
+def test_an_idle_snapshot_is_ended_so_the_log_can_be_recycled(storage):
+    storage.snapshot_age = 0.05
+    tid = commit(storage, {z64: record("root")})
+    storage.loadBefore(z64, after(tid))
+    reader = storage._reader()
+    assert reader.conn.in_transaction  # kept for the next load ...
+    deadline = time.monotonic() + 5
+    while reader.conn.in_transaction and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not reader.conn.in_transaction  # ... but not for long

@@ -13,6 +13,7 @@ import sqlite3
 import struct
 import threading
 import weakref
+from time import monotonic
 from typing import Any, Callable, Iterable, Iterator
 
 from amphora.errors import (CorruptRecordError, InvalidURIError, ObjectNotFoundError,
@@ -166,9 +167,23 @@ _ARCHIVE_CURRENT_SQL = _by_size(_ARCHIVE_CURRENT)
 _RETAIN_CURRENT_SQL = _by_size(_RETAIN_CURRENT)
 
 
-class _Connection(sqlite3.Connection):
-    """A connection that can be weakly referenced (so closing the storage finds the
-    per-thread connections still alive, and dead threads' connections go away)."""
+class _Reader:
+    """One thread's read connection and the SQLite snapshot (read transaction) it keeps
+    open between loads, so that a load costs one query and no locking system calls.
+
+    ``generation`` is the storage's generation when the snapshot began (-1: none open),
+    ``horizon`` the largest ``before`` it can answer, ``started`` its ``monotonic()`` time.
+    ``lock`` is held while the connection is used (the sweeper ends idle snapshots).
+    """
+
+    __slots__ = ("conn", "lock", "generation", "horizon", "started", "__weakref__")
+
+    def __init__(self, conn: sqlite3.Connection):
+        self.conn = conn
+        self.lock = threading.Lock()
+        self.generation = -1
+        self.horizon = 0
+        self.started = 0.0
 
 
 class SQLiteStorage(StorageBase):
@@ -218,6 +233,8 @@ class SQLiteStorage(StorageBase):
     #: history-free mode: seconds a replaced revision stays readable by ``loadSerial``, so
     #: that a transaction that read it can still have its conflicts resolved
     conflict_window = 60.0
+    #: seconds a thread's read snapshot is reused (ended sooner when others commit)
+    snapshot_age = 0.2
 
     def __init__(self, path: str, read_only: bool = False, keep_history: bool | None = None,
                  resolve_conflicts: bool = True, synchronous: str = "normal",
@@ -236,16 +253,20 @@ class SQLiteStorage(StorageBase):
         self._synchronous = synchronous
         self._busy_timeout = busy_timeout
         self._local = threading.local()
-        self._readers: weakref.WeakSet[_Connection] = weakref.WeakSet()
+        # A dead thread's reader (and its connection) goes away with the thread.
+        self._readers: weakref.WeakSet[_Reader] = weakref.WeakSet()
+        self._generation = 0  # bumped before others' commits are reported (see _renew)
+        self._sweeper: threading.Timer | None = None
+        self._sweeper_lock = threading.Lock()
         self._oid_lock = threading.Lock()
         self._oid_next = self._oid_end = 0
-        self._oid_conn: _Connection | None = None
+        self._oid_conn: sqlite3.Connection | None = None
         self._pending: list[tuple[int, bytes]] = []  # others' commits found at vote
         self._pending_packed = 0
         self._voted_tid: bytes | None = None
         self._ltid = z64
-        self._writer: _Connection | None = None
-        self._poller: _Connection | None = None
+        self._writer: sqlite3.Connection | None = None
+        self._poller: sqlite3.Connection | None = None
         try:
             meta = self._open(create, True if keep_history is None else bool(keep_history))
             self.keep_history = self._check_meta(meta, keep_history)
@@ -267,11 +288,11 @@ class SQLiteStorage(StorageBase):
         self._ltid = _pack(last) if last else z64
 
     # -- opening --------------------------------------------------------------------
-    def _connect(self, read_only: bool, create: bool = False) -> _Connection:
+    def _connect(self, read_only: bool, create: bool = False) -> sqlite3.Connection:
         mode = "ro" if read_only else ("rwc" if create else "rw")
         conn = sqlite3.connect(f"{self._uri}?mode={mode}", uri=True, timeout=self._busy_timeout,
                                isolation_level=None, check_same_thread=False,
-                               cached_statements=256, factory=_Connection)
+                               cached_statements=256)
         try:
             if read_only:
                 conn.execute(f"PRAGMA mmap_size={int(self.mmap_size)}")
@@ -403,8 +424,8 @@ class SQLiteStorage(StorageBase):
         return CorruptRecordError(f"{self._path}: the record of oid {oid_repr(oid)} written "
                                   f"by {tid_repr(_pack(tid))} is not bytes")
 
-    def _reader(self) -> _Connection:
-        """This thread's read connection."""
+    def _reader(self) -> _Reader:
+        """This thread's reader."""
         try:
             return self._local.reader
         except AttributeError:
@@ -412,21 +433,75 @@ class SQLiteStorage(StorageBase):
         if self._closed:
             raise StorageError(f"{self.__name__} is closed")
         try:
-            conn = self._connect(read_only=True)
+            reader = _Reader(self._connect(read_only=True))
         except sqlite3.Error as exc:
             raise self._error(exc) from exc
-        self._local.reader = conn
-        self._readers.add(conn)
-        return conn
+        self._local.reader = reader
+        self._readers.add(reader)
+        return reader
 
-    def _execute(self, conn: sqlite3.Connection | None, sql: str, params: Any = ()) -> list:
-        """All rows of ``sql``, with driver errors translated."""
-        if conn is None:
-            raise StorageError(f"{self.__name__} is closed")
-        try:
-            return conn.execute(sql, params).fetchall()
-        except sqlite3.Error as exc:
-            raise self._error(exc) from exc
+    def _renew(self, reader: _Reader, before: int) -> None:
+        """Give ``reader`` a snapshot that can answer reads before ``before`` (its lock held).
+
+        A snapshot may serve a load only if it began after every commit this storage has
+        reported: ``_generation`` is bumped before any report, so a snapshot whose
+        generation is current misses nothing a caller can know of. Reads past
+        ``lastTransaction()`` (``before`` beyond the horizon) run outside any snapshot.
+        """
+        conn = reader.conn
+        if conn.in_transaction:
+            conn.execute("COMMIT")
+        reader.generation = -1
+        generation, horizon = self._generation, _u(self._ltid) + 1
+        if before <= horizon:
+            conn.execute("BEGIN")  # the snapshot starts at the first read, after this point
+            reader.generation, reader.horizon, reader.started = generation, horizon, monotonic()
+            self._arm_sweeper()
+
+    def _query(self, sql: str, params: Any = ()) -> list:
+        """All rows of ``sql``, read now (outside any snapshot) on this thread's connection."""
+        reader = self._reader()
+        with reader.lock:
+            try:
+                if reader.conn.in_transaction:
+                    reader.generation = -1
+                    reader.conn.execute("COMMIT")
+                return reader.conn.execute(sql, params).fetchall()
+            except sqlite3.Error as exc:
+                raise self._error(exc) from exc
+
+    def _arm_sweeper(self) -> None:
+        with self._sweeper_lock:
+            if self._sweeper is None and not self._closed:
+                self._sweeper = threading.Timer(self.snapshot_age, self._sweep)
+                self._sweeper.daemon = True
+                self._sweeper.start()
+
+    def _sweep(self) -> None:
+        """End snapshots idle for ``snapshot_age``: an open snapshot keeps every process's
+        checkpoints from recycling the write-ahead log, which would then grow."""
+        with self._sweeper_lock:
+            self._sweeper = None
+        if self._closed:
+            return
+        now, pinned = monotonic(), False
+        for reader in list(self._readers):
+            if not reader.lock.acquire(blocking=False):
+                pinned = True
+                continue
+            try:
+                if reader.conn.in_transaction:
+                    if now - reader.started >= self.snapshot_age:
+                        reader.generation = -1
+                        reader.conn.execute("COMMIT")
+                    else:
+                        pinned = True
+            except sqlite3.Error:
+                pass  # closed meanwhile
+            finally:
+                reader.lock.release()
+        if pinned:
+            self._arm_sweeper()
 
     # -- reading --------------------------------------------------------------------
     def lastTransaction(self) -> bytes:
@@ -435,26 +510,32 @@ class SQLiteStorage(StorageBase):
 
     def loadBefore(self, oid: bytes, tid: bytes) -> tuple[bytes, bytes, bytes | None] | None:
         try:
-            conn = self._local.reader
+            reader = self._local.reader
         except AttributeError:
-            conn = self._reader()
+            reader = self._reader()
         key = _unpack(oid)[0]
         before = _unpack(tid)[0]
-        try:
-            row = conn.execute(_LOAD_CURRENT, (key,)).fetchone()
-            if row is None:
-                raise ObjectNotFoundError(oid)
-            if row[0] >= before:
-                row = conn.execute(_LOAD_REVISION_BEFORE, (key, before)).fetchone()
+        with reader.lock:
+            try:
+                if (reader.generation != self._generation or before > reader.horizon
+                        or monotonic() - reader.started > self.snapshot_age):
+                    self._renew(reader, before)
+                conn = reader.conn
+                row = conn.execute(_LOAD_CURRENT, (key,)).fetchone()
                 if row is None:
-                    return None
-                start, end, data = row
-                end = _pack(end)
-            else:
-                start, data = row
-                end = None
-        except sqlite3.Error as exc:
-            raise self._error(exc) from exc
+                    raise ObjectNotFoundError(oid)
+                if row[0] >= before:
+                    row = conn.execute(_LOAD_REVISION_BEFORE, (key, before)).fetchone()
+                    if row is None:
+                        return None
+                    start, end, data = row
+                    end = _pack(end)
+                else:
+                    start, data = row
+                    end = None
+            except sqlite3.Error as exc:
+                reader.generation = -1
+                raise self._error(exc) from exc
         if data.__class__ is not bytes:
             raise self._corrupt(oid, start)
         return data, _pack(start), end
@@ -466,34 +547,40 @@ class SQLiteStorage(StorageBase):
         A damaged record is left out, so that ``loadBefore`` reports it for its oid alone.
         """
         try:
-            conn = self._local.reader
+            reader = self._local.reader
         except AttributeError:
-            conn = self._reader()
+            reader = self._reader()
         before_i = _unpack(before)[0]
         wanted = {_unpack(oid)[0]: oid for oid in oids}
         keys = list(wanted)
         found: dict[bytes, tuple[bytes, bytes, bytes | None]] = {}
         older: list[int] = []  # oids of objects changed since `before`
-        try:
-            for i in range(0, len(keys), _BATCH):
-                chunk = _padded(keys[i:i + _BATCH])
-                sql = _LOAD_MANY_CURRENT_SQL[len(chunk)]
-                for key, tid, data in conn.execute(sql, (before_i, *chunk)):
-                    if data.__class__ is bytes:
-                        found[wanted[key]] = (data, _pack(tid), None)
-                    elif data is None:
-                        older.append(key)
-            for chunk in _chunks(older):
-                sql = _LOAD_MANY_REVISIONS_SQL[len(chunk)]
-                for key, tid, end, data in conn.execute(sql, (*chunk, before_i)):
-                    if data.__class__ is bytes:
-                        found[wanted[key]] = (data, _pack(tid), _pack(end))
-        except sqlite3.Error as exc:
-            raise self._error(exc) from exc
+        with reader.lock:
+            try:
+                if (reader.generation != self._generation or before_i > reader.horizon
+                        or monotonic() - reader.started > self.snapshot_age):
+                    self._renew(reader, before_i)
+                conn = reader.conn
+                for i in range(0, len(keys), _BATCH):
+                    chunk = _padded(keys[i:i + _BATCH])
+                    sql = _LOAD_MANY_CURRENT_SQL[len(chunk)]
+                    for key, tid, data in conn.execute(sql, (before_i, *chunk)):
+                        if data.__class__ is bytes:
+                            found[wanted[key]] = (data, _pack(tid), None)
+                        elif data is None:
+                            older.append(key)
+                for chunk in _chunks(older):
+                    sql = _LOAD_MANY_REVISIONS_SQL[len(chunk)]
+                    for key, tid, end, data in conn.execute(sql, (*chunk, before_i)):
+                        if data.__class__ is bytes:
+                            found[wanted[key]] = (data, _pack(tid), _pack(end))
+            except sqlite3.Error as exc:
+                reader.generation = -1
+                raise self._error(exc) from exc
         return found
 
     def loadSerial(self, oid: bytes, serial: bytes) -> bytes:
-        rows = self._execute(self._reader(), _LOAD_SERIAL, (_u(oid), _u(serial)))
+        rows = self._query(_LOAD_SERIAL, (_u(oid), _u(serial)))
         if not rows:
             raise ObjectNotFoundError(oid)
         if rows[0][0].__class__ is not bytes:
@@ -502,7 +589,7 @@ class SQLiteStorage(StorageBase):
 
     def history(self, oid: bytes, size: int | None = 1) -> list[dict[str, Any]]:
         limit = -1 if size is None else max(size, 1)
-        rows = self._execute(self._reader(), _HISTORY, (_u(oid), limit))
+        rows = self._query(_HISTORY, (_u(oid), limit))
         if not rows:
             raise ObjectNotFoundError(oid)
         entries = [history_entry(_pack(tid), user or b"", description or b"", extension or b"",
@@ -513,14 +600,14 @@ class SQLiteStorage(StorageBase):
                  ) -> Iterator[TransactionRecord]:
         """Transactions with ``start <= tid <= stop``, read in chunks; transactions
         committed after this call are not included."""
-        last = self._execute(self._reader(), _LAST_TID)[0][0]
+        last = self._query(_LAST_TID)[0][0]
         low = 0 if start is None else _u(start)
         high = min(_MAX_INT if stop is None else _u(stop), last or 0)
         return self._iterate(low, high)
 
     def _iterate(self, low: int, high: int) -> Iterator[TransactionRecord]:
         while low <= high:
-            rows = self._execute(self._reader(), _TRANSACTIONS, (low, high, _TXN_CHUNK))
+            rows = self._query(_TRANSACTIONS, (low, high, _TXN_CHUNK))
             for tid, user, description, extension, oids in rows:
                 yield TransactionRecord(_pack(tid), " ", user, description, extension,
                                         self._records_of(tid, oids))
@@ -535,13 +622,13 @@ class SQLiteStorage(StorageBase):
         datas: dict[int, bytes] = {}
         for chunk in _chunks(keys):
             sql = _RECORDS_OF_SQL[len(chunk)]
-            datas.update(self._execute(self._reader(), sql, (tid, *chunk)))
+            datas.update(self._query(sql, (tid, *chunk)))
         tid_bytes = _pack(tid)
         return [DataRecord(oid, tid_bytes, datas[key])
                 for oid, key in zip(wanted, keys) if key in datas]
 
     def __len__(self) -> int:
-        return self._execute(self._reader(), _COUNT_OBJECTS)[0][0]
+        return self._query(_COUNT_OBJECTS)[0][0]
 
     def getSize(self) -> int:
         """The size in bytes of the file and its write-ahead log."""
@@ -584,6 +671,7 @@ class SQLiteStorage(StorageBase):
         rows = [row for row in rows if row[0] > ltid]
         if not rows:
             return
+        self._generation += 1  # before anyone hears of them: snapshots must be renewed
         wrapper = self._wrapper
         if wrapper is not None:
             if packed_through > ltid:
@@ -662,7 +750,12 @@ class SQLiteStorage(StorageBase):
         def current_serial(oid: bytes) -> bytes:
             committed = serials.get(keys[oid])
             return z64 if committed is None else _pack(committed)
-        self._check_conflicts(current_serial, self.loadSerial)
+        def load_serial(oid: bytes, serial: bytes) -> bytes:  # in this write transaction
+            rows = conn.execute(_LOAD_SERIAL, (_u(oid), _u(serial))).fetchall()
+            if not rows or rows[0][0].__class__ is not bytes:
+                raise ObjectNotFoundError(oid)
+            return rows[0][0]
+        self._check_conflicts(current_serial, load_serial)
         tid = self._next_tid(max(_pack(last), self._ltid))
         tid_i = _u(tid)
         rows = [(keys[oid], tid_i, data) for oid, data in stores.items()]
@@ -705,6 +798,7 @@ class SQLiteStorage(StorageBase):
         except sqlite3.Error as exc:
             self._rollback()
             raise self._error(exc) from exc
+        self._generation += 1  # before anyone hears of it: snapshots must be renewed
         pending, self._pending = self._pending, []
         self._deliver([row for row in pending if row[0] < _u(tid)], self._pending_packed)
         top = max((_u(oid) for oid in self._stores), default=-1)
@@ -824,9 +918,16 @@ class SQLiteStorage(StorageBase):
             self._close_connections()
 
     def _close_connections(self) -> None:
-        # Readers first: the writer, closing last, checkpoints and removes the WAL file.
-        conns = [*list(self._readers), self._poller, self._oid_conn, self._writer]
-        self._readers = weakref.WeakSet()
+        with self._sweeper_lock:
+            if self._sweeper is not None:
+                self._sweeper.cancel()
+                self._sweeper = None
+        readers, self._readers = list(self._readers), weakref.WeakSet()
+        for reader in readers:
+            with reader.lock:  # not while another thread is reading on it
+                reader.conn.close()
+        # The writer, closing last, checkpoints and removes the write-ahead log.
+        conns = [self._poller, self._oid_conn, self._writer]
         self._poller = self._oid_conn = self._writer = None
         for conn in conns:
             if conn is not None:
