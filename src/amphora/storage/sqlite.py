@@ -75,11 +75,11 @@ _CHANGES_SINCE = "SELECT tid, oids FROM transactions WHERE tid > ? ORDER BY tid"
 _PACKED_THROUGH = "SELECT value FROM amphora_meta WHERE key = 'packed_through'"
 _TRANSACTIONS = ("SELECT tid, user, description, extension, oids FROM transactions"
                  " WHERE tid >= ? AND tid <= ? ORDER BY tid LIMIT ?")
-_RECORDS_OF = (  # ?1 is the tid; the oids are ?2, ?3, ...
+_RECORDS_OF = (  # the oids, then the tid twice
     "WITH wanted(oid) AS (VALUES {rows})"
-    " SELECT o.oid, o.data FROM wanted AS w JOIN objects AS o ON o.oid = w.oid WHERE o.tid = ?1"
+    " SELECT o.oid, o.data FROM wanted AS w JOIN objects AS o ON o.oid = w.oid WHERE o.tid = ?"
     " UNION ALL SELECT r.oid, r.data FROM wanted AS w JOIN revisions AS r"
-    "  ON r.oid = w.oid AND r.tid = ?1")
+    "  ON r.oid = w.oid AND r.tid = ?")
 _COUNT_OBJECTS = "SELECT count(*) FROM objects"
 
 # -- writing --------------------------------------------------------------------------------
@@ -149,19 +149,16 @@ def _chunks(keys: list[int]) -> Iterator[list[int]]:
         yield _padded(keys[i:i + _BATCH])
 
 
-def _by_size(template: str, first: int | None = None) -> dict[int, str]:
-    """``template`` with ``{marks}`` (``?,?,...``) or ``{rows}`` (``(?),(?),...``, or
-    numbered from ``first``) filled in for every batch size."""
-    def rows(n: int) -> str:
-        if first is None:
-            return ",".join(["(?)"] * n)
-        return ",".join(f"(?{i})" for i in range(first, first + n))
-    return {n: template.format(marks=",".join("?" * n), rows=rows(n)) for n in _BATCH_SIZES}
+def _by_size(template: str) -> dict[int, str]:
+    """``template`` with ``{marks}`` (``?,?,...``) or ``{rows}`` (``(?),(?),...``) filled in
+    for every batch size."""
+    return {n: template.format(marks=",".join("?" * n), rows=",".join(["(?)"] * n))
+            for n in _BATCH_SIZES}
 
 
 _LOAD_MANY_CURRENT_SQL = _by_size(_LOAD_MANY_CURRENT)
 _LOAD_MANY_REVISIONS_SQL = _by_size(_LOAD_MANY_REVISIONS)
-_RECORDS_OF_SQL = _by_size(_RECORDS_OF, first=2)
+_RECORDS_OF_SQL = _by_size(_RECORDS_OF)
 _CURRENT_SERIALS_SQL = _by_size(_CURRENT_SERIALS)
 _ARCHIVE_CURRENT_SQL = _by_size(_ARCHIVE_CURRENT)
 _RETAIN_CURRENT_SQL = _by_size(_RETAIN_CURRENT)
@@ -293,13 +290,12 @@ class SQLiteStorage(StorageBase):
         conn = sqlite3.connect(f"{self._uri}?mode={mode}", uri=True, timeout=self._busy_timeout,
                                isolation_level=None, check_same_thread=False,
                                cached_statements=256)
+        pragmas = [f"mmap_size={int(self.mmap_size)}"]
+        if not read_only:
+            pragmas += [f"synchronous={self._synchronous}", "cache_size=-65536"]
         try:
-            if read_only:
-                conn.execute(f"PRAGMA mmap_size={int(self.mmap_size)}")
-            else:
-                conn.execute(f"PRAGMA synchronous={self._synchronous}")
-                conn.execute(f"PRAGMA mmap_size={int(self.mmap_size)}")
-                conn.execute("PRAGMA cache_size=-65536")
+            for pragma in pragmas:
+                conn.execute(f"PRAGMA {pragma}")
         except BaseException:
             conn.close()
             raise
@@ -437,7 +433,8 @@ class SQLiteStorage(StorageBase):
         except sqlite3.Error as exc:
             raise self._error(exc) from exc
         self._local.reader = reader
-        self._readers.add(reader)
+        with self._sweeper_lock:  # the sweeper copies the set under this lock
+            self._readers.add(reader)
         return reader
 
     def _renew(self, reader: _Reader, before: int) -> None:
@@ -482,10 +479,11 @@ class SQLiteStorage(StorageBase):
         checkpoints from recycling the write-ahead log, which would then grow."""
         with self._sweeper_lock:
             self._sweeper = None
+            readers = list(self._readers)
         if self._closed:
             return
         now, pinned = monotonic(), False
-        for reader in list(self._readers):
+        for reader in readers:
             if not reader.lock.acquire(blocking=False):
                 pinned = True
                 continue
@@ -622,7 +620,7 @@ class SQLiteStorage(StorageBase):
         datas: dict[int, bytes] = {}
         for chunk in _chunks(keys):
             sql = _RECORDS_OF_SQL[len(chunk)]
-            datas.update(self._query(sql, (tid, *chunk)))
+            datas.update(self._query(sql, (*chunk, tid, tid)))
         tid_bytes = _pack(tid)
         return [DataRecord(oid, tid_bytes, datas[key])
                 for oid, key in zip(wanted, keys) if key in datas]
@@ -922,7 +920,7 @@ class SQLiteStorage(StorageBase):
             if self._sweeper is not None:
                 self._sweeper.cancel()
                 self._sweeper = None
-        readers, self._readers = list(self._readers), weakref.WeakSet()
+            readers, self._readers = list(self._readers), weakref.WeakSet()
         for reader in readers:
             with reader.lock:  # not while another thread is reading on it
                 reader.conn.close()
