@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Protocol, runtime_checkable
 
 from amphora.errors import (ConflictError, ObjectNotFoundError, ReadConflictError,
-                            ReadOnlyError, StorageError, StorageTransactionError)
+                            ReadOnlyError, StorageError, StorageTransactionError, Unsupported)
 from amphora.utils import maxtid, new_tid, tid_from_datetime, tid_time, z64
 
 __all__ = ["Storage", "StorageBase", "TransactionMetaData", "TransactionRecord", "DataRecord",
@@ -373,7 +373,11 @@ class StorageBase:
         self._checks = {}
         self._resolved = []
         self._meta = encode_metadata(transaction)
-        self._begin()
+        try:
+            self._begin()
+        except BaseException:
+            self._end()
+            raise
 
     def _begin(self) -> None:
         """Hook: a commit started (the commit lock is held)."""
@@ -381,6 +385,8 @@ class StorageBase:
     def store(self, oid: bytes, serial: bytes, data: bytes, version: str, transaction: Any) -> None:
         # Called once per object written: checks kept to the cheap ones.
         if transaction is not self._transaction or transaction is None:
+            if self._read_only:
+                raise ReadOnlyError(f"{self.__name__} is read-only")
             self._check_current(transaction)
         if version:
             raise StorageError("versions are not supported")
@@ -394,6 +400,12 @@ class StorageBase:
             # to check is the one first read.
             self._serials[oid] = z64 if serial is None else serial
         stores[oid] = data
+
+    def undo(self, transaction_id: bytes, transaction: Any) -> None:
+        """Undo is not supported (``supports_undo`` is False)."""
+        if self._read_only:
+            raise ReadOnlyError(f"{self.__name__} is read-only")
+        raise Unsupported("amphora storages do not support undo")
 
     def checkCurrentSerialInTransaction(self, oid: bytes, serial: bytes, transaction: Any) -> None:
         self._check_current(transaction)

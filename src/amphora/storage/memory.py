@@ -110,9 +110,11 @@ class MemoryStorage(StorageBase):
     def _vote(self) -> None:
         with self._lock:
             self._check_conflicts(self._current_serial, self.loadSerial)
+            # chosen here, where failing is allowed; the commit lock keeps it valid
+            self._vote_tid = self._next_tid(self._ltid)
 
     def _finish(self, func: Callable[[bytes], None] | None) -> bytes:
-        tid = self._next_tid(self._ltid)
+        tid = self._vote_tid
         user, description, extension_bytes = self._meta
         txn = TransactionRecord(tid, " ", user, description, extension_bytes)
         highest = max(self._stores, default=z64)

@@ -17,7 +17,7 @@ from time import monotonic
 from typing import Any, Callable, Iterable, Iterator
 
 from amphora.errors import (CorruptRecordError, InvalidURIError, ObjectNotFoundError,
-                            ReadOnlyError, StorageError, StorageFormatError, Unsupported)
+                            ReadOnlyError, StorageError, StorageFormatError)
 from amphora.serialize import references as record_references
 from amphora.storage.base import (DataRecord, StorageBase, TransactionRecord, history_entry,
                                   pack_tid, reachable)
@@ -707,17 +707,6 @@ class SQLiteStorage(StorageBase):
         except sqlite3.Error as exc:
             raise self._error(exc) from exc
         self._oid_next, self._oid_end = first, first + _OID_BLOCK
-
-    def store(self, oid: bytes, serial: bytes, data: bytes, version: str, transaction: Any) -> None:
-        if self._read_only:
-            raise ReadOnlyError(f"{self.__name__} is read-only")
-        super().store(oid, serial, data, version, transaction)
-
-    def undo(self, transaction_id: bytes, transaction: Any) -> None:
-        """Undo is not supported (``supports_undo`` is False)."""
-        if self._read_only:
-            raise ReadOnlyError(f"{self.__name__} is read-only")
-        raise Unsupported("amphora storages do not support undo")
 
     def _vote(self) -> None:
         conn = self._writer
