@@ -57,6 +57,7 @@ class _Sink:
 
 
 _REFERENCE_TYPES = (Persistent, WeakRef)
+_BIG_STATE = 2048  # bytes of state after which a fresh pickler is used
 
 
 class ObjectWriter:
@@ -72,11 +73,15 @@ class ObjectWriter:
         self._new_oid = new_oid
         self._on_new = on_new
         self._sink = _Sink()
-        self._pickler = _zpickle.Pickler(self._sink, PROTOCOL)
-        self._pickler.persistent_id = self._persistent_id
+        self._pickler = self._new_pickler()
         # The class pickle of a record is the same for every instance of a class
         # without __getnewargs__: pickle it once.
         self._class_pickles: dict[type, bytes | None] = {}
+
+    def _new_pickler(self) -> Any:
+        pickler = _zpickle.Pickler(self._sink, PROTOCOL)
+        pickler.persistent_id = self._persistent_id
+        return pickler
 
     def _persistent_id(self, obj: Any) -> Any:
         # Called by the pickler for every object in a state: keep the common case short.
@@ -123,9 +128,17 @@ class ObjectWriter:
         if class_pickle is None:
             pickler.dump((klass, obj.__getnewargs__()))
             pickler.dump(state)
-            return sink.take()
+            data = sink.take()
+            if len(data) > _BIG_STATE:
+                self._pickler = self._new_pickler()
+            return data
         pickler.dump(state)
-        return class_pickle + sink.take()
+        data = sink.take()
+        if len(data) > _BIG_STATE:
+            # The pickler's memo table keeps the size its largest state needed, and
+            # clear_memo() wipes all of it: a big state would slow every small one after.
+            self._pickler = self._new_pickler()
+        return class_pickle + data
 
 
 _newargs: dict[type, bool] = {}
