@@ -115,7 +115,8 @@ _SET_PACKED_THROUGH = ("UPDATE amphora_meta SET value = ?1"
 _SYNCHRONOUS = ("off", "normal", "full", "extra")
 _BATCH = 500                         # oids per statement in batched reads
 _BATCH_SIZES = (1, 4, 16, 64, 128, 256, _BATCH)  # few distinct statements, so all stay cached
-_OID_BLOCK = 64                      # oids reserved in the file per new_oid round trip
+_OID_BLOCK = 64                      # oids first reserved in the file per new_oid round trip
+_OID_BLOCK_MAX = 4096                # ... doubling with each reservation up to this
 _DELETE_CHUNK = 1000                 # rows deleted per write transaction while packing
 _TXN_CHUNK = 100                     # transactions read per query while iterating
 _PAD_TO = [next(size for size in _BATCH_SIZES if size >= n) for n in range(_BATCH + 1)]
@@ -257,6 +258,7 @@ class SQLiteStorage(StorageBase):
         self._sweeper_lock = threading.Lock()
         self._oid_lock = threading.Lock()
         self._oid_next = self._oid_end = 0
+        self._oid_block = _OID_BLOCK
         self._oid_conn: sqlite3.Connection | None = None
         self._pending: list[tuple[int, bytes]] = []  # others' commits found at vote
         self._pending_packed = 0
@@ -692,6 +694,7 @@ class SQLiteStorage(StorageBase):
         return p64(oid)
 
     def _reserve_oids(self) -> None:
+        block = self._oid_block
         try:
             if self._oid_conn is None:
                 self._oid_conn = self._connect(read_only=False)
@@ -699,14 +702,17 @@ class SQLiteStorage(StorageBase):
             conn.execute("BEGIN IMMEDIATE")
             try:
                 first = conn.execute(_NEXT_OID).fetchone()[0]
-                conn.execute(_SET_NEXT_OID, (first + _OID_BLOCK,))
+                conn.execute(_SET_NEXT_OID, (first + block,))
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
         except sqlite3.Error as exc:
             raise self._error(exc) from exc
-        self._oid_next, self._oid_end = first, first + _OID_BLOCK
+        self._oid_next, self._oid_end = first, first + block
+        # A process that uses oids fast reserves bigger blocks (fewer write transactions);
+        # unused oids of a block are simply never used.
+        self._oid_block = min(block * 2, _OID_BLOCK_MAX)
 
     def _vote(self) -> None:
         conn = self._writer
@@ -745,7 +751,8 @@ class SQLiteStorage(StorageBase):
         self._check_conflicts(current_serial, load_serial)
         tid = self._next_tid(max(_pack(last), self._ltid))
         tid_i = _u(tid)
-        rows = [(keys[oid], tid_i, data) for oid, data in stores.items()]
+        # in oid order: B-tree pages fill sequentially (denser file, less to write)
+        rows = sorted([(keys[oid], tid_i, data) for oid, data in stores.items()])
         archive = _ARCHIVE_CURRENT_SQL if self.keep_history else _RETAIN_CURRENT_SQL
         for chunk in _chunks([row[0] for row in rows if row[0] in serials]):
             conn.execute(archive[len(chunk)], (tid_i, *chunk))
