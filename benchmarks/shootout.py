@@ -14,6 +14,7 @@ Every database runs the *same* workload code through the ZODB-shaped API they sh
 =====================  ============================================================
 ``amphora-memory``     ``amphora.open("memory://")``
 ``amphora-sqlite``     ``amphora.open("sqlite:///<tmp>/bench.db")``
+``amphora-sqlite-full`` the same with ``?synchronous=full`` (fsync at every commit)
 ``zodb-mapping``       ``ZODB.DB(MappingStorage())``
 ``zodb-filestorage``   ``ZODB.DB(FileStorage("<tmp>/Data.fs"))`` (the reference for ratios)
 ``relstorage-sqlite``  ``ZODB.DB(RelStorage(Sqlite3Adapter(data_dir=<tmp>)))``,
@@ -146,6 +147,12 @@ def _amphora_sqlite(path: str, cache_size: int) -> Any:
     return amphora.open(f"sqlite:///{os.path.join(path, 'bench.db')}", cache_size=cache_size)
 
 
+def _amphora_sqlite_full(path: str, cache_size: int) -> Any:
+    import amphora
+    return amphora.open(f"sqlite:///{os.path.join(path, 'bench.db')}?synchronous=full",
+                        cache_size=cache_size)
+
+
 def _zodb_mapping(path: str, cache_size: int) -> Any:
     import ZODB
     from ZODB.MappingStorage import MappingStorage
@@ -182,6 +189,9 @@ def contenders() -> list[Contender]:
         Contender("amphora-sqlite", _amphora_sqlite, _amphora_sqlite,
                   f"DB {reopened}: new SQLite connection and page cache, empty record cache",
                   "WAL, synchronous=normal (the storage's default)"),
+        Contender("amphora-sqlite-full", _amphora_sqlite_full, _amphora_sqlite_full,
+                  f"DB {reopened}: as amphora-sqlite",
+                  "WAL, synchronous=full: fsync at every commit, as FileStorage"),
         Contender("zodb-mapping", _zodb_mapping, None,
                   "db.cacheMinimize() (a memory storage cannot be reopened; no storage cache)",
                   "none (memory)"),
