@@ -124,6 +124,9 @@ class ObjectWriter:
                 class_pickle = sink.take()
             self._class_pickles[klass] = class_pickle
         state = obj.__getstate__()
+        if class_pickle is not None and type(state) is dict and _plain(state):
+            # Nothing in it can be persistent: the pickler needs no persistent_id calls.
+            return class_pickle + _dumps(state, PROTOCOL)
         pickler.clear_memo()
         if class_pickle is None:
             pickler.dump((klass, obj.__getnewargs__()))
@@ -139,6 +142,19 @@ class ObjectWriter:
             # clear_memo() wipes all of it: a big state would slow every small one after.
             self._pickler = self._new_pickler()
         return class_pickle + data
+
+
+_PLAIN_TYPES = frozenset((str, bytes, int, float, bool, type(None)))
+_dumps = _zpickle.dumps
+
+
+def _plain(state: dict) -> bool:
+    """True if every value of ``state`` is a str, bytes, number, bool or None."""
+    plain = _PLAIN_TYPES
+    for value in state.values():
+        if type(value) not in plain:
+            return False
+    return True
 
 
 _newargs: dict[type, bool] = {}
