@@ -458,9 +458,11 @@ class Connection:
 
     def _store_objects(self, objs: list[Any], meta: Any, stored: set[bytes], store: Any) -> None:
         """Serialize and write ``objs`` and every new object they reach."""
-        writer = self._writer
+        serialize = self._writer.serialize
         cache = self._cache
         queue = self._creating
+        sp_serials = self._sp_serials
+        added = self._added
         pending = list(objs)
         while pending or queue:
             if not pending:
@@ -471,13 +473,16 @@ class Connection:
                 continue
             if obj._p_changed is None:
                 continue  # a ghost (invalidated after a savepoint rollback)
-            data = writer.serialize(obj)
-            serial = self._sp_serials.get(oid, obj._p_serial)
+            data = serialize(obj)
+            serial = obj._p_serial
+            if sp_serials:
+                serial = sp_serials.get(oid, serial)
             store(oid, serial, data, "", meta)
             stored.add(oid)
-            if cache.get(oid) is None:
-                cache[oid] = obj
-            self._added.pop(oid, None)
+            if serial == z64 and cache.get(oid) is None:
+                cache[oid] = obj  # a new object joins the cache
+            if added:
+                added.pop(oid, None)
 
     def tpc_vote(self, txn: Any) -> None:
         try:
