@@ -81,12 +81,17 @@ class RecordCache:
             if self._bytes > self.max_bytes:
                 self._evict()
 
-    def committed(self, tid: bytes, records: dict[bytes, bytes]) -> None:
-        """A transaction ``tid`` committed here wrote ``records``; call after
-        :meth:`invalidate` for the same transaction."""
-        if self.max_bytes <= 0:
-            return
+    def committed(self, tid: bytes, records: dict[bytes, bytes],
+                  other_oids: Iterable[bytes] = ()) -> None:
+        """A transaction ``tid`` committed here wrote ``records`` (and changed
+        ``other_oids``, whose records it does not know): the :meth:`invalidate` of a
+        local commit."""
+        if other_oids:
+            self.invalidate(tid, other_oids)
         with self._lock:
+            self._generation += 1
+            if self.max_bytes <= 0:
+                return
             entries = self._entries
             for oid, data in records.items():
                 old = entries.get(oid)

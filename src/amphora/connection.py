@@ -507,8 +507,7 @@ class Connection:
         written = self._written
 
         def invalidate_others(tid: bytes) -> None:
-            self._db._invalidate(tid, modified, exclude=self)
-            self._records.committed(tid, written)
+            self._db._invalidate(tid, modified, exclude=self, written=written)
 
         serial = self._storage.tpc_finish(txn.data(self), invalidate_others)
         for oid in modified:

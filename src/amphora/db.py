@@ -145,8 +145,14 @@ class DB:
         for conn in conns:
             conn._invalidate_all()
 
-    def _invalidate(self, tid: bytes, oids: list[bytes], exclude: Connection | None = None) -> None:
-        self.records.invalidate(tid, oids)
+    def _invalidate(self, tid: bytes, oids: list[bytes], exclude: Connection | None = None,
+                    written: dict[bytes, bytes] | None = None) -> None:
+        """Transaction ``tid`` changed ``oids``; ``written`` holds the records it wrote,
+        when it was committed here (the record cache keeps them)."""
+        if written is None:
+            self.records.invalidate(tid, oids)
+        else:
+            self.records.committed(tid, written, [oid for oid in oids if oid not in written])
         with self._lock:
             conns = list(self._connections)
         for conn in conns:
