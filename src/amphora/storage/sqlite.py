@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import pathlib
 import sqlite3
-import struct
 import threading
 import weakref
 from time import monotonic
@@ -18,45 +17,26 @@ from typing import Any, Callable, Iterable, Iterator
 
 from amphora.errors import (CorruptRecordError, InvalidURIError, ObjectNotFoundError,
                             ReadOnlyError, StorageError, StorageFormatError)
-from amphora.serialize import references as record_references
+from amphora.storage._sqlite_pack import PackMixin
+# FORMAT and SCHEMA_VERSION are importable from here too.
+from amphora.storage._sqlite_schema import FORMAT, SCHEMA_VERSION, SchemaMixin
+from amphora.storage._sqlite_util import (_CHANGES_SINCE, _LAST_TID, _LOAD_CURRENT,
+                                          _LOAD_SERIAL, _PRUNE_REPLACED, _pack, _split, _u,
+                                          _unpack)
 from amphora.storage.base import (DataRecord, StorageBase, TransactionRecord, history_entry,
-                                  pack_tid, reachable)
+                                  pack_tid)
 from amphora.utils import oid_repr, p64, tid_repr, tid_time, z64
 
 __all__ = ["SQLiteStorage"]
 
-FORMAT = "amphora-sqlite"
-SCHEMA_VERSION = 1
-
-# -- schema ---------------------------------------------------------------------------------
-# The current revision of every object lives in ``objects``, keyed by oid (SQLite's rowid,
-# so a current load is one B-tree descent with the data inline). A replaced revision moves
-# to ``revisions`` (history-preserving mode, until pack) or to ``replaced`` (history-free
-# mode, for ``conflict_window`` seconds, only so that conflicts can be resolved).
-_CREATE_SCHEMA = (
-    "CREATE TABLE amphora_meta (key TEXT PRIMARY KEY, value)",
-    "CREATE TABLE objects (oid INTEGER PRIMARY KEY, tid INTEGER NOT NULL, data BLOB NOT NULL)",
-    "CREATE TABLE revisions (oid INTEGER NOT NULL, tid INTEGER NOT NULL,"
-    " end_tid INTEGER NOT NULL, data BLOB NOT NULL)",
-    "CREATE UNIQUE INDEX revisions_oid_tid ON revisions (oid, tid)",
-    "CREATE TABLE replaced (oid INTEGER NOT NULL, tid INTEGER NOT NULL,"
-    " end_tid INTEGER NOT NULL, data BLOB NOT NULL)",
-    "CREATE INDEX replaced_oid_tid ON replaced (oid, tid)",
-    "CREATE INDEX replaced_end_tid ON replaced (end_tid)",
-    "CREATE TABLE transactions (tid INTEGER PRIMARY KEY, user BLOB NOT NULL,"
-    " description BLOB NOT NULL, extension BLOB NOT NULL, oids BLOB NOT NULL)",
-)
-_INSERT_META = "INSERT INTO amphora_meta (key, value) VALUES (?, ?)"
-_SELECT_META = "SELECT key, value FROM amphora_meta"
-_COUNT_TABLES = "SELECT count(*) FROM sqlite_master"
+# The schema (and the checks that a file is an amphora database) is in _sqlite_schema,
+# pack and its statements in _sqlite_pack, the statements both use (_LOAD_CURRENT,
+# _LOAD_SERIAL, _LAST_TID, _CHANGES_SINCE, _PRUNE_REPLACED) and the oid and tid
+# conversions in _sqlite_util.
 
 # -- reading --------------------------------------------------------------------------------
-_LOAD_CURRENT = "SELECT tid, data FROM objects WHERE oid = ?"
 _LOAD_REVISION_BEFORE = ("SELECT tid, end_tid, data FROM revisions WHERE oid = ? AND tid < ?"
                          " ORDER BY tid DESC LIMIT 1")
-_LOAD_SERIAL = ("SELECT data FROM objects WHERE oid = ?1 AND tid = ?2"
-                " UNION ALL SELECT data FROM revisions WHERE oid = ?1 AND tid = ?2"
-                " UNION ALL SELECT data FROM replaced WHERE oid = ?1 AND tid = ?2 LIMIT 1")
 _LOAD_MANY_CURRENT = ("SELECT oid, tid, CASE WHEN tid < ? THEN data END FROM objects"
                       " WHERE oid IN ({marks})")
 _LOAD_MANY_REVISIONS = (
@@ -70,8 +50,6 @@ _HISTORY = (
     " (SELECT tid, data FROM objects WHERE oid = ?1"
     "  UNION ALL SELECT tid, data FROM revisions WHERE oid = ?1) AS x"
     " LEFT JOIN transactions AS t ON t.tid = x.tid ORDER BY x.tid DESC LIMIT ?2")
-_LAST_TID = "SELECT max(tid) FROM transactions"
-_CHANGES_SINCE = "SELECT tid, oids FROM transactions WHERE tid > ? ORDER BY tid"
 _PACKED_THROUGH = "SELECT value FROM amphora_meta WHERE key = 'packed_through'"
 _TRANSACTIONS = ("SELECT tid, user, description, extension, oids FROM transactions"
                  " WHERE tid >= ? AND tid <= ? ORDER BY tid LIMIT ?")
@@ -87,7 +65,6 @@ _ARCHIVE_CURRENT = ("INSERT INTO revisions (oid, tid, end_tid, data)"
                     " SELECT oid, tid, ?, data FROM objects WHERE oid IN ({marks})")
 _RETAIN_CURRENT = ("INSERT INTO replaced (oid, tid, end_tid, data)"
                    " SELECT oid, tid, ?, data FROM objects WHERE oid IN ({marks})")
-_PRUNE_REPLACED = "DELETE FROM replaced WHERE end_tid < ?"
 _UPSERT_OBJECT = ("INSERT INTO objects (oid, tid, data) VALUES (?, ?, ?) ON CONFLICT (oid)"
                   " DO UPDATE SET tid = excluded.tid, data = excluded.data")
 _INSERT_TRANSACTION = ("INSERT INTO transactions (tid, user, description, extension, oids)"
@@ -95,46 +72,14 @@ _INSERT_TRANSACTION = ("INSERT INTO transactions (tid, user, description, extens
 _NEXT_OID = "SELECT value FROM amphora_meta WHERE key = 'next_oid'"
 _SET_NEXT_OID = "UPDATE amphora_meta SET value = ?1 WHERE key = 'next_oid' AND value < ?1"
 
-# -- pack -----------------------------------------------------------------------------------
-_SUPERSEDED = "SELECT oid, tid FROM revisions WHERE end_tid <= ?"  # replaced by pack time
-_DELETE_REVISION = "DELETE FROM revisions WHERE oid = ? AND tid = ?"
-_ALL_DATA = ("SELECT data FROM objects WHERE oid = ?1"
-             " UNION ALL SELECT data FROM revisions WHERE oid = ?1")
-_FIRST_TIDS = ("SELECT o.oid, min(o.tid, coalesce((SELECT min(r.tid) FROM revisions AS r"
-               " WHERE r.oid = o.oid), o.tid)) FROM objects AS o")
-_DELETE_OBJECT = "DELETE FROM objects WHERE oid = ?"
-_DELETE_REVISIONS = "DELETE FROM revisions WHERE oid = ?"
-_DELETE_REPLACED = "DELETE FROM replaced WHERE oid = ?"
-_RECORD_EXISTS = ("SELECT 1 FROM objects WHERE oid = ?1 AND tid = ?2"
-                  " UNION ALL SELECT 1 FROM revisions WHERE oid = ?1 AND tid = ?2 LIMIT 1")
-_OLD_TRANSACTIONS = "SELECT tid, oids FROM transactions WHERE tid < ? ORDER BY tid"
-_DELETE_TRANSACTION = "DELETE FROM transactions WHERE tid = ?"
-_SET_PACKED_THROUGH = ("UPDATE amphora_meta SET value = ?1"
-                       " WHERE key = 'packed_through' AND value < ?1")
-
 _SYNCHRONOUS = ("off", "normal", "full", "extra")
 _BATCH = 500                         # oids per statement in batched reads
 _BATCH_SIZES = (1, 4, 16, 64, 128, 256, _BATCH)  # few distinct statements, so all stay cached
 _OID_BLOCK = 64                      # oids first reserved in the file per new_oid round trip
 _OID_BLOCK_MAX = 4096                # ... doubling with each reservation up to this
-_DELETE_CHUNK = 1000                 # rows deleted per write transaction while packing
 _TXN_CHUNK = 100                     # transactions read per query while iterating
 _PAD_TO = [next(size for size in _BATCH_SIZES if size >= n) for n in range(_BATCH + 1)]
 _MAX_INT = (1 << 63) - 1
-
-# Oids and tids are stored as signed 64-bit integers holding the same 8 bytes, so any
-# 8-byte oid round-trips (tids, below 2**63, keep their order).
-_int64 = struct.Struct(">q")
-_unpack = _int64.unpack
-_pack = _int64.pack
-
-
-def _u(value: bytes) -> int:
-    return _unpack(value)[0]
-
-
-def _split(oids: bytes) -> list[bytes]:
-    return [oids[i:i + 8] for i in range(0, len(oids), 8)]
 
 
 def _padded(values: list) -> list:
@@ -184,7 +129,7 @@ class _Reader:
         self.started = 0.0
 
 
-class SQLiteStorage(StorageBase):
+class SQLiteStorage(SchemaMixin, PackMixin, StorageBase):
     """A storage in one SQLite file (WAL mode), shared safely by threads and processes.
 
     On-disk format (``schema_version`` 1)::
@@ -302,104 +247,6 @@ class SQLiteStorage(StorageBase):
             conn.close()
             raise
         return conn
-
-    def _open(self, create: bool, keep_history: bool) -> dict[str, Any]:
-        """The meta table of the file, after creating the file if allowed."""
-        path = self._path
-        if os.path.exists(path) and os.path.getsize(path) > 0:
-            self._check_header()
-            conn = self._connect(read_only=True)
-            try:
-                if conn.execute(_COUNT_TABLES).fetchone()[0]:
-                    return self._read_meta(conn)
-            except sqlite3.DatabaseError as exc:
-                raise StorageFormatError(
-                    f"{path}: not a readable amphora database ({exc})") from exc
-            finally:
-                conn.close()
-        elif self._read_only or not create:
-            why = "is read-only" if self._read_only else "was opened with create=False"
-            raise StorageFormatError(f"{path}: no such amphora database (the storage {why})")
-        if self._read_only or not create:
-            raise StorageFormatError(f"{path}: an empty SQLite database, not an amphora database")
-        return self._initialize(keep_history)
-
-    def _check_header(self) -> None:
-        """Reject files that are not SQLite, or shorter than their header says."""
-        path = self._path
-        try:
-            with open(path, "rb") as file:
-                header = file.read(100)
-        except OSError as exc:  # a directory, no permission, ...
-            raise StorageError(f"{path}: cannot read the file ({exc.strerror or exc})") from exc
-        if not header.startswith(b"SQLite format 3\0"):
-            raise StorageFormatError(f"{path}: not an SQLite database (no SQLite header)")
-        if len(header) < 100:
-            raise StorageFormatError(f"{path}: truncated ({len(header)} bytes)")
-        page_size = int.from_bytes(header[16:18], "big")
-        page_size = 65536 if page_size == 1 else page_size
-        pages = int.from_bytes(header[28:32], "big")
-        header_valid = header[24:28] == header[92:96]  # the page count is current
-        size = os.path.getsize(path)
-        # While a write-ahead log has frames, a checkpoint may be writing the file (page 1,
-        # with the new size, comes first), so the size only tells on a quiet file.
-        try:
-            quiet = os.path.getsize(path + "-wal") == 0
-        except OSError:
-            quiet = True
-        if header_valid and quiet and size < pages * page_size:
-            raise StorageFormatError(
-                f"{path}: truncated ({size} bytes; its header says {pages * page_size})")
-
-    def _read_meta(self, conn: sqlite3.Connection) -> dict[str, Any]:
-        try:
-            return dict(conn.execute(_SELECT_META).fetchall())
-        except sqlite3.OperationalError as exc:
-            if "no such table" in str(exc):
-                raise StorageFormatError(f"{self._path}: an SQLite database, but not an "
-                                         "amphora database (no amphora_meta table)") from exc
-            raise
-
-    def _initialize(self, keep_history: bool) -> dict[str, Any]:
-        """Create the schema in a new or empty file (another process may race us)."""
-        conn = self._connect(read_only=False, create=True)
-        try:
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                if not conn.execute(_COUNT_TABLES).fetchone()[0]:
-                    for statement in _CREATE_SCHEMA:
-                        conn.execute(statement)
-                    conn.executemany(_INSERT_META, [
-                        ("format", FORMAT), ("schema_version", SCHEMA_VERSION),
-                        ("keep_history", int(keep_history)), ("next_oid", 1),
-                        ("packed_through", 0)])
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            return self._read_meta(conn)
-        finally:
-            conn.close()
-
-    def _check_meta(self, meta: dict[str, Any], keep_history: bool | None) -> bool:
-        """The history mode, after checking the file is one this version can use."""
-        path = self._path
-        if meta.get("format") != FORMAT:
-            raise StorageFormatError(f"{path}: not an amphora database "
-                                     f"(format {meta.get('format')!r}, expected {FORMAT!r})")
-        version = meta.get("schema_version")
-        if not isinstance(version, int) or version > SCHEMA_VERSION or version < 1:
-            raise StorageFormatError(f"{path}: schema version {version!r}; this version of "
-                                     f"amphora reads schema version {SCHEMA_VERSION}")
-        stored = meta.get("keep_history")
-        if stored not in (0, 1):
-            raise StorageFormatError(f"{path}: bad keep_history value {stored!r}")
-        if keep_history is not None and bool(keep_history) != bool(stored):
-            have = "history-preserving" if stored else "history-free"
-            raise StorageFormatError(f"{path} is a {have} database; it cannot be opened with "
-                                     f"keep_history={bool(keep_history)}")
-        return bool(stored)
 
     # -- errors ---------------------------------------------------------------------
     def _error(self, exc: sqlite3.Error) -> StorageError:
@@ -808,99 +655,6 @@ class SQLiteStorage(StorageBase):
 
     def _abort(self) -> None:
         self._rollback()
-
-    # -- pack -----------------------------------------------------------------------
-    def pack(self, pack_time: float, referencesf: Callable | None = None, gc: bool = True) -> None:
-        """Drop revisions replaced at or before ``pack_time`` and, with ``gc``, objects no
-        kept revision reaches from the root (objects whose first kept revision is after
-        ``pack_time`` stay). Other threads and processes keep reading and committing:
-        the write lock is taken only for short deletes. Transaction rows left without
-        records (before ``pack_time``, except the last) are removed too."""
-        self._check_writable()
-        refs_of = referencesf or record_references
-        reader = writer = None
-        try:
-            reader = self._connect(read_only=True)
-            writer = self._connect(read_only=False)
-            last = reader.execute(_LAST_TID).fetchone()[0] or 0
-            # Nothing committed from here on has a tid at or below `cutoff`.
-            cutoff = min(_u(pack_tid(pack_time)), last)
-            doomed = reader.execute(_SUPERSEDED, (cutoff,)).fetchall()
-            self._delete_in_chunks(writer, _DELETE_REVISION, doomed)
-            writer.execute(_PRUNE_REPLACED, (cutoff + 1,))  # history-free: the same rule
-            if gc:
-                self._collect_garbage(reader, writer, cutoff, refs_of)
-            self._trim_transactions(reader, writer, min(cutoff, last))
-        except sqlite3.Error as exc:
-            raise self._error(exc) from exc
-        finally:
-            for conn in (reader, writer):
-                if conn is not None:
-                    conn.close()
-
-    def _delete_in_chunks(self, writer: sqlite3.Connection, sql: str, rows: list) -> None:
-        for i in range(0, len(rows), _DELETE_CHUNK):
-            writer.execute("BEGIN IMMEDIATE")
-            try:
-                writer.executemany(sql, rows[i:i + _DELETE_CHUNK])
-                writer.execute("COMMIT")
-            except BaseException:
-                writer.execute("ROLLBACK")
-                raise
-
-    def _collect_garbage(self, reader: sqlite3.Connection, writer: sqlite3.Connection,
-                         cutoff: int, refs_of: Callable) -> None:
-        def references(conn: sqlite3.Connection, key: int) -> list[int]:
-            found: list[bytes] = []
-            for (data,) in conn.execute(_ALL_DATA, (key,)):
-                refs_of(data, found)
-            return [_u(oid) for oid in found if len(oid) == 8]
-
-        reader.execute("BEGIN")  # one snapshot for the whole walk
-        try:
-            seen = reader.execute(_LAST_TID).fetchone()[0] or 0
-            if reader.execute(_LOAD_CURRENT, (0,)).fetchone() is None:
-                live: set[int] = set()
-            else:
-                live = reachable([0], lambda key: references(reader, key))
-            garbage = {key for key, first in reader.execute(_FIRST_TIDS)
-                       if first <= cutoff and key not in live}
-        finally:
-            reader.execute("COMMIT")
-        if not garbage:
-            return
-        writer.execute("BEGIN IMMEDIATE")
-        try:
-            # Commits since the walk may refer to garbage again: it stays, with what it reaches.
-            referred: set[int] = set()
-            for tid, oids in writer.execute(_CHANGES_SINCE, (seen,)).fetchall():
-                for oid in _split(oids):
-                    for (data,) in writer.execute(_LOAD_SERIAL, (_u(oid), tid)):
-                        referred.update(_u(ref) for ref in refs_of(data) if len(ref) == 8)
-            garbage -= reachable(referred & garbage, lambda key: [
-                ref for ref in references(writer, key) if ref in garbage])
-            rows = [(key,) for key in garbage]
-            writer.executemany(_DELETE_OBJECT, rows)
-            writer.executemany(_DELETE_REVISIONS, rows)
-            writer.executemany(_DELETE_REPLACED, rows)
-            writer.execute("COMMIT")
-        except BaseException:
-            writer.execute("ROLLBACK")
-            raise
-
-    def _trim_transactions(self, reader: sqlite3.Connection, writer: sqlite3.Connection,
-                           before: int) -> None:
-        """Remove transaction rows below ``before`` whose records are all gone."""
-        empty, packed = [], 0
-        for tid, oids in reader.execute(_OLD_TRANSACTIONS, (before,)).fetchall():
-            if not any(reader.execute(_RECORD_EXISTS, (_u(oid), tid)).fetchone()
-                       for oid in _split(oids)):
-                empty.append((tid,))
-                if oids:
-                    packed = max(packed, tid)
-        if packed:  # instances that had not seen these cannot learn their oids any more
-            writer.execute(_SET_PACKED_THROUGH, (packed,))
-        self._delete_in_chunks(writer, _DELETE_TRANSACTION, empty)
 
     # -- closing --------------------------------------------------------------------
     def close(self) -> None:

@@ -1,0 +1,135 @@
+"""Packing an SQLite storage: dropping old revisions, garbage and emptied transactions.
+
+Private: a part of :class:`amphora.storage.sqlite.SQLiteStorage` (see :class:`PackMixin`).
+"""
+from __future__ import annotations
+
+import sqlite3
+from typing import Callable
+
+from amphora.serialize import references as record_references
+from amphora.storage._sqlite_util import (_CHANGES_SINCE, _LAST_TID, _LOAD_CURRENT,
+                                          _LOAD_SERIAL, _PRUNE_REPLACED, _split, _u)
+from amphora.storage.base import pack_tid, reachable
+
+__all__ = ["PackMixin"]
+
+# -- pack -----------------------------------------------------------------------------------
+_SUPERSEDED = "SELECT oid, tid FROM revisions WHERE end_tid <= ?"  # replaced by pack time
+_DELETE_REVISION = "DELETE FROM revisions WHERE oid = ? AND tid = ?"
+_ALL_DATA = ("SELECT data FROM objects WHERE oid = ?1"
+             " UNION ALL SELECT data FROM revisions WHERE oid = ?1")
+_FIRST_TIDS = ("SELECT o.oid, min(o.tid, coalesce((SELECT min(r.tid) FROM revisions AS r"
+               " WHERE r.oid = o.oid), o.tid)) FROM objects AS o")
+_DELETE_OBJECT = "DELETE FROM objects WHERE oid = ?"
+_DELETE_REVISIONS = "DELETE FROM revisions WHERE oid = ?"
+_DELETE_REPLACED = "DELETE FROM replaced WHERE oid = ?"
+_RECORD_EXISTS = ("SELECT 1 FROM objects WHERE oid = ?1 AND tid = ?2"
+                  " UNION ALL SELECT 1 FROM revisions WHERE oid = ?1 AND tid = ?2 LIMIT 1")
+_OLD_TRANSACTIONS = "SELECT tid, oids FROM transactions WHERE tid < ? ORDER BY tid"
+_DELETE_TRANSACTION = "DELETE FROM transactions WHERE tid = ?"
+_SET_PACKED_THROUGH = ("UPDATE amphora_meta SET value = ?1"
+                       " WHERE key = 'packed_through' AND value < ?1")
+
+_DELETE_CHUNK = 1000                 # rows deleted per write transaction while packing
+
+
+class PackMixin:
+    """Part of :class:`~amphora.storage.sqlite.SQLiteStorage`: ``pack``.
+
+    Uses these attributes of the storage: ``_check_writable()``,
+    ``_connect(read_only)`` (a new connection, closed here) and ``_error(exc)`` (the
+    amphora error for a driver error).
+    """
+
+    def pack(self, pack_time: float, referencesf: Callable | None = None, gc: bool = True) -> None:
+        """Drop revisions replaced at or before ``pack_time`` and, with ``gc``, objects no
+        kept revision reaches from the root (objects whose first kept revision is after
+        ``pack_time`` stay). Other threads and processes keep reading and committing:
+        the write lock is taken only for short deletes. Transaction rows left without
+        records (before ``pack_time``, except the last) are removed too."""
+        self._check_writable()
+        refs_of = referencesf or record_references
+        reader = writer = None
+        try:
+            reader = self._connect(read_only=True)
+            writer = self._connect(read_only=False)
+            last = reader.execute(_LAST_TID).fetchone()[0] or 0
+            # Nothing committed from here on has a tid at or below `cutoff`.
+            cutoff = min(_u(pack_tid(pack_time)), last)
+            doomed = reader.execute(_SUPERSEDED, (cutoff,)).fetchall()
+            self._delete_in_chunks(writer, _DELETE_REVISION, doomed)
+            writer.execute(_PRUNE_REPLACED, (cutoff + 1,))  # history-free: the same rule
+            if gc:
+                self._collect_garbage(reader, writer, cutoff, refs_of)
+            self._trim_transactions(reader, writer, min(cutoff, last))
+        except sqlite3.Error as exc:
+            raise self._error(exc) from exc
+        finally:
+            for conn in (reader, writer):
+                if conn is not None:
+                    conn.close()
+
+    def _delete_in_chunks(self, writer: sqlite3.Connection, sql: str, rows: list) -> None:
+        for i in range(0, len(rows), _DELETE_CHUNK):
+            writer.execute("BEGIN IMMEDIATE")
+            try:
+                writer.executemany(sql, rows[i:i + _DELETE_CHUNK])
+                writer.execute("COMMIT")
+            except BaseException:
+                writer.execute("ROLLBACK")
+                raise
+
+    def _collect_garbage(self, reader: sqlite3.Connection, writer: sqlite3.Connection,
+                         cutoff: int, refs_of: Callable) -> None:
+        def references(conn: sqlite3.Connection, key: int) -> list[int]:
+            found: list[bytes] = []
+            for (data,) in conn.execute(_ALL_DATA, (key,)):
+                refs_of(data, found)
+            return [_u(oid) for oid in found if len(oid) == 8]
+
+        reader.execute("BEGIN")  # one snapshot for the whole walk
+        try:
+            seen = reader.execute(_LAST_TID).fetchone()[0] or 0
+            if reader.execute(_LOAD_CURRENT, (0,)).fetchone() is None:
+                live: set[int] = set()
+            else:
+                live = reachable([0], lambda key: references(reader, key))
+            garbage = {key for key, first in reader.execute(_FIRST_TIDS)
+                       if first <= cutoff and key not in live}
+        finally:
+            reader.execute("COMMIT")
+        if not garbage:
+            return
+        writer.execute("BEGIN IMMEDIATE")
+        try:
+            # Commits since the walk may refer to garbage again: it stays, with what it reaches.
+            referred: set[int] = set()
+            for tid, oids in writer.execute(_CHANGES_SINCE, (seen,)).fetchall():
+                for oid in _split(oids):
+                    for (data,) in writer.execute(_LOAD_SERIAL, (_u(oid), tid)):
+                        referred.update(_u(ref) for ref in refs_of(data) if len(ref) == 8)
+            garbage -= reachable(referred & garbage, lambda key: [
+                ref for ref in references(writer, key) if ref in garbage])
+            rows = [(key,) for key in garbage]
+            writer.executemany(_DELETE_OBJECT, rows)
+            writer.executemany(_DELETE_REVISIONS, rows)
+            writer.executemany(_DELETE_REPLACED, rows)
+            writer.execute("COMMIT")
+        except BaseException:
+            writer.execute("ROLLBACK")
+            raise
+
+    def _trim_transactions(self, reader: sqlite3.Connection, writer: sqlite3.Connection,
+                           before: int) -> None:
+        """Remove transaction rows below ``before`` whose records are all gone."""
+        empty, packed = [], 0
+        for tid, oids in reader.execute(_OLD_TRANSACTIONS, (before,)).fetchall():
+            if not any(reader.execute(_RECORD_EXISTS, (_u(oid), tid)).fetchone()
+                       for oid in _split(oids)):
+                empty.append((tid,))
+                if oids:
+                    packed = max(packed, tid)
+        if packed:  # instances that had not seen these cannot learn their oids any more
+            writer.execute(_SET_PACKED_THROUGH, (packed,))
+        self._delete_in_chunks(writer, _DELETE_TRANSACTION, empty)
