@@ -33,7 +33,7 @@ import io
 import pickle
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator, Protocol, runtime_checkable
+from typing import Any, Callable, Iterable, Iterator, Mapping, Protocol, runtime_checkable
 
 from amphora.errors import (ConflictError, ObjectNotFoundError, ReadConflictError,
                             ReadOnlyError, StorageError, StorageTransactionError, Unsupported)
@@ -442,30 +442,31 @@ class StorageBase:
         self._commit_lock.release()
 
     # -- conflict checks, for _vote ----------------------------------------------------
-    def _check_conflicts(self, current_serial: Callable[[bytes], bytes],
+    def _check_conflicts(self, committed: Mapping[bytes, bytes],
                          load_serial: Callable[[bytes, bytes], bytes]) -> None:
         """Check read checks and stores against the committed serials; resolve or raise.
 
-        ``current_serial(oid)`` gives the committed serial (``z64`` if none) as seen
-        under the storage's write lock.
+        ``committed`` maps the oids stored or checked in this transaction to their
+        committed serial as seen under the storage's write lock (missing: never stored).
         """
+        current = committed.get
         for oid, serial in self._checks.items():
-            committed = current_serial(oid)
-            if committed != serial:
-                raise ReadConflictError(oid=oid, serials=(committed, serial))
-        for oid, data in list(self._stores.items()):
-            read = self._serials.get(oid, z64)
-            committed = current_serial(oid)
-            if committed == read:
-                continue
-            if self._resolve_conflicts and read != z64 and committed != z64:
+            serial_now = current(oid, z64)
+            if serial_now != serial:
+                raise ReadConflictError(oid=oid, serials=(serial_now, serial))
+        stale = [oid for oid, read in self._serials.items() if current(oid, z64) != read]
+        for oid in stale:  # usually none
+            read = self._serials[oid]
+            serial_now = current(oid, z64)
+            data = self._stores[oid]
+            if self._resolve_conflicts and read != z64 and serial_now != z64:
                 from amphora.conflict import resolve_record
-                resolved = resolve_record(oid, committed, read, data, load_serial)
+                resolved = resolve_record(oid, serial_now, read, data, load_serial)
                 if resolved is not None:
                     self._stores[oid] = resolved
                     self._resolved.append(oid)
                     continue
-            raise ConflictError(oid=oid, serials=(committed, read), data=data)
+            raise ConflictError(oid=oid, serials=(serial_now, read), data=data)
 
     def _next_tid(self, last: bytes) -> bytes:
         """The tid for this commit: the one asked for at ``tpc_begin`` or a new one."""

@@ -109,7 +109,9 @@ class MemoryStorage(StorageBase):
 
     def _vote(self) -> None:
         with self._lock:
-            self._check_conflicts(self._current_serial, self.loadSerial)
+            committed = {oid: self._current_serial(oid)
+                         for oid in self._stores.keys() | self._checks.keys()}
+            self._check_conflicts(committed, self.loadSerial)
             # chosen here, where failing is allowed; the commit lock keeps it valid
             self._vote_tid = self._next_tid(self._ltid)
 

@@ -587,15 +587,13 @@ class SQLiteStorage(SchemaMixin, PackMixin, StorageBase):
         for chunk in _chunks(list(keys.values())):
             serials.update(conn.execute(_CURRENT_SERIALS_SQL[len(chunk)], chunk))
 
-        def current_serial(oid: bytes) -> bytes:
-            committed = serials.get(keys[oid])
-            return z64 if committed is None else _pack(committed)
         def load_serial(oid: bytes, serial: bytes) -> bytes:  # in this write transaction
             rows = conn.execute(_LOAD_SERIAL, (_u(oid), _u(serial))).fetchall()
             if not rows or rows[0][0].__class__ is not bytes:
                 raise ObjectNotFoundError(oid)
             return rows[0][0]
-        self._check_conflicts(current_serial, load_serial)
+        committed = {oid: _pack(serials[key]) for oid, key in keys.items() if key in serials}
+        self._check_conflicts(committed, load_serial)
         tid = self._next_tid(max(_pack(last), self._ltid))
         tid_i = _u(tid)
         # in oid order: B-tree pages fill sequentially (denser file, less to write)
