@@ -26,6 +26,7 @@ record.
 from __future__ import annotations
 
 import io
+import pickle
 import pickletools
 from typing import Any, Callable, Iterable
 
@@ -79,7 +80,7 @@ class ObjectWriter:
         self._class_pickles: dict[type, bytes | None] = {}
 
     def _new_pickler(self) -> Any:
-        pickler = _zpickle.Pickler(self._sink, PROTOCOL)
+        pickler = pickle.Pickler(self._sink, PROTOCOL)
         pickler.persistent_id = self._persistent_id
         return pickler
 
@@ -145,7 +146,7 @@ class ObjectWriter:
 
 
 _PLAIN_TYPES = frozenset((str, bytes, int, float, bool, type(None)))
-_dumps = _zpickle.dumps
+_dumps = pickle.dumps
 
 
 def _plain(state: dict) -> bool:
