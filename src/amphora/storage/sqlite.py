@@ -230,6 +230,11 @@ class SQLiteStorage(SchemaMixin, PackMixin, StorageBase):
             self._close_connections()
             raise
         self._ltid = _pack(last) if last else z64
+        # The opening thread usually reads next: give it its reader now, with the schema
+        # parsed (a new SQLite connection reads it at its first statement).
+        reader = self._reader()
+        with reader.lock:
+            reader.conn.execute(_LOAD_CURRENT, (-1,)).fetchall()
 
     # -- opening --------------------------------------------------------------------
     def _connect(self, read_only: bool, create: bool = False) -> sqlite3.Connection:
