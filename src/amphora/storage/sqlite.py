@@ -7,6 +7,7 @@ loss or an operating-system crash, at the price of an fsync per commit.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
 import sqlite3
@@ -231,10 +232,12 @@ class SQLiteStorage(SchemaMixin, PackMixin, StorageBase):
             raise
         self._ltid = _pack(last) if last else z64
         # The opening thread usually reads next: give it its reader now, with the schema
-        # parsed (a new SQLite connection reads it at its first statement).
-        reader = self._reader()
-        with reader.lock:
-            reader.conn.execute(_LOAD_CURRENT, (-1,)).fetchall()
+        # parsed (a new SQLite connection reads it at its first statement). An
+        # optimization only: a damaged file is reported by the read that meets the damage.
+        with contextlib.suppress(sqlite3.Error, StorageError):
+            reader = self._reader()
+            with reader.lock:
+                reader.conn.execute(_LOAD_CURRENT, (-1,)).fetchall()
 
     # -- opening --------------------------------------------------------------------
     def _connect(self, read_only: bool, create: bool = False) -> sqlite3.Connection:
