@@ -209,6 +209,7 @@ class SQLiteStorage(SchemaMixin, PackMixin, StorageBase):
         self._pending: list[tuple[int, bytes]] = []  # others' commits found at vote
         self._pending_packed = 0
         self._voted_tid: bytes | None = None
+        self._top_oid = -1  # the largest oid written by the transaction being committed
         self._ltid = z64
         self._writer: sqlite3.Connection | None = None
         self._poller: sqlite3.Connection | None = None
@@ -615,10 +616,9 @@ class SQLiteStorage(SchemaMixin, PackMixin, StorageBase):
         conn.executemany(_UPSERT_OBJECT, rows)
         user, description, extension = self._meta
         conn.execute(_INSERT_TRANSACTION, (tid_i, user, description, extension, b"".join(stores)))
-        if rows:  # oids stored without new_oid (restores, the root) are never handed out
-            top = max(row[0] for row in rows)
-            if top >= 0:
-                conn.execute(_SET_NEXT_OID, (top + 1,))
+        self._top_oid = rows[-1][0] if rows else -1  # rows are in oid order
+        if self._top_oid >= 0:  # oids stored without new_oid (restores, the root) are never
+            conn.execute(_SET_NEXT_OID, (self._top_oid + 1,))  # handed out
         # Commits by others since our last sync: reported before ours, in tid order.
         ltid = _u(self._ltid)
         if last > ltid:
@@ -648,7 +648,7 @@ class SQLiteStorage(SchemaMixin, PackMixin, StorageBase):
         self._generation += 1  # before anyone hears of it: snapshots must be renewed
         pending, self._pending = self._pending, []
         self._deliver([row for row in pending if row[0] < _u(tid)], self._pending_packed)
-        top = max((_u(oid) for oid in self._stores), default=-1)
+        top = self._top_oid
         with self._oid_lock:
             if self._oid_next <= top < self._oid_end:
                 self._oid_next = top + 1
