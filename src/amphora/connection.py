@@ -101,7 +101,8 @@ class Connection:
         self.transaction_manager: Any = None
         self._cache = PickleCache(self, cache_size, cache_size_bytes)
         self._reader = ObjectReader(self._ghost, self.get)
-        self._writer = ObjectWriter(self, self._storage.new_oid, self._creating_queue_add)
+        self._creating: list[Any] = []  # new objects met while writing, to write too
+        self._writer = ObjectWriter(self, self._storage.new_oid, self._creating.append)
         # MVCC
         self._historical = before
         self._start = before if before is not None else p64(u64(self._storage.lastTransaction()) + 1)
@@ -113,9 +114,9 @@ class Connection:
         self._registered: list[Any] = []
         self._added: dict[bytes, Any] = {}
         self._read_current: dict[bytes, bytes] = {}
-        self._creating: list[Any] = []
         self._modified: list[bytes] = []
         self._written: dict[bytes, bytes] = {}
+        self._stored_new: list[Any] = []  # new objects written in this commit
         self._prefetched: dict[bytes, tuple[bytes, bytes]] = {}
         self._siblings: dict[bytes, _Siblings] = {}
         self._new_ghosts: list[bytes] | None = None
@@ -410,9 +411,6 @@ class Connection:
             self._new_ghosts.append(oid)
         return obj
 
-    def _creating_queue_add(self, obj: Any) -> None:
-        self._creating.append(obj)
-
     def _join(self) -> None:
         if self._joined is None:
             self._check_open()
@@ -428,7 +426,7 @@ class Connection:
         if self._historical is not None:
             raise ReadOnlyHistoryError("a historical connection cannot commit")
         self._modified = []
-        self._creating = []
+        self._creating.clear()
         meta = TransactionMetaData(txn.user, txn.description, txn.extension)
         txn.set_data(self, meta)
         self._storage.tpc_begin(meta)
@@ -479,8 +477,10 @@ class Connection:
                 serial = sp_serials.get(oid, serial)
             store(oid, serial, data, "", meta)
             stored.add(oid)
-            if serial == z64 and cache.get(oid) is None:
-                cache[oid] = obj  # a new object joins the cache
+            if serial == z64:
+                self._stored_new.append(obj)  # detached again if the commit fails
+                if cache.get(oid) is None:
+                    cache[oid] = obj  # a new object joins the cache
             if added:
                 added.pop(oid, None)
 
@@ -535,7 +535,7 @@ class Connection:
         """Forget this transaction's changes: new objects are detached, changed ones
         become ghosts (they reload their committed state when used)."""
         cache = self._cache
-        objs = self._registered + self._creating + list(self._added.values())
+        objs = self._registered + self._creating + self._stored_new + list(self._added.values())
         objs += [obj for obj in map(cache.get, self._sp_states) if obj is not None]
         for obj in objs:
             oid = obj._p_oid
@@ -553,9 +553,10 @@ class Connection:
         self._joined = None
         self._registered = []
         self._added = {}
-        self._creating = []
+        self._creating.clear()
         self._modified = []
         self._written = {}
+        self._stored_new = []
         self._read_current = {}
         self._sp_states = {}
         self._sp_serials = {}
@@ -580,7 +581,7 @@ class Connection:
             self._sp_states[oid] = data
             self._sp_serials.setdefault(oid, serial)
 
-        self._creating = []
+        self._creating.clear()
         self._store_objects(self._registered, None, stored, keep)
         for oid in stored:
             obj = self._cache.get(oid)
@@ -612,7 +613,7 @@ class Connection:
         self._sp_states = dict(states)
         self._registered = []
         self._added = {}
-        self._creating = []
+        self._creating.clear()
         cache.invalidate([oid for oid in changed + later if cache.get(oid) is not None])
 
 

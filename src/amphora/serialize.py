@@ -107,9 +107,10 @@ class ObjectWriter:
             oid = obj._p_oid = self._new_oid()
             self._on_new(obj)
         klass = type(obj)
-        if _has_newargs(klass):
-            return oid
-        return oid, klass
+        newargs = _newargs.get(klass)
+        if newargs is None:
+            newargs = _has_newargs(klass)
+        return oid if newargs else (oid, klass)
 
     def serialize(self, obj: Any) -> bytes:
         """The record for ``obj``."""

@@ -204,3 +204,25 @@ def test_read_current_passes_when_nothing_changed(db, connect):
     reader.transaction_manager.commit()
     with db.transaction() as conn:
         assert conn.root.log.value == ["ok"]
+
+
+def test_new_objects_of_a_failed_commit_are_stored_when_the_transaction_is_retried(db, connect):
+    """A commit that fails (here on a conflict) gave oids to the new objects it met; the
+    abort takes them back, so that the retry stores them instead of referring to records
+    that were never written."""
+    with db.transaction() as conn:
+        conn.root.item = Item(0)
+    first, second = connect(), connect()
+    first.root.item.value = "first"
+    child = Item("child")
+    second.root.item.value = "second"
+    second.root.item.child = child
+    first.transaction_manager.commit()
+    with pytest.raises(ConflictError):
+        second.transaction_manager.commit()
+    second.transaction_manager.abort()
+    assert child._p_jar is None and child._p_oid is None
+    second.root.item.child = child
+    second.transaction_manager.commit()
+    with db.transaction() as conn:
+        assert conn.root.item.child.value == "child"
