@@ -123,9 +123,15 @@ class RecordCache:
             self._bytes = 0
 
     def _evict(self) -> None:
-        target = self.max_bytes * 3 // 4
+        # Oldest first, down to three quarters, in one pass: taking entries one at a time
+        # from the front of a dict is quadratic (iteration skips the holes left behind).
+        excess = self._bytes - self.max_bytes * 3 // 4
+        victims = []
+        for oid, entry in self._entries.items():
+            if excess <= 0:
+                break
+            victims.append(oid)
+            excess -= len(entry[0]) + _OVERHEAD
         entries = self._entries
-        while self._bytes > target and entries:
-            oid = next(iter(entries))
-            data = entries.pop(oid)[0]
-            self._bytes -= len(data) + _OVERHEAD
+        for oid in victims:
+            self._bytes -= len(entries.pop(oid)[0]) + _OVERHEAD
