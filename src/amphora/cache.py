@@ -93,12 +93,10 @@ class RecordCache:
             if self.max_bytes <= 0:
                 return
             entries = self._entries
-            for oid, data in records.items():
-                old = entries.get(oid)
-                if old is not None:
-                    self._bytes -= len(old[0]) + _OVERHEAD
-                entries[oid] = (data, tid, None)
-                self._bytes += len(data) + _OVERHEAD
+            replaced = [entries[oid][0] for oid in records.keys() & entries.keys()]
+            self._bytes += (sum(map(len, records.values())) - sum(map(len, replaced))
+                            + (len(records) - len(replaced)) * _OVERHEAD)
+            entries.update({oid: (data, tid, None) for oid, data in records.items()})
             if self._bytes > self.max_bytes:
                 self._evict()
 

@@ -102,7 +102,8 @@ class Connection:
         self._cache = PickleCache(self, cache_size, cache_size_bytes)
         self._reader = ObjectReader(self._ghost, self.get)
         self._creating: list[Any] = []  # new objects met while writing, to write too
-        self._writer = ObjectWriter(self, self._storage.new_oid, self._creating.append)
+        self._oid_pool: list[bytes] = []  # oids taken from the storage ahead of need
+        self._writer = ObjectWriter(self, self._new_oid, self._creating.append)
         # MVCC
         self._historical = before
         self._start = before if before is not None else p64(u64(self._storage.lastTransaction()) + 1)
@@ -167,7 +168,7 @@ class Connection:
             raise ConnectionStateError(f"{obj!r} already belongs to another connection")
         if self._historical is not None:
             raise ReadOnlyHistoryError("a historical connection cannot add objects")
-        oid = obj._p_oid = self._storage.new_oid()
+        oid = obj._p_oid = self._new_oid()
         obj._p_jar = self
         self._added[oid] = obj
         self._join()
@@ -411,6 +412,12 @@ class Connection:
             self._new_ghosts.append(oid)
         return obj
 
+    def _new_oid(self) -> bytes:
+        pool = self._oid_pool
+        if not pool:
+            pool.extend(reversed(self._storage.new_oids(_OID_POOL)))
+        return pool.pop()  # unused oids of a pool are simply never used
+
     def _join(self) -> None:
         if self._joined is None:
             self._check_open()
@@ -620,6 +627,7 @@ class Connection:
 _MAX_SIBLINGS = 100_000  # ghosts remembered for read-ahead, per connection
 
 
+_OID_POOL = 64  # oids a connection takes from the storage at a time
 _READ_AHEAD = 64  # records loaded in one batch when reading a container's ghosts
 
 

@@ -98,6 +98,9 @@ class Storage(Protocol):
     def new_oid(self) -> bytes:
         """A new 8-byte oid, never handed out before."""
 
+    def new_oids(self, count: int) -> list[bytes]:
+        """``count`` new oids at once (what ``new_oid`` gives, in fewer steps)."""
+
     def tpc_begin(self, transaction: Any, tid: bytes | None = None, status: str = " ") -> None:
         """Start committing ``transaction``; blocks while another commit is in progress."""
 
@@ -332,6 +335,9 @@ class StorageBase:
         if found is None:
             raise ObjectNotFoundError(oid)
         return found[0], found[1]
+
+    def new_oids(self, count: int) -> list[bytes]:
+        return [self.new_oid() for _ in range(count)]
 
     def getTid(self, oid: bytes) -> bytes:
         """The tid of the current revision of ``oid``."""

@@ -549,6 +549,18 @@ class SQLiteStorage(SchemaMixin, PackMixin, StorageBase):
             self._oid_next += 1
         return p64(oid)
 
+    def new_oids(self, count: int) -> list[bytes]:
+        self._check_writable()
+        oids: list[bytes] = []
+        with self._oid_lock:
+            while len(oids) < count:
+                if self._oid_next >= self._oid_end:
+                    self._reserve_oids()
+                first = self._oid_next
+                self._oid_next = min(self._oid_end, first + count - len(oids))
+                oids.extend(map(p64, range(first, self._oid_next)))
+        return oids
+
     def _reserve_oids(self) -> None:
         block = self._oid_block
         try:
