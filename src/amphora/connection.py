@@ -204,7 +204,8 @@ class Connection:
         records = self._records
         missing = []
         for oid in oids:
-            if oid not in self._prefetched and records.get(oid, self._start) is None:
+            if oid not in self._prefetched and oid not in self._sp_states \
+                    and records.get(oid, self._start) is None:
                 missing.append(oid)
         if missing:
             generation = records.generation()
@@ -310,11 +311,11 @@ class Connection:
     # -- the jar protocol (called by persistent) -------------------------------------
     def _load(self, oid: bytes) -> tuple[bytes, bytes]:
         """``(data, serial)`` of ``oid`` in this snapshot (or this transaction's savepoints)."""
+        if oid in self._sp_states:  # this transaction's own state wins over any record
+            return self._sp_states[oid], self._sp_serials[oid]
         found = self._prefetched.pop(oid, None)
         if found is not None:
             return found
-        if oid in self._sp_states:
-            return self._sp_states[oid], self._sp_serials[oid]
         records = self._records
         found = records.get(oid, self._start)
         if found is not None:
@@ -349,7 +350,8 @@ class Connection:
             if len(oids) >= _READ_AHEAD:
                 break
             obj = cache.get(other)
-            if obj is not None and obj._p_changed is None and other not in prefetched:
+            if obj is not None and obj._p_changed is None and other not in prefetched \
+                    and other not in self._sp_states:
                 oids.append(other)
         for one in oids:
             siblings_of.pop(one, None)
@@ -450,7 +452,9 @@ class Connection:
 
         # objects written at savepoints and not changed since
         for oid, data in self._sp_states.items():
-            obj = self._cache.get(oid) or self._added.get(oid)
+            obj = self._cache.get(oid)
+            if obj is None:
+                obj = self._added.get(oid)
             if obj is not None and obj._p_changed:
                 continue  # changed again: written below
             store(oid, self._sp_serials[oid], data, "", meta)
@@ -463,22 +467,36 @@ class Connection:
 
     def _store_objects(self, objs: list[Any], meta: Any, stored: set[bytes], store: Any) -> None:
         """Serialize and write ``objs`` and every new object they reach."""
+        queue = self._creating
+        pending = list(objs)
+        try:
+            self._store_pending(pending, meta, stored, store)
+        except BaseException:
+            queue.extend(pending)  # new objects among them are detached by the abort
+            raise
+
+    def _store_pending(self, pending: list[Any], meta: Any, stored: set[bytes],
+                       store: Any) -> None:
         serialize = self._writer.serialize
         cache = self._cache
         queue = self._creating
         sp_serials = self._sp_serials
         added = self._added
-        pending = list(objs)
         while pending or queue:
             if not pending:
-                pending, queue[:] = list(queue), []
+                pending.extend(queue)
+                queue.clear()
             obj = pending.pop()
             oid = obj._p_oid
             if oid in stored or obj._p_jar is not self:
                 continue
             if obj._p_changed is None:
                 continue  # a ghost (invalidated after a savepoint rollback)
-            data = serialize(obj)
+            try:
+                data = serialize(obj)
+            except BaseException:
+                pending.append(obj)
+                raise
             serial = obj._p_serial
             if sp_serials:
                 serial = sp_serials.get(oid, serial)
@@ -542,17 +560,19 @@ class Connection:
         """Forget this transaction's changes: new objects are detached, changed ones
         become ghosts (they reload their committed state when used)."""
         cache = self._cache
-        objs = self._registered + self._creating + self._stored_new + list(self._added.values())
+        new = self._creating + self._stored_new + list(self._added.values())
+        new_oids = {obj._p_oid for obj in new}
+        new_oids.update(oid for oid, serial in self._sp_serials.items() if serial == z64)
+        objs = self._registered + new
         objs += [obj for obj in map(cache.get, self._sp_states) if obj is not None]
         for obj in objs:
             oid = obj._p_oid
             if oid is None or obj._p_jar is not self:
                 continue
-            if obj._p_serial == z64:  # never committed
+            if oid in new_oids:  # never committed
                 if cache.get(oid) is obj:
                     del cache[oid]
-                obj._p_jar = None
-                obj._p_oid = None
+                _detach(obj)
             else:
                 cache.invalidate(oid)
 
@@ -573,8 +593,9 @@ class Connection:
         pass
 
     def afterCompletion(self, txn: Any) -> None:
-        if not getattr(self.transaction_manager, "explicit", False):
-            self._new_snapshot(sync=False)
+        # Even with an explicit transaction manager: after its own commit a connection
+        # must not load what that commit changed from the snapshot before it.
+        self._new_snapshot(sync=False)
 
     def newTransaction(self, txn: Any, sync: bool = True) -> None:
         self._new_snapshot(sync=sync)
@@ -589,6 +610,7 @@ class Connection:
             self._sp_serials.setdefault(oid, serial)
 
         self._creating.clear()
+        self._prefetched.clear()  # may hold an older state of what is written aside now
         self._store_objects(self._registered, None, stored, keep)
         for oid in stored:
             obj = self._cache.get(oid)
@@ -606,7 +628,7 @@ class Connection:
         for obj in list(self._added.values()) + self._creating:
             if obj._p_oid is not None and cache.get(obj._p_oid) is obj:
                 del cache[obj._p_oid]
-            obj._p_jar = obj._p_oid = None
+            _detach(obj)
         later = [oid for oid in self._sp_states if oid not in states]
         # written again at a later savepoint: the loaded state is newer than the one kept
         changed += [oid for oid, data in self._sp_states.items()
@@ -615,9 +637,10 @@ class Connection:
             obj = cache.get(oid)
             if obj is not None and self._sp_serials.get(oid) == z64:
                 del cache[oid]
-                obj._p_jar = obj._p_oid = None
+                _detach(obj)
             self._sp_serials.pop(oid, None)
         self._sp_states = dict(states)
+        self._prefetched.clear()  # may hold states of the savepoints rolled back
         self._registered = []
         self._added = {}
         self._creating.clear()
@@ -625,6 +648,16 @@ class Connection:
 
 
 _MAX_SIBLINGS = 100_000  # ghosts remembered for read-ahead, per connection
+
+
+def _detach(obj: Any) -> None:
+    """Make a new object free again (no jar, no oid), as before it met this connection.
+
+    ``del`` rather than assigning None: a jar of None would still be asked to register
+    the object's next change.
+    """
+    del obj._p_jar
+    del obj._p_oid
 
 
 _OID_POOL = 64  # oids a connection takes from the storage at a time

@@ -91,6 +91,9 @@ class DB:
             bound = _as_tid(before if before is not None else at)
             if at is not None:
                 bound = p64(u64(bound) + 1)
+            # A view of the future would change as commits arrive: no later than now.
+            self.storage.sync()
+            bound = min(bound, p64(u64(self.storage.lastTransaction()) + 1))
             conn = Connection(self, self.cache_size, self.cache_size_bytes, before=bound)
             conn._open(transaction_manager)
             return conn

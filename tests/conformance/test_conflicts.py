@@ -226,3 +226,21 @@ def test_new_objects_of_a_failed_commit_are_stored_when_the_transaction_is_retri
     second.transaction_manager.commit()
     with db.transaction() as conn:
         assert conn.root.item.child.value == "child"
+
+
+def test_new_objects_of_a_commit_that_fails_while_writing_are_stored_on_retry(db, connect):
+    """A commit that fails while pickling (an attribute that cannot be pickled) leaves no
+    new object half attached: after the abort and a fix, the retry stores them all."""
+    conn = connect()
+    first, second = Item("first"), Item("second")
+    second.unpicklable = lambda: None
+    conn.root.first, conn.root.second = first, second
+    with pytest.raises(Exception):
+        conn.transaction_manager.commit()
+    conn.transaction_manager.abort()
+    assert first._p_oid is None and second._p_oid is None
+    del second.unpicklable
+    conn.root.first, conn.root.second = first, second
+    conn.transaction_manager.commit()
+    with db.transaction() as other:
+        assert (other.root.first.value, other.root.second.value) == ("first", "second")

@@ -205,3 +205,38 @@ def test_a_historical_connection_can_be_closed(db, three_states):
     assert old.root.item.value == 3
     old.close()
     assert not old.opened
+
+
+def test_with_an_explicit_manager_a_connection_sees_its_own_commit_after_it(db):
+    """After its commit, a connection never reloads what it wrote from the snapshot before
+    the commit, even before the next explicit begin()."""
+    import transaction
+    manager = transaction.TransactionManager(explicit=True)
+    conn = db.open(manager)
+    manager.begin()
+    conn.root.item = Item(1)
+    manager.commit()
+    manager.begin()
+    conn.root.item.value = 2
+    manager.commit()
+    conn.cacheMinimize()
+    assert conn.root.item.value == 2
+    manager.begin()
+    assert conn.root.item.value == 2
+    manager.abort()
+    conn.close()
+
+
+def test_a_historical_view_of_the_future_does_not_change_as_commits_arrive(db, make_storage):
+    import datetime
+    make_storage.require("history", db.storage)
+    with db.transaction() as conn:
+        conn.root.a = Item(1)
+        conn.root.b = Item(1)
+    later = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=30)
+    view = db.open(at=later)
+    assert view.root.a.value == 1
+    with db.transaction() as conn:
+        conn.root.a.value = conn.root.b.value = 2
+    assert view.root.b.value == 1  # the view is "now" as of opening, not a moving target
+    view.close()

@@ -137,3 +137,63 @@ def test_abort_after_a_savepoint_discards_everything(db, conn):
     assert conn.root.item.value == "committed"
     assert "new" not in conn.root()
     assert committed(db, "new") is None
+
+
+def test_a_state_written_at_a_savepoint_survives_the_object_leaving_the_cache(db, connect):
+    """An object saved at a savepoint and then ghostified (cache minimized) comes back with
+    its savepoint state, also when its container reads it ahead with its siblings."""
+    from persistent.list import PersistentList
+    conn = connect()
+    conn.root.items = PersistentList([Item(i) for i in range(10)])
+    conn.transaction_manager.commit()
+    conn.root.items[5].value = "changed"
+    conn.transaction_manager.savepoint()
+    conn.cacheMinimize()
+    db.records.clear()  # so that the siblings really are read from the storage
+    assert [item.value for item in conn.root.items][5] == "changed"
+    conn.root.items[7].value = "also"
+    conn.transaction_manager.commit()
+    with db.transaction() as other:
+        assert [item.value for item in other.root.items][5:8] == ["changed", 6, "also"]
+
+
+def test_emptying_a_container_after_a_savepoint_is_committed(db, connect):
+    """An empty persistent container is falsy: it is still the object to write."""
+    from persistent.mapping import PersistentMapping
+    conn = connect()
+    conn.root.mapping = PersistentMapping({"a": 1})
+    conn.transaction_manager.commit()
+    conn.root.mapping["b"] = 2
+    conn.transaction_manager.savepoint()
+    conn.root.mapping.clear()
+    conn.transaction_manager.commit()
+    with db.transaction() as other:
+        assert dict(other.root.mapping) == {}
+
+
+def test_rollback_also_forgets_a_savepoint_state_already_fetched_for_a_ghost(db, conn):
+    manager = conn.transaction_manager
+    conn.root.other = Item("joins the transaction")
+    oid = conn.root.item._p_oid
+    first = manager.savepoint()
+    conn.root.item.value = "after the first savepoint"
+    manager.savepoint()
+    conn.cacheMinimize()
+    item = conn.get(oid)  # a ghost whose record is the later savepoint's state
+    first.rollback()
+    assert item.value == "committed"
+    manager.commit()
+    assert committed(db, "item") == "committed"
+
+
+def test_abort_keeps_a_committed_object_that_left_the_cache_attached(db, conn):
+    """A changed object saved at a savepoint, dropped from the cache and fetched again is
+    still the committed object after an abort (not mistaken for a new one)."""
+    oid = conn.root.item._p_oid
+    conn.root.item.value = "changed"
+    conn.transaction_manager.savepoint()
+    conn.cacheMinimize()
+    item = conn.get(oid)
+    conn.transaction_manager.abort()
+    assert item._p_jar is conn and item._p_oid == oid
+    assert item.value == "committed"

@@ -129,9 +129,11 @@ class MemoryStorage(StorageBase):
             datas.append(data)
             txn.records.append(DataRecord(oid, tid, None))
         self._transactions[tid] = txn
-        if func is not None:
-            func(tid)
-        self._ltid = tid
+        try:
+            if func is not None:
+                func(tid)
+        finally:
+            self._ltid = tid  # the data is in: publish the tid whatever func did
         return tid
 
     def _abort(self) -> None:
