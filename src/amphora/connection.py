@@ -35,7 +35,7 @@ import threading
 from typing import TYPE_CHECKING, Any, Iterable
 
 import transaction as transaction_module
-from persistent import PickleCache
+from persistent import Persistent, PickleCache
 from persistent.mapping import PersistentMapping
 
 from amphora.errors import (ConflictError, ConnectionStateError, CorruptRecordError,
@@ -193,7 +193,8 @@ class Connection:
         """
         oids = []
         for item in objs_or_oids:
-            items = item if isinstance(item, (list, tuple, set, frozenset)) else (item,)
+            # one object or oid, or any iterable of them (a list, a BTree's values() ...)
+            items = (item,) if isinstance(item, (bytes, Persistent)) else item
             for one in items:
                 if isinstance(one, bytes):
                     obj = self._cache.get(one)

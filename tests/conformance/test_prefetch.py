@@ -128,3 +128,22 @@ def test_reading_ghosts_one_by_one_costs_one_read_each_without_prefetch(items_db
         item.value
     reads = storage.load_counts.get("loadBefore", 0) + storage.load_counts.get("load_many", 0)
     assert 1 <= reads <= 5
+
+
+def test_prefetch_takes_any_iterable_of_objects_such_as_a_btrees_values(storage, connect):
+    from BTrees.OOBTree import OOBTree
+    db = amphora.DB(counting(storage), record_cache_bytes=0)
+    with db.transaction() as conn:
+        conn.root.tree = OOBTree({n: Item(n) for n in range(50)})
+    conn = connect(db)
+    tree = conn.root.tree
+    list(tree.keys())  # the buckets are loaded, the items are ghosts
+    conn.cacheMinimize()
+    list(tree.keys())
+    db.storage.load_counts.clear()
+    conn.prefetch(tree.values())
+    assert db.storage.load_counts == {"load_many": 1}
+    assert sum(item.value for item in tree.values()) == sum(range(50))
+    assert db.storage.load_counts == {"load_many": 1}
+    conn.close()
+    db.close()
