@@ -225,6 +225,7 @@ class Connection:
         if self.transaction_manager is not None and self._historical is None:
             self.transaction_manager.unregisterSynch(self)  # only current views registered
         self._opened = False
+        self._prefetched.clear()  # records read ahead but never used
         self._db._release(self)
 
     def __enter__(self) -> "Connection":
