@@ -74,6 +74,7 @@ class ObjectWriter:
         self._new_oid = new_oid
         self._on_new = on_new
         self._sink = _Sink()
+        self._persistent_id = _reference_function(jar, new_oid, on_new)
         self._pickler = self._new_pickler()
         # The class pickle of a record is the same for every instance of a class
         # without __getnewargs__: pickle it once.
@@ -83,34 +84,6 @@ class ObjectWriter:
         pickler = pickle.Pickler(self._sink, PROTOCOL)
         pickler.persistent_id = self._persistent_id
         return pickler
-
-    def _persistent_id(self, obj: Any) -> Any:
-        # Called by the pickler for every object in a state: keep the common case short.
-        if not isinstance(obj, _REFERENCE_TYPES) or isinstance(obj, type):
-            return None
-        if type(obj) is WeakRef:
-            target = obj._v_ob
-            oid = obj.oid if target is None else self._persistent_id(target)
-            return ["w", (oid[0] if isinstance(oid, tuple) else oid,)]
-        oid = obj._p_oid
-        jar = obj._p_jar
-        if jar is not self._jar:
-            if jar is not None:
-                raise AmphoraError(
-                    f"{type(obj).__name__} object (oid {oid!r}) belongs to another connection "
-                    "or database; a reference cannot cross connections")
-            if oid is None:
-                oid = obj._p_oid = self._new_oid()
-            obj._p_jar = self._jar
-            self._on_new(obj)
-        elif oid is None:
-            oid = obj._p_oid = self._new_oid()
-            self._on_new(obj)
-        klass = type(obj)
-        newargs = _newargs.get(klass)
-        if newargs is None:
-            newargs = _has_newargs(klass)
-        return oid if newargs else (oid, klass)
 
     def serialize(self, obj: Any) -> bytes:
         """The record for ``obj``."""
@@ -157,6 +130,45 @@ def _plain(state: dict) -> bool:
         if type(value) not in plain:
             return False
     return True
+
+
+def _reference_function(jar: Any, new_oid: Callable[[], bytes],
+                        on_new: Callable[[Any], None]) -> Callable[[Any], Any]:
+    """The ``persistent_id`` of a writer for ``jar``: None for an ordinary object, the
+    reference for a persistent one (giving new objects an oid and the jar, and passing
+    them to ``on_new``). A closure, because the pickler calls it for every object in a
+    state and local names are the fastest to reach."""
+    reference_types = _REFERENCE_TYPES
+    newargs_of = _newargs.get
+
+    def persistent_id(obj: Any) -> Any:
+        if not isinstance(obj, reference_types) or isinstance(obj, type):
+            return None
+        if type(obj) is WeakRef:
+            target = obj._v_ob
+            oid = obj.oid if target is None else persistent_id(target)
+            return ["w", (oid[0] if isinstance(oid, tuple) else oid,)]
+        oid = obj._p_oid
+        owner = obj._p_jar
+        if owner is not jar:
+            if owner is not None:
+                raise AmphoraError(
+                    f"{type(obj).__name__} object (oid {oid!r}) belongs to another connection "
+                    "or database; a reference cannot cross connections")
+            if oid is None:
+                oid = obj._p_oid = new_oid()
+            obj._p_jar = jar
+            on_new(obj)
+        elif oid is None:
+            oid = obj._p_oid = new_oid()
+            on_new(obj)
+        klass = type(obj)
+        newargs = newargs_of(klass)
+        if newargs is None:
+            newargs = _has_newargs(klass)
+        return oid if newargs else (oid, klass)
+
+    return persistent_id
 
 
 _newargs: dict[type, bool] = {}
