@@ -37,8 +37,6 @@ class RecordCache:
         self._bytes = 0
         self._lock = threading.Lock()
         self._generation = 0  # bumped by every invalidation
-        self.hits = 0
-        self.misses = 0
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -57,9 +55,7 @@ class RecordCache:
         if entry is not None:
             data, start, end = entry
             if start < before and (end is None or before <= end):
-                self.hits += 1
                 return data, start
-        self.misses += 1
         return None
 
     def put(self, oid: bytes, data: bytes, start: bytes, end: bytes | None,

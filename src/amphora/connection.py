@@ -209,10 +209,7 @@ class Connection:
                     and records.get(oid, self._start) is None:
                 missing.append(oid)
         if missing:
-            generation = records.generation()
-            for oid, (data, start, end) in self._storage.load_many(missing, self._start).items():
-                self._prefetched[oid] = (data, start)
-                records.put(oid, data, start, end, generation)
+            self._fetch(missing)
 
     def close(self) -> None:
         """Give the connection back to the database. Its objects stay usable only as far
@@ -357,10 +354,16 @@ class Connection:
                 oids.append(other)
         for one in oids:
             siblings_of.pop(one, None)
-        generation = self._records.generation()
-        for one, (data, start, end) in self._storage.load_many(oids, self._start).items():
-            prefetched[one] = (data, start)
-            self._records.put(one, data, start, end, generation)
+        self._fetch(oids)
+
+    def _fetch(self, oids: list[bytes]) -> None:
+        """Read the records of ``oids`` in one storage call, for their ghosts to use."""
+        records = self._records
+        generation = records.generation()
+        prefetched = self._prefetched
+        for oid, (data, start, end) in self._storage.load_many(oids, self._start).items():
+            prefetched[oid] = (data, start)
+            records.put(oid, data, start, end, generation)
 
     def setstate(self, obj: Any) -> None:
         """Load the state of the ghost ``obj``."""
@@ -673,10 +676,12 @@ class _Siblings:
 
     def __init__(self, oids: list[bytes]):
         self.oids = oids
-        self.position = {oid: i for i, oid in enumerate(oids)}
+        self.position: dict[bytes, int] | None = None  # made when first needed
 
     def following(self, oid: bytes, limit: int) -> list[bytes]:
         """Up to ``limit`` siblings after ``oid``."""
+        if self.position is None:
+            self.position = {one: i for i, one in enumerate(self.oids)}
         start = self.position[oid] + 1
         return self.oids[start:start + limit]
 

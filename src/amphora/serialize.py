@@ -28,7 +28,7 @@ from __future__ import annotations
 import io
 import pickle
 import pickletools
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 import zodbpickle.pickle as _zpickle
 from persistent import Persistent
@@ -342,11 +342,3 @@ def class_name_of(data: bytes) -> str:
     if len(strings) >= 2:
         return f"{strings[0]}.{strings[1]}"  # ((module, name), args)
     raise CorruptRecordError("a record names no class")
-
-
-def iter_references(records: Iterable[bytes]) -> set[bytes]:
-    """Every oid referenced by any of ``records``."""
-    found: list[bytes] = []
-    for data in records:
-        references(data, found)
-    return set(found)

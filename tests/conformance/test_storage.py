@@ -11,7 +11,6 @@ import time
 import pytest
 from transaction.interfaces import TransientError
 
-import amphora
 from amphora import (AmphoraError, ConflictError, ObjectNotFoundError, ReadConflictError,
                      ReadOnlyError, StorageTransactionError, TransactionMetaData)
 from amphora.serialize import references

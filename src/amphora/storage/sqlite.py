@@ -20,7 +20,7 @@ from amphora.errors import (CorruptRecordError, InvalidURIError, ObjectNotFoundE
                             ReadOnlyError, StorageError, StorageFormatError)
 from amphora.storage._sqlite_pack import PackMixin
 # FORMAT and SCHEMA_VERSION are importable from here too.
-from amphora.storage._sqlite_schema import FORMAT, SCHEMA_VERSION, SchemaMixin
+from amphora.storage._sqlite_schema import FORMAT, SCHEMA_VERSION, SchemaMixin  # noqa: F401
 from amphora.storage._sqlite_util import (_CHANGES_SINCE, _LAST_TID, _LOAD_CURRENT,
                                           _LOAD_SERIAL, _PRUNE_REPLACED, _pack, _split, _u,
                                           _unpack)
