@@ -66,8 +66,8 @@ _ARCHIVE_CURRENT = ("INSERT INTO revisions (oid, tid, end_tid, data)"
                     " SELECT oid, tid, ?, data FROM objects WHERE oid IN ({marks})")
 _RETAIN_CURRENT = ("INSERT INTO replaced (oid, tid, end_tid, data)"
                    " SELECT oid, tid, ?, data FROM objects WHERE oid IN ({marks})")
-_UPSERT_OBJECT = ("INSERT INTO objects (oid, tid, data) VALUES (?, ?, ?) ON CONFLICT (oid)"
-                  " DO UPDATE SET tid = excluded.tid, data = excluded.data")
+_UPSERT_OBJECTS = ("INSERT INTO objects (oid, tid, data) VALUES {values} ON CONFLICT (oid)"
+                   " DO UPDATE SET tid = excluded.tid, data = excluded.data")
 _INSERT_TRANSACTION = ("INSERT INTO transactions (tid, user, description, extension, oids)"
                        " VALUES (?, ?, ?, ?, ?)")
 _NEXT_OID = "SELECT value FROM amphora_meta WHERE key = 'next_oid'"
@@ -96,6 +96,18 @@ def _chunks(keys: list[int]) -> Iterator[list[int]]:
         yield _padded(keys[i:i + _BATCH])
 
 
+def _upsert_objects(conn: sqlite3.Connection, rows: list[tuple[int, int, bytes]]) -> None:
+    """Write ``rows`` (oid, tid, data) to ``objects``, many rows per statement (binding a
+    few hundred rows at once costs about half of one statement per row)."""
+    start = 0
+    for size in _UPSERT_SIZES:
+        sql = _UPSERT_OBJECTS_SQL[size]
+        while len(rows) - start >= size:
+            chunk = rows[start:start + size]
+            conn.execute(sql, [value for row in chunk for value in row])
+            start += size
+
+
 def _by_size(template: str) -> dict[int, str]:
     """``template`` with ``{marks}`` (``?,?,...``) or ``{rows}`` (``(?),(?),...``) filled in
     for every batch size."""
@@ -108,6 +120,9 @@ _LOAD_MANY_REVISIONS_SQL = _by_size(_LOAD_MANY_REVISIONS)
 _RECORDS_OF_SQL = _by_size(_RECORDS_OF)
 _CURRENT_SERIALS_SQL = _by_size(_CURRENT_SERIALS)
 _ARCHIVE_CURRENT_SQL = _by_size(_ARCHIVE_CURRENT)
+_UPSERT_SIZES = (256, 64, 16, 4, 1)  # rows per statement: one statement binds many rows
+_UPSERT_OBJECTS_SQL = {n: _UPSERT_OBJECTS.format(values=",".join(["(?,?,?)"] * n))
+                       for n in _UPSERT_SIZES}
 _RETAIN_CURRENT_SQL = _by_size(_RETAIN_CURRENT)
 
 
@@ -625,7 +640,7 @@ class SQLiteStorage(SchemaMixin, PackMixin, StorageBase):
         if not self.keep_history:  # replaced revisions stay only while they may resolve conflicts
             horizon = pack_tid(max(tid_time(tid) - self.conflict_window, 0))
             conn.execute(_PRUNE_REPLACED, (_u(horizon),))
-        conn.executemany(_UPSERT_OBJECT, rows)
+        _upsert_objects(conn, rows)
         user, description, extension = self._meta
         conn.execute(_INSERT_TRANSACTION, (tid_i, user, description, extension, b"".join(stores)))
         self._top_oid = rows[-1][0] if rows else -1  # rows are in oid order
