@@ -448,13 +448,9 @@ class Connection:
     def commit(self, txn: Any) -> None:
         meta = txn.data(self)
         storage = self._storage
-        stored: set[bytes] = set()
-        written = self._written = {}
-
-        def store(oid: bytes, serial: bytes, data: bytes, version: str, meta: Any) -> None:
-            storage.store(oid, serial, data, version, meta)
-            written[oid] = data
-
+        records: dict[bytes, bytes] = {}  # what this transaction writes, by oid
+        serials: dict[bytes, bytes] = {}  # the serial each of them was read at
+        self._written = records
         # objects written at savepoints and not changed since
         for oid, data in self._sp_states.items():
             obj = self._cache.get(oid)
@@ -462,38 +458,42 @@ class Connection:
                 obj = self._added.get(oid)
             if obj is not None and obj._p_changed:
                 continue  # changed again: written below
-            store(oid, self._sp_serials[oid], data, "", meta)
-            stored.add(oid)
-        self._store_objects(self._registered, meta, stored, store)
-        self._modified = list(stored)
+            records[oid] = data
+            serials[oid] = self._sp_serials[oid]
+        self._store_objects(self._registered, records, serials)
+        storage.store_many(records, serials, meta)
+        self._modified = list(records)
         for oid, serial in self._read_current.items():
-            if oid not in stored:  # a write checks its own serial, and may be resolved
+            if oid not in records:  # a write checks its own serial, and may be resolved
                 storage.checkCurrentSerialInTransaction(oid, serial, meta)
 
-    def _store_objects(self, objs: list[Any], meta: Any, stored: set[bytes], store: Any) -> None:
-        """Serialize and write ``objs`` and every new object they reach."""
+    def _store_objects(self, objs: list[Any], records: dict[bytes, bytes],
+                       serials: dict[bytes, bytes]) -> None:
+        """Serialize ``objs`` and every new object they reach into ``records`` (and the
+        serial each was read at into ``serials``)."""
         queue = self._creating
         pending = list(objs)
         try:
-            self._store_pending(pending, meta, stored, store)
+            self._store_pending(pending, records, serials)
         except BaseException:
             queue.extend(pending)  # new objects among them are detached by the abort
             raise
 
-    def _store_pending(self, pending: list[Any], meta: Any, stored: set[bytes],
-                       store: Any) -> None:
+    def _store_pending(self, pending: list[Any], records: dict[bytes, bytes],
+                       serials: dict[bytes, bytes]) -> None:
         serialize = self._writer.serialize
         cache = self._cache
         queue = self._creating
         sp_serials = self._sp_serials
         added = self._added
+        stored_new = self._stored_new
         while pending or queue:
             if not pending:
                 pending.extend(queue)
                 queue.clear()
             obj = pending.pop()
             oid = obj._p_oid
-            if oid in stored or obj._p_jar is not self:
+            if oid in records or obj._p_jar is not self:
                 continue
             if obj._p_changed is None:
                 continue  # a ghost (invalidated after a savepoint rollback)
@@ -505,10 +505,10 @@ class Connection:
             serial = obj._p_serial
             if sp_serials:
                 serial = sp_serials.get(oid, serial)
-            store(oid, serial, data, "", meta)
-            stored.add(oid)
+            records[oid] = data
+            serials[oid] = serial
             if serial == z64:
-                self._stored_new.append(obj)  # detached again if the commit fails
+                stored_new.append(obj)  # detached again if the commit fails
                 if cache.get(oid) is None:
                     cache[oid] = obj  # a new object joins the cache
             if added:
@@ -608,16 +608,15 @@ class Connection:
     # -- savepoints -------------------------------------------------------------------
     def savepoint(self) -> "_Savepoint":
         """Write the changes so far aside (in memory) so they can be rolled back to."""
-        stored: set[bytes] = set()
-
-        def keep(oid: bytes, serial: bytes, data: bytes, version: str, meta: Any) -> None:
-            self._sp_states[oid] = data
-            self._sp_serials.setdefault(oid, serial)
-
+        records: dict[bytes, bytes] = {}
+        serials: dict[bytes, bytes] = {}
         self._creating.clear()
         self._prefetched.clear()  # may hold an older state of what is written aside now
-        self._store_objects(self._registered, None, stored, keep)
-        for oid in stored:
+        self._store_objects(self._registered, records, serials)
+        self._sp_states.update(records)
+        for oid, serial in serials.items():
+            self._sp_serials.setdefault(oid, serial)
+        for oid in records:
             obj = self._cache.get(oid)
             if obj is not None and obj._p_changed:
                 obj._p_changed = False

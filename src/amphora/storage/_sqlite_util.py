@@ -30,5 +30,10 @@ def _u(value: bytes) -> int:
     return _unpack(value)[0]
 
 
+def _ints(packed: bytes) -> list[int]:
+    """The integers of 8-byte oids or tids joined into one string."""
+    return [value for (value,) in _int64.iter_unpack(packed)]
+
+
 def _split(oids: bytes) -> list[bytes]:
     return [oids[i:i + 8] for i in range(0, len(oids), 8)]

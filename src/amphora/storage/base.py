@@ -111,6 +111,11 @@ class Storage(Protocol):
         current and the conflict cannot be resolved.
         """
 
+    def store_many(self, records: Mapping[bytes, bytes], serials: Mapping[bytes, bytes],
+                   transaction: Any) -> None:
+        """``store`` for many records at once: ``records`` maps oids to data, ``serials``
+        maps the same oids to the tid each was read at (``z64`` if new)."""
+
     def checkCurrentSerialInTransaction(self, oid: bytes, serial: bytes, transaction: Any) -> None:
         """Fail the commit with :class:`ReadConflictError` unless ``serial`` is current."""
 
@@ -407,6 +412,32 @@ class StorageBase:
             self._serials[oid] = z64 if serial is None else serial
         stores[oid] = data
 
+    def store_many(self, records: Mapping[bytes, bytes], serials: Mapping[bytes, bytes],
+                   transaction: Any) -> None:
+        # A Connection's whole commit in one call: the checks of store, made over all.
+        if transaction is not self._transaction or transaction is None:
+            if self._read_only:
+                raise ReadOnlyError(f"{self.__name__} is read-only")
+            self._check_current(transaction)
+        if not records:
+            return
+        if records.keys() != serials.keys():
+            raise StorageError("store_many needs a serial for every record, and no other")
+        kinds = set(map(type, records.values()))
+        if kinds != {bytes}:
+            kinds.discard(bytes)
+            raise TypeError(f"record data must be bytes, not {kinds.pop().__name__}")
+        if set(map(len, records)) != {8}:
+            raise StorageError(
+                f"an oid is 8 bytes, not {next(o for o in records if len(o) != 8)!r}")
+        if None in serials.values():
+            serials = {oid: z64 if serial is None else serial for oid, serial in serials.items()}
+        if self._stores:  # a second store of an oid keeps the serial first read
+            first = self._serials
+            serials = {oid: first.get(oid, serial) for oid, serial in serials.items()}
+        self._serials.update(serials)
+        self._stores.update(records)
+
     def undo(self, transaction_id: bytes, transaction: Any) -> None:
         """Undo is not supported (``supports_undo`` is False)."""
         if self._read_only:
@@ -449,18 +480,23 @@ class StorageBase:
 
     # -- conflict checks, for _vote ----------------------------------------------------
     def _check_conflicts(self, committed: Mapping[bytes, bytes],
-                         load_serial: Callable[[bytes, bytes], bytes]) -> None:
+                         load_serial: Callable[[bytes, bytes], bytes],
+                         stale: list[bytes] | None = None) -> None:
         """Check read checks and stores against the committed serials; resolve or raise.
 
         ``committed`` maps the oids stored or checked in this transaction to their
         committed serial as seen under the storage's write lock (missing: never stored).
+        A storage that found the ``stale`` stores itself (those whose committed serial is
+        not the one read) passes them, and ``committed`` then needs to cover only those
+        and the read checks.
         """
         current = committed.get
         for oid, serial in self._checks.items():
             serial_now = current(oid, z64)
             if serial_now != serial:
                 raise ReadConflictError(oid=oid, serials=(serial_now, serial))
-        stale = [oid for oid, read in self._serials.items() if current(oid, z64) != read]
+        if stale is None:
+            stale = [oid for oid, read in self._serials.items() if current(oid, z64) != read]
         for oid in stale:  # usually none
             read = self._serials[oid]
             serial_now = current(oid, z64)

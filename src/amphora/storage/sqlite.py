@@ -13,6 +13,7 @@ import pathlib
 import sqlite3
 import threading
 import weakref
+from itertools import repeat
 from time import monotonic
 from typing import Any, Callable, Iterable, Iterator
 
@@ -22,8 +23,8 @@ from amphora.storage._sqlite_pack import PackMixin
 # FORMAT and SCHEMA_VERSION are importable from here too.
 from amphora.storage._sqlite_schema import FORMAT, SCHEMA_VERSION, SchemaMixin  # noqa: F401
 from amphora.storage._sqlite_util import (_CHANGES_SINCE, _LAST_TID, _LOAD_CURRENT,
-                                          _LOAD_SERIAL, _PRUNE_REPLACED, _pack, _split, _u,
-                                          _unpack)
+                                          _LOAD_SERIAL, _PRUNE_REPLACED, _ints, _pack, _split,
+                                          _u, _unpack)
 from amphora.storage.base import (DataRecord, StorageBase, TransactionRecord, history_entry,
                                   pack_tid)
 from amphora.utils import oid_repr, p64, tid_repr, tid_time, z64
@@ -618,24 +619,35 @@ class SQLiteStorage(SchemaMixin, PackMixin, StorageBase):
         """Check conflicts and write the transaction, inside the write transaction."""
         stores = self._stores
         last = conn.execute(_LAST_TID).fetchone()[0] or 0
-        keys = {oid: _unpack(oid)[0] for oid in stores.keys() | self._checks.keys()}
-        serials: dict[int, int] = {}  # oid -> committed tid, as seen under the write lock
-        for chunk in _chunks(list(keys.values())):
-            serials.update(conn.execute(_CURRENT_SERIALS_SQL[len(chunk)], chunk))
+        # Oids and serials as the integers stored, converted all at once
+        oids = list(stores)
+        keys = _ints(b"".join(oids))
+        reads = _ints(b"".join(map(self._serials.__getitem__, oids)))
+        check_oids = list(self._checks)
+        check_keys = _ints(b"".join(check_oids))
+        current: dict[int, int] = {}  # oid -> committed tid, as seen under the write lock
+        for chunk in _chunks(keys + check_keys):
+            current.update(conn.execute(_CURRENT_SERIALS_SQL[len(chunk)], chunk))
+        committed_tid = current.get
+        stale = [oid for oid, key, read in zip(oids, keys, reads)
+                 if committed_tid(key, 0) != read]  # usually none
+        committed = {oid: _pack(current[key])
+                     for oid, key in zip(stale + check_oids,
+                                         _ints(b"".join(stale)) + check_keys)
+                     if key in current}
 
         def load_serial(oid: bytes, serial: bytes) -> bytes:  # in this write transaction
             rows = conn.execute(_LOAD_SERIAL, (_u(oid), _u(serial))).fetchall()
             if not rows or rows[0][0].__class__ is not bytes:
                 raise ObjectNotFoundError(oid)
             return rows[0][0]
-        committed = {oid: _pack(serials[key]) for oid, key in keys.items() if key in serials}
-        self._check_conflicts(committed, load_serial)
+        self._check_conflicts(committed, load_serial, stale)
         tid = self._next_tid(max(_pack(last), self._ltid))
         tid_i = _u(tid)
         # in oid order: B-tree pages fill sequentially (denser file, less to write)
-        rows = sorted([(keys[oid], tid_i, data) for oid, data in stores.items()])
+        rows = sorted(zip(keys, repeat(tid_i), stores.values()))
         archive = _ARCHIVE_CURRENT_SQL if self.keep_history else _RETAIN_CURRENT_SQL
-        for chunk in _chunks([row[0] for row in rows if row[0] in serials]):
+        for chunk in _chunks(sorted(key for key in keys if key in current)):
             conn.execute(archive[len(chunk)], (tid_i, *chunk))
         if not self.keep_history:  # replaced revisions stay only while they may resolve conflicts
             horizon = pack_tid(max(tid_time(tid) - self.conflict_window, 0))
