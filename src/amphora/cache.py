@@ -21,11 +21,14 @@ Eviction is first-in first-out by estimated size (record bytes plus a fixed over
 from __future__ import annotations
 
 import threading
+from itertools import repeat
+from operator import itemgetter
 from typing import Iterable
 
 __all__ = ["RecordCache"]
 
 _OVERHEAD = 100  # bytes per entry beyond the record itself, roughly
+_data = itemgetter(0)  # of an entry
 
 
 class RecordCache:
@@ -89,10 +92,11 @@ class RecordCache:
             if self.max_bytes <= 0:
                 return
             entries = self._entries
-            replaced = [entries[oid][0] for oid in records.keys() & entries.keys()]
-            self._bytes += (sum(map(len, records.values())) - sum(map(len, replaced))
+            # C loops only: this runs for every record of every commit
+            replaced = list(filter(None, map(entries.get, records)))
+            self._bytes += (sum(map(len, records.values())) - sum(map(len, map(_data, replaced)))
                             + (len(records) - len(replaced)) * _OVERHEAD)
-            entries.update({oid: (data, tid, None) for oid, data in records.items()})
+            entries.update(zip(records, zip(records.values(), repeat(tid), repeat(None))))
             if self._bytes > self.max_bytes:
                 self._evict()
 

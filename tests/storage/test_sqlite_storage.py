@@ -17,8 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from amphora.errors import (ConflictError, CorruptRecordError, ObjectNotFoundError,
-                            ReadOnlyError, StorageError, StorageFormatError)
+from amphora.errors import (ConflictError, CorruptRecordError, InvalidURIError,
+                            ObjectNotFoundError, ReadOnlyError, StorageError,
+                            StorageFormatError)
 from amphora.storage.base import TransactionMetaData
 from amphora.storage.sqlite import SCHEMA_VERSION, SQLiteStorage
 from amphora.utils import maxtid, p64, u64, z64
@@ -180,6 +181,29 @@ def test_the_history_mode_is_fixed_when_the_file_is_created(path):
     reopened = SQLiteStorage(str(path))  # not asked: the file decides
     assert reopened.keep_history is False and reopened.supports_history is False
     reopened.close()
+
+
+def page_size_of(path: Path) -> int:
+    with open(path, "rb") as file:
+        return int.from_bytes(file.read(100)[16:18], "big")  # SQLite's file header
+
+
+def test_the_page_size_is_chosen_when_the_file_is_created(tmp_path):
+    make_amphora_file(tmp_path / "default.db")
+    assert page_size_of(tmp_path / "default.db") == 8192
+    make_amphora_file(tmp_path / "small.db", page_size=4096)
+    assert page_size_of(tmp_path / "small.db") == 4096
+    reopened = SQLiteStorage(str(tmp_path / "small.db"), page_size=16384)  # the file decides
+    commit(reopened, {z64: record("root again")}, {z64: reopened.load(z64)[1]})
+    reopened.close()
+    assert page_size_of(tmp_path / "small.db") == 4096
+
+
+@pytest.mark.parametrize("page_size", [1000, 256, 131072, True, "8192"])
+def test_a_bad_page_size_is_refused(path, page_size):
+    with pytest.raises(InvalidURIError, match="page_size"):
+        SQLiteStorage(str(path), page_size=page_size)
+    assert not path.exists()
 
 
 def test_data_survives_closing_and_reopening(path, storage):

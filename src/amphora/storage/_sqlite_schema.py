@@ -43,7 +43,7 @@ class SchemaMixin:
     schema, and checking that an existing file is an amphora database this version reads.
 
     Uses these attributes of the storage: ``_path`` (the absolute file name),
-    ``_read_only`` and ``_connect(read_only, create=False)`` (a new connection).
+    ``_page_size`` (for a new file), ``_read_only`` and ``_connect(read_only, create=False)`` (a new connection).
     """
 
     def _open(self, create: bool, keep_history: bool) -> dict[str, Any]:
@@ -107,6 +107,7 @@ class SchemaMixin:
         """Create the schema in a new or empty file (another process may race us)."""
         conn = self._connect(read_only=False, create=True)
         try:
+            conn.execute(f"PRAGMA page_size={int(self._page_size)}")  # new files only
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("BEGIN IMMEDIATE")
             try:
