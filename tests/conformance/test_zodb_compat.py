@@ -62,6 +62,33 @@ def test_zodb_db_reads_what_amphora_db_wrote(make_storage, storage):
         zdb.close()
 
 
+def test_amphora_reads_zodb_records_that_refer_to_their_class_pickle(make_storage, storage):
+    # ZODB pickles a record's class and state with one memo: a reference to an object of
+    # the same class (the next node, the next bucket) names the class through the memo
+    # entry of the record's class pickle.
+    zdb = ZODB.DB(storage)
+    manager = transaction.TransactionManager()
+    zconn = zdb.open(manager)
+    zconn.root()["chain"] = Node("a", Node("b", Node("c")))
+    zconn.root()["tree"] = OOBTree({f"k{n:04d}": Item(n) for n in range(500)})
+    manager.commit()
+    data = storage.loadBefore(zconn.root()["chain"]._p_oid, maxtid)[0]
+    assert b"h\x00" in data[data.index(b".") + 1:]  # BINGET 0: the class pickle's memo
+    assert references(data) == [zconn.root()["chain"].next._p_oid]  # for pack and GC
+    zconn.close()
+    if make_storage.durable:
+        zdb.close()
+    db = amphora.DB(make_storage.reopen(storage))
+    try:
+        with db.transaction() as conn:
+            chain = conn.root.chain
+            assert type(chain.next) is Node and chain.next.next.name == "c"
+            tree = conn.root.tree
+            assert [item.value for item in tree.values()] == list(range(500))
+    finally:
+        db.close()
+
+
 def test_amphora_db_reads_what_zodb_db_wrote(make_storage, storage):
     zdb = ZODB.DB(storage)
     manager = transaction.TransactionManager()
