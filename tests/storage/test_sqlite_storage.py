@@ -382,6 +382,33 @@ def test_history_free_still_detects_conflicts(path):
         storage.close()
 
 
+@pytest.mark.parametrize("keep_history", [True, False])
+def test_two_writers_creating_the_same_oid_conflict(path, keep_history):
+    # Two processes creating the root at once both store oid 0 as new: the second
+    # commit's insert meets the first one's row and must fail, leaving it intact.
+    first = SQLiteStorage(str(path), keep_history=keep_history)
+    second = SQLiteStorage(str(path), keep_history=keep_history)
+    try:
+        other = second.new_oid()
+        tid = commit(first, {z64: record("first root")})
+        txn = TransactionMetaData()
+        second.tpc_begin(txn)
+        second.store(other, z64, record("other"), "", txn)
+        second.store(z64, z64, record("second root"), "", txn)
+        with pytest.raises(ConflictError) as caught:
+            second.tpc_vote(txn)
+        second.tpc_abort(txn)
+        assert caught.value.oid == z64 and caught.value.serials == (tid, z64)
+        second.sync()
+        assert second.load(z64) == (record("first root"), tid)
+        with pytest.raises(ObjectNotFoundError):
+            second.load(other)
+        assert second.lastTransaction() == tid
+    finally:
+        first.close()
+        second.close()
+
+
 # -- invalidations between storage objects --------------------------------------------------
 
 

@@ -69,6 +69,7 @@ _RETAIN_CURRENT = ("INSERT INTO replaced (oid, tid, end_tid, data)"
                    " SELECT oid, tid, ?, data FROM objects WHERE oid IN ({marks})")
 _UPSERT_OBJECTS = ("INSERT INTO objects (oid, tid, data) VALUES {values} ON CONFLICT (oid)"
                    " DO UPDATE SET tid = excluded.tid, data = excluded.data")
+_INSERT_OBJECTS = "INSERT INTO objects (oid, tid, data) VALUES {values}"
 _INSERT_TRANSACTION = ("INSERT INTO transactions (tid, user, description, extension, oids)"
                        " VALUES (?, ?, ?, ?, ?)")
 _NEXT_OID = "SELECT value FROM amphora_meta WHERE key = 'next_oid'"
@@ -98,12 +99,13 @@ def _chunks(keys: list[int]) -> Iterator[list[int]]:
         yield _padded(keys[i:i + _BATCH])
 
 
-def _upsert_objects(conn: sqlite3.Connection, rows: list[tuple[int, int, bytes]]) -> None:
-    """Write ``rows`` (oid, tid, data) to ``objects``, many rows per statement (binding a
-    few hundred rows at once costs about half of one statement per row)."""
+def _write_objects(conn: sqlite3.Connection, rows: list[tuple[int, int, bytes]],
+                   statements: dict[int, str]) -> None:
+    """Write ``rows`` (oid, tid, data) to ``objects`` with ``statements`` (by rows each
+    binds): binding a few hundred rows at once costs about half of a statement per row."""
     start = 0
-    for size in _UPSERT_SIZES:
-        sql = _UPSERT_OBJECTS_SQL[size]
+    for size in _ROWS_PER_STATEMENT:
+        sql = statements[size]
         while len(rows) - start >= size:
             chunk = rows[start:start + size]
             conn.execute(sql, [value for row in chunk for value in row])
@@ -122,9 +124,11 @@ _LOAD_MANY_REVISIONS_SQL = _by_size(_LOAD_MANY_REVISIONS)
 _RECORDS_OF_SQL = _by_size(_RECORDS_OF)
 _CURRENT_SERIALS_SQL = _by_size(_CURRENT_SERIALS)
 _ARCHIVE_CURRENT_SQL = _by_size(_ARCHIVE_CURRENT)
-_UPSERT_SIZES = (256, 64, 16, 4, 1)  # rows per statement: one statement binds many rows
+_ROWS_PER_STATEMENT = (256, 64, 16, 4, 1)  # statements that write many rows at once
 _UPSERT_OBJECTS_SQL = {n: _UPSERT_OBJECTS.format(values=",".join(["(?,?,?)"] * n))
-                       for n in _UPSERT_SIZES}
+                       for n in _ROWS_PER_STATEMENT}
+_INSERT_OBJECTS_SQL = {n: _INSERT_OBJECTS.format(values=",".join(["(?,?,?)"] * n))
+                       for n in _ROWS_PER_STATEMENT}
 _RETAIN_CURRENT_SQL = _by_size(_RETAIN_CURRENT)
 
 
@@ -632,12 +636,14 @@ class SQLiteStorage(SchemaMixin, PackMixin, StorageBase):
         reads = _ints(b"".join(map(self._serials.__getitem__, oids)))
         check_oids = list(self._checks)
         check_keys = _ints(b"".join(check_oids))
-        current: dict[int, int] = {}  # oid -> committed tid, as seen under the write lock
-        for chunk in _chunks(keys + check_keys):
-            current.update(conn.execute(_CURRENT_SERIALS_SQL[len(chunk)], chunk))
+        # The committed serials of what was read. Objects new in this transaction (read
+        # as z64) are not looked up: their rows are inserted, and an insert finds a row
+        # some other transaction made with the same oid (the root, a restore).
+        current = self._current_serials(
+            conn, [key for key, read in zip(keys, reads) if read] + check_keys)
         committed_tid = current.get
         stale = [oid for oid, key, read in zip(oids, keys, reads)
-                 if committed_tid(key, 0) != read]  # usually none
+                 if read and committed_tid(key, 0) != read]  # usually none
         committed = {oid: _pack(current[key])
                      for oid, key in zip(stale + check_oids,
                                          _ints(b"".join(stale)) + check_keys)
@@ -652,17 +658,29 @@ class SQLiteStorage(SchemaMixin, PackMixin, StorageBase):
         tid = self._next_tid(max(_pack(last), self._ltid))
         tid_i = _u(tid)
         # in oid order: B-tree pages fill sequentially (denser file, less to write)
-        rows = sorted(zip(keys, repeat(tid_i), stores.values()))
+        replacing = sorted([(key, tid_i, data) for key, read, data
+                            in zip(keys, reads, stores.values()) if read])
+        creating = sorted([(key, tid_i, data) for key, read, data
+                           in zip(keys, reads, stores.values()) if not read])
         archive = _ARCHIVE_CURRENT_SQL if self.keep_history else _RETAIN_CURRENT_SQL
-        for chunk in _chunks(sorted(key for key in keys if key in current)):
+        for chunk in _chunks([row[0] for row in replacing]):
             conn.execute(archive[len(chunk)], (tid_i, *chunk))
         if not self.keep_history:  # replaced revisions stay only while they may resolve conflicts
             horizon = pack_tid(max(tid_time(tid) - self.conflict_window, 0))
             conn.execute(_PRUNE_REPLACED, (_u(horizon),))
-        _upsert_objects(conn, rows)
+        _write_objects(conn, replacing, _UPSERT_OBJECTS_SQL)
+        try:
+            _write_objects(conn, creating, _INSERT_OBJECTS_SQL)
+        except sqlite3.IntegrityError:  # an object stored as new exists: a conflict
+            found = self._current_serials(conn, [row[0] for row in creating])
+            stale = [oid for oid, key, read in zip(oids, keys, reads)
+                     if not read and key in found]
+            self._check_conflicts({oid: _pack(found[_u(oid)]) for oid in stale},
+                                  load_serial, stale)
+            raise  # not reached: new objects are never merged
         user, description, extension = self._meta
         conn.execute(_INSERT_TRANSACTION, (tid_i, user, description, extension, b"".join(stores)))
-        self._top_oid = rows[-1][0] if rows else -1  # rows are in oid order
+        self._top_oid = max(keys) if keys else -1
         if self._top_oid >= 0:  # oids stored without new_oid (restores, the root) are never
             conn.execute(_SET_NEXT_OID, (self._top_oid + 1,))  # handed out
         # Commits by others since our last sync: reported before ours, in tid order.
@@ -671,6 +689,14 @@ class SQLiteStorage(SchemaMixin, PackMixin, StorageBase):
             self._pending = conn.execute(_CHANGES_SINCE, (ltid,)).fetchall()
             self._pending_packed = conn.execute(_PACKED_THROUGH).fetchone()[0]
         self._voted_tid = tid
+
+    @staticmethod
+    def _current_serials(conn: sqlite3.Connection, keys: list[int]) -> dict[int, int]:
+        """oid -> committed tid of those of ``keys`` that are stored."""
+        current: dict[int, int] = {}
+        for chunk in _chunks(keys):
+            current.update(conn.execute(_CURRENT_SERIALS_SQL[len(chunk)], chunk))
+        return current
 
     def _rollback(self) -> None:
         conn = self._writer
