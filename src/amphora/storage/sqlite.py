@@ -585,7 +585,7 @@ class SQLiteStorage(SchemaMixin, PackMixin, StorageBase):
                     self._reserve_oids()
                 first = self._oid_next
                 self._oid_next = min(self._oid_end, first + count - len(oids))
-                oids.extend(map(p64, range(first, self._oid_next)))
+                oids.extend(map(_pack, range(first, self._oid_next)))
         return oids
 
     def _reserve_oids(self) -> None:
