@@ -306,6 +306,62 @@ def test_tpc_abort_after_vote_writes_nothing(storage):
     assert t2 > t1
 
 
+def test_store_many_writes_records_like_store(storage, three_revisions):
+    oid, (_t1, _t2, t3), _ = three_revisions
+    new = storage.new_oid()
+    meta = TransactionMetaData()
+    storage.tpc_begin(meta)
+    storage.store_many({oid: record("changed"), new: record("created")},
+                       {oid: t3, new: z64}, meta)
+    storage.tpc_vote(meta)
+    tid = storage.tpc_finish(meta)
+    assert storage.loadBefore(oid, maxtid) == (record("changed"), tid, None)
+    assert storage.loadBefore(new, maxtid) == (record("created"), tid, None)
+
+
+def test_store_many_detects_a_stale_serial_like_store(storage, three_revisions):
+    oid, (_t1, t2, t3), _ = three_revisions
+    meta = TransactionMetaData()
+    storage.tpc_begin(meta)
+    with pytest.raises(ConflictError) as info:
+        storage.store_many({oid: record("stale")}, {oid: t2}, meta)
+        storage.tpc_vote(meta)
+    storage.tpc_abort(meta)
+    assert info.value.oid == oid
+    assert storage.loadBefore(oid, maxtid)[1] == t3
+
+
+def test_store_many_after_store_keeps_the_serial_first_read(storage, three_revisions):
+    oid, (_t1, t2, t3), _ = three_revisions
+    meta = TransactionMetaData()
+    storage.tpc_begin(meta)
+    storage.store(oid, t2, record("first"), "", meta)
+    storage.store_many({oid: record("second")}, {oid: t3}, meta)  # t2 still counts
+    with pytest.raises(ConflictError):
+        storage.tpc_vote(meta)
+    storage.tpc_abort(meta)
+    assert storage.loadBefore(oid, maxtid)[1] == t3
+
+
+@pytest.mark.parametrize("records, serials, error, match", [
+    ({b"\0" * 8: "text"}, {b"\0" * 8: z64}, TypeError, "bytes, not str"),
+    ({b"short": b"data"}, {b"short": z64}, AmphoraError, "8 bytes"),
+    ({b"\0" * 8: b"data"}, {}, AmphoraError, "a serial for every record"),
+])
+def test_store_many_refuses_bad_records_and_writes_nothing(storage, records, serials, error,
+                                                           match):
+    meta = TransactionMetaData()
+    storage.tpc_begin(meta)
+    try:
+        with pytest.raises(error, match=match):
+            storage.store_many(records, serials, meta)
+    finally:
+        storage.tpc_abort(meta)
+    assert storage.lastTransaction() == z64
+    with pytest.raises(StorageTransactionError):  # outside a commit
+        storage.store_many({p64(1): record(1)}, {p64(1): z64}, TransactionMetaData())
+
+
 def test_tpc_abort_of_a_transaction_that_is_not_committing_is_harmless(storage):
     storage.tpc_abort(TransactionMetaData())
     write(storage, storage.new_oid(), record(1))
