@@ -15,10 +15,11 @@ from typing import Any
 from amphora.connection import Connection
 from amphora.db import DB
 from amphora.errors import (AmphoraError, ConflictError, ConnectionStateError,
-                            CorruptRecordError, InvalidURIError, ObjectNotFoundError,
-                            POSKeyError, ReadConflictError, ReadOnlyError,
-                            ReadOnlyHistoryError, StorageError, StorageFormatError,
-                            StorageTransactionError, Unsupported)
+                            CorruptRecordError, InvalidQueryError, InvalidURIError,
+                            MirrorError, ObjectNotFoundError, POSKeyError,
+                            ReadConflictError, ReadOnlyError, ReadOnlyHistoryError,
+                            StorageError, StorageFormatError, StorageTransactionError,
+                            Unsupported)
 from amphora.storage.base import Storage, TransactionMetaData
 from amphora.storage.memory import MemoryStorage
 from amphora.uri import DB_OPTIONS as _DB_OPTIONS
@@ -26,10 +27,10 @@ from amphora.uri import open_storage
 
 __all__ = [
     "AmphoraError", "ConflictError", "Connection", "ConnectionStateError", "CorruptRecordError",
-    "DB", "InvalidURIError", "MemoryStorage", "ObjectNotFoundError", "POSKeyError",
-    "ReadConflictError", "ReadOnlyError", "ReadOnlyHistoryError", "Storage", "StorageError",
-    "StorageFormatError", "StorageTransactionError", "TransactionMetaData", "Unsupported",
-    "open", "open_storage",
+    "DB", "InvalidQueryError", "InvalidURIError", "MemoryStorage", "MirrorError",
+    "ObjectNotFoundError", "POSKeyError", "ReadConflictError", "ReadOnlyError",
+    "ReadOnlyHistoryError", "Storage", "StorageError", "StorageFormatError",
+    "StorageTransactionError", "TransactionMetaData", "Unsupported", "open", "open_storage",
 ]
 
 

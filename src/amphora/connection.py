@@ -40,6 +40,7 @@ from persistent.mapping import PersistentMapping
 
 from amphora.errors import (ConflictError, ConnectionStateError, CorruptRecordError,
                             ObjectNotFoundError, ReadConflictError, ReadOnlyHistoryError)
+from amphora.search import ConnectionSearch
 from amphora.serialize import ObjectReader, ObjectWriter
 from amphora.storage.base import TransactionMetaData
 from amphora.utils import oid_repr, p64, tid_repr, u64, z64
@@ -87,7 +88,7 @@ class Root:
         return f"<root: {' '.join(sorted(map(str, self._mapping)))}>"
 
 
-class Connection:
+class Connection(ConnectionSearch):
     """A view of the database for one thread at a time; see the module docstring.
 
     Obtain one with ``db.open()``; give it back with ``conn.close()``.

@@ -22,6 +22,7 @@ from persistent.mapping import PersistentMapping
 from amphora.cache import RecordCache
 from amphora.connection import Connection
 from amphora.errors import ConflictError, ConnectionStateError, ObjectNotFoundError
+from amphora.search import DatabaseSearch
 from amphora.serialize import ObjectWriter, references
 from amphora.storage.base import Storage, TransactionMetaData
 from amphora.utils import maxtid, p64, tid_from_datetime, u64, z64
@@ -29,7 +30,7 @@ from amphora.utils import maxtid, p64, tid_from_datetime, u64, z64
 __all__ = ["DB"]
 
 
-class DB:
+class DB(DatabaseSearch):
     """An amphora database over ``storage``.
 
     ``cache_size`` is each connection's target number of objects in memory (0: no

@@ -17,6 +17,8 @@ Every error amphora raises derives from :class:`AmphoraError`::
      |    +-- ReadConflictError        ... or what it read (``readCurrent``, vanished objects)
      +-- ConnectionStateError          a closed connection, or one with pending changes
      +-- InvalidURIError (ValueError)  a URI amphora cannot open
+     +-- MirrorError                   the JSON mirror is missing or cannot do what was asked
+     |    +-- InvalidQueryError (ValueError)  SQL given to a search that the database refused
 
 :class:`ConflictError` is a :class:`transaction.interfaces.TransientError`, so
 ``transaction`` retry loops (``for attempt in transaction.manager.attempts()``) retry it.
@@ -37,7 +39,7 @@ __all__ = [
     "AmphoraError", "StorageError", "StorageFormatError", "CorruptRecordError",
     "StorageTransactionError", "ReadOnlyError", "ReadOnlyHistoryError", "Unsupported",
     "ObjectNotFoundError", "POSKeyError", "ConflictError", "ReadConflictError",
-    "ConnectionStateError", "InvalidURIError",
+    "ConnectionStateError", "InvalidURIError", "MirrorError", "InvalidQueryError",
 ]
 
 
@@ -166,3 +168,11 @@ class ConnectionStateError(AmphoraError, *_zodb_bases("ConnectionStateError")):
 
 class InvalidURIError(AmphoraError, ValueError):
     """The URI names no storage amphora can open, or has bad options."""
+
+
+class MirrorError(AmphoraError):
+    """The database has no JSON mirror, or its storage cannot keep one."""
+
+
+class InvalidQueryError(MirrorError, ValueError):
+    """A search's SQL, index definition or name was refused; the message says why."""

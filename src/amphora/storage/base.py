@@ -54,6 +54,7 @@ class Storage(Protocol):
     supports_history: bool   #: old revisions stay readable until pack
     supports_undo: bool      #: ``undo``/``undoLog`` (no amphora storage has it yet)
     supports_pack: bool      #: ``pack`` drops old revisions and garbage
+    supports_mirror: bool    #: keeps JSON documents of its objects for SQL search
     is_remote: bool          #: records cross a network
 
     # -- reading --------------------------------------------------------------------
@@ -290,6 +291,7 @@ class StorageBase:
 
     supports_history = True
     supports_undo = False
+    supports_mirror = False
     supports_pack = True
     is_remote = False
 

@@ -19,6 +19,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 from amphora.errors import (CorruptRecordError, InvalidURIError, ObjectNotFoundError,
                             ReadOnlyError, StorageError, StorageFormatError)
+from amphora.storage._sqlite_mirror import MirrorMixin
 from amphora.storage._sqlite_pack import PackMixin
 # FORMAT and SCHEMA_VERSION are importable from here too.
 from amphora.storage._sqlite_schema import FORMAT, SCHEMA_VERSION, SchemaMixin  # noqa: F401
@@ -151,7 +152,7 @@ class _Reader:
         self.started = 0.0
 
 
-class SQLiteStorage(SchemaMixin, PackMixin, StorageBase):
+class SQLiteStorage(SchemaMixin, PackMixin, MirrorMixin, StorageBase):
     """A storage in one SQLite file (WAL mode), shared safely by threads and processes.
 
     On-disk format (``schema_version`` 1)::
@@ -678,6 +679,7 @@ class SQLiteStorage(SchemaMixin, PackMixin, StorageBase):
             self._check_conflicts({oid: _pack(found[_u(oid)]) for oid in stale},
                                   load_serial, stale)
             raise  # not reached: new objects are never merged
+        self._mirror_commit(conn, replacing + creating)
         user, description, extension = self._meta
         conn.execute(_INSERT_TRANSACTION, (tid_i, user, description, extension, b"".join(stores)))
         self._top_oid = max(keys) if keys else -1

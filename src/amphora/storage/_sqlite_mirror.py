@@ -1,0 +1,301 @@
+"""The JSON mirror of an SQLite storage: every current record also as a JSON document.
+
+Private: a part of :class:`amphora.storage.sqlite.SQLiteStorage` (see :class:`MirrorMixin`).
+
+Once a file has a mirror (``create_mirror``), the table ``amphora_objects`` holds one row
+per current object::
+
+    amphora_objects(oid INTEGER PRIMARY KEY, tid INTEGER, class_name TEXT, state TEXT)
+
+``state`` is the JSON text :mod:`amphora.jsonpickle` makes of the record (SQLite's JSON
+functions and its ``->``/``->>`` operators read it). Every commit writes the rows of the
+records it writes in the same SQLite transaction, whichever process makes it: the
+``mirror`` key of ``amphora_meta`` says so, and a commit reads it under the write lock. A
+trigger removes the row of an object that pack removes. Indexes made with
+``create_mirror_index`` and ``create_text_index`` are ordinary SQLite indexes and FTS5
+tables over this table.
+"""
+from __future__ import annotations
+
+import re
+import sqlite3
+from typing import Any, Callable, Sequence
+
+from amphora.errors import InvalidQueryError, MirrorError
+
+__all__ = ["MirrorMixin", "qmark"]
+
+_CREATE_MIRROR = (
+    "CREATE TABLE IF NOT EXISTS amphora_objects (oid INTEGER PRIMARY KEY,"
+    " tid INTEGER NOT NULL, class_name TEXT NOT NULL, state TEXT NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS amphora_objects_class ON amphora_objects (class_name)",
+    # pack removes objects with a DELETE on `objects`: their documents go with them
+    "CREATE TRIGGER IF NOT EXISTS amphora_objects_gone AFTER DELETE ON objects"
+    " BEGIN DELETE FROM amphora_objects WHERE oid = old.oid; END",
+)
+_MIRROR_KEY = "SELECT value FROM amphora_meta WHERE key = 'mirror'"
+_SET_MIRROR = ("INSERT INTO amphora_meta (key, value) VALUES ('mirror', ?)"
+               " ON CONFLICT (key) DO UPDATE SET value = excluded.value")
+_DROP_MIRROR = ("DELETE FROM amphora_meta WHERE key = 'mirror'",
+                "DROP TRIGGER IF EXISTS amphora_objects_gone",
+                "DROP TABLE IF EXISTS amphora_objects")
+_OBJECTS_AFTER = "SELECT oid, tid, data FROM objects WHERE oid > ? ORDER BY oid LIMIT ?"
+_COUNT_OBJECTS = "SELECT count(*) FROM objects"
+# A row is only ever replaced by a newer revision's (a backfill may race a commit).
+_UPSERT_DOCUMENTS = (
+    "INSERT INTO amphora_objects (oid, tid, class_name, state) VALUES {values}"
+    " ON CONFLICT (oid) DO UPDATE SET tid = excluded.tid, class_name = excluded.class_name,"
+    " state = excluded.state WHERE excluded.tid >= amphora_objects.tid")
+_ROWS_PER_STATEMENT = (128, 32, 8, 1)
+_UPSERT_DOCUMENTS_SQL = {n: _UPSERT_DOCUMENTS.format(values=",".join(["(?,?,?,?)"] * n))
+                         for n in _ROWS_PER_STATEMENT}
+_BACKFILL_CHUNK = 500
+_INDEXES = ("SELECT name, sql FROM sqlite_master WHERE tbl_name = 'amphora_objects'"
+            " AND type = 'index' AND name != 'amphora_objects_class'")
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+_FIELD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*\Z")
+
+
+def qmark(sql: str) -> str:
+    """``sql`` written with ``%s`` placeholders (as for PostgreSQL) in SQLite's ``?`` style;
+    ``%%`` is a literal ``%``; quoted strings and identifiers are left alone."""
+    out: list[str] = []
+    i, n = 0, len(sql)
+    while i < n:
+        char = sql[i]
+        if char in "'\"":
+            end = i + 1
+            while True:
+                end = sql.find(char, end)
+                if end < 0:
+                    raise InvalidQueryError(f"unterminated quote in {sql!r}")
+                if end + 1 < n and sql[end + 1] == char:  # a doubled quote inside
+                    end += 2
+                    continue
+                break
+            out.append(sql[i:end + 1])
+            i = end + 1
+        elif char == "%" and i + 1 < n and sql[i + 1] in "s%":
+            out.append("?" if sql[i + 1] == "s" else "%")
+            i += 2
+        else:
+            out.append(char)
+            i += 1
+    return "".join(out)
+
+
+def check_name(name: str, what: str = "index name") -> str:
+    if not isinstance(name, str) or not _NAME.match(name) or name.lower().startswith("sqlite"):
+        raise InvalidQueryError(f"{what} must be a plain SQL identifier, not {name!r}")
+    return name
+
+
+def _documents(rows: Sequence[tuple[int, int, bytes]]) -> list[tuple[int, int, str, str]]:
+    from amphora.jsonpickle import record_to_json
+    documents = []
+    for key, tid, data in rows:
+        class_name, state = record_to_json(data)
+        documents.append((key, tid, class_name, state))
+    return documents
+
+
+def _write_documents(conn: sqlite3.Connection, documents: list[tuple[int, int, str, str]]) -> None:
+    start = 0
+    for size in _ROWS_PER_STATEMENT:
+        sql = _UPSERT_DOCUMENTS_SQL[size]
+        while len(documents) - start >= size:
+            chunk = documents[start:start + size]
+            conn.execute(sql, [value for row in chunk for value in row])
+            start += size
+
+
+class MirrorMixin:
+    """Part of :class:`~amphora.storage.sqlite.SQLiteStorage`: the JSON mirror.
+
+    Uses these attributes of the storage: ``_path``, ``_check_writable()``,
+    ``_connect(read_only)`` (a new connection, closed here), ``_error(exc)`` (the amphora
+    error for a driver error), and ``_write`` calls :meth:`_mirror_commit`.
+    """
+
+    supports_mirror = True
+
+    # -- state ------------------------------------------------------------------------
+    def has_mirror(self) -> bool:
+        """Whether the file keeps JSON documents of its objects."""
+        conn = self._connect(read_only=True)
+        try:
+            row = conn.execute(_MIRROR_KEY).fetchone()
+        except sqlite3.Error as exc:
+            raise self._error(exc) from exc
+        finally:
+            conn.close()
+        return row is not None and row[0] == "sync"
+
+    def _mirror_commit(self, conn: sqlite3.Connection,
+                       rows: Sequence[tuple[int, int, bytes]]) -> None:
+        """Inside a commit's write transaction: the documents of ``rows`` (oid, tid, data)
+        if the file has a mirror (asked under the write lock, so a mirror created by
+        another process is kept from its first commit on)."""
+        found = conn.execute(_MIRROR_KEY).fetchone()
+        if found is not None and found[0] == "sync" and rows:
+            _write_documents(conn, _documents(rows))
+
+    # -- making and dropping ------------------------------------------------------------
+    def create_mirror(self, progress: Callable[[int, int], None] | None = None) -> int:
+        """Give the file a mirror and write the documents of every current object (the
+        backfill, in write transactions of a few hundred objects, while others keep
+        committing). Calls ``progress(done, total)`` after each chunk; returns the number
+        of documents written. Creating an existing mirror completes it."""
+        self._check_writable()
+        writer = self._connect(read_only=False)
+        try:
+            self._in_write_transaction(writer, lambda: (
+                [writer.execute(statement) for statement in _CREATE_MIRROR],
+                writer.execute(_SET_MIRROR, ("sync",))))
+            return self._backfill(writer, progress)
+        except sqlite3.Error as exc:
+            raise self._error(exc) from exc
+        finally:
+            writer.close()
+
+    def rebuild_mirror(self, progress: Callable[[int, int], None] | None = None) -> int:
+        """Write every document again (after an upgrade of the JSON mapping, say)."""
+        if not self.has_mirror():
+            raise MirrorError(f"{self._path} has no mirror to rebuild")
+        return self.create_mirror(progress)
+
+    def drop_mirror(self) -> None:
+        """Remove the mirror, its indexes and text indexes."""
+        self._check_writable()
+        writer = self._connect(read_only=False)
+        try:
+            texts = [row[0] for row in writer.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table'"
+                " AND sql LIKE 'CREATE VIRTUAL TABLE % USING fts5%'").fetchall()]
+
+            def drop() -> None:
+                for name in texts:
+                    writer.execute(f"DROP TABLE IF EXISTS {name}")
+                for statement in _DROP_MIRROR:
+                    writer.execute(statement)
+            self._in_write_transaction(writer, drop)
+        except sqlite3.Error as exc:
+            raise self._error(exc) from exc
+        finally:
+            writer.close()
+
+    def _backfill(self, writer: sqlite3.Connection,
+                  progress: Callable[[int, int], None] | None) -> int:
+        total = writer.execute(_COUNT_OBJECTS).fetchone()[0]
+        done = 0
+        after = -(1 << 63)
+        while True:
+            def chunk() -> list:
+                rows = writer.execute(_OBJECTS_AFTER, (after, _BACKFILL_CHUNK)).fetchall()
+                _write_documents(writer, _documents(rows))
+                return rows
+            rows = self._in_write_transaction(writer, chunk)
+            if not rows:
+                return done
+            done += len(rows)
+            after = rows[-1][0]
+            if progress is not None:
+                progress(done, max(total, done))
+
+    @staticmethod
+    def _in_write_transaction(conn: sqlite3.Connection, work: Callable[[], Any]) -> Any:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            result = work()
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+        return result
+
+    # -- indexes ------------------------------------------------------------------------
+    def create_mirror_index(self, name: str, expression: str, class_name: str | None = None,
+                            unique: bool = False) -> None:
+        """An index on ``expression`` over ``amphora_objects`` (``lower(state->>'email')``),
+        only over objects of ``class_name`` when given."""
+        check_name(name)
+        where = " WHERE class_name = '" + _literal(class_name) + "'" if class_name else ""
+        kind = "UNIQUE INDEX" if unique else "INDEX"
+        self._mirror_ddl([f"CREATE {kind} IF NOT EXISTS {name} ON amphora_objects"
+                          f" (({expression})){where}"])
+
+    def create_text_index(self, name: str, fields: Sequence[str],
+                          class_name: str | None = None) -> None:
+        """A full-text index (SQLite FTS5) over the text of ``fields`` of each document
+        (names of keys of the state, dotted for nested ones), kept current by triggers."""
+        check_name(name)
+        if isinstance(fields, str) or not fields:
+            raise InvalidQueryError("fields must be a non-empty list of field names")
+        for field in fields:
+            if not isinstance(field, str) or not _FIELD.match(field):
+                raise InvalidQueryError(f"a text index field must be a name such as 'bio' "
+                                        f"or 'address.city', not {field!r}")
+        columns = [f"f{n}" for n in range(len(fields))]
+        values = ", ".join(f"new.state ->> '$.{field}'" for field in fields)
+        condition = f"new.class_name = '{_literal(class_name)}'" if class_name else "1"
+        select = ", ".join(f"state ->> '$.{field}'" for field in fields)
+        backfill_where = f" WHERE class_name = '{_literal(class_name)}'" if class_name else ""
+        self._mirror_ddl([
+            f"CREATE VIRTUAL TABLE {name} USING fts5({', '.join(columns)})",
+            f"INSERT INTO {name} (rowid, {', '.join(columns)}) SELECT oid, {select}"
+            f" FROM amphora_objects{backfill_where}",
+            f"CREATE TRIGGER {name}_insert AFTER INSERT ON amphora_objects WHEN {condition}"
+            f" BEGIN INSERT INTO {name} (rowid, {', '.join(columns)}) VALUES (new.oid, {values});"
+            " END",
+            f"CREATE TRIGGER {name}_update AFTER UPDATE ON amphora_objects BEGIN"
+            f" DELETE FROM {name} WHERE rowid = old.oid;"
+            f" INSERT INTO {name} (rowid, {', '.join(columns)}) SELECT new.oid, {values}"
+            f" WHERE {condition}; END",
+            f"CREATE TRIGGER {name}_delete AFTER DELETE ON amphora_objects BEGIN"
+            f" DELETE FROM {name} WHERE rowid = old.oid; END",
+        ])
+
+    def _mirror_ddl(self, statements: list[str]) -> None:
+        self._check_writable()
+        if not self.has_mirror():
+            raise MirrorError(f"{self._path} has no JSON mirror: create it first "
+                              "(db.create_mirror(), or `amphora mirror URI`)")
+        writer = self._connect(read_only=False)
+        try:
+            self._in_write_transaction(writer, lambda: [writer.execute(s) for s in statements])
+        except sqlite3.Error as exc:
+            raise InvalidQueryError(f"{exc} (in {statements[0]!r})") from exc
+        finally:
+            writer.close()
+
+    # -- queries ------------------------------------------------------------------------
+    def query_mirror(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+        """The rows of a read-only SQL query (``%s`` placeholders) over the mirror, as of
+        the latest commit."""
+        if not self.has_mirror():
+            raise MirrorError(f"{self._path} has no JSON mirror: create it first "
+                              "(db.create_mirror(), or `amphora mirror URI`)")
+        statement = qmark(sql)
+        conn = self._connect(read_only=True)
+        try:
+            conn.execute("PRAGMA query_only = 1")
+            return conn.execute(statement, tuple(params)).fetchall()
+        except (sqlite3.OperationalError, sqlite3.ProgrammingError,
+                sqlite3.IntegrityError) as exc:
+            raise InvalidQueryError(f"{exc} (in {sql!r})") from exc
+        except sqlite3.Error as exc:
+            raise self._error(exc) from exc
+        finally:
+            conn.close()
+
+    def text_query(self, name: str, query: str) -> tuple[str, list[Any]]:
+        """The SQL (``%s`` placeholders) and parameters selecting the oids of the matches
+        of ``query`` in text index ``name``, best first."""
+        check_name(name)
+        return f"SELECT rowid FROM {name} WHERE {name} MATCH %s ORDER BY rank", [query]
+
+
+def _literal(text: str) -> str:
+    if not isinstance(text, str):
+        raise InvalidQueryError(f"class_name must be a string, not {text!r}")
+    return text.replace("'", "''")

@@ -1,0 +1,188 @@
+"""SQL search over the JSON mirror, returning live objects: on every storage that can keep
+a mirror (the others refuse with MirrorError)."""
+from __future__ import annotations
+
+import pytest
+import transaction
+
+import amphora
+from amphora import InvalidQueryError, MirrorError
+
+from conformance.models import Item
+
+pytestmark = pytest.mark.timeout(60)
+
+PEOPLE = [
+    ("Ann", "Ann@Example.com", "writes python and databases", 41),
+    ("Bob", "bob@example.org", "plays the trumpet", 35),
+    ("Cid", "cid@example.com", "a database administrator who likes python", 29),
+    ("Dee", "dee@example.net", "python teacher", 52),
+]
+
+
+@pytest.fixture
+def mirrored(make_storage, storage):
+    if not getattr(storage, "supports_mirror", False):
+        pytest.skip(f"{make_storage.name} cannot keep a JSON mirror")
+    db = amphora.DB(storage)
+    with db.transaction() as conn:
+        for name, email, bio, age in PEOPLE:
+            conn.root()[name] = Item(name, email=email, bio=bio, age=age, tags={"x", name})
+    db.create_mirror()
+    yield db
+    db.close()
+
+
+def names(objects) -> list[str]:
+    return [obj.value for obj in objects]
+
+
+def test_a_storage_without_a_mirror_says_so(make_storage, storage):
+    if getattr(storage, "supports_mirror", False):
+        pytest.skip(f"{make_storage.name} can keep a mirror")
+    db = amphora.DB(storage)
+    try:
+        with pytest.raises(MirrorError, match="cannot keep a JSON mirror"):
+            db.create_mirror()
+        with pytest.raises(MirrorError):
+            db.open().where("1 = 1")
+        assert not db.has_mirror()
+    finally:
+        db.close()
+
+
+def test_where_returns_live_objects_of_the_connection(mirrored):
+    conn = mirrored.open()
+    found = conn.where("lower(state->>'email') = lower(%s)", "ANN@example.com")
+    assert names(found) == ["Ann"] and found.total == 1
+    assert found[0] is conn.root()["Ann"]  # the connection's own object
+    conn.close()
+
+
+def test_where_filters_orders_and_pages_with_a_total(mirrored):
+    conn = mirrored.open()
+    condition = "state->>'bio' LIKE %s"
+    everyone = conn.where(condition, "%python%", order_by="state->>'age'")
+    assert names(everyone) == ["Cid", "Ann", "Dee"] and everyone.total == 3
+    page = conn.where(condition, "%python%", order_by="state->>'age'", limit=2, offset=1)
+    assert names(page) == ["Ann", "Dee"] and page.total == 3
+    by_class = conn.where("1 = 1", class_name="conformance.models.Item")
+    assert sorted(names(by_class)) == ["Ann", "Bob", "Cid", "Dee"]
+    assert conn.where("1 = 1", class_name="no.such.Class").total == 0
+    conn.close()
+
+
+def test_commits_keep_the_mirror_current_and_pack_removes_documents(mirrored):
+    with mirrored.transaction() as conn:
+        conn.root()["Bob"].email = "robert@example.org"
+        conn.root()["Eve"] = Item("Eve", email="eve@example.com", bio="", age=30)
+        del conn.root()["Dee"]
+    rows = mirrored.query_data("SELECT state->>'email' FROM amphora_objects"
+                               " WHERE class_name = %s ORDER BY 1", "conformance.models.Item")
+    assert [row[0] for row in rows] == ["Ann@Example.com", "cid@example.com",
+                                        "dee@example.net", "eve@example.com",
+                                        "robert@example.org"]
+    dee = "SELECT count(*) FROM amphora_objects WHERE state->>'email' = %s"
+    assert mirrored.query_data(dee, "dee@example.net") == [(1,)]
+    mirrored.pack()  # Dee is no longer reachable: her document goes with her
+    assert mirrored.query_data(dee, "dee@example.net") == [(0,)]
+
+
+def test_a_search_from_an_older_snapshot_leaves_out_objects_it_cannot_see(mirrored):
+    manager = transaction.TransactionManager()
+    old = mirrored.open(manager)
+    manager.begin()
+    assert old.where("state->>'age' > 0").total == 4
+    with mirrored.transaction() as conn:
+        conn.root()["Fay"] = Item("Fay", email="fay@example.com", bio="", age=22)
+    found = old.where("state->>'email' LIKE %s", "%@example.com")
+    assert found.total == 3  # the mirror has Fay...
+    assert sorted(names(found)) == ["Ann", "Cid"]  # ... the snapshot does not
+    manager.abort()
+    old.close()
+
+
+def test_search_takes_any_query_whose_first_column_is_the_oid(mirrored):
+    conn = mirrored.open()
+    found = conn.search("SELECT oid FROM amphora_objects WHERE state->>'age' < %s"
+                        " ORDER BY state->>'age' DESC", 40)
+    assert names(found) == ["Bob", "Cid"]
+    with pytest.raises(InvalidQueryError, match="first column must be the oid"):
+        conn.search("SELECT class_name FROM amphora_objects")
+    conn.close()
+
+
+def test_query_data_returns_plain_rows(mirrored):
+    rows = mirrored.query_data("select class_name, count(*) from amphora_objects group by 1"
+                               " order by 1")
+    assert ("conformance.models.Item", 4) in rows
+    assert ("persistent.mapping.PersistentMapping", 1) in rows
+
+
+def test_an_expression_index_is_used_and_kept(mirrored):
+    mirrored.create_index("item_email", "lower(state->>'email')",
+                          class_name="conformance.models.Item")
+    plan = mirrored.query_data("EXPLAIN QUERY PLAN SELECT oid FROM amphora_objects"
+                               " WHERE lower(state->>'email') = %s"
+                               " AND class_name = 'conformance.models.Item'", "x")
+    assert "item_email" in " ".join(str(row) for row in plan)
+    with mirrored.transaction() as conn:
+        conn.root()["Gus"] = Item("Gus", email="GUS@example.com", bio="", age=60)
+    assert names(mirrored.open().where("lower(state->>'email') = %s",
+                                       "gus@example.com")) == ["Gus"]
+
+
+def test_full_text_search_finds_and_ranks_and_follows_commits(mirrored):
+    mirrored.create_text_index("item_text", ["value", "bio"])
+    conn = mirrored.open()
+    hits = conn.search_text("item_text", "database AND python")
+    assert sorted(names(hits)) == ["Cid"] and hits.total == 1
+    assert sorted(names(conn.search_text("item_text", "python"))) == ["Ann", "Cid", "Dee"]
+    conn.close()
+    with mirrored.transaction() as conn:
+        conn.root()["Bob"].bio = "python on the trumpet"
+        del conn.root()["Dee"]
+    mirrored.pack()
+    conn = mirrored.open()
+    assert sorted(names(conn.search_text("item_text", "python"))) == ["Ann", "Bob", "Cid"]
+    assert conn.search_text("item_text", "python", limit=1).total == 3
+    conn.close()
+
+
+def test_bad_sql_and_names_are_clear_errors_and_change_nothing(mirrored):
+    conn = mirrored.open()
+    with pytest.raises(InvalidQueryError, match="no such column"):
+        conn.where("nonsense_column = 1")
+    with pytest.raises(InvalidQueryError):
+        mirrored.query_data("DELETE FROM amphora_objects")
+    with pytest.raises(InvalidQueryError, match="identifier"):
+        mirrored.create_index("bad name; drop table objects", "1")
+    with pytest.raises(InvalidQueryError, match="field"):
+        mirrored.create_text_index("t", ["bio; drop"])
+    with pytest.raises(InvalidQueryError, match="limit"):
+        conn.where("1 = 1", limit=-1)
+    assert conn.where("1 = 1", class_name="conformance.models.Item").total == 4
+    conn.close()
+
+
+def test_a_mirror_created_later_covers_existing_objects_with_progress(make_storage, storage):
+    if not getattr(storage, "supports_mirror", False):
+        pytest.skip(f"{make_storage.name} cannot keep a JSON mirror")
+    db = amphora.DB(storage)
+    with db.transaction() as conn:
+        for n in range(1200):
+            conn.root()[f"k{n}"] = Item(n)
+    calls = []
+    written = db.create_mirror(progress=lambda done, total: calls.append((done, total)))
+    assert written == 1201 and calls[-1] == (1201, 1201) and len(calls) >= 3
+    assert db.query_data("SELECT count(*) FROM amphora_objects") == [(1201,)]
+    db.drop_mirror()
+    assert not db.has_mirror()
+    with pytest.raises(MirrorError, match="no JSON mirror"):
+        db.query_data("SELECT 1")
+    db.close()
+
+
+def test_placeholders_inside_quotes_are_left_alone(mirrored):
+    rows = mirrored.query_data("SELECT '%s', '100%%', %s", "value")
+    assert rows == [("%s", "100%%", "value")]
