@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import pgserver
 import pytest
 import transaction
 
@@ -70,6 +71,39 @@ def _sqlite(path: Path, **options: Any) -> Any:
     return SQLiteStorage(str(path), **options)
 
 
+def postgres_server() -> pgserver.PostgresServer:
+    """The session's PostgreSQL server (started on first use, stopped at the end).
+
+    Without PostgreSQL programs the test is skipped with the reason, except under CI,
+    where that is an error: CI must run every PostgreSQL test.
+    """
+    try:
+        return pgserver.server()
+    except pgserver.PostgresUnavailable as exc:
+        if pgserver.in_ci():
+            pytest.fail(f"PostgreSQL is required under CI: {exc}", pytrace=False)
+        pytest.skip(f"no PostgreSQL server for the tests: {exc}")
+
+
+def _postgresql_schema(path: Path) -> tuple[pgserver.PostgresServer, str]:
+    """The server, and the schema of ``path``: one per test and name, dropped after the test."""
+    server = postgres_server()
+    schema = pgserver.schema_for(str(path))
+    server.remember_schema(schema)
+    return server, schema
+
+
+def _postgresql(path: Path, **options: Any) -> Any:
+    from amphora.storage.postgresql import PostgreSQLStorage
+    server, schema = _postgresql_schema(path)
+    return PostgreSQLStorage(server.dsn(), schema=schema, **options)
+
+
+def _postgresql_uri(path: Path, **query: Any) -> str:
+    server, schema = _postgresql_schema(path)
+    return server.uri(schema=schema, **query)
+
+
 STORAGE_KINDS: list[StorageKind] = [
     StorageKind("memory", _memory, uri=lambda path: "memory://", durable=False,
                 module="amphora.storage.memory"),
@@ -78,6 +112,12 @@ STORAGE_KINDS: list[StorageKind] = [
     StorageKind("sqlite-history-free", _sqlite, durable=True, module="amphora.storage.sqlite",
                 options={"keep_history": False},
                 uri=lambda path: f"sqlite:///{path}?keep_history=false",
+                notes={"history": "keep_history=false", "pack": "keep_history=false"}),
+    StorageKind("postgresql", _postgresql, uri=_postgresql_uri, durable=True,
+                module="amphora.storage.postgresql"),
+    StorageKind("postgresql-history-free", _postgresql, durable=True,
+                module="amphora.storage.postgresql", options={"keep_history": False},
+                uri=lambda path: _postgresql_uri(path, keep_history="false"),
                 notes={"history": "keep_history=false", "pack": "keep_history=false"}),
 ]
 
@@ -188,6 +228,22 @@ def db(storage) -> amphora.DB:
     database = amphora.DB(storage)
     yield database
     database.close()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _postgres_server_lifetime():
+    """The PostgreSQL server, if a test started it, is stopped and deleted at the end."""
+    yield
+    pgserver.stop()
+
+
+@pytest.fixture(autouse=True)
+def _drop_postgresql_schemas():
+    """The schemas a test's PostgreSQL storages used are dropped after it."""
+    yield
+    server = pgserver.started()
+    if server is not None:
+        server.drop_schemas()
 
 
 @pytest.fixture(autouse=True)

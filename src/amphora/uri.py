@@ -5,6 +5,9 @@
 ``sqlite:///relative/path.db``              an SQLite file (path relative to the working
                                             directory: three slashes, then the path)
 ``sqlite:////absolute/path.db``             an SQLite file by absolute path (four slashes)
+``postgresql://user@host:port/dbname``      a PostgreSQL database (also ``postgres://``;
+                                            a password as ``user:password@``; a unix
+                                            socket directory as ``?host=/run/postgresql``)
 ==========================================  ==============================================
 
 Options go in the query string or as keyword arguments, e.g.
@@ -39,9 +42,43 @@ def _sqlite(path: str, **options: Any):
     return SQLiteStorage, dict(options, path=path[1:] if path.startswith("/") else path)
 
 
+#: libpq connection parameters a postgresql:// URI may give in its query string
+PG_CONNECTION_PARAMETERS = ("host", "hostaddr", "port", "user", "password", "dbname",
+                            "sslmode", "sslrootcert", "sslcert", "sslkey", "passfile",
+                            "application_name", "target_session_attrs")
+
+
+def _postgresql(path: str, **options: Any):
+    """``user[:password]@host[:port]/dbname`` and libpq parameters -> a connection string."""
+    from amphora.storage.postgresql import PostgreSQLStorage
+    from psycopg.conninfo import make_conninfo
+    location, _, dbname = path.partition("/")
+    userinfo, _, hostport = location.rpartition("@")
+    user, _, password = userinfo.partition(":")
+    if hostport.startswith("["):  # [IPv6]:port
+        host, _, port = hostport[1:].partition("]")
+        port = port.lstrip(":")
+    else:
+        host, _, port = hostport.partition(":")
+    if port and not port.isdigit():
+        raise InvalidURIError(f"a postgresql URI's port must be a number, not {port!r}")
+    params = {"host": host, "port": port, "user": user, "password": password,
+              "dbname": dbname.strip("/")}
+    for key in PG_CONNECTION_PARAMETERS:
+        if key in options:
+            params[key] = str(options.pop(key))
+    try:
+        dsn = make_conninfo(**{key: value for key, value in params.items() if value})
+    except Exception as exc:
+        raise InvalidURIError(f"bad postgresql URI: {exc}") from exc
+    return PostgreSQLStorage, dict(options, dsn=dsn)
+
+
 SCHEMES: dict[str, Callable[..., tuple[type, dict]]] = {
     "memory": _memory,
     "sqlite": _sqlite,
+    "postgresql": _postgresql,
+    "postgres": _postgresql,
 }
 
 
@@ -90,5 +127,5 @@ def open_storage(uri: str, read_only: bool = False, **options: Any):
     if unknown:
         raise InvalidURIError(
             f"unknown option(s) {', '.join(unknown)} for {scheme}:// storages; "
-            f"accepted: {', '.join(p for p in accepted if p not in ('path', 'name'))}")
+            f"accepted: {', '.join(p for p in accepted if p not in ('path', 'name', 'dsn'))}")
     return klass(**kwargs)

@@ -1,0 +1,141 @@
+"""Packing a PostgreSQL storage: old revisions, garbage and emptied transactions, in SQL.
+
+Private: a part of :class:`amphora.storage.postgresql.PostgreSQLStorage` (see
+:class:`PackMixin`).
+
+Garbage collection reads no record: every record carries its references (``refs``, filled
+at vote), so what the root reaches is one recursive query. Records whose references could
+not be read at vote (``refs`` is NULL: not a ZODB pickle) are scanned with the
+``referencesf`` given to :meth:`~PackMixin.pack` first; if it fails, pack fails before
+deleting anything.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from amphora.serialize import references as record_references
+from amphora.storage._pg_schema import _u
+from amphora.storage.base import pack_tid
+
+__all__ = ["PackMixin"]
+
+_LAST_TID = "SELECT coalesce(max(tid), 0) FROM transactions"
+_DELETE_SUPERSEDED = "DELETE FROM revisions WHERE end_tid <= %s"
+_DELETE_REPLACED_BEFORE = "DELETE FROM replaced WHERE end_tid <= %s"
+_UNSCANNED = ("SELECT 'o', oid, tid, data FROM objects WHERE refs IS NULL"
+              " UNION ALL SELECT 'r', oid, tid, data FROM revisions WHERE refs IS NULL")
+_SET_OBJECT_REFS = "UPDATE objects SET refs = %s::bigint[] WHERE oid = %s AND tid = %s"
+_SET_REVISION_REFS = "UPDATE revisions SET refs = %s::bigint[] WHERE oid = %s AND tid = %s"
+
+# Objects no kept revision reaches from the root (oid 0), whose first kept revision is at
+# or before the pack time (%s): a snapshot's candidates, checked again under the lock.
+_FIND_GARBAGE = """
+CREATE TEMPORARY TABLE pack_garbage AS
+WITH RECURSIVE live(oid) AS (
+    SELECT oid FROM objects WHERE oid = 0
+  UNION
+    SELECT ref FROM live,
+      LATERAL (SELECT refs FROM objects WHERE oid = live.oid
+               UNION ALL SELECT refs FROM revisions WHERE oid = live.oid) AS k,
+      unnest(k.refs) AS ref
+)
+SELECT o.oid FROM objects AS o
+WHERE NOT EXISTS (SELECT 1 FROM live WHERE live.oid = o.oid)
+  AND least(o.tid, (SELECT min(r.tid) FROM revisions AS r WHERE r.oid = o.oid)) <= %s
+"""
+# Under the commit lock: candidates that records committed since the walk (tid > %s)
+# refer to stay, with every candidate they reach.
+_RESCUE = """
+WITH RECURSIVE rescued(oid) AS (
+    SELECT ref FROM (SELECT refs FROM objects WHERE tid > %(seen)s
+                     UNION ALL SELECT refs FROM revisions WHERE tid > %(seen)s) AS k,
+      unnest(k.refs) AS ref
+    WHERE ref IN (SELECT oid FROM pack_garbage)
+  UNION
+    SELECT ref FROM rescued,
+      LATERAL (SELECT refs FROM objects WHERE oid = rescued.oid
+               UNION ALL SELECT refs FROM revisions WHERE oid = rescued.oid) AS k,
+      unnest(k.refs) AS ref
+    WHERE ref IN (SELECT oid FROM pack_garbage)
+)
+DELETE FROM pack_garbage WHERE oid IN (SELECT oid FROM rescued)
+"""
+_DELETE_GARBAGE = (
+    "DELETE FROM objects WHERE oid IN (SELECT oid FROM pack_garbage)",
+    "DELETE FROM revisions WHERE oid IN (SELECT oid FROM pack_garbage)",
+    "DELETE FROM replaced WHERE oid IN (SELECT oid FROM pack_garbage)",
+)
+# Transaction rows before %s without any record left (the last one always stays).
+_TRIM_TRANSACTIONS = """
+WITH gone AS (
+  DELETE FROM transactions AS t WHERE t.tid < %s
+    AND NOT EXISTS (SELECT 1 FROM objects AS o WHERE o.tid = t.tid)
+    AND NOT EXISTS (SELECT 1 FROM revisions AS r WHERE r.tid = t.tid)
+  RETURNING t.tid, length(t.oids) AS size
+)
+SELECT coalesce(max(tid) FILTER (WHERE size > 0), 0) FROM gone
+"""
+_SET_PACKED_THROUGH = ("UPDATE amphora_meta SET value = %s::text WHERE key = 'packed_through'"
+                       " AND value::bigint < %s")
+
+
+class PackMixin:
+    """Part of :class:`~amphora.storage.postgresql.PostgreSQLStorage`: ``pack``.
+
+    Uses these attributes of the storage: ``_check_writable()``, ``_connect(autocommit)``
+    (a new connection, closed here), ``_commit_lock_sql`` (the statement that takes the
+    commit lock in a transaction) and ``_error(exc)``.
+    """
+
+    def pack(self, pack_time: float, referencesf: Callable | None = None, gc: bool = True) -> None:
+        """Drop revisions replaced at or before ``pack_time`` and, with ``gc``, objects no
+        kept revision reaches from the root (objects whose first kept revision is after
+        ``pack_time`` stay). Other threads and processes keep reading and committing:
+        the commit lock is held only while garbage is checked again and deleted.
+        Transaction rows left without records (before ``pack_time``, except the last) are
+        removed too."""
+        import psycopg
+        self._check_writable()
+        refs_of = referencesf or record_references
+        conn = None
+        try:
+            conn = self._connect(autocommit=True)
+            last = conn.execute(_LAST_TID).fetchone()[0]
+            # Nothing committed from here on has a tid at or below `cutoff`.
+            cutoff = min(_u(pack_tid(pack_time)), last)
+            conn.execute(_DELETE_SUPERSEDED, (cutoff,))
+            conn.execute(_DELETE_REPLACED_BEFORE, (cutoff,))  # history-free: the same rule
+            if gc:
+                self._scan_unscanned(conn, refs_of)
+                self._collect_garbage(conn, cutoff)
+            packed = conn.execute(_TRIM_TRANSACTIONS, (min(cutoff, last),)).fetchone()[0]
+            if packed:  # instances that had not seen these cannot learn their oids any more
+                conn.execute(_SET_PACKED_THROUGH, (packed, packed))
+        except psycopg.Error as exc:
+            raise self._error(exc) from exc
+        finally:
+            if conn is not None:
+                conn.close()
+
+    @staticmethod
+    def _scan_unscanned(conn: Any, refs_of: Callable) -> None:
+        """Fill ``refs`` of records written without them, with ``refs_of``."""
+        rows = conn.execute(_UNSCANNED, binary=True).fetchall()
+        for table, oid, tid, data in rows:
+            refs = [_u(ref) for ref in refs_of(bytes(data)) if len(ref) == 8]
+            sql = _SET_OBJECT_REFS if table == "o" else _SET_REVISION_REFS
+            conn.execute(sql, (refs, oid, tid))
+
+    def _collect_garbage(self, conn: Any, cutoff: int) -> None:
+        with conn.transaction():  # the walk: one snapshot, no lock
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            seen = conn.execute(_LAST_TID).fetchone()[0]
+            conn.execute(_FIND_GARBAGE, (cutoff,))
+        try:
+            with conn.transaction():
+                conn.execute(self._commit_lock_sql)
+                conn.execute(_RESCUE, {"seen": seen})
+                for statement in _DELETE_GARBAGE:
+                    conn.execute(statement)
+        finally:
+            conn.execute("DROP TABLE IF EXISTS pack_garbage")

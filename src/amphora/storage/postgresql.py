@@ -1,0 +1,642 @@
+"""The PostgreSQL storage: the path past one machine (replication, managed services).
+
+Any number of processes on any number of machines share one database; PostgreSQL's MVCC
+lets them read while one of them commits. Uses psycopg 3 (``pip install
+amphora[postgresql]``).
+"""
+from __future__ import annotations
+
+import re
+import threading
+import weakref
+from typing import Any, Callable, Iterable, Iterator
+
+from amphora.errors import (CorruptRecordError, InvalidURIError, ObjectNotFoundError,
+                            ReadOnlyError, StorageError, StorageFormatError)
+from amphora.serialize import references as record_references
+from amphora.storage._pg_pack import PackMixin
+# FORMAT and SCHEMA_VERSION are importable from here too.
+from amphora.storage._pg_schema import (FORMAT, SCHEMA_VERSION, SchemaMixin,  # noqa: F401
+                                        _ints, _pack, _split, _u, _unpack)
+from amphora.storage.base import (DataRecord, StorageBase, TransactionRecord, history_entry,
+                                  pack_tid)
+from amphora.utils import oid_repr, tid_repr, tid_time, z64
+
+__all__ = ["PostgreSQLStorage", "PostgreSQLConnectionError"]
+
+# -- reading --------------------------------------------------------------------------------
+# One statement (one snapshot) answers a loadBefore: the current row, and the revision
+# current before %(b)s when the current row is not older than that.
+_LOAD_BEFORE = """
+SELECT o.tid, CASE WHEN o.tid < %(b)s THEN o.data END, r.tid, r.end_tid, r.data
+FROM objects AS o LEFT JOIN LATERAL (
+  SELECT tid, end_tid, data FROM revisions
+  WHERE oid = o.oid AND tid < %(b)s AND o.tid >= %(b)s ORDER BY tid DESC LIMIT 1
+) AS r ON true
+WHERE o.oid = %(o)s"""
+_LOAD_MANY = """
+SELECT o.oid, o.tid, CASE WHEN o.tid < %(b)s THEN o.data END, r.tid, r.end_tid, r.data
+FROM objects AS o LEFT JOIN LATERAL (
+  SELECT tid, end_tid, data FROM revisions
+  WHERE oid = o.oid AND tid < %(b)s AND o.tid >= %(b)s ORDER BY tid DESC LIMIT 1
+) AS r ON true
+WHERE o.oid = ANY(%(o)s::bigint[])"""
+_LOAD_SERIAL = """
+SELECT data FROM objects WHERE oid = %(o)s AND tid = %(t)s
+UNION ALL SELECT data FROM revisions WHERE oid = %(o)s AND tid = %(t)s
+UNION ALL SELECT data FROM replaced WHERE oid = %(o)s AND tid = %(t)s LIMIT 1"""
+_HISTORY = """
+SELECT x.tid, length(x.data), t.username, t.description, t.extension FROM
+ (SELECT tid, data FROM objects WHERE oid = %(o)s
+  UNION ALL SELECT tid, data FROM revisions WHERE oid = %(o)s) AS x
+ LEFT JOIN transactions AS t ON t.tid = x.tid ORDER BY x.tid DESC LIMIT %(n)s"""
+_LAST_TID = "SELECT coalesce(max(tid), 0) FROM transactions"
+_CHANGES_SINCE = "SELECT tid, oids FROM transactions WHERE tid > %s ORDER BY tid"
+_PACKED_THROUGH = "SELECT value::bigint FROM amphora_meta WHERE key = 'packed_through'"
+_TRANSACTIONS = ("SELECT tid, username, description, extension, oids FROM transactions"
+                 " WHERE tid >= %s AND tid <= %s ORDER BY tid LIMIT %s")
+_RECORDS_OF = """
+SELECT oid, data FROM objects WHERE oid = ANY(%(o)s::bigint[]) AND tid = %(t)s
+UNION ALL SELECT oid, data FROM revisions WHERE oid = ANY(%(o)s::bigint[]) AND tid = %(t)s"""
+_COUNT_OBJECTS = "SELECT count(*) FROM objects"
+_SIZE = ("SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0)::bigint FROM pg_class AS c"
+         " JOIN pg_namespace AS n ON n.oid = c.relnamespace"
+         " WHERE n.nspname = current_schema() AND c.relkind = 'r'")
+
+# -- writing --------------------------------------------------------------------------------
+_COMMIT_LOCK = "SELECT pg_advisory_xact_lock(hashtext('amphora-commit:' || current_schema()))"
+# Run after the lock (its own statement, so it sees every commit made before the lock):
+# the last tid (oid NULL), then the committed serial of each oid asked for.
+_LAST_AND_SERIALS = ("SELECT NULL::bigint, coalesce(max(tid), 0) FROM transactions"
+                     " UNION ALL SELECT oid, tid FROM objects WHERE oid = ANY(%s::bigint[])")
+_CURRENT_SERIALS = "SELECT oid, tid FROM objects WHERE oid = ANY(%s::bigint[])"
+_ARCHIVE_CURRENT = ("INSERT INTO revisions (oid, tid, end_tid, data, refs)"
+                    " SELECT oid, tid, %s, data, refs FROM objects WHERE oid = ANY(%s::bigint[])")
+_RETAIN_CURRENT = ("INSERT INTO replaced (oid, tid, end_tid, data)"
+                   " SELECT oid, tid, %s, data FROM objects WHERE oid = ANY(%s::bigint[])")
+_PRUNE_REPLACED = "DELETE FROM replaced WHERE end_tid < %s"
+_ROWS = "unnest(%(oids)s::bigint[], %(datas)s::bytea[], %(refs)s::text[]) AS x(oid, data, refs)"
+_UPSERT_OBJECTS = (f"INSERT INTO objects (oid, tid, data, refs)"
+                   f" SELECT oid, %(tid)s, data, refs::bigint[] FROM {_ROWS}"
+                   f" ON CONFLICT (oid) DO UPDATE"
+                   f" SET tid = excluded.tid, data = excluded.data, refs = excluded.refs")
+# New objects: a row some other transaction made meanwhile (the root, a restore) is a
+# conflict, found by the rows not returned.
+_INSERT_OBJECTS = (f"INSERT INTO objects (oid, tid, data, refs)"
+                   f" SELECT oid, %(tid)s, data, refs::bigint[] FROM {_ROWS}"
+                   f" ON CONFLICT (oid) DO NOTHING RETURNING oid")
+_INSERT_TRANSACTION = ("INSERT INTO transactions (tid, username, description, extension, oids)"
+                       " VALUES (%s, %s, %s, %s, %s)")
+_NOTIFY = "SELECT pg_notify(%s, %s)"
+_NEXT_OIDS = "SELECT nextval('oid_seq') FROM generate_series(1, %s)"
+# oids stored without new_oid (the root, restores) are never handed out
+_PASS_OID = "SELECT setval('oid_seq', %s) FROM oid_seq WHERE last_value < %s"
+
+_BATCH = 1000                        # oids per statement in batched reads
+_OID_BLOCK = 64                      # oids first reserved per round trip to the sequence
+_OID_BLOCK_MAX = 4096                # ... doubling with each reservation up to this
+_TXN_CHUNK = 100                     # transactions read per query while iterating
+_MAX_INT = (1 << 63) - 1
+_SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}\Z")
+
+
+class PostgreSQLConnectionError(StorageError):
+    """The PostgreSQL server cannot be reached or refused us (no such database, bad
+    credentials, not running). The message names host, port, database and user."""
+
+
+def _refs_literal(data: bytes) -> str | None:
+    """The references of a record as a PostgreSQL array literal (None: not a pickle)."""
+    try:
+        refs = record_references(data)
+    except CorruptRecordError:
+        return None
+    if not refs:
+        return "{}"
+    return "{" + ",".join([str(_unpack(ref)[0]) for ref in refs if len(ref) == 8]) + "}"
+
+
+class _Reader:
+    """One thread's autocommit connection: each read is one statement, one snapshot."""
+
+    __slots__ = ("conn", "__weakref__")
+
+    def __init__(self, conn: Any):
+        self.conn = conn
+
+
+class PostgreSQLStorage(SchemaMixin, PackMixin, StorageBase):
+    """A storage in a PostgreSQL database, shared by any number of processes.
+
+    Tables (``schema_version`` 1), in the schema ``schema`` (``public`` by default; every
+    connection's ``search_path`` is set to it, so one database can hold several storages)::
+
+        amphora_meta(key text PRIMARY KEY, value text)
+            format='amphora-postgresql', schema_version=1, keep_history=1|0,
+            packed_through=<largest tid of a transaction row removed by pack>
+        objects(oid bigint PRIMARY KEY, tid bigint, data bytea, refs bigint[])
+            the current revision of every object; ``refs`` are the oids its record
+            refers to (NULL for a record that is not a ZODB pickle), for pack
+        revisions(oid, tid, end_tid, data, refs), PRIMARY KEY (oid, tid)
+            history-preserving mode: replaced revisions, kept until pack; ``end_tid`` is
+            the tid of the revision that replaced it
+        replaced(oid, tid, end_tid, data), PRIMARY KEY (oid, tid)
+            history-free mode: replaced revisions, kept ``conflict_window`` seconds for
+            conflict resolution only (``loadSerial``; never ``loadBefore``)
+        transactions(tid bigint PRIMARY KEY, username bytea, description bytea,
+                     extension bytea, oids bytea)
+            one row per commit; ``oids`` is the concatenated 8-byte oids it wrote, which
+            is how other processes learn what to invalidate. Pack removes rows left
+            without records (never the last one).
+        oid_seq
+            the sequence oids are handed out from (in blocks)
+
+    Oids and tids are the signed 64-bit integers with the same 8 bytes; ``data`` is the
+    record exactly as stored.
+
+    Concurrency: reads use one autocommit connection per thread; each load is one
+    statement, so it sees one consistent snapshot and never waits. A commit holds the
+    storage's commit lock from ``tpc_begin``; ``tpc_vote`` opens a transaction, takes an
+    advisory lock (``pg_advisory_xact_lock``) that serializes writers of this schema
+    across processes, checks conflicts against what is committed under it, picks a tid
+    above every committed tid and writes; ``tpc_finish`` commits, which is the
+    durability point, and the commit sends ``NOTIFY amphora_<schema>`` with its tid.
+    ``sync()`` reports transactions committed elsewhere to the registered database, in
+    tid order, before ``lastTransaction()`` shows them (one indexed query);
+    :meth:`poll` waits for such a commit, woken by the notification.
+
+    ``keep_history=None`` takes the mode the schema was created with (history-preserving
+    for a new one); asking for the other mode raises :class:`StorageFormatError`, as
+    does a schema holding anything but an amphora database of a known version (left
+    untouched). A server that cannot be reached, or refuses the connection, raises
+    :class:`PostgreSQLConnectionError`.
+    """
+
+    supports_undo = False
+    supports_pack = True
+    is_remote = True
+    #: history-free mode: seconds a replaced revision stays readable by ``loadSerial``, so
+    #: that a transaction that read it can still have its conflicts resolved
+    conflict_window = 60.0
+
+    def __init__(self, dsn: str = "", read_only: bool = False, keep_history: bool | None = None,
+                 schema: str = "public", resolve_conflicts: bool = True, create: bool = True,
+                 connect_timeout: float = 10.0):
+        if keep_history not in (None, True, False):
+            raise InvalidURIError(f"keep_history must be true or false, not {keep_history!r}")
+        if not isinstance(schema, str) or not _SCHEMA_NAME.match(schema):
+            raise InvalidURIError(f"schema must be a lower-case SQL name (letters, digits, _), "
+                                  f"not {schema!r}")
+        if isinstance(connect_timeout, bool) or not isinstance(connect_timeout, (int, float)) \
+                or connect_timeout <= 0:
+            raise InvalidURIError(f"connect_timeout must be a number of seconds, "
+                                  f"not {connect_timeout!r}")
+        try:
+            import psycopg
+            from psycopg.conninfo import conninfo_to_dict
+        except ImportError as exc:
+            raise StorageError("the PostgreSQL storage needs psycopg 3: "
+                               "pip install 'amphora[postgresql]'") from exc
+        self._psycopg = psycopg
+        try:
+            params = conninfo_to_dict(dsn)
+        except psycopg.ProgrammingError as exc:
+            raise InvalidURIError(f"not a PostgreSQL connection string: {exc}") from exc
+        self.dsn = dsn
+        self.schema = schema
+        self._connect_timeout = connect_timeout
+        self._where = _describe(params)
+        super().__init__(f"{self._where}?schema={schema}", read_only, resolve_conflicts)
+        self._channel = f"amphora_{schema}"[:63]
+        self._local = threading.local()
+        self._readers: weakref.WeakSet[_Reader] = weakref.WeakSet()
+        self._readers_lock = threading.Lock()
+        self._oid_lock = threading.Lock()
+        self._oids: list[int] = []   # reserved, not yet handed out (ascending)
+        self._oid_block = _OID_BLOCK
+        self._pending: list[tuple[int, bytes]] = []  # others' commits found at vote
+        self._pending_packed = 0
+        self._voted_tid: bytes | None = None
+        self._top_oid = -1
+        self._ltid = z64
+        self._writer: Any = None
+        self._poller: Any = None
+        self._waiter: Any = None
+        self._waiter_lock = threading.Lock()
+        try:
+            meta = self._open(create, True if keep_history is None else bool(keep_history))
+            self.keep_history = self._check_meta(meta, keep_history)
+            self.supports_history = self.keep_history
+            self._poller = self._connect(autocommit=True)
+            last = self._poller.execute(_LAST_TID).fetchone()[0]
+        except psycopg.Error as exc:
+            self._close_connections()
+            raise self._error(exc) from exc
+        except BaseException:
+            self._close_connections()
+            raise
+        self._ltid = _pack(last) if last else z64
+
+    # -- connections and errors --------------------------------------------------------
+    @property
+    def _commit_lock_sql(self) -> str:
+        return _COMMIT_LOCK
+
+    def _connect(self, autocommit: bool) -> Any:
+        """A new connection whose ``search_path`` is the storage's schema."""
+        psycopg = self._psycopg
+        try:
+            return psycopg.connect(self.dsn, autocommit=autocommit,
+                                   connect_timeout=max(1, round(self._connect_timeout)),
+                                   options=f"-c search_path={self.schema}")
+        except psycopg.OperationalError as exc:
+            raise PostgreSQLConnectionError(
+                f"cannot connect to PostgreSQL at {self._where}: "
+                f"{_first_line(exc)}") from None
+
+    def _error(self, exc: Exception) -> StorageError:
+        """The amphora error for a driver error: the one place they are translated."""
+        if isinstance(exc, StorageError):
+            return exc
+        errors = self._psycopg.errors
+        text = _first_line(exc)
+        if self._closed:
+            return StorageError(f"{self.__name__} is closed")
+        if isinstance(exc, (errors.ReadOnlySqlTransaction, errors.InsufficientPrivilege)):
+            return ReadOnlyError(f"{self._where}: {text}")
+        if isinstance(exc, (errors.UndefinedTable, errors.UndefinedColumn,
+                            errors.InvalidSchemaName)):
+            return StorageFormatError(f"{self._where} schema {self.schema!r}: not (or no "
+                                      f"longer) an amphora database ({text})")
+        if isinstance(exc, self._psycopg.OperationalError):
+            return PostgreSQLConnectionError(f"PostgreSQL at {self._where}: {text}")
+        return StorageError(f"{self._where}: {text}")
+
+    def _reader(self) -> Any:
+        """This thread's autocommit connection."""
+        try:
+            return self._local.reader.conn
+        except AttributeError:
+            pass
+        if self._closed:
+            raise StorageError(f"{self.__name__} is closed")
+        reader = _Reader(self._connect(autocommit=True))
+        self._local.reader = reader
+        with self._readers_lock:
+            self._readers.add(reader)
+        return reader.conn
+
+    def _query(self, sql: str, params: Any = (), binary: bool = False) -> list:
+        """All rows of ``sql`` on this thread's connection."""
+        try:
+            return self._reader().execute(sql, params, binary=binary).fetchall()
+        except self._psycopg.Error as exc:
+            self._drop_broken_reader()
+            raise self._error(exc) from exc
+
+    def _drop_broken_reader(self) -> None:
+        reader = getattr(self._local, "reader", None)
+        if reader is not None and reader.conn.broken:
+            del self._local.reader
+            reader.conn.close()
+
+    # -- reading --------------------------------------------------------------------
+    def lastTransaction(self) -> bytes:
+        with self._lock:
+            return self._ltid
+
+    def loadBefore(self, oid: bytes, tid: bytes) -> tuple[bytes, bytes, bytes | None] | None:
+        rows = self._query(_LOAD_BEFORE, {"o": _unpack(oid)[0], "b": _unpack(tid)[0]},
+                           binary=True)
+        if not rows:
+            raise ObjectNotFoundError(oid)
+        current, data, start, end, old = rows[0]
+        if data is not None:
+            return data, _pack(current), None
+        if start is None:
+            return None
+        return old, _pack(start), _pack(end)
+
+    def load_many(self, oids: Iterable[bytes], before: bytes
+                  ) -> dict[bytes, tuple[bytes, bytes, bytes | None]]:
+        """``loadBefore`` for many oids, one query per thousand."""
+        before_i = _unpack(before)[0]
+        wanted = {_unpack(oid)[0]: oid for oid in oids}
+        keys = list(wanted)
+        found: dict[bytes, tuple[bytes, bytes, bytes | None]] = {}
+        for i in range(0, len(keys), _BATCH):
+            rows = self._query(_LOAD_MANY, {"o": keys[i:i + _BATCH], "b": before_i},
+                               binary=True)
+            for key, current, data, start, end, old in rows:
+                if data is not None:
+                    found[wanted[key]] = (data, _pack(current), None)
+                elif start is not None:
+                    found[wanted[key]] = (old, _pack(start), _pack(end))
+        return found
+
+    def loadSerial(self, oid: bytes, serial: bytes) -> bytes:
+        rows = self._query(_LOAD_SERIAL, {"o": _u(oid), "t": _u(serial)}, binary=True)
+        if not rows:
+            raise ObjectNotFoundError(oid)
+        return rows[0][0]
+
+    def history(self, oid: bytes, size: int | None = 1) -> list[dict[str, Any]]:
+        limit = None if size is None else max(size, 1)
+        rows = self._query(_HISTORY, {"o": _u(oid), "n": limit}, binary=True)
+        if not rows:
+            raise ObjectNotFoundError(oid)
+        entries = [history_entry(_pack(tid), user, description, extension, length)
+                   for tid, length, user, description, extension in rows]
+        return entries if size is None else entries[:max(size, 0)]
+
+    def iterator(self, start: bytes | None = None, stop: bytes | None = None
+                 ) -> Iterator[TransactionRecord]:
+        """Transactions with ``start <= tid <= stop``, read in chunks; transactions
+        committed after this call are not included."""
+        last = self._query(_LAST_TID)[0][0]
+        low = 0 if start is None else _u(start)
+        high = min(_MAX_INT if stop is None else _u(stop), last)
+        return self._iterate(low, high)
+
+    def _iterate(self, low: int, high: int) -> Iterator[TransactionRecord]:
+        while low <= high:
+            rows = self._query(_TRANSACTIONS, (low, high, _TXN_CHUNK), binary=True)
+            for tid, user, description, extension, oids in rows:
+                yield TransactionRecord(_pack(tid), " ", user, description, extension,
+                                        self._records_of(tid, oids))
+            if len(rows) < _TXN_CHUNK:
+                return
+            low = rows[-1][0] + 1
+
+    def _records_of(self, tid: int, oids: bytes) -> list[DataRecord]:
+        """The records transaction ``tid`` wrote that are still stored, in store order."""
+        wanted = _split(oids)
+        keys = _ints(oids)
+        datas: dict[int, bytes] = {}
+        for i in range(0, len(keys), _BATCH):
+            datas.update(self._query(_RECORDS_OF, {"o": keys[i:i + _BATCH], "t": tid},
+                                     binary=True))
+        tid_bytes = _pack(tid)
+        return [DataRecord(oid, tid_bytes, datas[key])
+                for oid, key in zip(wanted, keys) if key in datas]
+
+    def __len__(self) -> int:
+        return self._query(_COUNT_OBJECTS)[0][0]
+
+    def getSize(self) -> int:
+        """The size in bytes of the storage's tables and their indexes."""
+        return self._query(_SIZE)[0][0]
+
+    # -- invalidations --------------------------------------------------------------
+    def sync(self) -> None:
+        """Report transactions committed by others since the last report.
+
+        Each goes to ``wrapper.invalidate(tid, oids)`` in tid order before
+        ``lastTransaction()`` returns it; if pack removed some of them unseen,
+        ``wrapper.invalidateCache()`` is called first. Costs one indexed query that
+        returns no row when nothing changed.
+        """
+        with self._lock:
+            conn = self._poller
+            if conn is None or self._closed:
+                raise StorageError(f"{self.__name__} is closed")
+            try:
+                rows = conn.execute(_CHANGES_SINCE, (_u(self._ltid),), binary=True).fetchall()
+                packed = conn.execute(_PACKED_THROUGH).fetchone()[0] if rows else 0
+            except self._psycopg.Error as exc:
+                if conn.broken:  # the next sync reconnects
+                    self._poller = self._connect(autocommit=True)
+                raise self._error(exc) from exc
+            self._deliver(rows, packed)
+
+    def poll(self, timeout: float | None = None) -> bool:
+        """Wait up to ``timeout`` seconds (None: no limit) until another process or storage
+        object commits, then :meth:`sync`. True if new transactions were reported.
+
+        Woken by the ``NOTIFY`` each commit sends, so it neither spins nor queries while
+        nothing happens; a commit made before the call is reported at once.
+        """
+        with self._waiter_lock:
+            try:
+                if self._waiter is None:
+                    waiter = self._connect(autocommit=True)
+                    from psycopg import sql
+                    waiter.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self._channel)))
+                    self._waiter = waiter
+                before = self.lastTransaction()
+                self.sync()  # commits made before LISTEN took effect, or since the last poll
+                if self.lastTransaction() != before:
+                    return True
+                for _ in self._waiter.notifies(timeout=timeout, stop_after=1):
+                    break
+            except self._psycopg.Error as exc:
+                raise self._error(exc) from exc
+        self.sync()
+        return self.lastTransaction() != before
+
+    def _deliver(self, rows: list[tuple[int, bytes]], packed_through: int) -> None:
+        """Tell the wrapper about others' commits ``rows`` newer than ``_ltid`` (holding
+        ``_lock``), then publish them."""
+        ltid = _u(self._ltid)
+        rows = [row for row in rows if row[0] > ltid]
+        if not rows:
+            return
+        wrapper = self._wrapper
+        if wrapper is not None:
+            if packed_through > ltid:
+                invalidate_cache = getattr(wrapper, "invalidateCache", None)
+                if invalidate_cache is not None:
+                    invalidate_cache()
+            for tid, oids in rows:
+                wrapper.invalidate(_pack(tid), _split(oids))
+        self._ltid = _pack(rows[-1][0])
+
+    # -- writing --------------------------------------------------------------------
+    def new_oid(self) -> bytes:
+        """A new oid, unique across every process using the database (from ``oid_seq``,
+        reserved in blocks)."""
+        return self.new_oids(1)[0]
+
+    def new_oids(self, count: int) -> list[bytes]:
+        self._check_writable()
+        with self._oid_lock:
+            while len(self._oids) < count:
+                self._reserve_oids(max(self._oid_block, count - len(self._oids)))
+            taken, self._oids = self._oids[:count], self._oids[count:]
+        return [_pack(oid) for oid in taken]
+
+    def _reserve_oids(self, block: int) -> None:
+        rows = self._query(_NEXT_OIDS, (block,))
+        self._oids.extend(oid for (oid,) in rows)
+        # A process that uses oids fast reserves bigger blocks (fewer round trips);
+        # unused oids of a block are simply never used.
+        self._oid_block = min(self._oid_block * 2, _OID_BLOCK_MAX)
+
+    def _vote(self) -> None:
+        psycopg = self._psycopg
+        try:
+            if self._writer is None:
+                self._writer = self._connect(autocommit=False)
+            conn = self._writer
+            self._write(conn)
+        except psycopg.Error as exc:
+            self._rollback()
+            raise self._error(exc) from exc
+        except BaseException:
+            self._rollback()
+            raise
+
+    def _write(self, conn: Any) -> None:
+        """Check conflicts and write the transaction, inside one database transaction."""
+        stores = self._stores
+        oids = list(stores)
+        keys = _ints(b"".join(oids))
+        reads = _ints(b"".join(map(self._serials.__getitem__, oids)))
+        check_oids = list(self._checks)
+        check_keys = _ints(b"".join(check_oids))
+        # The commit lock, then (a statement of its own, so that it sees every commit
+        # made before the lock) the last tid and the committed serials of what was read.
+        # Objects new in this transaction (read as z64) are not looked up: an insert
+        # finds a row some other transaction made with the same oid.
+        with conn.pipeline():
+            conn.execute(_COMMIT_LOCK)
+            cursor = conn.execute(_LAST_AND_SERIALS, (
+                [key for key, read in zip(keys, reads) if read] + check_keys,))
+        rows = cursor.fetchall()
+        last = rows[0][1]
+        current = dict(rows[1:])
+        committed_tid = current.get
+        stale = [oid for oid, key, read in zip(oids, keys, reads)
+                 if read and committed_tid(key, 0) != read]  # usually none
+        committed = {oid: _pack(current[key])
+                     for oid, key in zip(stale + check_oids, _ints(b"".join(stale)) + check_keys)
+                     if key in current}
+
+        def load_serial(oid: bytes, serial: bytes) -> bytes:  # in this write transaction
+            found = conn.execute(_LOAD_SERIAL, {"o": _u(oid), "t": _u(serial)},
+                                 binary=True).fetchall()
+            if not found:
+                raise ObjectNotFoundError(oid)
+            return found[0][0]
+        self._check_conflicts(committed, load_serial, stale)
+        tid = self._next_tid(max(_pack(last), self._ltid))
+        tid_i = _u(tid)
+        datas = list(stores.values())  # resolved conflicts replaced some
+        replacing = sorted([(key, data) for key, read, data in zip(keys, reads, datas) if read])
+        creating = sorted([(key, data) for key, read, data in zip(keys, reads, datas) if not read])
+        user, description, extension = self._meta
+        with conn.pipeline():
+            if replacing:
+                replaced_keys = [key for key, _ in replacing]
+                if self.keep_history:
+                    conn.execute(_ARCHIVE_CURRENT, (tid_i, replaced_keys))
+                else:  # replaced revisions stay only while they may resolve conflicts
+                    conn.execute(_RETAIN_CURRENT, (tid_i, replaced_keys))
+                conn.execute(_UPSERT_OBJECTS, _rows(tid_i, replacing))
+            if not self.keep_history:
+                horizon = pack_tid(max(tid_time(tid) - self.conflict_window, 0))
+                conn.execute(_PRUNE_REPLACED, (_u(horizon),))
+            inserted = conn.execute(_INSERT_OBJECTS, _rows(tid_i, creating)) if creating else None
+            conn.execute(_INSERT_TRANSACTION, (tid_i, user, description, extension,
+                                               b"".join(oids)))
+            conn.execute(_NOTIFY, (self._channel, str(tid_i)))
+            self._top_oid = max(keys) if keys else -1
+            if self._top_oid >= 0:
+                conn.execute(_PASS_OID, (self._top_oid, self._top_oid))
+            # Commits by others since our last sync: reported before ours, in tid order.
+            ltid = _u(self._ltid)
+            pending = conn.execute(_CHANGES_SINCE, (ltid,), binary=True) if last > ltid else None
+            packed = conn.execute(_PACKED_THROUGH) if last > ltid else None
+        if inserted is not None and inserted.rowcount != len(creating):
+            made = {oid for (oid,) in inserted.fetchall()}
+            taken = [key for key, _ in creating if key not in made]
+            found = dict(conn.execute(_CURRENT_SERIALS, (taken,)).fetchall())
+            stale = [oid for oid, key in zip(oids, keys) if key in found]
+            self._check_conflicts({oid: _pack(found[_u(oid)]) for oid in stale},
+                                  load_serial, stale)
+            raise StorageError("a new object's row exists, but no conflict was found")
+        self._pending = pending.fetchall() if pending is not None else []
+        self._pending_packed = packed.fetchone()[0] if packed is not None else 0
+        self._voted_tid = tid
+
+    def _rollback(self) -> None:
+        conn = self._writer
+        self._pending = []
+        if conn is not None:
+            try:
+                conn.rollback()
+            except self._psycopg.Error:
+                pass  # a failed rollback leaves nothing committed either
+            if conn.broken:
+                self._writer = None
+                conn.close()
+
+    def _finish(self, func: Callable[[bytes], None] | None) -> bytes:
+        tid = self._voted_tid
+        conn = self._writer
+        if conn is None or tid is None:
+            raise StorageError(f"{self.__name__} is closed")
+        try:
+            conn.commit()  # the durability point
+        except self._psycopg.Error as exc:
+            self._rollback()
+            raise self._error(exc) from exc
+        # The transaction is durable now: whatever happens below, the tid is published.
+        try:
+            pending, self._pending = self._pending, []
+            self._deliver([row for row in pending if row[0] < _u(tid)], self._pending_packed)
+            top = self._top_oid
+            with self._oid_lock:
+                if self._oids and self._oids[0] <= top:
+                    self._oids = [oid for oid in self._oids if oid > top]
+            if func is not None:
+                func(tid)
+        finally:
+            self._ltid = tid
+        return tid
+
+    def _abort(self) -> None:
+        self._rollback()
+
+    # -- closing --------------------------------------------------------------------
+    def close(self) -> None:
+        """Close every connection; the storage raises :class:`StorageError` afterwards."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._close_connections()
+
+    def _close_connections(self) -> None:
+        with self._readers_lock:
+            readers, self._readers = list(self._readers), weakref.WeakSet()
+        conns = [reader.conn for reader in readers]
+        conns += [self._poller, self._writer, self._waiter]
+        self._poller = self._writer = self._waiter = None
+        for conn in conns:
+            if conn is not None:
+                try:
+                    conn.close()
+                except Exception:
+                    pass
+
+
+def _rows(tid: int, rows: list[tuple[int, bytes]]) -> dict[str, Any]:
+    """The parameters of _UPSERT_OBJECTS or _INSERT_OBJECTS for ``(oid, data)`` rows."""
+    datas = [data for _, data in rows]
+    return {"tid": tid, "oids": [key for key, _ in rows], "datas": datas,
+            "refs": [_refs_literal(data) for data in datas]}
+
+
+def _describe(params: dict[str, Any]) -> str:
+    """``user@host:port/dbname`` of connection parameters (never the password)."""
+    host = params.get("host") or params.get("hostaddr") or "localhost"
+    port = params.get("port") or "5432"
+    user = params.get("user")
+    dbname = params.get("dbname") or user or "postgres"
+    return f"{user + '@' if user else ''}{host}:{port}/{dbname}"
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
