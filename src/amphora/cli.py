@@ -1,4 +1,4 @@
-"""The ``amphora`` command: look into, pack and copy storages.
+"""The ``amphora`` command: look into, pack, copy and search storages.
 
 A thin consumer of the public API: every command opens storages by URI
 (:func:`amphora.open_storage`) and calls the storage contract; copying is
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import logging
 import os
 import sys
@@ -249,6 +250,82 @@ def cmd_copy(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_show(args: argparse.Namespace) -> int:
+    from amphora.jsonpickle import record_to_json
+    with opened(args.uri, read_only=True) as storage:
+        if args.tid is None:
+            record = storage.loadBefore(args.oid, maxtid)
+            if record is None:
+                raise CommandError(f"oid {u64(args.oid)} has no current revision")
+            data, tid = record[0], record[1]
+        else:
+            data, tid = storage.loadSerial(args.oid, args.tid), args.tid
+    class_name, state = record_to_json(data)  # symbolic: no class is imported
+    document = {"oid": u64(args.oid), "tid": _format_tid(tid), "class_name": class_name,
+                "state": json.loads(state)}
+    print(json.dumps(document, indent=2, ensure_ascii=False))
+    return 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    with opened(args.uri, read_only=True) as storage:
+        if not getattr(storage, "supports_mirror", False):
+            raise CommandError(f"{args.uri}: this storage keeps no JSON mirror")
+        where = f"({args.condition})"
+        params: list[Any] = list(args.param)
+        if args.class_name:
+            where += " AND class_name = %s"
+            params.append(args.class_name)
+        rows = storage.query_mirror(
+            f"SELECT oid, class_name, state FROM amphora_objects WHERE {where}"
+            f" ORDER BY oid LIMIT {args.limit}", params)
+        total = storage.query_mirror(f"SELECT count(*) FROM amphora_objects WHERE {where}",
+                                     params)[0][0]
+    for oid, class_name, state in rows:
+        print(json.dumps({"oid": oid & 0xFFFF_FFFF_FFFF_FFFF, "class_name": class_name,
+                          "state": json.loads(state)}, ensure_ascii=False))
+    shown = f"{len(rows):,} shown" if len(rows) < total else "all shown"
+    print(f"{total:,} {'match' if total == 1 else 'matches'} ({shown})", file=sys.stderr)
+    return 0
+
+
+def cmd_mirror(args: argparse.Namespace) -> int:
+    with opened(args.uri) as storage:
+        if not getattr(storage, "supports_mirror", False):
+            raise CommandError(f"{args.uri}: this storage cannot keep a JSON mirror")
+        if args.drop:
+            storage.drop_mirror()
+            print(f"dropped the JSON mirror of {args.uri}")
+            return 0
+        started = time.monotonic()
+        with _count_progress("writing documents") as progress:
+            written = (storage.rebuild_mirror(progress) if args.rebuild
+                       else storage.create_mirror(progress))
+        elapsed = time.monotonic() - started
+    print(f"{args.uri}: JSON mirror {'rebuilt' if args.rebuild else 'ready'}, "
+          f"{_plural(written, 'document')} written in {elapsed:.2f} s")
+    return 0
+
+
+@contextlib.contextmanager
+def _count_progress(what: str) -> Iterator[Any]:
+    """A ``progress(done, total)`` callback showing a bar on stderr when it is a terminal."""
+    if not sys.stderr.isatty():
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    columns = (TextColumn(what), BarColumn(), MofNCompleteColumn())
+    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task(what, total=None)
+
+        def progress(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        yield progress
+
+
 @contextlib.contextmanager
 def _copy_progress(source_last: bytes) -> Iterator[Any]:
     """A progress callback for :func:`copy_transactions`: a bar on stderr when it is a
@@ -286,7 +363,7 @@ ZODB FileStorage files as path.fs or file://path.fs (needs ZODB installed)"""
 def build_parser() -> argparse.ArgumentParser:
     """The ``amphora`` argument parser (one sub-parser per command)."""
     parser = argparse.ArgumentParser(
-        prog="amphora", description="Look into, pack and copy amphora storages.",
+        prog="amphora", description="Look into, pack, copy and search amphora storages.",
         epilog=STORAGE_FORMS)
     parser.add_argument("--version", action="version", version=f"amphora {_version()}")
     commands = parser.add_subparsers(title="commands", dest="command", metavar="COMMAND")
@@ -335,6 +412,41 @@ def build_parser() -> argparse.ArgumentParser:
                       help="DST is an earlier copy of SRC: copy only the transactions "
                            "committed after DST's last one (resumes an interrupted copy)")
     copy.set_defaults(func=cmd_copy)
+
+    show = command("show", "one record as JSON (no class is imported)",
+                   "Print a record as a JSON document: oid, tid, class name and state, "
+                   "transcoded from the pickle without importing or running any class.")
+    show.add_argument("uri", metavar="URI", help="the storage")
+    show.add_argument("oid", metavar="OID", type=_parse_oid,
+                      help="the object id, decimal (12) or hex (0xc); the root is 0")
+    show.add_argument("--tid", metavar="TID", type=_parse_oid, default=None,
+                      help="the revision written by this transaction (default: current)")
+    show.set_defaults(func=cmd_show)
+
+    search = command("search", "objects whose JSON documents meet an SQL condition",
+                     "Print, one JSON line each, the documents of the JSON mirror that meet "
+                     "an SQL condition on `state` (the document) and `class_name`, e.g. "
+                     "\"lower(state->>'email') = %%s\" --param ann@example.com.")
+    search.add_argument("uri", metavar="URI", help="the storage (it must have a mirror)")
+    search.add_argument("condition", metavar="CONDITION", help="an SQL condition")
+    search.add_argument("--param", metavar="VALUE", action="append", default=[],
+                        help="a value for the next %%s in CONDITION (repeatable)")
+    search.add_argument("--class", dest="class_name", metavar="CLASS",
+                        help="only objects of this class (module.Name)")
+    search.add_argument("--limit", metavar="N", type=_positive_int, default=100,
+                        help="print at most N documents (default: 100)")
+    search.set_defaults(func=cmd_search)
+
+    mirror = command("mirror", "create, rebuild or drop the JSON mirror for SQL search",
+                     "Give the storage a JSON mirror: every object also stored as a JSON "
+                     "document that SQL can search, kept current by every commit. Writes "
+                     "the documents of the objects already stored, with a progress bar.")
+    mirror.add_argument("uri", metavar="URI", help="the storage")
+    action = mirror.add_mutually_exclusive_group()
+    action.add_argument("--rebuild", action="store_true", help="write every document again")
+    action.add_argument("--drop", action="store_true",
+                        help="remove the mirror and its indexes")
+    mirror.set_defaults(func=cmd_mirror)
     return parser
 
 
