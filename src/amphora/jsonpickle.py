@@ -1,0 +1,1035 @@
+"""Records as JSON documents, for SQL search: a pickle -> JSON transcoder.
+
+Every object is also kept as a JSON document beside its record, so that SQL can find it
+(``json_extract(state, '$.title')``). The record stays the truth; the document is derived
+from it and is never read back into objects.
+
+The transcoder reads the two pickles of a record (class metadata, then state) with its own
+small stack machine over the opcodes. It never imports, looks up or calls a class: a
+GLOBAL becomes a name, a REDUCE or NEWOBJ becomes a description of the call. So it works on
+records whose classes are not installed, and nothing in a record can run code.
+
+It is *total*: :func:`record_to_json` gives every record a document and never raises.
+What it cannot represent becomes an ``{"@unknown": ...}`` placeholder; a record that is
+not two pickles at all (truncated, garbage) gets a placeholder document from
+:func:`record_to_json`, while :func:`transcode` raises :class:`CorruptRecordError` for it.
+
+The mapping
+-----------
+
+The document of a record is its *state* (what ``__getstate__`` returned); the class name
+(``module.Qualname``) is returned beside it. Arguments a class writes for ``__new__``
+(``__getnewargs__``) are not part of the document.
+
+JSON objects whose keys start with ``@`` are *markup*: a markup object has exactly one key
+that starts with a single ``@`` (its tag), and may have plain fields beside it. A dict key
+that starts with ``@`` is escaped by one more ``@`` (``"@id"`` is written ``"@@id"``), so
+user data never reads as markup.
+
+====================================  ===============================================
+Python value                          JSON
+====================================  ===============================================
+``None``, ``bool``, ``str``           ``null``, ``true``/``false``, string
+``int`` in the signed 64-bit range    number
+other ``int``                         ``{"@int": "123456789012345678901234"}``
+finite ``float``                      number
+NaN, +inf, -inf                       ``{"@float": "nan"}``, ``"inf"``, ``"-inf"``
+``str`` holding U+0000 or a lone      ``{"@str": "<base64 of its UTF-8, surrogates
+surrogate (not storable in SQL JSON)  passed through>"}``
+``bytes``                             ``{"@bytes": "<base64>"}``
+``list``                              array
+``tuple``                             ``{"@tuple": [...]}``
+``set``, ``frozenset``                ``{"@set": [...]}``, ``{"@frozenset": [...]}``
+                                      (in the order the pickle holds them)
+``dict`` with ``str`` keys only       object (keys escaped as above)
+other ``dict``                        ``{"@dict": [[key, value], ...]}`` (keys are values
+                                      here, so they are never escaped)
+``datetime``                          ``{"@datetime": "2024-05-01T12:30:00"}``, with
+                                      ``+HH:MM`` when its tzinfo is a fixed offset
+                                      (``timezone``, ``pytz.utc``); any other tzinfo is
+                                      kept in a ``"tz"`` field, and ``"fold": 1`` is kept
+``date``, ``time``                    ``{"@date": "2024-05-01"}``, ``{"@time": "12:30:00"}``
+                                      (``time`` like ``datetime``)
+``timedelta``                         ``{"@timedelta": <total seconds>}``
+``Decimal``                           ``{"@decimal": "3.10"}``
+a persistent object                   ``{"@ref": <oid as int>, "class": "mod.Name"}``
+                                      (``"class"`` when the reference names it)
+a weak reference (``['w', (oid,)]``)  ``{"@wref": <oid>}``
+a cross-database reference            ``{"@xref": <oid>, "database": "name"}`` (+ "class")
+a class or function used as a value   ``{"@global": "mod.Name"}``
+any other object                      ``{"@class": "mod.Name"}``, plus ``"args"`` (the
+                                      call's arguments, if any), ``"kwargs"``,
+                                      ``"state"`` (its ``__setstate__`` argument) and
+                                      ``"items"`` (list items or dict entries it was
+                                      given), each when present
+what cannot be represented            ``{"@unknown": "<opcode or reason>", ...}``
+====================================  ===============================================
+
+A state (of the record or of an object inside it) that is a 2-tuple of a dict (or
+``None``) and a dict is the ``(__dict__, slots)`` form: its two dicts are merged into one
+object. Records of BTrees classes (``BTrees.*`` buckets, sets, trees and tree sets) are
+flattened: a bucket is ``{"@items": [[key, value], ...], "next": ref}`` ("next" when it
+has a next bucket), a set bucket ``{"@keys": [...]}``, a tree whose items fit in its own
+record the same as a bucket, and a larger tree ``{"@children": [ref, ...], "keys":
+[separating keys], "first": ref}``. ``PersistentMapping`` and ``PersistentList`` are *not*
+flattened: their state is ``{"data": ...}`` like any subclass's (which may add attributes
+beside ``data``).
+
+Python 2 ``str`` (``STRING`` opcodes) becomes a string when it is ASCII and bytes
+otherwise, as ZODB reads it. Both pickles share one memo, as ZODB writes them. A structure
+that contains itself becomes ``{"@unknown": "cycle"}`` where it recurs, and nesting deeper
+than 200 levels ``{"@unknown": "too deep"}``.
+
+:func:`json_to_value` inverts the mapping for plain data; what names something outside
+it (references, instances, placeholders) comes back as :class:`Markup`.
+"""
+from __future__ import annotations
+
+import base64
+import codecs
+import datetime
+import decimal
+import json
+import pickle
+import struct
+from typing import Any
+
+from amphora.errors import CorruptRecordError
+from amphora.serialize import class_name_of
+
+__all__ = ["record_to_json", "transcode", "json_to_value", "Markup"]
+
+
+class _Global:
+    """A class or function named by the pickle (never looked up)."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"<global {self.name}>"
+
+
+class Markup(dict):
+    """A markup object :func:`json_to_value` cannot turn into plain data: a reference, an
+    instance, a class name or a placeholder (its tag and fields, values decoded)."""
+
+
+def transcode(data: bytes) -> tuple[str, str]:
+    """``(class name, JSON text)`` of a record.
+
+    Raises :class:`CorruptRecordError` when ``data`` is not two pickles (truncated,
+    garbage, an opcode that does not exist). Never imports or calls a class.
+    """
+    try:
+        class_name, state = _read(bytes(data))
+    except CorruptRecordError:
+        raise
+    except Exception as exc:
+        raise CorruptRecordError(
+            f"cannot transcode a record ({type(exc).__name__}: {exc})") from exc
+    return class_name, _dumps(_document(class_name, state))
+
+
+def record_to_json(data: bytes) -> tuple[str, str]:
+    """``(class name, JSON text)`` of any record; never raises.
+
+    A record :func:`transcode` rejects gets ``{"@unknown": "corrupt record", "error":
+    "..."}`` and the class name its class pickle gives, or ``""``.
+    """
+    try:
+        return transcode(data)
+    except Exception as exc:
+        try:
+            class_name = class_name_of(data)
+        except Exception:
+            class_name = ""
+        return class_name, _dumps({"@unknown": "corrupt record", "error": str(exc)})
+
+
+# ---------------------------------------------------------------------------------------
+# The stack machine
+
+_unpack_I = struct.Struct("<I").unpack_from
+_unpack_i = struct.Struct("<i").unpack_from
+_unpack_H = struct.Struct("<H").unpack_from
+_unpack_Q = struct.Struct("<Q").unpack_from
+_unpack_d = struct.Struct(">d").unpack_from
+
+(_MARK, _STOP, _POP, _POP_MARK, _DUP, _FLOAT, _INT, _BININT, _BININT1, _LONG, _BININT2,
+ _NONE, _PERSID, _BINPERSID, _REDUCE, _STRING, _BINSTRING, _SHORT_BINSTRING, _UNICODE,
+ _BINUNICODE, _APPEND, _BUILD, _GLOBAL, _DICT, _EMPTY_DICT, _APPENDS, _GET, _BINGET,
+ _INST, _LONG_BINGET, _LIST, _EMPTY_LIST, _OBJ, _PUT, _BINPUT, _LONG_BINPUT, _SETITEM,
+ _TUPLE, _EMPTY_TUPLE, _SETITEMS, _BINFLOAT, _PROTO, _NEWOBJ, _EXT1, _EXT2, _EXT4,
+ _TUPLE1, _TUPLE2, _TUPLE3, _NEWTRUE, _NEWFALSE, _LONG1, _LONG4, _BINBYTES,
+ _SHORT_BINBYTES, _SHORT_BINUNICODE, _BINUNICODE8, _BINBYTES8, _EMPTY_SET, _ADDITEMS,
+ _FROZENSET, _NEWOBJ_EX, _STACK_GLOBAL, _MEMOIZE, _FRAME, _BYTEARRAY8, _NEXT_BUFFER,
+ _READONLY_BUFFER) = (getattr(pickle, name)[0] for name in (
+    "MARK", "STOP", "POP", "POP_MARK", "DUP", "FLOAT", "INT", "BININT", "BININT1", "LONG",
+    "BININT2", "NONE", "PERSID", "BINPERSID", "REDUCE", "STRING", "BINSTRING",
+    "SHORT_BINSTRING", "UNICODE", "BINUNICODE", "APPEND", "BUILD", "GLOBAL", "DICT",
+    "EMPTY_DICT", "APPENDS", "GET", "BINGET", "INST", "LONG_BINGET", "LIST", "EMPTY_LIST",
+    "OBJ", "PUT", "BINPUT", "LONG_BINPUT", "SETITEM", "TUPLE", "EMPTY_TUPLE", "SETITEMS",
+    "BINFLOAT", "PROTO", "NEWOBJ", "EXT1", "EXT2", "EXT4", "TUPLE1", "TUPLE2", "TUPLE3",
+    "NEWTRUE", "NEWFALSE", "LONG1", "LONG4", "BINBYTES", "SHORT_BINBYTES",
+    "SHORT_BINUNICODE", "BINUNICODE8", "BINBYTES8", "EMPTY_SET", "ADDITEMS", "FROZENSET",
+    "NEWOBJ_EX", "STACK_GLOBAL", "MEMOIZE", "FRAME", "BYTEARRAY8", "NEXT_BUFFER",
+    "READONLY_BUFFER"))
+
+_INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
+
+
+def _read(data: bytes) -> tuple[str, Any]:
+    """The class name and the symbolic state of a record."""
+    memo: dict[int, Any] = {}
+    meta, pos = _run(data, 0, memo)
+    class_name = _class_name(meta)
+    if class_name is None:
+        raise CorruptRecordError(f"unrecognized class metadata in a record: {meta!r}")
+    state, _end = _run(data, pos, memo)
+    return class_name, state
+
+
+def _run(data: bytes, pos: int, memo: dict[int, Any]) -> tuple[Any, int]:
+    """Interpret one pickle of ``data`` from ``pos``: its value and where it ended.
+
+    Values are built straight into JSON-ready form (see the module docstring), except
+    bytes and globals, which stay ``bytes`` and :class:`_Global` until :func:`_dumps`
+    (references need the raw oid, REDUCE needs the name). The common opcodes come first.
+    """
+    stack: list[Any] = []
+    marks: list[int] = []
+    push = stack.append
+    while True:
+        op = data[pos]
+        pos += 1
+        if op == _BINPUT:
+            memo[data[pos]] = stack[-1]
+            pos += 1
+        elif op == _BINUNICODE or op == _SHORT_BINUNICODE:
+            if op == _BINUNICODE:
+                size = _unpack_I(data, pos)[0]
+                pos += 4
+            else:
+                size = data[pos]
+                pos += 1
+            end = pos + size
+            raw = data[pos:end]
+            if len(raw) != size:
+                raise CorruptRecordError("a record ends inside a string")
+            pos = end
+            if b"\x00" in raw:
+                push(_text(raw))
+            else:
+                try:
+                    push(raw.decode())
+                except UnicodeDecodeError:
+                    push(_text(raw))
+        elif op == _BINGET:
+            push(memo[data[pos]])
+            pos += 1
+        elif op == _SHORT_BINBYTES:
+            end = pos + 1 + data[pos]
+            push(data[pos + 1:end])
+            pos = end
+        elif op == _BININT1:
+            push(data[pos])
+            pos += 1
+        elif op == _TUPLE2:
+            second = stack.pop()
+            stack[-1] = {"@tuple": [stack[-1], second]}
+        elif op == _BINPERSID:
+            stack[-1] = _reference(stack[-1])
+        elif op == _MARK:
+            marks.append(len(stack))
+        elif op == _SETITEMS:
+            start = marks.pop()
+            items = stack[start:]
+            del stack[start:]
+            _setitems(stack[-1], items)
+        elif op == _SETITEM:
+            value = stack.pop()
+            key = stack.pop()
+            _setitems(stack[-1], [key, value])
+        elif op == _EMPTY_DICT:
+            push({})
+        elif op == _EMPTY_LIST:
+            push([])
+        elif op == _APPENDS:
+            start = marks.pop()
+            items = stack[start:]
+            del stack[start:]
+            _appends(stack[-1], items)
+        elif op == _APPEND:
+            _appends(stack[-2], [stack.pop()])
+        elif op == _NONE:
+            push(None)
+        elif op == _NEWTRUE:
+            push(True)
+        elif op == _NEWFALSE:
+            push(False)
+        elif op == _BININT:
+            push(_unpack_i(data, pos)[0])
+            pos += 4
+        elif op == _BININT2:
+            push(_unpack_H(data, pos)[0])
+            pos += 2
+        elif op == _BINFLOAT:
+            value = _unpack_d(data, pos)[0]
+            pos += 8
+            push(_float(value) if value - value else value)
+        elif op == _TUPLE1:
+            stack[-1] = {"@tuple": [stack[-1]]}
+        elif op == _TUPLE3:
+            third = stack.pop()
+            second = stack.pop()
+            stack[-1] = {"@tuple": [stack[-1], second, third]}
+        elif op == _TUPLE:
+            start = marks.pop()
+            items = stack[start:]
+            del stack[start:]
+            push({"@tuple": items})
+        elif op == _EMPTY_TUPLE:
+            push({"@tuple": []})
+        elif op == _REDUCE:
+            args = stack.pop()
+            stack[-1] = _reduce(stack[-1], args)
+        elif op == _BUILD:
+            state = stack.pop()
+            stack[-1] = _build(stack[-1], state)
+        elif op == _GLOBAL:
+            first = data.index(b"\n", pos)
+            second = data.index(b"\n", first + 1)
+            push(_global(data[pos:first].decode("utf-8"), data[first + 1:second].decode("utf-8")))
+            pos = second + 1
+        elif op == _STOP:
+            if len(stack) != 1:
+                raise CorruptRecordError(f"a pickle ends with {len(stack)} values on its stack")
+            return stack[0], pos
+        elif op == _PROTO:
+            pos += 1
+        elif op == _FRAME:
+            pos += 8
+        elif op == _MEMOIZE:
+            memo[len(memo)] = stack[-1]
+        elif op == _LONG_BINPUT:
+            memo[_unpack_I(data, pos)[0]] = stack[-1]
+            pos += 4
+        elif op == _LONG_BINGET:
+            push(memo[_unpack_I(data, pos)[0]])
+            pos += 4
+        elif op == _BINBYTES or op == _BINBYTES8 or op == _BYTEARRAY8:
+            if op == _BINBYTES:
+                size = _unpack_I(data, pos)[0]
+                pos += 4
+            else:
+                size = _unpack_Q(data, pos)[0]
+                pos += 8
+            raw = data[pos:pos + size]
+            if len(raw) != size:
+                raise CorruptRecordError("a record ends inside a bytes value")
+            pos += size
+            push(raw if op != _BYTEARRAY8 else {"@class": "builtins.bytearray", "args": [raw]})
+        elif op == _BINUNICODE8:
+            size = _unpack_Q(data, pos)[0]
+            pos += 8
+            raw = data[pos:pos + size]
+            if len(raw) != size:
+                raise CorruptRecordError("a record ends inside a string")
+            pos += size
+            push(_text(raw))
+        elif op == _SHORT_BINSTRING or op == _BINSTRING:
+            if op == _SHORT_BINSTRING:
+                size = data[pos]
+                pos += 1
+            else:
+                size = _unpack_i(data, pos)[0]
+                pos += 4
+            raw = data[pos:pos + size]
+            if size < 0 or len(raw) != size:
+                raise CorruptRecordError("a record ends inside a string")
+            pos += size
+            push(_py2_string(raw))
+        elif op == _LONG1 or op == _LONG4:
+            if op == _LONG1:
+                size = data[pos]
+                pos += 1
+            else:
+                size = _unpack_i(data, pos)[0]
+                pos += 4
+            raw = data[pos:pos + size]
+            if size < 0 or len(raw) != size:
+                raise CorruptRecordError("a record ends inside an integer")
+            pos += size
+            push(_int(int.from_bytes(raw, "little", signed=True)))
+        elif op == _STACK_GLOBAL:
+            name = stack.pop()
+            module = stack.pop()
+            if type(module) is str and type(name) is str:
+                push(_global(module, name))
+            else:
+                push({"@unknown": "STACK_GLOBAL", "module": module, "name": name})
+        elif op == _NEWOBJ:
+            args = stack.pop()
+            stack[-1] = _new(stack[-1], args, None)
+        elif op == _NEWOBJ_EX:
+            kwargs = stack.pop()
+            args = stack.pop()
+            stack[-1] = _new(stack[-1], args, kwargs)
+        elif op == _LIST:
+            start = marks.pop()
+            items = stack[start:]
+            del stack[start:]
+            push(items)
+        elif op == _DICT:
+            start = marks.pop()
+            items = stack[start:]
+            del stack[start:]
+            target: dict[Any, Any] = {}
+            _setitems(target, items)
+            push(target)
+        elif op == _EMPTY_SET:
+            push({"@set": []})
+        elif op == _ADDITEMS:
+            start = marks.pop()
+            items = stack[start:]
+            del stack[start:]
+            target = stack[-1]
+            if type(target) is dict and "@set" in target:
+                target["@set"].extend(items)
+            else:
+                stack[-1] = {"@unknown": "ADDITEMS", "object": target, "items": items}
+        elif op == _FROZENSET:
+            start = marks.pop()
+            items = stack[start:]
+            del stack[start:]
+            push({"@frozenset": items})
+        elif op == _POP:
+            if marks and marks[-1] == len(stack):
+                marks.pop()  # POP of a MARK (protocol 0/1 pickles do this)
+            else:
+                stack.pop()
+        elif op == _POP_MARK:
+            del stack[marks.pop():]
+        elif op == _DUP:
+            push(stack[-1])
+        elif op == _INST or op == _OBJ:
+            if op == _INST:
+                first = data.index(b"\n", pos)
+                second = data.index(b"\n", first + 1)
+                klass = _global(data[pos:first].decode("utf-8"),
+                                data[first + 1:second].decode("utf-8"))
+                pos = second + 1
+                start = marks.pop()
+            else:
+                start = marks.pop()
+                klass = stack[start]
+                start += 1
+            args = stack[start:]
+            del stack[start:]
+            if op == _OBJ:
+                stack.pop()
+            push(_new(klass, {"@tuple": args}, None))
+        else:
+            pos = _text_opcode(op, data, pos, stack, marks, memo)
+
+
+def _text_opcode(op: int, data: bytes, pos: int, stack: list, marks: list,
+                 memo: dict) -> int:
+    """The protocol 0 opcodes, whose argument is a line of text, and the opcodes that
+    need what a pickle does not hold. Returns the new position."""
+    if op in _LINE_OPCODES:
+        end = data.index(b"\n", pos)
+        line = data[pos:end]
+        pos = end + 1
+        if op == _INT:
+            stack.append(True if line == b"01" else False if line == b"00" else
+                         _int(int(line)))
+        elif op == _LONG:
+            stack.append(_int(int(line[:-1] if line.endswith(b"L") else line)))
+        elif op == _FLOAT:
+            value = float(line)
+            stack.append(_float(value) if value - value else value)
+        elif op == _STRING:
+            quote = line[:1]
+            if len(line) < 2 or quote not in b"'\"" or line[-1:] != quote:
+                raise CorruptRecordError("a STRING opcode without quotes")
+            stack.append(_py2_string(codecs.escape_decode(line[1:-1])[0]))
+        elif op == _UNICODE:
+            stack.append(_checked_text(str(line, "raw-unicode-escape")))
+        elif op == _PUT:
+            memo[int(line)] = stack[-1]
+        elif op == _GET:
+            stack.append(memo[int(line)])
+        else:  # PERSID: ZODB never writes text persistent ids
+            stack.append({"@unknown": "PERSID", "id": _checked_text(line.decode("latin-1"))})
+        return pos
+    if op == _EXT1 or op == _EXT2 or op == _EXT4:
+        # The extension registry is state of the reading process, not of the record.
+        size = 1 if op == _EXT1 else 2 if op == _EXT2 else 4
+        code = int.from_bytes(data[pos:pos + size], "little")
+        stack.append({"@unknown": "EXT", "code": code})
+        return pos + size
+    if op == _NEXT_BUFFER:
+        stack.append({"@unknown": "NEXT_BUFFER"})  # out-of-band data is not in a record
+        return pos
+    if op == _READONLY_BUFFER:
+        return pos
+    raise CorruptRecordError(f"unknown pickle opcode {op:#04x} at position {pos - 1}")
+
+
+_LINE_OPCODES = frozenset((_INT, _LONG, _FLOAT, _STRING, _UNICODE, _PUT, _GET, _PERSID))
+
+
+# ---------------------------------------------------------------------------------------
+# Values
+
+def _text(raw: bytes) -> Any:
+    """A string from UTF-8 (lone surrogates allowed, as pickle writes them)."""
+    return _checked_text(raw.decode("utf-8", "surrogatepass"))
+
+
+def _checked_text(text: str) -> Any:
+    """``text``, or its ``@str`` form when it holds what SQL JSON cannot store (U+0000,
+    lone surrogates)."""
+    if "\x00" in text:
+        return _Text(text)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return _Text(text)
+    return text
+
+
+class _Text(dict):
+    """The ``@str`` form of a string; ``text`` keeps the string for the readers of ids,
+    oids and Python 2 bytes."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str):
+        super().__init__({"@str": base64.b64encode(text.encode("utf-8", "surrogatepass"))
+                          .decode("ascii")})
+        self.text = text
+
+
+def _string(value: Any) -> str | None:
+    """The string ``value`` stands for, or None."""
+    if type(value) is str:
+        return value
+    if type(value) is _Text:
+        return value.text
+    return None
+
+
+def _py2_string(raw: bytes) -> Any:
+    """A Python 2 ``str``: text when it is ASCII, else bytes (as ZODB reads it)."""
+    if raw.isascii():
+        return _checked_text(raw.decode("ascii"))
+    return raw
+
+
+def _float(value: float) -> Any:
+    """The form of a non-finite float."""
+    if value != value:
+        return {"@float": "nan"}
+    return {"@float": "inf" if value > 0 else "-inf"}
+
+
+def _int(value: int) -> Any:
+    if _INT64_MIN <= value <= _INT64_MAX:
+        return value
+    return {"@int": str(value)}
+
+
+# Names pickle writes for Python 2 compatibility, read as today's names.
+_PY2_MODULES = {"__builtin__": "builtins", "copy_reg": "copyreg"}
+
+
+def _global(module: str, name: str) -> _Global:
+    return _Global(f"{_PY2_MODULES.get(module, module)}.{name}")
+
+
+def _class_name(meta: Any) -> str | None:
+    """The class name in a record's class metadata (see ``amphora.serialize``)."""
+    if type(meta) is _Global:
+        return meta.name
+    if type(meta) is dict and "@tuple" in meta and len(meta["@tuple"]) == 2:
+        klass = meta["@tuple"][0]
+        if type(klass) is _Global:
+            return klass.name
+        if type(klass) is dict and "@tuple" in klass:
+            parts = klass["@tuple"]
+            if len(parts) == 2 and type(parts[0]) is str and type(parts[1]) is str:
+                return f"{parts[0]}.{parts[1]}"
+    return None
+
+
+def _setitems(target: Any, items: list) -> None:
+    """Add ``key, value, key, value ...`` to a dict under construction.
+
+    A dict is a JSON object while its keys are strings (escaped when they start with
+    ``@``); the first other key turns it, in place (so every holder of it sees this),
+    into ``{"@dict": [[key, value], ...]}``.
+    """
+    if type(target) is not dict:
+        raise CorruptRecordError(f"SETITEMS on {type(target).__name__}")
+    if "@class" in target:
+        sub = target.get("items")
+        if sub is None:
+            sub = target["items"] = {}
+        target = sub
+    pairs = target.get("@dict")
+    for i in range(0, len(items), 2):
+        key = items[i]
+        if pairs is None:
+            if type(key) is str:
+                if key[:1] == "@":
+                    key = "@" + key
+                target[key] = items[i + 1]
+                continue
+            pairs = [[_unescape(k), v] for k, v in target.items()]
+            target.clear()
+            target["@dict"] = pairs
+        pairs.append([key, items[i + 1]])
+
+
+def _unescape(key: str) -> str:
+    return key[1:] if key[:1] == "@" else key
+
+
+def _appends(target: Any, items: list) -> None:
+    if type(target) is list:
+        target.extend(items)
+    elif type(target) is dict and "@class" in target:
+        target.setdefault("items", []).extend(items)
+    else:
+        raise CorruptRecordError(f"APPENDS on {type(target).__name__}")
+
+
+def _is_markup(value: Any) -> bool:
+    """True for a JSON-ready dict that is markup (its tag always comes first)."""
+    for key in value:
+        return key[:1] == "@" and key[:2] != "@@"
+    return False
+
+
+def _object_state(state: Any) -> Any:
+    """A ``(dict or None, slots)`` state as one object; any other state as it is."""
+    if type(state) is dict and "@tuple" in state:
+        parts = state["@tuple"]
+        if len(parts) == 2:
+            first, slots = parts
+            if (type(slots) is dict and not _is_markup(slots)
+                    and (first is None or type(first) is dict and not _is_markup(first))):
+                merged = dict(first) if first else {}
+                merged.update(slots)
+                return merged
+    return state
+
+
+def _reference(pid: Any) -> Any:
+    """A persistent id, in any of ZODB's forms, as a reference."""
+    kind = type(pid)
+    if kind is dict and "@tuple" in pid:
+        parts = pid["@tuple"]
+        if len(parts) == 2:
+            oid = _oid(parts[0])
+            if oid is not None:
+                found = {"@ref": oid}
+                klass = parts[1]
+                if klass is not None:
+                    found["class"] = _class_name({"@tuple": [klass, None]}) or klass
+                return found
+    elif kind is bytes or kind is str:
+        oid = _oid(pid)
+        if oid is not None:
+            return {"@ref": oid}
+    elif kind is list and pid:
+        if len(pid) == 1:
+            oid = _oid(pid[0])
+            if oid is not None:
+                return {"@wref": oid}
+        elif len(pid) == 2 and type(pid[1]) is dict and "@tuple" in pid[1]:
+            args = pid[1]["@tuple"]
+            if pid[0] == "w" and args:
+                oid = _oid(args[0])
+                if oid is not None:
+                    return {"@wref": oid}
+            elif pid[0] in ("m", "n") and len(args) >= 2:
+                oid = _oid(args[1])
+                if oid is not None:
+                    found = {"@xref": oid, "database": args[0]}
+                    if len(args) > 2:
+                        found["class"] = _class_name({"@tuple": [args[2], None]}) or args[2]
+                    return found
+    return {"@unknown": "persistent id", "id": pid}
+
+
+def _oid(value: Any) -> int | None:
+    text = _string(value)
+    if text is not None:
+        try:
+            value = text.encode("latin-1")
+        except UnicodeEncodeError:
+            return None
+    if type(value) is bytes and len(value) == 8:
+        return int.from_bytes(value, "big")
+    return None
+
+
+def _reduce(func: Any, args: Any) -> Any:
+    """What ``func(*args)`` stands for."""
+    if type(func) is _Global and type(args) is dict and "@tuple" in args:
+        values = args["@tuple"]
+        special = _SPECIAL.get(func.name)
+        if special is not None:
+            try:
+                found = special(values)
+            except (ValueError, TypeError, KeyError, IndexError, OverflowError):
+                found = None
+            if found is not None:
+                return found
+        instance = {"@class": func.name}
+        if values:
+            instance["args"] = values
+        return instance
+    return {"@unknown": "REDUCE", "callable": func, "args": args}
+
+
+def _new(klass: Any, args: Any, kwargs: Any) -> Any:
+    """What ``klass.__new__(klass, *args, **kwargs)`` stands for (NEWOBJ, INST, OBJ)."""
+    if type(klass) is not _Global or type(args) is not dict or "@tuple" not in args:
+        return {"@unknown": "NEWOBJ", "class": klass, "args": args, "kwargs": kwargs}
+    instance = {"@class": klass.name}
+    if args["@tuple"]:
+        instance["args"] = args["@tuple"]
+    if kwargs:
+        instance["kwargs"] = kwargs
+    return instance
+
+
+def _build(obj: Any, state: Any) -> Any:
+    if type(obj) is dict and "@class" in obj:
+        obj["state"] = _object_state(state)
+        return obj
+    return {"@unknown": "BUILD", "object": obj, "state": state}
+
+
+# Calls known to make plain data: name -> function of the argument list, giving the
+# JSON form (or None when the arguments are not what that type pickles).
+
+def _bytes_arg(value: Any) -> bytes:
+    text = _string(value)
+    if text is not None:
+        return text.encode("latin-1")  # a Python 2 str
+    if type(value) is not bytes:
+        raise TypeError("not bytes")
+    return value
+
+
+def _tzinfo(args: list, index: int) -> tuple[Any, Any]:
+    """``(fixed tzinfo or None, other tzinfo or None)`` from a datetime's arguments."""
+    if len(args) <= index or args[index] is None:
+        return None, None
+    tz = args[index]
+    if type(tz) is dict:
+        if tz.get("@class") == "datetime.timezone":
+            offset = tz.get("args", [None])[0]
+            if type(offset) is dict and "@timedelta" in offset:
+                return datetime.timezone(datetime.timedelta(seconds=offset["@timedelta"])), None
+        if tz.get("@class") in _UTC_NAMES:
+            return datetime.timezone.utc, None
+    return None, tz
+
+
+_UTC_NAMES = frozenset(("pytz._UTC", "pytz.utc", "pytz.UTC"))
+
+
+def _datetime(args: list) -> Any:
+    raw = _bytes_arg(args[0])
+    if len(raw) != 10:
+        return None
+    fixed, other = _tzinfo(args, 1)
+    fold = raw[2] >> 7
+    value = datetime.datetime((raw[0] << 8) | raw[1], raw[2] & 0x7F, raw[3], raw[4], raw[5],
+                              raw[6], int.from_bytes(raw[7:10], "big"), fixed)
+    return _with_tz({"@datetime": value.isoformat()}, other, fold)
+
+
+def _date(args: list) -> Any:
+    raw = _bytes_arg(args[0])
+    if len(raw) != 4:
+        return None
+    return {"@date": datetime.date((raw[0] << 8) | raw[1], raw[2], raw[3]).isoformat()}
+
+
+def _time(args: list) -> Any:
+    raw = _bytes_arg(args[0])
+    if len(raw) != 6:
+        return None
+    fixed, other = _tzinfo(args, 1)
+    fold = raw[0] >> 7
+    value = datetime.time(raw[0] & 0x7F, raw[1], raw[2], int.from_bytes(raw[3:6], "big"),
+                          fixed)
+    return _with_tz({"@time": value.isoformat()}, other, fold)
+
+
+def _with_tz(found: dict, other: Any, fold: int) -> dict:
+    if other is not None:
+        found["tz"] = other
+    if fold:
+        found["fold"] = 1
+    return found
+
+
+def _timedelta(args: list) -> Any:
+    days, seconds, micros = (list(args) + [0, 0, 0])[:3]
+    if not all(type(part) is int for part in (days, seconds, micros)):
+        return None
+    whole = days * 86400 + seconds
+    return {"@timedelta": (whole * 1000000 + micros) / 1e6 if micros else whole}
+
+
+def _decimal(args: list) -> Any:
+    if len(args) == 1 and type(args[0]) is str:
+        return {"@decimal": args[0]}
+    return None
+
+
+def _collection(tag: str) -> Any:
+    def convert(args: list) -> Any:
+        if not args:
+            return {tag: []}
+        if len(args) == 1 and type(args[0]) is list:
+            return {tag: args[0]}
+        return None
+    return convert
+
+
+def _codecs_encode(args: list) -> Any:
+    # Protocols 0-2 write bytes as _codecs.encode(text, "latin1").
+    if len(args) == 2 and _string(args[0]) is not None and args[1] == "latin1":
+        return _string(args[0]).encode("latin-1")
+    return None
+
+
+def _empty_bytes(args: list) -> Any:
+    return b"" if not args else None
+
+
+def _getattr(args: list) -> Any:
+    # Protocols below 4 name nested classes and methods as getattr(parent, name).
+    if len(args) == 2 and type(args[0]) is _Global and type(args[1]) is str:
+        return _Global(f"{args[0].name}.{args[1]}")
+    return None
+
+
+def _reconstructor(args: list) -> Any:
+    # copyreg._reconstructor(cls, base, base_state): protocols 0 and 1 objects.
+    if len(args) == 3 and type(args[0]) is _Global:
+        instance = {"@class": args[0].name}
+        if args[2] is not None:
+            instance["args"] = [args[2]]
+        return instance
+    return None
+
+
+def _newobj(args: list) -> Any:
+    # copyreg.__newobj__(cls, *args)
+    if args and type(args[0]) is _Global:
+        return _new(args[0], {"@tuple": args[1:]}, None)
+    return None
+
+
+_SPECIAL = {
+    "datetime.datetime": _datetime,
+    "datetime.date": _date,
+    "datetime.time": _time,
+    "datetime.timedelta": _timedelta,
+    "decimal.Decimal": _decimal,
+    "builtins.set": _collection("@set"),
+    "builtins.frozenset": _collection("@frozenset"),
+    "builtins.bytes": _empty_bytes,
+    "_codecs.encode": _codecs_encode,
+    "builtins.getattr": _getattr,
+    "copyreg._reconstructor": _reconstructor,
+    "copyreg.__newobj__": _newobj,
+}
+
+
+# ---------------------------------------------------------------------------------------
+# Documents
+
+def _document(class_name: str, state: Any) -> Any:
+    """The JSON-ready document of a record's state."""
+    if class_name.startswith("BTrees."):
+        flat = _btree(class_name, state)
+        if flat is not None:
+            return flat
+    return _object_state(state)
+
+
+def _tuple_items(value: Any) -> list | None:
+    if type(value) is dict and "@tuple" in value:
+        return value["@tuple"]
+    return None
+
+
+def _btree(class_name: str, state: Any) -> Any:
+    """A BTrees bucket, set, tree or tree set state, flattened; None for another shape."""
+    name = class_name.rpartition(".")[2]
+    if name.endswith("Bucket"):
+        return _bucket(state, "@items")
+    if name.endswith("TreeSet"):
+        return _tree(state, "@keys")
+    if name.endswith("BTree"):
+        return _tree(state, "@items")
+    if name.endswith("Set"):
+        return _bucket(state, "@keys")
+    return None
+
+
+def _bucket(state: Any, tag: str) -> Any:
+    parts = _tuple_items(state)
+    if parts is None or len(parts) not in (1, 2):
+        return None
+    flat = _tuple_items(parts[0])
+    if flat is None:
+        return None
+    if tag == "@items":
+        if len(flat) % 2:
+            return None
+        found = {tag: [flat[i:i + 2] for i in range(0, len(flat), 2)]}
+    else:
+        found = {tag: flat}
+    if len(parts) == 2:
+        found["next"] = parts[1]
+    return found
+
+
+def _tree(state: Any, tag: str) -> Any:
+    if state is None:
+        return {tag: []}
+    parts = _tuple_items(state)
+    if parts is None or len(parts) not in (1, 2):
+        return None
+    children = _tuple_items(parts[0])
+    if children is None:
+        return None
+    if len(parts) == 1:
+        if len(children) != 1:
+            return None
+        return _bucket(children[0], tag)  # a small tree keeps its one bucket inline
+    return {"@children": children[0::2], "keys": children[1::2], "first": parts[1]}
+
+
+def _default(value: Any) -> Any:
+    """The JSON form of the values left raw while reading."""
+    if type(value) is bytes:
+        return {"@bytes": base64.b64encode(value).decode("ascii")}
+    if type(value) is _Global:
+        return {"@global": value.name}
+    raise TypeError(f"{type(value).__name__} is not JSON")
+
+
+def _make_encoder() -> Any:
+    # The C encoder without a circular-reference table: it keeps no state between calls
+    # (so threads may share it), and a cycle ends in RecursionError, handled by _dumps.
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is not None:
+        encode = make(None, _default, json.encoder.encode_basestring, None, ":", ",",
+                      False, False, False)
+        return lambda value: "".join(encode(value, 0))
+    encoder = json.JSONEncoder(ensure_ascii=False, allow_nan=False, check_circular=False,
+                               separators=(",", ":"), default=_default)
+    return encoder.encode
+
+
+_encode = _make_encoder()
+_MAX_DEPTH = 200
+
+
+def _dumps(document: Any) -> str:
+    """JSON text of a JSON-ready document; cycles and deep nesting become placeholders."""
+    try:
+        return _encode(document)
+    except (RecursionError, ValueError):
+        return _encode(_tame(document, set(), 0))
+
+
+def _tame(value: Any, ancestors: set[int], depth: int) -> Any:
+    """A copy of ``value`` with each recurrence of a container inside itself, and what is
+    nested too deep, replaced by placeholders."""
+    kind = type(value)
+    if kind is dict or kind is list:
+        key = id(value)
+        if key in ancestors:
+            return {"@unknown": "cycle"}
+        if depth >= _MAX_DEPTH:
+            return {"@unknown": "too deep"}
+        ancestors.add(key)
+        depth += 1
+        if kind is dict:
+            copy: Any = {k: _tame(v, ancestors, depth) for k, v in value.items()}
+        else:
+            copy = [_tame(v, ancestors, depth) for v in value]
+        ancestors.discard(key)
+        return copy
+    if kind is bytes or kind is _Global:
+        return _default(value)
+    return value
+
+
+# ---------------------------------------------------------------------------------------
+# The inverse, for plain data
+
+def json_to_value(document: Any) -> Any:
+    """The Python value a parsed JSON document stands for (``json.loads`` output).
+
+    Inverts the mapping for plain data: strings, numbers, lists, dicts (keys unescaped),
+    tuples, sets, bytes, special floats and big ints, dates and times, ``Decimal``.
+    Markup that names something else (``@ref``, ``@class``, ``@unknown`` ...) comes back
+    as a :class:`Markup` with its values decoded.
+    """
+    kind = type(document)
+    if kind is list:
+        return [json_to_value(item) for item in document]
+    if kind is not dict:
+        return document
+    tags = [key for key in document if key[:1] == "@" and key[:2] != "@@"]
+    if not tags:
+        return {_unescape(key): json_to_value(value) for key, value in document.items()}
+    tag = tags[0]
+    value = document[tag]
+    decode = _DECODERS.get(tag)
+    if decode is not None and len(document) == 1:
+        return decode(value)
+    return Markup({key: json_to_value(item) for key, item in document.items()})
+
+
+def _decode_dict(pairs: list) -> dict:
+    return {_hashable(json_to_value(key)): json_to_value(value) for key, value in pairs}
+
+
+def _hashable(value: Any) -> Any:
+    return tuple(_hashable(item) for item in value) if type(value) is list else value
+
+
+_DECODERS = {
+    "@tuple": lambda value: tuple(json_to_value(value)),
+    "@set": lambda value: set(map(_hashable, json_to_value(value))),
+    "@frozenset": lambda value: frozenset(map(_hashable, json_to_value(value))),
+    "@dict": _decode_dict,
+    "@bytes": lambda value: base64.b64decode(value),
+    "@str": lambda value: base64.b64decode(value).decode("utf-8", "surrogatepass"),
+    "@float": float,
+    "@int": int,
+    "@decimal": decimal.Decimal,
+    "@datetime": datetime.datetime.fromisoformat,
+    "@date": datetime.date.fromisoformat,
+    "@time": datetime.time.fromisoformat,
+    "@timedelta": lambda value: datetime.timedelta(seconds=value),
+}

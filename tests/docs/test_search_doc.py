@@ -1,0 +1,48 @@
+"""docs/search.md is executable documentation: its Python examples run, and print what the
+``# prints ...`` comments say (a comment on the line after a call stands for that call)."""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+DOC = (REPO / "docs" / "search.md").read_text()
+
+
+def python_blocks(text: str) -> list[tuple[int, str]]:
+    """``(line number, code)`` of every ```python block."""
+    blocks = []
+    for match in re.finditer(r"^```python\n(.*?)^```", text, re.S | re.M):
+        blocks.append((text.count("\n", 0, match.start()) + 2, match.group(1)))
+    return blocks
+
+
+def test_the_json_mapping_section_has_examples():
+    section = DOC.split("## JSON mapping", 1)[1].split("\n## ", 1)[0]
+    assert len(python_blocks(section)) >= 5
+
+
+def test_the_python_examples_run(tmp_path):
+    parts, expected = [], []
+    for line_number, code in python_blocks(DOC):
+        parts.append(f"# ---- docs/search.md line {line_number} ----\n{code}")
+        expected += re.findall(r"# prints (.+)$", code, re.M)
+    script = tmp_path / "search_examples.py"
+    script.write_text("\n".join(parts))
+    done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == expected
+
+
+def test_every_markup_tag_of_the_module_is_documented():
+    source = (REPO / "src" / "amphora" / "jsonpickle.py").read_text()
+    tags = set(re.findall(r'"(@[a-z]+)"', source))
+    assert tags >= {"@ref", "@wref", "@xref", "@class", "@global", "@unknown", "@tuple",
+                    "@set", "@frozenset", "@dict", "@bytes", "@str", "@float", "@int",
+                    "@decimal", "@datetime", "@date", "@time", "@timedelta", "@items",
+                    "@keys", "@children"}
+    for tag in tags:
+        assert f'"{tag}"' in DOC, tag
