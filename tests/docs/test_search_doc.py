@@ -39,7 +39,8 @@ def test_the_python_examples_run(tmp_path):
 
 def test_every_markup_tag_of_the_module_is_documented():
     source = (REPO / "src" / "amphora" / "jsonpickle.py").read_text()
-    tags = set(re.findall(r'"(@[a-z]+)"', source))
+    code = source.split('"""', 2)[2]  # without the module docstring
+    tags = set(re.findall(r'"(@[a-z]+)"', code))
     assert tags >= {"@ref", "@wref", "@xref", "@class", "@global", "@unknown", "@tuple",
                     "@set", "@frozenset", "@dict", "@bytes", "@str", "@float", "@int",
                     "@decimal", "@datetime", "@date", "@time", "@timedelta", "@items",
