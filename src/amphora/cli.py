@@ -298,12 +298,29 @@ def cmd_mirror(args: argparse.Namespace) -> int:
             print(f"dropped the JSON mirror of {args.uri}")
             return 0
         started = time.monotonic()
+        mode = "follow" if args.follow else "sync"
         with _count_progress("writing documents") as progress:
             written = (storage.rebuild_mirror(progress) if args.rebuild
-                       else storage.create_mirror(progress))
+                       else storage.create_mirror(progress, mode))
+            mode = storage.mirror_mode()
         elapsed = time.monotonic() - started
-    print(f"{args.uri}: JSON mirror {'rebuilt' if args.rebuild else 'ready'}, "
-          f"{_plural(written, 'document')} written in {elapsed:.2f} s")
+    kept = ("by every commit" if mode == "sync"
+            else "by a follower: run `amphora follow URI`")
+    print(f"{args.uri}: JSON mirror {'rebuilt' if args.rebuild else 'ready'} (kept current "
+          f"{kept}), {_plural(written, 'document')} written in {elapsed:.2f} s")
+    return 0
+
+
+def cmd_follow(args: argparse.Namespace) -> int:
+    with opened(args.uri) as storage:
+        if not getattr(storage, "supports_mirror", False):
+            raise CommandError(f"{args.uri}: this storage cannot keep a JSON mirror")
+        if storage.mirror_mode() != "follow":
+            raise CommandError(f"{args.uri}: the database has no mirror in follow mode; "
+                               "create one with `amphora mirror --follow URI`")
+        until = 0.0 if args.once else None
+        covered = storage.follow_mirror(until=until, interval=args.interval)
+    print(f"{args.uri}: the mirror covers {_plural(covered, 'more transaction')}")
     return 0
 
 
@@ -446,7 +463,20 @@ def build_parser() -> argparse.ArgumentParser:
     action.add_argument("--rebuild", action="store_true", help="write every document again")
     action.add_argument("--drop", action="store_true",
                         help="remove the mirror and its indexes")
+    action.add_argument("--follow", action="store_true",
+                        help="commits write no documents; `amphora follow` writes them "
+                             "afterwards (commits stay as fast as without a mirror)")
     mirror.set_defaults(func=cmd_mirror)
+
+    follow = command("follow", "keep a follow-mode JSON mirror current",
+                     "Write the JSON documents of the transactions committed since the "
+                     "follower last ran, then keep following new commits until interrupted "
+                     "(or, with --once, stop when caught up). Resumes where it stopped.")
+    follow.add_argument("uri", metavar="URI", help="the storage")
+    follow.add_argument("--once", action="store_true", help="stop once caught up")
+    follow.add_argument("--interval", metavar="S", type=_non_negative, default=0.5,
+                        help="seconds between looks for new commits (default: 0.5)")
+    follow.set_defaults(func=cmd_follow)
     return parser
 
 

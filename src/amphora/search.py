@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 from amphora.errors import (InvalidQueryError, MirrorError, ObjectNotFoundError,
                             ReadConflictError)
-from amphora.utils import p64
+from amphora.utils import p64, u64
 
 __all__ = ["SearchResults", "DatabaseSearch", "ConnectionSearch"]
 
@@ -60,15 +60,40 @@ class DatabaseSearch:
 
     storage: Any
 
-    def create_mirror(self, progress: Callable[[int, int], None] | None = None) -> int:
+    def create_mirror(self, progress: Callable[[int, int], None] | None = None,
+                      mode: str = "sync") -> int:
         """Keep a JSON document of every object from now on, and write those of the
         objects already stored; ``progress(done, total)`` is called as it goes. Returns
-        the number of documents written."""
-        return _mirror_of(self.storage).create_mirror(progress)
+        the number of documents written.
+
+        ``mode="sync"`` (the default): every commit writes its documents in its own
+        transaction. ``mode="follow"``: commits write none, and a follower
+        (:meth:`follow_mirror`, or the ``amphora follow URI`` command) catches up
+        afterwards; searches see what it has reached (:meth:`wait_for_mirror`)."""
+        return _mirror_of(self.storage).create_mirror(progress, mode)
 
     def rebuild_mirror(self, progress: Callable[[int, int], None] | None = None) -> int:
         """Write every document again."""
         return _mirror_of(self.storage).rebuild_mirror(progress)
+
+    def follow_mirror(self, until: float | None = 0.0, interval: float = 0.2) -> int:
+        """Run the follower of a ``follow`` mirror: catch up (and with ``until``, a
+        ``time.monotonic()`` deadline or None for ever, keep following). Returns the
+        number of transactions it covered."""
+        return _mirror_of(self.storage).follow_mirror(until, interval)
+
+    def wait_for_mirror(self, tid: bytes | None = None, timeout: float | None = None) -> bool:
+        """Wait until the documents reflect transaction ``tid`` (default: the last one
+        committed); False when ``timeout`` seconds passed first. Immediate for a
+        ``sync`` mirror."""
+        return _mirror_of(self.storage).wait_for_mirror(
+            None if tid is None else u64(tid), timeout)
+
+    def mirror_mode(self) -> str | None:
+        """``"sync"``, ``"follow"``, or None when the database has no mirror."""
+        if not getattr(self.storage, "supports_mirror", False):
+            return None
+        return self.storage.mirror_mode()
 
     def drop_mirror(self) -> None:
         """Stop keeping documents and remove them, with their indexes."""

@@ -84,3 +84,25 @@ def test_bad_sql_is_one_error_line_and_changes_nothing(people, tmp_path):
     assert "no such column" in line
     done = run("search", uri, "1 = 1", cwd=tmp_path)
     assert len(done.stdout.splitlines()) == 3
+
+
+def test_a_follow_mirror_is_kept_by_amphora_follow(people, tmp_path, monkeypatch):
+    uri, oid = people
+    done = run("mirror", uri, "--follow", cwd=tmp_path)
+    assert "amphora follow" in done.stdout
+    module = __import__(MODULE)
+    db = amphora.open(uri)
+    with db.transaction() as conn:
+        conn.root.cy = module.Person("Cy", "cy@example.com")
+    db.close()
+    sys.modules.pop(MODULE, None)
+    condition = "state->>'email' = %s"
+    assert run("search", uri, condition, "--param", "cy@example.com",
+               cwd=tmp_path).stdout == ""
+    done = run("follow", uri, "--once", cwd=tmp_path)
+    assert "1 more transaction" in done.stdout
+    found = run("search", uri, condition, "--param", "cy@example.com", cwd=tmp_path)
+    assert json.loads(found.stdout)["state"]["name"] == "Cy"
+    run("mirror", uri, "--drop", cwd=tmp_path)
+    assert "no mirror in follow mode" in one_error_line(
+        run("follow", uri, "--once", cwd=tmp_path, ok=False))

@@ -2,6 +2,9 @@
 a mirror (the others refuse with MirrorError)."""
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import transaction
 
@@ -186,3 +189,77 @@ def test_a_mirror_created_later_covers_existing_objects_with_progress(make_stora
 def test_placeholders_inside_quotes_are_left_alone(mirrored):
     rows = mirrored.query_data("SELECT '%s', '100%%', %s", "value")
     assert rows == [("%s", "100%%", "value")]
+
+
+# -- a mirror kept by a follower ----------------------------------------------------------
+
+@pytest.fixture
+def followed(make_storage, storage):
+    if not getattr(storage, "supports_mirror", False):
+        pytest.skip(f"{make_storage.name} cannot keep a JSON mirror")
+    db = amphora.DB(storage)
+    with db.transaction() as conn:
+        conn.root()["Ann"] = Item("Ann", email="ann@example.com", age=41)
+    assert db.create_mirror(mode="follow") == 2  # the root and Ann, written at once
+    yield db
+    db.close()
+
+
+def emails(db) -> list[str]:
+    return [row[0] for row in db.query_data(
+        "SELECT state->>'email' FROM amphora_objects WHERE class_name = %s ORDER BY 1",
+        "conformance.models.Item")]
+
+
+def test_a_follower_writes_documents_after_the_commits(followed):
+    assert followed.mirror_mode() == "follow"
+    with followed.transaction() as conn:
+        conn.root()["Bob"] = Item("Bob", email="bob@example.org", age=35)
+        conn.root()["Ann"].email = "ann@example.net"
+    assert emails(followed) == ["ann@example.com"]  # commits write no documents
+    assert not followed.wait_for_mirror(timeout=0.1)
+    assert followed.follow_mirror() == 1
+    assert followed.wait_for_mirror(timeout=0)
+    assert emails(followed) == ["ann@example.net", "bob@example.org"]
+    assert followed.follow_mirror() == 0  # caught up: nothing to do
+
+
+def test_a_follower_resumes_from_its_watermark_in_another_process(followed, make_storage,
+                                                                  storage):
+    if not make_storage.durable:
+        pytest.skip(f"{make_storage.name} keeps its data in one process")
+    for name in ("Cid", "Dee"):
+        with followed.transaction() as conn:
+            conn.root()[name] = Item(name, email=f"{name.lower()}@example.com", age=1)
+    uri = make_storage.uri()
+    script = ("import sys, amphora; db = amphora.open(sys.argv[1]); "
+              "print(db.follow_mirror()); db.close()")
+    done = subprocess.run([sys.executable, "-c", script, uri], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["2"]
+    assert emails(followed) == ["ann@example.com", "cid@example.com", "dee@example.com"]
+    assert followed.follow_mirror() == 0
+
+
+def test_pack_removes_documents_in_follow_mode_too(followed):
+    with followed.transaction() as conn:
+        del conn.root()["Ann"]
+    followed.follow_mirror()
+    assert emails(followed) == ["ann@example.com"]  # unreachable, not yet packed
+    followed.pack()
+    assert emails(followed) == []
+
+
+def test_switching_a_follow_mirror_to_sync_covers_what_the_follower_missed(followed):
+    with followed.transaction() as conn:
+        conn.root()["Ann"].email = "ann@example.org"
+    followed.create_mirror(mode="sync")
+    assert followed.mirror_mode() == "sync" and emails(followed) == ["ann@example.org"]
+    with followed.transaction() as conn:
+        conn.root()["Ann"].email = "ann@example.net"
+    assert emails(followed) == ["ann@example.net"]
+    with pytest.raises(MirrorError, match="follow mode"):
+        followed.follow_mirror()
+    with pytest.raises(MirrorError, match="'sync' or 'follow'"):
+        followed.create_mirror(mode="later")

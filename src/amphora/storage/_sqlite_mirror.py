@@ -8,10 +8,18 @@ per current object::
     amphora_objects(oid INTEGER PRIMARY KEY, tid INTEGER, class_name TEXT, state TEXT)
 
 ``state`` is the JSON text :mod:`amphora.jsonpickle` makes of the record (SQLite's JSON
-functions and its ``->``/``->>`` operators read it). Every commit writes the rows of the
-records it writes in the same SQLite transaction, whichever process makes it: the
-``mirror`` key of ``amphora_meta`` says so, and a commit reads it under the write lock. A
-trigger removes the row of an object that pack removes. Indexes made with
+functions and its ``->``/``->>`` operators read it). The ``mirror`` key of
+``amphora_meta`` says how documents are written, whichever process commits:
+
+- ``sync``: every commit writes the documents of its records in its own SQLite
+  transaction (a commit reads the key under the write lock);
+- ``follow``: commits write none; a follower (:meth:`MirrorMixin.follow_mirror`, the
+  ``amphora follow`` command) reads the transactions committed after the watermark
+  ``mirror_watermark`` (a tid, in ``amphora_meta``) and writes the documents of the objects
+  they changed, with the watermark, in one SQLite transaction per batch. It resumes where
+  it stopped; :meth:`MirrorMixin.mirror_watermark` tells how far it got.
+
+A trigger removes the row of an object that pack removes, in both modes. Indexes made with
 ``create_mirror_index`` and ``create_text_index`` are ordinary SQLite indexes and FTS5
 tables over this table.
 """
@@ -19,11 +27,15 @@ from __future__ import annotations
 
 import re
 import sqlite3
+import struct
+import time
 from typing import Any, Callable, Sequence
 
 from amphora.errors import InvalidQueryError, MirrorError
 
 __all__ = ["MirrorMixin", "qmark"]
+
+_INT64 = struct.Struct(">q")  # oids as stored (see _sqlite_util)
 
 _CREATE_MIRROR = (
     "CREATE TABLE IF NOT EXISTS amphora_objects (oid INTEGER PRIMARY KEY,"
@@ -34,9 +46,15 @@ _CREATE_MIRROR = (
     " BEGIN DELETE FROM amphora_objects WHERE oid = old.oid; END",
 )
 _MIRROR_KEY = "SELECT value FROM amphora_meta WHERE key = 'mirror'"
-_SET_MIRROR = ("INSERT INTO amphora_meta (key, value) VALUES ('mirror', ?)"
-               " ON CONFLICT (key) DO UPDATE SET value = excluded.value")
-_DROP_MIRROR = ("DELETE FROM amphora_meta WHERE key = 'mirror'",
+_SET_META = ("INSERT INTO amphora_meta (key, value) VALUES (?, ?)"
+             " ON CONFLICT (key) DO UPDATE SET value = excluded.value")
+_WATERMARK = "SELECT value FROM amphora_meta WHERE key = 'mirror_watermark'"
+_LAST_TID = "SELECT max(tid) FROM transactions"
+_COMMITS_AFTER = "SELECT tid, oids FROM transactions WHERE tid > ? ORDER BY tid LIMIT ?"
+_CURRENT_RECORDS = "SELECT oid, tid, data FROM objects WHERE oid IN ({marks})"
+_MODES = ("sync", "follow")
+_FOLLOW_BATCH = 200  # transactions per follower write transaction
+_DROP_MIRROR = ("DELETE FROM amphora_meta WHERE key IN ('mirror', 'mirror_watermark')",
                 "DROP TRIGGER IF EXISTS amphora_objects_gone",
                 "DROP TABLE IF EXISTS amphora_objects")
 _OBJECTS_AFTER = "SELECT oid, tid, data FROM objects WHERE oid > ? ORDER BY oid LIMIT ?"
@@ -122,6 +140,10 @@ class MirrorMixin:
     # -- state ------------------------------------------------------------------------
     def has_mirror(self) -> bool:
         """Whether the file keeps JSON documents of its objects."""
+        return self.mirror_mode() is not None
+
+    def mirror_mode(self) -> str | None:
+        """``"sync"``, ``"follow"`` or None (no mirror); see the module docstring."""
         conn = self._connect(read_only=True)
         try:
             row = conn.execute(_MIRROR_KEY).fetchone()
@@ -129,7 +151,22 @@ class MirrorMixin:
             raise self._error(exc) from exc
         finally:
             conn.close()
-        return row is not None and row[0] == "sync"
+        return row[0] if row is not None and row[0] in _MODES else None
+
+    def mirror_watermark(self) -> int:
+        """The tid (as an integer) up to which the documents are current: in ``follow``
+        mode the last transaction the follower wrote, in ``sync`` mode the last one."""
+        conn = self._connect(read_only=True)
+        try:
+            mode = conn.execute(_MIRROR_KEY).fetchone()
+            if mode is None or mode[0] not in _MODES:
+                raise MirrorError(f"{self._path} has no JSON mirror")
+            query = _LAST_TID if mode[0] == "sync" else _WATERMARK
+            return conn.execute(query).fetchone()[0] or 0
+        except sqlite3.Error as exc:
+            raise self._error(exc) from exc
+        finally:
+            conn.close()
 
     def _mirror_commit(self, conn: sqlite3.Connection,
                        rows: Sequence[tuple[int, int, bytes]]) -> None:
@@ -141,17 +178,30 @@ class MirrorMixin:
             _write_documents(conn, _documents(rows))
 
     # -- making and dropping ------------------------------------------------------------
-    def create_mirror(self, progress: Callable[[int, int], None] | None = None) -> int:
+    def create_mirror(self, progress: Callable[[int, int], None] | None = None,
+                      mode: str = "sync") -> int:
         """Give the file a mirror and write the documents of every current object (the
         backfill, in write transactions of a few hundred objects, while others keep
         committing). Calls ``progress(done, total)`` after each chunk; returns the number
-        of documents written. Creating an existing mirror completes it."""
+        of documents written. Creating an existing mirror completes it, and sets its
+        ``mode`` (``"sync"`` or ``"follow"``, see the module docstring)."""
+        if mode not in _MODES:
+            raise MirrorError(f"a mirror's mode is 'sync' or 'follow', not {mode!r}")
         self._check_writable()
         writer = self._connect(read_only=False)
         try:
-            self._in_write_transaction(writer, lambda: (
-                [writer.execute(statement) for statement in _CREATE_MIRROR],
-                writer.execute(_SET_MIRROR, ("sync",))))
+            def start() -> None:
+                for statement in _CREATE_MIRROR:
+                    writer.execute(statement)
+                was = writer.execute(_MIRROR_KEY).fetchone()
+                if mode == "follow" and (was is None or was[0] != "follow"):
+                    # The backfill below covers everything committed up to now.
+                    last = writer.execute(_LAST_TID).fetchone()[0] or 0
+                    writer.execute(_SET_META, ("mirror_watermark", last))
+                writer.execute(_SET_META, ("mirror", mode))
+            # The backfill then writes every current document (a newer one is never
+            # overwritten), which also covers what a follower had not reached yet.
+            self._in_write_transaction(writer, start)
             return self._backfill(writer, progress)
         except sqlite3.Error as exc:
             raise self._error(exc) from exc
@@ -160,9 +210,10 @@ class MirrorMixin:
 
     def rebuild_mirror(self, progress: Callable[[int, int], None] | None = None) -> int:
         """Write every document again (after an upgrade of the JSON mapping, say)."""
-        if not self.has_mirror():
+        mode = self.mirror_mode()
+        if mode is None:
             raise MirrorError(f"{self._path} has no mirror to rebuild")
-        return self.create_mirror(progress)
+        return self.create_mirror(progress, mode)
 
     def drop_mirror(self) -> None:
         """Remove the mirror, its indexes and text indexes."""
@@ -201,6 +252,82 @@ class MirrorMixin:
             after = rows[-1][0]
             if progress is not None:
                 progress(done, max(total, done))
+
+    # -- the follower -------------------------------------------------------------------
+    def follow_mirror(self, until: float | None = 0.0, interval: float = 0.2,
+                      progress: Callable[[int, int], None] | None = None) -> int:
+        """Write the documents of the transactions committed after the watermark, batch
+        after batch; with ``until=0`` (the default) return once caught up, else keep
+        following (polling every ``interval`` seconds) until ``time.monotonic()`` passes
+        ``until`` (None: for ever). Returns the number of transactions covered.
+        ``progress(done, total)`` hears of each batch."""
+        if self.mirror_mode() != "follow":
+            raise MirrorError(f"{self._path} has no mirror in follow mode "
+                              "(create it with mode='follow')")
+        writer = self._connect(read_only=False)
+        done = 0
+        try:
+            while True:
+                done += self._follow(writer, progress)
+                if until is not None and time.monotonic() >= until:
+                    return done
+                time.sleep(interval)
+        except sqlite3.Error as exc:
+            raise self._error(exc) from exc
+        finally:
+            writer.close()
+
+    def _follow(self, writer: sqlite3.Connection,
+                progress: Callable[[int, int], None] | None) -> int:
+        """Catch the documents up with the last transaction; the number of transactions."""
+        done = 0
+        while True:
+            def batch() -> int:
+                mark = writer.execute(_WATERMARK).fetchone()
+                mark = mark[0] if mark is not None else 0
+                commits = writer.execute(_COMMITS_AFTER, (mark, _FOLLOW_BATCH)).fetchall()
+                if not commits:
+                    return 0
+                keys = sorted({key for _, oids in commits
+                               for (key,) in _INT64.iter_unpack(oids)})
+                rows = []
+                for i in range(0, len(keys), 500):
+                    chunk = keys[i:i + 500]
+                    sql = _CURRENT_RECORDS.format(marks=",".join("?" * len(chunk)))
+                    rows += writer.execute(sql, chunk).fetchall()
+                _write_documents(writer, _documents(rows))  # objects gone: by the trigger
+                writer.execute(_SET_META, ("mirror_watermark", commits[-1][0]))
+                return len(commits)
+            count = self._in_write_transaction(writer, batch)
+            if not count:
+                return done
+            done += count
+            if progress is not None:
+                last = writer.execute(_LAST_TID).fetchone()[0] or 0
+                progress(done, done + (0 if last == 0 else self._behind(writer, last)))
+
+    @staticmethod
+    def _behind(conn: sqlite3.Connection, last: int) -> int:
+        mark = conn.execute(_WATERMARK).fetchone()
+        return conn.execute("SELECT count(*) FROM transactions WHERE tid > ? AND tid <= ?",
+                            (mark[0] if mark else 0, last)).fetchone()[0]
+
+    def wait_for_mirror(self, tid: int | None = None, timeout: float | None = None,
+                        interval: float = 0.05) -> bool:
+        """Wait until the documents cover transaction ``tid`` (an integer; default: the
+        last one now). False if ``timeout`` seconds passed first."""
+        if tid is None:
+            conn = self._connect(read_only=True)
+            try:
+                tid = conn.execute(_LAST_TID).fetchone()[0] or 0
+            finally:
+                conn.close()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.mirror_watermark() < tid:
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            time.sleep(interval)
+        return True
 
     @staticmethod
     def _in_write_transaction(conn: sqlite3.Connection, work: Callable[[], Any]) -> Any:
