@@ -72,17 +72,9 @@ def _sqlite(path: Path, **options: Any) -> Any:
 
 
 def postgres_server() -> pgserver.PostgresServer:
-    """The session's PostgreSQL server (started on first use, stopped at the end).
-
-    Without PostgreSQL programs the test is skipped with the reason, except under CI,
-    where that is an error: CI must run every PostgreSQL test.
-    """
-    try:
-        return pgserver.server()
-    except pgserver.PostgresUnavailable as exc:
-        if pgserver.in_ci():
-            pytest.fail(f"PostgreSQL is required under CI: {exc}", pytrace=False)
-        pytest.skip(f"no PostgreSQL server for the tests: {exc}")
+    """The session's PostgreSQL server (started on first use, stopped at the end); see
+    :func:`pgserver.require` for when it is missing."""
+    return pgserver.require()
 
 
 def _postgresql_schema(path: Path) -> tuple[pgserver.PostgresServer, str]:

@@ -28,8 +28,8 @@ import tempfile
 import threading
 from pathlib import Path
 
-__all__ = ["PostgresServer", "PostgresUnavailable", "server", "stop", "find_bindir",
-           "schema_for", "in_ci"]
+__all__ = ["PostgresServer", "PostgresUnavailable", "server", "require", "started", "stop",
+           "find_bindir", "schema_for", "in_ci"]
 
 DATABASE = "amphora_test"
 USER = "postgres"
@@ -195,6 +195,18 @@ def server() -> PostgresServer:
             raise PostgresUnavailable(_failure) from exc
         _server = candidate
         return _server
+
+
+def require() -> PostgresServer:
+    """The session's server for a pytest test: skipped without PostgreSQL programs, except
+    under CI, where that fails the test (CI must run every PostgreSQL test)."""
+    import pytest
+    try:
+        return server()
+    except PostgresUnavailable as exc:
+        if in_ci():
+            pytest.fail(f"PostgreSQL is required under CI: {exc}", pytrace=False)
+        pytest.skip(f"no PostgreSQL server for the tests: {exc}")
 
 
 def started() -> PostgresServer | None:

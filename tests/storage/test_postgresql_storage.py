@@ -1,0 +1,493 @@
+"""The PostgreSQL storage: its tables, its modes, and what it promises beyond the shared
+storage contract (processes sharing a database, pack done in SQL, notifications, errors).
+
+Each test works in a schema of its own in the test server's database. Records here are
+built by hand (two pickles, references as ``(oid, None)``, classes that do not exist), so
+the tests need no database object and no application class, and show that the storage
+never imports one.
+"""
+from __future__ import annotations
+
+import io
+import pickle
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+
+import pgserver
+import pytest
+
+import amphora
+from amphora.errors import (ConflictError, InvalidURIError, ObjectNotFoundError,
+                            ReadOnlyError, StorageError, StorageFormatError)
+from amphora.storage.base import TransactionMetaData
+from amphora.storage.postgresql import (SCHEMA_VERSION, PostgreSQLConnectionError,
+                                        PostgreSQLStorage)
+from amphora.utils import p64, u64, z64
+
+# -- helpers --------------------------------------------------------------------------------
+
+
+class Ref:
+    """A persistent reference to ``oid`` inside a hand-made record."""
+
+    def __init__(self, oid: bytes):
+        self.oid = oid
+
+
+def record(value=None, *refs: bytes) -> bytes:
+    """A record in ZODB's format: class metadata, then a state referring to ``refs``."""
+    file = io.BytesIO()
+    pickler = pickle.Pickler(file, 3)
+    pickler.persistent_id = lambda obj: (obj.oid, None) if isinstance(obj, Ref) else None
+    pickler.dump(("no_such_module", "Thing"))
+    pickler.dump({"value": value, "refs": [Ref(oid) for oid in refs]})
+    return file.getvalue()
+
+
+def commit(storage, records: dict[bytes, bytes], serials: dict[bytes, bytes] | None = None
+           ) -> bytes:
+    """Commit ``{oid: data}``; ``serials`` gives the tid each oid was read at (new if absent)."""
+    txn = TransactionMetaData()
+    storage.tpc_begin(txn)
+    for oid, data in records.items():
+        storage.store(oid, (serials or {}).get(oid, z64), data, "", txn)
+    storage.tpc_vote(txn)
+    return storage.tpc_finish(txn)
+
+
+class Recorder:
+    """A stand-in for the database: what ``registerDB`` callers receive."""
+
+    def __init__(self, storage=None):
+        self.storage = storage
+        self.events: list = []
+
+    def invalidate(self, tid, oids):
+        # The invariant: a tid is reported before lastTransaction() shows it.
+        if self.storage is not None:
+            assert self.storage.lastTransaction() < tid
+        self.events.append(("invalidate", tid, sorted(oids)))
+
+    def invalidateCache(self):
+        self.events.append(("invalidateCache",))
+
+
+@pytest.fixture
+def server() -> pgserver.PostgresServer:
+    return pgserver.require()
+
+
+@pytest.fixture
+def schema(server, request) -> str:
+    name = pgserver.schema_for(request.node.nodeid)
+    server.remember_schema(name)
+    return name
+
+
+@pytest.fixture
+def sql(server, schema):
+    """Run SQL in the test's schema (as another client of the database would)."""
+    conn = server.connect()
+    conn.execute(f"SET search_path = {schema}")
+
+    def run(statement: str, params=()):
+        cursor = conn.execute(statement, params)
+        return cursor.fetchall() if cursor.description else None
+    yield run
+    conn.close()
+
+
+@pytest.fixture
+def open_storage(server, schema):
+    opened = []
+
+    def open_storage(**options):
+        storage = PostgreSQLStorage(server.dsn(), schema=schema, **options)
+        opened.append(storage)
+        return storage
+    yield open_storage
+    for storage in opened:
+        storage.close()
+
+
+@pytest.fixture
+def storage(open_storage):
+    return open_storage()
+
+
+def tables(server, schema) -> list[str]:
+    with server.connect() as conn:
+        return sorted(name for (name,) in conn.execute(
+            "SELECT c.relname FROM pg_class AS c JOIN pg_namespace AS n"
+            " ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relkind IN ('r', 'S')",
+            (schema,)))
+
+
+# -- the schema -----------------------------------------------------------------------------
+
+
+def test_a_new_schema_says_what_it_is(storage, sql, server, schema):
+    assert dict(sql("SELECT key, value FROM amphora_meta")) == {
+        "format": "amphora-postgresql", "schema_version": str(SCHEMA_VERSION),
+        "keep_history": "1", "packed_through": "0"}
+    assert tables(server, schema) == ["amphora_meta", "objects", "oid_seq", "replaced",
+                                      "revisions", "transactions"]
+
+
+def test_oids_and_tids_are_stored_as_bigint_and_records_verbatim(storage, sql):
+    data = record("x")
+    tid = commit(storage, {p64(7): data})
+    assert sql("SELECT oid, tid, data FROM objects") == [(7, u64(tid), data)]
+
+
+@pytest.mark.parametrize("setup, complaint", [
+    (["CREATE TABLE customers (id int)"], "not an amphora database"),
+    (["CREATE TABLE amphora_meta (key text PRIMARY KEY, value text NOT NULL)",
+      "INSERT INTO amphora_meta VALUES ('format', 'something-else')"], "something-else"),
+    (["CREATE TABLE amphora_meta (key text PRIMARY KEY, value text NOT NULL)",
+      "INSERT INTO amphora_meta VALUES ('format', 'amphora-postgresql'),"
+      " ('schema_version', '99'), ('keep_history', '1')"], "schema version '99'"),
+], ids=["foreign-tables", "other-format", "newer-version"])
+def test_a_schema_that_is_not_a_usable_amphora_database_is_refused_untouched(
+        server, schema, sql, setup, complaint):
+    sql(f"CREATE SCHEMA {schema}")
+    for statement in setup:
+        sql(statement)
+    before = tables(server, schema)
+    contents = sql("SELECT * FROM amphora_meta") if "amphora_meta" in before else None
+    with pytest.raises(StorageFormatError, match=complaint):
+        PostgreSQLStorage(server.dsn(), schema=schema)
+    assert tables(server, schema) == before
+    if contents is not None:
+        assert sql("SELECT * FROM amphora_meta") == contents
+
+
+@pytest.mark.parametrize("options", [{"read_only": True}, {"create": False}])
+def test_a_missing_schema_is_only_created_when_allowed(server, schema, options):
+    with pytest.raises(StorageFormatError, match="no amphora database"):
+        PostgreSQLStorage(server.dsn(), schema=schema, **options)
+    assert tables(server, schema) == []
+
+
+def test_the_history_mode_is_fixed_when_the_schema_is_created(open_storage):
+    open_storage(keep_history=False).close()
+    with pytest.raises(StorageFormatError, match="history-free"):
+        open_storage(keep_history=True)
+    assert open_storage().keep_history is False
+
+
+def test_read_only_storage_reads_and_refuses_writes(open_storage):
+    storage = open_storage()
+    commit(storage, {z64: record("root")})
+    reader = open_storage(read_only=True)
+    assert reader.load(z64)[0] == record("root")
+    with pytest.raises(ReadOnlyError):
+        reader.tpc_begin(TransactionMetaData())
+    with pytest.raises(ReadOnlyError):
+        reader.new_oid()
+
+
+# -- several writers ------------------------------------------------------------------------
+
+
+def test_two_writers_creating_the_same_oid_conflict(open_storage):
+    first, second = open_storage(), open_storage()
+    txn = TransactionMetaData()
+    second.tpc_begin(txn)
+    second.store(z64, z64, record("second"), "", txn)
+    commit(first, {z64: record("first")})
+    with pytest.raises(ConflictError):
+        second.tpc_vote(txn)
+    second.tpc_abort(txn)
+    assert second.load(z64)[0] == record("first")
+
+
+def test_a_stale_serial_is_a_conflict_and_writes_nothing(open_storage):
+    first, second = open_storage(), open_storage()
+    tid = commit(first, {z64: record(1)})
+    commit(first, {z64: record(2)}, {z64: tid})
+    last = second.lastTransaction()
+    with pytest.raises(ConflictError):
+        commit(second, {z64: record(3), p64(5): record(5)}, {z64: tid})
+    assert second.load(z64)[0] == record(2)
+    with pytest.raises(ObjectNotFoundError):
+        second.load(p64(5))
+    second.sync()
+    assert second.lastTransaction() > last
+
+
+def test_new_oids_are_unique_across_storage_objects(open_storage):
+    first, second = open_storage(), open_storage()
+    oids = first.new_oids(100) + second.new_oids(100) + [first.new_oid(), second.new_oid()]
+    assert len(set(oids)) == len(oids) and z64 not in oids
+
+
+def test_oids_stored_without_new_oid_are_not_handed_out_later(open_storage):
+    storage = open_storage()
+    commit(storage, {p64(5000): record()})
+    assert all(u64(oid) > 5000 for oid in open_storage().new_oids(10))
+
+
+def test_sync_reports_commits_of_another_storage_object_in_order(open_storage):
+    mine, theirs = open_storage(), open_storage()
+    recorder = Recorder(mine)
+    mine.registerDB(recorder)
+    tids = [commit(theirs, {p64(n): record(n)}) for n in (1, 2, 3)]
+    mine.sync()
+    assert recorder.events == [("invalidate", tid, [p64(n)]) for tid, n in zip(tids, (1, 2, 3))]
+    assert mine.lastTransaction() == tids[-1]
+    mine.sync()
+    assert len(recorder.events) == 3
+
+
+def test_a_commit_reports_earlier_commits_of_others_first(open_storage):
+    mine, theirs = open_storage(), open_storage()
+    recorder = Recorder(mine)
+    mine.registerDB(recorder)
+    their_tid = commit(theirs, {p64(1): record()})
+    my_tid = commit(mine, {p64(2): record()})
+    assert recorder.events == [("invalidate", their_tid, [p64(1)])]
+    assert their_tid < my_tid == mine.lastTransaction()
+
+
+@pytest.mark.timeout(300)
+def test_processes_sharing_one_database_keep_a_hot_counter_exact(server, schema):
+    """Three processes increment one counter (the root) at once, retrying conflicts: no
+    increment is lost or counted twice."""
+    uri = server.uri(schema=schema)
+    with amphora.open(uri) as db:
+        with db.transaction() as conn:
+            conn.root()["counter"] = 0
+    script = textwrap.dedent(f"""
+        import sys
+        sys.path[:0] = {sys.path!r}
+        import transaction, amphora
+        db = amphora.open({uri!r})
+        tm = transaction.TransactionManager()
+        conn = db.open(tm)
+        retried = 0
+        for i in range(30):
+            for n, attempt in enumerate(tm.attempts(10_000)):
+                retried += n > 0
+                with attempt:
+                    conn.root()["counter"] += 1
+        conn.close()
+        db.close()
+        print(retried)
+    """)
+    procs = [subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
+                              text=True) for _ in range(3)]
+    for proc in procs:
+        proc.communicate(timeout=240)
+        assert proc.returncode == 0
+    with amphora.open(uri) as db:
+        with db.transaction() as conn:
+            assert conn.root()["counter"] == 90
+
+
+# -- pack -----------------------------------------------------------------------------------
+
+
+def test_references_are_stored_at_vote(storage, sql):
+    commit(storage, {z64: record("root", p64(1), p64(2)), p64(1): record("leaf"),
+                     p64(2): b"not a pickle"})
+    refs = dict(sql("SELECT oid, refs FROM objects"))
+    assert refs == {0: [1, 2], 1: [], 2: None}
+
+
+def graph(storage) -> bytes:
+    """root -> 1 -> 2; 3 -> 4 unreachable; 5 <-> 6 an unreachable cycle. Returns the tid."""
+    return commit(storage, {
+        z64: record("root", p64(1)), p64(1): record(1, p64(2)), p64(2): record(2),
+        p64(3): record(3, p64(4)), p64(4): record(4),
+        p64(5): record(5, p64(6)), p64(6): record(6, p64(5))})
+
+
+@pytest.mark.parametrize("keep_history", [True, False])
+def test_pack_keeps_what_the_root_reaches_and_drops_the_rest(open_storage, keep_history):
+    storage = open_storage(keep_history=keep_history)
+    graph(storage)
+    # the root lets go of 1 (and so of 2) and takes 3 (and so 4)
+    tid = commit(storage, {z64: record("root", p64(3))}, {z64: storage.load(z64)[1]})
+    storage.pack(tid_time_after(tid))
+    for oid in (0, 3, 4):
+        storage.load(p64(oid))
+    for oid in (1, 2, 5, 6):
+        with pytest.raises(ObjectNotFoundError):
+            storage.load(p64(oid))
+    assert len(storage) == 3
+
+
+def tid_time_after(tid: bytes) -> float:
+    from amphora.utils import tid_time
+    return tid_time(tid) + 1
+
+
+def test_pack_drops_old_revisions_but_keeps_the_current_ones(storage):
+    first = commit(storage, {z64: record("one")})
+    second = commit(storage, {z64: record("two")}, {z64: first})
+    storage.pack(tid_time_after(second))
+    assert storage.load(z64) == (record("two"), second)
+    with pytest.raises(ObjectNotFoundError):
+        storage.loadSerial(z64, first)
+    assert [entry["tid"] for entry in storage.history(z64, 10)] == [second]
+
+
+def test_pack_scans_records_written_without_references(storage):
+    """A record whose references could not be read at vote is read at pack with the
+    ``referencesf`` given, so what it refers to is not taken for garbage."""
+    commit(storage, {z64: record("root", p64(1)), p64(1): b"opaque:2", p64(2): record(2),
+                     p64(3): record(3)})
+
+    def references(data: bytes) -> list[bytes]:
+        if data.startswith(b"opaque:"):
+            return [p64(int(data[7:]))]
+        from amphora.serialize import references as pickle_references
+        return pickle_references(data)
+    storage.pack(tid_time_after(storage.lastTransaction()), references)
+    storage.load(p64(2))
+    with pytest.raises(ObjectNotFoundError):
+        storage.load(p64(3))
+
+
+def test_pack_keeps_what_a_commit_during_pack_refers_to(open_storage, monkeypatch):
+    """Garbage found by the walk that a commit made meanwhile refers to again stays, with
+    what it reaches: pack checks again under the commit lock."""
+    storage, other = open_storage(), open_storage()
+    graph(storage)
+    cls = type(storage)
+    lock_sql = cls._commit_lock_sql.fget(storage)
+
+    def commit_then_lock(self):
+        if self is storage:  # after the walk, before pack takes the lock
+            commit(other, {p64(7): record(7, p64(3))})
+        return lock_sql
+    monkeypatch.setattr(cls, "_commit_lock_sql", property(commit_then_lock))
+    storage.pack(tid_time_after(storage.lastTransaction()))
+    monkeypatch.undo()
+    for oid in (3, 4, 7):
+        storage.load(p64(oid))
+    for oid in (5, 6):
+        with pytest.raises(ObjectNotFoundError):
+            storage.load(p64(oid))
+
+
+def test_pack_trims_transactions_without_records_and_others_are_told(open_storage):
+    storage, other = open_storage(), open_storage()
+    recorder = Recorder(other)
+    other.registerDB(recorder)
+    first = commit(storage, {z64: record("one")})
+    commit(storage, {z64: record("two")}, {z64: first})
+    last = commit(storage, {p64(1): record("x")})
+    storage.pack(tid_time_after(last))
+    assert [t.tid for t in storage.iterator()][-1] == last
+    assert first not in [t.tid for t in storage.iterator()]
+    other.sync()
+    assert recorder.events[0] == ("invalidateCache",)
+    assert other.lastTransaction() == last
+
+
+# -- notifications --------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(120)
+def test_a_commit_elsewhere_wakes_poll(open_storage):
+    waiting, writer = open_storage(), open_storage()
+    recorder = Recorder(waiting)
+    waiting.registerDB(recorder)
+    woke: list[bool] = []
+    thread = threading.Thread(target=lambda: woke.append(waiting.poll(timeout=60)))
+    thread.start()
+    tid = commit(writer, {p64(1): record()})
+    thread.join()
+    assert woke == [True]
+    assert recorder.events == [("invalidate", tid, [p64(1)])]
+    assert waiting.lastTransaction() == tid
+
+
+def test_poll_reports_earlier_commits_at_once_and_false_when_none_come(open_storage):
+    waiting, writer = open_storage(), open_storage()
+    tid = commit(writer, {p64(1): record()})
+    assert waiting.poll(timeout=60) is True
+    assert waiting.lastTransaction() == tid
+    assert waiting.poll(timeout=0.05) is False
+
+
+def test_each_commit_notifies_its_tid(storage, server, schema):
+    with server.connect() as listener:
+        listener.execute(f"LISTEN amphora_{schema}")
+        tid = commit(storage, {p64(1): record()})
+        notes = list(listener.notifies(timeout=60, stop_after=1))
+    assert [(note.channel, note.payload) for note in notes] == [
+        (f"amphora_{schema}", str(u64(tid)))]
+
+
+# -- URIs and errors ------------------------------------------------------------------------
+
+
+def test_a_uri_opens_the_storage_with_its_options(server, schema):
+    storage = amphora.uri.open_storage(server.uri(schema=schema, keep_history="false"))
+    try:
+        assert isinstance(storage, PostgreSQLStorage)
+        assert storage.keep_history is False and storage.schema == schema
+    finally:
+        storage.close()
+    storage = amphora.uri.open_storage(
+        server.uri(schema=schema).replace("postgresql://", "postgres://"))
+    storage.close()
+
+
+@pytest.mark.parametrize("query, complaint", [
+    ("keep_history=maybe", "keep_history"),
+    ("schema=Not-A-Name", "schema"),
+    ("colour=blue", "colour"),
+    ("connect_timeout=-1", "connect_timeout"),
+])
+def test_bad_uri_options_are_invalid_uri_errors(server, query, complaint):
+    with pytest.raises(InvalidURIError, match=complaint):
+        amphora.uri.open_storage(server.uri() + "?" + query)
+
+
+def test_a_bad_port_is_an_invalid_uri_error():
+    with pytest.raises(InvalidURIError, match="port"):
+        amphora.uri.open_storage("postgresql://user@localhost:http/db")
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]  # nothing listens once the socket is closed
+
+
+def test_an_unreachable_server_is_a_clear_error_without_the_password():
+    port = _closed_port()
+    with pytest.raises(PostgreSQLConnectionError) as caught:
+        amphora.uri.open_storage(f"postgresql://someone:s3cret@127.0.0.1:{port}/appdb")
+    message = str(caught.value)
+    assert f"127.0.0.1:{port}/appdb" in message and "someone" in message
+    assert "s3cret" not in message
+    assert isinstance(caught.value, StorageError)
+    assert caught.value.__cause__ is None and caught.value.__suppress_context__
+
+
+def test_a_missing_database_is_a_clear_error(server):
+    uri = server.uri().rsplit("/", 1)[0] + "/no_such_db"
+    with pytest.raises(PostgreSQLConnectionError, match="no_such_db"):
+        amphora.uri.open_storage(uri)
+
+
+def test_an_unknown_user_is_a_clear_error(server):
+    uri = server.uri().replace("postgres@", "nobody:pw@")
+    with pytest.raises(PostgreSQLConnectionError, match="nobody") as caught:
+        amphora.uri.open_storage(uri)
+    assert ":pw" not in str(caught.value)
+
+
+def test_a_dropped_schema_is_a_storage_error(storage, sql, schema):
+    commit(storage, {z64: record()})
+    sql(f"DROP SCHEMA {schema} CASCADE")
+    with pytest.raises(StorageFormatError):
+        storage.load(z64)
