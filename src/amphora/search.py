@@ -144,11 +144,15 @@ class ConnectionSearch:
         if class_name is not None:
             where += " AND class_name = %s"
             params = (*params, class_name)
-        total = mirror.query_mirror(f"SELECT count(*) FROM amphora_objects WHERE {where}",
-                                    params)[0][0]
+        # the total comes with the rows (a window over all matches, before the limit)
         rows = mirror.query_mirror(
-            f"SELECT oid FROM amphora_objects WHERE {where} ORDER BY {order_by or 'oid'}"
-            + _page(limit, offset), params)
+            f"SELECT oid, count(*) OVER () FROM amphora_objects WHERE {where}"
+            f" ORDER BY {order_by or 'oid'}" + _page(limit, offset), params)
+        if rows:
+            total = rows[0][1]
+        else:  # no row to carry it: an empty result, or an offset past the end
+            total = 0 if not offset else mirror.query_mirror(
+                f"SELECT count(*) FROM amphora_objects WHERE {where}", params)[0][0]
         return SearchResults(self._objects(rows), total)
 
     def search_text(self, index: str, query: str, limit: int | None = 20,

@@ -29,6 +29,7 @@ import re
 import sqlite3
 import struct
 import time
+import weakref
 from typing import Any, Callable, Sequence
 
 from amphora.errors import InvalidQueryError, MirrorError
@@ -127,6 +128,15 @@ def _write_documents(conn: sqlite3.Connection, documents: list[tuple[int, int, s
             start += size
 
 
+class _QueryConnection:
+    """A thread's search connection (weakly referenced: sqlite3 connections are not)."""
+
+    __slots__ = ("conn", "__weakref__")
+
+    def __init__(self, conn: sqlite3.Connection):
+        self.conn = conn
+
+
 class MirrorMixin:
     """Part of :class:`~amphora.storage.sqlite.SQLiteStorage`: the JSON mirror.
 
@@ -136,6 +146,8 @@ class MirrorMixin:
     """
 
     supports_mirror = True
+    _mirror_conns: weakref.WeakSet  # of _QueryConnection: every thread's search connection
+    _mirror_lock: Any
 
     # -- state ------------------------------------------------------------------------
     def has_mirror(self) -> bool:
@@ -399,21 +411,43 @@ class MirrorMixin:
     def query_mirror(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
         """The rows of a read-only SQL query (``%s`` placeholders) over the mirror, as of
         the latest commit."""
-        if not self.has_mirror():
-            raise MirrorError(f"{self._path} has no JSON mirror: create it first "
-                              "(db.create_mirror(), or `amphora mirror URI`)")
         statement = qmark(sql)
-        conn = self._connect(read_only=True)
+        conn = self._query_connection()
         try:
-            conn.execute("PRAGMA query_only = 1")
+            mode = conn.execute(_MIRROR_KEY).fetchone()
+            if mode is None or mode[0] not in _MODES:
+                raise MirrorError(f"{self._path} has no JSON mirror: create it first "
+                                  "(db.create_mirror(), or `amphora mirror URI`)")
             return conn.execute(statement, tuple(params)).fetchall()
-        except (sqlite3.OperationalError, sqlite3.ProgrammingError,
-                sqlite3.IntegrityError) as exc:
+        except sqlite3.OperationalError as exc:
+            raise InvalidQueryError(f"{exc} (in {sql!r})") from exc
+        except (sqlite3.ProgrammingError, sqlite3.IntegrityError) as exc:
+            if self._closed:
+                raise self._error(exc) from exc
             raise InvalidQueryError(f"{exc} (in {sql!r})") from exc
         except sqlite3.Error as exc:
             raise self._error(exc) from exc
-        finally:
-            conn.close()
+
+    def _query_connection(self) -> sqlite3.Connection:
+        """This thread's read-only connection for searches (each query sees the latest
+        commit: no transaction is held between queries). It goes away with the thread."""
+        holder = getattr(self._local, "mirror_conn", None)
+        if holder is not None:
+            return holder.conn
+        if self._closed:
+            raise self._error(sqlite3.ProgrammingError("closed"))
+        holder = _QueryConnection(self._connect(read_only=True))
+        holder.conn.execute("PRAGMA query_only = 1")
+        with self._mirror_lock:
+            self._mirror_conns.add(holder)
+        self._local.mirror_conn = holder
+        return holder.conn
+
+    def _close_mirror_connections(self) -> None:
+        with self._mirror_lock:
+            holders, self._mirror_conns = list(self._mirror_conns), weakref.WeakSet()
+        for holder in holders:
+            holder.conn.close()
 
     def text_query(self, name: str, query: str) -> tuple[str, list[Any]]:
         """The SQL (``%s`` placeholders) and parameters selecting the oids of the matches

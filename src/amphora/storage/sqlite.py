@@ -225,6 +225,8 @@ class SQLiteStorage(SchemaMixin, PackMixin, MirrorMixin, StorageBase):
         self._synchronous = synchronous
         self._busy_timeout = busy_timeout
         self._local = threading.local()
+        self._mirror_conns: weakref.WeakSet = weakref.WeakSet()  # searches' connections
+        self._mirror_lock = threading.Lock()
         # A dead thread's reader (and its connection) goes away with the thread.
         self._readers: weakref.WeakSet[_Reader] = weakref.WeakSet()
         self._generation = 0  # bumped before others' commits are reported (see _renew)
@@ -747,6 +749,7 @@ class SQLiteStorage(SchemaMixin, PackMixin, MirrorMixin, StorageBase):
             self._close_connections()
 
     def _close_connections(self) -> None:
+        self._close_mirror_connections()
         with self._sweeper_lock:
             if self._sweeper is not None:
                 self._sweeper.cancel()
