@@ -86,6 +86,7 @@ it (references, instances, placeholders) comes back as :class:`Markup`.
 from __future__ import annotations
 
 import base64
+import binascii
 import codecs
 import datetime
 import decimal
@@ -152,6 +153,7 @@ def record_to_json(data: bytes) -> tuple[str, str]:
 # ---------------------------------------------------------------------------------------
 # The stack machine
 
+_b64 = binascii.b2a_base64
 _unpack_I = struct.Struct("<I").unpack_from
 _unpack_i = struct.Struct("<i").unpack_from
 _unpack_H = struct.Struct("<H").unpack_from
@@ -184,12 +186,46 @@ _INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
 def _read(data: bytes) -> tuple[str, Any]:
     """The class name and the symbolic state of a record."""
     memo: dict[int, Any] = {}
-    meta, pos = _run(data, 0, memo)
-    class_name = _class_name(meta)
-    if class_name is None:
-        raise CorruptRecordError(f"unrecognized class metadata in a record: {meta!r}")
+    pos = _known_class_pickle(data, memo)
+    if pos:
+        class_name = memo[0].name
+    else:
+        meta, pos = _run(data, 0, memo)
+        class_name = _class_name(meta)
+        if class_name is None:
+            raise CorruptRecordError(f"unrecognized class metadata in a record: {meta!r}")
     state, _end = _run(data, pos, memo)
     return class_name, state
+
+
+# Class pickles of the usual form (protocol 2 or 3, ``GLOBAL module\nname\n``, ``BINPUT
+# 0``, ``STOP``), as amphora and ZODB write them: the bytes between PROTO and BINPUT ->
+# the global. Bounded: cleared when full.
+_class_pickles: dict[bytes, _Global] = {}
+_CLASS_PICKLES_MAX = 10000
+
+
+def _known_class_pickle(data: bytes, memo: dict[int, Any]) -> int:
+    """Where the state pickle starts, when the class pickle has the usual form (its global
+    put in ``memo``); else 0."""
+    if data[:1] != b"\x80" or data[2:3] != b"c":
+        return 0
+    first = data.find(b"\n", 3)
+    end = data.find(b"\n", first + 1) + 1
+    if first < 0 or end <= 0 or data[end:end + 3] != b"q\x00.":
+        return 0
+    key = data[3:end]
+    found = _class_pickles.get(key)
+    if found is None:
+        if len(_class_pickles) >= _CLASS_PICKLES_MAX:
+            _class_pickles.clear()
+        try:
+            found = _class_pickles[key] = _global(data[3:first].decode("utf-8"),
+                                                  data[first + 1:end - 1].decode("utf-8"))
+        except UnicodeDecodeError:
+            return 0
+    memo[0] = found
+    return end + 3
 
 
 def _run(data: bytes, pos: int, memo: dict[int, Any]) -> tuple[Any, int]:
@@ -197,289 +233,310 @@ def _run(data: bytes, pos: int, memo: dict[int, Any]) -> tuple[Any, int]:
 
     Values are built straight into JSON-ready form (see the module docstring), except
     bytes and globals, which stay ``bytes`` and :class:`_Global` until :func:`_dumps`
-    (references need the raw oid, REDUCE needs the name). The common opcodes come first.
+    (references need the raw oid, REDUCE needs the name).
+
+    Speed: the common opcodes are tested first, as numbers (the opcode's name beside
+    each); the others are :func:`_rare_opcode`'s. An opcode that makes a value falls
+    through to the end of the loop, which also does the ``BINPUT`` that follows nearly
+    every value in a pickle.
     """
     stack: list[Any] = []
     marks: list[int] = []
     push = stack.append
+    if data[pos] == 128:  # PROTO
+        pos += 2
     while True:
         op = data[pos]
         pos += 1
-        if op == _BINPUT:
-            memo[data[pos]] = stack[-1]
-            pos += 1
-        elif op == _BINUNICODE or op == _SHORT_BINUNICODE:
-            if op == _BINUNICODE:
-                size = _unpack_I(data, pos)[0]
-                pos += 4
-            else:
-                size = data[pos]
-                pos += 1
-            end = pos + size
-            raw = data[pos:end]
-            if len(raw) != size:
-                raise CorruptRecordError("a record ends inside a string")
-            pos = end
-            if b"\x00" in raw:
-                push(_text(raw))
+        if op == 88:  # BINUNICODE
+            end = pos + 4 + _unpack_I(data, pos)[0]
+            raw = data[pos + 4:end]
+            pos = end  # past the end if the record is cut short: data[pos] raises below
+            if 0 in raw:  # U+0000 (an int test: much faster than b"\x00" in raw)
+                value = _text(raw)
             else:
                 try:
-                    push(raw.decode())
+                    value = raw.decode()
                 except UnicodeDecodeError:
-                    push(_text(raw))
-        elif op == _BINGET:
+                    value = _text(raw)
+        elif op == 113:  # BINPUT
+            memo[data[pos]] = stack[-1]
+            pos += 1
+            continue
+        elif op < 100:
+            if op == 75:  # BININT1
+                push(data[pos])
+                pos += 1
+                continue
+            elif op == 67:  # SHORT_BINBYTES
+                end = pos + 1 + data[pos]
+                value = data[pos + 1:end]
+                pos = end
+                if (len(value) == 8 and data[end] == 113 and data[end + 2] == 104
+                        and data[end + 4] == 134 and data[end + 5] == 113
+                        and data[end + 7] == 81):
+                    # A reference as ZODB writes most of them, done in one step: the oid,
+                    # BINPUT, BINGET of its class, TUPLE2, BINPUT, BINPERSID.
+                    klass = memo[data[end + 3]]
+                    pid = {"@tuple": [value, klass]}
+                    memo[data[end + 1]] = value
+                    memo[data[end + 6]] = pid
+                    pos = end + 8
+                    if type(klass) is _Global:
+                        value = {"@ref": int.from_bytes(value, "big"), "class": klass.name}
+                    else:
+                        value = _reference(pid)
+            elif op == 81:  # BINPERSID
+                pid = stack.pop()
+                parts = pid.get("@tuple") if type(pid) is dict else None
+                if (parts is not None and len(parts) == 2 and type(parts[0]) is bytes
+                        and len(parts[0]) == 8 and type(parts[1]) is _Global):
+                    # ZODB's usual (oid, class) reference, without a call
+                    value = {"@ref": int.from_bytes(parts[0], "big"), "class": parts[1].name}
+                else:
+                    value = _reference(pid)
+            elif op == 40:  # MARK
+                marks.append(len(stack))
+                continue
+            elif op == 93:  # EMPTY_LIST
+                value = []
+            elif op == 78:  # NONE
+                push(None)
+                continue
+            elif op == 74:  # BININT
+                push(_unpack_i(data, pos)[0])
+                pos += 4
+                continue
+            elif op == 71:  # BINFLOAT
+                value = _unpack_d(data, pos)[0]
+                pos += 8
+                push(_float(value) if value - value else value)
+                continue
+            elif op == 46:  # STOP
+                if len(stack) != 1 or marks:
+                    raise CorruptRecordError(
+                        f"a pickle ends with {len(stack)} values on its stack")
+                return stack[0], pos
+            elif op == 77:  # BININT2
+                push(_unpack_H(data, pos)[0])
+                pos += 2
+                continue
+            elif op == 82:  # REDUCE
+                args = stack.pop()
+                value = _reduce(stack.pop(), args)
+            elif op == 99:  # GLOBAL
+                first = data.index(b"\n", pos)
+                end = data.index(b"\n", first + 1)
+                value = _global(data[pos:first].decode("utf-8"),
+                                data[first + 1:end].decode("utf-8"))
+                pos = end + 1
+            elif op == 97:  # APPEND
+                value = stack.pop()
+                _appends(stack[-1], [value])
+                continue
+            elif op == 98:  # BUILD
+                state = stack.pop()
+                value = _build(stack.pop(), state)
+            elif op == 41:  # EMPTY_TUPLE
+                value = {"@tuple": []}
+            else:
+                pos = _rare_opcode(op, data, pos, stack, marks, memo)
+                continue
+        elif op == 104:  # BINGET
             push(memo[data[pos]])
             pos += 1
-        elif op == _SHORT_BINBYTES:
-            end = pos + 1 + data[pos]
-            push(data[pos + 1:end])
-            pos = end
-        elif op == _BININT1:
-            push(data[pos])
-            pos += 1
-        elif op == _TUPLE2:
+            continue
+        elif op == 134:  # TUPLE2
             second = stack.pop()
-            stack[-1] = {"@tuple": [stack[-1], second]}
-        elif op == _BINPERSID:
-            stack[-1] = _reference(stack[-1])
-        elif op == _MARK:
-            marks.append(len(stack))
-        elif op == _SETITEMS:
+            value = {"@tuple": [stack.pop(), second]}
+        elif op == 117:  # SETITEMS
             start = marks.pop()
             items = stack[start:]
             del stack[start:]
             _setitems(stack[-1], items)
-        elif op == _SETITEM:
-            value = stack.pop()
-            key = stack.pop()
-            _setitems(stack[-1], [key, value])
-        elif op == _EMPTY_DICT:
-            push({})
-        elif op == _EMPTY_LIST:
-            push([])
-        elif op == _APPENDS:
+            continue
+        elif op == 125:  # EMPTY_DICT
+            value = {}
+        elif op == 101:  # APPENDS
             start = marks.pop()
             items = stack[start:]
             del stack[start:]
             _appends(stack[-1], items)
-        elif op == _APPEND:
-            _appends(stack[-2], [stack.pop()])
-        elif op == _NONE:
-            push(None)
-        elif op == _NEWTRUE:
-            push(True)
-        elif op == _NEWFALSE:
-            push(False)
-        elif op == _BININT:
-            push(_unpack_i(data, pos)[0])
-            pos += 4
-        elif op == _BININT2:
-            push(_unpack_H(data, pos)[0])
-            pos += 2
-        elif op == _BINFLOAT:
-            value = _unpack_d(data, pos)[0]
-            pos += 8
-            push(_float(value) if value - value else value)
-        elif op == _TUPLE1:
-            stack[-1] = {"@tuple": [stack[-1]]}
-        elif op == _TUPLE3:
+            continue
+        elif op == 136 or op == 137:  # NEWTRUE, NEWFALSE
+            push(op == 136)
+            continue
+        elif op == 140:  # SHORT_BINUNICODE
+            end = pos + 1 + data[pos]
+            raw = data[pos + 1:end]
+            pos = end
+            value = _text(raw)
+        elif op == 115:  # SETITEM
+            value = stack.pop()
+            key = stack.pop()
+            _setitems(stack[-1], [key, value])
+            continue
+        elif op == 133:  # TUPLE1
+            value = {"@tuple": [stack.pop()]}
+        elif op == 135:  # TUPLE3
             third = stack.pop()
             second = stack.pop()
-            stack[-1] = {"@tuple": [stack[-1], second, third]}
-        elif op == _TUPLE:
+            value = {"@tuple": [stack.pop(), second, third]}
+        elif op == 116:  # TUPLE
             start = marks.pop()
-            items = stack[start:]
+            value = {"@tuple": stack[start:]}
             del stack[start:]
-            push({"@tuple": items})
-        elif op == _EMPTY_TUPLE:
-            push({"@tuple": []})
-        elif op == _REDUCE:
-            args = stack.pop()
-            stack[-1] = _reduce(stack[-1], args)
-        elif op == _BUILD:
-            state = stack.pop()
-            stack[-1] = _build(stack[-1], state)
-        elif op == _GLOBAL:
-            first = data.index(b"\n", pos)
-            second = data.index(b"\n", first + 1)
-            push(_global(data[pos:first].decode("utf-8"), data[first + 1:second].decode("utf-8")))
-            pos = second + 1
-        elif op == _STOP:
-            if len(stack) != 1:
-                raise CorruptRecordError(f"a pickle ends with {len(stack)} values on its stack")
-            return stack[0], pos
-        elif op == _PROTO:
-            pos += 1
-        elif op == _FRAME:
-            pos += 8
-        elif op == _MEMOIZE:
-            memo[len(memo)] = stack[-1]
-        elif op == _LONG_BINPUT:
-            memo[_unpack_I(data, pos)[0]] = stack[-1]
-            pos += 4
-        elif op == _LONG_BINGET:
-            push(memo[_unpack_I(data, pos)[0]])
-            pos += 4
-        elif op == _BINBYTES or op == _BINBYTES8 or op == _BYTEARRAY8:
-            if op == _BINBYTES:
-                size = _unpack_I(data, pos)[0]
-                pos += 4
-            else:
-                size = _unpack_Q(data, pos)[0]
-                pos += 8
-            raw = data[pos:pos + size]
-            if len(raw) != size:
-                raise CorruptRecordError("a record ends inside a bytes value")
-            pos += size
-            push(raw if op != _BYTEARRAY8 else {"@class": "builtins.bytearray", "args": [raw]})
-        elif op == _BINUNICODE8:
+        else:
+            pos = _rare_opcode(op, data, pos, stack, marks, memo)
+            continue
+        if data[pos] == 113:  # BINPUT
+            memo[data[pos + 1]] = value
+            pos += 2
+        push(value)
+
+
+def _rare_opcode(op: int, data: bytes, pos: int, stack: list, marks: list,
+                 memo: dict) -> int:
+    """Do what opcode ``op`` (all but the common ones) does; return the new position."""
+    push = stack.append
+    if op == _PROTO:
+        return pos + 1
+    if op == _FRAME:
+        return pos + 8
+    if op == _MEMOIZE:
+        memo[len(memo)] = stack[-1]
+    elif op == _LONG_BINPUT:
+        memo[_unpack_I(data, pos)[0]] = stack[-1]
+        return pos + 4
+    elif op == _LONG_BINGET:
+        push(memo[_unpack_I(data, pos)[0]])
+        return pos + 4
+    elif op in _SIZED_OPCODES:
+        width, make = _SIZED_OPCODES[op]
+        if width == 1:
+            size = data[pos]
+        elif width == 4:
+            size = _unpack_i(data, pos)[0]
+        else:
             size = _unpack_Q(data, pos)[0]
-            pos += 8
-            raw = data[pos:pos + size]
-            if len(raw) != size:
-                raise CorruptRecordError("a record ends inside a string")
-            pos += size
-            push(_text(raw))
-        elif op == _SHORT_BINSTRING or op == _BINSTRING:
-            if op == _SHORT_BINSTRING:
-                size = data[pos]
-                pos += 1
-            else:
-                size = _unpack_i(data, pos)[0]
-                pos += 4
-            raw = data[pos:pos + size]
-            if size < 0 or len(raw) != size:
-                raise CorruptRecordError("a record ends inside a string")
-            pos += size
-            push(_py2_string(raw))
-        elif op == _LONG1 or op == _LONG4:
-            if op == _LONG1:
-                size = data[pos]
-                pos += 1
-            else:
-                size = _unpack_i(data, pos)[0]
-                pos += 4
-            raw = data[pos:pos + size]
-            if size < 0 or len(raw) != size:
-                raise CorruptRecordError("a record ends inside an integer")
-            pos += size
-            push(_int(int.from_bytes(raw, "little", signed=True)))
-        elif op == _STACK_GLOBAL:
-            name = stack.pop()
-            module = stack.pop()
-            if type(module) is str and type(name) is str:
-                push(_global(module, name))
-            else:
-                push({"@unknown": "STACK_GLOBAL", "module": module, "name": name})
-        elif op == _NEWOBJ:
-            args = stack.pop()
-            stack[-1] = _new(stack[-1], args, None)
-        elif op == _NEWOBJ_EX:
-            kwargs = stack.pop()
-            args = stack.pop()
-            stack[-1] = _new(stack[-1], args, kwargs)
-        elif op == _LIST:
-            start = marks.pop()
-            items = stack[start:]
-            del stack[start:]
+        pos += width
+        raw = data[pos:pos + size]
+        if size < 0 or len(raw) != size:
+            raise CorruptRecordError(f"a record ends inside the argument of opcode {op:#04x}")
+        push(make(raw))
+        return pos + size
+    elif op == _STACK_GLOBAL:
+        name = stack.pop()
+        module = stack.pop()
+        if type(module) is str and type(name) is str:
+            push(_global(module, name))
+        else:
+            push({"@unknown": "STACK_GLOBAL", "module": module, "name": name})
+    elif op == _NEWOBJ:
+        args = stack.pop()
+        stack[-1] = _new(stack[-1], args, None)
+    elif op == _NEWOBJ_EX:
+        kwargs = stack.pop()
+        args = stack.pop()
+        stack[-1] = _new(stack[-1], args, kwargs)
+    elif op in _MARKED_OPCODES:
+        start = marks.pop()
+        items = stack[start:]
+        del stack[start:]
+        if op == _LIST:
             push(items)
         elif op == _DICT:
-            start = marks.pop()
-            items = stack[start:]
-            del stack[start:]
             target: dict[Any, Any] = {}
             _setitems(target, items)
             push(target)
-        elif op == _EMPTY_SET:
-            push({"@set": []})
+        elif op == _FROZENSET:
+            push({"@frozenset": items})
         elif op == _ADDITEMS:
-            start = marks.pop()
-            items = stack[start:]
-            del stack[start:]
             target = stack[-1]
             if type(target) is dict and "@set" in target:
                 target["@set"].extend(items)
             else:
                 stack[-1] = {"@unknown": "ADDITEMS", "object": target, "items": items}
-        elif op == _FROZENSET:
-            start = marks.pop()
-            items = stack[start:]
-            del stack[start:]
-            push({"@frozenset": items})
-        elif op == _POP:
-            if marks and marks[-1] == len(stack):
-                marks.pop()  # POP of a MARK (protocol 0/1 pickles do this)
-            else:
-                stack.pop()
         elif op == _POP_MARK:
-            del stack[marks.pop():]
-        elif op == _DUP:
-            push(stack[-1])
-        elif op == _INST or op == _OBJ:
-            if op == _INST:
-                first = data.index(b"\n", pos)
-                second = data.index(b"\n", first + 1)
-                klass = _global(data[pos:first].decode("utf-8"),
-                                data[first + 1:second].decode("utf-8"))
-                pos = second + 1
-                start = marks.pop()
-            else:
-                start = marks.pop()
-                klass = stack[start]
-                start += 1
-            args = stack[start:]
-            del stack[start:]
-            if op == _OBJ:
-                stack.pop()
-            push(_new(klass, {"@tuple": args}, None))
+            pass
+        else:  # OBJ: the class is the first of the items
+            if not items:
+                raise CorruptRecordError("OBJ without a class")
+            push(_new(items[0], {"@tuple": items[1:]}, None))
+    elif op == _EMPTY_SET:
+        push({"@set": []})
+    elif op == _POP:
+        if marks and marks[-1] == len(stack):
+            marks.pop()  # POP of a MARK (protocol 0/1 pickles do this)
         else:
-            pos = _text_opcode(op, data, pos, stack, marks, memo)
-
-
-def _text_opcode(op: int, data: bytes, pos: int, stack: list, marks: list,
-                 memo: dict) -> int:
-    """The protocol 0 opcodes, whose argument is a line of text, and the opcodes that
-    need what a pickle does not hold. Returns the new position."""
-    if op in _LINE_OPCODES:
+            stack.pop()
+    elif op == _DUP:
+        push(stack[-1])
+    elif op == _INST:
+        first = data.index(b"\n", pos)
+        end = data.index(b"\n", first + 1)
+        klass = _global(data[pos:first].decode("utf-8"), data[first + 1:end].decode("utf-8"))
+        start = marks.pop()
+        args = stack[start:]
+        del stack[start:]
+        push(_new(klass, {"@tuple": args}, None))
+        return end + 1
+    elif op in _LINE_OPCODES:
         end = data.index(b"\n", pos)
-        line = data[pos:end]
-        pos = end + 1
-        if op == _INT:
-            stack.append(True if line == b"01" else False if line == b"00" else
-                         _int(int(line)))
-        elif op == _LONG:
-            stack.append(_int(int(line[:-1] if line.endswith(b"L") else line)))
-        elif op == _FLOAT:
-            value = float(line)
-            stack.append(_float(value) if value - value else value)
-        elif op == _STRING:
-            quote = line[:1]
-            if len(line) < 2 or quote not in b"'\"" or line[-1:] != quote:
-                raise CorruptRecordError("a STRING opcode without quotes")
-            stack.append(_py2_string(codecs.escape_decode(line[1:-1])[0]))
-        elif op == _UNICODE:
-            stack.append(_checked_text(str(line, "raw-unicode-escape")))
-        elif op == _PUT:
-            memo[int(line)] = stack[-1]
-        elif op == _GET:
-            stack.append(memo[int(line)])
-        else:  # PERSID: ZODB never writes text persistent ids
-            stack.append({"@unknown": "PERSID", "id": _checked_text(line.decode("latin-1"))})
-        return pos
-    if op == _EXT1 or op == _EXT2 or op == _EXT4:
+        _line_opcode(op, data[pos:end], stack, memo)
+        return end + 1
+    elif op == _EXT1 or op == _EXT2 or op == _EXT4:
         # The extension registry is state of the reading process, not of the record.
         size = 1 if op == _EXT1 else 2 if op == _EXT2 else 4
-        code = int.from_bytes(data[pos:pos + size], "little")
-        stack.append({"@unknown": "EXT", "code": code})
+        push({"@unknown": "EXT", "code": int.from_bytes(data[pos:pos + size], "little")})
         return pos + size
-    if op == _NEXT_BUFFER:
-        stack.append({"@unknown": "NEXT_BUFFER"})  # out-of-band data is not in a record
-        return pos
-    if op == _READONLY_BUFFER:
-        return pos
-    raise CorruptRecordError(f"unknown pickle opcode {op:#04x} at position {pos - 1}")
+    elif op == _NEXT_BUFFER:
+        push({"@unknown": "NEXT_BUFFER"})  # out-of-band data is not in a record
+    elif op == _READONLY_BUFFER:
+        pass
+    else:
+        raise CorruptRecordError(f"unknown pickle opcode {op:#04x} at position {pos - 1}")
+    return pos
 
 
+def _line_opcode(op: int, line: bytes, stack: list, memo: dict) -> None:
+    """The protocol 0 opcodes, whose argument is a line of text."""
+    if op == _INT:
+        stack.append(True if line == b"01" else False if line == b"00" else _int(int(line)))
+    elif op == _LONG:
+        stack.append(_int(int(line[:-1] if line.endswith(b"L") else line)))
+    elif op == _FLOAT:
+        value = float(line)
+        stack.append(_float(value) if value - value else value)
+    elif op == _STRING:
+        quote = line[:1]
+        if len(line) < 2 or quote not in (b"'", b'"') or line[-1:] != quote:
+            raise CorruptRecordError("a STRING opcode without quotes")
+        stack.append(_py2_string(codecs.escape_decode(line[1:-1])[0]))
+    elif op == _UNICODE:
+        stack.append(_checked_text(str(line, "raw-unicode-escape")))
+    elif op == _PUT:
+        memo[int(line)] = stack[-1]
+    elif op == _GET:
+        stack.append(memo[int(line)])
+    else:  # PERSID: ZODB never writes text persistent ids
+        stack.append({"@unknown": "PERSID", "id": _checked_text(line.decode("latin-1"))})
+
+
+def _bytearray(raw: bytes) -> Any:
+    return {"@class": "builtins.bytearray", "args": [raw]}
+
+
+# opcode -> (width of its size, what makes the value of the bytes that follow)
+_SIZED_OPCODES = {
+    _BINBYTES: (4, bytes), _BINBYTES8: (8, bytes), _BYTEARRAY8: (8, _bytearray),
+    _BINUNICODE8: (8, lambda raw: _text(raw)),
+    _SHORT_BINSTRING: (1, lambda raw: _py2_string(raw)),
+    _BINSTRING: (4, lambda raw: _py2_string(raw)),
+    _LONG1: (1, lambda raw: _int(int.from_bytes(raw, "little", signed=True))),
+    _LONG4: (4, lambda raw: _int(int.from_bytes(raw, "little", signed=True))),
+}
+_MARKED_OPCODES = frozenset((_LIST, _DICT, _FROZENSET, _ADDITEMS, _POP_MARK, _OBJ))
 _LINE_OPCODES = frozenset((_INT, _LONG, _FLOAT, _STRING, _UNICODE, _PUT, _GET, _PERSID))
 
 
@@ -574,6 +631,21 @@ def _setitems(target: Any, items: list) -> None:
     ``@``); the first other key turns it, in place (so every holder of it sees this),
     into ``{"@dict": [[key, value], ...]}``.
     """
+    if type(target) is dict and "@class" not in target and "@dict" not in target:
+        pairs = iter(items)
+        for key in pairs:
+            if type(key) is str and key[:1] != "@":
+                target[key] = next(pairs)
+            else:
+                rest = [key]
+                rest.extend(pairs)
+                _add_items(target, rest)
+                return
+        return
+    _add_items(target, items)
+
+
+def _add_items(target: Any, items: list) -> None:
     if type(target) is not dict:
         raise CorruptRecordError(f"SETITEMS on {type(target).__name__}")
     if "@class" in target:
@@ -929,7 +1001,7 @@ def _tree(state: Any, tag: str) -> Any:
 def _default(value: Any) -> Any:
     """The JSON form of the values left raw while reading."""
     if type(value) is bytes:
-        return {"@bytes": base64.b64encode(value).decode("ascii")}
+        return {"@bytes": _b64(value, newline=False).decode("ascii")}
     if type(value) is _Global:
         return {"@global": value.name}
     raise TypeError(f"{type(value).__name__} is not JSON")
