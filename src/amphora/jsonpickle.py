@@ -41,7 +41,8 @@ surrogate (not storable in SQL JSON)  passed through>"}``
 ``tuple``                             ``{"@tuple": [...]}``
 ``set``, ``frozenset``                ``{"@set": [...]}``, ``{"@frozenset": [...]}``
                                       (in the order the pickle holds them)
-``dict`` with ``str`` keys only       object (keys escaped as above)
+``dict`` with ``str`` keys only       object (keys escaped as above; a key holding
+                                      U+0000 or a lone surrogate counts as "other")
 other ``dict``                        ``{"@dict": [[key, value], ...]}`` (keys are values
                                       here, so they are never escaped)
 ``datetime``                          ``{"@datetime": "2024-05-01T12:30:00"}``, with
@@ -50,7 +51,8 @@ other ``dict``                        ``{"@dict": [[key, value], ...]}`` (keys a
                                       kept in a ``"tz"`` field, and ``"fold": 1`` is kept
 ``date``, ``time``                    ``{"@date": "2024-05-01"}``, ``{"@time": "12:30:00"}``
                                       (``time`` like ``datetime``)
-``timedelta``                         ``{"@timedelta": <total seconds>}``
+``timedelta``                         ``{"@timedelta": <total seconds>}`` (exact to the
+                                      microsecond below about 60 years)
 ``Decimal``                           ``{"@decimal": "3.10"}``
 a persistent object                   ``{"@ref": <oid as int>, "class": "mod.Name"}``
                                       (``"class"`` when the reference names it)
@@ -198,13 +200,6 @@ def _read(data: bytes) -> tuple[str, Any]:
     return class_name, state
 
 
-# Class pickles of the usual form (protocol 2 or 3, ``GLOBAL module\nname\n``, ``BINPUT
-# 0``, ``STOP``), as amphora and ZODB write them: the bytes between PROTO and BINPUT ->
-# the global. Bounded: cleared when full.
-_class_pickles: dict[bytes, _Global] = {}
-_CLASS_PICKLES_MAX = 10000
-
-
 def _known_class_pickle(data: bytes, memo: dict[int, Any]) -> int:
     """Where the state pickle starts, when the class pickle has the usual form (its global
     put in ``memo``); else 0."""
@@ -214,18 +209,23 @@ def _known_class_pickle(data: bytes, memo: dict[int, Any]) -> int:
     end = data.find(b"\n", first + 1) + 1
     if first < 0 or end <= 0 or data[end:end + 3] != b"q\x00.":
         return 0
-    key = data[3:end]
-    found = _class_pickles.get(key)
-    if found is None:
-        if len(_class_pickles) >= _CLASS_PICKLES_MAX:
-            _class_pickles.clear()
-        try:
-            found = _class_pickles[key] = _global(data[3:first].decode("utf-8"),
-                                                  data[first + 1:end - 1].decode("utf-8"))
-        except UnicodeDecodeError:
-            return 0
-    memo[0] = found
+    memo[0] = _globals.get(data[3:end]) or _named_global(data[3:end])
     return end + 3
+
+
+# The argument of GLOBAL opcodes (b"module\nname\n") -> its _Global, for the names seen
+# most: record classes, datetime, Decimal... Bounded: cleared when full.
+_globals: dict[bytes, _Global] = {}
+_GLOBALS_MAX = 10000
+
+
+def _named_global(line: bytes) -> _Global:
+    module, name, _ = line.split(b"\n")
+    found = _global(module.decode("utf-8"), name.decode("utf-8"))
+    if len(_globals) >= _GLOBALS_MAX:
+        _globals.clear()
+    _globals[line] = found
+    return found
 
 
 def _run(data: bytes, pos: int, memo: dict[int, Any]) -> tuple[Any, int]:
@@ -325,11 +325,9 @@ def _run(data: bytes, pos: int, memo: dict[int, Any]) -> tuple[Any, int]:
                 args = stack.pop()
                 value = _reduce(stack.pop(), args)
             elif op == 99:  # GLOBAL
-                first = data.index(b"\n", pos)
-                end = data.index(b"\n", first + 1)
-                value = _global(data[pos:first].decode("utf-8"),
-                                data[first + 1:end].decode("utf-8"))
-                pos = end + 1
+                end = data.index(b"\n", data.index(b"\n", pos) + 1) + 1
+                value = _globals.get(data[pos:end]) or _named_global(data[pos:end])
+                pos = end
             elif op == 97:  # APPEND
                 value = stack.pop()
                 _appends(stack[-1], [value])
@@ -974,7 +972,8 @@ def _bucket(state: Any, tag: str) -> Any:
     if tag == "@items":
         if len(flat) % 2:
             return None
-        found = {tag: [flat[i:i + 2] for i in range(0, len(flat), 2)]}
+        pairs = iter(flat)
+        found = {tag: [[key, value] for key, value in zip(pairs, pairs)]}
     else:
         found = {tag: flat}
     if len(parts) == 2:
