@@ -7,6 +7,7 @@ amphora[postgresql]``).
 from __future__ import annotations
 
 import re
+import struct
 import threading
 import weakref
 from typing import Any, Callable, Iterable, Iterator
@@ -75,15 +76,29 @@ _ARCHIVE_CURRENT = ("INSERT INTO revisions (oid, tid, end_tid, data, refs)"
 _RETAIN_CURRENT = ("INSERT INTO replaced (oid, tid, end_tid, data)"
                    " SELECT oid, tid, %s, data FROM objects WHERE oid = ANY(%s::bigint[])")
 _PRUNE_REPLACED = "DELETE FROM replaced WHERE end_tid < %s"
-_ROWS = "unnest(%(oids)s::bigint[], %(datas)s::bytea[], %(refs)s::text[]) AS x(oid, data, refs)"
-_UPSERT_OBJECTS = (f"INSERT INTO objects (oid, tid, data, refs)"
-                   f" SELECT oid, %(tid)s, data, refs::bigint[] FROM {_ROWS}"
+# The rows of a write travel as three values, not arrays of a thousand (which the driver
+# would convert element by element): the oids as one string of 8-byte big-endian oids,
+# the records joined into one bytea with their lengths as text, and the references as
+# array literals joined by "|" ("N" for none known). They are cut apart in the server.
+_ROWS = """
+WITH cut AS (
+  SELECT u.n, u.len::int AS len, u.refs,
+         ('x' || encode(substr(%(oids)s::bytea, 8 * u.n::int - 7, 8), 'hex'))::bit(64)::bigint
+           AS oid
+  FROM unnest(string_to_array(%(lengths)s, ','), string_to_array(%(refs)s, '|'))
+       WITH ORDINALITY AS u(len, refs, n)
+), placed AS (
+  SELECT oid, len, refs, sum(len) OVER (ORDER BY n) - len AS start FROM cut
+)
+SELECT oid, %(tid)s::bigint, substr(%(datas)s::bytea, start::int + 1, len),
+       CASE WHEN refs = 'N' THEN NULL ELSE refs::bigint[] END
+FROM placed"""
+_UPSERT_OBJECTS = (f"INSERT INTO objects (oid, tid, data, refs) {_ROWS}"
                    f" ON CONFLICT (oid) DO UPDATE"
                    f" SET tid = excluded.tid, data = excluded.data, refs = excluded.refs")
 # New objects: a row some other transaction made meanwhile (the root, a restore) is a
 # conflict, found by the rows not returned.
-_INSERT_OBJECTS = (f"INSERT INTO objects (oid, tid, data, refs)"
-                   f" SELECT oid, %(tid)s, data, refs::bigint[] FROM {_ROWS}"
+_INSERT_OBJECTS = (f"INSERT INTO objects (oid, tid, data, refs) {_ROWS}"
                    f" ON CONFLICT (oid) DO NOTHING RETURNING oid")
 _INSERT_TRANSACTION = ("INSERT INTO transactions (tid, username, description, extension, oids)"
                        " VALUES (%s, %s, %s, %s, %s)")
@@ -105,12 +120,12 @@ class PostgreSQLConnectionError(StorageError):
     credentials, not running). The message names host, port, database and user."""
 
 
-def _refs_literal(data: bytes) -> str | None:
-    """The references of a record as a PostgreSQL array literal (None: not a pickle)."""
+def _refs_literal(data: bytes) -> str:
+    """The references of a record as a PostgreSQL array literal ("N": not a pickle)."""
     try:
         refs = record_references(data)
     except CorruptRecordError:
-        return None
+        return "N"
     if not refs:
         return "{}"
     return "{" + ",".join([str(_unpack(ref)[0]) for ref in refs if len(ref) == 8]) + "}"
@@ -624,8 +639,9 @@ class PostgreSQLStorage(SchemaMixin, PackMixin, StorageBase):
 def _rows(tid: int, rows: list[tuple[int, bytes]]) -> dict[str, Any]:
     """The parameters of _UPSERT_OBJECTS or _INSERT_OBJECTS for ``(oid, data)`` rows."""
     datas = [data for _, data in rows]
-    return {"tid": tid, "oids": [key for key, _ in rows], "datas": datas,
-            "refs": [_refs_literal(data) for data in datas]}
+    return {"tid": tid, "oids": b"".join([_pack(key) for key, _ in rows]),
+            "datas": b"".join(datas), "lengths": ",".join(map(str, map(len, datas))),
+            "refs": "|".join([_refs_literal(data) for data in datas])}
 
 
 def _describe(params: dict[str, Any]) -> str:
