@@ -33,6 +33,7 @@ import weakref
 from typing import Any, Callable, Sequence
 
 from amphora.errors import InvalidQueryError, MirrorError
+from amphora.search import placeholders
 
 __all__ = ["MirrorMixin", "qmark"]
 
@@ -76,31 +77,8 @@ _FIELD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*\Z")
 
 
 def qmark(sql: str) -> str:
-    """``sql`` written with ``%s`` placeholders (as for PostgreSQL) in SQLite's ``?`` style;
-    ``%%`` is a literal ``%``; quoted strings and identifiers are left alone."""
-    out: list[str] = []
-    i, n = 0, len(sql)
-    while i < n:
-        char = sql[i]
-        if char in "'\"":
-            end = i + 1
-            while True:
-                end = sql.find(char, end)
-                if end < 0:
-                    raise InvalidQueryError(f"unterminated quote in {sql!r}")
-                if end + 1 < n and sql[end + 1] == char:  # a doubled quote inside
-                    end += 2
-                    continue
-                break
-            out.append(sql[i:end + 1])
-            i = end + 1
-        elif char == "%" and i + 1 < n and sql[i + 1] in "s%":
-            out.append("?" if sql[i + 1] == "s" else "%")
-            i += 2
-        else:
-            out.append(char)
-            i += 1
-    return "".join(out)
+    """``sql`` written with ``%s`` placeholders in SQLite's ``?`` style."""
+    return placeholders(sql, "qmark")
 
 
 def check_name(name: str, what: str = "index name") -> str:
@@ -380,7 +358,9 @@ class MirrorMixin:
         select = ", ".join(f"state ->> '$.{field}'" for field in fields)
         backfill_where = f" WHERE class_name = '{_literal(class_name)}'" if class_name else ""
         self._mirror_ddl([
-            f"CREATE VIRTUAL TABLE {name} USING fts5({', '.join(columns)})",
+            # porter stemming: "databases" finds "database", as PostgreSQL's english does
+            f"CREATE VIRTUAL TABLE {name} USING fts5({', '.join(columns)},"
+            " tokenize = 'porter unicode61')",
             f"INSERT INTO {name} (rowid, {', '.join(columns)}) SELECT oid, {select}"
             f" FROM amphora_objects{backfill_where}",
             f"CREATE TRIGGER {name}_insert AFTER INSERT ON amphora_objects WHEN {condition}"
