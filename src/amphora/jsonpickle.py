@@ -149,7 +149,12 @@ def record_to_json(data: bytes) -> tuple[str, str]:
             class_name = class_name_of(data)
         except Exception:
             class_name = ""
-        return class_name, _dumps({"@unknown": "corrupt record", "error": str(exc)})
+        if _checked_text(class_name) is not class_name:
+            class_name = ""
+        message = str(exc)
+        if _checked_text(message) is not message:
+            message = ascii(message)
+        return class_name, _dumps({"@unknown": "corrupt record", "error": message})
 
 
 # ---------------------------------------------------------------------------------------
@@ -220,6 +225,8 @@ _GLOBALS_MAX = 10000
 
 
 def _named_global(line: bytes) -> _Global:
+    if 0 in line:
+        raise CorruptRecordError("a GLOBAL names a class with U+0000 in its name")
     module, name, _ = line.split(b"\n")
     found = _global(module.decode("utf-8"), name.decode("utf-8"))
     if len(_globals) >= _GLOBALS_MAX:
@@ -471,14 +478,13 @@ def _rare_opcode(op: int, data: bytes, pos: int, stack: list, marks: list,
     elif op == _DUP:
         push(stack[-1])
     elif op == _INST:
-        first = data.index(b"\n", pos)
-        end = data.index(b"\n", first + 1)
-        klass = _global(data[pos:first].decode("utf-8"), data[first + 1:end].decode("utf-8"))
+        end = data.index(b"\n", data.index(b"\n", pos) + 1) + 1
+        klass = _globals.get(data[pos:end]) or _named_global(data[pos:end])
         start = marks.pop()
         args = stack[start:]
         del stack[start:]
         push(_new(klass, {"@tuple": args}, None))
-        return end + 1
+        return end
     elif op in _LINE_OPCODES:
         end = data.index(b"\n", pos)
         _line_opcode(op, data[pos:end], stack, memo)
