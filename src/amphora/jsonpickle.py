@@ -80,7 +80,9 @@ beside ``data``).
 Python 2 ``str`` (``STRING`` opcodes) becomes a string when it is ASCII and bytes
 otherwise, as ZODB reads it. Both pickles share one memo, as ZODB writes them. A structure
 that contains itself becomes ``{"@unknown": "cycle"}`` where it recurs, and nesting deeper
-than 200 levels ``{"@unknown": "too deep"}``.
+than 200 levels ``{"@unknown": "too deep"}``. Structures shared (not cyclic) are written
+at each place; a document that would so grow past a million JSON values (sharing nested in
+sharing) is ``{"@unknown": "too large"}`` as a whole.
 
 :func:`json_to_value` inverts the mapping for plain data; what names something outside
 it (references, instances, placeholders) comes back as :class:`Markup`.
@@ -126,14 +128,20 @@ def transcode(data: bytes) -> tuple[str, str]:
     Raises :class:`CorruptRecordError` when ``data`` is not two pickles (truncated,
     garbage, an opcode that does not exist). Never imports or calls a class.
     """
+    reused: list[Any] = []
     try:
-        class_name, state = _read(bytes(data))
+        class_name, state = _read(bytes(data), reused)
     except CorruptRecordError:
         raise
     except Exception as exc:
         raise CorruptRecordError(
             f"cannot transcode a record ({type(exc).__name__}: {exc})") from exc
-    return class_name, _dumps(_document(class_name, state))
+    document = _document(class_name, state)
+    if reused and _expanded_size(document, {}, set(), 0) > _MAX_VALUES:
+        # Containers met again through the memo are written at each place: nested
+        # sharing could make the text grow exponentially.
+        document = {"@unknown": "too large"}
+    return class_name, _dumps(document)
 
 
 def record_to_json(data: bytes) -> tuple[str, str]:
@@ -190,18 +198,19 @@ _unpack_d = struct.Struct(">d").unpack_from
 _INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
 
 
-def _read(data: bytes) -> tuple[str, Any]:
-    """The class name and the symbolic state of a record."""
+def _read(data: bytes, reused: list[Any]) -> tuple[str, Any]:
+    """The class name and the symbolic state of a record; containers fetched from the
+    memo are appended to ``reused``."""
     memo: dict[int, Any] = {}
     pos = _known_class_pickle(data, memo)
     if pos:
         class_name = memo[0].name
     else:
-        meta, pos = _run(data, 0, memo)
+        meta, pos = _run(data, 0, memo, reused)
         class_name = _class_name(meta)
         if class_name is None:
             raise CorruptRecordError(f"unrecognized class metadata in a record: {meta!r}")
-    state, _end = _run(data, pos, memo)
+    state, _end = _run(data, pos, memo, reused)
     return class_name, state
 
 
@@ -235,7 +244,7 @@ def _named_global(line: bytes) -> _Global:
     return found
 
 
-def _run(data: bytes, pos: int, memo: dict[int, Any]) -> tuple[Any, int]:
+def _run(data: bytes, pos: int, memo: dict[int, Any], reused: list[Any]) -> tuple[Any, int]:
     """Interpret one pickle of ``data`` from ``pos``: its value and where it ended.
 
     Values are built straight into JSON-ready form (see the module docstring), except
@@ -345,11 +354,14 @@ def _run(data: bytes, pos: int, memo: dict[int, Any]) -> tuple[Any, int]:
             elif op == 41:  # EMPTY_TUPLE
                 value = {"@tuple": []}
             else:
-                pos = _rare_opcode(op, data, pos, stack, marks, memo)
+                pos = _rare_opcode(op, data, pos, stack, marks, memo, reused)
                 continue
         elif op == 104:  # BINGET
-            push(memo[data[pos]])
+            value = memo[data[pos]]
             pos += 1
+            if type(value) is dict or type(value) is list:
+                reused.append(value)
+            push(value)
             continue
         elif op == 134:  # TUPLE2
             second = stack.pop()
@@ -392,7 +404,7 @@ def _run(data: bytes, pos: int, memo: dict[int, Any]) -> tuple[Any, int]:
             value = {"@tuple": stack[start:]}
             del stack[start:]
         else:
-            pos = _rare_opcode(op, data, pos, stack, marks, memo)
+            pos = _rare_opcode(op, data, pos, stack, marks, memo, reused)
             continue
         if data[pos] == 113:  # BINPUT
             memo[data[pos + 1]] = value
@@ -400,8 +412,8 @@ def _run(data: bytes, pos: int, memo: dict[int, Any]) -> tuple[Any, int]:
         push(value)
 
 
-def _rare_opcode(op: int, data: bytes, pos: int, stack: list, marks: list,
-                 memo: dict) -> int:
+def _rare_opcode(op: int, data: bytes, pos: int, stack: list, marks: list, memo: dict,
+                 reused: list) -> int:
     """Do what opcode ``op`` (all but the common ones) does; return the new position."""
     push = stack.append
     if op == _PROTO:
@@ -415,6 +427,7 @@ def _rare_opcode(op: int, data: bytes, pos: int, stack: list, marks: list,
         return pos + 4
     elif op == _LONG_BINGET:
         push(memo[_unpack_I(data, pos)[0]])
+        reused.append(stack[-1])
         return pos + 4
     elif op in _SIZED_OPCODES:
         width, make = _SIZED_OPCODES[op]
@@ -488,6 +501,8 @@ def _rare_opcode(op: int, data: bytes, pos: int, stack: list, marks: list,
     elif op in _LINE_OPCODES:
         end = data.index(b"\n", pos)
         _line_opcode(op, data[pos:end], stack, memo)
+        if op == _GET:
+            reused.append(stack[-1])
         return end + 1
     elif op == _EXT1 or op == _EXT2 or op == _EXT4:
         # The extension registry is state of the reading process, not of the record.
@@ -1027,6 +1042,30 @@ def _make_encoder() -> Any:
 
 _encode = _make_encoder()
 _MAX_DEPTH = 200
+_MAX_VALUES = 1000000
+
+
+def _expanded_size(value: Any, sizes: dict[int, int], ancestors: set[int], depth: int) -> int:
+    """How many JSON values ``value`` is written as (shared containers counted at each
+    place; ``sizes`` remembers containers already counted)."""
+    kind = type(value)
+    if kind is not dict and kind is not list:
+        return 1
+    key = id(value)
+    found = sizes.get(key)
+    if found is not None:
+        return found
+    if key in ancestors or depth >= _MAX_DEPTH:
+        return 1  # a placeholder, see _tame
+    ancestors.add(key)
+    total = 1
+    for item in (value.values() if kind is dict else value):
+        total += _expanded_size(item, sizes, ancestors, depth + 1)
+        if total > _MAX_VALUES:
+            break
+    ancestors.discard(key)
+    sizes[key] = total
+    return total
 
 
 def _dumps(document: Any) -> str:

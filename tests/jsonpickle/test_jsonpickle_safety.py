@@ -92,6 +92,17 @@ def test_shared_structures_are_written_at_each_place():
         "a": [1, 2], "b": {"x": [1, 2]}}
 
 
+def test_sharing_nested_in_sharing_cannot_blow_up_the_document():
+    doubling = []
+    for _ in range(40):
+        doubling = [doubling, doubling]  # 2**40 lists once written out
+    modest = [[1, 2]] * 10
+    doc = document(amphora_record(thing(doubling=doubling)))[1]
+    assert doc == {"@unknown": "too large"}
+    assert document(amphora_record(thing(modest=[modest, modest])))[1] == {
+        "modest": [[[1, 2]] * 10] * 2}
+
+
 def test_deep_nesting_is_cut_with_a_placeholder():
     # 5000 lists, each inside the one before (more than pickle itself can write).
     nested = b"]" * 5000 + b"a" * 4999
