@@ -15,6 +15,7 @@ from typing import Any, Callable, Iterable, Iterator
 from amphora.errors import (CorruptRecordError, InvalidURIError, ObjectNotFoundError,
                             ReadOnlyError, StorageError, StorageFormatError)
 from amphora.serialize import references as record_references
+from amphora.storage._pg_mirror import MirrorMixin
 from amphora.storage._pg_pack import PackMixin
 # FORMAT and SCHEMA_VERSION are importable from here too.
 from amphora.storage._pg_schema import (FORMAT, SCHEMA_VERSION, SchemaMixin,  # noqa: F401
@@ -140,7 +141,7 @@ class _Reader:
         self.conn = conn
 
 
-class PostgreSQLStorage(SchemaMixin, PackMixin, StorageBase):
+class PostgreSQLStorage(SchemaMixin, PackMixin, MirrorMixin, StorageBase):
     """A storage in a PostgreSQL database, shared by any number of processes.
 
     Tables (``schema_version`` 1), in the schema ``schema`` (``public`` by default; every
@@ -570,6 +571,7 @@ class PostgreSQLStorage(SchemaMixin, PackMixin, StorageBase):
             self._check_conflicts({oid: _pack(found[_u(oid)]) for oid in stale},
                                   load_serial, stale)
             raise StorageError("a new object's row exists, but no conflict was found")
+        self._mirror_commit(conn, tid_i, replacing + creating)
         self._pending = pending.fetchall() if pending is not None else []
         self._pending_packed = packed.fetchone()[0] if packed is not None else 0
         self._voted_tid = tid
@@ -623,6 +625,7 @@ class PostgreSQLStorage(SchemaMixin, PackMixin, StorageBase):
             self._close_connections()
 
     def _close_connections(self) -> None:
+        self._close_mirror_connections()
         with self._readers_lock:
             readers, self._readers = list(self._readers), weakref.WeakSet()
         conns = [reader.conn for reader in readers]

@@ -1,0 +1,393 @@
+"""The JSON mirror of a PostgreSQL storage: every current record also as a JSONB document.
+
+Private: a part of :class:`amphora.storage.postgresql.PostgreSQLStorage` (see
+:class:`MirrorMixin`). The same design as the SQLite storage's mirror
+(:mod:`amphora.storage._sqlite_mirror`), in PostgreSQL's terms::
+
+    amphora_objects(oid bigint PRIMARY KEY REFERENCES objects ON DELETE CASCADE,
+                    tid bigint, class_name text, state jsonb)
+    amphora_text_indexes(name text PRIMARY KEY, fields text[], class_name text)
+
+``mirror`` in ``amphora_meta`` is ``sync`` (every commit writes its documents in its own
+transaction, reading the key under the commit lock) or ``follow`` (a follower writes them
+afterwards from the watermark ``mirror_watermark``). Pack's deletes from ``objects``
+remove documents by the foreign key's cascade. Text indexes are GIN indexes on
+``to_tsvector('english', ...)`` of the indexed fields; their definitions are kept in
+``amphora_text_indexes`` so that a search can repeat the indexed expression.
+"""
+from __future__ import annotations
+
+import re
+import threading
+import time
+import weakref
+from typing import Any, Callable, Sequence
+
+from amphora.errors import InvalidQueryError, MirrorError, StorageError
+from amphora.search import placeholders
+from amphora.storage._pg_schema import _ints
+
+__all__ = ["MirrorMixin"]
+
+_CREATE_MIRROR = (
+    "CREATE TABLE IF NOT EXISTS amphora_objects ("
+    " oid bigint PRIMARY KEY REFERENCES objects (oid) ON DELETE CASCADE,"
+    " tid bigint NOT NULL, class_name text NOT NULL, state jsonb NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS amphora_objects_class ON amphora_objects (class_name)",
+    "CREATE TABLE IF NOT EXISTS amphora_text_indexes (name text PRIMARY KEY,"
+    " fields text[] NOT NULL, class_name text)",
+)
+_DROP_MIRROR = (
+    "DELETE FROM amphora_meta WHERE key IN ('mirror', 'mirror_watermark')",
+    "DROP TABLE IF EXISTS amphora_text_indexes",
+    "DROP TABLE IF EXISTS amphora_objects",
+)
+_MIRROR_KEY = "SELECT value FROM amphora_meta WHERE key = 'mirror'"
+_WATERMARK = "SELECT value::bigint FROM amphora_meta WHERE key = 'mirror_watermark'"
+_SET_META = ("INSERT INTO amphora_meta (key, value) VALUES (%s, %s)"
+             " ON CONFLICT (key) DO UPDATE SET value = excluded.value")
+_LAST_TID = "SELECT coalesce(max(tid), 0) FROM transactions"
+_COMMITS_AFTER = "SELECT tid, oids FROM transactions WHERE tid > %s ORDER BY tid LIMIT %s"
+_BEHIND = "SELECT count(*) FROM transactions WHERE tid > %s"
+_CURRENT_RECORDS = "SELECT oid, tid, data FROM objects WHERE oid = ANY(%s::bigint[])"
+_OBJECTS_AFTER = "SELECT oid, tid, data FROM objects WHERE oid > %s ORDER BY oid LIMIT %s"
+_COUNT_OBJECTS = "SELECT count(*) FROM objects"
+# A row is only ever replaced by a newer revision's (a backfill may race a commit).
+_UPSERT_DOCUMENTS = (
+    "INSERT INTO amphora_objects (oid, tid, class_name, state)"
+    " SELECT o, t, c, s::jsonb FROM unnest(%s::bigint[], %s::bigint[], %s::text[], %s::text[])"
+    " AS d (o, t, c, s)"
+    " ON CONFLICT (oid) DO UPDATE SET tid = excluded.tid, class_name = excluded.class_name,"
+    " state = excluded.state WHERE excluded.tid >= amphora_objects.tid")
+_TEXT_INDEX = "SELECT fields, class_name FROM amphora_text_indexes WHERE name = %s"
+_MODES = ("sync", "follow")
+_BACKFILL_CHUNK = 1000
+_FOLLOW_BATCH = 200
+_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}\Z")
+_FIELD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*\Z")
+_NO_MIRROR = "has no JSON mirror: create it first (db.create_mirror(), or `amphora mirror URI`)"
+
+
+def _documents(rows: Sequence[tuple[int, int, bytes]]) -> list[list]:
+    """The parameters of _UPSERT_DOCUMENTS for ``(oid, tid, data)`` rows."""
+    from amphora.jsonpickle import record_to_json
+    oids, tids, classes, states = [], [], [], []
+    for key, tid, data in rows:
+        class_name, state = record_to_json(bytes(data))
+        oids.append(key)
+        tids.append(tid)
+        classes.append(class_name)
+        states.append(state)  # jsonpickle never writes \u0000, which jsonb refuses
+    return [oids, tids, classes, states]
+
+
+def _literal(text: str | None) -> str:
+    if not isinstance(text, str):
+        raise InvalidQueryError(f"class_name must be a string, not {text!r}")
+    return text.replace("'", "''")
+
+
+def _check_name(name: str) -> str:
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise InvalidQueryError(
+            f"index name must be a plain lower-case SQL identifier, not {name!r}")
+    return name
+
+
+def _text_expression(fields: Sequence[str]) -> str:
+    parts = []
+    for field in fields:
+        path = field.split(".")
+        getter = (f"state ->> '{path[0]}'" if len(path) == 1
+                  else "state #>> '{" + ",".join(path) + "}'")
+        parts.append(f"coalesce({getter}, '')")
+    return "to_tsvector('english', " + " || ' ' || ".join(parts) + ")"
+
+
+class _QueryConnection:
+    """A thread's search connection, weakly referenced so that it goes with the thread."""
+
+    __slots__ = ("conn", "__weakref__")
+
+    def __init__(self, conn: Any):
+        self.conn = conn
+
+
+class MirrorMixin:
+    """Part of :class:`~amphora.storage.postgresql.PostgreSQLStorage`: the JSON mirror.
+
+    Uses these attributes of the storage: ``_connect(autocommit)``, ``_error(exc)``,
+    ``_psycopg``, ``_local``, ``_where``, ``_check_writable()``, ``_closed``; ``_write``
+    calls :meth:`_mirror_commit` and ``_close_connections`` calls
+    :meth:`_close_mirror_connections`.
+    """
+
+    supports_mirror = True
+
+    # -- state ------------------------------------------------------------------------
+    def mirror_mode(self) -> str | None:
+        """``"sync"``, ``"follow"`` or None (no mirror)."""
+        row = self._mirror_admin(lambda conn: conn.execute(_MIRROR_KEY).fetchone())
+        return row[0] if row is not None and row[0] in _MODES else None
+
+    def has_mirror(self) -> bool:
+        return self.mirror_mode() is not None
+
+    def mirror_watermark(self) -> int:
+        """The tid (an integer) up to which the documents are current."""
+        def read(conn: Any) -> int:
+            mode = conn.execute(_MIRROR_KEY).fetchone()
+            if mode is None or mode[0] not in _MODES:
+                raise MirrorError(f"{self._where} {_NO_MIRROR}")
+            query = _LAST_TID if mode[0] == "sync" else _WATERMARK
+            return conn.execute(query).fetchone()[0] or 0
+        return self._mirror_admin(read)
+
+    def _mirror_commit(self, conn: Any, tid: int, rows: Sequence[tuple[int, bytes]]) -> None:
+        """Inside a commit, under the commit lock: the documents of ``rows`` (oid, data)
+        written by transaction ``tid``, if the database keeps a ``sync`` mirror."""
+        found = conn.execute(_MIRROR_KEY).fetchone()
+        if found is not None and found[0] == "sync" and rows:
+            conn.execute(_UPSERT_DOCUMENTS, _documents([(k, tid, d) for k, d in rows]))
+
+    # -- making and dropping ------------------------------------------------------------
+    def create_mirror(self, progress: Callable[[int, int], None] | None = None,
+                      mode: str = "sync") -> int:
+        """As :meth:`amphora.storage.sqlite.SQLiteStorage.create_mirror`."""
+        if mode not in _MODES:
+            raise MirrorError(f"a mirror's mode is 'sync' or 'follow', not {mode!r}")
+        self._check_writable()
+
+        def start(conn: Any) -> None:
+            with conn.transaction():
+                conn.execute(self._commit_lock_sql)  # no commit writes meanwhile
+                for statement in _CREATE_MIRROR:
+                    conn.execute(statement)
+                was = conn.execute(_MIRROR_KEY).fetchone()
+                if mode == "follow" and (was is None or was[0] != "follow"):
+                    last = conn.execute(_LAST_TID).fetchone()[0]
+                    conn.execute(_SET_META, ("mirror_watermark", str(last)))
+                conn.execute(_SET_META, ("mirror", mode))
+
+        def create(conn: Any) -> int:
+            start(conn)
+            return self._backfill(conn, progress)
+        return self._mirror_admin(create)
+
+    def rebuild_mirror(self, progress: Callable[[int, int], None] | None = None) -> int:
+        mode = self.mirror_mode()
+        if mode is None:
+            raise MirrorError(f"{self._where} has no mirror to rebuild")
+        return self.create_mirror(progress, mode)
+
+    def drop_mirror(self) -> None:
+        self._check_writable()
+
+        def drop(conn: Any) -> None:
+            with conn.transaction():
+                for statement in _DROP_MIRROR:
+                    conn.execute(statement)
+        self._mirror_admin(drop)
+
+    def _backfill(self, conn: Any, progress: Callable[[int, int], None] | None) -> int:
+        total = conn.execute(_COUNT_OBJECTS).fetchone()[0]
+        done = 0
+        after = -(1 << 63)
+        while True:
+            with conn.transaction():
+                rows = conn.execute(_OBJECTS_AFTER, (after, _BACKFILL_CHUNK),
+                                    binary=True).fetchall()
+                if rows:
+                    conn.execute(_UPSERT_DOCUMENTS, _documents(rows))
+            if not rows:
+                return done
+            done += len(rows)
+            after = rows[-1][0]
+            if progress is not None:
+                progress(done, max(total, done))
+
+    # -- the follower -------------------------------------------------------------------
+    def follow_mirror(self, until: float | None = 0.0, interval: float = 0.2,
+                      progress: Callable[[int, int], None] | None = None) -> int:
+        """As :meth:`amphora.storage.sqlite.SQLiteStorage.follow_mirror`."""
+        if self.mirror_mode() != "follow":
+            raise MirrorError(f"{self._where} has no mirror in follow mode "
+                              "(create it with mode='follow')")
+
+        def follow(conn: Any) -> int:
+            done = 0
+            while True:
+                done += self._follow(conn, progress)
+                if until is not None and time.monotonic() >= until:
+                    return done
+                time.sleep(interval)
+        return self._mirror_admin(follow)
+
+    def _follow(self, conn: Any, progress: Callable[[int, int], None] | None) -> int:
+        done = 0
+        while True:
+            with conn.transaction():
+                mark = conn.execute(_WATERMARK).fetchone()
+                mark = mark[0] if mark is not None else 0
+                commits = conn.execute(_COMMITS_AFTER, (mark, _FOLLOW_BATCH),
+                                       binary=True).fetchall()
+                if commits:
+                    keys = sorted({key for _, oids in commits for key in _ints(bytes(oids))})
+                    rows = conn.execute(_CURRENT_RECORDS, (keys,), binary=True).fetchall()
+                    if rows:
+                        conn.execute(_UPSERT_DOCUMENTS, _documents(rows))
+                    conn.execute(_SET_META, ("mirror_watermark", str(commits[-1][0])))
+            if not commits:
+                return done
+            done += len(commits)
+            if progress is not None:
+                behind = conn.execute(_BEHIND, (commits[-1][0],)).fetchone()[0]
+                progress(done, done + behind)
+
+    def wait_for_mirror(self, tid: int | None = None, timeout: float | None = None,
+                        interval: float = 0.05) -> bool:
+        if tid is None:
+            tid = self._mirror_admin(lambda conn: conn.execute(_LAST_TID).fetchone()[0])
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.mirror_watermark() < tid:
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            time.sleep(interval)
+        return True
+
+    # -- indexes ------------------------------------------------------------------------
+    def create_mirror_index(self, name: str, expression: str, class_name: str | None = None,
+                            unique: bool = False) -> None:
+        _check_name(name)
+        where = f" WHERE class_name = '{_literal(class_name)}'" if class_name else ""
+        kind = "UNIQUE INDEX" if unique else "INDEX"
+        self._mirror_ddl([f"CREATE {kind} IF NOT EXISTS {name} ON amphora_objects"
+                          f" (({expression})){where}"], [])
+
+    def create_text_index(self, name: str, fields: Sequence[str],
+                          class_name: str | None = None) -> None:
+        """A full-text index: a GIN index on the english ``tsvector`` of ``fields``."""
+        _check_name(name)
+        if isinstance(fields, str) or not fields:
+            raise InvalidQueryError("fields must be a non-empty list of field names")
+        for field in fields:
+            if not isinstance(field, str) or not _FIELD.match(field):
+                raise InvalidQueryError(f"a text index field must be a name such as 'bio' "
+                                        f"or 'address.city', not {field!r}")
+        where = f" WHERE class_name = '{_literal(class_name)}'" if class_name else ""
+        self._mirror_ddl(
+            [f"CREATE INDEX {name} ON amphora_objects USING GIN (({_text_expression(fields)})){where}"],
+            [("INSERT INTO amphora_text_indexes (name, fields, class_name) VALUES (%s, %s, %s)",
+              (name, list(fields), class_name))])
+
+    def _mirror_ddl(self, statements: list[str], inserts: list[tuple[str, tuple]]) -> None:
+        self._check_writable()
+        psycopg = self._psycopg
+
+        def run(conn: Any) -> None:
+            if conn.execute(_MIRROR_KEY).fetchone() is None:
+                raise MirrorError(f"{self._where} {_NO_MIRROR}")
+            try:
+                with conn.transaction():
+                    for statement in statements:
+                        conn.execute(statement)
+                    for statement, params in inserts:
+                        conn.execute(statement, params)
+            except (psycopg.errors.SyntaxError, psycopg.errors.UndefinedColumn,
+                    psycopg.errors.UndefinedFunction, psycopg.errors.DuplicateTable,
+                    psycopg.errors.UniqueViolation, psycopg.errors.DatatypeMismatch,
+                    psycopg.errors.InvalidObjectDefinition) as exc:
+                raise InvalidQueryError(f"{exc} (in {statements[0]!r})") from exc
+        self._mirror_admin(run)
+
+    # -- queries ------------------------------------------------------------------------
+    def query_mirror(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+        """The rows of a read-only SQL query (``%s`` placeholders) over the mirror."""
+        statement = placeholders(sql, "format")
+        conn = self._query_connection()
+        psycopg = self._psycopg
+        try:
+            mode = conn.execute(_MIRROR_KEY).fetchone()
+            if mode is None or mode[0] not in _MODES:
+                raise MirrorError(f"{self._where} {_NO_MIRROR}")
+            return conn.execute(statement, tuple(params)).fetchall()
+        except psycopg.errors.UndefinedTable as exc:
+            if "amphora_meta" in str(exc):
+                raise self._error(exc) from exc
+            raise InvalidQueryError(f"{_first_line(exc)} (in {sql!r})") from exc
+        except (psycopg.ProgrammingError, psycopg.DataError,
+                psycopg.errors.ReadOnlySqlTransaction, psycopg.IntegrityError) as exc:
+            raise InvalidQueryError(f"{_first_line(exc)} (in {sql!r})") from exc
+        except psycopg.Error as exc:
+            if conn.broken:
+                self._local.mirror_conn = None
+            raise self._error(exc) from exc
+
+    def text_query(self, name: str, query: str) -> tuple[str, list[Any]]:
+        """The SQL and parameters selecting the oids matching ``query`` (PostgreSQL's
+        ``websearch_to_tsquery`` syntax) in text index ``name``, best first."""
+        _check_name(name)
+        found = self.query_mirror(
+            "SELECT fields, class_name FROM amphora_text_indexes WHERE name = %s", [name])
+        if not found:
+            raise InvalidQueryError(f"no text index named {name!r}")
+        fields, class_name = found[0]
+        vector = _text_expression(fields)
+        where = f" AND class_name = '{_literal(class_name)}'" if class_name else ""
+        sql = (f"SELECT oid FROM amphora_objects WHERE {vector}"
+               f" @@ websearch_to_tsquery('english', %s){where}"
+               f" ORDER BY ts_rank({vector}, websearch_to_tsquery('english', %s)) DESC, oid")
+        return sql, [query, query]
+
+    # -- connections --------------------------------------------------------------------
+    def _query_connection(self) -> Any:
+        holder = getattr(self._local, "mirror_conn", None)
+        if holder is not None:
+            return holder.conn
+        if self._closed:
+            raise StorageError(f"{self.__name__} is closed")
+        conn = self._connect(autocommit=True)
+        conn.execute("SET default_transaction_read_only = on")
+        holder = _QueryConnection(conn)
+        with self._mirror_lock():
+            self._mirror_conns().add(holder)
+        self._local.mirror_conn = holder
+        return conn
+
+    def _mirror_admin(self, work: Callable[[Any], Any]) -> Any:
+        """``work(conn)`` on a new autocommit connection, closed afterwards."""
+        if self._closed:
+            raise StorageError(f"{self.__name__} is closed")
+        conn = self._connect(autocommit=True)
+        try:
+            return work(conn)
+        except self._psycopg.Error as exc:
+            raise self._error(exc) from exc
+        finally:
+            conn.close()
+
+    def _mirror_conns(self) -> weakref.WeakSet:
+        conns = self.__dict__.get("_mirror_conn_set")
+        if conns is None:
+            conns = self.__dict__.setdefault("_mirror_conn_set", weakref.WeakSet())
+        return conns
+
+    def _mirror_lock(self) -> threading.Lock:
+        lock = self.__dict__.get("_mirror_conn_lock")
+        if lock is None:
+            lock = self.__dict__.setdefault("_mirror_conn_lock", threading.Lock())
+        return lock
+
+    def _close_mirror_connections(self) -> None:
+        with self._mirror_lock():
+            holders = list(self._mirror_conns())
+            self._mirror_conns().clear()
+        for holder in holders:
+            try:
+                holder.conn.close()
+            except Exception:
+                pass
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
