@@ -25,6 +25,8 @@ from typing import Any, Callable, Sequence
 
 from amphora.errors import InvalidQueryError, MirrorError, StorageError
 from amphora.search import placeholders
+from amphora.storage._mirror_base import (MODES, NO_MIRROR, MirrorBase, QueryConnection,
+                                          check_fields, check_mode, class_filter)
 from amphora.storage._pg_schema import _ints
 
 __all__ = ["MirrorMixin"]
@@ -60,12 +62,9 @@ _UPSERT_DOCUMENTS = (
     " ON CONFLICT (oid) DO UPDATE SET tid = excluded.tid, class_name = excluded.class_name,"
     " state = excluded.state WHERE excluded.tid >= amphora_objects.tid")
 _TEXT_INDEX = "SELECT fields, class_name FROM amphora_text_indexes WHERE name = %s"
-_MODES = ("sync", "follow")
 _BACKFILL_CHUNK = 1000
 _FOLLOW_BATCH = 200
 _NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}\Z")
-_FIELD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*\Z")
-_NO_MIRROR = "has no JSON mirror: create it first (db.create_mirror(), or `amphora mirror URI`)"
 
 
 def _documents(rows: Sequence[tuple[int, int, bytes]]) -> list[list]:
@@ -81,10 +80,6 @@ def _documents(rows: Sequence[tuple[int, int, bytes]]) -> list[list]:
     return [oids, tids, classes, states]
 
 
-def _literal(text: str | None) -> str:
-    if not isinstance(text, str):
-        raise InvalidQueryError(f"class_name must be a string, not {text!r}")
-    return text.replace("'", "''")
 
 
 def _check_name(name: str) -> str:
@@ -104,16 +99,7 @@ def _text_expression(fields: Sequence[str]) -> str:
     return "to_tsvector('english', " + " || ' ' || ".join(parts) + ")"
 
 
-class _QueryConnection:
-    """A thread's search connection, weakly referenced so that it goes with the thread."""
-
-    __slots__ = ("conn", "__weakref__")
-
-    def __init__(self, conn: Any):
-        self.conn = conn
-
-
-class MirrorMixin:
+class MirrorMixin(MirrorBase):
     """Part of :class:`~amphora.storage.postgresql.PostgreSQLStorage`: the JSON mirror.
 
     Uses these attributes of the storage: ``_connect(autocommit)``, ``_error(exc)``,
@@ -124,21 +110,25 @@ class MirrorMixin:
 
     supports_mirror = True
 
+    @property
+    def _mirror_where(self) -> str:
+        return self._where
+
+    def _last_tid(self) -> int:
+        return self._mirror_admin(lambda conn: conn.execute(_LAST_TID).fetchone()[0])
+
     # -- state ------------------------------------------------------------------------
     def mirror_mode(self) -> str | None:
         """``"sync"``, ``"follow"`` or None (no mirror)."""
         row = self._mirror_admin(lambda conn: conn.execute(_MIRROR_KEY).fetchone())
-        return row[0] if row is not None and row[0] in _MODES else None
-
-    def has_mirror(self) -> bool:
-        return self.mirror_mode() is not None
+        return row[0] if row is not None and row[0] in MODES else None
 
     def mirror_watermark(self) -> int:
         """The tid (an integer) up to which the documents are current."""
         def read(conn: Any) -> int:
             mode = conn.execute(_MIRROR_KEY).fetchone()
-            if mode is None or mode[0] not in _MODES:
-                raise MirrorError(f"{self._where} {_NO_MIRROR}")
+            if mode is None or mode[0] not in MODES:
+                raise MirrorError(f"{self._where} {NO_MIRROR}")
             query = _LAST_TID if mode[0] == "sync" else _WATERMARK
             return conn.execute(query).fetchone()[0] or 0
         return self._mirror_admin(read)
@@ -154,8 +144,7 @@ class MirrorMixin:
     def create_mirror(self, progress: Callable[[int, int], None] | None = None,
                       mode: str = "sync") -> int:
         """As :meth:`amphora.storage.sqlite.SQLiteStorage.create_mirror`."""
-        if mode not in _MODES:
-            raise MirrorError(f"a mirror's mode is 'sync' or 'follow', not {mode!r}")
+        check_mode(mode)
         self._check_writable()
 
         def start(conn: Any) -> None:
@@ -173,12 +162,6 @@ class MirrorMixin:
             start(conn)
             return self._backfill(conn, progress)
         return self._mirror_admin(create)
-
-    def rebuild_mirror(self, progress: Callable[[int, int], None] | None = None) -> int:
-        mode = self.mirror_mode()
-        if mode is None:
-            raise MirrorError(f"{self._where} has no mirror to rebuild")
-        return self.create_mirror(progress, mode)
 
     def drop_mirror(self) -> None:
         self._check_writable()
@@ -244,22 +227,11 @@ class MirrorMixin:
                 behind = conn.execute(_BEHIND, (commits[-1][0],)).fetchone()[0]
                 progress(done, done + behind)
 
-    def wait_for_mirror(self, tid: int | None = None, timeout: float | None = None,
-                        interval: float = 0.05) -> bool:
-        if tid is None:
-            tid = self._mirror_admin(lambda conn: conn.execute(_LAST_TID).fetchone()[0])
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while self.mirror_watermark() < tid:
-            if deadline is not None and time.monotonic() >= deadline:
-                return False
-            time.sleep(interval)
-        return True
-
     # -- indexes ------------------------------------------------------------------------
     def create_mirror_index(self, name: str, expression: str, class_name: str | None = None,
                             unique: bool = False) -> None:
         _check_name(name)
-        where = f" WHERE class_name = '{_literal(class_name)}'" if class_name else ""
+        where = f" WHERE {class_filter(class_name)}" if class_name is not None else ""
         kind = "UNIQUE INDEX" if unique else "INDEX"
         self._mirror_ddl([f"CREATE {kind} IF NOT EXISTS {name} ON amphora_objects"
                           f" (({expression})){where}"], [])
@@ -268,17 +240,13 @@ class MirrorMixin:
                           class_name: str | None = None) -> None:
         """A full-text index: a GIN index on the english ``tsvector`` of ``fields``."""
         _check_name(name)
-        if isinstance(fields, str) or not fields:
-            raise InvalidQueryError("fields must be a non-empty list of field names")
-        for field in fields:
-            if not isinstance(field, str) or not _FIELD.match(field):
-                raise InvalidQueryError(f"a text index field must be a name such as 'bio' "
-                                        f"or 'address.city', not {field!r}")
-        where = f" WHERE class_name = '{_literal(class_name)}'" if class_name else ""
+        fields = check_fields(fields)
+        where = f" WHERE {class_filter(class_name)}" if class_name is not None else ""
+        vector = _text_expression(fields)
         self._mirror_ddl(
-            [f"CREATE INDEX {name} ON amphora_objects USING GIN (({_text_expression(fields)})){where}"],
+            [f"CREATE INDEX {name} ON amphora_objects USING GIN (({vector})){where}"],
             [("INSERT INTO amphora_text_indexes (name, fields, class_name) VALUES (%s, %s, %s)",
-              (name, list(fields), class_name))])
+              (name, fields, class_name))])
 
     def _mirror_ddl(self, statements: list[str], inserts: list[tuple[str, tuple]]) -> None:
         self._check_writable()
@@ -286,7 +254,7 @@ class MirrorMixin:
 
         def run(conn: Any) -> None:
             if conn.execute(_MIRROR_KEY).fetchone() is None:
-                raise MirrorError(f"{self._where} {_NO_MIRROR}")
+                raise MirrorError(f"{self._where} {NO_MIRROR}")
             try:
                 with conn.transaction():
                     for statement in statements:
@@ -308,8 +276,8 @@ class MirrorMixin:
         psycopg = self._psycopg
         try:
             mode = conn.execute(_MIRROR_KEY).fetchone()
-            if mode is None or mode[0] not in _MODES:
-                raise MirrorError(f"{self._where} {_NO_MIRROR}")
+            if mode is None or mode[0] not in MODES:
+                raise MirrorError(f"{self._where} {NO_MIRROR}")
             return conn.execute(statement, tuple(params)).fetchall()
         except psycopg.errors.UndefinedTable as exc:
             if "amphora_meta" in str(exc):
@@ -333,7 +301,7 @@ class MirrorMixin:
             raise InvalidQueryError(f"no text index named {name!r}")
         fields, class_name = found[0]
         vector = _text_expression(fields)
-        where = f" AND class_name = '{_literal(class_name)}'" if class_name else ""
+        where = f" AND {class_filter(class_name)}" if class_name is not None else ""
         sql = (f"SELECT oid FROM amphora_objects WHERE {vector}"
                f" @@ websearch_to_tsquery('english', %s){where}"
                f" ORDER BY ts_rank({vector}, websearch_to_tsquery('english', %s)) DESC, oid")
@@ -348,7 +316,7 @@ class MirrorMixin:
             raise StorageError(f"{self.__name__} is closed")
         conn = self._connect(autocommit=True)
         conn.execute("SET default_transaction_read_only = on")
-        holder = _QueryConnection(conn)
+        holder = QueryConnection(conn)
         with self._mirror_lock():
             self._mirror_conns().add(holder)
         self._local.mirror_conn = holder

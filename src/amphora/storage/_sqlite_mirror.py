@@ -34,6 +34,8 @@ from typing import Any, Callable, Sequence
 
 from amphora.errors import InvalidQueryError, MirrorError
 from amphora.search import placeholders
+from amphora.storage._mirror_base import (MODES, MirrorBase, QueryConnection, check_fields,
+                                          check_mode, class_filter)
 
 __all__ = ["MirrorMixin", "qmark"]
 
@@ -54,7 +56,6 @@ _WATERMARK = "SELECT value FROM amphora_meta WHERE key = 'mirror_watermark'"
 _LAST_TID = "SELECT max(tid) FROM transactions"
 _COMMITS_AFTER = "SELECT tid, oids FROM transactions WHERE tid > ? ORDER BY tid LIMIT ?"
 _CURRENT_RECORDS = "SELECT oid, tid, data FROM objects WHERE oid IN ({marks})"
-_MODES = ("sync", "follow")
 _FOLLOW_BATCH = 200  # transactions per follower write transaction
 _DROP_MIRROR = ("DELETE FROM amphora_meta WHERE key IN ('mirror', 'mirror_watermark')",
                 "DROP TRIGGER IF EXISTS amphora_objects_gone",
@@ -73,7 +74,6 @@ _BACKFILL_CHUNK = 500
 _INDEXES = ("SELECT name, sql FROM sqlite_master WHERE tbl_name = 'amphora_objects'"
             " AND type = 'index' AND name != 'amphora_objects_class'")
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
-_FIELD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*\Z")
 
 
 def qmark(sql: str) -> str:
@@ -106,16 +106,7 @@ def _write_documents(conn: sqlite3.Connection, documents: list[tuple[int, int, s
             start += size
 
 
-class _QueryConnection:
-    """A thread's search connection (weakly referenced: sqlite3 connections are not)."""
-
-    __slots__ = ("conn", "__weakref__")
-
-    def __init__(self, conn: sqlite3.Connection):
-        self.conn = conn
-
-
-class MirrorMixin:
+class MirrorMixin(MirrorBase):
     """Part of :class:`~amphora.storage.sqlite.SQLiteStorage`: the JSON mirror.
 
     Uses these attributes of the storage: ``_path``, ``_check_writable()``,
@@ -124,14 +115,23 @@ class MirrorMixin:
     """
 
     supports_mirror = True
-    _mirror_conns: weakref.WeakSet  # of _QueryConnection: every thread's search connection
+
+    @property
+    def _mirror_where(self) -> str:
+        return self._path
+
+    def _last_tid(self) -> int:
+        conn = self._connect(read_only=True)
+        try:
+            return conn.execute(_LAST_TID).fetchone()[0] or 0
+        except sqlite3.Error as exc:
+            raise self._error(exc) from exc
+        finally:
+            conn.close()
+    _mirror_conns: weakref.WeakSet  # of QueryConnection: every thread's search connection
     _mirror_lock: Any
 
     # -- state ------------------------------------------------------------------------
-    def has_mirror(self) -> bool:
-        """Whether the file keeps JSON documents of its objects."""
-        return self.mirror_mode() is not None
-
     def mirror_mode(self) -> str | None:
         """``"sync"``, ``"follow"`` or None (no mirror); see the module docstring."""
         conn = self._connect(read_only=True)
@@ -141,7 +141,7 @@ class MirrorMixin:
             raise self._error(exc) from exc
         finally:
             conn.close()
-        return row[0] if row is not None and row[0] in _MODES else None
+        return row[0] if row is not None and row[0] in MODES else None
 
     def mirror_watermark(self) -> int:
         """The tid (as an integer) up to which the documents are current: in ``follow``
@@ -149,7 +149,7 @@ class MirrorMixin:
         conn = self._connect(read_only=True)
         try:
             mode = conn.execute(_MIRROR_KEY).fetchone()
-            if mode is None or mode[0] not in _MODES:
+            if mode is None or mode[0] not in MODES:
                 raise MirrorError(f"{self._path} has no JSON mirror")
             query = _LAST_TID if mode[0] == "sync" else _WATERMARK
             return conn.execute(query).fetchone()[0] or 0
@@ -175,8 +175,7 @@ class MirrorMixin:
         committing). Calls ``progress(done, total)`` after each chunk; returns the number
         of documents written. Creating an existing mirror completes it, and sets its
         ``mode`` (``"sync"`` or ``"follow"``, see the module docstring)."""
-        if mode not in _MODES:
-            raise MirrorError(f"a mirror's mode is 'sync' or 'follow', not {mode!r}")
+        check_mode(mode)
         self._check_writable()
         writer = self._connect(read_only=False)
         try:
@@ -197,13 +196,6 @@ class MirrorMixin:
             raise self._error(exc) from exc
         finally:
             writer.close()
-
-    def rebuild_mirror(self, progress: Callable[[int, int], None] | None = None) -> int:
-        """Write every document again (after an upgrade of the JSON mapping, say)."""
-        mode = self.mirror_mode()
-        if mode is None:
-            raise MirrorError(f"{self._path} has no mirror to rebuild")
-        return self.create_mirror(progress, mode)
 
     def drop_mirror(self) -> None:
         """Remove the mirror, its indexes and text indexes."""
@@ -302,23 +294,6 @@ class MirrorMixin:
         return conn.execute("SELECT count(*) FROM transactions WHERE tid > ? AND tid <= ?",
                             (mark[0] if mark else 0, last)).fetchone()[0]
 
-    def wait_for_mirror(self, tid: int | None = None, timeout: float | None = None,
-                        interval: float = 0.05) -> bool:
-        """Wait until the documents cover transaction ``tid`` (an integer; default: the
-        last one now). False if ``timeout`` seconds passed first."""
-        if tid is None:
-            conn = self._connect(read_only=True)
-            try:
-                tid = conn.execute(_LAST_TID).fetchone()[0] or 0
-            finally:
-                conn.close()
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while self.mirror_watermark() < tid:
-            if deadline is not None and time.monotonic() >= deadline:
-                return False
-            time.sleep(interval)
-        return True
-
     @staticmethod
     def _in_write_transaction(conn: sqlite3.Connection, work: Callable[[], Any]) -> Any:
         conn.execute("BEGIN IMMEDIATE")
@@ -336,7 +311,7 @@ class MirrorMixin:
         """An index on ``expression`` over ``amphora_objects`` (``lower(state->>'email')``),
         only over objects of ``class_name`` when given."""
         check_name(name)
-        where = " WHERE class_name = '" + _literal(class_name) + "'" if class_name else ""
+        where = f" WHERE {class_filter(class_name)}" if class_name is not None else ""
         kind = "UNIQUE INDEX" if unique else "INDEX"
         self._mirror_ddl([f"CREATE {kind} IF NOT EXISTS {name} ON amphora_objects"
                           f" (({expression})){where}"])
@@ -346,17 +321,12 @@ class MirrorMixin:
         """A full-text index (SQLite FTS5) over the text of ``fields`` of each document
         (names of keys of the state, dotted for nested ones), kept current by triggers."""
         check_name(name)
-        if isinstance(fields, str) or not fields:
-            raise InvalidQueryError("fields must be a non-empty list of field names")
-        for field in fields:
-            if not isinstance(field, str) or not _FIELD.match(field):
-                raise InvalidQueryError(f"a text index field must be a name such as 'bio' "
-                                        f"or 'address.city', not {field!r}")
+        fields = check_fields(fields)
         columns = [f"f{n}" for n in range(len(fields))]
         values = ", ".join(f"new.state ->> '$.{field}'" for field in fields)
-        condition = f"new.class_name = '{_literal(class_name)}'" if class_name else "1"
+        condition = class_filter(class_name, "new.class_name")
         select = ", ".join(f"state ->> '$.{field}'" for field in fields)
-        backfill_where = f" WHERE class_name = '{_literal(class_name)}'" if class_name else ""
+        backfill_where = f" WHERE {class_filter(class_name)}"
         self._mirror_ddl([
             # porter stemming: "databases" finds "database", as PostgreSQL's english does
             f"CREATE VIRTUAL TABLE {name} USING fts5({', '.join(columns)},"
@@ -395,7 +365,7 @@ class MirrorMixin:
         conn = self._query_connection()
         try:
             mode = conn.execute(_MIRROR_KEY).fetchone()
-            if mode is None or mode[0] not in _MODES:
+            if mode is None or mode[0] not in MODES:
                 raise MirrorError(f"{self._path} has no JSON mirror: create it first "
                                   "(db.create_mirror(), or `amphora mirror URI`)")
             return conn.execute(statement, tuple(params)).fetchall()
@@ -416,7 +386,7 @@ class MirrorMixin:
             return holder.conn
         if self._closed:
             raise self._error(sqlite3.ProgrammingError("closed"))
-        holder = _QueryConnection(self._connect(read_only=True))
+        holder = QueryConnection(self._connect(read_only=True))
         holder.conn.execute("PRAGMA query_only = 1")
         with self._mirror_lock:
             self._mirror_conns.add(holder)
@@ -434,9 +404,3 @@ class MirrorMixin:
         of ``query`` in text index ``name``, best first."""
         check_name(name)
         return f"SELECT rowid FROM {name} WHERE {name} MATCH %s ORDER BY rank", [query]
-
-
-def _literal(text: str) -> str:
-    if not isinstance(text, str):
-        raise InvalidQueryError(f"class_name must be a string, not {text!r}")
-    return text.replace("'", "''")

@@ -1,0 +1,100 @@
+"""What the SQLite and PostgreSQL mirrors share (see :mod:`amphora.storage._sqlite_mirror`
+and :mod:`amphora.storage._pg_mirror`): the modes, the checks of index definitions, and
+the parts of the mirror API written once over the storage-specific ones.
+
+Private: a base of each storage's ``MirrorMixin``.
+"""
+from __future__ import annotations
+
+import re
+import time
+from typing import Any, Callable, Sequence
+
+from amphora.errors import InvalidQueryError, MirrorError
+
+__all__ = ["MODES", "MirrorBase", "QueryConnection", "check_fields", "class_filter"]
+
+MODES = ("sync", "follow")
+NO_MIRROR = "has no JSON mirror: create it first (db.create_mirror(), or `amphora mirror URI`)"
+_FIELD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*\Z")
+
+
+class QueryConnection:
+    """A thread's search connection, weakly referenced (database connections are not)
+    so that it goes away with its thread."""
+
+    __slots__ = ("conn", "__weakref__")
+
+    def __init__(self, conn: Any):
+        self.conn = conn
+
+
+def check_mode(mode: str) -> str:
+    if mode not in MODES:
+        raise MirrorError(f"a mirror's mode is 'sync' or 'follow', not {mode!r}")
+    return mode
+
+
+def check_fields(fields: Sequence[str]) -> list[str]:
+    """The fields of a text index: names of keys, dotted for nested ones."""
+    if isinstance(fields, str) or not fields:
+        raise InvalidQueryError("fields must be a non-empty list of field names")
+    for field in fields:
+        if not isinstance(field, str) or not _FIELD.match(field):
+            raise InvalidQueryError(f"a text index field must be a name such as 'bio' "
+                                    f"or 'address.city', not {field!r}")
+    return list(fields)
+
+
+def class_filter(class_name: str | None, column: str = "class_name") -> str:
+    """An SQL condition on the class (``1 = 1`` for none), the name quoted as a literal."""
+    if class_name is None:
+        return "1 = 1"
+    if not isinstance(class_name, str):
+        raise InvalidQueryError(f"class_name must be a string, not {class_name!r}")
+    return f"{column} = '" + class_name.replace("'", "''") + "'"
+
+
+class MirrorBase:
+    """The mirror API over what each storage provides: ``mirror_mode()``,
+    ``mirror_watermark()``, ``create_mirror(progress, mode)``, ``_last_tid()`` and
+    ``_mirror_where`` (how error messages name the database)."""
+
+    _mirror_where: str
+
+    def mirror_mode(self) -> str | None:
+        raise NotImplementedError
+
+    def mirror_watermark(self) -> int:
+        raise NotImplementedError
+
+    def create_mirror(self, progress: Callable[[int, int], None] | None = None,
+                      mode: str = "sync") -> int:
+        raise NotImplementedError
+
+    def _last_tid(self) -> int:
+        raise NotImplementedError
+
+    def has_mirror(self) -> bool:
+        """Whether the database keeps JSON documents of its objects."""
+        return self.mirror_mode() is not None
+
+    def rebuild_mirror(self, progress: Callable[[int, int], None] | None = None) -> int:
+        """Write every document again (after an upgrade of the JSON mapping, say)."""
+        mode = self.mirror_mode()
+        if mode is None:
+            raise MirrorError(f"{self._mirror_where} has no mirror to rebuild")
+        return self.create_mirror(progress, mode)
+
+    def wait_for_mirror(self, tid: int | None = None, timeout: float | None = None,
+                        interval: float = 0.05) -> bool:
+        """Wait until the documents cover transaction ``tid`` (an integer; default: the
+        last one now). False if ``timeout`` seconds passed first."""
+        if tid is None:
+            tid = self._last_tid()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.mirror_watermark() < tid:
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            time.sleep(interval)
+        return True
