@@ -2,10 +2,11 @@
 
 Run from the repository root::
 
-    .venv/bin/python benchmarks/shootout.py                  # all databases, all workloads
+    .venv/bin/python benchmarks/shootout.py                  # all but PostgreSQL, all workloads
     .venv/bin/python benchmarks/shootout.py --objects 1000 --rounds 5 --json out.json
     .venv/bin/python benchmarks/shootout.py --only amphora-sqlite,zodb-filestorage,cold,hot
     .venv/bin/python benchmarks/shootout.py --profile prof/  # cProfile amphora-sqlite instead
+    .venv/bin/python benchmarks/shootout.py --only amphora-postgresql,relstorage-postgresql
 
 Every database runs the *same* workload code through the ZODB-shaped API they share
 (``db.open(transaction_manager)``, ``conn.root()``, ``transaction`` commits,
@@ -20,6 +21,21 @@ Every database runs the *same* workload code through the ZODB-shaped API they sh
 ``relstorage-sqlite``  ``ZODB.DB(RelStorage(Sqlite3Adapter(data_dir=<tmp>)))``,
                        keep_history=True, 50 MB local pickle cache, no persistent cache
 =====================  ============================================================
+
+With ``--postgresql`` (or when ``--only`` names one of them), two more, each round on a
+new database of a private PostgreSQL server the script starts (with ``tests/pgserver.py``)
+and stops; clients connect over TCP to 127.0.0.1; ``--pg-fsync on`` (the default) runs
+the server with PostgreSQL's durable defaults, ``off`` as the tests' server:
+
+=========================  ========================================================
+``amphora-postgresql``     ``amphora.open("postgresql://postgres@127.0.0.1:<port>/<db>")``
+``relstorage-postgresql``  ``ZODB.DB(RelStorage(PostgreSQLAdapter(dsn=...)))`` (psycopg2),
+                           keep_history=True, 50 MB local pickle cache, no persistent
+                           cache; the reference of the PostgreSQL targets
+=========================  ========================================================
+
+Without PostgreSQL's server programs (or psycopg / psycopg2) they are listed as
+unavailable with the reason, like any database that fails.
 
 Workloads, on N small persistent objects (``Item``: four attributes, about 300 bytes per
 record) kept in an ``OOBTree`` under the root; each sample is one transaction over all N:
@@ -69,6 +85,7 @@ import os
 import platform
 import pstats
 import random
+import re
 import shutil
 import sqlite3
 import statistics
@@ -116,10 +133,12 @@ class Contender:
     """A named way to make a database in a directory, and to reopen it on the same files."""
 
     def __init__(self, name: str, create: Callable[[str, int], Any],
-                 reopen: Callable[[str, int], Any] | None, cold: str, durability: str):
+                 reopen: Callable[[str, int], Any] | None, cold: str, durability: str,
+                 cleanup: Callable[[str], None] | None = None):
         self.name = name
         self._create = create
         self._reopen = reopen
+        self._cleanup = cleanup     # what besides the directory goes (a server's database)
         self.cold = cold            # what "cold" means for it (printed, documented)
         self.durability = durability
         self.unavailable: str | None = None
@@ -135,6 +154,10 @@ class Contender:
         if self._reopen is None:
             raise RuntimeError(f"{self.name} cannot be reopened")
         return self._reopen(path, cache_size)
+
+    def cleanup(self, path: str) -> None:
+        if self._cleanup is not None:
+            self._cleanup(path)
 
 
 def _amphora_memory(path: str, cache_size: int) -> Any:
@@ -180,7 +203,131 @@ def _relstorage_sqlite(path: str, cache_size: int) -> Any:
     return ZODB.DB(RelStorage(adapter, options=options), cache_size=cache_size)
 
 
-def contenders() -> list[Contender]:
+# -- PostgreSQL ------------------------------------------------------------------------------
+_TESTS = Path(__file__).resolve().parents[1] / "tests"
+PG_REFERENCE = "relstorage-postgresql"
+PG_CONTENDERS = ("amphora-postgresql", PG_REFERENCE)
+PG_TARGETS = {"add": 1.5, "update": 1.5, "cold": 5.0}
+
+
+class PostgreSQLServer:
+    """The private PostgreSQL server the PostgreSQL contenders share, started on first use
+    by the tests' helper (``tests/pgserver.py``: ``initdb`` in a temporary directory, a free
+    port, trust authentication), and one database on it per contender and round.
+
+    The tests' server runs with ``fsync=off``, ``synchronous_commit=off`` and
+    ``full_page_writes=off``. With ``durable`` (the default) it is restarted with
+    PostgreSQL's defaults instead (all three on: a commit returns after its WAL is flushed
+    to disk), the same for every contender. Clients connect over TCP to 127.0.0.1.
+    """
+
+    def __init__(self, durable: bool = True):
+        self.durable = durable
+        self._server: Any = None
+        self._failure: str | None = None
+
+    @property
+    def settings(self) -> str:
+        return ("fsync=on, synchronous_commit=on, full_page_writes=on (PostgreSQL's defaults)"
+                if self.durable else
+                "fsync=off, synchronous_commit=off, full_page_writes=off (the tests' server)")
+
+    def server(self) -> Any:
+        if self._failure is not None:
+            raise RuntimeError(self._failure)
+        if self._server is None:
+            try:
+                self._server = self._start()
+            except Exception as exc:  # noqa: BLE001 - becomes every contender's reason
+                self._failure = f"no private PostgreSQL server: {exc}".splitlines()[0]
+                raise RuntimeError(self._failure) from exc
+        return self._server
+
+    def _start(self) -> Any:
+        if str(_TESTS) not in sys.path:
+            sys.path.insert(0, str(_TESTS))
+        import pgserver
+        bindir = pgserver.find_bindir()
+        if bindir is None:
+            raise RuntimeError("no PostgreSQL server programs (initdb, pg_ctl) in PATH or "
+                               "/usr/lib/postgresql/*/bin")
+        server = pgserver.PostgresServer(bindir)
+        try:
+            server.start()
+            if self.durable:  # the same server, restarted without the tests' shortcuts
+                server._run("pg_ctl", "-D", str(server.data), "-l", str(server.log), "-o",
+                            f"-p {server.port} -c listen_addresses=127.0.0.1 "
+                            f"-c unix_socket_directories={server.socket_dir} "
+                            "-c max_connections=300 -c shared_buffers=64MB",
+                            "-w", "-t", "60", "restart")
+                with server.connect("postgres") as conn:
+                    got = conn.execute("SELECT current_setting('fsync'),"
+                                       " current_setting('synchronous_commit')").fetchone()
+                if got != ("on", "on"):
+                    raise RuntimeError(f"fsync, synchronous_commit are {got} after restart")
+        except BaseException:
+            server.stop()
+            raise
+        return server
+
+    def version(self) -> str | None:
+        if self._server is None:
+            return None
+        with self._server.connect("postgres") as conn:
+            return conn.execute("SHOW server_version").fetchone()[0]
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.stop()
+            self._server = None
+
+    @staticmethod
+    def database(path: str) -> str:
+        """The database of a contender's temporary directory."""
+        return "bench_" + re.sub(r"[^a-z0-9_]", "_", os.path.basename(path).lower())
+
+    def create(self, path: str) -> str:
+        name = self.database(path)
+        with self.server().connect("postgres") as conn:
+            conn.execute(f"CREATE DATABASE {name}")
+        return name
+
+    def drop(self, path: str) -> None:
+        if self._server is not None:
+            with self._server.connect("postgres") as conn:
+                conn.execute(f"DROP DATABASE IF EXISTS {self.database(path)} WITH (FORCE)")
+
+    def uri(self, name: str) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.server().port}/{name}"
+
+    def dsn(self, name: str) -> str:
+        return f"host=127.0.0.1 port={self.server().port} user=postgres dbname={name}"
+
+
+def _amphora_postgresql(pg: PostgreSQLServer, create: bool) -> Callable[[str, int], Any]:
+    def open_db(path: str, cache_size: int) -> Any:
+        import amphora
+        name = pg.create(path) if create else pg.database(path)
+        return amphora.open(pg.uri(name), cache_size=cache_size)
+    return open_db
+
+
+def _relstorage_postgresql(pg: PostgreSQLServer, create: bool) -> Callable[[str, int], Any]:
+    def open_db(path: str, cache_size: int) -> Any:
+        import ZODB
+        from relstorage.adapters.postgresql import PostgreSQLAdapter
+        from relstorage.options import Options
+        from relstorage.storage import RelStorage
+        name = pg.create(path) if create else pg.database(path)
+        options = Options(keep_history=True, cache_local_mb=RELSTORAGE_CACHE_MB,
+                          cache_local_dir=None)
+        adapter = PostgreSQLAdapter(dsn=pg.dsn(name), options=options)
+        return ZODB.DB(RelStorage(adapter, options=options), cache_size=cache_size)
+    return open_db
+
+
+def contenders(pg: PostgreSQLServer | None = None) -> list[Contender]:
+    pg = pg if pg is not None else PostgreSQLServer()
     reopened = "closed and reopened on the same files before each sample"
     return [
         Contender("amphora-memory", _amphora_memory, None,
@@ -202,6 +349,16 @@ def contenders() -> list[Contender]:
                   f"DB {reopened}: new SQLite connections, empty local pickle cache "
                   "(no cache_local_dir, so no persistent cache)",
                   "WAL, synchronous=NORMAL (RelStorage default)"),
+        Contender("amphora-postgresql", _amphora_postgresql(pg, True),
+                  _amphora_postgresql(pg, False),
+                  "DB closed and reopened on the same database before each sample: new "
+                  "connections, empty record cache (the server's shared buffers stay warm)",
+                  pg.settings, cleanup=pg.drop),
+        Contender(PG_REFERENCE, _relstorage_postgresql(pg, True),
+                  _relstorage_postgresql(pg, False),
+                  "DB closed and reopened on the same database before each sample: new "
+                  "connections, empty local pickle cache (no cache_local_dir)",
+                  pg.settings, cleanup=pg.drop),
     ]
 
 
@@ -225,6 +382,10 @@ def check_available(c: Contender, base: str) -> None:
     except Exception as exc:  # noqa: BLE001 - reported, not hidden
         c.unavailable = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
     finally:
+        try:
+            c.cleanup(path)
+        except Exception:  # noqa: BLE001 - the check's own error, if any, says more
+            pass
         shutil.rmtree(path, ignore_errors=True)
 
 
@@ -294,6 +455,7 @@ class Runner:
             db = self._run(db, path)
         finally:
             db.close()
+            self.c.cleanup(path)
             shutil.rmtree(path, ignore_errors=True)
         return self.samples
 
@@ -403,8 +565,8 @@ def median_ms(samples: list[float]) -> float | None:
     return statistics.median(samples) * 1000 if samples else None
 
 
-def ratio(results: dict, db: str, workload: str) -> float | None:
-    ref = results.get(REFERENCE, {}).get(workload)
+def ratio(results: dict, db: str, workload: str, reference: str = REFERENCE) -> float | None:
+    ref = results.get(reference, {}).get(workload)
     mine = results.get(db, {}).get(workload)
     if not ref or not mine:
         return None
@@ -418,12 +580,14 @@ def fmt_ratio(r: float | None) -> str:
 def print_report(results: dict, cs: list[Contender], workloads: list[str], n: int,
                  out: Any = sys.stdout) -> None:
     w = max(len(c.name) for c in cs) + 2
+    pg_ref = any(c.name == PG_REFERENCE and not c.unavailable for c in cs)
     for workload in workloads:
         counts = {len(results.get(c.name, {}).get(workload, [])) for c in cs if not c.unavailable}
         print(f"\n{workload}  ({n} objects per transaction; ms = median of "
               f"{'/'.join(map(str, sorted(counts)))} samples)", file=out)
         print(f"  {'database':<{w}} {'ms/txn':>9} {'objects/s':>11} {'min ms':>9} "
-              f"{'vs ' + REFERENCE:>22}", file=out)
+              f"{'vs ' + REFERENCE:>22}" + (f"{'vs ' + PG_REFERENCE:>26}" if pg_ref else ""),
+              file=out)
         for c in cs:
             if c.unavailable:
                 print(f"  {c.name:<{w}} unavailable: {c.unavailable}", file=out)
@@ -432,43 +596,56 @@ def print_report(results: dict, cs: list[Contender], workloads: list[str], n: in
             if not samples:
                 continue
             med = median_ms(samples)
+            pg_cell = (f"{fmt_ratio(ratio(results, c.name, workload, PG_REFERENCE)):>26}"
+                       if pg_ref else "")
             print(f"  {c.name:<{w}} {med:9.2f} {n / (med / 1000):11,.0f} "
-                  f"{min(samples) * 1000:9.2f} {fmt_ratio(ratio(results, c.name, workload)):>22}",
-                  file=out)
+                  f"{min(samples) * 1000:9.2f} {fmt_ratio(ratio(results, c.name, workload)):>22}"
+                  + pg_cell, file=out)
 
 
 def headline(results: dict, cs: list[Contender], workloads: list[str]) -> list[str]:
     lines = []
     by_name = {c.name: c for c in cs}
-    for name in ("amphora-sqlite", "amphora-memory", "relstorage-sqlite", "zodb-mapping"):
+    pairs = [(name, REFERENCE) for name in ("amphora-sqlite", "amphora-memory",
+                                             "relstorage-sqlite", "zodb-mapping",
+                                             *PG_CONTENDERS)]
+    pairs.append(("amphora-postgresql", PG_REFERENCE))
+    for name, reference in pairs:
         c = by_name.get(name)
-        if c is None or name == REFERENCE:
+        if c is None or reference not in by_name:
             continue
         if c.unavailable:
-            lines.append(f"{name} vs {REFERENCE}: unavailable ({c.unavailable})")
+            lines.append(f"{name} vs {reference}: unavailable ({c.unavailable})")
             continue
-        parts = [f"{w} {fmt_ratio(ratio(results, name, w))}" for w in workloads]
-        lines.append(f"{name} vs {REFERENCE}: " + ", ".join(parts))
+        parts = [f"{w} {fmt_ratio(ratio(results, name, w, reference))}" for w in workloads]
+        lines.append(f"{name} vs {reference}: " + ", ".join(parts))
     return lines
 
 
 def target_lines(results: dict, cs: list[Contender]) -> list[str]:
     by_name = {c.name: c for c in cs}
-    c = by_name.get(HEADLINE_DB)
     lines = []
-    for workload, goal in TARGETS.items():
-        r = ratio(results, HEADLINE_DB, workload) if c and not c.unavailable else None
-        verdict = "" if r is None else ("PASS" if r >= goal else "MISS")
-        why = "" if r is not None else (
-            f" ({HEADLINE_DB} unavailable: {c.unavailable})" if c and c.unavailable
-            else " (not measured)")
-        result = f"n/a{why}" if r is None else f"{fmt_ratio(r)} {verdict}"
-        lines.append(f"target {HEADLINE_DB} {workload} >= {goal}x vs {REFERENCE}: {result}")
+    for db, reference, targets in ((HEADLINE_DB, REFERENCE, TARGETS),
+                                   ("amphora-postgresql", PG_REFERENCE, PG_TARGETS)):
+        c, ref = by_name.get(db), by_name.get(reference)
+        if db == "amphora-postgresql" and c is None:
+            continue  # the PostgreSQL contenders were not asked for
+        for workload, goal in targets.items():
+            r = (ratio(results, db, workload, reference)
+                 if c and not c.unavailable and ref and not ref.unavailable else None)
+            verdict = "" if r is None else ("PASS" if r >= goal else "MISS")
+            missing = next((x for x in (c, ref) if x is not None and x.unavailable), None)
+            why = "" if r is not None else (
+                f" ({missing.name} unavailable: {missing.unavailable})" if missing
+                else " (not measured)")
+            result = f"n/a{why}" if r is None else f"{fmt_ratio(r)} {verdict}"
+            lines.append(f"target {db} {workload} >= {goal}x vs {reference}: {result}")
     return lines
 
 
-def markdown_table(results: dict, cs: list[Contender], workloads: list[str]) -> str:
-    """One table, workloads by databases: ``median ms (speedup vs FileStorage)``."""
+def markdown_table(results: dict, cs: list[Contender], workloads: list[str],
+                   reference: str = REFERENCE) -> str:
+    """One table, workloads by databases: ``median ms (speedup vs the reference)``."""
     names = [c.name for c in cs]
     lines = ["| workload (ms per txn, speedup) | " + " | ".join(names) + " |",
              "|---|" + "---:|" * len(names)]
@@ -479,7 +656,8 @@ def markdown_table(results: dict, cs: list[Contender], workloads: list[str]) -> 
             if c.unavailable or not samples:
                 cells.append("unavailable" if c.unavailable else "")
             else:
-                cells.append(f"{median_ms(samples):.2f} ({fmt_ratio(ratio(results, c.name, w))})")
+                cells.append(f"{median_ms(samples):.2f} "
+                             f"({fmt_ratio(ratio(results, c.name, w, reference))})")
         lines.append(f"| {w} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -488,7 +666,7 @@ def machine_info() -> dict[str, Any]:
     from importlib.metadata import PackageNotFoundError, version
     versions = {}
     for dist in ("amphora", "ZODB", "RelStorage", "persistent", "BTrees", "transaction",
-                 "zodbpickle"):
+                 "zodbpickle", "psycopg", "psycopg2-binary"):
         try:
             versions[dist] = version(dist)
         except PackageNotFoundError:
@@ -523,6 +701,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--gc", action="store_true",
                    help="leave the garbage collector on during timed sections (default: "
                         "collect before each sample, then disable it while timing)")
+    p.add_argument("--postgresql", action="store_true",
+                   help="also run the PostgreSQL contenders (amphora-postgresql, "
+                        f"{PG_REFERENCE}) on a private server started for the run; naming "
+                        "one in --only does the same")
+    p.add_argument("--pg-fsync", choices=("on", "off"), default="on",
+                   help="the private server's durability: on (default): fsync, "
+                        "synchronous_commit and full_page_writes on, PostgreSQL's defaults; "
+                        "off: all three off, as the tests' server")
     p.add_argument("--seed", type=int, default=1234)
     args = p.parse_args(argv)
     args.dbs, args.workloads = [], []
@@ -570,11 +756,14 @@ def run_profile(args: argparse.Namespace, cs: list[Contender], base: str) -> Non
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    cs = contenders()
+    pg = PostgreSQLServer(durable=args.pg_fsync == "on")
+    cs = contenders(pg)
     if args.dbs:
         cs = [c for c in cs if c.name in args.dbs]
     elif args.profile:
         cs = [c for c in cs if c.name == HEADLINE_DB]
+    elif not args.postgresql:
+        cs = [c for c in cs if c.name not in PG_CONTENDERS]
     base = tempfile.mkdtemp(prefix="amphora-shootout-", dir=args.tmpdir)
     try:
         for c in cs:
@@ -582,19 +771,26 @@ def main(argv: list[str] | None = None) -> int:
         if args.profile:
             run_profile(args, cs, base)
             return 0
-        return run_benchmark(args, cs, base)
+        return run_benchmark(args, cs, base, pg)
     finally:
+        pg.stop()
         shutil.rmtree(base, ignore_errors=True)
 
 
-def run_benchmark(args: argparse.Namespace, cs: list[Contender], base: str) -> int:
+def run_benchmark(args: argparse.Namespace, cs: list[Contender], base: str,
+                  pg: PostgreSQLServer) -> int:
     info = machine_info()
+    info["postgresql"] = pg.version()
     print(f"shootout: {args.objects} objects/txn, {args.rounds} rounds x {args.loops} loops, "
           f"python {info['python']}, {info['cpus']} cpus, sqlite {info['sqlite']}, "
           f"ZODB {info['versions']['ZODB']}, RelStorage {info['versions']['RelStorage']}")
+    if info["postgresql"]:
+        print(f"  postgresql {info['postgresql']} (private server, {pg.settings}), "
+              f"psycopg {info['versions']['psycopg']}, "
+              f"psycopg2-binary {info['versions']['psycopg2-binary']}")
     for c in cs:
         state = f"UNAVAILABLE: {c.unavailable}" if c.unavailable else f"cold = {c.cold}"
-        print(f"  {c.name:<18} {state}")
+        print(f"  {c.name:<21} {state}")
     live = [c for c in cs if not c.unavailable]
     results: dict[str, dict[str, list[float]]] = {c.name: {w: [] for w in WORKLOADS} for c in live}
     errors: dict[str, str] = {}
@@ -631,13 +827,18 @@ def run_benchmark(args: argparse.Namespace, cs: list[Contender], base: str) -> i
     if args.markdown:
         print()
         print(markdown_table(results, cs, args.workloads))
+        pg_cs = [c for c in cs if c.name in PG_CONTENDERS]
+        if any(c.name == PG_REFERENCE for c in pg_cs):
+            print()
+            print(markdown_table(results, pg_cs, args.workloads, PG_REFERENCE))
     print(f"total {time.perf_counter() - started:.0f} s")
 
     if args.json:
         summary = {
             name: {w: {"median_ms": median_ms(s), "min_ms": min(s) * 1000 if s else None,
                        "objects_per_s": args.objects / statistics.median(s) if s else None,
-                       f"speedup_vs_{REFERENCE}": ratio(results, name, w)}
+                       f"speedup_vs_{REFERENCE}": ratio(results, name, w),
+                       f"speedup_vs_{PG_REFERENCE}": ratio(results, name, w, PG_REFERENCE)}
                    for w, s in per.items() if w in args.workloads}
             for name, per in results.items()}
         doc = {"machine": info, "objects": args.objects, "rounds": args.rounds,
