@@ -5,7 +5,8 @@ apart), in one run.
 Run from the repository root::
 
     .venv/bin/python benchmarks/mirror_bench.py                  # SQLite
-    .venv/bin/python benchmarks/mirror_bench.py --uri postgresql://... # also PostgreSQL
+    .venv/bin/python benchmarks/mirror_bench.py --postgresql     # also PostgreSQL (private server)
+    .venv/bin/python benchmarks/mirror_bench.py --uri postgresql://... # also this PostgreSQL
 
 Workloads (the core shootout's objects: ``Item``, four attributes, about 300 bytes per
 record): ``add`` puts N new objects into an OOBTree and commits; ``update`` changes one
@@ -14,11 +15,18 @@ bulk load) unless ``--objects`` says otherwise. Each sample is one transaction; 
 ms per transaction and the cost of the mirror = (median with mirror / median without) - 1.
 Rounds alternate between the modes so that machine noise spreads over all of them. A
 benchmark, not a test: nothing asserts a time.
+
+PostgreSQL: every round of every mode gets a new schema (``?schema=bench_mirror_...``),
+dropped after the round. ``--postgresql`` starts a private server for the run, as the
+shootout does (``--pg-fsync on``, the default: PostgreSQL's durable defaults; ``off``: the
+tests' settings); ``--uri`` uses a server of your own instead (the user must be allowed
+to create schemas in its database).
 """
 from __future__ import annotations
 
 import argparse
 import gc
+import secrets
 import shutil
 import statistics
 import sys
@@ -36,7 +44,7 @@ import transaction  # noqa: E402
 from BTrees.OOBTree import OOBTree  # noqa: E402
 
 import amphora  # noqa: E402
-from shootout import make_items  # noqa: E402
+from shootout import PostgreSQLServer, make_items  # noqa: E402
 
 MODES = ("off", "sync", "follow")
 
@@ -84,10 +92,13 @@ def one_round(uri: str, mode: str, n: int, loops: int, seed: int) -> dict[str, l
 
 
 def fresh_uri(kind: str, base: str, uri: str | None, round_no: int, mode: str) -> str:
+    """A new, empty database for one round of one mode."""
     if kind == "sqlite":
         return f"sqlite:///{base}/{mode}-{round_no}.db"
-    assert uri is not None
-    return uri
+    if uri is None:
+        raise ValueError("no PostgreSQL URI")
+    schema = f"bench_mirror_{mode}_{round_no}_{secrets.token_hex(4)}"
+    return f"{uri}{'&' if '?' in uri else '?'}schema={schema}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -96,15 +107,32 @@ def main(argv: list[str] | None = None) -> int:
                         help="objects per commit (default: 10 and 1000)")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--loops", type=int, default=5)
-    parser.add_argument("--uri", help="also measure this PostgreSQL database (its amphora "
-                                      "tables are dropped and made again for each round)")
+    parser.add_argument("--uri", help="also measure this PostgreSQL database (a new schema "
+                                      "per round, dropped after it)")
+    parser.add_argument("--postgresql", action="store_true",
+                        help="also measure PostgreSQL, on a private server started for the run")
+    parser.add_argument("--pg-fsync", choices=("on", "off"), default="on",
+                        help="the private server's durability (see benchmarks/shootout.py)")
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args(argv)
-    kinds = ["sqlite"] + (["postgresql"] if args.uri else [])
-    print(f"mirror cost: {args.rounds} rounds, python {sys.version.split()[0]}")
-    for n in args.objects:
-        loops = max(args.loops, 500 // n)  # small commits: more samples
-        measure(kinds, n, loops, args)
+    if args.uri and args.postgresql:
+        parser.error("--uri and --postgresql: choose one server")
+    pg = PostgreSQLServer(durable=args.pg_fsync == "on")
+    try:
+        if args.postgresql:
+            try:
+                args.uri = pg.uri(pg.create("mirror"))
+            except RuntimeError as exc:
+                print(f"postgresql unavailable: {exc}")
+        kinds = ["sqlite"] + (["postgresql"] if args.uri else [])
+        print(f"mirror cost: {args.rounds} rounds, python {sys.version.split()[0]}")
+        if args.postgresql and args.uri:
+            print(f"  postgresql {pg.version()} (private server, {pg.settings})")
+        for n in args.objects:
+            loops = max(args.loops, 500 // n)  # small commits: more samples
+            measure(kinds, n, loops, args)
+    finally:
+        pg.stop()
     return 0
 
 
@@ -118,9 +146,11 @@ def measure(kinds: list[str], n: int, loops: int, args: argparse.Namespace) -> N
             for kind in kinds:
                 for mode in order:
                     uri = fresh_uri(kind, base, args.uri, round_no, mode)
-                    if kind == "postgresql":
-                        reset_postgresql(uri)
-                    got = one_round(uri, mode, n, loops, args.seed + round_no)
+                    try:
+                        got = one_round(uri, mode, n, loops, args.seed + round_no)
+                    finally:
+                        if kind == "postgresql":
+                            drop_schema(uri)
                     for workload, values in got.items():
                         results[kind, mode][workload] += values
     finally:
@@ -140,16 +170,15 @@ def measure(kinds: list[str], n: int, loops: int, args: argparse.Namespace) -> N
                   f"catch up with one add and one update ({2 * n} records)")
 
 
-def reset_postgresql(uri: str) -> None:
-    """Drop what amphora keeps in the database, so that each round starts empty."""
+def drop_schema(uri: str) -> None:
+    """Drop the schema of a round's PostgreSQL storage."""
+    import psycopg
+    from psycopg import sql
     storage: Any = amphora.open_storage(uri)
-    try:
-        drop = getattr(storage, "drop_all", None)
-        if drop is None:
-            raise SystemExit("this PostgreSQL storage cannot be reset for the benchmark")
-        drop()
-    finally:
-        storage.close()
+    dsn, schema = storage.dsn, storage.schema
+    storage.close()
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
 
 
 if __name__ == "__main__":
