@@ -96,6 +96,45 @@ def _postgresql_uri(path: Path, **query: Any) -> str:
     return server.uri(schema=schema, **query)
 
 
+def _base_file(path: Path) -> Path:
+    """The SQLite file under a layer kept at ``path``: created (empty) if missing, then
+    opened read-only by the layer, so that a write to the base would fail loudly."""
+    from amphora.storage.sqlite import SQLiteStorage
+    base = path.with_name(f"{path.stem}-base.db")
+    if not base.exists():
+        SQLiteStorage(str(base)).close()
+    return base
+
+
+def _demo(changes: str) -> Callable[..., Any]:
+    """Opens a DemoStorage over a read-only SQLite base, its changes in memory or in
+    SQLite (``changes``), optionally through a BeforeStorage (``before(sqlite)``)."""
+    def open_demo(path: Path, read_only: bool = False, **options: Any) -> Any:
+        from amphora.storage.before import BeforeStorage
+        from amphora.storage.demo import DemoStorage
+        from amphora.storage.memory import MemoryStorage
+        from amphora.storage.sqlite import SQLiteStorage
+        base = SQLiteStorage(str(_base_file(path)), read_only=True)
+        if changes == "sqlite":
+            layer = SQLiteStorage(str(path), read_only=read_only)
+        else:
+            layer = MemoryStorage(read_only=read_only)
+            if changes == "memory over before":
+                base = BeforeStorage(base)
+        return DemoStorage(base, layer, **options)
+    return open_demo
+
+
+def _demo_uri(changes: str) -> Callable[[Path], str]:
+    def uri(path: Path) -> str:
+        base = f"sqlite:///{_base_file(path)}"
+        if changes == "memory over before":
+            return f"demo://?base=before://%3Fstorage%3D{base}"
+        layer = f"sqlite:///{path}" if changes == "sqlite" else "memory://"
+        return f"demo://?base={base}&changes={layer}"
+    return uri
+
+
 STORAGE_KINDS: list[StorageKind] = [
     StorageKind("memory", _memory, uri=lambda path: "memory://", durable=False,
                 module="amphora.storage.memory"),
@@ -111,6 +150,15 @@ STORAGE_KINDS: list[StorageKind] = [
                 module="amphora.storage.postgresql", options={"keep_history": False},
                 uri=lambda path: _postgresql_uri(path, keep_history="false"),
                 notes={"history": "keep_history=false", "pack": "keep_history=false"}),
+    StorageKind("demo(memory over sqlite)", _demo("memory"), uri=_demo_uri("memory"),
+                durable=False, module="amphora.storage.demo"),
+    StorageKind("demo(sqlite over sqlite)", _demo("sqlite"), uri=_demo_uri("sqlite"),
+                durable=True, module="amphora.storage.demo"),
+    # A BeforeStorage is read-only, and every test here writes: it runs under a layer,
+    # as in the staging recipe. tests/layers/ runs the read checks on it over each kind.
+    StorageKind("demo(memory over before(sqlite))", _demo("memory over before"),
+                uri=_demo_uri("memory over before"), durable=False,
+                module="amphora.storage.before"),
 ]
 
 

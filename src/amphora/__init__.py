@@ -21,13 +21,16 @@ from amphora.errors import (AmphoraError, ConflictError, ConnectionStateError,
                             StorageError, StorageFormatError, StorageTransactionError,
                             Unsupported)
 from amphora.storage.base import Storage, TransactionMetaData
+from amphora.storage.before import BeforeStorage
+from amphora.storage.demo import DemoStorage
 from amphora.storage.memory import MemoryStorage
 from amphora.uri import DB_OPTIONS as _DB_OPTIONS
 from amphora.uri import open_storage
 
 __all__ = [
-    "AmphoraError", "ConflictError", "Connection", "ConnectionStateError", "CorruptRecordError",
-    "DB", "InvalidQueryError", "InvalidURIError", "MemoryStorage", "MirrorError",
+    "AmphoraError", "BeforeStorage", "ConflictError", "Connection", "ConnectionStateError",
+    "CorruptRecordError", "DB", "DemoStorage", "InvalidQueryError", "InvalidURIError",
+    "MemoryStorage", "MirrorError",
     "ObjectNotFoundError", "POSKeyError", "ReadConflictError", "ReadOnlyError",
     "ReadOnlyHistoryError", "Storage", "StorageError", "StorageFormatError",
     "StorageTransactionError", "TransactionMetaData", "Unsupported", "open", "open_storage",

@@ -8,7 +8,16 @@
 ``postgresql://user@host:port/dbname``      a PostgreSQL database (also ``postgres://``;
                                             a password as ``user:password@``; a unix
                                             socket directory as ``?host=/run/postgresql``)
+``demo://?base=URI&changes=URI``           writes go to ``changes`` (default
+                                            ``memory://``) over ``base``, which is opened
+                                            read-only (see :mod:`amphora.storage.demo`)
+``before://?storage=URI&at=MOMENT``         ``storage`` as it was at MOMENT (an ISO-8601
+                                            time or a ``0x`` tid), read-only; ``before=``
+                                            excludes a commit made exactly then
 ==========================================  ==============================================
+
+A URI inside another goes in as it is when it has at most one option of its own; write
+``&`` inside it as ``%26`` (and ``+`` as ``%2B``) otherwise.
 
 Options go in the query string or as keyword arguments, e.g.
 ``sqlite:///app.db?keep_history=false&synchronous=full``. Booleans are written
@@ -74,11 +83,31 @@ def _postgresql(path: str, **options: Any):
     return PostgreSQLStorage, dict(options, dsn=dsn)
 
 
+def _demo(path: str, **options: Any):
+    """``demo://?base=URI&changes=URI``: layers over a base that is never written."""
+    from amphora.storage.demo import open_demo
+    if path not in ("", "/"):
+        raise InvalidURIError("a demo URI names its storages in the query string: "
+                              "demo://?base=sqlite:///prod.db&changes=memory://")
+    return open_demo, options
+
+
+def _before(path: str, **options: Any):
+    """``before://?storage=URI&at=MOMENT`` (or ``before=MOMENT``): a point in time."""
+    from amphora.storage.before import open_before
+    if path not in ("", "/"):
+        raise InvalidURIError("a before URI names its storage in the query string: "
+                              "before://?storage=sqlite:///prod.db&at=2026-11-01T12:00")
+    return open_before, options
+
+
 SCHEMES: dict[str, Callable[..., tuple[type, dict]]] = {
     "memory": _memory,
     "sqlite": _sqlite,
     "postgresql": _postgresql,
     "postgres": _postgresql,
+    "demo": _demo,
+    "before": _before,
 }
 
 
