@@ -20,6 +20,7 @@ from amphora.errors import (AmphoraError, ConflictError, ConnectionStateError,
                             ReadConflictError, ReadOnlyError, ReadOnlyHistoryError,
                             StorageError, StorageFormatError, StorageTransactionError,
                             Unsupported)
+from amphora.feeds import Change, ResyncRequired
 from amphora.storage.base import Storage, TransactionMetaData
 from amphora.storage.before import BeforeStorage
 from amphora.storage.demo import DemoStorage
@@ -32,7 +33,7 @@ __all__ = [
     "CorruptRecordError", "DB", "DemoStorage", "InvalidQueryError", "InvalidURIError",
     "MemoryStorage", "MirrorError",
     "ObjectNotFoundError", "POSKeyError", "ReadConflictError", "ReadOnlyError",
-    "ReadOnlyHistoryError", "Storage", "StorageError", "StorageFormatError",
+    "ReadOnlyHistoryError", "ResyncRequired", "Storage", "StorageError", "StorageFormatError",
     "StorageTransactionError", "TransactionMetaData", "Unsupported", "open", "open_storage",
 ]
 

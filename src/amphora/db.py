@@ -14,7 +14,7 @@ import datetime
 import threading
 import time
 import weakref
-from typing import Any, Iterable, Iterator
+from typing import Any, AsyncIterator, Callable, Iterable, Iterator
 
 import transaction as transaction_module
 from persistent.mapping import PersistentMapping
@@ -22,6 +22,7 @@ from persistent.mapping import PersistentMapping
 from amphora.cache import RecordCache
 from amphora.connection import Connection
 from amphora.errors import ConflictError, ConnectionStateError, ObjectNotFoundError
+from amphora.feeds import Change, ChangeFeed, Subscriptions, achanges
 from amphora.search import DatabaseSearch
 from amphora.serialize import ObjectWriter, references
 from amphora.storage.base import Storage, TransactionMetaData
@@ -51,6 +52,7 @@ class DB(DatabaseSearch):
         self._pool: list[Connection] = []
         self._connections: weakref.WeakSet[Connection] = weakref.WeakSet()
         self._closed = False
+        self._subscriptions: Subscriptions | None = None
         storage.registerDB(self)
         self._ensure_root()
 
@@ -208,11 +210,39 @@ class DB(DatabaseSearch):
     def supportsUndo(self) -> bool:
         return False
 
+    # -- change feeds (see amphora.feeds) ------------------------------------------
+    def changes(self, since: bytes | None = None, timeout: float | None = None
+                ) -> Iterator[Change]:
+        """Every transaction committed after tid ``since`` (None: from now on), in commit
+        order, waiting for new ones; the iteration ends when ``timeout`` seconds pass
+        without one (None: never). Raises :class:`~amphora.feeds.ResyncRequired` when
+        pack removed transactions after ``since``."""
+        return ChangeFeed(self.storage, since).follow(timeout)
+
+    def achanges(self, since: bytes | None = None, timeout: float | None = None
+                 ) -> AsyncIterator[Change]:
+        """:meth:`changes` for ``async for``."""
+        return achanges(self.storage, since, timeout)
+
+    def subscribe(self, callback: Callable[[Change], Any]) -> None:
+        """Call ``callback(change)`` for every transaction committed from now on, in
+        commit order, from a thread of the database (never from a commit)."""
+        with self._lock:
+            if self._subscriptions is None:
+                self._subscriptions = Subscriptions(self.storage)
+        self._subscriptions.subscribe(callback)
+
+    def unsubscribe(self, callback: Callable[[Change], Any]) -> None:
+        if self._subscriptions is not None:
+            self._subscriptions.unsubscribe(callback)
+
     def close(self) -> None:
         """Close the storage. Open connections become unusable."""
         if self._closed:
             return
         self._closed = True
+        if self._subscriptions is not None:
+            self._subscriptions.close()
         with self._lock:
             self._pool.clear()
             self._connections = weakref.WeakSet()

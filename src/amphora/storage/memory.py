@@ -27,6 +27,7 @@ class MemoryStorage(StorageBase):
         super().__init__(name, read_only, resolve_conflicts)
         self._revisions: dict[bytes, tuple[list[bytes], list[bytes]]] = {}
         self._transactions: dict[bytes, TransactionRecord] = {}
+        self._packed_through = z64  # the largest tid of a transaction pack removed
         self._ltid = z64
         self._last_oid = 0
         self._oid_lock = threading.Lock()
@@ -165,6 +166,12 @@ class MemoryStorage(StorageBase):
                                if r.oid in self._revisions and tid in self._revisions[r.oid][0]]
                 if not txn.records and tid < cutoff:
                     del self._transactions[tid]
+                    self._packed_through = max(self._packed_through, tid)
+
+    def packed_through(self) -> bytes:
+        """The largest tid of a transaction pack removed (``z64`` if none)."""
+        with self._lock:
+            return self._packed_through
 
     def _check_open(self) -> None:
         if self._closed:

@@ -365,6 +365,19 @@ class PostgreSQLStorage(SchemaMixin, PackMixin, MirrorMixin, StorageBase):
                    for tid, length, user, description, extension in rows]
         return entries if size is None else entries[:max(size, 0)]
 
+    def transaction_log(self, after: bytes, limit: int = 100
+                        ) -> list[tuple[bytes, bytes, bytes, bytes, list[bytes]]]:
+        """Up to ``limit`` committed transactions after tid ``after``, in tid order, as
+        ``(tid, user, description, extension_bytes, oids)``: what a change feed reads."""
+        rows = self._query(_TRANSACTIONS, (_u(after) + 1, _MAX_INT, limit), binary=True)
+        return [(_pack(tid), bytes(user or b""), bytes(description or b""),
+                 bytes(extension or b""), _split(bytes(oids)))
+                for tid, user, description, extension, oids in rows]
+
+    def packed_through(self) -> bytes:
+        """The largest tid of a transaction pack removed (``z64`` if none)."""
+        return _pack(self._query(_PACKED_THROUGH)[0][0] or 0)
+
     def iterator(self, start: bytes | None = None, stop: bytes | None = None
                  ) -> Iterator[TransactionRecord]:
         """Transactions with ``start <= tid <= stop``, read in chunks; transactions
