@@ -65,11 +65,15 @@ def _open_filestorage(path: str, read_only: bool, must_exist: bool) -> Any:
 
 
 @contextlib.contextmanager
-def opened(spec: str, read_only: bool = False, must_exist: bool = True) -> Iterator[Any]:
+def opened(spec: str, read_only: bool = False, must_exist: bool = True,
+           at: bytes | None = None) -> Iterator[Any]:
     """The storage ``spec`` names, closed afterwards.
 
     ``must_exist``: a file-backed storage must already exist (nothing is created).
+    ``at``: a tid; the storage as it was then (a read-only
+    :class:`~amphora.storage.before.BeforeStorage`).
     """
+
     fs_path = _filestorage_path(spec)
     if fs_path is not None:
         storage = _open_filestorage(fs_path, read_only, must_exist)
@@ -84,6 +88,13 @@ def opened(spec: str, read_only: bool = False, must_exist: bool = True) -> Itera
             if not os.path.exists(file_path):
                 raise CommandError(f"{spec}: no such file: {file_path}")
         storage = open_storage(spec, read_only=read_only)
+    if at is not None:
+        from amphora.storage.before import BeforeStorage
+        try:
+            storage = BeforeStorage(storage, at=at)
+        except BaseException:
+            storage.close()
+            raise
     try:
         yield storage
     finally:
@@ -151,6 +162,14 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _moment(text: str) -> bytes:
+    from amphora.storage.before import moment_tid
+    try:
+        return moment_tid(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _count_transactions(storage: Any) -> int:
     # The storage contract has no count; iterating reads every record once.
     return sum(1 for _ in storage.iterator())
@@ -160,7 +179,7 @@ def _count_transactions(storage: Any) -> int:
 # Commands
 
 def cmd_info(args: argparse.Namespace) -> int:
-    with opened(args.uri, read_only=True) as storage:
+    with opened(args.uri, read_only=True, at=getattr(args, "at", None)) as storage:
         last = storage.lastTransaction()
         rows = [
             ("storage", f"{args.uri} ({type(storage).__name__})"),
@@ -222,7 +241,7 @@ def cmd_pack(args: argparse.Namespace) -> int:
 def cmd_copy(args: argparse.Namespace) -> int:
     if args.source == args.destination:
         raise CommandError("the source and the destination are the same")
-    with opened(args.source, read_only=True) as source, \
+    with opened(args.source, read_only=True, at=getattr(args, "at", None)) as source, \
             opened(args.destination, must_exist=False) as destination:
         source_last = source.lastTransaction()
         started = time.monotonic()
@@ -252,7 +271,7 @@ def cmd_copy(args: argparse.Namespace) -> int:
 
 def cmd_show(args: argparse.Namespace) -> int:
     from amphora.jsonpickle import record_to_json
-    with opened(args.uri, read_only=True) as storage:
+    with opened(args.uri, read_only=True, at=getattr(args, "at", None)) as storage:
         if args.tid is None:
             record = storage.loadBefore(args.oid, maxtid)
             if record is None:
@@ -265,6 +284,11 @@ def cmd_show(args: argparse.Namespace) -> int:
                 "state": json.loads(state)}
     print(json.dumps(document, indent=2, ensure_ascii=False))
     return 0
+
+
+def cmd_at_copy(args: argparse.Namespace) -> int:
+    args.source = args.uri
+    return cmd_copy(args)
 
 
 def cmd_search(args: argparse.Namespace) -> int:
@@ -439,6 +463,35 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--tid", metavar="TID", type=_parse_oid, default=None,
                       help="the revision written by this transaction (default: current)")
     show.set_defaults(func=cmd_show)
+
+    at = command("at", "info, show or copy a storage as it was at a moment",
+                 "Run info, show or copy on the storage as it was at MOMENT: the "
+                 "transactions committed up to then, read-only (later ones are not seen).")
+    at.add_argument("uri", metavar="URI", help="the storage (opened read-only)")
+    at.add_argument("at", metavar="MOMENT", type=_moment,
+                    help="an ISO-8601 time, UTC unless it has an offset "
+                         "(2026-11-01T12:00), or a tid (0x...)")
+    at_commands = at.add_subparsers(title="commands", dest="at_command", metavar="COMMAND")
+    at_commands.required = True
+    at_info = at_commands.add_parser("info", help="as amphora info",
+                                     description="amphora info, as of MOMENT.")
+    at_info.set_defaults(func=cmd_info)
+    at_show = at_commands.add_parser("show", help="as amphora show",
+                                     description="amphora show, as of MOMENT.")
+    at_show.add_argument("oid", metavar="OID", type=_parse_oid,
+                         help="the object id, decimal (12) or hex (0xc); the root is 0")
+    at_show.add_argument("--tid", metavar="TID", type=_parse_oid, default=None,
+                         help="the revision written by this transaction (default: the "
+                              "one current at MOMENT)")
+    at_show.set_defaults(func=cmd_show)
+    at_copy = at_commands.add_parser("copy", help="as amphora copy",
+                                     description="amphora copy of the transactions up to "
+                                                 "MOMENT into DST.")
+    at_copy.add_argument("destination", metavar="DST", help="the storage to write")
+    at_copy.add_argument("--incremental", action="store_true",
+                         help="DST is an earlier copy: copy only the transactions after "
+                              "its last one, up to MOMENT")
+    at_copy.set_defaults(func=cmd_at_copy)
 
     search = command("search", "objects whose JSON documents meet an SQL condition",
                      "Print, one JSON line each, the documents of the JSON mirror that meet "

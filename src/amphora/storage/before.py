@@ -75,7 +75,9 @@ class BeforeStorage(StorageBase):
                  name: str | None = None):
         if before is not None and at is not None:
             raise ValueError("give before= or at=, not both")
-        storage.sync()
+        sync = getattr(storage, "sync", None)  # ZODB's storages may have none
+        if sync is not None:
+            sync()
         now = p64(u64(storage.lastTransaction()) + 1)
         if at is not None:
             bound = p64(u64(moment_tid(at)) + 1)
@@ -88,9 +90,9 @@ class BeforeStorage(StorageBase):
             raise ValueError("a view must end after the first possible tid")
         self.storage = storage
         self.before = bound  #: the view holds the transactions with tids below this one
-        self.supports_history = storage.supports_history
-        self.is_remote = storage.is_remote
-        if bound < now and not storage.supports_history:
+        self.supports_history = getattr(storage, "supports_history", True)
+        self.is_remote = getattr(storage, "is_remote", False)
+        if bound < now and not self.supports_history:
             raise Unsupported(f"{storage.getName()} keeps no history: it cannot show "
                               f"the moment {tid_repr(bound)}")
         super().__init__(name or f"before({storage.getName()}, {bound.hex()})", read_only=True)
