@@ -36,13 +36,28 @@ FROM objects AS o LEFT JOIN LATERAL (
   WHERE oid = o.oid AND tid < %(b)s AND o.tid >= %(b)s ORDER BY tid DESC LIMIT 1
 ) AS r ON true
 WHERE o.oid = %(o)s"""
+# ... and, in the same round trip, the current records that the asked ones and the ones
+# served from the read-ahead (%(x)s) refer to: up to %(n)s of them, not asked for,
+# unchanged since before %(b)s. These are what a reader of a container asks for next (a
+# BTree's buckets, then the buckets' values); they come back with "ahead" true, and
+# whether they refer to others, and wait in the thread's read-ahead (see load_many).
 _LOAD_MANY = """
-SELECT o.oid, o.tid, CASE WHEN o.tid < %(b)s THEN o.data END, r.tid, r.end_tid, r.data
-FROM objects AS o LEFT JOIN LATERAL (
+WITH asked AS (SELECT oid, tid, data, refs FROM objects WHERE oid = ANY(%(o)s::bigint[])),
+parents AS (SELECT refs FROM asked WHERE tid < %(b)s
+            UNION ALL SELECT refs FROM objects
+            WHERE oid = ANY(%(x)s::bigint[]) AND tid < %(b)s)
+SELECT a.oid, a.tid, CASE WHEN a.tid < %(b)s THEN a.data END, r.tid, r.end_tid, r.data,
+       false AS ahead, false AS refers
+FROM asked AS a LEFT JOIN LATERAL (
   SELECT tid, end_tid, data FROM revisions
-  WHERE oid = o.oid AND tid < %(b)s AND o.tid >= %(b)s ORDER BY tid DESC LIMIT 1
+  WHERE oid = a.oid AND tid < %(b)s AND a.tid >= %(b)s ORDER BY tid DESC LIMIT 1
 ) AS r ON true
-WHERE o.oid = ANY(%(o)s::bigint[])"""
+UNION ALL
+SELECT e.oid, e.tid, e.data, NULL, NULL, NULL, true, coalesce(cardinality(e.refs) > 0, false)
+FROM objects AS e
+WHERE e.oid = ANY((SELECT (array_agg(ref))[1:%(n)s] FROM parents, unnest(parents.refs) AS ref)
+                  ::bigint[])
+  AND e.tid < %(b)s AND e.oid <> ALL(%(o)s::bigint[]) AND e.oid <> ALL(%(x)s::bigint[])"""
 _LOAD_SERIAL = """
 SELECT data FROM objects WHERE oid = %(o)s AND tid = %(t)s
 UNION ALL SELECT data FROM revisions WHERE oid = %(o)s AND tid = %(t)s
@@ -109,6 +124,8 @@ _NEXT_OIDS = "SELECT nextval('oid_seq') FROM generate_series(1, %s)"
 _PASS_OID = "SELECT setval('oid_seq', %s) FROM oid_seq WHERE last_value < %s"
 
 _BATCH = 1000                        # oids per statement in batched reads
+_AHEAD = 2000                        # referenced records read along by one load_many
+_AHEAD_MAX = 8192                    # records a thread's read-ahead holds at most
 _OID_BLOCK = 64                      # oids first reserved per round trip to the sequence
 _OID_BLOCK_MAX = 4096                # ... doubling with each reservation up to this
 _TXN_CHUNK = 100                     # transactions read per query while iterating
@@ -133,12 +150,20 @@ def _refs_literal(data: bytes) -> str:
 
 
 class _Reader:
-    """One thread's autocommit connection: each read is one statement, one snapshot."""
+    """One thread's autocommit connection: each read is one statement, one snapshot.
 
-    __slots__ = ("conn", "__weakref__")
+    ``ahead`` holds records read along with others (see ``load_many``) and whether they
+    refer to other records, valid for reads before ``ahead_before`` while the storage's
+    ``_ahead_generation`` is ``ahead_generation``.
+    """
+
+    __slots__ = ("conn", "ahead", "ahead_before", "ahead_generation", "__weakref__")
 
     def __init__(self, conn: Any):
         self.conn = conn
+        self.ahead: dict[bytes, tuple[tuple[bytes, bytes, None], bool]] = {}
+        self.ahead_before = -1
+        self.ahead_generation = -1
 
 
 class PostgreSQLStorage(SchemaMixin, PackMixin, MirrorMixin, StorageBase):
@@ -239,6 +264,9 @@ class PostgreSQLStorage(SchemaMixin, PackMixin, MirrorMixin, StorageBase):
         self._poller: Any = None
         self._waiter: Any = None
         self._waiter_lock = threading.Lock()
+        # Bumped whenever this storage learns of a commit (its own or another's): records
+        # read ahead before that may have been replaced since, so they are dropped.
+        self._ahead_generation = 0
         try:
             meta = self._open(create, True if keep_history is None else bool(keep_history))
             self.keep_history = self._check_meta(meta, keep_history)
@@ -290,8 +318,11 @@ class PostgreSQLStorage(SchemaMixin, PackMixin, MirrorMixin, StorageBase):
 
     def _reader(self) -> Any:
         """This thread's autocommit connection."""
+        return self._thread_reader().conn
+
+    def _thread_reader(self) -> _Reader:
         try:
-            return self._local.reader.conn
+            return self._local.reader
         except AttributeError:
             pass
         if self._closed:
@@ -300,7 +331,7 @@ class PostgreSQLStorage(SchemaMixin, PackMixin, MirrorMixin, StorageBase):
         self._local.reader = reader
         with self._readers_lock:
             self._readers.add(reader)
-        return reader.conn
+        return reader
 
     def _query(self, sql: str, params: Any = (), binary: bool = False) -> list:
         """All rows of ``sql`` on this thread's connection."""
@@ -322,6 +353,9 @@ class PostgreSQLStorage(SchemaMixin, PackMixin, MirrorMixin, StorageBase):
             return self._ltid
 
     def loadBefore(self, oid: bytes, tid: bytes) -> tuple[bytes, bytes, bytes | None] | None:
+        found, _ = self._read_ahead(tid, [oid])
+        if found:
+            return found[oid]
         rows = self._query(_LOAD_BEFORE, {"o": _unpack(oid)[0], "b": _unpack(tid)[0]},
                            binary=True)
         if not rows:
@@ -335,20 +369,75 @@ class PostgreSQLStorage(SchemaMixin, PackMixin, MirrorMixin, StorageBase):
 
     def load_many(self, oids: Iterable[bytes], before: bytes
                   ) -> dict[bytes, tuple[bytes, bytes, bytes | None]]:
-        """``loadBefore`` for many oids, one query per thousand."""
+        """``loadBefore`` for many oids, one query per thousand.
+
+        Each query also reads (up to ``_AHEAD``) the current records that the records
+        asked for refer to, and keeps them for this thread: a reader that asks for a
+        BTree's buckets asks for their values next, and finds them without a round trip.
+        Records served from that read-ahead bring the records they refer to in turn (one
+        query, when any of them refers to others). Kept records are used only for reads
+        before the same tid, and are dropped when the storage learns of any commit (they
+        might have been replaced), when another tid is asked for, or when there are too
+        many. What is returned is exactly what ``loadBefore`` would return for each oid
+        asked for.
+        """
+        oids = list(oids)
+        found, parents = self._read_ahead(before, oids)
         before_i = _unpack(before)[0]
-        wanted = {_unpack(oid)[0]: oid for oid in oids}
+        wanted = {_unpack(oid)[0]: oid for oid in oids if oid not in found}
         keys = list(wanted)
-        found: dict[bytes, tuple[bytes, bytes, bytes | None]] = {}
-        for i in range(0, len(keys), _BATCH):
-            rows = self._query(_LOAD_MANY, {"o": keys[i:i + _BATCH], "b": before_i},
-                               binary=True)
-            for key, current, data, start, end, old in rows:
-                if data is not None:
+        parent_keys = _ints(b"".join(parents))[:_BATCH]
+        for i in range(0, max(len(keys), 1 if parent_keys else 0), _BATCH):
+            reader = self._thread_reader()
+            generation = self._ahead_generation  # before the query: see _read_ahead
+            rows = self._query(_LOAD_MANY, {"o": keys[i:i + _BATCH], "b": before_i,
+                                            "x": parent_keys if i == 0 else [],
+                                            "n": _AHEAD}, binary=True)
+            ahead = []
+            for key, current, data, start, end, old, is_ahead, refers in rows:
+                if is_ahead:
+                    ahead.append((_pack(key), ((data, _pack(current), None), refers)))
+                elif data is not None:
                     found[wanted[key]] = (data, _pack(current), None)
                 elif start is not None:
                     found[wanted[key]] = (old, _pack(start), _pack(end))
+            if ahead:
+                if reader.ahead_generation != generation or reader.ahead_before != before_i \
+                        or len(reader.ahead) + len(ahead) > _AHEAD_MAX:
+                    reader.ahead = {}
+                    reader.ahead_before = before_i
+                    reader.ahead_generation = generation
+                reader.ahead.update(ahead)
         return found
+
+    def _read_ahead(self, before: bytes, oids: list[bytes]
+                    ) -> tuple[dict[bytes, tuple[bytes, bytes, bytes | None]], list[bytes]]:
+        """The records of ``oids`` this thread read ahead for reads before ``before``
+        (each taken out: a reader asks once), and the oids of those that refer to others.
+
+        A kept record was current, and older than ``before``, when it was read; it is used
+        only while the storage has learnt of no commit since (the generation taken before
+        the query), so it is what a query would return now, or what a query returned to a
+        reader that had not yet been told of a newer commit: a record cache that takes it
+        as current is told of the commit that replaced it, as after any load.
+        """
+        reader = getattr(self._local, "reader", None)
+        if reader is None or not reader.ahead:
+            return {}, []
+        if reader.ahead_generation != self._ahead_generation \
+                or reader.ahead_before != _unpack(before)[0]:
+            reader.ahead = {}
+            return {}, []
+        take = reader.ahead.pop
+        found = {}
+        parents = []
+        for oid in oids:
+            kept = take(oid, None)
+            if kept is not None:
+                found[oid] = kept[0]
+                if kept[1]:
+                    parents.append(oid)
+        return found, parents
 
     def loadSerial(self, oid: bytes, serial: bytes) -> bytes:
         rows = self._query(_LOAD_SERIAL, {"o": _u(oid), "t": _u(serial)}, binary=True)
@@ -478,6 +567,7 @@ class PostgreSQLStorage(SchemaMixin, PackMixin, MirrorMixin, StorageBase):
                     invalidate_cache()
             for tid, oids in rows:
                 wrapper.invalidate(_pack(tid), _split(oids))
+        self._ahead_generation += 1
         self._ltid = _pack(rows[-1][0])
 
     # -- writing --------------------------------------------------------------------
@@ -612,6 +702,7 @@ class PostgreSQLStorage(SchemaMixin, PackMixin, MirrorMixin, StorageBase):
             self._rollback()
             raise self._error(exc) from exc
         # The transaction is durable now: whatever happens below, the tid is published.
+        self._ahead_generation += 1
         try:
             pending, self._pending = self._pending, []
             self._deliver([row for row in pending if row[0] < _u(tid)], self._pending_packed)
