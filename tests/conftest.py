@@ -26,6 +26,7 @@ Fixtures:
 from __future__ import annotations
 
 import importlib
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -35,6 +36,9 @@ import pytest
 import transaction
 
 import amphora
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "server"))
+import serverprocess  # noqa: E402  (tests/server/serverprocess.py)
 
 CAPABILITIES = ("history", "undo", "pack", "remote")
 
@@ -135,6 +139,25 @@ def _demo_uri(changes: str) -> Callable[[Path], str]:
     return uri
 
 
+
+def _client(served: str) -> Callable[..., Any]:
+    """Opens a ClientStorage on the session's ``amphora serve`` process for ``served``
+    (``memory`` or ``sqlite``), naming a storage of its own for ``path``."""
+    def open_client(path: Path, **options: Any) -> Any:
+        from amphora.storage.client import ClientStorage
+        server = serverprocess.shared_server(served)
+        return ClientStorage(server.host, server.port,
+                             storage=serverprocess.storage_name(path), **options)
+    return open_client
+
+
+def _client_uri(served: str) -> Callable[[Path], str]:
+    def uri(path: Path) -> str:
+        server = serverprocess.shared_server(served)
+        return f"amphora://{server.address}/{serverprocess.storage_name(path)}"
+    return uri
+
+
 STORAGE_KINDS: list[StorageKind] = [
     StorageKind("memory", _memory, uri=lambda path: "memory://", durable=False,
                 module="amphora.storage.memory"),
@@ -159,6 +182,11 @@ STORAGE_KINDS: list[StorageKind] = [
     StorageKind("demo(memory over before(sqlite))", _demo("memory over before"),
                 uri=_demo_uri("memory over before"), durable=False,
                 module="amphora.storage.before"),
+    # A real `amphora serve` process per kind, for the session; each test its own storages.
+    StorageKind("client->memory", _client("memory"), uri=_client_uri("memory"),
+                durable=False, module="amphora.storage.client"),
+    StorageKind("client->sqlite", _client("sqlite"), uri=_client_uri("sqlite"),
+                durable=True, module="amphora.storage.client"),
 ]
 
 
@@ -268,6 +296,13 @@ def db(storage) -> amphora.DB:
     database = amphora.DB(storage)
     yield database
     database.close()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _amphora_servers_lifetime():
+    """The storage servers the client kinds started are stopped at the end."""
+    yield
+    serverprocess.stop_shared_servers()
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -73,7 +73,6 @@ def opened(spec: str, read_only: bool = False, must_exist: bool = True,
     ``at``: a tid; the storage as it was then (a read-only
     :class:`~amphora.storage.before.BeforeStorage`).
     """
-
     fs_path = _filestorage_path(spec)
     if fs_path is not None:
         storage = _open_filestorage(fs_path, read_only, must_exist)
@@ -392,6 +391,36 @@ def _copy_progress(source_last: bytes) -> Iterator[Any]:
         yield progress
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from amphora.server import serve
+    host, _, port = args.listen.rpartition(":")
+    if not host or not port.isdigit():
+        raise CommandError(f"--listen takes HOST:PORT, not {args.listen!r}")
+    token = None
+    if args.token_file:
+        with open(args.token_file, encoding="utf-8") as file:
+            token = file.read().strip()
+        if not token:
+            raise CommandError(f"{args.token_file}: the token file is empty")
+    context = None
+    if args.tls_cert or args.tls_key:
+        if not (args.tls_cert and args.tls_key):
+            raise CommandError("TLS needs both --tls-cert and --tls-key")
+        import ssl
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(args.tls_cert, args.tls_key)
+    if "{name}" not in args.uri:
+        parse_uri(args.uri)  # a bad URI is reported before anything listens
+
+    def ready(bound_host: str, bound_port: int) -> None:
+        print(f"amphora: serving {args.uri} on {bound_host}:{bound_port}"
+              f"{' (TLS)' if context else ''}{' read-only' if args.read_only else ''}",
+              flush=True)
+    serve(args.uri, host.strip("[]"), int(port), token=token, ssl_context=context,
+          read_only=args.read_only, ready=ready)
+    return 0
+
+
 # ---------------------------------------------------------------------------------------
 # The parser
 
@@ -530,6 +559,22 @@ def build_parser() -> argparse.ArgumentParser:
     follow.add_argument("--interval", metavar="S", type=_non_negative, default=0.5,
                         help="seconds between looks for new commits (default: 0.5)")
     follow.set_defaults(func=cmd_follow)
+
+    serve = command("serve", "serve a storage to amphora:// clients over the network",
+                    "Serve a storage over TCP (TLS with --tls-cert and --tls-key) to "
+                    "amphora://host:port clients, pushing every commit to every client. "
+                    "A URI with {name} in it serves one storage per name (amphora://"
+                    "host:port/NAME). Stops cleanly on SIGTERM or Ctrl-C.")
+    serve.add_argument("uri", metavar="URI", help="the storage to serve")
+    serve.add_argument("--listen", metavar="HOST:PORT", default="127.0.0.1:8100",
+                       help="the address to listen on (default: 127.0.0.1:8100; port 0: "
+                            "any free port, printed at start)")
+    serve.add_argument("--token-file", metavar="FILE",
+                       help="clients must present the token in FILE")
+    serve.add_argument("--tls-cert", metavar="FILE", help="the server's certificate (PEM)")
+    serve.add_argument("--tls-key", metavar="FILE", help="its private key (PEM)")
+    serve.add_argument("--read-only", action="store_true", help="refuse every write")
+    serve.set_defaults(func=cmd_serve)
     return parser
 
 

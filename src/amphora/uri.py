@@ -14,6 +14,10 @@
 ``before://?storage=URI&at=MOMENT``         ``storage`` as it was at MOMENT (an ISO-8601
                                             time or a ``0x`` tid), read-only; ``before=``
                                             excludes a commit made exactly then
+``amphora://host:port/name?token_file=F``    a storage served by ``amphora serve`` (the
+                                            name only when the server serves one per name;
+                                            ``amphoras://`` for TLS, ``&ca_file=`` to trust
+                                            a private authority)
 ==========================================  ==============================================
 
 A URI inside another goes in as it is when it has at most one option of its own; write
@@ -101,6 +105,24 @@ def _before(path: str, **options: Any):
     return open_before, options
 
 
+def _amphora(path: str, **options: Any):
+    """``amphora://host:port[/name]``: a storage served by ``amphora serve``."""
+    from amphora.storage.client import ClientStorage
+    location, _, name = path.partition("/")
+    host, _, port = location.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):  # [IPv6]:port
+        host = host[1:-1]
+    if not host or not port.isdigit():
+        raise InvalidURIError("an amphora URI names the server: amphora://host:port[/name]")
+    return ClientStorage, dict(options, host=host, port=int(port), storage=name.strip("/"))
+
+
+def _amphoras(path: str, **options: Any):
+    """``amphoras://host:port[/name]``: the same over TLS."""
+    klass, options = _amphora(path, **options)
+    return klass, dict(options, tls=True)
+
+
 SCHEMES: dict[str, Callable[..., tuple[type, dict]]] = {
     "memory": _memory,
     "sqlite": _sqlite,
@@ -108,6 +130,8 @@ SCHEMES: dict[str, Callable[..., tuple[type, dict]]] = {
     "postgres": _postgresql,
     "demo": _demo,
     "before": _before,
+    "amphora": _amphora,
+    "amphoras": _amphoras,
 }
 
 

@@ -1,0 +1,131 @@
+"""The wire protocol between ``amphora serve`` and the client storage.
+
+Framing: every message is one *frame*, a 4-byte big-endian length followed by that many
+bytes of MessagePack (bytes stay bytes, strings stay strings). A frame longer than the
+receiver's limit (:data:`MAX_FRAME`, by default) or one that is not a message below is a
+protocol error: the receiver sends an :data:`ERROR` (when it is the server) and closes
+that connection.
+
+A connection starts with a handshake. The client's first frame is
+``[HELLO, {"protocol": VERSION, "token": str | None, "storage": name}]``; the server
+answers ``[WELCOME, {"protocol": VERSION, "name": ..., "read_only": ..., "last_tid": ...,
+"supports_history": ..., "supports_pack": ..., "server": ...}]`` or, for another protocol
+version or a bad token, ``[ERROR, 0, name, message, {}]``, and closes. Versions are never
+negotiated down: a server speaks exactly one version and names it when it refuses.
+
+After the handshake:
+
+``[REQUEST, id, method, args]``   client to server; ``id`` is a positive integer the
+                                  client chose, ``method`` one of :data:`METHODS`.
+``[REPLY, id, result]``           the answer to request ``id``.
+``[ERROR, id, name, message, details]``
+                                  request ``id`` failed with the amphora error class
+                                  ``name`` (``details``: ``oid``, ``serials`` of conflicts).
+``[PUSH, kind, payload]``         server to client, unasked: :data:`PUSH_COMMIT` (one per
+                                  transaction, in commit order), :data:`PUSH_RESET`
+                                  (changes that cannot be enumerated: flush caches).
+
+A client may send any number of requests without waiting; replies carry the request id
+and may come in any order, except that replies and pushes that concern a transaction come
+in commit order (see ``docs/server.md``).
+"""
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+import msgpack
+
+__all__ = ["VERSION", "MAX_FRAME", "HELLO", "WELCOME", "REQUEST", "REPLY", "ERROR", "PUSH",
+           "METHODS", "WRITE_METHODS", "PUSH_COMMIT", "PUSH_RESET", "ProtocolError",
+           "FrameDecoder", "encode", "HEADER"]
+
+#: the protocol version this code speaks
+VERSION = 1
+#: the largest frame accepted by default (bytes after the length prefix)
+MAX_FRAME = 64 * 1024 * 1024
+
+HEADER = struct.Struct(">I")
+
+# -- message kinds (the first element of every message) ----------------------------------
+HELLO = "hello"
+WELCOME = "welcome"
+REQUEST = "request"
+REPLY = "reply"
+ERROR = "error"
+PUSH = "push"
+
+# -- requests -----------------------------------------------------------------------------
+LOAD_BEFORE = "load_before"        # (oid, before) -> [data, start, end] | None
+LOAD_MANY = "load_many"            # (oids, before) -> [[oid, data, start, end], ...]
+LOAD_SERIAL = "load_serial"        # (oid, serial) -> data
+HISTORY = "history"                # (oid, size) -> [entry, ...] (extension keys as given)
+ITERATE = "iterate"                # (start, stop, limit) -> [transaction, ...]
+CHANGES_SINCE = "changes_since"    # (tid) -> [[tid, oids], ...] | None (cannot be known)
+LAST_TRANSACTION = "last_transaction"  # () -> tid
+SYNC = "sync"                      # () -> tid, after pushes of everything committed before
+SIZE = "size"                      # () -> [object count, bytes]
+NEW_OIDS = "new_oids"              # (count) -> [oid, ...]
+COMMIT = "commit"                  # (meta, tid, records, serials, checks) -> None; voted
+FINISH = "finish"                  # () -> tid; the reply comes in commit order
+ABORT = "abort"                    # () -> None
+PACK = "pack"                      # (pack_time, gc) -> None
+
+#: every request method a server answers
+METHODS = frozenset({LOAD_BEFORE, LOAD_MANY, LOAD_SERIAL, HISTORY, ITERATE, CHANGES_SINCE,
+                     LAST_TRANSACTION, SYNC, SIZE, NEW_OIDS, COMMIT, FINISH, ABORT, PACK})
+#: the methods a read-only server refuses
+WRITE_METHODS = frozenset({NEW_OIDS, COMMIT, FINISH, PACK})
+
+# -- pushes -------------------------------------------------------------------------------
+#: ``{"tid", "oids", "user", "description", "extension"}``: one committed transaction
+#: (metadata None when the storage reported the commit without it)
+PUSH_COMMIT = "commit"
+#: ``{"tid"}``: transactions up to ``tid`` changed things that cannot be enumerated
+PUSH_RESET = "reset"
+
+
+class ProtocolError(Exception):
+    """A frame or message that breaks the protocol (the connection is closed)."""
+
+
+def encode(message: list) -> bytes:
+    """One frame: the length prefix and the MessagePack of ``message``."""
+    body = msgpack.packb(message, use_bin_type=True)
+    return HEADER.pack(len(body)) + body
+
+
+class FrameDecoder:
+    """Splits a byte stream into messages; raises :class:`ProtocolError` on a frame over
+    ``max_frame`` bytes or one that is not a MessagePack list."""
+
+    def __init__(self, max_frame: int = MAX_FRAME):
+        self.max_frame = max_frame
+        self._buffer = bytearray()
+
+    def feed(self, data: bytes) -> list[list[Any]]:
+        buffer = self._buffer
+        buffer += data
+        messages = []
+        start = 0
+        size = HEADER.size
+        while len(buffer) - start >= size:
+            (length,) = HEADER.unpack_from(buffer, start)
+            if length > self.max_frame:
+                raise ProtocolError(f"a frame of {length} bytes is over the limit of "
+                                    f"{self.max_frame} bytes")
+            end = start + size + length
+            if len(buffer) < end:
+                break
+            try:
+                message = msgpack.unpackb(bytes(buffer[start + size:end]), raw=False,
+                                          use_list=True, strict_map_key=False)
+            except Exception as exc:
+                raise ProtocolError(f"a frame that is not MessagePack ({exc})") from None
+            if not isinstance(message, list) or not message or not isinstance(message[0], str):
+                raise ProtocolError("a frame that is not a protocol message")
+            messages.append(message)
+            start = end
+        if start:
+            del buffer[:start]
+        return messages

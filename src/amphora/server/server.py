@@ -1,0 +1,609 @@
+"""``amphora serve``: any storage, served over TCP (optionally TLS) to many clients.
+
+The server only moves records: it never unpickles application objects. Conflicts are
+reported to the client, which resolves them (see :mod:`amphora.storage.client`).
+
+Threads: the event loop does all network I/O. Storage calls that may block run in a
+shared thread pool (reads) or, for one client's two-phase commit, in that client's own
+commit thread, so that ``tpc_begin`` waiting for the storage's commit lock (another client
+is committing) stalls no one else. Commits of different clients serialize in the storage.
+
+Ordering: the storage calls the server back inside ``tpc_finish`` (``func(tid)``, under
+its commit lock) and, for commits made elsewhere, through ``invalidate(tid, oids)``. Both
+queue, in that order, the commit's push to every other client and the committing client's
+finish reply. Every client thus hears of every transaction in commit order, before any
+reply that could reveal it.
+"""
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import hmac
+import logging
+import re
+import signal
+import ssl
+from typing import Any, Callable
+
+from amphora import errors
+from amphora.serialize import references
+from amphora.server import protocol as p
+from amphora.storage.base import TransactionMetaData
+from amphora.utils import p64, u64, z64
+
+__all__ = ["Server", "serve"]
+
+log = logging.getLogger("amphora.server")
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+_HELLO_LIMIT = 64 * 1024           # the largest frame accepted before the handshake
+_CHANGES_LIMIT = 10000             # transactions sent at reconnection, beyond: reset
+_ITERATE_LIMIT = 1000              # transactions per ITERATE reply
+
+
+def _check_oid(value: Any, what: str = "an oid") -> bytes:
+    if type(value) is not bytes or len(value) != 8:
+        raise errors.StorageError(f"{what} is 8 bytes, not {value!r:.40}")
+    return value
+
+
+def _error_message(exc: BaseException, request_id: int) -> list:
+    """The ERROR message for ``exc``: amphora's errors by name, anything else as a
+    StorageError (the server's internals are not the client's business)."""
+    name = type(exc).__name__
+    details: dict[str, Any] = {}
+    if isinstance(exc, errors.ConflictError):
+        details = {"oid": exc.oid, "serials": list(exc.serials) if exc.serials else None}
+        message = exc.message
+    elif isinstance(exc, errors.ObjectNotFoundError):
+        details = {"oid": exc.args[0] if exc.args else None}
+        message = str(exc)
+    elif name in errors.__all__:
+        message = str(exc)
+    else:
+        message = f"{name}: {exc}"
+        name = "StorageError"
+    return [p.ERROR, request_id, name, message, details]
+
+
+class _Served:
+    """One open storage, the sessions using it, and the wrapper it reports to."""
+
+    def __init__(self, server: "Server", name: str, storage: Any):
+        self.server = server
+        self.name = name
+        self.storage = storage
+        self.sessions: set[_Session] = set()
+        self.lock = asyncio.Lock()
+        self.packed_to = z64  # packs made here: changes before cannot be enumerated
+        storage.registerDB(self)
+
+    # -- the storage-wrapper protocol (called in storage threads) ------------------------
+    def invalidate(self, tid: bytes, oids: Any) -> None:
+        """A transaction committed elsewhere (another process on the same file)."""
+        payload = {"tid": tid, "oids": list(oids), "user": None, "description": None,
+                   "extension": None}
+        self.server.loop.call_soon_threadsafe(self.committed, None, None, payload)
+
+    def invalidateCache(self) -> None:
+        self.server.loop.call_soon_threadsafe(self.reset)
+
+    def references(self, record: bytes, oids: list[bytes] | None = None) -> list[bytes]:
+        return references(record, oids)
+
+    def transform_record_data(self, data: bytes) -> bytes:
+        return data
+
+    def untransform_record_data(self, data: bytes) -> bytes:
+        return data
+
+    # -- in the event loop ------------------------------------------------------------
+    def committed(self, committer: "_Session | None", finish_id: int | None,
+                  payload: dict) -> None:
+        """Transaction ``payload['tid']`` is committed: push it to every session but the
+        committer, which gets its finish reply at this same point of the order."""
+        push = p.encode([p.PUSH, p.PUSH_COMMIT, payload])
+        for session in list(self.sessions):
+            if session is committer:
+                session.send([p.REPLY, finish_id, payload["tid"]])
+            else:
+                session.push(payload["tid"], push)
+
+    def reset(self) -> None:
+        push = p.encode([p.PUSH, p.PUSH_RESET, {"tid": None}])
+        for session in list(self.sessions):
+            session.push(None, push)
+
+
+class _Session(asyncio.Protocol):
+    """One client connection."""
+
+    def __init__(self, server: "Server"):
+        self.server = server
+        self.loop = server.loop
+        self.transport: asyncio.Transport | None = None
+        self.decoder = p.FrameDecoder(_HELLO_LIMIT)
+        self.served: _Served | None = None
+        self.welcomed = False
+        self.closed = False
+        self.held: list[tuple[bytes | None, bytes]] = []  # pushes before the welcome
+        self.early: list[list] = []  # requests sent before the welcome
+        self.committer: concurrent.futures.ThreadPoolExecutor | None = None
+        self.txn: TransactionMetaData | None = None  # begun on the storage
+        self.commit_jobs = 0
+        self.peer = "?"
+        self.handshake_timer: asyncio.TimerHandle | None = None
+
+    # -- connection events ----------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.peer = str(transport.get_extra_info("peername"))
+        self.server.sessions.add(self)
+        self.handshake_timer = self.loop.call_later(self.server.handshake_timeout,
+                                                    self.fail, "no handshake in time")
+
+    def data_received(self, data: bytes) -> None:
+        if self.closed:
+            return
+        try:
+            messages = self.decoder.feed(data)
+        except p.ProtocolError as exc:
+            self.fail(str(exc))
+            return
+        for message in messages:
+            if self.closed:
+                return
+            try:
+                self.dispatch(message)
+            except p.ProtocolError as exc:
+                self.fail(str(exc))
+                return
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self.handshake_timer is not None:
+            self.handshake_timer.cancel()
+        self.server.sessions.discard(self)
+        task = self.loop.create_task(self.cleanup())
+        self.server.cleanups.add(task)
+        task.add_done_callback(self.server.cleanups.discard)
+
+    async def cleanup(self) -> None:
+        served = self.served
+        if served is not None:
+            served.sessions.discard(self)
+        committer = self.committer
+        if committer is not None:
+            if self.txn is not None and served is not None:
+                txn = self.txn
+                await self.loop.run_in_executor(committer, served.storage.tpc_abort, txn)
+            committer.shutdown(wait=False)
+        if served is not None:
+            await self.server.release(served)
+
+    def fail(self, message: str) -> None:
+        """Tell the client what went wrong and close its connection."""
+        if self.closed or self.transport is None:
+            return
+        log.warning("closing %s: %s", self.peer, message)
+        self.transport.write(p.encode([p.ERROR, 0, "ProtocolError", message, {}]))
+        self.closed = True
+        self.transport.close()
+
+    def send(self, message: list) -> None:
+        if not self.closed and self.transport is not None:
+            self.transport.write(p.encode(message))
+
+    def push(self, tid: bytes | None, frame: bytes) -> None:
+        if self.closed or self.transport is None:
+            return
+        if not self.welcomed:
+            self.held.append((tid, frame))
+        else:
+            self.transport.write(frame)
+
+    # -- messages -------------------------------------------------------------------
+    def dispatch(self, message: list) -> None:
+        kind = message[0]
+        if not self.welcomed:
+            if self.served is False:  # the handshake is under way: requests wait for it
+                if len(self.early) >= 1000:
+                    raise p.ProtocolError("too many requests before the handshake ended")
+                self.early.append(message)
+                return
+            if kind != p.HELLO or len(message) != 2 or not isinstance(message[1], dict) \
+                    or self.served is not None:
+                raise p.ProtocolError("the first message must be a hello")
+            self.served = False  # type: ignore[assignment]  # handshake under way
+            task = self.loop.create_task(self.hello(message[1]))
+            self.server.cleanups.add(task)
+            task.add_done_callback(self.server.cleanups.discard)
+            return
+        if kind != p.REQUEST or len(message) != 4 or not isinstance(message[1], int) \
+                or not isinstance(message[2], str) or not isinstance(message[3], list):
+            raise p.ProtocolError("a message that is not a well-formed request")
+        request_id, method, args = message[1], message[2], message[3]
+        if method not in p.METHODS:
+            raise p.ProtocolError(f"unknown request {method!r}")
+        if method in p.WRITE_METHODS and self.served.storage.isReadOnly():
+            self.send([p.ERROR, request_id, "ReadOnlyError",
+                       f"{self.served.name} is served read-only", {}])
+            return
+        handler = getattr(self, f"do_{method}")
+        if method in (p.COMMIT, p.FINISH, p.ABORT):
+            if self.server.stopping and method == p.COMMIT:
+                self.send([p.ERROR, request_id, "StorageError", "the server is stopping", {}])
+                return
+            if self.committer is None:
+                self.committer = concurrent.futures.ThreadPoolExecutor(
+                    1, thread_name_prefix="amphora-commit")
+            executor = self.committer
+            self.commit_jobs += 1
+        else:
+            executor = self.server.pool
+        future = self.loop.run_in_executor(executor, handler, request_id, *args)
+        future.add_done_callback(lambda done: self.answer(request_id, method, done))
+
+    def answer(self, request_id: int, method: str, done: asyncio.Future) -> None:
+        if method in (p.COMMIT, p.FINISH, p.ABORT):
+            self.commit_jobs -= 1
+            self.server.commit_done()
+        exc = done.exception()
+        if exc is not None:
+            if isinstance(exc, TypeError):  # wrong number of arguments
+                exc = errors.StorageError(f"bad arguments for {method}: {exc}")
+            elif not isinstance(exc, errors.AmphoraError):
+                log.error("%s failed for %s", method, self.peer, exc_info=exc)
+            self.send(_error_message(exc, request_id))
+            return
+        result = done.result()
+        if method == p.FINISH:
+            return  # replied in commit order, from the storage's callback
+        self.send([p.REPLY, request_id, result])
+
+    async def hello(self, hello: dict) -> None:
+        server = self.server
+        version = hello.get("protocol")
+        if version != p.VERSION:
+            self.fail(f"protocol version {version!r} is not supported: this server speaks "
+                      f"version {p.VERSION} only")
+            return
+        token = hello.get("token")
+        if server.token is not None and not (
+                isinstance(token, str)
+                and hmac.compare_digest(token.encode("utf-8"), server.token.encode("utf-8"))):
+            self.fail("authentication failed: bad token")
+            return
+        name = hello.get("storage") or ""
+        try:
+            served = await server.acquire(name, self)
+        except Exception as exc:
+            self.fail(f"cannot open storage {name!r}: {exc}")
+            return
+        self.served = served
+        if self.closed:
+            served.sessions.discard(self)
+            await server.release(served)
+            return
+        since = hello.get("last_tid")
+        try:
+            last, changes = await self.loop.run_in_executor(
+                server.pool, self.server.changes_since, served, since)
+        except Exception as exc:
+            self.fail(f"cannot read the storage: {exc}")
+            return
+        if self.closed:
+            return
+        if self.handshake_timer is not None:
+            self.handshake_timer.cancel()
+        storage = served.storage
+        self.decoder.max_frame = server.max_frame
+        self.send([p.WELCOME, {
+            "protocol": p.VERSION, "name": storage.getName(), "read_only": storage.isReadOnly(),
+            "last_tid": last, "changes": changes,
+            "supports_history": bool(getattr(storage, "supports_history", False)),
+            "supports_pack": bool(getattr(storage, "supports_pack", False)),
+            "server": "amphora"}])
+        self.welcomed = True
+        held, self.held = self.held, []
+        for tid, frame in held:
+            if tid is None or tid > last:
+                self.transport.write(frame)
+        early, self.early = self.early, []
+        for message in early:
+            if self.closed:
+                return
+            try:
+                self.dispatch(message)
+            except p.ProtocolError as exc:
+                self.fail(str(exc))
+                return
+
+    # -- requests (in a storage thread) ----------------------------------------------
+    def do_load_before(self, request_id: int, oid: bytes, before: bytes) -> Any:
+        found = self.served.storage.loadBefore(_check_oid(oid), _check_oid(before, "a tid"))
+        return None if found is None else list(found)
+
+    def do_load_many(self, request_id: int, oids: list, before: bytes) -> Any:
+        found = self.served.storage.load_many([_check_oid(oid) for oid in oids],
+                                              _check_oid(before, "a tid"))
+        return [[oid, data, start, end] for oid, (data, start, end) in found.items()]
+
+    def do_load_serial(self, request_id: int, oid: bytes, serial: bytes) -> bytes:
+        return self.served.storage.loadSerial(_check_oid(oid), _check_oid(serial, "a tid"))
+
+    def do_history(self, request_id: int, oid: bytes, size: int | None) -> Any:
+        entries = self.served.storage.history(_check_oid(oid), size)
+        return [{key: value for key, value in entry.items()
+                 if isinstance(value, (bytes, str, int, float, bool, type(None)))}
+                for entry in entries]
+
+    def do_iterate(self, request_id: int, start: bytes | None, stop: bytes | None,
+                   limit: int) -> Any:
+        found = []
+        limit = max(1, min(int(limit), _ITERATE_LIMIT))
+        for txn in self.served.storage.iterator(start, stop):
+            found.append([txn.tid, txn.status, txn.user, txn.description, txn.extension_bytes,
+                          [[r.oid, r.tid, r.data, r.data_txn] for r in txn]])
+            if len(found) >= limit:
+                break
+        return found
+
+    def do_changes_since(self, request_id: int, tid: bytes) -> Any:
+        return self.server.changes_since(self.served, tid)[1]
+
+    def do_last_transaction(self, request_id: int) -> bytes:
+        return self.served.storage.lastTransaction()
+
+    def do_sync(self, request_id: int) -> bytes:
+        storage = self.served.storage
+        storage.sync()  # commits made elsewhere are pushed before this reply
+        return storage.lastTransaction()
+
+    def do_size(self, request_id: int) -> list:
+        storage = self.served.storage
+        return [len(storage), storage.getSize()]
+
+    def do_new_oids(self, request_id: int, count: int) -> list:
+        return self.served.storage.new_oids(max(1, min(int(count), 65536)))
+
+    def do_commit(self, request_id: int, meta: list, tid: bytes | None, records: dict,
+                  serials: dict, checks: dict) -> None:
+        storage = self.served.storage
+        if self.txn is not None:  # a commit the client gave up on
+            storage.tpc_abort(self.txn)
+            self.txn = None
+        user, description, extension = meta
+        txn = TransactionMetaData(user, description, extension)
+        if tid is None:
+            storage.tpc_begin(txn)
+        else:
+            storage.tpc_begin(txn, _check_oid(tid, "a tid"))
+        self.txn = txn
+        try:
+            storage.store_many(records, serials, txn)
+            for oid, serial in checks.items():
+                storage.checkCurrentSerialInTransaction(oid, serial, txn)
+            storage.tpc_vote(txn)
+        except BaseException:
+            self.txn = None
+            storage.tpc_abort(txn)
+            raise
+        txn.set_data(self, (user, description, extension, list(records)))
+
+    def do_finish(self, request_id: int) -> bytes:
+        txn = self.txn
+        if txn is None:
+            raise errors.StorageTransactionError("no voted transaction to finish")
+        served = self.served
+        user, description, extension, oids = txn.data(self)
+        call = self.loop.call_soon_threadsafe
+
+        def finished(tid: bytes) -> None:  # under the storage's commit lock
+            payload = {"tid": tid, "oids": oids, "user": user, "description": description,
+                       "extension": extension}
+            call(served.committed, self, request_id, payload)
+        try:
+            return served.storage.tpc_finish(txn, finished)
+        finally:
+            self.txn = None
+
+    def do_abort(self, request_id: int) -> None:
+        txn, self.txn = self.txn, None
+        if txn is not None:
+            self.served.storage.tpc_abort(txn)
+
+    def do_pack(self, request_id: int, pack_time: float, gc: bool) -> None:
+        storage = self.served.storage
+        from amphora.storage.base import pack_tid
+        storage.pack(pack_time, references, gc=gc)
+        self.served.packed_to = max(self.served.packed_to, pack_tid(pack_time))
+
+
+class Server:
+    """Serves storages to clients.
+
+    ``open_storage(name)`` gives the storage a client asks for by name (``""`` when it
+    names none) and raises to refuse; ``shared`` says whether a storage stays open
+    (True) or is closed when its last client leaves (False, for storages opened per name).
+    ``token``: the secret clients must present (None: no authentication). ``ssl_context``:
+    serve TLS. ``read_only``: refuse every write.
+    """
+
+    handshake_timeout = 10.0
+    stop_grace = 10.0  #: seconds SIGTERM waits for commits under way to finish
+
+    def __init__(self, open_storage: Callable[[str], Any], *, shared: bool = True,
+                 token: str | None = None, ssl_context: ssl.SSLContext | None = None,
+                 max_frame: int = p.MAX_FRAME, workers: int = 8):
+        self.open_storage = open_storage
+        self.shared = shared
+        self.token = token
+        self.ssl_context = ssl_context
+        self.max_frame = max_frame
+        self.pool = concurrent.futures.ThreadPoolExecutor(workers,
+                                                          thread_name_prefix="amphora-read")
+        self.served: dict[str, _Served] = {}
+        self.sessions: set[_Session] = set()
+        self.cleanups: set[asyncio.Task] = set()
+        self.stopping = False
+        self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
+        self._listener: asyncio.AbstractServer | None = None
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._idle: asyncio.Event | None = None  # set by stop() when no commit is under way
+
+    # -- storages -------------------------------------------------------------------
+    async def acquire(self, name: str, session: _Session) -> _Served:
+        if name and not _NAME.match(name):
+            raise errors.StorageError("a storage name is letters, digits, '.', '_' and '-'")
+        lock = self._locks.setdefault(name, asyncio.Lock())
+        async with lock:
+            served = self.served.get(name)
+            if served is None:
+                storage = await self.loop.run_in_executor(self.pool, self.open_storage, name)
+                served = self.served[name] = _Served(self, name, storage)
+            served.sessions.add(session)
+            return served
+
+    async def release(self, served: _Served) -> None:
+        if self.shared and not self.stopping:
+            return
+        lock = self._locks.setdefault(served.name, asyncio.Lock())
+        async with lock:
+            if served.sessions or self.served.get(served.name) is not served:
+                return
+            del self.served[served.name]
+            await self.loop.run_in_executor(self.pool, served.storage.close)
+
+    def changes_since(self, served: _Served, since: Any) -> tuple[bytes, list | None]:
+        """``(last tid, [[tid, oids], ...] after ``since`` up to it)``; None instead of
+        the list when they cannot be known exactly (packed away, another database,
+        too many)."""
+        storage = served.storage
+        last = storage.lastTransaction()
+        if since is None:
+            return last, []
+        since = _check_oid(since, "a tid")
+        if since == last:
+            return last, []
+        if since > last or served.packed_to > since:
+            return last, None
+        packed = getattr(storage, "packed_through", None)
+        try:
+            if callable(packed) and packed() > since:
+                return last, None
+            changes: list = []
+            for txn in storage.iterator(since if since != z64 else None, last):
+                if not changes and since != z64:
+                    if txn.tid != since:  # not the database the client knew
+                        return last, None
+                    changes.append(None)
+                    continue
+                changes.append([txn.tid, [record.oid for record in txn]])
+                if len(changes) > _CHANGES_LIMIT:
+                    return last, None
+        except errors.Unsupported:
+            return last, None
+        if since != z64 and not changes:
+            return last, None
+        return last, [change for change in changes if change is not None]
+
+    # -- running --------------------------------------------------------------------
+    async def start(self, host: str, port: int) -> tuple[str, int]:
+        """Listen on ``host:port`` (port 0: any free port); returns the address bound."""
+        self.loop = asyncio.get_running_loop()
+        self._listener = await self.loop.create_server(
+            lambda: _Session(self), host, port, ssl=self.ssl_context)
+        sock = self._listener.sockets[0]
+        address = sock.getsockname()
+        return address[0], address[1]
+
+    def commit_done(self) -> None:
+        if self._idle is not None and not any(s.txn is not None or s.commit_jobs
+                                              for s in self.sessions):
+            self._idle.set()
+
+    async def stop(self) -> None:
+        """Stop accepting, let commits under way finish (up to ``stop_grace`` seconds),
+        abort the rest, close every connection and storage."""
+        self.stopping = True
+        if self._listener is not None:
+            self._listener.close()
+        self._idle = asyncio.Event()
+        self.commit_done()
+        try:
+            await asyncio.wait_for(self._idle.wait(), self.stop_grace)
+        except asyncio.TimeoutError:
+            log.warning("stopping with commits under way: they are aborted")
+        for session in list(self.sessions):
+            session.closed = True
+            if session.transport is not None:
+                session.transport.close()
+        await asyncio.sleep(0)
+        while self.cleanups:
+            await asyncio.gather(*list(self.cleanups), return_exceptions=True)
+        for served in list(self.served.values()):
+            served.sessions.clear()
+            await self.release(served)
+        self.pool.shutdown(wait=True)
+
+
+def serve(uri: str, host: str = "127.0.0.1", port: int = 8100, token: str | None = None,
+          ssl_context: ssl.SSLContext | None = None, read_only: bool = False,
+          ready: Callable[[str, int], None] | None = None) -> None:
+    """Serve the storage ``uri`` until SIGTERM or SIGINT.
+
+    A URI containing ``{name}`` is a template: each client names its storage (the path of
+    its ``amphora://host:port/NAME`` URI) and gets the storage of the URI with the name
+    filled in, opened at first use and closed when its last client leaves.
+    """
+    from amphora.uri import open_storage
+
+    template = "{name}" in uri
+
+    def opener(name: str) -> Any:
+        if template:
+            if not name:
+                raise errors.StorageError("this server serves one storage per name: "
+                                          "amphora://host:port/NAME")
+            target = uri.replace("{name}", name)
+        else:
+            if name:
+                raise errors.StorageError("this server serves one storage, not named ones")
+            target = uri
+        return _open_for_serving(target, read_only, open_storage)
+
+    server = Server(opener, shared=not template, token=token, ssl_context=ssl_context)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        if not template:  # open it now: a bad URI fails at once
+            served_storage = await loop.run_in_executor(server.pool, opener, "")
+            server.loop = loop
+            server.served[""] = _Served(server, "", served_storage)
+        bound = await server.start(host, port)
+        stop = asyncio.Event()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        if ready is not None:
+            ready(*bound)
+        await stop.wait()
+        await server.stop()
+        if not template:
+            for served in list(server.served.values()):
+                served.storage.close()
+    asyncio.run(main())
+
+
+def _open_for_serving(uri: str, read_only: bool, open_storage: Callable) -> Any:
+    """The storage of ``uri`` with its own conflict resolution off: the server never
+    unpickles application objects, its clients resolve conflicts."""
+    try:
+        storage = open_storage(uri, read_only=read_only, resolve_conflicts=False)
+    except errors.InvalidURIError as exc:
+        if "resolve_conflicts" not in str(exc):
+            raise
+        storage = open_storage(uri, read_only=read_only)
+    if getattr(storage, "_resolve_conflicts", False):
+        storage._resolve_conflicts = False
+    return storage

@@ -1,0 +1,472 @@
+"""The client storage: a storage whose records live on an ``amphora serve`` server.
+
+``ClientStorage(host, port)`` (URI ``amphora://host:port[/name]``, ``amphoras://`` for
+TLS) is a storage like any other: ``amphora.DB(client)`` and ``ZODB.DB(client)`` work.
+
+Guarantees:
+
+- Invalidations before visibility: the server pushes every transaction (tid and oids) in
+  commit order; this client reports each to its database (``wrapper.invalidate``) before
+  ``lastTransaction()`` shows it. Its own commits are reported (``func(tid)`` of
+  ``tpc_finish``) at their place in the same order. ``sync()`` is a round trip after which
+  every transaction committed before it was sent is known.
+- Never stale after a reconnection: the client tells the server the last tid it knew; the
+  server sends the transactions committed since (the client invalidates exactly those),
+  or says it cannot know (packed away, another database, too many), and the client then
+  flushes its database's caches (``wrapper.invalidateCache()``).
+- Conflicts are resolved here, not on the server: the server reports the conflicting
+  oid and the committed serial, the client merges (``_p_resolveConflict``, reading the
+  two states with ``loadSerial``) and sends the commit again.
+
+One I/O thread per process runs an asyncio loop for the sockets of all client storages:
+requests from any thread are pipelined on the storage's one connection; replies are matched by request id. While the server is
+unreachable the client reconnects with exponential backoff; calls wait up to
+``wait_timeout`` seconds for it and then raise :class:`ClientDisconnected`, which is a
+``TransientError`` (a ``transaction`` retry loop retries). A commit whose finish was sent
+but not answered when the connection broke raises ClientDisconnected from ``tpc_finish``:
+it may or may not have committed (the next connection's invalidations tell).
+"""
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import itertools
+import logging
+import ssl
+import threading
+from typing import Any, Callable, Iterable, Iterator
+
+from transaction.interfaces import TransientError
+
+from amphora import errors
+from amphora.errors import ConflictError, ReadConflictError, StorageError
+from amphora.server import protocol as p
+from amphora.storage.base import DataRecord, StorageBase, TransactionRecord
+from amphora.utils import p64, u64, z64
+
+__all__ = ["ClientStorage", "ClientDisconnected"]
+
+log = logging.getLogger("amphora.client")
+
+_OID_BLOCK = 32          # oids first asked for at once ...
+_OID_BLOCK_MAX = 4096    # ... doubling up to this
+_ITERATE_PAGE = 100      # transactions per iterator round trip
+_MAX_RESOLUTIONS = 1000  # conflicts resolved in one vote before giving up
+
+
+class ClientDisconnected(StorageError, TransientError):
+    """The server cannot be reached (retrying may succeed once it is back)."""
+
+
+class _AuthenticationError(StorageError):
+    """The server refused the handshake (token, protocol version, storage name)."""
+
+
+def _remote_error(name: str, message: str, details: Any) -> Exception:
+    """The amphora error the server reported (by name; never a class outside errors)."""
+    details = details if isinstance(details, dict) else {}
+    klass = getattr(errors, name, None) if name in errors.__all__ else None
+    if not isinstance(klass, type) or not issubclass(klass, Exception):
+        return StorageError(f"server: {name}: {message}")
+    if issubclass(klass, ConflictError):
+        serials = details.get("serials")
+        return klass(message, oid=details.get("oid"),
+                     serials=tuple(serials) if serials else None)
+    if issubclass(klass, errors.ObjectNotFoundError):
+        return klass(details.get("oid"))
+    return klass(message)
+
+
+class _Protocol(asyncio.Protocol):
+    """One connection to the server; all its callbacks run in the client's I/O thread."""
+
+    def __init__(self, client: "ClientStorage"):
+        self.client = client
+        self.decoder = p.FrameDecoder()
+        self.transport: asyncio.Transport | None = None
+        self.welcome: asyncio.Future = client._loop.create_future()
+        self.lost = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            messages = self.decoder.feed(data)
+        except p.ProtocolError as exc:
+            log.error("closing the connection to the server: %s", exc)
+            self.transport.close()
+            return
+        client = self.client
+        for message in messages:
+            kind = message[0]
+            if kind == p.REPLY:
+                client._replied(message[1], message[2], None)
+            elif kind == p.PUSH:
+                client._pushed(message[1], message[2])
+            elif kind == p.ERROR:
+                if message[1] == 0:  # about the connection: the server closes it
+                    error = _AuthenticationError(f"the server refused: {message[3]}")
+                    if not self.welcome.done():
+                        self.welcome.set_exception(error)
+                    else:
+                        log.error("%s", error)
+                else:
+                    client._replied(message[1], None, _remote_error(*message[2:5]))
+            elif kind == p.WELCOME and not self.welcome.done():
+                client._welcomed(message[1])  # here: before any push that follows it
+                self.welcome.set_result(message[1])
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        if not self.welcome.done():
+            self.welcome.set_exception(ClientDisconnected("the connection closed"))
+        self.client._connection_lost(self)
+
+
+class ClientStorage(StorageBase):
+    """A storage served by ``amphora serve`` at ``host:port`` (see the module docstring).
+
+    ``storage`` names the storage on a server that serves one per name. ``token`` or
+    ``token_file``: the server's secret. ``tls``: connect with TLS, checking the server's
+    certificate against ``ca_file`` (default: the system's authorities).
+    ``wait_timeout``: seconds a call waits for an unreachable server.
+    """
+
+    supports_undo = False
+    supports_mirror = False
+    is_remote = True
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 8100, storage: str = "",
+                 token: str | None = None, token_file: str | None = None, tls: bool = False,
+                 ca_file: str | None = None, read_only: bool = False,
+                 wait_timeout: float = 30.0, name: str | None = None):
+        super().__init__(name or f"{host}:{port}/{storage}", read_only)
+        if token is None and token_file is not None:
+            with open(token_file, encoding="utf-8") as file:
+                token = file.read().strip()
+        self._host, self._port, self._storage_name = host, int(port), storage
+        self._token = token
+        self._ssl: ssl.SSLContext | None = None
+        if tls:
+            self._ssl = ssl.create_default_context(cafile=ca_file)
+        self.wait_timeout = wait_timeout
+        self._ltid = z64
+        self._welcomed_once = False
+        self._server_read_only = False
+        self._requests: dict[int, tuple[concurrent.futures.Future, Callable | None]] = {}
+        self._ids = itertools.count(1)  # next() is atomic: no lock needed
+        self._oid_lock = threading.Lock()
+        self._connection: _Protocol | None = None
+        self._ready = threading.Event()  # connected (set also when closed)
+        self._lost = asyncio.Event()       # the connection was lost (in the I/O thread)
+        self._oids: list[bytes] = []
+        self._oid_block = _OID_BLOCK
+        self._voted = False
+        self._loop = _io_loop()
+        self._reconnector: concurrent.futures.Future | None = None
+        asyncio.run_coroutine_threadsafe(self._connect(), self._loop).result()
+        self._reconnector = asyncio.run_coroutine_threadsafe(self._keep_connected(), self._loop)
+
+    # -- connection (in the I/O thread) ---------------------------------------------
+    async def _connect(self) -> None:
+        """Connect and shake hands; raises if that fails."""
+        loop = self._loop
+        try:
+            _, proto = await asyncio.wait_for(loop.create_connection(
+                lambda: _Protocol(self), self._host, self._port, ssl=self._ssl,
+                server_hostname=self._host if self._ssl else None), self.wait_timeout)
+        except (OSError, asyncio.TimeoutError) as exc:
+            raise ClientDisconnected(
+                f"cannot connect to {self._host}:{self._port}: {exc}") from exc
+        proto.transport.write(p.encode([p.HELLO, {
+            "protocol": p.VERSION, "token": self._token, "storage": self._storage_name,
+            "last_tid": self._ltid if self._welcomed_once else None}]))
+        try:
+            await asyncio.wait_for(asyncio.shield(proto.welcome), self.wait_timeout)
+        except BaseException:
+            proto.transport.close()
+            raise
+        if proto.lost:
+            raise ClientDisconnected("the connection closed")
+        self._connection = proto
+        self._lost.clear()
+        self._ready.set()
+
+    def _welcomed(self, welcome: dict) -> None:
+        """The handshake's answer: catch up with what changed while away."""
+        last = welcome["last_tid"]
+        if not self._welcomed_once:
+            self._welcomed_once = True
+            self._ltid = last
+            self.__name__ = welcome.get("name") or self.__name__
+            self._server_read_only = bool(welcome.get("read_only"))
+            self.supports_history = bool(welcome.get("supports_history"))
+            self.supports_pack = bool(welcome.get("supports_pack"))
+            return
+        wrapper = self._wrapper
+        changes = welcome.get("changes")
+        if changes is None:
+            log.info("reconnected to %s: changes cannot be enumerated, caches flushed",
+                     self.__name__)
+            if wrapper is not None:
+                wrapper.invalidateCache()
+        elif wrapper is not None:
+            for tid, oids in changes:
+                if tid > self._ltid:
+                    wrapper.invalidate(tid, oids)
+        self._ltid = last
+
+    async def _keep_connected(self) -> None:
+        """Reconnect, with exponential backoff, whenever the connection is lost."""
+        while not self._closed:
+            await self._lost.wait()
+            delay = 0.05
+            while not self._closed:
+                try:
+                    await self._connect()
+                    log.info("reconnected to %s:%s", self._host, self._port)
+                    break
+                except (StorageError, OSError) as exc:
+                    log.debug("reconnecting to %s:%s failed: %s", self._host, self._port, exc)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 2.0)
+
+    def _connection_lost(self, proto: _Protocol) -> None:
+        if proto is not self._connection:
+            return
+        self._ready.clear()
+        self._connection = None
+        self._lost.set()
+        requests, self._requests = self._requests, {}
+        for future, _ in requests.values():
+            if not future.done():
+                future.set_exception(ClientDisconnected("the connection to the server broke"))
+
+    def _replied(self, request_id: int, result: Any, error: Exception | None) -> None:
+        entry = self._requests.pop(request_id, None)
+        if entry is None:
+            return
+        future, handler = entry
+        if error is not None:
+            future.set_exception(error)
+            return
+        if handler is not None:
+            try:
+                handler(result)
+            except BaseException as exc:  # not the server's fault: still a result
+                log.exception("a commit callback failed")
+                future.set_exception(exc)
+                return
+        future.set_result(result)
+
+    def _pushed(self, kind: str, payload: Any) -> None:
+        wrapper = self._wrapper
+        if kind == p.PUSH_COMMIT:
+            tid = payload["tid"]
+            if tid <= self._ltid:
+                return
+            if wrapper is not None:
+                wrapper.invalidate(tid, payload["oids"])
+            self._ltid = tid
+        elif kind == p.PUSH_RESET:
+            if wrapper is not None:
+                wrapper.invalidateCache()
+
+    def _send(self, request_id: int, method: str, args: list,
+              future: concurrent.futures.Future, handler: Callable | None) -> None:
+        connection = self._connection
+        if connection is None or connection.lost:
+            future.set_exception(ClientDisconnected("not connected to the server"))
+            return
+        self._requests[request_id] = (future, handler)
+        connection.transport.write(p.encode([p.REQUEST, request_id, method, args]))
+
+    # -- calls (in any thread) -----------------------------------------------------------
+    def _call(self, method: str, *args: Any, handler: Callable | None = None) -> Any:
+        """Send one request and wait for its answer; ``handler(result)`` runs in the I/O
+        thread, in order with the pushes, before the caller gets the result."""
+        if self._closed:
+            raise StorageError(f"{self.__name__} is closed")
+        if not self._ready.is_set() and not self._ready.wait(self.wait_timeout):
+            raise ClientDisconnected(
+                f"{self._host}:{self._port} unreachable for {self.wait_timeout} s")
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        request_id = next(self._ids)
+        self._loop.call_soon_threadsafe(self._send, request_id, method, list(args), future,
+                                        handler)
+        return future.result()
+
+    # -- reading --------------------------------------------------------------------
+    def lastTransaction(self) -> bytes:
+        return self._ltid
+
+    def isReadOnly(self) -> bool:
+        return self._read_only or self._server_read_only
+
+    def sync(self) -> None:
+        """A round trip: afterwards every transaction committed before it is known."""
+        self._call(p.SYNC)
+
+    def loadBefore(self, oid: bytes, tid: bytes) -> tuple[bytes, bytes, bytes | None] | None:
+        found = self._call(p.LOAD_BEFORE, oid, tid)
+        return None if found is None else tuple(found)
+
+    def load_many(self, oids: Iterable[bytes], before: bytes
+                  ) -> dict[bytes, tuple[bytes, bytes, bytes | None]]:
+        """One round trip for all of ``oids``."""
+        oids = list(oids)
+        if not oids:
+            return {}
+        return {oid: (data, start, end)
+                for oid, data, start, end in self._call(p.LOAD_MANY, oids, before)}
+
+    def loadSerial(self, oid: bytes, serial: bytes) -> bytes:
+        return self._call(p.LOAD_SERIAL, oid, serial)
+
+    def history(self, oid: bytes, size: int | None = 1) -> list[dict[str, Any]]:
+        return self._call(p.HISTORY, oid, size)
+
+    def iterator(self, start: bytes | None = None, stop: bytes | None = None
+                 ) -> Iterator[TransactionRecord]:
+        """Transactions in pages of a hundred, up to the last one committed now."""
+        if stop is None:
+            stop = self._call(p.LAST_TRANSACTION)
+        return self._iterate(start, stop)
+
+    def _iterate(self, start: bytes | None, stop: bytes) -> Iterator[TransactionRecord]:
+        while True:
+            page = self._call(p.ITERATE, start, stop, _ITERATE_PAGE)
+            for tid, status, user, description, extension, records in page:
+                yield TransactionRecord(tid, status, user, description, extension,
+                                        [DataRecord(*record) for record in records])
+            if len(page) < _ITERATE_PAGE:
+                return
+            start = p64(u64(page[-1][0]) + 1)
+
+    def __len__(self) -> int:
+        return self._call(p.SIZE)[0]
+
+    def getSize(self) -> int:
+        return self._call(p.SIZE)[1]
+
+    # -- writing --------------------------------------------------------------------
+    def _check_writable(self) -> None:
+        if self.isReadOnly():
+            raise errors.ReadOnlyError(f"{self.__name__} is read-only")
+        if self._closed:
+            raise StorageError(f"{self.__name__} is closed")
+
+    def new_oid(self) -> bytes:
+        return self.new_oids(1)[0]
+
+    def new_oids(self, count: int) -> list[bytes]:
+        """Oids from a block asked of the server (blocks grow as they are used up)."""
+        self._check_writable()
+        with self._oid_lock:
+            while len(self._oids) < count:
+                block = max(count - len(self._oids), self._oid_block)
+                self._oids.extend(self._call(p.NEW_OIDS, block))
+                self._oid_block = min(self._oid_block * 2, _OID_BLOCK_MAX)
+            taken, self._oids = self._oids[:count], self._oids[count:]
+        return taken
+
+    def _begin(self) -> None:
+        self._voted = False
+
+    def _vote(self) -> None:
+        """Send the whole transaction; resolve conflicts the server reports, and resend."""
+        records = dict(self._stores)
+        serials = dict(self._serials)
+        for attempt in range(_MAX_RESOLUTIONS):
+            try:
+                self._call(p.COMMIT, list(self._meta), self._tid, records, serials,
+                           dict(self._checks))
+            except ReadConflictError:
+                raise
+            except ConflictError as exc:
+                oid = exc.oid
+                if oid not in records or not exc.serials:
+                    raise
+                committed, read = exc.serials
+                data = records[oid]
+                resolved = None
+                if self._resolve_conflicts and read != z64 and committed != z64:
+                    from amphora.conflict import resolve_record
+                    resolved = resolve_record(oid, committed, read, data, self.loadSerial)
+                if resolved is None:
+                    raise ConflictError(oid=oid, serials=(committed, read), data=data) from None
+                records[oid] = resolved
+                serials[oid] = committed
+                if oid not in self._resolved:
+                    self._resolved.append(oid)
+                continue
+            self._voted = True
+            return
+        raise ConflictError("conflicts kept coming while resolving them")
+
+    def _finish(self, func: Callable[[bytes], None] | None) -> bytes:
+        def finished(tid: bytes) -> None:  # in the I/O thread, in commit order
+            try:
+                if func is not None:
+                    func(tid)
+            finally:
+                if tid > self._ltid:
+                    self._ltid = tid
+        self._voted = False
+        return self._call(p.FINISH, handler=finished)
+
+    def _abort(self) -> None:
+        if self._voted:
+            self._voted = False
+            try:
+                self._call(p.ABORT)
+            except ClientDisconnected:
+                pass  # the server aborts the commits of a client that left
+
+    # -- management -------------------------------------------------------------------
+    def pack(self, pack_time: float, referencesf: Callable | None = None, gc: bool = True) -> None:
+        """Pack on the server (which finds references itself; ``referencesf`` is unused)."""
+        if self.isReadOnly():
+            raise errors.ReadOnlyError(f"{self.__name__} is read-only")
+        self._call(p.PACK, float(pack_time), bool(gc))
+
+    def close(self) -> None:
+        """Close the connection (commits under way on the server are aborted there)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._ready.set()  # callers waiting for a connection find it closed
+
+        def shutdown() -> None:
+            if self._reconnector is not None:
+                self._reconnector.cancel()
+            connection = self._connection
+            if connection is not None and connection.transport is not None:
+                connection.transport.close()
+        done = concurrent.futures.Future()
+
+        def run() -> None:
+            try:
+                shutdown()
+            finally:
+                done.set_result(None)
+        self._loop.call_soon_threadsafe(run)
+        done.result(5)
+
+
+_loop_lock = threading.Lock()
+_loop: asyncio.AbstractEventLoop | None = None
+
+
+def _io_loop() -> asyncio.AbstractEventLoop:
+    """The event loop all client storages of this process share, in one daemon thread:
+    it only moves bytes and runs invalidation callbacks, which are short."""
+    global _loop
+    with _loop_lock:
+        if _loop is None or _loop.is_closed():
+            loop = asyncio.new_event_loop()
+            threading.Thread(target=loop.run_forever, daemon=True,
+                             name="amphora-client-io").start()
+            _loop = loop
+        return _loop

@@ -1,0 +1,287 @@
+"""``amphora serve`` as a real process: authentication, TLS, bad frames, read-only mode,
+SIGTERM, kill -9 during commits, and many client processes on one hot spot."""
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import msgpack
+import pytest
+from BTrees.Length import Length
+
+import amphora
+from amphora.errors import ReadOnlyError, StorageError
+from amphora.server import protocol as p
+from amphora.storage.client import ClientStorage
+from amphora.storage.sqlite import SQLiteStorage
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from serverprocess import ServerProcess, _env  # noqa: E402
+
+WORKER = str(Path(__file__).resolve().parent / "worker_server_client.py")
+
+
+@pytest.fixture
+def servers():
+    started: list[ServerProcess] = []
+
+    def start(uri: str, *args: str, **kwargs) -> ServerProcess:
+        server = ServerProcess(uri, *args, **kwargs)
+        started.append(server)
+        return server
+    yield start
+    for server in started:
+        server.stop()
+
+
+def raw_connection(server: ServerProcess) -> socket.socket:
+    sock = socket.create_connection((server.host, server.port), timeout=30)
+    return sock
+
+
+def read_messages(sock: socket.socket) -> list:
+    """Every message the server sends until it closes the connection."""
+    decoder = p.FrameDecoder()
+    messages = []
+    while True:
+        data = sock.recv(65536)
+        if not data:
+            return messages
+        messages.extend(decoder.feed(data))
+
+
+def hello(token: str | None = None, version: int = p.VERSION) -> bytes:
+    return p.encode([p.HELLO, {"protocol": version, "token": token, "storage": ""}])
+
+
+def commit_value(address: str, key: str, value, **options) -> None:
+    db = amphora.open(f"amphora://{address}", **options)
+    with db.transaction() as conn:
+        conn.root()[key] = value
+    db.close()
+
+
+def read_value(address: str, key: str, **options):
+    db = amphora.open(f"amphora://{address}", **options)
+    with db.transaction() as conn:
+        value = conn.root().get(key)
+    db.close()
+    return value
+
+
+# -- authentication and the handshake ------------------------------------------------------
+
+def test_a_client_with_the_token_is_served_and_one_without_it_is_refused(servers, tmp_path):
+    token = tmp_path / "token"
+    token.write_text("s3cret-token\n")
+    server = servers("memory://", "--token-file", str(token))
+    commit_value(server.address, "x", 1, token_file=str(token))
+    assert read_value(server.address, "x", token="s3cret-token") == 1
+    wrong = tmp_path / "wrong"
+    wrong.write_text("guess\n")
+    with pytest.raises(StorageError, match="bad token"):
+        ClientStorage(server.host, server.port, token_file=str(wrong), wait_timeout=5)
+    with pytest.raises(StorageError, match="bad token"):
+        ClientStorage(server.host, server.port, wait_timeout=5)
+
+
+def test_another_protocol_version_is_refused_with_the_version_spoken(servers):
+    server = servers("memory://")
+    with raw_connection(server) as sock:
+        sock.sendall(hello(version=99))
+        messages = read_messages(sock)
+    assert messages[0][0] == p.ERROR
+    assert "version 99 is not supported" in messages[0][3]
+    assert f"version {p.VERSION}" in messages[0][3]
+
+
+# -- TLS -----------------------------------------------------------------------------------
+
+@pytest.fixture
+def certificate(tmp_path):
+    """A self-signed certificate for 127.0.0.1, made by the openssl command."""
+    if shutil.which("openssl") is None:
+        pytest.skip("the openssl command is not installed (needed to make a certificate)")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True)
+    return cert, key
+
+
+def test_tls_serves_clients_that_trust_the_certificate(servers, certificate):
+    cert, key = certificate
+    server = servers("memory://", "--tls-cert", str(cert), "--tls-key", str(key))
+    db = amphora.open(f"amphoras://{server.address}?ca_file={cert}")
+    with db.transaction() as conn:
+        conn.root()["secret"] = "over TLS"
+    db.close()
+    db = amphora.open(f"amphoras://{server.address}?ca_file={cert}")
+    with db.transaction() as conn:
+        assert conn.root()["secret"] == "over TLS"
+    db.close()
+    # a client that does not trust it, and one that does not speak TLS, get nowhere
+    with pytest.raises(StorageError):
+        ClientStorage(server.host, server.port, tls=True, wait_timeout=5)
+    with pytest.raises(StorageError):
+        ClientStorage(server.host, server.port, wait_timeout=5)
+
+
+# -- bad frames ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("frame, says", [
+    (p.HEADER.pack(0xFFFFFFF0), "over the limit"),
+    (p.HEADER.pack(5) + b"\xc1\xc1\xc1\xc1\xc1", "not MessagePack"),
+    (p.encode(["bogus"]), "hello"),
+])
+def test_a_bad_frame_closes_only_that_client(servers, frame, says):
+    server = servers("memory://")
+    db = amphora.open(f"amphora://{server.address}")
+    with db.transaction() as conn:
+        conn.root()["before"] = 1
+    with raw_connection(server) as sock:
+        sock.sendall(frame)
+        messages = read_messages(sock)
+    assert messages[-1][0] == p.ERROR and says in messages[-1][3]
+    # after the handshake too: an oversized frame, then an unknown request
+    for bad in (p.HEADER.pack(p.MAX_FRAME + 1),
+                p.encode([p.REQUEST, 1, "format_disk", []])):
+        with raw_connection(server) as sock:
+            sock.sendall(hello())
+            decoder = p.FrameDecoder()
+            welcome = []
+            while not welcome:
+                welcome = decoder.feed(sock.recv(65536))
+            assert welcome[0][0] == p.WELCOME
+            sock.sendall(bad)
+            messages = read_messages(sock)
+        assert messages[-1][0] == p.ERROR
+    with db.transaction() as conn:  # everyone else is still served
+        conn.root()["after"] = conn.root()["before"] + 1
+    assert read_value(server.address, "after") == 2
+    db.close()
+
+
+# -- read-only mode --------------------------------------------------------------------------
+
+def test_a_read_only_server_serves_reads_and_refuses_writes(servers, tmp_path):
+    path = tmp_path / "data.db"
+    db = amphora.DB(SQLiteStorage(str(path)))
+    with db.transaction() as conn:
+        conn.root()["x"] = "kept"
+    db.close()
+    server = servers(f"sqlite:///{path}", "--read-only")
+    storage = ClientStorage(server.host, server.port)
+    assert storage.isReadOnly()
+    db = amphora.DB(storage)
+    with db.transaction() as conn:
+        assert conn.root()["x"] == "kept"
+    with pytest.raises(ReadOnlyError):
+        with db.transaction() as conn:
+            conn.root()["x"] = "changed"
+    with pytest.raises(ReadOnlyError):
+        storage.new_oid()
+    db.close()
+    # even a client that ignores what the handshake said is refused
+    with raw_connection(server) as sock:
+        sock.sendall(hello() + p.encode([p.REQUEST, 1, p.NEW_OIDS, [1]]))
+        decoder = p.FrameDecoder()
+        messages = []
+        while len(messages) < 2:
+            data = sock.recv(65536)
+            assert data, f"the server closed the connection after {messages}"
+            messages.extend(decoder.feed(data))
+    assert messages[1][:3] == [p.ERROR, 1, "ReadOnlyError"]
+    assert read_value(server.address, "x") == "kept"
+
+
+# -- stopping and crashing -------------------------------------------------------------------
+
+def test_sigterm_stops_the_server_and_leaves_committed_data_intact(servers, tmp_path):
+    path = tmp_path / "data.db"
+    server = servers(f"sqlite:///{path}")
+    db = amphora.open(f"amphora://{server.address}")
+    for i in range(20):
+        with db.transaction() as conn:
+            conn.root()[i] = i
+    assert server.terminate() == 0
+    db.close()
+    storage = SQLiteStorage(str(path))
+    db = amphora.DB(storage)
+    with db.transaction() as conn:
+        assert [conn.root()[i] for i in range(20)] == list(range(20))
+    db.close()
+
+
+def test_kill_9_during_commits_then_restart(servers, tmp_path):
+    """Clients reconnect, every acknowledged commit is there, and no client reads a
+    stale object afterwards."""
+    path = tmp_path / "data.db"
+    server = servers(f"sqlite:///{path}")
+    reader = amphora.open(f"amphora://{server.address}", wait_timeout=60)
+    with reader.transaction() as conn:
+        conn.root()["n"] = 0
+    writer = subprocess.Popen([sys.executable, WORKER, "writer", server.address],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env=_env())
+    try:
+        def acknowledged_until(k: int) -> int:
+            while True:
+                line = writer.stdout.readline()
+                if not line:
+                    raise AssertionError(f"the writer died: {writer.stderr.read()}")
+                done = int(line.split()[1])
+                if done >= k:
+                    return done
+        last = acknowledged_until(30)
+        with reader.transaction() as conn:  # the reader caches the root
+            assert conn.root()["n"] >= last
+        server.kill()
+        server.restart()
+        last = acknowledged_until(last + 30)  # the writer reconnected and goes on
+        seen = None
+        while seen is None:
+            try:
+                with reader.transaction() as conn:
+                    seen = conn.root()["n"]
+            except StorageError:  # still reconnecting
+                time.sleep(0.05)
+        assert seen >= last, "the reader saw a stale root after the restart"
+    finally:
+        writer.kill()
+        writer.wait(30)
+    with reader.transaction() as conn:
+        root = conn.root()
+        assert all(root[k] == k for k in range(1, last + 1))
+        final = root["n"]
+    reader.close()
+    server.terminate()
+    db = amphora.DB(SQLiteStorage(str(path)))
+    with db.transaction() as conn:
+        assert conn.root()["n"] == final
+        assert all(conn.root()[k] == k for k in range(1, final + 1))
+    db.close()
+
+
+# -- a hot spot ------------------------------------------------------------------------------
+
+def test_eight_processes_incrementing_one_counter_end_with_the_exact_count(servers):
+    server = servers("memory://")
+    db = amphora.open(f"amphora://{server.address}")
+    with db.transaction() as conn:
+        conn.root()["counter"] = Length()
+    workers = [subprocess.Popen([sys.executable, WORKER, "counter", server.address, "25"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env=_env())
+               for _ in range(8)]
+    for worker in workers:
+        out, err = worker.communicate(timeout=240)
+        assert worker.returncode == 0 and out.strip() == "done", err
+    with db.transaction() as conn:
+        assert conn.root()["counter"]() == 8 * 25
+    db.close()
