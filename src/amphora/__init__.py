@@ -29,12 +29,12 @@ from amphora.uri import DB_OPTIONS as _DB_OPTIONS
 from amphora.uri import open_storage
 
 __all__ = [
-    "AmphoraError", "BeforeStorage", "ConflictError", "Connection", "ConnectionStateError",
-    "CorruptRecordError", "DB", "DemoStorage", "InvalidQueryError", "InvalidURIError",
-    "MemoryStorage", "MirrorError",
-    "ObjectNotFoundError", "POSKeyError", "ReadConflictError", "ReadOnlyError",
-    "ReadOnlyHistoryError", "ResyncRequired", "Storage", "StorageError", "StorageFormatError",
-    "StorageTransactionError", "TransactionMetaData", "Unsupported", "open", "open_storage",
+    "AmphoraError", "BeforeStorage", "Change", "ConflictError", "Connection",
+    "ConnectionStateError", "CorruptRecordError", "DB", "DemoStorage", "InvalidQueryError",
+    "InvalidURIError", "MemoryStorage", "MirrorError", "ObjectNotFoundError", "POSKeyError",
+    "ReadConflictError", "ReadOnlyError", "ReadOnlyHistoryError", "ResyncRequired", "Storage",
+    "StorageError", "StorageFormatError", "StorageTransactionError", "TransactionMetaData",
+    "Unsupported", "open", "open_storage",
 ]
 
 
