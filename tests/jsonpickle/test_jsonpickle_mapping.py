@@ -16,7 +16,7 @@ from persistent.list import PersistentList
 from persistent.mapping import PersistentMapping
 from persistent.wref import WeakRef
 
-from amphora.jsonpickle import Markup, json_to_value, transcode
+from amphora.jsonpickle import Markup, json_to_value
 from jsonpickle_support import (
     Slotted, Thing, amphora_record, document, pickled, state_of, target, thing, zodb_records)
 

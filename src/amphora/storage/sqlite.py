@@ -13,7 +13,6 @@ import pathlib
 import sqlite3
 import threading
 import weakref
-from itertools import repeat
 from time import monotonic
 from typing import Any, Callable, Iterable, Iterator
 
