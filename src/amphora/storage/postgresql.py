@@ -196,7 +196,9 @@ class PostgreSQLStorage(SchemaMixin, PackMixin, MirrorMixin, StorageBase):
     record exactly as stored.
 
     Concurrency: reads use one autocommit connection per thread; each load is one
-    statement, so it sees one consistent snapshot and never waits. A commit holds the
+    statement, so it sees one consistent snapshot and never waits (records that
+    ``load_many`` read ahead along references are served later to the same thread for the
+    same tid, until the storage learns of a commit). A commit holds the
     storage's commit lock from ``tpc_begin``; ``tpc_vote`` opens a transaction, takes an
     advisory lock (``pg_advisory_xact_lock``) that serializes writers of this schema
     across processes, checks conflicts against what is committed under it, picks a tid
