@@ -15,6 +15,7 @@ import transaction
 
 import amphora
 from amphora.feeds import Change, ResyncRequired
+from amphora.utils import p64, u64
 
 from conformance.models import Item
 
@@ -108,7 +109,7 @@ def test_a_start_before_packed_away_transactions_requires_a_resync(make_storage,
     if packed < first:
         pytest.skip(f"{make_storage.name}'s pack kept every transaction")
     with pytest.raises(ResyncRequired) as caught:
-        list(feed_db.changes(since=first[:-1] + b"\0", timeout=0))
+        list(feed_db.changes(since=p64(u64(first) - 1), timeout=0))  # just before `first`
     assert caught.value.packed_through == packed
     # from the packed point on, the feed works again
     later, _ = commit(feed_db, "after pack")
