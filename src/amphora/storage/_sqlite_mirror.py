@@ -67,9 +67,8 @@ _UPSERT_DOCUMENTS = (
     "INSERT INTO amphora_objects (oid, tid, class_name, state) VALUES {values}"
     " ON CONFLICT (oid) DO UPDATE SET tid = excluded.tid, class_name = excluded.class_name,"
     " state = excluded.state WHERE excluded.tid >= amphora_objects.tid")
-_ROWS_PER_STATEMENT = (128, 32, 8, 1)
-_UPSERT_DOCUMENTS_SQL = {n: _UPSERT_DOCUMENTS.format(values=",".join(["(?,?,?,?)"] * n))
-                         for n in _ROWS_PER_STATEMENT}
+_MAX_ROWS = 128  # documents per statement; a commit's remainder goes in one more statement
+_UPSERT_DOCUMENTS_SQL: dict[int, str] = {}  # by number of rows, made when first needed
 _BACKFILL_CHUNK = 500
 _INDEXES = ("SELECT name, sql FROM sqlite_master WHERE tbl_name = 'amphora_objects'"
             " AND type = 'index' AND name != 'amphora_objects_class'")
@@ -97,13 +96,14 @@ def _documents(rows: Sequence[tuple[int, int, bytes]]) -> list[tuple[int, int, s
 
 
 def _write_documents(conn: sqlite3.Connection, documents: list[tuple[int, int, str, str]]) -> None:
-    start = 0
-    for size in _ROWS_PER_STATEMENT:
-        sql = _UPSERT_DOCUMENTS_SQL[size]
-        while len(documents) - start >= size:
-            chunk = documents[start:start + size]
-            conn.execute(sql, [value for row in chunk for value in row])
-            start += size
+    """Upsert ``documents`` (oid, tid, class_name, state), up to _MAX_ROWS per statement."""
+    for start in range(0, len(documents), _MAX_ROWS):
+        chunk = documents[start:start + _MAX_ROWS]
+        sql = _UPSERT_DOCUMENTS_SQL.get(len(chunk))
+        if sql is None:
+            sql = _UPSERT_DOCUMENTS_SQL[len(chunk)] = _UPSERT_DOCUMENTS.format(
+                values=",".join(["(?,?,?,?)"] * len(chunk)))
+        conn.execute(sql, [value for row in chunk for value in row])
 
 
 class MirrorMixin(MirrorBase):
