@@ -9,8 +9,10 @@ that connection.
 A connection starts with a handshake. The client's first frame is
 ``[HELLO, {"protocol": VERSION, "token": str | None, "storage": name}]``; the server
 answers ``[WELCOME, {"protocol": VERSION, "name": ..., "read_only": ..., "last_tid": ...,
-"supports_history": ..., "supports_pack": ..., "server": ...}]`` or, for another protocol
-version or a bad token, ``[ERROR, 0, name, message, {}]``, and closes. Versions are never
+"supports_history": ..., "supports_pack": ..., "feeds": ..., "server": ...}]`` (``feeds``:
+it answers :data:`TRANSACTION_LOG` and :data:`PACKED_THROUGH`; servers without the key do
+not) or, for another protocol version or a bad token, ``[ERROR, 0, name, message, {}]``,
+and closes. Versions are never
 negotiated down: a server speaks exactly one version and names it when it refuses.
 
 After the handshake:
@@ -70,10 +72,16 @@ COMMIT = "commit"                  # (meta, tid, records, serials, checks) -> No
 FINISH = "finish"                  # () -> tid; the reply comes in commit order
 ABORT = "abort"                    # () -> None
 PACK = "pack"                      # (pack_time, gc) -> None
+TRANSACTION_LOG = "transaction_log"  # (after, limit) -> [[tid, user, description,
+                                     #   extension, [oid, ...]], ...] (change feeds)
+PACKED_THROUGH = "packed_through"  # () -> tid: the newest transaction pack removed
+LOAD_AHEAD = "load_ahead"          # (oids, before, limit) -> [[oid, data, start, end,
+                                   #   partial], ...]: load_many and what they refer to
 
 #: every request method a server answers
 METHODS = frozenset({LOAD_BEFORE, LOAD_MANY, LOAD_SERIAL, HISTORY, ITERATE, CHANGES_SINCE,
-                     LAST_TRANSACTION, SYNC, SIZE, NEW_OIDS, COMMIT, FINISH, ABORT, PACK})
+                     LAST_TRANSACTION, SYNC, SIZE, NEW_OIDS, COMMIT, FINISH, ABORT, PACK,
+                     TRANSACTION_LOG, PACKED_THROUGH, LOAD_AHEAD})
 #: the methods a read-only server refuses
 WRITE_METHODS = frozenset({NEW_OIDS, COMMIT, FINISH, PACK})
 

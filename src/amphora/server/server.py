@@ -39,6 +39,8 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 _HELLO_LIMIT = 64 * 1024           # the largest frame accepted before the handshake
 _CHANGES_LIMIT = 10000             # transactions sent at reconnection, beyond: reset
 _ITERATE_LIMIT = 1000              # transactions per ITERATE reply
+_AHEAD_LIMIT = 2000                # records per LOAD_AHEAD reply
+_WATCH_INTERVAL = 0.1              # seconds between looks for other processes' commits
 
 
 def _check_oid(value: Any, what: str = "an oid") -> bytes:
@@ -66,6 +68,15 @@ def _error_message(exc: BaseException, request_id: int) -> list:
     return [p.ERROR, request_id, name, message, details]
 
 
+def _references(data: bytes) -> list[bytes]:
+    """The oids record ``data`` refers to; none for data that is not a pickle (a storage
+    may hold any bytes: reading ahead is only a guess)."""
+    try:
+        return references(data)
+    except errors.CorruptRecordError:
+        return []
+
+
 class _Served:
     """One open storage, the sessions using it, and the wrapper it reports to."""
 
@@ -77,6 +88,22 @@ class _Served:
         self.lock = asyncio.Lock()
         self.packed_to = z64  # packs made here: changes before cannot be enumerated
         storage.registerDB(self)
+        self.watcher = asyncio.get_running_loop().create_task(self.watch())
+
+    async def watch(self) -> None:
+        """While clients are connected, have the storage look for commits other processes
+        made (one ``PRAGMA data_version`` on SQLite): they are pushed like ours, so
+        waiting feeds and caches hear of them without asking."""
+        loop = asyncio.get_running_loop()
+        sync = getattr(self.storage, "sync", None)
+        while sync is not None:
+            await asyncio.sleep(_WATCH_INTERVAL)
+            if not self.sessions:
+                continue
+            try:
+                await loop.run_in_executor(self.server.pool, sync)
+            except Exception as exc:  # closing, or a passing error: the next look retries
+                log.debug("looking for commits in %s failed: %s", self.name, exc)
 
     # -- the storage-wrapper protocol (called in storage threads) ------------------------
     def invalidate(self, tid: bytes, oids: Any) -> None:
@@ -303,7 +330,7 @@ class _Session(asyncio.Protocol):
             "last_tid": last, "changes": changes,
             "supports_history": bool(getattr(storage, "supports_history", False)),
             "supports_pack": bool(getattr(storage, "supports_pack", False)),
-            "server": "amphora"}])
+            "feeds": True, "load_ahead": True, "server": "amphora"}])
         self.welcomed = True
         held, self.held = self.held, []
         for tid, frame in held:
@@ -329,6 +356,31 @@ class _Session(asyncio.Protocol):
                                               _check_oid(before, "a tid"))
         return [[oid, data, start, end] for oid, (data, start, end) in found.items()]
 
+    def do_load_ahead(self, request_id: int, oids: list, before: bytes, limit: int) -> list:
+        """``load_many(oids, before)``, then the records those refer to, breadth first, up
+        to ``limit`` records in all: each exactly what ``loadBefore(oid, before)`` gives.
+        The last element of each says whether records it refers to may be left out."""
+        before = _check_oid(before, "a tid")
+        limit = max(1, min(int(limit), _AHEAD_LIMIT))
+        storage = self.served.storage
+        level = storage.load_many([_check_oid(oid) for oid in oids[:limit]], before)
+        result: dict[bytes, list] = {}
+        while level:
+            for oid, (data, start, end) in level.items():
+                result[oid] = [oid, data, start, end, True]
+            wanted: list[bytes] = []
+            expanded = []
+            for oid, (data, _, _) in level.items():
+                refs = [ref for ref in _references(data) if ref not in result]
+                if len(result) + len(wanted) + len(refs) > limit:
+                    break
+                wanted.extend(refs)
+                expanded.append(oid)
+            for oid in expanded:
+                result[oid][4] = False
+            level = storage.load_many(list(dict.fromkeys(wanted)), before) if wanted else {}
+        return list(result.values())
+
     def do_load_serial(self, request_id: int, oid: bytes, serial: bytes) -> bytes:
         return self.served.storage.loadSerial(_check_oid(oid), _check_oid(serial, "a tid"))
 
@@ -351,6 +403,31 @@ class _Session(asyncio.Protocol):
 
     def do_changes_since(self, request_id: int, tid: bytes) -> Any:
         return self.server.changes_since(self.served, tid)[1]
+
+    def do_transaction_log(self, request_id: int, after: bytes, limit: int) -> list:
+        """Up to ``limit`` transactions after ``after`` without their records: the
+        storage's ``transaction_log`` where it has one, else its iterator."""
+        after = _check_oid(after, "a tid")
+        limit = max(1, min(int(limit), _ITERATE_LIMIT))
+        storage = self.served.storage
+        log_of = getattr(storage, "transaction_log", None)
+        if log_of is not None:
+            rows = log_of(after, limit)
+        else:
+            rows = []
+            for txn in storage.iterator(p64(u64(after) + 1), None):
+                rows.append((txn.tid, txn.user, txn.description, txn.extension_bytes,
+                             [record.oid for record in txn]))
+                if len(rows) >= limit:
+                    break
+        return [[tid, bytes(user), bytes(description), bytes(extension), list(oids)]
+                for tid, user, description, extension, oids in rows]
+
+    def do_packed_through(self, request_id: int) -> bytes:
+        """The newest tid pack removed; for a storage that cannot say, the pack time of
+        the last pack made through this server (z64 if none)."""
+        packed = getattr(self.served.storage, "packed_through", None)
+        return packed() if callable(packed) else self.served.packed_to
 
     def do_last_transaction(self, request_id: int) -> bytes:
         return self.served.storage.lastTransaction()
@@ -473,6 +550,7 @@ class Server:
             if served.sessions or self.served.get(served.name) is not served:
                 return
             del self.served[served.name]
+            served.watcher.cancel()
             await self.loop.run_in_executor(self.pool, served.storage.close)
 
     def changes_since(self, served: _Served, since: Any) -> tuple[bytes, list | None]:
@@ -543,6 +621,7 @@ class Server:
         while self.cleanups:
             await asyncio.gather(*list(self.cleanups), return_exceptions=True)
         for served in list(self.served.values()):
+            served.watcher.cancel()
             served.sessions.clear()
             await self.release(served)
         self.pool.shutdown(wait=True)

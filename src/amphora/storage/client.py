@@ -14,6 +14,10 @@ Guarantees:
   server sends the transactions committed since (the client invalidates exactly those),
   or says it cannot know (packed away, another database, too many), and the client then
   flushes its database's caches (``wrapper.invalidateCache()``).
+- Change feeds: :meth:`ClientStorage.transaction_log` and
+  :meth:`ClientStorage.packed_through` are answered from the served storage;
+  :meth:`ClientStorage.poll` waits for the server's push of a commit, so a waiting
+  ``db.changes()`` sends nothing until there is something to read.
 - Conflicts are resolved here, not on the server: the server reports the conflicting
   oid and the committed serial, the client merges (``_p_resolveConflict``, reading the
   two states with ``loadSerial``) and sends the commit again.
@@ -52,6 +56,16 @@ _OID_BLOCK = 32          # oids first asked for at once ...
 _OID_BLOCK_MAX = 4096    # ... doubling up to this
 _ITERATE_PAGE = 100      # transactions per iterator round trip
 _MAX_RESOLUTIONS = 1000  # conflicts resolved in one vote before giving up
+_AHEAD = 2000            # records read ahead per round trip
+
+
+def _references(data: bytes) -> list[bytes]:
+    """The oids record ``data`` refers to (none for bytes that are not a pickle)."""
+    from amphora.serialize import references
+    try:
+        return references(data)
+    except errors.CorruptRecordError:
+        return []
 
 
 class ClientDisconnected(StorageError, TransientError):
@@ -163,6 +177,11 @@ class ClientStorage(StorageBase):
         self._oids: list[bytes] = []
         self._oid_block = _OID_BLOCK
         self._voted = False
+        self._feeds = False  # the server answers TRANSACTION_LOG and PACKED_THROUGH
+        self._load_ahead = False  # the server answers LOAD_AHEAD
+        self._ahead = threading.local()  # per thread: records read ahead (see loadBefore)
+        self._advanced = threading.Condition()  # notified whenever _ltid moves
+        self._marks = threading.local()  # per thread: _ltid when it last read the log
         self._loop = _io_loop()
         self._reconnector: concurrent.futures.Future | None = None
         asyncio.run_coroutine_threadsafe(self._connect(), self._loop).result()
@@ -203,6 +222,8 @@ class ClientStorage(StorageBase):
             self._server_read_only = bool(welcome.get("read_only"))
             self.supports_history = bool(welcome.get("supports_history"))
             self.supports_pack = bool(welcome.get("supports_pack"))
+            self._feeds = bool(welcome.get("feeds"))
+            self._load_ahead = bool(welcome.get("load_ahead"))
             return
         wrapper = self._wrapper
         changes = welcome.get("changes")
@@ -215,7 +236,13 @@ class ClientStorage(StorageBase):
             for tid, oids in changes:
                 if tid > self._ltid:
                     wrapper.invalidate(tid, oids)
-        self._ltid = last
+        self._set_ltid(last)
+
+    def _set_ltid(self, tid: bytes) -> None:
+        """``lastTransaction()`` is ``tid`` now: wake :meth:`poll`."""
+        with self._advanced:
+            self._ltid = tid
+            self._advanced.notify_all()
 
     async def _keep_connected(self) -> None:
         """Reconnect, with exponential backoff, whenever the connection is lost."""
@@ -268,7 +295,7 @@ class ClientStorage(StorageBase):
                 return
             if wrapper is not None:
                 wrapper.invalidate(tid, payload["oids"])
-            self._ltid = tid
+            self._set_ltid(tid)
         elif kind == p.PUSH_RESET:
             if wrapper is not None:
                 wrapper.invalidateCache()
@@ -309,8 +336,61 @@ class ClientStorage(StorageBase):
         self._call(p.SYNC)
 
     def loadBefore(self, oid: bytes, tid: bytes) -> tuple[bytes, bytes, bytes | None] | None:
+        """One round trip that also brings the records this one refers to, and theirs
+        (up to 2000), kept for this thread: walking a BTree asks for them next.
+
+        A kept record is exactly what the server's ``loadBefore(oid, tid)`` returned for
+        the same ``tid``; it is used once, only for that ``tid`` and only while this
+        client has heard of no commit since it was asked for (else it might have been
+        replaced: a record cache that took it as current is told of the commit that
+        replaced it, as after any load). One kept record whose references were left out
+        brings them (one round trip) when it is used.
+        """
+        if self._load_ahead:
+            found = self._take_ahead(oid, tid)
+            if found is not None:
+                return found
+            self._read_ahead([oid], tid)
+            found = self._take_ahead(oid, tid)
+            if found is not None:
+                return found
         found = self._call(p.LOAD_BEFORE, oid, tid)
         return None if found is None else tuple(found)
+
+    def _read_ahead(self, oids: list[bytes], tid: bytes) -> None:
+        generation = self._ltid  # before the call: a commit heard of meanwhile drops them
+        rows = self._call(p.LOAD_AHEAD, oids, tid, _AHEAD)
+        ahead = self._ahead
+        if getattr(ahead, "tid", None) != tid or ahead.generation != generation \
+                or len(ahead.kept) > 4 * _AHEAD:
+            ahead.kept = {}
+        ahead.tid, ahead.generation = tid, generation
+        for oid, data, start, end, partial in rows:
+            ahead.kept[oid] = ((data, start, end), partial)
+
+    def _take_ahead(self, oid: bytes, tid: bytes) -> tuple[bytes, bytes, bytes | None] | None:
+        ahead = self._ahead
+        kept = getattr(ahead, "kept", None)
+        if not kept:
+            return None
+        if ahead.tid != tid or ahead.generation != self._ltid:
+            ahead.kept = {}
+            return None
+        entry = kept.pop(oid, None)
+        if entry is None:
+            return None
+        record, partial = entry
+        if partial:  # bring what it and its kept siblings refer to before they are walked
+            missing = [ref for ref in _references(record[0]) if ref not in kept]
+            for other, (data, more) in list(kept.items()):
+                if len(missing) >= _AHEAD:
+                    break
+                if more:
+                    missing.extend(ref for ref in _references(data[0]) if ref not in kept)
+                    kept[other] = (data, False)
+            if missing:
+                self._read_ahead(list(dict.fromkeys(missing))[:_AHEAD], tid)
+        return record
 
     def load_many(self, oids: Iterable[bytes], before: bytes
                   ) -> dict[bytes, tuple[bytes, bytes, bytes | None]]:
@@ -343,6 +423,43 @@ class ClientStorage(StorageBase):
             if len(page) < _ITERATE_PAGE:
                 return
             start = p64(u64(page[-1][0]) + 1)
+
+    # -- change feeds -----------------------------------------------------------------
+    def transaction_log(self, after: bytes, limit: int = 100
+                        ) -> list[tuple[bytes, bytes, bytes, bytes, list[bytes]]]:
+        """Up to ``limit`` transactions after tid ``after``, in tid order, as ``(tid,
+        user, description, extension_bytes, oids)``: one round trip, answered from the
+        served storage's own ``transaction_log`` (or its iterator)."""
+        self._marks.ltid = self._ltid  # a push after this wakes this thread's poll()
+        if not self._feeds:  # a server that predates change feeds
+            return [(txn.tid, txn.user, txn.description, txn.extension_bytes,
+                     [record.oid for record in txn])
+                    for txn in itertools.islice(self.iterator(p64(u64(after) + 1)), limit)]
+        return [tuple(row) for row in self._call(p.TRANSACTION_LOG, after, limit)]
+
+    def packed_through(self) -> bytes:
+        """The newest tid pack removed from the served storage (``z64``: none, or the
+        server cannot say): transactions up to it may be missing from the log."""
+        if not self._feeds:
+            return z64
+        return self._call(p.PACKED_THROUGH)
+
+    def poll(self, timeout: float | None = None) -> bool:
+        """Wait up to ``timeout`` seconds (None: no limit) for the server's push of a
+        commit (by any client, or by another process on the served file, which the server
+        looks for ten times a second), then :meth:`sync`. True if a transaction newer
+        than the one this thread last saw in :meth:`transaction_log` (else newer than
+        the last known at the call) was reported. Neither spins nor sends anything
+        while waiting."""
+        mark = getattr(self._marks, "ltid", None)
+        with self._advanced:
+            if mark is None:
+                mark = self._ltid
+            self._advanced.wait_for(lambda: self._ltid > mark or self._closed, timeout)
+            woke = self._ltid > mark
+        if not self._closed:
+            self.sync()
+        return woke
 
     def __len__(self) -> int:
         return self._call(p.SIZE)[0]
@@ -412,7 +529,7 @@ class ClientStorage(StorageBase):
                     func(tid)
             finally:
                 if tid > self._ltid:
-                    self._ltid = tid
+                    self._set_ltid(tid)
         self._voted = False
         return self._call(p.FINISH, handler=finished)
 
@@ -437,6 +554,8 @@ class ClientStorage(StorageBase):
             return
         self._closed = True
         self._ready.set()  # callers waiting for a connection find it closed
+        with self._advanced:
+            self._advanced.notify_all()  # and pollers stop waiting
 
         def shutdown() -> None:
             if self._reconnector is not None:
