@@ -45,11 +45,22 @@ def test_the_python_examples_run(tmp_path):
 def test_the_setup_commands_exist():
     setup = README.split("## Set up", 1)[1].split("\n## ", 1)[0]
     commands = re.findall(r"^(\./scripts/\S+)", setup, re.M)
-    assert commands == ["./scripts/example", "./scripts/test"]
-    for command in commands:
+    assert commands == ["./scripts/serve", "./scripts/test"]
+    for command in ["./scripts/example", *commands]:
         path = REPO / command
         assert path.is_file(), command
         assert path.stat().st_mode & 0o111, f"{command} is not executable"
+
+
+def test_the_serve_command_serves_the_embedded_default_where_the_readme_says():
+    """``./scripts/serve`` runs ``amphora serve`` on the SQLite file and address the
+    README gives clients."""
+    script = (REPO / "scripts" / "serve").read_text()
+    served = re.findall(r"^exec \.venv/bin/amphora serve (\S+) --listen (\S+) \"\$@\"$",
+                        script, re.M)
+    assert served == [("sqlite:///var/app.db", "127.0.0.1:8100")]
+    setup = README.split("## Set up", 1)[1].split("\n## ", 1)[0]
+    assert "var/app.db" in setup and 'amphora.open("amphora://127.0.0.1:8100")' in setup
 
 
 def test_ci_runs_the_readme_test_command():
