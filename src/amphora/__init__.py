@@ -14,12 +14,12 @@ from typing import Any
 
 from amphora.connection import Connection
 from amphora.db import DB
-from amphora.errors import (AmphoraError, ConflictError, ConnectionStateError,
-                            CorruptRecordError, InvalidQueryError, InvalidURIError,
-                            MirrorError, ObjectNotFoundError, POSKeyError,
-                            ReadConflictError, ReadOnlyError, ReadOnlyHistoryError,
-                            StorageError, StorageFormatError, StorageTransactionError,
-                            Unsupported)
+from amphora.errors import (AmphoraError, ClientDisconnected, ConflictError,
+                            ConnectionStateError, CorruptRecordError, InvalidQueryError,
+                            InvalidURIError, MirrorError, ObjectNotFoundError, POSKeyError,
+                            PostgreSQLConnectionError, ReadConflictError, ReadOnlyError,
+                            ReadOnlyHistoryError, StorageError, StorageFormatError,
+                            StorageTransactionError, Unsupported)
 from amphora.feeds import Change, ResyncRequired
 from amphora.storage.base import Storage, TransactionMetaData
 from amphora.storage.before import BeforeStorage
@@ -29,12 +29,13 @@ from amphora.uri import DB_OPTIONS as _DB_OPTIONS
 from amphora.uri import open_storage
 
 __all__ = [
-    "AmphoraError", "BeforeStorage", "Change", "ConflictError", "Connection",
-    "ConnectionStateError", "CorruptRecordError", "DB", "DemoStorage", "InvalidQueryError",
-    "InvalidURIError", "MemoryStorage", "MirrorError", "ObjectNotFoundError", "POSKeyError",
-    "ReadConflictError", "ReadOnlyError", "ReadOnlyHistoryError", "ResyncRequired", "Storage",
-    "StorageError", "StorageFormatError", "StorageTransactionError", "TransactionMetaData",
-    "Unsupported", "open", "open_storage",
+    "AmphoraError", "BeforeStorage", "Change", "ClientDisconnected", "ConflictError",
+    "Connection", "ConnectionStateError", "CorruptRecordError", "DB", "DemoStorage",
+    "InvalidQueryError", "InvalidURIError", "MemoryStorage", "MirrorError",
+    "ObjectNotFoundError", "POSKeyError", "PostgreSQLConnectionError", "ReadConflictError",
+    "ReadOnlyError", "ReadOnlyHistoryError", "ResyncRequired", "Storage", "StorageError",
+    "StorageFormatError", "StorageTransactionError", "TransactionMetaData", "Unsupported",
+    "open", "open_storage",
 ]
 
 

@@ -12,6 +12,8 @@ Every error amphora raises derives from :class:`AmphoraError`::
      |    +-- ReadOnlyError            a write on a read-only storage or connection
      |    |    +-- ReadOnlyHistoryError   a write on a historical (``at=``) connection
      |    +-- Unsupported              the storage lacks the capability
+     |    +-- PostgreSQLConnectionError  the PostgreSQL server cannot be reached or refused us
+     |    +-- ClientDisconnected (TransientError)  the amphora server cannot be reached
      +-- ObjectNotFoundError (KeyError)   no record for an oid (ZODB: POSKeyError)
      +-- ConflictError (TransientError)   another transaction changed what this one wrote
      |    +-- ReadConflictError        ... or what it read (``readCurrent``, vanished objects)
@@ -40,6 +42,7 @@ __all__ = [
     "StorageTransactionError", "ReadOnlyError", "ReadOnlyHistoryError", "Unsupported",
     "ObjectNotFoundError", "POSKeyError", "ConflictError", "ReadConflictError",
     "ConnectionStateError", "InvalidURIError", "MirrorError", "InvalidQueryError",
+    "PostgreSQLConnectionError", "ClientDisconnected",
 ]
 
 
@@ -81,6 +84,15 @@ class ReadOnlyHistoryError(ReadOnlyError, *_zodb_bases("ReadOnlyHistoryError")):
 
 class Unsupported(StorageError, *_zodb_bases("Unsupported")):
     """The storage does not have the capability asked for."""
+
+
+class PostgreSQLConnectionError(StorageError):
+    """The PostgreSQL server cannot be reached or refused us (no such database, bad
+    credentials, not running). The message names host, port, database and user."""
+
+
+class ClientDisconnected(StorageError, TransientError):
+    """The amphora server cannot be reached (retrying may succeed once it is back)."""
 
 
 class ObjectNotFoundError(AmphoraError, *_zodb_bases("POSKeyError"), KeyError):

@@ -40,10 +40,9 @@ import ssl
 import threading
 from typing import Any, Callable, Iterable, Iterator
 
-from transaction.interfaces import TransientError
 
 from amphora import errors
-from amphora.errors import ConflictError, ReadConflictError, StorageError
+from amphora.errors import ClientDisconnected, ConflictError, ReadConflictError, StorageError
 from amphora.server import protocol as p
 from amphora.storage.base import DataRecord, StorageBase, TransactionRecord
 from amphora.utils import p64, u64, z64
@@ -66,10 +65,6 @@ def _references(data: bytes) -> list[bytes]:
         return references(data)
     except errors.CorruptRecordError:
         return []
-
-
-class ClientDisconnected(StorageError, TransientError):
-    """The server cannot be reached (retrying may succeed once it is back)."""
 
 
 class _AuthenticationError(StorageError):

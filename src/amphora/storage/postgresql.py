@@ -7,13 +7,13 @@ amphora[postgresql]``).
 from __future__ import annotations
 
 import re
-import struct
 import threading
 import weakref
 from typing import Any, Callable, Iterable, Iterator
 
 from amphora.errors import (CorruptRecordError, InvalidURIError, ObjectNotFoundError,
-                            ReadOnlyError, StorageError, StorageFormatError)
+                            PostgreSQLConnectionError, ReadOnlyError, StorageError,
+                            StorageFormatError)
 from amphora.serialize import references as record_references
 from amphora.storage._pg_mirror import MirrorMixin
 from amphora.storage._pg_pack import PackMixin
@@ -22,7 +22,7 @@ from amphora.storage._pg_schema import (FORMAT, SCHEMA_VERSION, SchemaMixin,  # 
                                         _ints, _pack, _split, _u, _unpack)
 from amphora.storage.base import (DataRecord, StorageBase, TransactionRecord, history_entry,
                                   pack_tid)
-from amphora.utils import oid_repr, tid_repr, tid_time, z64
+from amphora.utils import tid_time, z64
 
 __all__ = ["PostgreSQLStorage", "PostgreSQLConnectionError"]
 
@@ -131,11 +131,6 @@ _OID_BLOCK_MAX = 4096                # ... doubling with each reservation up to 
 _TXN_CHUNK = 100                     # transactions read per query while iterating
 _MAX_INT = (1 << 63) - 1
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}\Z")
-
-
-class PostgreSQLConnectionError(StorageError):
-    """The PostgreSQL server cannot be reached or refused us (no such database, bad
-    credentials, not running). The message names host, port, database and user."""
 
 
 def _refs_literal(data: bytes) -> str:
