@@ -4,20 +4,14 @@ what they print is checked against the ``# prints ...`` comments beside the call
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 from pathlib import Path
+
+from doc_examples import python_blocks, run_blocks
 
 REPO = Path(__file__).resolve().parents[2]
 DOC = (REPO / "docs" / "layers.md").read_text()
 
 pytest_plugins = ["pytester"]
-
-
-def python_blocks(text: str) -> list[tuple[int, str]]:
-    """``(line number, code)`` of every ```python block."""
-    return [(text.count("\n", 0, match.start()) + 2, match.group(1))
-            for match in re.finditer(r"^```python\n(.*?)^```", text, re.S | re.M)]
 
 
 def files(text: str) -> dict[str, str]:
@@ -37,17 +31,10 @@ def test_the_doc_covers_the_three_uses():
 
 
 def test_the_python_examples_run(tmp_path):
-    parts, expected = [], []
-    for line_number, code in python_blocks(DOC):
-        if code.splitlines()[0][2:] in files(DOC):
-            continue
-        parts.append(f"# ---- docs/layers.md line {line_number} ----\n{code}")
-        expected += re.findall(r"# prints (.+)$", code, re.M)
-    assert len(parts) >= 4
-    script = tmp_path / "layers_examples.py"
-    script.write_text("\n".join(parts))
-    done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=120)
+    blocks = [(line_number, code) for line_number, code in python_blocks(DOC)
+              if code.splitlines()[0][2:] not in files(DOC)]
+    assert len(blocks) >= 4
+    done, expected = run_blocks("docs/layers.md", blocks, tmp_path)
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == expected
 

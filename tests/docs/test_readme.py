@@ -3,22 +3,13 @@ commands are the ones the repository's scripts and CI use."""
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from doc_examples import python_blocks, run_blocks
 
 REPO = Path(__file__).resolve().parents[2]
 README = (REPO / "README.md").read_text()
-
-
-def python_blocks(text: str) -> list[tuple[int, str]]:
-    """``(line number, code)`` of every ```python block."""
-    blocks = []
-    for match in re.finditer(r"^```python\n(.*?)^```", text, re.S | re.M):
-        blocks.append((text.count("\n", 0, match.start()) + 2, match.group(1)))
-    return blocks
 
 
 def test_the_readme_has_examples():
@@ -30,14 +21,7 @@ def test_the_python_examples_run(tmp_path):
     files they name by relative URI land there); what they print is checked against the
     ``# prints ...`` comments beside the calls."""
     pytest.importorskip("amphora.storage.sqlite", reason="the SQLite storage is not available")
-    parts, expected = [], []
-    for line_number, code in python_blocks(README):
-        parts.append(f"# ---- README.md line {line_number} ----\n{code}")
-        expected += re.findall(r"# prints (.+)$", code, re.M)
-    script = tmp_path / "readme_examples.py"
-    script.write_text("\n".join(parts))
-    done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=120)
+    done, expected = run_blocks("README.md", python_blocks(README), tmp_path)
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == expected
 

@@ -3,20 +3,12 @@
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 from pathlib import Path
+
+from doc_examples import python_blocks, run_blocks
 
 REPO = Path(__file__).resolve().parents[2]
 DOC = (REPO / "docs" / "search.md").read_text()
-
-
-def python_blocks(text: str) -> list[tuple[int, str]]:
-    """``(line number, code)`` of every ```python block."""
-    blocks = []
-    for match in re.finditer(r"^```python\n(.*?)^```", text, re.S | re.M):
-        blocks.append((text.count("\n", 0, match.start()) + 2, match.group(1)))
-    return blocks
 
 
 def test_the_json_mapping_section_has_examples():
@@ -25,14 +17,7 @@ def test_the_json_mapping_section_has_examples():
 
 
 def test_the_python_examples_run(tmp_path):
-    parts, expected = [], []
-    for line_number, code in python_blocks(DOC):
-        parts.append(f"# ---- docs/search.md line {line_number} ----\n{code}")
-        expected += re.findall(r"# prints (.+)$", code, re.M)
-    script = tmp_path / "search_examples.py"
-    script.write_text("\n".join(parts))
-    done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=120)
+    done, expected = run_blocks("docs/search.md", python_blocks(DOC), tmp_path)
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == expected
 

@@ -152,10 +152,11 @@ class MirrorMixin(MirrorBase):
             return conn.execute(query).fetchone()[0] or 0
         return self._mirror_admin(read)
 
-    def _mirror_commit(self, conn: Any, tid: int, rows: Sequence[tuple[int, bytes]]) -> None:
+    def _mirror_commit(self, conn: Any, tid: int, rows: Sequence[tuple[int, bytes]],
+                       found: tuple | None) -> None:
         """Inside a commit, under the commit lock: the documents of ``rows`` (oid, data)
-        written by transaction ``tid``, if the database keeps a ``sync`` mirror."""
-        found = conn.execute(_MIRROR_KEY).fetchone()
+        written by transaction ``tid``, if the database keeps a ``sync`` mirror (``found``
+        is the row of the ``mirror`` key the commit read under the lock, or None)."""
         if found is not None and found[0] == "sync" and rows:
             _upsert_documents(conn, [(key, tid, data) for key, data in rows])
 

@@ -5,10 +5,11 @@ Private: a part of :class:`amphora.storage.postgresql.PostgreSQLStorage` (see
 """
 from __future__ import annotations
 
-import struct
 from typing import Any
 
 from amphora.errors import StorageFormatError
+# Oids and tids (see _keys): the storage's other parts import them from here.
+from amphora.storage._keys import _int64, _ints, _pack, _split, _u, _unpack  # noqa: F401
 
 __all__ = ["FORMAT", "SCHEMA_VERSION", "SchemaMixin"]
 
@@ -45,24 +46,6 @@ _COUNT_RELATIONS = ("SELECT count(*) FROM pg_class AS c JOIN pg_namespace AS n"
 _HAS_META = ("SELECT count(*) FROM pg_class AS c JOIN pg_namespace AS n"
              " ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relname = 'amphora_meta'")
 
-# Oids and tids are stored as signed 64-bit integers holding the same 8 bytes, so any
-# 8-byte oid round-trips (tids, below 2**63, keep their order).
-_int64 = struct.Struct(">q")
-_unpack = _int64.unpack
-_pack = _int64.pack
-
-
-def _u(value: bytes) -> int:
-    return _unpack(value)[0]
-
-
-def _ints(packed: bytes) -> list[int]:
-    """The integers of 8-byte oids or tids joined into one string."""
-    return [value for (value,) in _int64.iter_unpack(packed)]
-
-
-def _split(oids: bytes) -> list[bytes]:
-    return [oids[i:i + 8] for i in range(0, len(oids), 8)]
 
 
 class SchemaMixin:

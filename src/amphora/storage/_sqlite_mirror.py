@@ -27,19 +27,18 @@ from __future__ import annotations
 
 import re
 import sqlite3
-import struct
 import time
 import weakref
 from typing import Any, Callable, Sequence
 
 from amphora.errors import InvalidQueryError, MirrorError
 from amphora.search import placeholders
+from amphora.storage._keys import _ints
 from amphora.storage._mirror_base import (MODES, MirrorBase, QueryConnection, check_fields,
                                           check_mode, class_filter)
 
 __all__ = ["MirrorMixin", "qmark"]
 
-_INT64 = struct.Struct(">q")  # oids as stored (see _sqlite_util)
 
 _CREATE_MIRROR = (
     "CREATE TABLE IF NOT EXISTS amphora_objects (oid INTEGER PRIMARY KEY,"
@@ -270,8 +269,7 @@ class MirrorMixin(MirrorBase):
                 commits = writer.execute(_COMMITS_AFTER, (mark, _FOLLOW_BATCH)).fetchall()
                 if not commits:
                     return 0
-                keys = sorted({key for _, oids in commits
-                               for (key,) in _INT64.iter_unpack(oids)})
+                keys = sorted({key for _, oids in commits for key in _ints(oids)})
                 rows = []
                 for i in range(0, len(keys), 500):
                     chunk = keys[i:i + 500]

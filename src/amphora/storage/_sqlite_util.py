@@ -5,7 +5,8 @@ Private: nothing here is part of amphora's API.
 """
 from __future__ import annotations
 
-import struct
+# Oids and tids (see _keys): the storage's other parts import them from here.
+from amphora.storage._keys import _int64, _ints, _pack, _split, _u, _unpack  # noqa: F401
 
 # Statements both the storage and pack run (the schema: see SQLiteStorage).
 # -- reading --------------------------------------------------------------------------------
@@ -19,21 +20,3 @@ _CHANGES_SINCE = "SELECT tid, oids FROM transactions WHERE tid > ? ORDER BY tid"
 # -- writing --------------------------------------------------------------------------------
 _PRUNE_REPLACED = "DELETE FROM replaced WHERE end_tid < ?"
 
-# Oids and tids are stored as signed 64-bit integers holding the same 8 bytes, so any
-# 8-byte oid round-trips (tids, below 2**63, keep their order).
-_int64 = struct.Struct(">q")
-_unpack = _int64.unpack
-_pack = _int64.pack
-
-
-def _u(value: bytes) -> int:
-    return _unpack(value)[0]
-
-
-def _ints(packed: bytes) -> list[int]:
-    """The integers of 8-byte oids or tids joined into one string."""
-    return [value for (value,) in _int64.iter_unpack(packed)]
-
-
-def _split(oids: bytes) -> list[bytes]:
-    return [oids[i:i + 8] for i in range(0, len(oids), 8)]

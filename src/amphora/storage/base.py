@@ -37,7 +37,8 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Protocol, runtime
 
 from amphora.errors import (ConflictError, ObjectNotFoundError, ReadConflictError,
                             ReadOnlyError, StorageError, StorageTransactionError, Unsupported)
-from amphora.utils import maxtid, new_tid, tid_from_datetime, tid_time, z64
+from amphora.storage._keys import _split
+from amphora.utils import maxtid, new_tid, p64, tid_from_datetime, tid_time, u64, z64
 
 __all__ = ["Storage", "StorageBase", "TransactionMetaData", "TransactionRecord", "DataRecord",
            "encode_metadata", "decode_extension"]
@@ -332,6 +333,40 @@ class StorageBase:
 
     def sync(self) -> None:
         """Nothing to catch up with for a storage no one else writes to."""
+
+    def _deliver(self, rows: list[tuple[int, bytes]], packed_through: int) -> None:
+        """Tell the wrapper about others' commits ``rows`` (``(tid, joined oids)`` with
+        tids as integers) newer than ``_ltid``, in order, then publish them; holding
+        ``_lock``. ``packed_through`` above ``_ltid`` means pack removed commits unseen:
+        the wrapper flushes its caches first."""
+        ltid = u64(self._ltid)
+        rows = [row for row in rows if row[0] > ltid]
+        if not rows:
+            return
+        self._others_committed()
+        wrapper = self._wrapper
+        if wrapper is not None:
+            if packed_through > ltid:
+                invalidate_cache = getattr(wrapper, "invalidateCache", None)
+                if invalidate_cache is not None:
+                    invalidate_cache()
+            for tid, oids in rows:
+                wrapper.invalidate(p64(tid), _split(oids))
+        self._ltid = p64(rows[-1][0])
+
+    def _others_committed(self) -> None:
+        """Hook: :meth:`_deliver` is about to report commits made elsewhere."""
+
+    def close(self) -> None:
+        """Close every connection; the storage raises :class:`StorageError` afterwards."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._close_connections()
+
+    def _close_connections(self) -> None:
+        """Hook: release what :meth:`close` must (connections, threads)."""
 
     def prefetch(self, oids: Iterable[bytes], tid: bytes) -> None:
         """A hint that ``oids`` will be loaded; storages with a cache override it."""

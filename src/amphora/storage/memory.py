@@ -177,5 +177,3 @@ class MemoryStorage(StorageBase):
         if self._closed:
             raise StorageError(f"the storage {self.__name__!r} is closed")
 
-    def close(self) -> None:
-        self._closed = True

@@ -87,6 +87,7 @@ _COMMIT_LOCK = "SELECT pg_advisory_xact_lock(hashtext('amphora-commit:' || curre
 _LAST_AND_SERIALS = ("SELECT NULL::bigint, coalesce(max(tid), 0) FROM transactions"
                      " UNION ALL SELECT oid, tid FROM objects WHERE oid = ANY(%s::bigint[])")
 _CURRENT_SERIALS = "SELECT oid, tid FROM objects WHERE oid = ANY(%s::bigint[])"
+_MIRROR_MODE = "SELECT value FROM amphora_meta WHERE key = 'mirror'"
 _ARCHIVE_CURRENT = ("INSERT INTO revisions (oid, tid, end_tid, data, refs)"
                     " SELECT oid, tid, %s, data, refs FROM objects WHERE oid = ANY(%s::bigint[])")
 _RETAIN_CURRENT = ("INSERT INTO replaced (oid, tid, end_tid, data)"
@@ -549,23 +550,8 @@ class PostgreSQLStorage(SchemaMixin, PackMixin, MirrorMixin, StorageBase):
         self.sync()
         return self.lastTransaction() != before
 
-    def _deliver(self, rows: list[tuple[int, bytes]], packed_through: int) -> None:
-        """Tell the wrapper about others' commits ``rows`` newer than ``_ltid`` (holding
-        ``_lock``), then publish them."""
-        ltid = _u(self._ltid)
-        rows = [row for row in rows if row[0] > ltid]
-        if not rows:
-            return
-        wrapper = self._wrapper
-        if wrapper is not None:
-            if packed_through > ltid:
-                invalidate_cache = getattr(wrapper, "invalidateCache", None)
-                if invalidate_cache is not None:
-                    invalidate_cache()
-            for tid, oids in rows:
-                wrapper.invalidate(_pack(tid), _split(oids))
-        self._ahead_generation += 1
-        self._ltid = _pack(rows[-1][0])
+    def _others_committed(self) -> None:
+        self._ahead_generation += 1  # records read ahead may be stale now
 
     # -- writing --------------------------------------------------------------------
     def new_oid(self) -> bytes:
@@ -618,6 +604,7 @@ class PostgreSQLStorage(SchemaMixin, PackMixin, MirrorMixin, StorageBase):
             conn.execute(_COMMIT_LOCK)
             cursor = conn.execute(_LAST_AND_SERIALS, (
                 [key for key, read in zip(keys, reads) if read] + check_keys,))
+            mirror = conn.execute(_MIRROR_MODE)  # under the lock, in the same round trip
         rows = cursor.fetchall()
         last = rows[0][1]
         current = dict(rows[1:])
@@ -671,7 +658,7 @@ class PostgreSQLStorage(SchemaMixin, PackMixin, MirrorMixin, StorageBase):
             self._check_conflicts({oid: _pack(found[_u(oid)]) for oid in stale},
                                   load_serial, stale)
             raise StorageError("a new object's row exists, but no conflict was found")
-        self._mirror_commit(conn, tid_i, replacing + creating)
+        self._mirror_commit(conn, tid_i, replacing + creating, mirror.fetchone())
         self._pending = pending.fetchall() if pending is not None else []
         self._pending_packed = packed.fetchone()[0] if packed is not None else 0
         self._voted_tid = tid
@@ -717,14 +704,6 @@ class PostgreSQLStorage(SchemaMixin, PackMixin, MirrorMixin, StorageBase):
         self._rollback()
 
     # -- closing --------------------------------------------------------------------
-    def close(self) -> None:
-        """Close every connection; the storage raises :class:`StorageError` afterwards."""
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            self._close_connections()
-
     def _close_connections(self) -> None:
         self._close_mirror_connections()
         with self._readers_lock:

@@ -563,23 +563,8 @@ class SQLiteStorage(SchemaMixin, PackMixin, MirrorMixin, StorageBase):
                 raise self._error(exc) from exc
             self._deliver(rows, packed)
 
-    def _deliver(self, rows: list[tuple[int, bytes]], packed_through: int) -> None:
-        """Tell the wrapper about others' commits ``rows`` newer than ``_ltid`` (holding
-        ``_lock``), then publish them."""
-        ltid = _u(self._ltid)
-        rows = [row for row in rows if row[0] > ltid]
-        if not rows:
-            return
+    def _others_committed(self) -> None:
         self._generation += 1  # before anyone hears of them: snapshots must be renewed
-        wrapper = self._wrapper
-        if wrapper is not None:
-            if packed_through > ltid:
-                invalidate_cache = getattr(wrapper, "invalidateCache", None)
-                if invalidate_cache is not None:
-                    invalidate_cache()
-            for tid, oids in rows:
-                wrapper.invalidate(_pack(tid), _split(oids))
-        self._ltid = _pack(rows[-1][0])
 
     # -- writing --------------------------------------------------------------------
     def new_oid(self) -> bytes:
@@ -753,14 +738,6 @@ class SQLiteStorage(SchemaMixin, PackMixin, MirrorMixin, StorageBase):
         self._rollback()
 
     # -- closing --------------------------------------------------------------------
-    def close(self) -> None:
-        """Close every connection; the storage raises :class:`StorageError` afterwards."""
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            self._close_connections()
-
     def _close_connections(self) -> None:
         self._close_mirror_connections()
         with self._sweeper_lock:
