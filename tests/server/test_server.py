@@ -285,3 +285,132 @@ def test_eight_processes_incrementing_one_counter_end_with_the_exact_count(serve
     with db.transaction() as conn:
         assert conn.root()["counter"]() == 8 * 25
     db.close()
+
+
+# -- conflicts resolved during the vote ------------------------------------------------------
+
+class RawClient:
+    """The protocol by hand: requests, and what the server sends back, one at a time."""
+
+    def __init__(self, server: ServerProcess):
+        self.sock = raw_connection(server)
+        self.decoder = p.FrameDecoder()
+        self.pending: list = []
+        self.ids = iter(range(1, 1000))
+        self.sock.sendall(hello())
+        assert self.next()[0] == p.WELCOME
+
+    def next(self) -> list:
+        """The next message that is not a push."""
+        while True:
+            while self.pending:
+                message = self.pending.pop(0)
+                if message[0] != p.PUSH:
+                    return message
+            data = self.sock.recv(65536)
+            if not data:
+                raise ConnectionError("the server closed the connection")
+            self.pending.extend(self.decoder.feed(data))
+
+    def request(self, method: str, *args) -> int:
+        request_id = next(self.ids)
+        self.sock.sendall(p.encode([p.REQUEST, request_id, method, list(args)]))
+        return request_id
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def counter_value(address: str) -> int:
+    db = amphora.open(f"amphora://{address}")
+    with db.transaction() as conn:
+        value = conn.root()["counter"]()
+    db.close()
+    return value
+
+
+@pytest.fixture
+def stale_counter(servers, tmp_path):
+    """A served Length at 5, and the state a late writer read (at 1)."""
+    server = servers(f"sqlite:///{tmp_path / 'data.db'}")
+    db = amphora.open(f"amphora://{server.address}")
+    with db.transaction() as conn:
+        conn.root()["counter"] = counter = Length(1)
+    with db.transaction() as conn:
+        conn.root()["counter"].change(4)
+        oid = counter._p_oid
+    storage = db.storage
+    history = storage.history(oid, 2)
+    committed, read = history[0]["tid"], history[1]["tid"]
+    yield server, db, oid, committed, read
+    db.close()
+
+
+def test_a_write_conflict_is_sent_to_the_client_while_the_vote_waits(stale_counter):
+    """One commit request: the server asks the client to merge (sending both states) and
+    commits what the client answers, without unpickling anything."""
+    server, db, oid, committed, read = stale_counter
+    client = RawClient(server)
+    mine = db.storage.loadSerial(oid, read).replace(b"K\x01", b"K\x03")  # 1 -> 3: +2
+    commit = client.request(p.COMMIT, [b"", b"", b""], None, {oid: mine}, {oid: read}, {})
+    asked = client.next()
+    assert asked == [p.RESOLVE, commit, oid, committed, read,
+                     db.storage.loadSerial(oid, committed), db.storage.loadSerial(oid, read)]
+    merged = asked[5].replace(b"K\x05", b"K\x07")  # what _p_resolveConflict gives: 5 + 2
+    client.sock.sendall(p.encode([p.RESOLVED, commit, merged]))
+    assert client.next() == [p.REPLY, commit, None]
+    finish = client.request(p.FINISH)
+    reply = client.next()
+    assert reply[:2] == [p.REPLY, finish] and reply[2] > committed
+    client.close()
+    assert counter_value(server.address) == 7
+
+
+def test_a_conflict_the_client_cannot_merge_fails_the_commit_and_frees_the_lock(stale_counter):
+    server, db, oid, committed, read = stale_counter
+    client = RawClient(server)
+    commit = client.request(p.COMMIT, [b"", b"", b""], None, {oid: b"mine"}, {oid: read}, {})
+    assert client.next()[:2] == [p.RESOLVE, commit]
+    client.sock.sendall(p.encode([p.RESOLVED, commit, None]))
+    error = client.next()
+    assert error[:3] == [p.ERROR, commit, "ConflictError"]
+    assert error[4] == {"oid": oid, "serials": [committed, read]}
+    client.close()
+    with db.transaction() as conn:  # nothing holds the commit lock
+        conn.root()["counter"].change(1)
+    assert counter_value(server.address) == 6
+
+
+def test_a_client_that_leaves_while_asked_to_merge_has_its_commit_aborted(stale_counter):
+    server, db, oid, committed, read = stale_counter
+    client = RawClient(server)
+    commit = client.request(p.COMMIT, [b"", b"", b""], None, {oid: b"mine"}, {oid: read}, {})
+    assert client.next()[:2] == [p.RESOLVE, commit]
+    client.close()
+    with db.transaction() as conn:  # waits for the lock, which the abort releases
+        conn.root()["counter"].change(1)
+    assert counter_value(server.address) == 6
+
+
+def test_a_stale_client_merges_in_one_commit_request(stale_counter):
+    """Through the client storage: a conflict on a Length costs no retry and no
+    loadSerial; the application never sees it."""
+    server, db, oid, committed, read = stale_counter
+    other = amphora.open(f"amphora://{server.address}")
+    sent: list[str] = []
+    storage = other.storage
+    call = storage._call
+    storage._call = lambda method, *args, **kwargs: (sent.append(method),
+                                                     call(method, *args, **kwargs))[1]
+    conn = other.open()
+    counter = conn.root()["counter"]
+    assert counter() == 5
+    with db.transaction() as mine:  # committed after `other` read the counter
+        mine.root()["counter"].change(10)
+    sent.clear()
+    counter.change(100)
+    conn.transaction_manager.commit()
+    assert sent.count(p.COMMIT) == 1 and p.LOAD_SERIAL not in sent
+    conn.close()
+    other.close()
+    assert counter_value(server.address) == 115

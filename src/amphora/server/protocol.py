@@ -26,6 +26,14 @@ After the handshake:
 ``[PUSH, kind, payload]``         server to client, unasked: :data:`PUSH_COMMIT` (one per
                                   transaction, in commit order), :data:`PUSH_RESET`
                                   (changes that cannot be enumerated: flush caches).
+``[RESOLVE, id, oid, committed_serial, old_serial, committed_data, old_data]``
+                                  server to client, while commit request ``id`` votes
+                                  (the storage's commit lock held): a write conflict on
+                                  ``oid``; the records are the state committed meanwhile
+                                  and the one the client read.
+``[RESOLVED, id, data]``          client to server, the answer: the merged record, or
+                                  None (cannot merge: the commit fails with
+                                  ``ConflictError``). No reply.
 
 A client may send any number of requests without waiting; replies carry the request id
 and may come in any order, except that replies and pushes that concern a transaction come
@@ -39,11 +47,12 @@ from typing import Any
 import msgpack
 
 __all__ = ["VERSION", "MAX_FRAME", "HELLO", "WELCOME", "REQUEST", "REPLY", "ERROR", "PUSH",
+           "RESOLVE", "RESOLVED",
            "METHODS", "WRITE_METHODS", "PUSH_COMMIT", "PUSH_RESET", "ProtocolError",
            "FrameDecoder", "encode", "HEADER"]
 
-#: the protocol version this code speaks
-VERSION = 1
+#: the protocol version this code speaks (2: conflicts resolved during the vote)
+VERSION = 2
 #: the largest frame accepted by default (bytes after the length prefix)
 MAX_FRAME = 64 * 1024 * 1024
 
@@ -56,6 +65,8 @@ REQUEST = "request"
 REPLY = "reply"
 ERROR = "error"
 PUSH = "push"
+RESOLVE = "resolve"
+RESOLVED = "resolved"
 
 # -- requests -----------------------------------------------------------------------------
 LOAD_BEFORE = "load_before"        # (oid, before) -> [data, start, end] | None

@@ -526,6 +526,11 @@ class StorageBase:
         A storage that found the ``stale`` stores itself (those whose committed serial is
         not the one read) passes them, and ``committed`` then needs to cover only those
         and the read checks.
+
+        A transaction with a ``resolve_conflict`` method (the signature of
+        :func:`amphora.conflict.resolve_record`) resolves its own write conflicts, also
+        on a storage opened with ``resolve_conflicts=False``: the server's asks the
+        committing client, while the commit lock is held.
         """
         current = committed.get
         for oid, serial in self._checks.items():
@@ -534,13 +539,18 @@ class StorageBase:
                 raise ReadConflictError(oid=oid, serials=(serial_now, serial))
         if stale is None:
             stale = [oid for oid, read in self._serials.items() if current(oid, z64) != read]
-        for oid in stale:  # usually none
+        if not stale:  # usually
+            return
+        # The committer's own resolver (the server's asks the client) before the storage's
+        resolve = getattr(self._transaction, "resolve_conflict", None)
+        if resolve is None and self._resolve_conflicts:
+            from amphora.conflict import resolve_record as resolve
+        for oid in stale:
             read = self._serials[oid]
             serial_now = current(oid, z64)
             data = self._stores[oid]
-            if self._resolve_conflicts and read != z64 and serial_now != z64:
-                from amphora.conflict import resolve_record
-                resolved = resolve_record(oid, serial_now, read, data, load_serial)
+            if resolve is not None and read != z64 and serial_now != z64:
+                resolved = resolve(oid, serial_now, read, data, load_serial)
                 if resolved is not None:
                     self._stores[oid] = resolved
                     self._resolved.append(oid)

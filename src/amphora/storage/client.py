@@ -18,9 +18,10 @@ Guarantees:
   :meth:`ClientStorage.packed_through` are answered from the served storage;
   :meth:`ClientStorage.poll` waits for the server's push of a commit, so a waiting
   ``db.changes()`` sends nothing until there is something to read.
-- Conflicts are resolved here, not on the server: the server reports the conflicting
-  oid and the committed serial, the client merges (``_p_resolveConflict``, reading the
-  two states with ``loadSerial``) and sends the commit again.
+- Conflicts are resolved here, not on the server: while a commit votes, the server sends
+  each write conflict with the two states (committed meanwhile, and read), this client
+  merges them (``_p_resolveConflict``) and answers; the vote goes on with the merged
+  record, the server's commit lock held, so a hot object is never sent again.
 
 One I/O thread per process runs an asyncio loop for the sockets of all client storages:
 requests from any thread are pipelined on the storage's one connection; replies are matched by request id. While the server is
@@ -36,6 +37,7 @@ import asyncio
 import concurrent.futures
 import itertools
 import logging
+import queue
 import ssl
 import threading
 from typing import Any, Callable, Iterable, Iterator
@@ -86,6 +88,33 @@ def _remote_error(name: str, message: str, details: Any) -> Exception:
     return klass(message)
 
 
+class _Exchange:
+    """The answer to a request the server may ask questions about first (a commit's
+    conflicts): what comes for it, in order, for the calling thread to take."""
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._done = False
+
+    def done(self) -> bool:
+        return self._done
+
+    def ask(self, question: list) -> None:
+        self._queue.put((question, None, None))
+
+    def set_result(self, result: Any) -> None:
+        self._done = True
+        self._queue.put((None, result, None))
+
+    def set_exception(self, error: BaseException) -> None:
+        self._done = True
+        self._queue.put((None, None, error))
+
+    def take(self) -> tuple[list | None, Any, BaseException | None]:
+        """``(question, None, None)``, then ``(None, result, error)``."""
+        return self._queue.get()
+
+
 class _Protocol(asyncio.Protocol):
     """One connection to the server; all its callbacks run in the client's I/O thread."""
 
@@ -113,6 +142,8 @@ class _Protocol(asyncio.Protocol):
                 client._replied(message[1], message[2], None)
             elif kind == p.PUSH:
                 client._pushed(message[1], message[2])
+            elif kind == p.RESOLVE:
+                client._asked(message[1], message[2:])
             elif kind == p.ERROR:
                 if message[1] == 0:  # about the connection: the server closes it
                     error = _AuthenticationError(f"the server refused: {message[3]}")
@@ -295,6 +326,16 @@ class ClientStorage(StorageBase):
             if wrapper is not None:
                 wrapper.invalidateCache()
 
+    def _asked(self, request_id: int, question: list) -> None:
+        entry = self._requests.get(request_id)
+        if entry is not None and isinstance(entry[0], _Exchange):
+            entry[0].ask(question)
+
+    def _answer(self, request_id: int, answer: bytes | None) -> None:
+        connection = self._connection
+        if connection is not None and not connection.lost:
+            connection.transport.write(p.encode([p.RESOLVED, request_id, answer]))
+
     def _send(self, request_id: int, method: str, args: list,
               future: concurrent.futures.Future, handler: Callable | None) -> None:
         connection = self._connection
@@ -305,19 +346,29 @@ class ClientStorage(StorageBase):
         connection.transport.write(p.encode([p.REQUEST, request_id, method, args]))
 
     # -- calls (in any thread) -----------------------------------------------------------
-    def _call(self, method: str, *args: Any, handler: Callable | None = None) -> Any:
+    def _call(self, method: str, *args: Any, handler: Callable | None = None,
+              questions: Callable[..., Any] | None = None) -> Any:
         """Send one request and wait for its answer; ``handler(result)`` runs in the I/O
-        thread, in order with the pushes, before the caller gets the result."""
+        thread, in order with the pushes, before the caller gets the result;
+        ``questions(*question)`` answers, in this thread, what the server asks first."""
         if self._closed:
             raise StorageError(f"{self.__name__} is closed")
         if not self._ready.is_set() and not self._ready.wait(self.wait_timeout):
             raise ClientDisconnected(
                 f"{self._host}:{self._port} unreachable for {self.wait_timeout} s")
-        future: concurrent.futures.Future = concurrent.futures.Future()
+        future: Any = concurrent.futures.Future() if questions is None else _Exchange()
         request_id = next(self._ids)
         self._loop.call_soon_threadsafe(self._send, request_id, method, list(args), future,
                                         handler)
-        return future.result()
+        if questions is None:
+            return future.result()
+        while True:
+            question, result, error = future.take()
+            if question is None:
+                if error is not None:
+                    raise error
+                return result
+            self._loop.call_soon_threadsafe(self._answer, request_id, questions(*question))
 
     # -- reading --------------------------------------------------------------------
     def lastTransaction(self) -> bytes:
@@ -345,14 +396,15 @@ class ClientStorage(StorageBase):
             found = self._take_ahead(oid, tid)
             if found is not None:
                 return found
-            self._read_ahead([oid], tid)
-            found = self._take_ahead(oid, tid)
-            if found is not None:
-                return found
+            found = self._read_ahead([oid], tid).get(oid)
+            if found is not None:  # the answer, as a load_before now would give it
+                return self._take_ahead(oid, tid) or found
         found = self._call(p.LOAD_BEFORE, oid, tid)
         return None if found is None else tuple(found)
 
-    def _read_ahead(self, oids: list[bytes], tid: bytes) -> None:
+    def _read_ahead(self, oids: list[bytes], tid: bytes
+                    ) -> dict[bytes, tuple[bytes, bytes, bytes | None]]:
+        """Keep what a LOAD_AHEAD of ``oids`` brings; returns the records of ``oids``."""
         generation = self._ltid  # before the call: a commit heard of meanwhile drops them
         rows = self._call(p.LOAD_AHEAD, oids, tid, _AHEAD)
         ahead = self._ahead
@@ -360,8 +412,10 @@ class ClientStorage(StorageBase):
                 or len(ahead.kept) > 4 * _AHEAD:
             ahead.kept = {}
         ahead.tid, ahead.generation = tid, generation
+        kept = ahead.kept
         for oid, data, start, end, partial in rows:
-            ahead.kept[oid] = ((data, start, end), partial)
+            kept[oid] = ((data, start, end), partial)
+        return {oid: kept[oid][0] for oid in oids if oid in kept}
 
     def _take_ahead(self, oid: bytes, tid: bytes) -> tuple[bytes, bytes, bytes | None] | None:
         ahead = self._ahead
@@ -487,13 +541,31 @@ class ClientStorage(StorageBase):
         self._voted = False
 
     def _vote(self) -> None:
-        """Send the whole transaction; resolve conflicts the server reports, and resend."""
+        """Send the whole transaction, merging the conflicts the server asks about while it
+        votes; a conflict reported without being asked (a served storage that cannot ask)
+        is merged here and the commit sent again."""
         records = dict(self._stores)
         serials = dict(self._serials)
+        asked: set[bytes] = set()
+
+        def merge(oid: bytes, committed: bytes, old: bytes, committed_data: bytes,
+                  old_data: bytes) -> bytes | None:
+            asked.add(oid)
+            data = records.get(oid)
+            if data is None or not self._resolve_conflicts:
+                return None
+            from amphora.conflict import resolve_record
+            states = {committed: committed_data, old: old_data}
+            resolved = resolve_record(oid, committed, old, data,
+                                      lambda _, serial: states[serial])
+            if resolved is not None and oid not in self._resolved:
+                self._resolved.append(oid)
+            return resolved
+
         for attempt in range(_MAX_RESOLUTIONS):
             try:
                 self._call(p.COMMIT, list(self._meta), self._tid, records, serials,
-                           dict(self._checks))
+                           dict(self._checks), questions=merge)
             except ReadConflictError:
                 raise
             except ConflictError as exc:
@@ -503,7 +575,8 @@ class ClientStorage(StorageBase):
                 committed, read = exc.serials
                 data = records[oid]
                 resolved = None
-                if self._resolve_conflicts and read != z64 and committed != z64:
+                if oid not in asked and self._resolve_conflicts and read != z64 \
+                        and committed != z64:
                     from amphora.conflict import resolve_record
                     resolved = resolve_record(oid, committed, read, data, self.loadSerial)
                 if resolved is None:
