@@ -102,7 +102,16 @@ from typing import Any
 from amphora.errors import CorruptRecordError
 from amphora.serialize import class_name_of
 
-__all__ = ["record_to_json", "transcode", "json_to_value", "Markup"]
+__all__ = ["record_to_json", "records_to_json", "transcode", "json_to_value", "Markup",
+           "COMPILED"]
+
+try:  # the common records, in C (amphora/_transcoder.c); None for the rest
+    from amphora._transcoder import transcode as _fast, transcode_many as _fast_many
+except ImportError:  # built without a C compiler: all in Python, the same documents
+    _fast = _fast_many = None
+
+#: Whether the C fast path is built (it gives the same documents, about ten times faster).
+COMPILED = _fast is not None
 
 
 class _Global:
@@ -128,6 +137,39 @@ def transcode(data: bytes) -> tuple[str, str]:
     Raises :class:`CorruptRecordError` when ``data`` is not two pickles (truncated,
     garbage, an opcode that does not exist). Never imports or calls a class.
     """
+    if _fast is not None:
+        found = _fast(data)
+        if found is not None:
+            return found
+    return _transcode(data)
+
+
+def record_to_json(data: bytes) -> tuple[str, str]:
+    """``(class name, JSON text)`` of any record; never raises.
+
+    A record :func:`transcode` rejects gets ``{"@unknown": "corrupt record", "error":
+    "..."}`` and the class name its class pickle gives, or ``""``.
+    """
+    if _fast is not None:
+        found = _fast(data)
+        if found is not None:
+            return found
+    return _record_to_json(data)
+
+
+def records_to_json(records: list[bytes]) -> list[tuple[str, str]]:
+    """``[record_to_json(record) for record in records]``, faster."""
+    if _fast_many is None:
+        return [_record_to_json(record) for record in records]
+    found = _fast_many(records)
+    for i, document in enumerate(found):
+        if document is None:
+            found[i] = _record_to_json(bytes(records[i]))
+    return found
+
+
+def _transcode(data: bytes) -> tuple[str, str]:
+    """:func:`transcode` in Python: every case."""
     reused: list[Any] = []
     try:
         class_name, state = _read(bytes(data), reused)
@@ -144,14 +186,10 @@ def transcode(data: bytes) -> tuple[str, str]:
     return class_name, _dumps(document)
 
 
-def record_to_json(data: bytes) -> tuple[str, str]:
-    """``(class name, JSON text)`` of any record; never raises.
-
-    A record :func:`transcode` rejects gets ``{"@unknown": "corrupt record", "error":
-    "..."}`` and the class name its class pickle gives, or ``""``.
-    """
+def _record_to_json(data: bytes) -> tuple[str, str]:
+    """:func:`record_to_json` in Python."""
     try:
-        return transcode(data)
+        return _transcode(data)
     except Exception as exc:
         try:
             class_name = class_name_of(data)

@@ -82,6 +82,17 @@ def _reject(token: str):
     raise AssertionError(f"invalid JSON token {token}")
 
 
+def damaged(record: bytes, data) -> bytes:
+    """``record`` with one to three bytes changed and maybe cut short (``data``: a
+    hypothesis ``st.data()``)."""
+    from hypothesis import strategies as st
+    changed = bytearray(record)
+    for _ in range(data.draw(st.integers(1, 3))):
+        at = data.draw(st.integers(0, len(changed) - 1))
+        changed[at] = data.draw(st.integers(0, 255))
+    return bytes(changed[:data.draw(st.integers(1, len(changed)))])
+
+
 def pickled(klass: type, state: object, protocol: int) -> bytes:
     """A record of ``klass`` and ``state`` pickled with ``protocol`` by one pickler, as
     ZODB writes records (one memo for both pickles)."""

@@ -91,6 +91,29 @@ def test_commits_keep_the_mirror_current_and_pack_removes_documents(mirrored):
     assert mirrored.query_data(dee, "dee@example.net") == [(0,)]
 
 
+class Person(Item):
+    """What Item objects become in a migration."""
+
+
+def test_a_document_follows_a_change_of_class(mirrored):
+    rows = "SELECT class_name, state->>'email' FROM amphora_objects WHERE oid = %s"
+    with mirrored.transaction() as conn:
+        bob = conn.root()["Bob"]
+        bob.__class__ = Person  # a migration: the next record names the new class
+        bob._p_changed = True
+        ann = conn.root()["Ann"]
+        ann.email = "ann@example.com"  # the same class: the other statement
+        oids = [int.from_bytes(obj._p_oid, "big") for obj in (bob, ann)]
+    assert mirrored.query_data(rows, oids[0]) == [(f"{__name__}.Person", "bob@example.org")]
+    assert mirrored.query_data(rows, oids[1]) == [("conformance.models.Item",
+                                                   "ann@example.com")]
+    with mirrored.transaction() as conn:
+        conn.root()["Bob"].__class__ = Item
+        conn.root()["Bob"].email = "bob@example.com"
+    assert mirrored.query_data(rows, oids[0]) == [("conformance.models.Item",
+                                                   "bob@example.com")]
+
+
 def test_a_search_from_an_older_snapshot_leaves_out_objects_it_cannot_see(mirrored):
     manager = transaction.TransactionManager()
     old = mirrored.open(manager)

@@ -84,14 +84,13 @@ _NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}\Z")
 def _upsert_documents(conn: Any, rows: Sequence[tuple[int, int, bytes]]) -> None:
     """Write the documents of ``(oid, tid, data)`` rows (a newer document is never
     replaced by an older one)."""
-    from amphora.jsonpickle import record_to_json
-    oids, tids, classes, states = [], [], [], []
-    for key, tid, data in rows:
-        class_name, state = record_to_json(bytes(data))
-        oids.append(key)
-        tids.append(tid)
-        classes.append(class_name)
-        states.append(state)  # jsonpickle never writes \u0000, which jsonb refuses
+    from amphora.jsonpickle import records_to_json
+    if not rows:
+        return
+    oids = [key for key, _, _ in rows]
+    tids = [tid for _, tid, _ in rows]
+    # jsonpickle never writes \u0000, which jsonb refuses
+    classes, states = map(list, zip(*records_to_json([data for _, _, data in rows])))
     joined = _SEPARATOR.join(classes)
     if len(rows) > 1 and "" not in classes and joined.count(_SEPARATOR) == len(rows) - 1:
         conn.execute(_UPSERT_DOCUMENTS, [oids, tids, joined, _SEPARATOR.join(states)])
