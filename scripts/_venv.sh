@@ -4,9 +4,9 @@
 #   ensure_venv ""       # the package alone
 #   ensure_venv test     # the package and its test dependencies
 #
-# pip runs only when pyproject.toml, the Python version or the extras changed since the
-# last successful install (a stamp file in .venv records them). The install is editable,
-# so edits to the sources need no reinstall.
+# pip runs only when pyproject.toml, setup.py, the C source, the Python version or the
+# extras changed since the last successful install (a stamp file in .venv records them).
+# The install is editable, so edits to the Python sources need no reinstall.
 
 ensure_python_venv() {
     # Debian ships the venv module without ensurepip (package python3-venv).
@@ -46,7 +46,9 @@ ensure_venv() {
     fi
 
     local want stamp
-    want="$( { cat pyproject.toml; .venv/bin/python -VV; } | sha256sum | cut -d' ' -f1)"
+    # The C fast path (src/amphora/*.c) is built by the install: a change to it reinstalls.
+    want="$( { cat pyproject.toml setup.py src/amphora/*.c; .venv/bin/python -VV; } \
+             | sha256sum | cut -d' ' -f1)"
     # The test install is a superset of the plain one.
     for stamp in ".venv/.amphora-installed-${extras:-base}" .venv/.amphora-installed-test; do
         if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
