@@ -6,10 +6,15 @@ and answers (:data:`~amphora.server.protocol.RESOLVE`); the vote goes on with th
 record, the commit lock held all along, so a hot object costs one round trip per conflict
 instead of a commit sent again (see :mod:`amphora.storage.client`).
 
-Threads: the event loop does all network I/O. Storage calls that may block run in a
-shared thread pool (reads) or, for one client's two-phase commit, in that client's own
+Threads: the event loop does all network I/O. On a storage in this process (not
+``is_remote``: SQLite, memory) the short requests are answered right in the event loop,
+a hand-off to a thread and back costing more than they do: reading a few records, the
+last tid, ``sync``, and ``tpc_finish`` (one SQLite ``COMMIT``, made while the commit
+lock is held: a thread hop there would lengthen every commit's hold). Other storage calls
+run in a shared thread pool (reads) or, for one client's vote, in that client's own
 commit thread, so that ``tpc_begin`` waiting for the storage's commit lock (another client
-is committing) stalls no one else. Commits of different clients serialize in the storage.
+is committing) or a vote waiting for the client's merge stalls no one else. Commits of
+different clients serialize in the storage.
 
 Ordering: the storage calls the server back inside ``tpc_finish`` (``func(tid)``, under
 its commit lock) and, for commits made elsewhere, through ``invalidate(tid, oids)``. Both
@@ -45,6 +50,13 @@ _ITERATE_LIMIT = 1000              # transactions per ITERATE reply
 _AHEAD_LIMIT = 2000                # records per LOAD_AHEAD reply
 _WATCH_INTERVAL = 0.1              # seconds between looks for other processes' commits
 _RESOLVE_TIMEOUT = 60.0            # seconds a vote waits for a client's merge
+_MAX_MERGES = 1000                 # conflicts merged in one vote before giving up
+_INLINE_MANY = 64                  # a load_many of up to this many oids is short
+# requests answered in the event loop when the storage is in this process (not NEW_OIDS:
+# reserving a block waits for SQLite's write lock, which a voted commit holds until its
+# FINISH, which the event loop runs)
+_SHORT = frozenset({p.LOAD_BEFORE, p.LOAD_SERIAL, p.LAST_TRANSACTION, p.SYNC,
+                    p.PACKED_THROUGH})
 
 
 def _check_oid(value: Any, what: str = "an oid") -> bytes:
@@ -81,20 +93,38 @@ def _references(data: bytes) -> list[bytes]:
         return []
 
 
+class _MergeWanted(Exception):
+    """Raised through a vote: the client must merge ``oid`` (``states``: the committed
+    and the read record) before the vote can succeed."""
+
+    def __init__(self, oid: bytes, committed: bytes, old: bytes, states: list[bytes]):
+        super().__init__(oid, committed, old)
+        self.oid, self.committed, self.old, self.states = oid, committed, old, states
+
+
 class _Commit(TransactionMetaData):
     """A client's transaction on the served storage; the storage asks it to resolve its
-    write conflicts (see :meth:`amphora.storage.base.StorageBase._check_conflicts`)."""
+    write conflicts (see :meth:`amphora.storage.base.StorageBase._check_conflicts`).
 
-    def __init__(self, session: "_Session", request_id: int, user: Any, description: Any,
-                 extension: Any):
+    A conflict it has no merge for yet fails the vote with :class:`_MergeWanted`, and the
+    server votes again once the client answered: nothing waits for the network inside
+    the storage's vote (which may hold locks its readers need)."""
+
+    def __init__(self, user: Any, description: Any, extension: Any):
         super().__init__(user, description, extension)
-        self.session = session
-        self.request_id = request_id
+        self.merges: dict[tuple[bytes, bytes], bytes | None] = {}  # (oid, committed) ->
 
     def resolve_conflict(self, oid: bytes, committed: bytes, old: bytes, data: bytes,
                          load_serial: Callable[[bytes, bytes], bytes]) -> bytes | None:
-        return self.session.resolve_conflict(self.request_id, oid, committed, old,
-                                             load_serial)
+        key = (oid, committed)
+        if key in self.merges:
+            return self.merges[key]
+        try:
+            states = [load_serial(oid, committed), load_serial(oid, old)]
+        except Exception as exc:  # the state read is gone (packed): a plain conflict
+            log.debug("no states to resolve oid %s: %s", oid.hex(), exc)
+            return None
+        raise _MergeWanted(oid, committed, old, states)
 
 
 class _Served:
@@ -107,6 +137,8 @@ class _Served:
         self.sessions: set[_Session] = set()
         self.lock = asyncio.Lock()
         self.packed_to = z64  # packs made here: changes before cannot be enumerated
+        #: short requests are answered in the event loop (see the module docstring)
+        self.inline = not getattr(storage, "is_remote", True)
         storage.registerDB(self)
         self.watcher = asyncio.get_running_loop().create_task(self.watch())
 
@@ -178,6 +210,7 @@ class _Session(asyncio.Protocol):
         self.committer: concurrent.futures.ThreadPoolExecutor | None = None
         self.resolving: tuple[int, concurrent.futures.Future] | None = None  # asked
         self.txn: TransactionMetaData | None = None  # begun on the storage
+        self.voted = False  # self.txn voted: FINISH may come
         self.commit_jobs = 0
         self.peer = "?"
         self.handshake_timer: asyncio.TimerHandle | None = None
@@ -251,21 +284,15 @@ class _Session(asyncio.Protocol):
         else:
             self.transport.write(frame)
 
-    def resolve_conflict(self, request_id: int, oid: bytes, committed: bytes, old: bytes,
-                         load_serial: Callable[[bytes, bytes], bytes]) -> bytes | None:
+    def ask_merge(self, request_id: int, wanted: _MergeWanted) -> bytes | None:
         """Ask the client to merge a write conflict and wait for its answer (in the
         commit thread, the storage's commit lock held); None: not merged."""
-        try:
-            states = [load_serial(oid, committed), load_serial(oid, old)]
-        except Exception as exc:  # the state read is gone (packed): a plain conflict
-            log.debug("no states to resolve oid %s: %s", oid.hex(), exc)
-            return None
         answer: concurrent.futures.Future = concurrent.futures.Future()
         self.resolving = (request_id, answer)
         if self.closed:
             return None
-        self.loop.call_soon_threadsafe(
-            self.send, [p.RESOLVE, request_id, oid, committed, old, *states])
+        self.loop.call_soon_threadsafe(self.send, [
+            p.RESOLVE, request_id, wanted.oid, wanted.committed, wanted.old, *wanted.states])
         try:
             merged = answer.result(self.server.resolve_timeout)
         except concurrent.futures.TimeoutError:
@@ -315,6 +342,16 @@ class _Session(asyncio.Protocol):
                        f"{self.served.name} is served read-only", {}])
             return
         handler = getattr(self, f"do_{method}")
+        if self.served.inline and (method in _SHORT or method == p.LOAD_MANY and len(
+                args) == 2 and isinstance(args[0], list) and len(args[0]) <= _INLINE_MANY
+                or method == p.FINISH and not self.commit_jobs):
+            future = self.loop.create_future()
+            try:
+                future.set_result(handler(request_id, *args))
+            except Exception as exc:
+                future.set_exception(exc)
+            self.answer(request_id, method, future, inline=True)
+            return
         if method in (p.COMMIT, p.FINISH, p.ABORT):
             if self.server.stopping and method == p.COMMIT:
                 self.send([p.ERROR, request_id, "StorageError", "the server is stopping", {}])
@@ -329,9 +366,11 @@ class _Session(asyncio.Protocol):
         future = self.loop.run_in_executor(executor, handler, request_id, *args)
         future.add_done_callback(lambda done: self.answer(request_id, method, done))
 
-    def answer(self, request_id: int, method: str, done: asyncio.Future) -> None:
+    def answer(self, request_id: int, method: str, done: asyncio.Future,
+               inline: bool = False) -> None:
         if method in (p.COMMIT, p.FINISH, p.ABORT):
-            self.commit_jobs -= 1
+            if not inline:
+                self.commit_jobs -= 1
             self.server.commit_done()
         exc = done.exception()
         if exc is not None:
@@ -505,11 +544,12 @@ class _Session(asyncio.Protocol):
     def do_commit(self, request_id: int, meta: list, tid: bytes | None, records: dict,
                   serials: dict, checks: dict) -> None:
         storage = self.served.storage
+        self.voted = False
         if self.txn is not None:  # a commit the client gave up on
             storage.tpc_abort(self.txn)
             self.txn = None
         user, description, extension = meta
-        txn = _Commit(self, request_id, user, description, extension)
+        txn = _Commit(user, description, extension)
         if tid is None:
             storage.tpc_begin(txn)
         else:
@@ -519,17 +559,27 @@ class _Session(asyncio.Protocol):
             storage.store_many(records, serials, txn)
             for oid, serial in checks.items():
                 storage.checkCurrentSerialInTransaction(oid, serial, txn)
-            storage.tpc_vote(txn)
+            for _ in range(_MAX_MERGES):
+                try:
+                    storage.tpc_vote(txn)
+                    break
+                except _MergeWanted as wanted:  # the vote undid what it did; asked, again
+                    txn.merges[wanted.oid, wanted.committed] = self.ask_merge(request_id,
+                                                                              wanted)
+            else:
+                raise errors.ConflictError("conflicts kept coming while resolving them")
         except BaseException:
             self.txn = None
             storage.tpc_abort(txn)
             raise
         txn.set_data(self, (user, description, extension, list(records)))
+        self.voted = True
 
     def do_finish(self, request_id: int) -> bytes:
         txn = self.txn
-        if txn is None:
+        if txn is None or not self.voted:
             raise errors.StorageTransactionError("no voted transaction to finish")
+        self.voted = False
         served = self.served
         user, description, extension, oids = txn.data(self)
         call = self.loop.call_soon_threadsafe
@@ -545,6 +595,7 @@ class _Session(asyncio.Protocol):
 
     def do_abort(self, request_id: int) -> None:
         txn, self.txn = self.txn, None
+        self.voted = False
         if txn is not None:
             self.served.storage.tpc_abort(txn)
 

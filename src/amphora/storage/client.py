@@ -37,7 +37,6 @@ import asyncio
 import concurrent.futures
 import itertools
 import logging
-import queue
 import ssl
 import threading
 from typing import Any, Callable, Iterable, Iterator
@@ -86,33 +85,6 @@ def _remote_error(name: str, message: str, details: Any) -> Exception:
     if issubclass(klass, errors.ObjectNotFoundError):
         return klass(details.get("oid"))
     return klass(message)
-
-
-class _Exchange:
-    """The answer to a request the server may ask questions about first (a commit's
-    conflicts): what comes for it, in order, for the calling thread to take."""
-
-    def __init__(self) -> None:
-        self._queue: queue.SimpleQueue = queue.SimpleQueue()
-        self._done = False
-
-    def done(self) -> bool:
-        return self._done
-
-    def ask(self, question: list) -> None:
-        self._queue.put((question, None, None))
-
-    def set_result(self, result: Any) -> None:
-        self._done = True
-        self._queue.put((None, result, None))
-
-    def set_exception(self, error: BaseException) -> None:
-        self._done = True
-        self._queue.put((None, None, error))
-
-    def take(self) -> tuple[list | None, Any, BaseException | None]:
-        """``(question, None, None)``, then ``(None, result, error)``."""
-        return self._queue.get()
 
 
 class _Protocol(asyncio.Protocol):
@@ -194,7 +166,9 @@ class ClientStorage(StorageBase):
         self._ltid = z64
         self._welcomed_once = False
         self._server_read_only = False
-        self._requests: dict[int, tuple[concurrent.futures.Future, Callable | None]] = {}
+        # request id -> (its future, its handler, what answers the server's questions)
+        self._requests: dict[int, tuple[concurrent.futures.Future, Callable | None,
+                                        Callable | None]] = {}
         self._ids = itertools.count(1)  # next() is atomic: no lock needed
         self._oid_lock = threading.Lock()
         self._connection: _Protocol | None = None
@@ -292,7 +266,7 @@ class ClientStorage(StorageBase):
         self._connection = None
         self._lost.set()
         requests, self._requests = self._requests, {}
-        for future, _ in requests.values():
+        for future, _, _ in requests.values():
             if not future.done():
                 future.set_exception(ClientDisconnected("the connection to the server broke"))
 
@@ -300,7 +274,7 @@ class ClientStorage(StorageBase):
         entry = self._requests.pop(request_id, None)
         if entry is None:
             return
-        future, handler = entry
+        future, handler, _ = entry
         if error is not None:
             future.set_exception(error)
             return
@@ -327,22 +301,28 @@ class ClientStorage(StorageBase):
                 wrapper.invalidateCache()
 
     def _asked(self, request_id: int, question: list) -> None:
+        """The server asks about request ``request_id`` (a commit's conflict): answered
+        here, in the I/O thread, because the server holds its commit lock meanwhile and a
+        hand-off to the waiting thread and back would lengthen that."""
         entry = self._requests.get(request_id)
-        if entry is not None and isinstance(entry[0], _Exchange):
-            entry[0].ask(question)
-
-    def _answer(self, request_id: int, answer: bytes | None) -> None:
+        answer = None
+        if entry is not None and entry[2] is not None:
+            try:
+                answer = entry[2](*question)
+            except Exception:  # a merge that fails is a conflict, never a broken connection
+                log.exception("answering the server failed")
         connection = self._connection
         if connection is not None and not connection.lost:
             connection.transport.write(p.encode([p.RESOLVED, request_id, answer]))
 
     def _send(self, request_id: int, method: str, args: list,
-              future: concurrent.futures.Future, handler: Callable | None) -> None:
+              future: concurrent.futures.Future, handler: Callable | None,
+              questions: Callable | None) -> None:
         connection = self._connection
         if connection is None or connection.lost:
             future.set_exception(ClientDisconnected("not connected to the server"))
             return
-        self._requests[request_id] = (future, handler)
+        self._requests[request_id] = (future, handler, questions)
         connection.transport.write(p.encode([p.REQUEST, request_id, method, args]))
 
     # -- calls (in any thread) -----------------------------------------------------------
@@ -350,25 +330,17 @@ class ClientStorage(StorageBase):
               questions: Callable[..., Any] | None = None) -> Any:
         """Send one request and wait for its answer; ``handler(result)`` runs in the I/O
         thread, in order with the pushes, before the caller gets the result;
-        ``questions(*question)`` answers, in this thread, what the server asks first."""
+        ``questions(*question)`` answers, in the I/O thread, what the server asks first."""
         if self._closed:
             raise StorageError(f"{self.__name__} is closed")
         if not self._ready.is_set() and not self._ready.wait(self.wait_timeout):
             raise ClientDisconnected(
                 f"{self._host}:{self._port} unreachable for {self.wait_timeout} s")
-        future: Any = concurrent.futures.Future() if questions is None else _Exchange()
+        future: concurrent.futures.Future = concurrent.futures.Future()
         request_id = next(self._ids)
         self._loop.call_soon_threadsafe(self._send, request_id, method, list(args), future,
-                                        handler)
-        if questions is None:
-            return future.result()
-        while True:
-            question, result, error = future.take()
-            if question is None:
-                if error is not None:
-                    raise error
-                return result
-            self._loop.call_soon_threadsafe(self._answer, request_id, questions(*question))
+                                        handler, questions)
+        return future.result()
 
     # -- reading --------------------------------------------------------------------
     def lastTransaction(self) -> bytes:
@@ -549,7 +521,7 @@ class ClientStorage(StorageBase):
         asked: set[bytes] = set()
 
         def merge(oid: bytes, committed: bytes, old: bytes, committed_data: bytes,
-                  old_data: bytes) -> bytes | None:
+                  old_data: bytes) -> bytes | None:  # in the I/O thread; this one waits
             asked.add(oid)
             data = records.get(oid)
             if data is None or not self._resolve_conflicts:
