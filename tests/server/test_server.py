@@ -414,3 +414,31 @@ def test_a_stale_client_merges_in_one_commit_request(stale_counter):
     conn.close()
     other.close()
     assert counter_value(server.address) == 115
+
+
+# -- cold reads -------------------------------------------------------------------------------
+
+def test_a_cold_walk_of_a_tree_of_a_thousand_objects_takes_one_read_round_trip(servers):
+    """The first load brings the records the root refers to, and theirs (breadth first,
+    up to 2000); the connection's batched loads of the tree's objects are answered from
+    them, exactly as the server would answer."""
+    from BTrees.OOBTree import OOBTree
+    from persistent.mapping import PersistentMapping
+    server = servers("memory://")
+    db = amphora.open(f"amphora://{server.address}")
+    with db.transaction() as conn:
+        conn.root()["tree"] = tree = OOBTree()
+        for i in range(1000):
+            tree[f"k{i:04d}"] = PersistentMapping(n=i)
+    db.close()
+    db = amphora.open(f"amphora://{server.address}")
+    sent: list[str] = []
+    storage = db.storage
+    call = storage._call
+    storage._call = lambda method, *args, **kwargs: (sent.append(method),
+                                                     call(method, *args, **kwargs))[1]
+    with db.transaction() as conn:
+        assert sum(item["n"] for item in conn.root()["tree"].values()) == sum(range(1000))
+    db.close()
+    reads = [method for method in sent if method not in (p.SYNC, p.LAST_TRANSACTION)]
+    assert reads == [p.LOAD_AHEAD]

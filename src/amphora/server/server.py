@@ -25,12 +25,14 @@ reply that could reveal it.
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import hmac
 import logging
 import re
 import signal
 import ssl
+import threading
 from typing import Any, Callable
 
 from amphora import errors
@@ -48,6 +50,7 @@ _HELLO_LIMIT = 64 * 1024           # the largest frame accepted before the hands
 _CHANGES_LIMIT = 10000             # transactions sent at reconnection, beyond: reset
 _ITERATE_LIMIT = 1000              # transactions per ITERATE reply
 _AHEAD_LIMIT = 2000                # records per LOAD_AHEAD reply
+_REFERENCES_KEPT = 100_000         # records whose references are remembered, per storage
 _WATCH_INTERVAL = 0.1              # seconds between looks for other processes' commits
 _RESOLVE_TIMEOUT = 60.0            # seconds a vote waits for a client's merge
 _MAX_MERGES = 1000                 # conflicts merged in one vote before giving up
@@ -91,6 +94,29 @@ def _references(data: bytes) -> list[bytes]:
         return references(data)
     except errors.CorruptRecordError:
         return []
+
+
+class _References:
+    """The references of records read ahead, remembered by ``(oid, tid)`` (a record
+    never changes once written): scanning a pickle costs more than reading it, and cold
+    clients walk the same records. The oldest are forgotten beyond ``limit``."""
+
+    def __init__(self, limit: int = _REFERENCES_KEPT):
+        self.limit = limit
+        self._kept: collections.OrderedDict[tuple[bytes, bytes], list[bytes]] = \
+            collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    def of(self, oid: bytes, tid: bytes, data: bytes) -> list[bytes]:
+        key = (oid, tid)
+        found = self._kept.get(key)
+        if found is None:
+            found = _references(data)
+            with self._lock:
+                self._kept[key] = found
+                if len(self._kept) > self.limit:
+                    self._kept.popitem(last=False)
+        return found
 
 
 class _MergeWanted(Exception):
@@ -139,6 +165,7 @@ class _Served:
         self.packed_to = z64  # packs made here: changes before cannot be enumerated
         #: short requests are answered in the event loop (see the module docstring)
         self.inline = not getattr(storage, "is_remote", True)
+        self.scanned = _References()  # the references of records read ahead
         storage.registerDB(self)
         self.watcher = asyncio.get_running_loop().create_task(self.watch())
 
@@ -460,6 +487,7 @@ class _Session(asyncio.Protocol):
         before = _check_oid(before, "a tid")
         limit = max(1, min(int(limit), _AHEAD_LIMIT))
         storage = self.served.storage
+        references_of = self.served.scanned.of
         level = storage.load_many([_check_oid(oid) for oid in oids[:limit]], before)
         result: dict[bytes, list] = {}
         while level:
@@ -467,8 +495,8 @@ class _Session(asyncio.Protocol):
                 result[oid] = [oid, data, start, end, True]
             wanted: list[bytes] = []
             expanded = []
-            for oid, (data, _, _) in level.items():
-                refs = [ref for ref in _references(data) if ref not in result]
+            for oid, (data, start, _) in level.items():
+                refs = [ref for ref in references_of(oid, start, data) if ref not in result]
                 if len(result) + len(wanted) + len(refs) > limit:
                     break
                 wanted.extend(refs)

@@ -415,12 +415,30 @@ class ClientStorage(StorageBase):
 
     def load_many(self, oids: Iterable[bytes], before: bytes
                   ) -> dict[bytes, tuple[bytes, bytes, bytes | None]]:
-        """One round trip for all of ``oids``."""
+        """The records read ahead (see :meth:`loadBefore`) and, in one round trip per
+        2000, the others, with what they refer to read ahead."""
         oids = list(oids)
         if not oids:
             return {}
-        return {oid: (data, start, end)
-                for oid, data, start, end in self._call(p.LOAD_MANY, oids, before)}
+        if not self._load_ahead:
+            return {oid: (data, start, end)
+                    for oid, data, start, end in self._call(p.LOAD_MANY, oids, before)}
+        found = {}
+        missing = []
+        for oid in oids:
+            record = self._take_ahead(oid, before)
+            if record is None:
+                missing.append(oid)
+            else:
+                found[oid] = record
+        for start in range(0, len(missing), _AHEAD):
+            chunk = missing[start:start + _AHEAD]
+            answers = self._read_ahead(chunk, before)
+            for oid in chunk:  # the answers, as a load_many now would give them
+                record = self._take_ahead(oid, before) or answers.get(oid)
+                if record is not None:
+                    found[oid] = record
+        return found
 
     def loadSerial(self, oid: bytes, serial: bytes) -> bytes:
         return self._call(p.LOAD_SERIAL, oid, serial)
