@@ -13,6 +13,11 @@ Cases, each a list of distinct records written by amphora's ObjectWriter:
 ``mixed``   a larger state: 40 attributes of strings, numbers, floats, nested dicts and
             lists, tuples, sets, datetimes, dates, ``Decimal``, bytes and references
 
+``jsonpickle`` is ``record_to_json`` as the mirror calls it: the C fast path when amphora
+was built with it (``amphora.jsonpickle.COMPILED``), the Python transcoder for the records
+the fast path leaves to it; ``python`` is the Python transcoder alone; ``fast`` is the share
+of the case's records the fast path took.
+
 The yardstick does what the transcoder avoids: unpickles the record with the classes
 imported (``pickle.Unpickler``, references read as their oid) and ``json.dumps`` the state
 (with a ``default`` for bytes, sets, dates and objects). Times are the best of
@@ -40,6 +45,7 @@ from typing import Any, Callable
 from BTrees.OOBTree import OOBucket
 from persistent import Persistent
 
+from amphora import jsonpickle
 from amphora.jsonpickle import record_to_json
 from amphora.serialize import ObjectWriter
 
@@ -182,16 +188,22 @@ def main(argv: list[str] | None = None) -> None:
         profiler.runcall(lambda: [record_to_json(data) for data in records * 20])
         pstats.Stats(profiler).sort_stats("tottime").print_stats(12)
         return
+    print(f"C fast path built: {jsonpickle.COMPILED}")
     print(f"{'case':8} {'record bytes':>12} {'json bytes':>10} {'jsonpickle µs':>14} "
-          f"{'yardstick µs':>13} {'ratio':>6}")
+          f"{'python µs':>10} {'fast':>5} {'yardstick µs':>13} {'ratio':>6}")
     for name in names:
         records = CASES[name](args.records, rnd)
         ours = best_us(record_to_json, records, args.repeat)
+        python = best_us(jsonpickle._record_to_json, records, args.repeat)
         theirs = best_us(yardstick, records, args.repeat)
         size = sum(map(len, records)) // len(records)
         text = sum(len(record_to_json(data)[1].encode()) for data in records) // len(records)
-        print(f"{name:8} {size:12d} {text:10d} {ours:14.2f} {theirs:13.2f} "
-              f"{ours / theirs:6.2f}")
+        fast = 0.0
+        if jsonpickle.COMPILED:
+            from amphora._transcoder import transcode
+            fast = sum(transcode(data) is not None for data in records) / len(records)
+        print(f"{name:8} {size:12d} {text:10d} {ours:14.2f} {python:10.2f} {fast:5.0%} "
+              f"{theirs:13.2f} {ours / theirs:6.2f}")
         if name == "small":
             share = ours * 1000 / 1000 / COMMIT_MS * 100
             print(f"{'':8} share of a 1000-object commit ({COMMIT_MS} ms): {share:.0f}%")
