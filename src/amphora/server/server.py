@@ -7,14 +7,17 @@ record, the commit lock held all along, so a hot object costs one round trip per
 instead of a commit sent again (see :mod:`amphora.storage.client`).
 
 Threads: the event loop does all network I/O. On a storage in this process (not
-``is_remote``: SQLite, memory) the short requests are answered right in the event loop,
-a hand-off to a thread and back costing more than they do: reading a few records, the
-last tid, ``sync``, and ``tpc_finish`` (one SQLite ``COMMIT``, made while the commit
-lock is held: a thread hop there would lengthen every commit's hold). Other storage calls
-run in a shared thread pool (reads) or, for one client's vote, in that client's own
-commit thread, so that ``tpc_begin`` waiting for the storage's commit lock (another client
-is committing) or a vote waiting for the client's merge stalls no one else. Commits of
-different clients serialize in the storage.
+``is_remote``: SQLite, memory) it also makes the commits and answers the short reads, a
+hand-off to a thread and back costing more than they do and, while the commit lock is
+held, lengthening every commit's hold: commits wait for each other in an asyncio lock
+(FIFO), so ``tpc_begin`` never waits for the storage's own lock, and a vote waiting for
+the client's merge awaits it; packs take the same lock in the thread pool. (A SQLite file
+written by another process too can make ``BEGIN IMMEDIATE`` wait for it in the loop.)
+Reads that may be long (many records, reading ahead, history, iteration) run in a shared
+thread pool. On a remote storage (PostgreSQL) every storage call runs in a thread: reads
+in the pool, a client's commit in that client's own commit thread, where ``tpc_begin``
+waiting for the storage's commit lock, or a vote waiting for the client's merge, stalls
+no one else.
 
 Ordering: the storage calls the server back inside ``tpc_finish`` (``func(tid)``, under
 its commit lock) and, for commits made elsewhere, through ``invalidate(tid, oids)``. Both
@@ -166,6 +169,7 @@ class _Served:
         #: short requests are answered in the event loop (see the module docstring)
         self.inline = not getattr(storage, "is_remote", True)
         self.scanned = _References()  # the references of records read ahead
+        self.commit_lock = asyncio.Lock()  # commits and packs, when made in the event loop
         storage.registerDB(self)
         self.watcher = asyncio.get_running_loop().create_task(self.watch())
 
@@ -238,6 +242,8 @@ class _Session(asyncio.Protocol):
         self.resolving: tuple[int, concurrent.futures.Future] | None = None  # asked
         self.txn: TransactionMetaData | None = None  # begun on the storage
         self.voted = False  # self.txn voted: FINISH may come
+        self.locked = False  # holding served.commit_lock (commits made in the event loop)
+        self.commit_task: asyncio.Task | None = None  # commit_here under way
         self.commit_jobs = 0
         self.peer = "?"
         self.handshake_timer: asyncio.TimerHandle | None = None
@@ -287,6 +293,12 @@ class _Session(asyncio.Protocol):
                 txn = self.txn
                 await self.loop.run_in_executor(committer, served.storage.tpc_abort, txn)
             committer.shutdown(wait=False)
+        elif served is not None:
+            task = self.commit_task
+            if task is not None and not task.done():  # it ends: merges are not coming
+                await asyncio.wait([task])
+            if self.txn is not None or self.locked:
+                self.abort_commit()
         if served is not None:
             await self.server.release(served)
 
@@ -369,9 +381,13 @@ class _Session(asyncio.Protocol):
                        f"{self.served.name} is served read-only", {}])
             return
         handler = getattr(self, f"do_{method}")
+        if self.served.inline and method in (p.COMMIT, p.PACK) or method == p.ABORT \
+                and self.served.inline and self.commit_jobs:
+            self.serialize(request_id, method, args)
+            return
         if self.served.inline and (method in _SHORT or method == p.LOAD_MANY and len(
                 args) == 2 and isinstance(args[0], list) and len(args[0]) <= _INLINE_MANY
-                or method == p.FINISH and not self.commit_jobs):
+                or method in (p.FINISH, p.ABORT) and not self.commit_jobs):
             future = self.loop.create_future()
             try:
                 future.set_result(handler(request_id, *args))
@@ -392,6 +408,32 @@ class _Session(asyncio.Protocol):
             executor = self.server.pool
         future = self.loop.run_in_executor(executor, handler, request_id, *args)
         future.add_done_callback(lambda done: self.answer(request_id, method, done))
+
+    def serialize(self, request_id: int, method: str, args: list) -> None:
+        """COMMIT, PACK, and an ABORT that comes during a commit, on a storage in this
+        process: in the event loop, one writer at a time (see :meth:`commit_here`)."""
+        if self.server.stopping and method == p.COMMIT:
+            self.send([p.ERROR, request_id, "StorageError", "the server is stopping", {}])
+            return
+        if method == p.PACK:
+            task = self.loop.create_task(self.pack_here(request_id, *args))
+        elif method == p.ABORT:
+            task = self.loop.create_task(self.abort_after(self.commit_task))
+            self.commit_jobs += 1
+        else:
+            task = self.commit_task = self.loop.create_task(
+                self.commit_here(request_id, *args))
+            self.commit_jobs += 1
+        task.add_done_callback(lambda done: self.answer(request_id, method, done))
+
+    async def pack_here(self, request_id: int, *args: Any) -> None:
+        async with self.served.commit_lock:  # no commit begins meanwhile
+            await self.loop.run_in_executor(self.server.pool, self.do_pack, request_id, *args)
+
+    async def abort_after(self, task: asyncio.Task | None) -> None:
+        if task is not None and not task.done():
+            await asyncio.wait([task])
+        self.abort_commit()
 
     def answer(self, request_id: int, method: str, done: asyncio.Future,
                inline: bool = False) -> None:
@@ -569,13 +611,56 @@ class _Session(asyncio.Protocol):
     def do_new_oids(self, request_id: int, count: int) -> list:
         return self.served.storage.new_oids(max(1, min(int(count), 65536)))
 
-    def do_commit(self, request_id: int, meta: list, tid: bytes | None, records: dict,
-                  serials: dict, checks: dict) -> None:
+    def do_commit(self, request_id: int, *args: Any) -> None:
+        """A whole commit up to its vote, in the client's commit thread."""
+        txn = self.begin_commit(*args)
+        for _ in range(_MAX_MERGES):
+            wanted = self.vote(txn)
+            if wanted is None:
+                return
+            txn.merges[wanted.oid, wanted.committed] = self.ask_merge(request_id, wanted)
+        self.abort_commit()
+        raise errors.ConflictError("conflicts kept coming while resolving them")
+
+    async def commit_here(self, request_id: int, *args: Any) -> None:
+        """A whole commit up to its vote, in the event loop (a storage in this process):
+        commits wait for each other in ``served.commit_lock``, so ``tpc_begin`` finds the
+        storage's own commit lock free and never blocks the loop."""
+        await self.served.commit_lock.acquire()
+        self.locked = True
+        try:
+            if self.closed:
+                raise errors.StorageError("the client left")
+            txn = self.begin_commit(*args)
+        except BaseException:
+            self.unlock()
+            raise
+        for _ in range(_MAX_MERGES):
+            wanted = self.vote(txn)
+            if wanted is None:
+                return
+            answer = self.loop.create_future()
+            self.resolving = (request_id, answer)
+            merged = None
+            if not self.closed:
+                self.send([p.RESOLVE, request_id, wanted.oid, wanted.committed, wanted.old,
+                           *wanted.states])
+                try:
+                    merged = await asyncio.wait_for(answer, self.server.resolve_timeout)
+                except asyncio.TimeoutError:
+                    log.warning("%s did not answer a conflict in time", self.peer)
+            self.resolving = None
+            txn.merges[wanted.oid, wanted.committed] = merged if type(merged) is bytes else None
+        self.abort_commit()
+        raise errors.ConflictError("conflicts kept coming while resolving them")
+
+    def begin_commit(self, meta: list, tid: bytes | None, records: dict, serials: dict,
+                     checks: dict) -> _Commit:
         storage = self.served.storage
-        self.voted = False
         if self.txn is not None:  # a commit the client gave up on
             storage.tpc_abort(self.txn)
             self.txn = None
+        self.voted = False
         user, description, extension = meta
         txn = _Commit(user, description, extension)
         if tid is None:
@@ -587,21 +672,39 @@ class _Session(asyncio.Protocol):
             storage.store_many(records, serials, txn)
             for oid, serial in checks.items():
                 storage.checkCurrentSerialInTransaction(oid, serial, txn)
-            for _ in range(_MAX_MERGES):
-                try:
-                    storage.tpc_vote(txn)
-                    break
-                except _MergeWanted as wanted:  # the vote undid what it did; asked, again
-                    txn.merges[wanted.oid, wanted.committed] = self.ask_merge(request_id,
-                                                                              wanted)
-            else:
-                raise errors.ConflictError("conflicts kept coming while resolving them")
         except BaseException:
-            self.txn = None
-            storage.tpc_abort(txn)
+            self.abort_commit()
             raise
         txn.set_data(self, (user, description, extension, list(records)))
+        return txn
+
+    def vote(self, txn: _Commit) -> _MergeWanted | None:
+        """Vote; the conflict the client must merge first, if any (the vote undid what
+        it did and is made again with the merge). Other failures abort."""
+        try:
+            self.served.storage.tpc_vote(txn)
+        except _MergeWanted as wanted:
+            return wanted
+        except BaseException:
+            self.abort_commit()
+            raise
         self.voted = True
+        return None
+
+    def abort_commit(self) -> None:
+        txn, self.txn = self.txn, None
+        self.voted = False
+        try:
+            if txn is not None:
+                self.served.storage.tpc_abort(txn)
+        finally:
+            self.unlock()
+
+    def unlock(self) -> None:
+        """Let the next commit in (``served.commit_lock``, taken by :meth:`commit_here`)."""
+        if self.locked:
+            self.locked = False
+            self.served.commit_lock.release()
 
     def do_finish(self, request_id: int) -> bytes:
         txn = self.txn
@@ -620,12 +723,10 @@ class _Session(asyncio.Protocol):
             return served.storage.tpc_finish(txn, finished)
         finally:
             self.txn = None
+            self.unlock()
 
     def do_abort(self, request_id: int) -> None:
-        txn, self.txn = self.txn, None
-        self.voted = False
-        if txn is not None:
-            self.served.storage.tpc_abort(txn)
+        self.abort_commit()
 
     def do_pack(self, request_id: int, pack_time: float, gc: bool) -> None:
         storage = self.served.storage
