@@ -133,12 +133,12 @@ class MirrorMixin(MirrorBase):
         return self._where
 
     def _last_tid(self) -> int:
-        return self._mirror_admin(lambda conn: conn.execute(_LAST_TID).fetchone()[0])
+        return self._mirror_read(lambda conn: conn.execute(_LAST_TID).fetchone()[0])
 
     # -- state ------------------------------------------------------------------------
     def mirror_mode(self) -> str | None:
         """``"sync"``, ``"follow"`` or None (no mirror)."""
-        row = self._mirror_admin(lambda conn: conn.execute(_MIRROR_KEY).fetchone())
+        row = self._mirror_read(lambda conn: conn.execute(_MIRROR_KEY).fetchone())
         return row[0] if row is not None and row[0] in MODES else None
 
     def mirror_watermark(self) -> int:
@@ -149,7 +149,7 @@ class MirrorMixin(MirrorBase):
                 raise MirrorError(f"{self._where} {NO_MIRROR}")
             query = _LAST_TID if mode[0] == "sync" else _WATERMARK
             return conn.execute(query).fetchone()[0] or 0
-        return self._mirror_admin(read)
+        return self._mirror_read(read)
 
     def _mirror_commit(self, conn: Any, tid: int, rows: Sequence[tuple[int, bytes]],
                        found: tuple | None) -> None:
@@ -340,6 +340,17 @@ class MirrorMixin(MirrorBase):
             self._mirror_conns().add(holder)
         self._local.mirror_conn = holder
         return conn
+
+    def _mirror_read(self, work: Callable[[Any], Any]) -> Any:
+        """``work(conn)`` on the thread's search connection (kept: ``wait_for_mirror``
+        asks often)."""
+        conn = self._query_connection()
+        try:
+            return work(conn)
+        except self._psycopg.Error as exc:
+            if conn.broken:
+                self._local.mirror_conn = None
+            raise self._error(exc) from exc
 
     def _mirror_admin(self, work: Callable[[Any], Any]) -> Any:
         """``work(conn)`` on a new autocommit connection, closed afterwards."""
