@@ -34,8 +34,10 @@ def _env() -> dict[str, str]:
 class ServerProcess:
     """``python -m amphora serve URI --listen HOST:PORT ARGS...`` (PORT 0: a free one)."""
 
-    def __init__(self, uri: str, *args: str, port: int = 0, cwd: str | None = None):
+    def __init__(self, uri: str, *args: str, port: int = 0, cwd: str | None = None,
+                 program: list[str] | None = None):
         self.uri = uri
+        self.program = program or [sys.executable, "-m", "amphora"]
         self.args = list(args)
         self.host = "127.0.0.1"
         self.port = port
@@ -46,7 +48,7 @@ class ServerProcess:
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "amphora", "serve", self.uri,
+            [*self.program, "serve", self.uri,
              "--listen", f"{self.host}:{self.port}", *self.args],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(),
             cwd=self.cwd)

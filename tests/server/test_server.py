@@ -442,3 +442,37 @@ def test_a_cold_walk_of_a_tree_of_a_thousand_objects_takes_one_read_round_trip(s
     db.close()
     reads = [method for method in sent if method not in (p.SYNC, p.LAST_TRANSACTION)]
     assert reads == [p.LOAD_AHEAD]
+
+
+REMOTE_LIKE = [sys.executable, str(Path(__file__).resolve().parent / "serve_as_remote.py")]
+
+
+@pytest.mark.parametrize("program", [None, REMOTE_LIKE], ids=["in-loop", "threads"])
+def test_conflicts_merged_during_the_vote_with_commits_in_the_loop_or_in_threads(
+        servers, program):
+    """Both ways a server commits (in its event loop for a storage in the process, in
+    threads for a remote one): a stale writer's conflict is merged in its one commit
+    request, and a client that leaves while asked has its commit aborted."""
+    server = servers("memory://", program=program)
+    db = amphora.open(f"amphora://{server.address}")
+    with db.transaction() as conn:
+        conn.root()["counter"] = counter = Length(1)
+    oid, read = counter._p_oid, counter._p_serial
+    with db.transaction() as conn:
+        conn.root()["counter"].change(4)
+    leaving = RawClient(server)
+    commit = leaving.request(p.COMMIT, [b"", b"", b""], None, {oid: b"x"}, {oid: read}, {})
+    assert leaving.next()[:2] == [p.RESOLVE, commit]
+    leaving.close()
+    other = amphora.open(f"amphora://{server.address}")
+    conn = other.open()
+    stale = conn.root()["counter"]
+    stale()
+    with db.transaction() as mine:  # after `other` read it
+        mine.root()["counter"].change(10)
+    stale.change(100)
+    conn.transaction_manager.commit()
+    conn.close()
+    other.close()
+    db.close()
+    assert counter_value(server.address) == 115
