@@ -80,6 +80,7 @@ SYNC = "sync"                      # () -> tid, after pushes of everything commi
 SIZE = "size"                      # () -> [object count, bytes]
 NEW_OIDS = "new_oids"              # (count) -> [oid, ...]
 COMMIT = "commit"                  # (meta, tid, records, serials, checks) -> None; voted
+                                   #   (RESOLVE messages about it may come first)
 FINISH = "finish"                  # () -> tid; the reply comes in commit order
 ABORT = "abort"                    # () -> None
 PACK = "pack"                      # (pack_time, gc) -> None
