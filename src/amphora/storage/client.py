@@ -24,7 +24,9 @@ Guarantees:
   record, the server's commit lock held, so a hot object is never sent again.
 
 One I/O thread per process runs an asyncio loop for the sockets of all client storages:
-requests from any thread are pipelined on the storage's one connection; replies are matched by request id. While the server is
+requests from any thread are pipelined on the storage's one connection (without TLS the
+calling thread writes its request to the socket itself, sparing a hand-off to the I/O
+thread); replies, read by the I/O thread, are matched by request id. While the server is
 unreachable the client reconnects with exponential backoff; calls wait up to
 ``wait_timeout`` seconds for it and then raise :class:`ClientDisconnected`, which is a
 ``TransientError`` (a ``transaction`` retry loop retries). A commit whose finish was sent
@@ -37,6 +39,8 @@ import asyncio
 import concurrent.futures
 import itertools
 import logging
+import select
+import socket
 import ssl
 import threading
 from typing import Any, Callable, Iterable, Iterator
@@ -90,12 +94,30 @@ def _remote_error(name: str, message: str, details: Any) -> Exception:
 class _Protocol(asyncio.Protocol):
     """One connection to the server; all its callbacks run in the client's I/O thread."""
 
-    def __init__(self, client: "ClientStorage"):
+    def __init__(self, client: "ClientStorage", sock: socket.socket | None = None):
         self.client = client
         self.decoder = p.FrameDecoder()
         self.transport: asyncio.Transport | None = None
         self.welcome: asyncio.Future = client._loop.create_future()
         self.lost = False
+        # Without TLS, requests are written to the socket by the threads that make them
+        # (one system call, no hand-off to the I/O thread); the transport only reads.
+        self.sock = sock
+        self.write_lock = threading.Lock()
+
+    def write(self, frame: bytes, timeout: float) -> None:
+        """Send ``frame`` whole, from any thread; raises OSError if the socket fails."""
+        sock = self.sock
+        if sock is None:
+            raise OSError("not a socket of its own")
+        with self.write_lock:
+            view = memoryview(frame)
+            while view:
+                try:
+                    view = view[sock.send(view):]
+                except BlockingIOError:  # the kernel's buffer is full: the server reads
+                    if not select.select([], [sock], [], timeout)[1]:
+                        raise OSError(f"could not send for {timeout} s") from None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -170,6 +192,7 @@ class ClientStorage(StorageBase):
         self._requests: dict[int, tuple[concurrent.futures.Future, Callable | None,
                                         Callable | None]] = {}
         self._ids = itertools.count(1)  # next() is atomic: no lock needed
+        self._requests_lock = threading.Lock()
         self._oid_lock = threading.Lock()
         self._connection: _Protocol | None = None
         self._ready = threading.Event()  # connected (set also when closed)
@@ -192,9 +215,15 @@ class ClientStorage(StorageBase):
         """Connect and shake hands; raises if that fails."""
         loop = self._loop
         try:
-            _, proto = await asyncio.wait_for(loop.create_connection(
-                lambda: _Protocol(self), self._host, self._port, ssl=self._ssl,
-                server_hostname=self._host if self._ssl else None), self.wait_timeout)
+            if self._ssl is None:
+                sock = await loop.run_in_executor(None, socket.create_connection,
+                                                  (self._host, self._port), self.wait_timeout)
+                _, proto = await loop.create_connection(lambda: _Protocol(self, sock),
+                                                        sock=sock)
+            else:
+                _, proto = await asyncio.wait_for(loop.create_connection(
+                    lambda: _Protocol(self), self._host, self._port, ssl=self._ssl,
+                    server_hostname=self._host), self.wait_timeout)
         except (OSError, asyncio.TimeoutError) as exc:
             raise ClientDisconnected(
                 f"cannot connect to {self._host}:{self._port}: {exc}") from exc
@@ -265,7 +294,8 @@ class ClientStorage(StorageBase):
         self._ready.clear()
         self._connection = None
         self._lost.set()
-        requests, self._requests = self._requests, {}
+        with self._requests_lock:  # no request is registered on the lost connection after
+            requests, self._requests = self._requests, {}
         for future, _, _ in requests.values():
             if not future.done():
                 future.set_exception(ClientDisconnected("the connection to the server broke"))
@@ -313,7 +343,14 @@ class ClientStorage(StorageBase):
                 log.exception("answering the server failed")
         connection = self._connection
         if connection is not None and not connection.lost:
-            connection.transport.write(p.encode([p.RESOLVED, request_id, answer]))
+            frame = p.encode([p.RESOLVED, request_id, answer])
+            if connection.sock is None:
+                connection.transport.write(frame)
+                return
+            try:
+                connection.write(frame, self.wait_timeout)
+            except OSError as exc:  # the transport sees the connection end too
+                log.debug("answering the server failed: %s", exc)
 
     def _send(self, request_id: int, method: str, args: list,
               future: concurrent.futures.Future, handler: Callable | None,
@@ -338,8 +375,21 @@ class ClientStorage(StorageBase):
                 f"{self._host}:{self._port} unreachable for {self.wait_timeout} s")
         future: concurrent.futures.Future = concurrent.futures.Future()
         request_id = next(self._ids)
-        self._loop.call_soon_threadsafe(self._send, request_id, method, list(args), future,
-                                        handler, questions)
+        connection = self._connection
+        if connection is None or connection.sock is None:
+            self._loop.call_soon_threadsafe(self._send, request_id, method, list(args),
+                                            future, handler, questions)
+            return future.result()
+        with self._requests_lock:
+            if connection.lost:
+                raise ClientDisconnected("not connected to the server")
+            self._requests[request_id] = (future, handler, questions)
+        try:
+            connection.write(p.encode([p.REQUEST, request_id, method, list(args)]),
+                             self.wait_timeout)
+        except OSError as exc:
+            self._requests.pop(request_id, None)
+            raise ClientDisconnected(f"sending to the server failed: {exc}") from exc
         return future.result()
 
     # -- reading --------------------------------------------------------------------
