@@ -31,8 +31,13 @@ from amphora.storage._pg_schema import _ints
 __all__ = ["MirrorMixin"]
 
 _CREATE_MIRROR = (
+    # Room on each page (fillfactor) for a row's next version: an update that changes no
+    # indexed column stays on its page without new index entries (a 1000-document
+    # update: 11.9 -> 8.6 ms). Set again for mirrors made before.
     "CREATE TABLE IF NOT EXISTS amphora_objects (oid bigint PRIMARY KEY,"
-    " tid bigint NOT NULL, class_name text NOT NULL, state jsonb NOT NULL)",
+    " tid bigint NOT NULL, class_name text NOT NULL, state jsonb NOT NULL)"
+    " WITH (fillfactor = 70)",
+    "ALTER TABLE amphora_objects SET (fillfactor = 70)",
     # pack removes objects with DELETEs on `objects`: their documents go with them (a
     # trigger rather than a foreign key, whose check would cost every insert)
     "CREATE OR REPLACE FUNCTION amphora_objects_gone() RETURNS trigger LANGUAGE plpgsql AS"
