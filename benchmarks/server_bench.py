@@ -27,8 +27,9 @@ Workloads:
     empty too); the server keeps whatever it caches, as a running server would.
 ``counter``
     a hot spot: 4 client processes each commit 100 transactions adding 1 to the root's
-    one ``BTrees.Length.Length`` (conflicts are resolved: by the amphora client, by the
-    ZEO server), retrying whatever conflict still escapes. Timed from the moment all four
+    one ``BTrees.Length.Length`` (conflicts are resolved: by the amphora client, which
+    the server asks during the vote, and by the ZEO server), retrying whatever conflict
+    still escapes. Timed from the moment all four
     are connected and told to start until the last one finishes; reported as commits per
     second. The final count is read back and must be exactly 400.
 

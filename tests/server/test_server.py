@@ -476,3 +476,49 @@ def test_conflicts_merged_during_the_vote_with_commits_in_the_loop_or_in_threads
     other.close()
     db.close()
     assert counter_value(server.address) == 115
+
+
+def test_the_next_commit_is_asked_to_merge_while_the_voted_one_finishes(stale_counter):
+    """While commit A, voted, waits for its client's FINISH, the server asks the client
+    of the commit queued next (B) to merge with A's record (``committed_serial`` null);
+    once A finished, B's vote uses that merge: no question while B holds the lock."""
+    server, db, oid, committed, read = stale_counter
+    five = db.storage.loadSerial(oid, committed)
+    a, b = RawClient(server), RawClient(server)
+    commit_a = a.request(p.COMMIT, [b"", b"", b""], None, {oid: five.replace(b"K\x05", b"K\x06")},
+                         {oid: committed}, {})
+    assert a.next() == [p.REPLY, commit_a, None]  # voted: A holds the storage
+    mine = five.replace(b"K\x05", b"K\x07")
+    commit_b = b.request(p.COMMIT, [b"", b"", b""], None, {oid: mine}, {oid: committed}, {})
+    assert b.next() == [p.RESOLVE, commit_b, oid, None, committed,
+                        five.replace(b"K\x05", b"K\x06"), five]
+    b.sock.sendall(p.encode([p.RESOLVED, commit_b, five.replace(b"K\x05", b"K\x08")]))
+    finish_a = a.request(p.FINISH)
+    assert a.next()[:2] == [p.REPLY, finish_a]
+    assert b.next() == [p.REPLY, commit_b, None]  # voted with the merge, nothing asked
+    finish_b = b.request(p.FINISH)
+    assert b.next()[:2] == [p.REPLY, finish_b]
+    a.close()
+    b.close()
+    assert counter_value(server.address) == 8
+
+
+def test_a_merge_asked_ahead_is_unused_when_that_commit_does_not_happen(stale_counter):
+    server, db, oid, committed, read = stale_counter
+    five = db.storage.loadSerial(oid, committed)
+    a, b = RawClient(server), RawClient(server)
+    commit_a = a.request(p.COMMIT, [b"", b"", b""], None, {oid: five.replace(b"K\x05", b"K\x06")},
+                         {oid: committed}, {})
+    assert a.next() == [p.REPLY, commit_a, None]
+    commit_b = b.request(p.COMMIT, [b"", b"", b""], None, {oid: five.replace(b"K\x05", b"K\x07")},
+                         {oid: committed}, {})
+    assert b.next()[:4] == [p.RESOLVE, commit_b, oid, None]
+    b.sock.sendall(p.encode([p.RESOLVED, commit_b, five.replace(b"K\x05", b"K\x08")]))
+    abort_a = a.request(p.ABORT)
+    assert a.next() == [p.REPLY, abort_a, None]
+    assert b.next() == [p.REPLY, commit_b, None]  # no conflict left: B's own record
+    finish_b = b.request(p.FINISH)
+    assert b.next()[:2] == [p.REPLY, finish_b]
+    a.close()
+    b.close()
+    assert counter_value(server.address) == 7

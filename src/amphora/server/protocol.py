@@ -30,10 +30,14 @@ After the handshake:
                                   server to client, while commit request ``id`` votes
                                   (the storage's commit lock held): a write conflict on
                                   ``oid``; the records are the state committed meanwhile
-                                  and the one the client read.
+                                  and the one the client read. ``committed_serial`` None:
+                                  asked ahead, while commit ``id`` waits for the one
+                                  before it, voted, to finish (``committed_data`` is
+                                  that one's record).
 ``[RESOLVED, id, data]``          client to server, the answer: the merged record, or
                                   None (cannot merge: the commit fails with
-                                  ``ConflictError``). No reply.
+                                  ``ConflictError``). No reply; answers come in the
+                                  order of the questions.
 
 A client may send any number of requests without waiting; replies carry the request id
 and may come in any order, except that replies and pushes that concern a transaction come

@@ -4,20 +4,25 @@ The server only moves records: it never unpickles application objects. A write c
 found while a commit votes is sent to the committing client, which merges the two states
 and answers (:data:`~amphora.server.protocol.RESOLVE`); the vote goes on with the merged
 record, the commit lock held all along, so a hot object costs one round trip per conflict
-instead of a commit sent again (see :mod:`amphora.storage.client`).
+instead of a commit sent again (see :mod:`amphora.storage.client`). Where commits are
+made in the event loop, the client of the commit queued next is asked as soon as the one
+before it has voted, with that one's record, while its FINISH travels: its vote then
+finds the merge ready, if that commit did happen (the merge is used only if the record
+committed is the one it was asked with).
 
 Threads: the event loop does all network I/O. On a storage in this process (not
 ``is_remote``: SQLite, memory) it also makes the commits and answers the short reads, a
 hand-off to a thread and back costing more than they do and, while the commit lock is
-held, lengthening every commit's hold: commits wait for each other in an asyncio lock
-(FIFO), so ``tpc_begin`` never waits for the storage's own lock, and a vote waiting for
-the client's merge awaits it; packs take the same lock in the thread pool. (A SQLite file
-written by another process too can make ``BEGIN IMMEDIATE`` wait for it in the loop.)
-Reads that may be long (many records, reading ahead, history, iteration) run in a shared
-thread pool. On a remote storage (PostgreSQL) every storage call runs in a thread: reads
-in the pool, a client's commit in that client's own commit thread, where ``tpc_begin``
-waiting for the storage's commit lock, or a vote waiting for the client's merge, stalls
-no one else.
+held, lengthening every commit's hold: commits and packs queue for the storage
+(:meth:`_Served.next_writer`), so ``tpc_begin`` never waits for the storage's own lock,
+and the next one begins as soon as the last one finished; a vote waiting for the client's
+merge returns to the loop and goes on when the answer comes. A pack runs in the thread
+pool while no commit begins. (A SQLite file written by another process too can make
+``BEGIN IMMEDIATE`` wait for it in the loop.) Reads that may be long (many records,
+reading ahead, history, iteration) run in a shared thread pool. On a remote storage
+(PostgreSQL) every storage call runs in a thread: reads in the pool, a client's commit in
+that client's own commit thread, where ``tpc_begin`` waiting for the storage's commit
+lock, or a vote waiting for the client's merge, stalls no one else.
 
 Ordering: the storage calls the server back inside ``tpc_finish`` (``func(tid)``, under
 its commit lock) and, for commits made elsewhere, through ``invalidate(tid, oids)``. Both
@@ -122,6 +127,13 @@ class _References:
         return found
 
 
+def _now(func: Callable, *args: Any) -> None:
+    func(*args)
+
+
+_PENDING = object()  # a merge asked for, not answered yet
+
+
 class _MergeWanted(Exception):
     """Raised through a vote: the client must merge ``oid`` (``states``: the committed
     and the read record) before the vote can succeed."""
@@ -139,21 +151,40 @@ class _Commit(TransactionMetaData):
     server votes again once the client answered: nothing waits for the network inside
     the storage's vote (which may hold locks its readers need)."""
 
-    def __init__(self, user: Any, description: Any, extension: Any):
+    def __init__(self, user: Any, description: Any, extension: Any, records: dict,
+                 ahead: dict[bytes, list] | None = None):
         super().__init__(user, description, extension)
+        self.records = records
         self.merges: dict[tuple[bytes, bytes], bytes | None] = {}  # (oid, committed) ->
+        self.merged: dict[bytes, bytes] = {}  # oid -> the merged record stored
+        #: oid -> [committed record, merge or _PENDING]: merges asked ahead, while the
+        #: commit before this one was finishing (see _Served.ask_ahead)
+        self.ahead = ahead if ahead is not None else {}
+
+    def final(self, oid: bytes) -> bytes:
+        """The record of ``oid`` this commit stores (once voted)."""
+        return self.merged.get(oid) or self.records[oid]
 
     def resolve_conflict(self, oid: bytes, committed: bytes, old: bytes, data: bytes,
                          load_serial: Callable[[bytes, bytes], bytes]) -> bytes | None:
         key = (oid, committed)
         if key in self.merges:
-            return self.merges[key]
-        try:
-            states = [load_serial(oid, committed), load_serial(oid, old)]
-        except Exception as exc:  # the state read is gone (packed): a plain conflict
-            log.debug("no states to resolve oid %s: %s", oid.hex(), exc)
-            return None
-        raise _MergeWanted(oid, committed, old, states)
+            merged = self.merges[key]
+        else:
+            try:
+                states = [load_serial(oid, committed), load_serial(oid, old)]
+            except Exception as exc:  # the state read is gone (packed): a plain conflict
+                log.debug("no states to resolve oid %s: %s", oid.hex(), exc)
+                return None
+            guess = self.ahead.get(oid)
+            # A merge asked ahead is the client's answer for these very three records
+            # only if the committed one is the record it was asked with.
+            if guess is None or guess[1] is _PENDING or guess[0] != states[0]:
+                raise _MergeWanted(oid, committed, old, states)
+            merged = guess[1]
+        if merged is not None:
+            self.merged[oid] = merged
+        return merged
 
 
 class _Served:
@@ -169,9 +200,74 @@ class _Served:
         #: short requests are answered in the event loop (see the module docstring)
         self.inline = not getattr(storage, "is_remote", True)
         self.scanned = _References()  # the references of records read ahead
-        self.commit_lock = asyncio.Lock()  # commits and packs, when made in the event loop
+        # Commits made in the event loop: the session committing (or packing), the rest
+        # in arrival order
+        self.writer: _Session | None = None
+        self.waiting: collections.deque[tuple[_Session, int, str, list]] = collections.deque()
+        self._starting = False
         storage.registerDB(self)
         self.watcher = asyncio.get_running_loop().create_task(self.watch())
+
+    def next_writer(self) -> None:
+        """Give the storage to the next queued commit or pack if no one writes: called
+        where the last writer finished, aborted or failed, so the next one begins at once
+        (not an event-loop turn later, behind other clients' requests)."""
+        if self._starting:  # a writer that fails at once: the loop below goes on
+            return
+        self._starting = True
+        try:
+            while self.writer is None and self.waiting:
+                session, request_id, method, args = self.waiting.popleft()
+                if session.closed:
+                    if method == p.COMMIT:
+                        session.commit_jobs -= 1
+                    continue
+                self.writer = session
+                if method == p.PACK:
+                    self.pack(session, request_id, args)
+                else:
+                    session.start_commit(request_id, args)
+        finally:
+            self._starting = False
+
+    def ask_ahead(self, writer: "_Session", voted: _Commit) -> None:
+        """Ask the client of the next queued commit, now, to merge its conflicts with the
+        commit ``voted`` (which holds the storage until its client's FINISH): the merge
+        travels while that round trip does, and its vote finds it ready. A guess: used
+        only if the record committed is the one asked with."""
+        if not self.waiting:
+            return
+        session, request_id, method, args = self.waiting[0]
+        if method != p.COMMIT or session.closed or session is writer or len(args) != 5:
+            return
+        records, serials = args[2], args[3]
+        if not isinstance(records, dict) or not isinstance(serials, dict):
+            return
+        for oid in records.keys() & voted.records.keys():
+            read = serials.get(oid)
+            committed = voted.final(oid)
+            guess = session.ahead.get(oid)
+            if type(read) is not bytes or len(read) != 8 or read == z64 \
+                    or guess is not None and guess[0] == committed:
+                continue
+            try:
+                old = self.storage.loadSerial(oid, read)
+            except Exception:  # gone: the vote will say
+                continue
+            guess = session.ahead[oid] = [committed, _PENDING]  # (replacing a stale one)
+            session.questions.append(("ahead", guess))
+            session.send([p.RESOLVE, request_id, oid, None, read, committed, old])
+
+    def pack(self, session: "_Session", request_id: int, args: list) -> None:
+        """A pack, in the thread pool, while no commit begins."""
+        future = self.server.loop.run_in_executor(self.server.pool, session.do_pack,
+                                                  request_id, *args)
+
+        def done(future: asyncio.Future) -> None:
+            self.writer = None
+            session.answer(request_id, p.PACK, future)
+            self.next_writer()
+        future.add_done_callback(done)
 
     async def watch(self) -> None:
         """While clients are connected, have the storage look for commits other processes
@@ -242,8 +338,13 @@ class _Session(asyncio.Protocol):
         self.resolving: tuple[int, concurrent.futures.Future] | None = None  # asked
         self.txn: TransactionMetaData | None = None  # begun on the storage
         self.voted = False  # self.txn voted: FINISH may come
-        self.locked = False  # holding served.commit_lock (commits made in the event loop)
-        self.commit_task: asyncio.Task | None = None  # commit_here under way
+        # (request id, txn, conflict, merges so far, timeout) while the client merges
+        self.merging: tuple[int, _Commit, _MergeWanted, int, asyncio.TimerHandle] | None = None
+        # the RESOLVE messages sent, answers come in their order: ("vote",) for the
+        # commit voting, ("ahead", guess) for a merge asked ahead (commits made in the
+        # event loop)
+        self.questions: collections.deque[tuple] = collections.deque()
+        self.ahead: dict[bytes, list] = {}  # merges asked ahead for the queued commit
         self.commit_jobs = 0
         self.peer = "?"
         self.handshake_timer: asyncio.TimerHandle | None = None
@@ -293,12 +394,15 @@ class _Session(asyncio.Protocol):
                 txn = self.txn
                 await self.loop.run_in_executor(committer, served.storage.tpc_abort, txn)
             committer.shutdown(wait=False)
-        elif served is not None:
-            task = self.commit_task
-            if task is not None and not task.done():  # it ends: merges are not coming
-                await asyncio.wait([task])
-            if self.txn is not None or self.locked:
+        elif served is not None:  # (a merge asked for was failed by connection_lost)
+            queued = [entry for entry in served.waiting if entry[0] is self]
+            for entry in queued:
+                served.waiting.remove(entry)
+                if entry[2] == p.COMMIT:
+                    self.commit_jobs -= 1
+            if self.txn is not None or served.writer is self:
                 self.abort_commit()
+            self.server.commit_done()
         if served is not None:
             await self.server.release(served)
 
@@ -342,7 +446,32 @@ class _Session(asyncio.Protocol):
         return merged if type(merged) is bytes else None
 
     def resolved(self, request_id: int | None, data: Any) -> None:
-        """The client's merge (None for every request: the connection is gone)."""
+        """The client's merge (None for every request: the connection is gone or the
+        answer is late): the vote goes on, in this thread or in the commit thread."""
+        if request_id is None:
+            self.questions.clear()
+        elif self.questions:
+            question = self.questions.popleft()
+            if question[0] == "ahead":
+                guess = question[1]
+                guess[1] = data if type(data) is bytes else None
+                merging = self.merging
+                if merging is not None \
+                        and merging[1].ahead.get(merging[2].oid) is guess:  # awaited
+                    self.merging = None
+                    merging[4].cancel()
+                    self.continue_vote(merging[0], merging[1], merging[3])
+                return
+        merging = self.merging
+        if merging is not None and request_id in (None, merging[0]):
+            self.merging = None
+            request_id, txn, wanted, merges, timer = merging
+            timer.cancel()
+            if data is None and not self.closed:
+                log.debug("%s did not merge oid %s", self.peer, wanted.oid.hex())
+            txn.merges[wanted.oid, wanted.committed] = data if type(data) is bytes else None
+            self.continue_vote(request_id, txn, merges)
+            return
         waiting = self.resolving
         if waiting is not None and request_id in (None, waiting[0]) \
                 and not waiting[1].done():
@@ -381,13 +510,12 @@ class _Session(asyncio.Protocol):
                        f"{self.served.name} is served read-only", {}])
             return
         handler = getattr(self, f"do_{method}")
-        if self.served.inline and method in (p.COMMIT, p.PACK) or method == p.ABORT \
-                and self.served.inline and self.commit_jobs:
+        if self.served.inline and method in (p.COMMIT, p.PACK):
             self.serialize(request_id, method, args)
             return
         if self.served.inline and (method in _SHORT or method == p.LOAD_MANY and len(
                 args) == 2 and isinstance(args[0], list) and len(args[0]) <= _INLINE_MANY
-                or method in (p.FINISH, p.ABORT) and not self.commit_jobs):
+                or method == p.FINISH and not self.commit_jobs or method == p.ABORT):
             future = self.loop.create_future()
             try:
                 future.set_result(handler(request_id, *args))
@@ -410,30 +538,72 @@ class _Session(asyncio.Protocol):
         future.add_done_callback(lambda done: self.answer(request_id, method, done))
 
     def serialize(self, request_id: int, method: str, args: list) -> None:
-        """COMMIT, PACK, and an ABORT that comes during a commit, on a storage in this
-        process: in the event loop, one writer at a time (see :meth:`commit_here`)."""
+        """COMMIT and PACK on a storage in this process: queued for their turn as the
+        storage's one writer (see :meth:`_Served.next_writer`)."""
         if self.server.stopping and method == p.COMMIT:
             self.send([p.ERROR, request_id, "StorageError", "the server is stopping", {}])
             return
-        if method == p.PACK:
-            task = self.loop.create_task(self.pack_here(request_id, *args))
-        elif method == p.ABORT:
-            task = self.loop.create_task(self.abort_after(self.commit_task))
+        served = self.served
+        if method == p.COMMIT:
             self.commit_jobs += 1
+            self.ahead = {}
+        served.waiting.append((self, request_id, method, args))
+        writer = served.writer
+        if len(served.waiting) == 1 and writer is not None and writer.voted:
+            served.ask_ahead(writer, writer.txn)  # the next one: asked while it finishes
+        served.next_writer()
+
+    def replied(self, request_id: int, method: str, result: Any = None,
+                error: BaseException | None = None) -> None:
+        """Answer a queued COMMIT or PACK."""
+        done = self.loop.create_future()
+        if error is None:
+            done.set_result(result)
         else:
-            task = self.commit_task = self.loop.create_task(
-                self.commit_here(request_id, *args))
-            self.commit_jobs += 1
-        task.add_done_callback(lambda done: self.answer(request_id, method, done))
+            done.set_exception(error)
+        self.answer(request_id, method, done)
 
-    async def pack_here(self, request_id: int, *args: Any) -> None:
-        async with self.served.commit_lock:  # no commit begins meanwhile
-            await self.loop.run_in_executor(self.server.pool, self.do_pack, request_id, *args)
+    def start_commit(self, request_id: int, args: list) -> None:
+        """This session's turn as the writer: begin and vote (in the event loop)."""
+        try:
+            txn = self.begin_commit(*args)
+        except Exception as exc:
+            self.replied(request_id, p.COMMIT, error=exc)
+            return
+        self.continue_vote(request_id, txn, 0)
 
-    async def abort_after(self, task: asyncio.Task | None) -> None:
-        if task is not None and not task.done():
-            await asyncio.wait([task])
-        self.abort_commit()
+    def continue_vote(self, request_id: int, txn: _Commit, merges: int) -> None:
+        """Vote; on a conflict the client must merge, ask it and return (its answer, in
+        :meth:`resolved`, comes back here); reply once voted or failed."""
+        while True:
+            try:
+                wanted = self.vote(txn)
+            except Exception as exc:  # aborted: the next writer has begun
+                self.replied(request_id, p.COMMIT, error=exc)
+                return
+            if wanted is None:
+                self.replied(request_id, p.COMMIT)
+                self.served.ask_ahead(self, txn)
+                return
+            merges += 1
+            if merges > _MAX_MERGES:
+                self.abort_commit()
+                self.replied(request_id, p.COMMIT, error=errors.ConflictError(
+                    "conflicts kept coming while resolving them"))
+                return
+            if self.closed:
+                txn.merges[wanted.oid, wanted.committed] = None  # fails, aborts
+                continue
+            timer = self.loop.call_later(self.server.resolve_timeout, self.fail,
+                                         "no answer to a conflict in time")
+            self.merging = (request_id, txn, wanted, merges, timer)
+            guess = txn.ahead.get(wanted.oid)
+            if guess is not None and guess[1] is _PENDING and guess[0] == wanted.states[0]:
+                return  # asked ahead with these records: its answer goes on (resolved)
+            self.questions.append(("vote",))
+            self.send([p.RESOLVE, request_id, wanted.oid, wanted.committed, wanted.old,
+                       *wanted.states])
+            return
 
     def answer(self, request_id: int, method: str, done: asyncio.Future,
                inline: bool = False) -> None:
@@ -622,38 +792,6 @@ class _Session(asyncio.Protocol):
         self.abort_commit()
         raise errors.ConflictError("conflicts kept coming while resolving them")
 
-    async def commit_here(self, request_id: int, *args: Any) -> None:
-        """A whole commit up to its vote, in the event loop (a storage in this process):
-        commits wait for each other in ``served.commit_lock``, so ``tpc_begin`` finds the
-        storage's own commit lock free and never blocks the loop."""
-        await self.served.commit_lock.acquire()
-        self.locked = True
-        try:
-            if self.closed:
-                raise errors.StorageError("the client left")
-            txn = self.begin_commit(*args)
-        except BaseException:
-            self.unlock()
-            raise
-        for _ in range(_MAX_MERGES):
-            wanted = self.vote(txn)
-            if wanted is None:
-                return
-            answer = self.loop.create_future()
-            self.resolving = (request_id, answer)
-            merged = None
-            if not self.closed:
-                self.send([p.RESOLVE, request_id, wanted.oid, wanted.committed, wanted.old,
-                           *wanted.states])
-                try:
-                    merged = await asyncio.wait_for(answer, self.server.resolve_timeout)
-                except asyncio.TimeoutError:
-                    log.warning("%s did not answer a conflict in time", self.peer)
-            self.resolving = None
-            txn.merges[wanted.oid, wanted.committed] = merged if type(merged) is bytes else None
-        self.abort_commit()
-        raise errors.ConflictError("conflicts kept coming while resolving them")
-
     def begin_commit(self, meta: list, tid: bytes | None, records: dict, serials: dict,
                      checks: dict) -> _Commit:
         storage = self.served.storage
@@ -662,7 +800,8 @@ class _Session(asyncio.Protocol):
             self.txn = None
         self.voted = False
         user, description, extension = meta
-        txn = _Commit(user, description, extension)
+        txn = _Commit(user, description, extension, records, self.ahead)
+        self.ahead = {}
         if tid is None:
             storage.tpc_begin(txn)
         else:
@@ -701,10 +840,11 @@ class _Session(asyncio.Protocol):
             self.unlock()
 
     def unlock(self) -> None:
-        """Let the next commit in (``served.commit_lock``, taken by :meth:`commit_here`)."""
-        if self.locked:
-            self.locked = False
-            self.served.commit_lock.release()
+        """Let the next writer in, when commits are made in the event loop."""
+        served = self.served
+        if served is not None and served.writer is self:
+            served.writer = None
+            served.next_writer()
 
     def do_finish(self, request_id: int) -> bytes:
         txn = self.txn
@@ -713,7 +853,9 @@ class _Session(asyncio.Protocol):
         self.voted = False
         served = self.served
         user, description, extension, oids = txn.data(self)
-        call = self.loop.call_soon_threadsafe
+        # in the event loop (commits made there): pushed and answered before the next
+        # writer begins
+        call = self.loop.call_soon_threadsafe if not served.inline else _now
 
         def finished(tid: bytes) -> None:  # under the storage's commit lock
             payload = {"tid": tid, "oids": oids, "user": user, "description": description,
@@ -726,7 +868,12 @@ class _Session(asyncio.Protocol):
             self.unlock()
 
     def do_abort(self, request_id: int) -> None:
+        merging, self.merging = self.merging, None
         self.abort_commit()
+        if merging is not None:  # the commit asked about is over
+            merging[4].cancel()
+            self.replied(merging[0], p.COMMIT, error=errors.StorageTransactionError(
+                "the commit was aborted while its conflict was being merged"))
 
     def do_pack(self, request_id: int, pack_time: float, gc: bool) -> None:
         storage = self.served.storage
