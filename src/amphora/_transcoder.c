@@ -14,7 +14,9 @@
 
    Like the Python transcoder, it never imports, looks up or calls a class: it reads
    opcodes into a tree of nodes (kept in an arena, freed per record), then writes the
-   tree as JSON text.
+   tree as JSON text. That core touches no Python object, so transcode_many runs it
+   without the GIL (other threads go on meanwhile), except for records holding a float,
+   whose repr is Python's: those are done after, with the GIL.
 */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -26,11 +28,20 @@
 
 typedef struct Block { struct Block *next; size_t used, size; char data[]; } Block;
 
-static Block *arena = NULL;
+/* What one transcoding needs besides its input: the arena of its nodes and the buffer of
+   its text, kept from record to record. ``with_gil``: floats may be written (Python's
+   float repr needs the GIL; without it a record holding one is left for later). */
+typedef struct {
+    Block *arena;
+    char *out;
+    Py_ssize_t out_cap;
+    int with_gil;
+} Ctx;
 
-static void *arena_alloc(size_t size, jmp_buf *fail)
+static void *arena_take(Ctx *ctx, size_t size, jmp_buf *fail)
 {
     size = (size + 15) & ~(size_t)15;
+    Block *arena = ctx->arena;
     if (arena == NULL || arena->used + size > arena->size) {
         size_t want = size > 65536 ? size : 65536;
         Block *block = (Block *)PyMem_RawMalloc(sizeof(Block) + want);
@@ -39,23 +50,35 @@ static void *arena_alloc(size_t size, jmp_buf *fail)
         block->next = arena;
         block->used = 0;
         block->size = want;
-        arena = block;
+        ctx->arena = arena = block;
     }
     void *found = arena->data + arena->used;
     arena->used += size;
     return found;
 }
 
-static void arena_reset(void)
+static void arena_reset(Ctx *ctx)
 {
     /* keep one block of the usual size for the next record */
-    while (arena != NULL && (arena->next != NULL || arena->size > 65536)) {
-        Block *next = arena->next;
-        PyMem_RawFree(arena);
-        arena = next;
+    while (ctx->arena != NULL && (ctx->arena->next != NULL || ctx->arena->size > 65536)) {
+        Block *next = ctx->arena->next;
+        PyMem_RawFree(ctx->arena);
+        ctx->arena = next;
     }
-    if (arena != NULL)
-        arena->used = 0;
+    if (ctx->arena != NULL)
+        ctx->arena->used = 0;
+}
+
+static void ctx_free(Ctx *ctx)
+{
+    while (ctx->arena != NULL) {
+        Block *next = ctx->arena->next;
+        PyMem_RawFree(ctx->arena);
+        ctx->arena = next;
+    }
+    PyMem_RawFree(ctx->out);
+    ctx->out = NULL;
+    ctx->out_cap = 0;
 }
 
 /* -- nodes ---------------------------------------------------------------------------- */
@@ -92,15 +115,17 @@ typedef struct {
     Node **memo;
     Py_ssize_t memo_cap, memo_count;
     Py_ssize_t nodes;       /* made so far */
+    Ctx *ctx;
     int reused;             /* the Python transcoder would check the document's size */
     jmp_buf fail;           /* longjmp(fail, 1): not for the fast path; 2: no memory */
 } Reader;
 
 #define GIVE_UP(r) longjmp((r)->fail, 1)
+#define arena_alloc(r, size) arena_take((r)->ctx, (size), &(r)->fail)
 
 static Node *new_node(Reader *r, int kind)
 {
-    Node *node = (Node *)arena_alloc(sizeof(Node), &r->fail);
+    Node *node = (Node *)arena_alloc(r, sizeof(Node));
     memset(node, 0, sizeof(Node));
     node->kind = kind;
     r->nodes++;
@@ -111,7 +136,7 @@ static void add_item(Reader *r, Node *container, Node *item)
 {
     if (container->n == container->cap) {
         Py_ssize_t cap = container->cap ? container->cap * 2 : 8;
-        Node **items = (Node **)arena_alloc(sizeof(Node *) * cap, &r->fail);
+        Node **items = (Node **)arena_alloc(r, sizeof(Node *) * cap);
         if (container->n)
             memcpy(items, container->items, sizeof(Node *) * container->n);
         container->items = items;
@@ -124,7 +149,7 @@ static void push(Reader *r, Node *node)
 {
     if (r->depth == r->stack_cap) {
         Py_ssize_t cap = r->stack_cap * 2;
-        Node **stack = (Node **)arena_alloc(sizeof(Node *) * cap, &r->fail);
+        Node **stack = (Node **)arena_alloc(r, sizeof(Node *) * cap);
         memcpy(stack, r->stack, sizeof(Node *) * r->depth);
         r->stack = stack;
         r->stack_cap = cap;
@@ -169,7 +194,7 @@ static void memo_put(Reader *r, Py_ssize_t key, Node *node)
         Py_ssize_t cap = r->memo_cap;
         while (cap <= key)
             cap *= 2;
-        Node **memo = (Node **)arena_alloc(sizeof(Node *) * cap, &r->fail);
+        Node **memo = (Node **)arena_alloc(r, sizeof(Node *) * cap);
         memcpy(memo, r->memo, sizeof(Node *) * r->memo_cap);
         memset(memo + r->memo_cap, 0, sizeof(Node *) * (cap - r->memo_cap));
         r->memo = memo;
@@ -296,7 +321,7 @@ static Node *global(Reader *r, const char *module, Py_ssize_t mlen, const char *
         module = "copyreg";
         mlen = 7;
     }
-    char *full = (char *)arena_alloc(mlen + nlen + 1, &r->fail);
+    char *full = (char *)arena_alloc(r, mlen + nlen + 1);
     memcpy(full, module, mlen);
     full[mlen] = '.';
     memcpy(full + mlen + 1, name, nlen);
@@ -370,7 +395,7 @@ static Node *tagged(Reader *r, const char *tag, const char *value, int fold)
 {
     Node *node = new_node(r, K_TAGGED);
     Py_ssize_t len = strlen(value);
-    char *copy = (char *)arena_alloc(len + 1, &r->fail);
+    char *copy = (char *)arena_alloc(r, len + 1);
     memcpy(copy, value, len + 1);
     node->tag = tag;
     node->s = copy;
@@ -565,8 +590,7 @@ static Node *run(Reader *r)
         case '(':  /* MARK */
             if (r->nmarks == r->marks_cap) {
                 Py_ssize_t cap = r->marks_cap * 2;
-                Py_ssize_t *marks = (Py_ssize_t *)arena_alloc(sizeof(Py_ssize_t) * cap,
-                                                              &r->fail);
+                Py_ssize_t *marks = (Py_ssize_t *)arena_alloc(r, sizeof(Py_ssize_t) * cap);
                 memcpy(marks, r->marks, sizeof(Py_ssize_t) * r->nmarks);
                 r->marks = marks;
                 r->marks_cap = cap;
@@ -815,21 +839,18 @@ typedef struct {
     unsigned char seen;     /* the bits of every string byte written: 0x80, not ASCII */
 } Out;
 
-static char *out_buf = NULL;
-static Py_ssize_t out_cap = 0;
-
 static void reserve(Out *o, Py_ssize_t more)
 {
     if (o->len + more <= o->cap)
         return;
-    Py_ssize_t cap = o->cap * 2;
+    Py_ssize_t cap = o->cap ? o->cap * 2 : 4096;
     while (cap < o->len + more)
         cap *= 2;
     char *buf = (char *)PyMem_RawRealloc(o->buf, cap);
     if (buf == NULL)
         longjmp(o->r->fail, 2);
-    o->buf = out_buf = buf;
-    o->cap = out_cap = cap;
+    o->buf = o->r->ctx->out = buf;
+    o->cap = o->r->ctx->out_cap = cap;
 }
 
 static void put(Out *o, const char *s, Py_ssize_t len)
@@ -976,7 +997,7 @@ static int repeats_a_key(Out *o, Node *dict)
                     return 1;
         return 0;
     }
-    Node **keys = (Node **)arena_alloc(sizeof(Node *) * count, &o->r->fail);
+    Node **keys = (Node **)arena_alloc(o->r, sizeof(Node *) * count);
     for (Py_ssize_t k = 0; k < count; k++)
         keys[k] = dict->items[2 * k];
     qsort(keys, count, sizeof(Node *), key_order);
@@ -1033,6 +1054,8 @@ static void put_node(Out *o, Node *node, int depth)
             PUT_LITERAL(o, "{\"@float\":\"inf\"}");
         else if (node->f - node->f != 0)
             PUT_LITERAL(o, "{\"@float\":\"-inf\"}");
+        else if (!o->r->ctx->with_gil)
+            longjmp(o->r->fail, 3);  /* Python's float repr needs the GIL: done later */
         else {
             char *repr = PyOS_double_to_string(node->f, 'r', 0, Py_DTSF_ADD_DOT_0, NULL);
             if (repr == NULL)
@@ -1119,7 +1142,7 @@ static Node *class_of(Reader *r, Node *meta)
 }
 
 /* The class name as a str: the last one again when it is the same (a commit's records
-   are mostly of a few classes). */
+   are mostly of a few classes). With the GIL. */
 static PyObject *last_class = NULL;
 
 static PyObject *class_name(const char *s, Py_ssize_t len)
@@ -1138,14 +1161,36 @@ static PyObject *class_name(const char *s, Py_ssize_t len)
     return name;
 }
 
-/* (class_name, json_text), or Py_None when the record is not for the fast path; NULL
-   with an exception set when out of memory. */
-static PyObject *transcode_buffer(const unsigned char *data, Py_ssize_t size)
+/* JSON text as a str (made directly when it is ASCII). With the GIL. */
+static PyObject *text_of(const char *s, Py_ssize_t len, int ascii)
+{
+    if (!ascii)
+        return PyUnicode_DecodeUTF8(s, len, "strict");
+    PyObject *text = PyUnicode_New(len, 127);
+    if (text != NULL)
+        memcpy(PyUnicode_DATA(text), s, len);
+    return text;
+}
+
+/* What transcoding a record gave: DONE (the JSON text, then the class name, in ctx->out),
+   GAVE_UP (not for the fast path), NO_MEMORY, or FLOAT (a float met without the GIL). */
+enum { DONE, GAVE_UP, NO_MEMORY, FLOAT };
+
+typedef struct {
+    int status;
+    Py_ssize_t text_len, class_len;
+    int ascii;
+} Found;
+
+/* The core: no Python object is touched, so that it can run without the GIL (then
+   ``ctx->with_gil`` is 0). */
+static Found transcode_record(Ctx *ctx, const unsigned char *data, Py_ssize_t size)
 {
     Reader r;
     Node *stack[64];
     Py_ssize_t marks[32];
     Node *memo[64];
+    Found found = {DONE, 0, 0, 0};
     memset(memo, 0, sizeof memo);
     r.data = data;
     r.size = size;
@@ -1161,22 +1206,23 @@ static PyObject *transcode_buffer(const unsigned char *data, Py_ssize_t size)
     r.memo_count = 0;
     r.nodes = 0;
     r.reused = 0;
-    Out o = {out_buf, 0, out_cap, &r, 0};
-    if (o.buf == NULL) {
-        o.buf = out_buf = (char *)PyMem_RawMalloc(4096);
-        if (o.buf == NULL)
-            return PyErr_NoMemory();
-        o.cap = out_cap = 4096;
-    }
+    r.ctx = ctx;
+    Out o = {ctx->out, 0, ctx->out_cap, &r, 0};
     switch (setjmp(r.fail)) {
     case 0:
         break;
     case 1:
-        arena_reset();
-        Py_RETURN_NONE;
+        arena_reset(ctx);
+        found.status = GAVE_UP;
+        return found;
+    case 3:
+        arena_reset(ctx);
+        found.status = FLOAT;
+        return found;
     default:
-        arena_reset();
-        return PyErr_NoMemory();
+        arena_reset(ctx);
+        found.status = NO_MEMORY;
+        return found;
     }
     Node *klass = class_of(&r, run(&r));
     Node *state = run(&r);
@@ -1199,29 +1245,38 @@ static PyObject *transcode_buffer(const unsigned char *data, Py_ssize_t size)
     }
     else
         put_node(&o, object_state(&r, state), 0);
-    PyObject *name = class_name(klass->s, klass->len);
-    PyObject *document = NULL;
-    if (name != NULL && !(o.seen & 0x80)) {
-        document = PyUnicode_New(o.len, 127);
-        if (document != NULL)
-            memcpy(PyUnicode_DATA(document), o.buf, o.len);
-    }
-    else if (name != NULL)
-        document = PyUnicode_DecodeUTF8(o.buf, o.len, "strict");
-    arena_reset();
-    if (o.cap > (1 << 20)) {  /* a big record's buffer is not kept */
-        PyMem_RawFree(out_buf);
-        out_buf = NULL;
-        out_cap = 0;
-    }
+    found.text_len = o.len;
+    found.class_len = klass->len;
+    found.ascii = !(o.seen & 0x80);
+    put(&o, klass->s, klass->len);  /* after the text */
+    arena_reset(ctx);
+    return found;
+}
+
+/* Transcoding with the GIL held, one record at a time. */
+static Ctx gil_ctx = {NULL, NULL, 0, 1};
+
+/* (class_name, json_text), or Py_None when the record is not for the fast path; NULL
+   with an exception set when out of memory. With the GIL. */
+static PyObject *transcode_buffer(const unsigned char *data, Py_ssize_t size)
+{
+    Found found = transcode_record(&gil_ctx, data, size);
+    if (found.status == NO_MEMORY)
+        return PyErr_NoMemory();
+    if (found.status != DONE)
+        Py_RETURN_NONE;
+    PyObject *name = class_name(gil_ctx.out + found.text_len, found.class_len);
+    PyObject *document = name ? text_of(gil_ctx.out, found.text_len, found.ascii) : NULL;
+    if (gil_ctx.out_cap > (1 << 20))
+        ctx_free(&gil_ctx);  /* a big record's buffer is not kept */
     if (document == NULL) {
         Py_XDECREF(name);
         return NULL;
     }
-    PyObject *found = PyTuple_Pack(2, name, document);
+    PyObject *pair = PyTuple_Pack(2, name, document);
     Py_DECREF(name);
     Py_DECREF(document);
-    return found;
+    return pair;
 }
 
 static PyObject *transcode(PyObject *module, PyObject *arg)
@@ -1234,20 +1289,89 @@ static PyObject *transcode(PyObject *module, PyObject *arg)
     return found;
 }
 
+/* Many records: transcoded without the GIL (other threads run meanwhile: a commit writes
+   its records while its documents are made), then made into str with it. Records holding
+   a float are done after, with the GIL. */
 static PyObject *transcode_many(PyObject *module, PyObject *arg)
 {
     PyObject *records = PySequence_Fast(arg, "transcode_many() takes a sequence of records");
     if (records == NULL)
         return NULL;
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(records);
-    PyObject *results = PyList_New(n);
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(records), got = 0;
+    PyObject *results = NULL;
+    Py_buffer *views = PyMem_Calloc(n ? n : 1, sizeof(Py_buffer));
+    Found *found = PyMem_Calloc(n ? n : 1, sizeof(Found));
+    Py_ssize_t *at = PyMem_Calloc(n ? n : 1, sizeof(Py_ssize_t));
+    Ctx ctx = {NULL, NULL, 0, 0};
+    char *all = NULL;  /* the text and class name of every record, one after another */
+    Py_ssize_t used = 0, cap = 0;
+    if (views == NULL || found == NULL || at == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (; got < n; got++)
+        if (PyObject_GetBuffer(PySequence_Fast_GET_ITEM(records, got), &views[got],
+                               PyBUF_SIMPLE) < 0)
+            goto done;
+    int no_memory = 0;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t k = 0; k < n && !no_memory; k++) {
+        found[k] = transcode_record(&ctx, views[k].buf, views[k].len);
+        if (found[k].status != DONE)
+            continue;
+        Py_ssize_t size = found[k].text_len + found[k].class_len;
+        if (used + size > cap) {
+            Py_ssize_t want = cap ? cap : 65536;
+            while (want < used + size)
+                want *= 2;
+            char *grown = PyMem_RawRealloc(all, want);
+            if (grown == NULL) {
+                no_memory = 1;
+                break;
+            }
+            all = grown;
+            cap = want;
+        }
+        memcpy(all + used, ctx.out, size);
+        at[k] = used;
+        used += size;
+    }
+    Py_END_ALLOW_THREADS
+    if (no_memory) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    results = PyList_New(n);
     for (Py_ssize_t k = 0; results != NULL && k < n; k++) {
-        PyObject *found = transcode(module, PySequence_Fast_GET_ITEM(records, k));
-        if (found == NULL)
+        PyObject *item = NULL;
+        if (found[k].status == DONE) {
+            PyObject *name = class_name(all + at[k] + found[k].text_len, found[k].class_len);
+            PyObject *text = name ? text_of(all + at[k], found[k].text_len, found[k].ascii)
+                                  : NULL;
+            if (text != NULL)
+                item = PyTuple_Pack(2, name, text);
+            Py_XDECREF(name);
+            Py_XDECREF(text);
+        }
+        else if (found[k].status == FLOAT)
+            item = transcode_buffer(views[k].buf, views[k].len);
+        else if (found[k].status == NO_MEMORY)
+            PyErr_NoMemory();
+        else
+            item = Py_NewRef(Py_None);
+        if (item == NULL)
             Py_CLEAR(results);
         else
-            PyList_SET_ITEM(results, k, found);
+            PyList_SET_ITEM(results, k, item);
     }
+done:
+    for (Py_ssize_t k = 0; k < got; k++)
+        PyBuffer_Release(&views[k]);
+    PyMem_Free(views);
+    PyMem_Free(found);
+    PyMem_Free(at);
+    PyMem_RawFree(all);
+    ctx_free(&ctx);
     Py_DECREF(records);
     return results;
 }
@@ -1257,7 +1381,8 @@ static PyMethodDef methods[] = {
      "transcode(record) -> (class_name, json_text), or None for a record that only the "
      "Python transcoder handles."},
     {"transcode_many", transcode_many, METH_O,
-     "transcode_many(records) -> [transcode(record) for record in records]"},
+     "transcode_many(records) -> [transcode(record) for record in records], made without "
+     "the GIL for the records without floats."},
     {NULL, NULL, 0, NULL}
 };
 
