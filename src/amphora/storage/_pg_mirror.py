@@ -221,14 +221,32 @@ class MirrorMixin(MirrorBase):
             raise MirrorError(f"{self._where} has no mirror in follow mode "
                               "(create it with mode='follow')")
 
-        def follow(conn: Any) -> int:
+        conn = self._follower_connection()
+        try:
             done = 0
             while True:
                 done += self._follow(conn, progress)
                 if until is not None and time.monotonic() >= until:
                     return done
                 time.sleep(interval)
-        return self._mirror_admin(follow)
+        except self._psycopg.Error as exc:
+            self._local.follow_conn = None  # a new connection next time
+            conn.close()
+            raise self._error(exc) from exc
+
+    def _follower_connection(self) -> Any:
+        """The thread's follower connection (kept: a caller may follow often, each call
+        catching up with a few commits)."""
+        holder = getattr(self._local, "follow_conn", None)
+        if holder is not None and not holder.conn.closed:
+            return holder.conn
+        if self._closed:
+            raise StorageError(f"{self.__name__} is closed")
+        holder = QueryConnection(self._connect(autocommit=True))
+        with self._mirror_lock():
+            self._mirror_conns().add(holder)  # closed with the storage
+        self._local.follow_conn = holder
+        return holder.conn
 
     def _follow(self, conn: Any, progress: Callable[[int, int], None] | None) -> int:
         done = 0
