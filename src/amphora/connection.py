@@ -516,8 +516,16 @@ class Connection(ConnectionSearch):
                 added.pop(oid, None)
 
     def tpc_vote(self, txn: Any) -> None:
+        meta = txn.data(self)
+        # The only data manager of its transaction is always finished after a successful
+        # vote: the storage may finish in the vote (see TransactionMetaData). The
+        # transaction package keeps its data managers in ``_resources``; without it, two
+        # phases.
+        resources = getattr(txn, "_resources", None)
+        if resources is not None and len(resources) == 1 and resources[0] is self:
+            meta.finish_with_vote = self._finished_in_vote
         try:
-            resolved = self._storage.tpc_vote(txn.data(self))
+            resolved = self._storage.tpc_vote(meta)
         except ConflictError as exc:
             obj = self._cache.get(exc.oid) if exc.oid is not None else None
             if obj is not None and not exc.class_name:
@@ -532,6 +540,14 @@ class Connection(ConnectionSearch):
                 obj = self._cache.get(oid)
                 if obj is not None:
                     del obj._p_changed  # the stored state is the merged one: reload it
+
+    def _finished_in_vote(self, tid: bytes, resolved: list[bytes]) -> None:
+        """The storage finished the commit in its vote: what :meth:`tpc_finish`'s
+        callback does, the merged records left out of those kept."""
+        written = self._written
+        for oid in resolved:
+            written.pop(oid, None)
+        self._db._invalidate(tid, self._modified, exclude=self, written=written)
 
     def tpc_finish(self, txn: Any) -> None:
         modified = self._modified

@@ -55,8 +55,9 @@ __all__ = ["VERSION", "MAX_FRAME", "HELLO", "WELCOME", "REQUEST", "REPLY", "ERRO
            "METHODS", "WRITE_METHODS", "PUSH_COMMIT", "PUSH_RESET", "ProtocolError",
            "FrameDecoder", "encode", "HEADER"]
 
-#: the protocol version this code speaks (2: conflicts resolved during the vote)
-VERSION = 2
+#: the protocol version this code speaks (2: conflicts resolved during the vote; 3: a
+#: commit may be finished by its vote, :data:`COMMIT` with ``finish`` true)
+VERSION = 3
 #: the largest frame accepted by default (bytes after the length prefix)
 MAX_FRAME = 64 * 1024 * 1024
 
@@ -83,8 +84,11 @@ LAST_TRANSACTION = "last_transaction"  # () -> tid
 SYNC = "sync"                      # () -> tid, after pushes of everything committed before
 SIZE = "size"                      # () -> [object count, bytes]
 NEW_OIDS = "new_oids"              # (count) -> [oid, ...]
-COMMIT = "commit"                  # (meta, tid, records, serials, checks) -> None; voted
-                                   #   (RESOLVE messages about it may come first)
+COMMIT = "commit"                  # (meta, tid, records, serials, checks[, finish]) ->
+                                   #   None: voted (RESOLVE messages about it may come
+                                   #   first); with finish true: -> tid, voted and
+                                   #   finished at once, the reply in commit order (no
+                                   #   FINISH follows)
 FINISH = "finish"                  # () -> tid; the reply comes in commit order
 ABORT = "abort"                    # () -> None
 PACK = "pack"                      # (pack_time, gc) -> None

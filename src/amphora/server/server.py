@@ -8,7 +8,9 @@ instead of a commit sent again (see :mod:`amphora.storage.client`). Where commit
 made in the event loop, the client of the commit queued next is asked as soon as the one
 before it has voted, with that one's record, while its FINISH travels: its vote then
 finds the merge ready, if that commit did happen (the merge is used only if the record
-committed is the one it was asked with).
+committed is the one it was asked with). A COMMIT with ``finish`` (the client's
+connection is its transaction's only data manager) is finished as soon as it voted, on
+either commit path: the lock is released without waiting for a FINISH.
 
 Threads: the event loop does all network I/O. On a storage in this process (not
 ``is_remote``: SQLite, memory) it also makes the commits and answers the short reads, a
@@ -132,6 +134,7 @@ def _now(func: Callable, *args: Any) -> None:
 
 
 _PENDING = object()  # a merge asked for, not answered yet
+_REPLIED = object()  # a commit finished by its vote: replied in commit order already
 
 
 class _MergeWanted(Exception):
@@ -152,9 +155,11 @@ class _Commit(TransactionMetaData):
     the storage's vote (which may hold locks its readers need)."""
 
     def __init__(self, user: Any, description: Any, extension: Any, records: dict,
-                 ahead: dict[bytes, list] | None = None):
+                 ahead: dict[bytes, list] | None = None, finish: bool = False):
         super().__init__(user, description, extension)
         self.records = records
+        #: finished as soon as voted (COMMIT with ``finish``): no FINISH request follows
+        self.finish = finish
         self.merges: dict[tuple[bytes, bytes], bytes | None] = {}  # (oid, committed) ->
         self.merged: dict[bytes, bytes] = {}  # oid -> the merged record stored
         #: oid -> [committed record, merge or _PENDING]: merges asked ahead, while the
@@ -238,7 +243,8 @@ class _Served:
         if not self.waiting:
             return
         session, request_id, method, args = self.waiting[0]
-        if method != p.COMMIT or session.closed or session is writer or len(args) != 5:
+        if method != p.COMMIT or session.closed or session is writer \
+                or len(args) not in (5, 6):
             return
         records, serials = args[2], args[3]
         if not isinstance(records, dict) or not isinstance(serials, dict):
@@ -582,6 +588,14 @@ class _Session(asyncio.Protocol):
                 self.replied(request_id, p.COMMIT, error=exc)
                 return
             if wanted is None:
+                if txn.finish:  # the lock released now, not a round trip later
+                    try:
+                        result = self.finish_voted(request_id)
+                    except Exception as exc:
+                        self.replied(request_id, p.COMMIT, error=exc)
+                        return
+                    self.replied(request_id, p.COMMIT, result)
+                    return
                 self.replied(request_id, p.COMMIT)
                 self.served.ask_ahead(self, txn)
                 return
@@ -620,7 +634,7 @@ class _Session(asyncio.Protocol):
             self.send(_error_message(exc, request_id))
             return
         result = done.result()
-        if method == p.FINISH:
+        if method == p.FINISH or result is _REPLIED:
             return  # replied in commit order, from the storage's callback
         self.send([p.REPLY, request_id, result])
 
@@ -781,26 +795,27 @@ class _Session(asyncio.Protocol):
     def do_new_oids(self, request_id: int, count: int) -> list:
         return self.served.storage.new_oids(max(1, min(int(count), 65536)))
 
-    def do_commit(self, request_id: int, *args: Any) -> None:
-        """A whole commit up to its vote, in the client's commit thread."""
+    def do_commit(self, request_id: int, *args: Any) -> Any:
+        """A whole commit up to its vote (and its finish, when asked), in the client's
+        commit thread."""
         txn = self.begin_commit(*args)
         for _ in range(_MAX_MERGES):
             wanted = self.vote(txn)
             if wanted is None:
-                return
+                return self.finish_voted(request_id) if txn.finish else None
             txn.merges[wanted.oid, wanted.committed] = self.ask_merge(request_id, wanted)
         self.abort_commit()
         raise errors.ConflictError("conflicts kept coming while resolving them")
 
     def begin_commit(self, meta: list, tid: bytes | None, records: dict, serials: dict,
-                     checks: dict) -> _Commit:
+                     checks: dict, finish: bool = False) -> _Commit:
         storage = self.served.storage
         if self.txn is not None:  # a commit the client gave up on
             storage.tpc_abort(self.txn)
             self.txn = None
         self.voted = False
         user, description, extension = meta
-        txn = _Commit(user, description, extension, records, self.ahead)
+        txn = _Commit(user, description, extension, records, self.ahead, finish is True)
         self.ahead = {}
         if tid is None:
             storage.tpc_begin(txn)
@@ -866,6 +881,13 @@ class _Session(asyncio.Protocol):
         finally:
             self.txn = None
             self.unlock()
+
+    def finish_voted(self, request_id: int) -> object:
+        """Finish the commit just voted, for a COMMIT with ``finish`` (the client's only
+        data manager: a successful vote is always followed by its finish): the same
+        finish as FINISH's, whose reply, the tid, is the commit request's."""
+        self.do_finish(request_id)
+        return _REPLIED
 
     def do_abort(self, request_id: int) -> None:
         merging, self.merging = self.merging, None

@@ -203,7 +203,18 @@ class TransactionMetaData:
 
     ``user`` and ``description`` are bytes (str is encoded as UTF-8); ``extension`` is a
     dict of plain data, stored pickled as ``extension_bytes``.
+
+    ``finish_with_vote``: None, or set before ``tpc_vote`` by a data manager that is its
+    transaction's only one (a successful vote is then always followed by
+    ``tpc_finish``). A storage may then finish in the vote: make the commit durable, call
+    ``finish_with_vote(tid, resolved)`` where ``tpc_finish`` would have called its
+    ``func`` (``resolved``: the oids ``tpc_vote`` will return), and have the coming
+    ``tpc_finish`` return that tid without calling ``func``; a ``tpc_abort`` instead
+    leaves the commit made. Storages may ignore it (only the client storage uses it, to
+    spare a round trip with its server).
     """
+
+    finish_with_vote: Callable[[bytes, list[bytes]], None] | None = None
 
     def __init__(self, user: str | bytes = b"", description: str | bytes = b"",
                  extension: dict | bytes | None = None):
