@@ -188,10 +188,24 @@ def cmd_info(args: argparse.Namespace) -> int:
             ("last transaction",
              "none" if last == z64 else f"{_format_tid(last)} {_format_time(last)}"),
         ]
+        if getattr(storage, "supports_mirror", False):
+            rows.append(("JSON mirror", _mirror_state(storage)))
     width = max(len(name) for name, _ in rows)
     for name, value in rows:
         print(f"{name + ':':<{width + 1}} {value}")
     return 0
+
+
+def _mirror_state(storage: Any) -> str:
+    """What ``amphora info`` says of a storage's JSON mirror."""
+    mode = storage.mirror_mode()
+    if mode is None:
+        return "none (amphora mirror URI makes one)"
+    if mode == "sync":
+        return "sync (written by every commit)"
+    watermark = p64(storage.mirror_watermark())
+    behind = "none yet" if watermark == z64 else _format_tid(watermark)
+    return f"follow (documents current up to {behind})"
 
 
 def cmd_history(args: argparse.Namespace) -> int:
@@ -443,7 +457,7 @@ def build_parser() -> argparse.ArgumentParser:
         return commands.add_parser(name, help=help, description=description,
                                    epilog=STORAGE_FORMS)
 
-    info = command("info", "size, object and transaction counts, last transaction",
+    info = command("info", "size, object and transaction counts, last transaction, mirror",
                    "Show a storage's size, its number of objects and transactions, and its "
                    "last transaction (tid and UTC time). Opens the storage read-only.")
     info.add_argument("uri", metavar="URI", help="the storage")

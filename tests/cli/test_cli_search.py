@@ -4,6 +4,7 @@ exists only in this test's process), which proves the transcoding is symbolic.""
 from __future__ import annotations
 
 import json
+import re
 import sys
 import textwrap
 
@@ -106,3 +107,21 @@ def test_a_follow_mirror_is_kept_by_amphora_follow(people, tmp_path, monkeypatch
     run("mirror", uri, "--drop", cwd=tmp_path)
     assert "no mirror in follow mode" in one_error_line(
         run("follow", uri, "--once", cwd=tmp_path, ok=False))
+
+
+def test_info_says_how_the_mirror_is_kept(people, tmp_path):
+    uri, _ = people
+    line = r"JSON mirror:\s+(.*)\n"
+    assert re.search(line, run("info", uri, cwd=tmp_path).stdout).group(1).startswith("none")
+    run("mirror", uri, cwd=tmp_path)
+    assert re.search(line, run("info", uri, cwd=tmp_path).stdout).group(1).startswith("sync")
+    run("mirror", uri, "--drop", cwd=tmp_path)
+    run("mirror", uri, "--follow", cwd=tmp_path)
+    following = re.search(line, run("info", uri, cwd=tmp_path).stdout).group(1)
+    storage = amphora.open_storage(uri, read_only=True)
+    try:
+        watermark = storage.mirror_watermark()
+    finally:
+        storage.close()
+    assert following == f"follow (documents current up to 0x{watermark:016x})"
+    assert "JSON mirror" not in run("info", "memory://", cwd=tmp_path).stdout
