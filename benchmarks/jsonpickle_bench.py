@@ -48,18 +48,9 @@ from persistent import Persistent
 from amphora import jsonpickle
 from amphora.jsonpickle import record_to_json
 from amphora.serialize import ObjectWriter
+from shootout import PAYLOAD_SIZE, Item  # benchmarks/ is this script's folder
 
 COMMIT_MS = 7.5  # a 1000-object commit of small objects
-
-
-class Item(Persistent):
-    """The shootout's object: four attributes, about 300 bytes per record."""
-
-    def __init__(self, i: int, payload: bytes):
-        self.name = f"item-{i:06d}"
-        self.count = i
-        self.attr = 1
-        self.data = payload
 
 
 class Document(Persistent):
@@ -82,7 +73,7 @@ def writer() -> tuple[ObjectWriter, Jar]:
 
 def small_records(n: int, rnd: random.Random) -> list[bytes]:
     out, _jar = writer()
-    return [out.serialize(Item(i, rnd.randbytes(200))) for i in range(n)]
+    return [out.serialize(Item(i, rnd.randbytes(PAYLOAD_SIZE))) for i in range(n)]
 
 
 def bucket_records(n: int, rnd: random.Random) -> list[bytes]:

@@ -462,8 +462,7 @@ static Node *reduce(Reader *r, Node *func, Node *args)
         Node *node = new_node(r, name[9] == 's' ? K_SET : K_FROZENSET);
         if (args->n == 1 && args->items[0]->kind == K_LIST) {
             node->items = args->items[0]->items;
-            node->n = node->cap = args->items[0]->n;
-            node->cap = node->n;  /* appending copies */
+            node->n = node->cap = args->items[0]->n;  /* appending copies */
             return node;
         }
         if (args->n == 0)
@@ -731,7 +730,6 @@ static Node *object_state(Reader *r, Node *state)
 typedef struct { const char *key; Node *value; } Field;
 
 typedef struct {
-    int kind;               /* 0: none (not the shape); 1: fields */
     Field fields[3];
     int nfields;
 } Flat;

@@ -371,6 +371,11 @@ class _Session(asyncio.Protocol):
         except p.ProtocolError as exc:
             self.fail(str(exc))
             return
+        self.dispatch_all(messages)
+
+    def dispatch_all(self, messages: list) -> None:
+        """Dispatch ``messages`` in order; a bad one closes the client (the rest are
+        dropped)."""
         for message in messages:
             if self.closed:
                 return
@@ -687,14 +692,7 @@ class _Session(asyncio.Protocol):
             if tid is None or tid > last:
                 self.transport.write(frame)
         early, self.early = self.early, []
-        for message in early:
-            if self.closed:
-                return
-            try:
-                self.dispatch(message)
-            except p.ProtocolError as exc:
-                self.fail(str(exc))
-                return
+        self.dispatch_all(early)
 
     # -- requests (in a storage thread) ----------------------------------------------
     def do_load_before(self, request_id: int, oid: bytes, before: bytes) -> Any:

@@ -75,6 +75,48 @@ class MirrorBase:
     def _last_tid(self) -> int:
         raise NotImplementedError
 
+    def _count_objects(self, conn: Any) -> int:
+        raise NotImplementedError
+
+    def _backfill_chunk(self, conn: Any, after: int) -> list:
+        """Write the documents of the next current records after oid ``after``, in a
+        transaction of their own; the rows written, ``(oid, tid, data)``."""
+        raise NotImplementedError
+
+    def _follow(self, conn: Any, progress: Callable[[int, int], None] | None) -> int:
+        """Catch the documents up with the last transaction; the number of transactions."""
+        raise NotImplementedError
+
+    def _backfill(self, conn: Any, progress: Callable[[int, int], None] | None) -> int:
+        """Write the document of every current record, chunk by chunk, telling
+        ``progress(done, total)``; the number of documents."""
+        total = self._count_objects(conn)
+        done = 0
+        after = -(1 << 63)
+        while True:
+            rows = self._backfill_chunk(conn, after)
+            if not rows:
+                return done
+            done += len(rows)
+            after = rows[-1][0]
+            if progress is not None:
+                progress(done, max(total, done))
+
+    def _check_follow_mode(self) -> None:
+        if self.mirror_mode() != "follow":
+            raise MirrorError(f"{self._mirror_where} has no mirror in follow mode "
+                              "(create it with mode='follow')")
+
+    def _keep_following(self, conn: Any, until: float | None, interval: float,
+                        progress: Callable[[int, int], None] | None) -> int:
+        """The loop of ``follow_mirror`` on the follower's connection ``conn``."""
+        done = 0
+        while True:
+            done += self._follow(conn, progress)
+            if until is not None and time.monotonic() >= until:
+                return done
+            time.sleep(interval)
+
     def has_mirror(self) -> bool:
         """Whether the database keeps JSON documents of its objects."""
         return self.mirror_mode() is not None

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import re
 import threading
-import time
 import weakref
 from typing import Any, Callable, Sequence
 
@@ -196,39 +195,25 @@ class MirrorMixin(MirrorBase):
                     conn.execute(statement)
         self._mirror_admin(drop)
 
-    def _backfill(self, conn: Any, progress: Callable[[int, int], None] | None) -> int:
-        total = conn.execute(_COUNT_OBJECTS).fetchone()[0]
-        done = 0
-        after = -(1 << 63)
-        while True:
-            with conn.transaction():
-                rows = conn.execute(_OBJECTS_AFTER, (after, _BACKFILL_CHUNK),
-                                    binary=True).fetchall()
-                if rows:
-                    _upsert_documents(conn, rows)
-            if not rows:
-                return done
-            done += len(rows)
-            after = rows[-1][0]
-            if progress is not None:
-                progress(done, max(total, done))
+    def _count_objects(self, conn: Any) -> int:
+        return conn.execute(_COUNT_OBJECTS).fetchone()[0]
+
+    def _backfill_chunk(self, conn: Any, after: int) -> list:
+        with conn.transaction():
+            rows = conn.execute(_OBJECTS_AFTER, (after, _BACKFILL_CHUNK),
+                                binary=True).fetchall()
+            if rows:
+                _upsert_documents(conn, rows)
+        return rows
 
     # -- the follower -------------------------------------------------------------------
     def follow_mirror(self, until: float | None = 0.0, interval: float = 0.2,
                       progress: Callable[[int, int], None] | None = None) -> int:
         """As :meth:`amphora.storage.sqlite.SQLiteStorage.follow_mirror`."""
-        if self.mirror_mode() != "follow":
-            raise MirrorError(f"{self._where} has no mirror in follow mode "
-                              "(create it with mode='follow')")
-
+        self._check_follow_mode()
         conn = self._follower_connection()
         try:
-            done = 0
-            while True:
-                done += self._follow(conn, progress)
-                if until is not None and time.monotonic() >= until:
-                    return done
-                time.sleep(interval)
+            return self._keep_following(conn, until, interval, progress)
         except self._psycopg.Error as exc:
             self._local.follow_conn = None  # a new connection next time
             conn.close()
@@ -237,16 +222,7 @@ class MirrorMixin(MirrorBase):
     def _follower_connection(self) -> Any:
         """The thread's follower connection (kept: a caller may follow often, each call
         catching up with a few commits)."""
-        holder = getattr(self._local, "follow_conn", None)
-        if holder is not None and not holder.conn.closed:
-            return holder.conn
-        if self._closed:
-            raise StorageError(f"{self.__name__} is closed")
-        holder = QueryConnection(self._connect(autocommit=True))
-        with self._mirror_lock():
-            self._mirror_conns().add(holder)  # closed with the storage
-        self._local.follow_conn = holder
-        return holder.conn
+        return self._kept_connection("follow_conn", read_only=False)
 
     def _follow(self, conn: Any, progress: Callable[[int, int], None] | None) -> int:
         done = 0
@@ -351,17 +327,24 @@ class MirrorMixin(MirrorBase):
 
     # -- connections --------------------------------------------------------------------
     def _query_connection(self) -> Any:
-        holder = getattr(self._local, "mirror_conn", None)
-        if holder is not None:
+        """The thread's search connection (read-only)."""
+        return self._kept_connection("mirror_conn", read_only=True)
+
+    def _kept_connection(self, name: str, read_only: bool) -> Any:
+        """An autocommit connection kept per thread as ``self._local.<name>`` (dropped by
+        setting it to None) and closed with the storage."""
+        holder = getattr(self._local, name, None)
+        if holder is not None and not holder.conn.closed:
             return holder.conn
         if self._closed:
             raise StorageError(f"{self.__name__} is closed")
         conn = self._connect(autocommit=True)
-        conn.execute("SET default_transaction_read_only = on")
+        if read_only:
+            conn.execute("SET default_transaction_read_only = on")
         holder = QueryConnection(conn)
         with self._mirror_lock():
             self._mirror_conns().add(holder)
-        self._local.mirror_conn = holder
+        setattr(self._local, name, holder)
         return conn
 
     def _mirror_read(self, work: Callable[[Any], Any]) -> Any:

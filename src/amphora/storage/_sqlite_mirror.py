@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import re
 import sqlite3
-import time
 import weakref
 from typing import Any, Callable, Sequence
 
@@ -228,23 +227,15 @@ class MirrorMixin(MirrorBase):
         finally:
             writer.close()
 
-    def _backfill(self, writer: sqlite3.Connection,
-                  progress: Callable[[int, int], None] | None) -> int:
-        total = writer.execute(_COUNT_OBJECTS).fetchone()[0]
-        done = 0
-        after = -(1 << 63)
-        while True:
-            def chunk() -> list:
-                rows = writer.execute(_OBJECTS_AFTER, (after, _BACKFILL_CHUNK)).fetchall()
-                _write_documents(writer, rows)
-                return rows
-            rows = self._in_write_transaction(writer, chunk)
-            if not rows:
-                return done
-            done += len(rows)
-            after = rows[-1][0]
-            if progress is not None:
-                progress(done, max(total, done))
+    def _count_objects(self, conn: sqlite3.Connection) -> int:
+        return conn.execute(_COUNT_OBJECTS).fetchone()[0]
+
+    def _backfill_chunk(self, writer: sqlite3.Connection, after: int) -> list:
+        def chunk() -> list:
+            rows = writer.execute(_OBJECTS_AFTER, (after, _BACKFILL_CHUNK)).fetchall()
+            _write_documents(writer, rows)
+            return rows
+        return self._in_write_transaction(writer, chunk)
 
     # -- the follower -------------------------------------------------------------------
     def follow_mirror(self, until: float | None = 0.0, interval: float = 0.2,
@@ -254,17 +245,10 @@ class MirrorMixin(MirrorBase):
         following (polling every ``interval`` seconds) until ``time.monotonic()`` passes
         ``until`` (None: for ever). Returns the number of transactions covered.
         ``progress(done, total)`` hears of each batch."""
-        if self.mirror_mode() != "follow":
-            raise MirrorError(f"{self._path} has no mirror in follow mode "
-                              "(create it with mode='follow')")
+        self._check_follow_mode()
         writer = self._connect(read_only=False)
-        done = 0
         try:
-            while True:
-                done += self._follow(writer, progress)
-                if until is not None and time.monotonic() >= until:
-                    return done
-                time.sleep(interval)
+            return self._keep_following(writer, until, interval, progress)
         except sqlite3.Error as exc:
             raise self._error(exc) from exc
         finally:
@@ -272,7 +256,6 @@ class MirrorMixin(MirrorBase):
 
     def _follow(self, writer: sqlite3.Connection,
                 progress: Callable[[int, int], None] | None) -> int:
-        """Catch the documents up with the last transaction; the number of transactions."""
         done = 0
         while True:
             def batch() -> int:
