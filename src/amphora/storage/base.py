@@ -368,6 +368,24 @@ class StorageBase:
     def _others_committed(self) -> None:
         """Hook: :meth:`_deliver` is about to report commits made elsewhere."""
 
+    def _publish(self, tid: bytes, func: Callable[[bytes], None] | None) -> bytes:
+        """Once commit ``tid`` is durable (SQL storages): report the others' commits its
+        vote found (``_pending``, before ``tid``), pass the oids it stored
+        (:meth:`_stored_oids_up_to`), call ``func(tid)``; ``tid`` is the last transaction
+        whatever happens."""
+        try:
+            pending, self._pending = self._pending, []
+            self._deliver([row for row in pending if row[0] < u64(tid)], self._pending_packed)
+            self._stored_oids_up_to(self._top_oid)
+            if func is not None:
+                func(tid)
+        finally:
+            self._ltid = tid
+        return tid
+
+    def _stored_oids_up_to(self, top: int) -> None:
+        """Hook of :meth:`_publish`: oids up to ``top`` were stored, never hand them out."""
+
     def close(self) -> None:
         """Close every connection; the storage raises :class:`StorageError` afterwards."""
         with self._lock:

@@ -687,18 +687,12 @@ class PostgreSQLStorage(SchemaMixin, PackMixin, MirrorMixin, StorageBase):
             raise self._error(exc) from exc
         # The transaction is durable now: whatever happens below, the tid is published.
         self._ahead_generation += 1
-        try:
-            pending, self._pending = self._pending, []
-            self._deliver([row for row in pending if row[0] < _u(tid)], self._pending_packed)
-            top = self._top_oid
-            with self._oid_lock:
-                if self._oids and self._oids[0] <= top:
-                    self._oids = [oid for oid in self._oids if oid > top]
-            if func is not None:
-                func(tid)
-        finally:
-            self._ltid = tid
-        return tid
+        return self._publish(tid, func)
+
+    def _stored_oids_up_to(self, top: int) -> None:
+        with self._oid_lock:
+            if self._oids and self._oids[0] <= top:
+                self._oids = [oid for oid in self._oids if oid > top]
 
     def _abort(self) -> None:
         self._rollback()

@@ -720,19 +720,13 @@ class SQLiteStorage(SchemaMixin, PackMixin, MirrorMixin, StorageBase):
             self._rollback()
             raise self._error(exc) from exc
         # The transaction is durable now: whatever happens below, the tid is published.
-        try:
-            self._generation += 1  # before anyone hears of it: snapshots must be renewed
-            pending, self._pending = self._pending, []
-            self._deliver([row for row in pending if row[0] < _u(tid)], self._pending_packed)
-            top = self._top_oid
-            with self._oid_lock:
-                if self._oid_next <= top < self._oid_end:
-                    self._oid_next = top + 1
-            if func is not None:
-                func(tid)
-        finally:
-            self._ltid = tid
-        return tid
+        self._generation += 1  # before anyone hears of it: snapshots must be renewed
+        return self._publish(tid, func)
+
+    def _stored_oids_up_to(self, top: int) -> None:
+        with self._oid_lock:
+            if self._oid_next <= top < self._oid_end:
+                self._oid_next = top + 1
 
     def _abort(self) -> None:
         self._rollback()
