@@ -18,6 +18,7 @@ from amphora.errors import ConflictError
 from amphora.server import protocol as p
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from counters import Tally  # noqa: E402
 from serverprocess import ServerProcess  # noqa: E402
 
 REMOTE_LIKE = [sys.executable, str(Path(__file__).resolve().parent / "serve_as_remote.py")]
@@ -53,7 +54,7 @@ def value_on(server: ServerProcess, key: str):
     try:
         with db.transaction() as conn:
             value = conn.root().get(key)
-            if isinstance(value, Length):
+            if isinstance(value, (Length, Tally)):
                 return value()
             return dict(value) if isinstance(value, PersistentMapping) else value
     finally:
@@ -131,14 +132,15 @@ def test_a_raw_commit_with_finish_is_answered_with_its_tid_and_needs_no_finish(s
 
 
 @BOTH_PATHS
+@pytest.mark.parametrize("kind", [Length, Tally], ids=["merged-by-server", "by-client"])
 def test_a_conflict_merged_in_a_one_phase_commit_leaves_no_unmerged_record_cached(
-        servers, program):
+        servers, program, kind):
     """The record this client sent is not the one committed: the database's record cache
     must not keep it for the other connections."""
     server = servers(program=program)
     db = amphora.open(f"amphora://{server.address}")
     with db.transaction() as conn:
-        conn.root()["counter"] = Length(5)
+        conn.root()["counter"] = kind(5)
     tm = transaction.TransactionManager()
     conn = db.open(tm)
     counter = conn.root()["counter"]
@@ -160,20 +162,23 @@ def test_a_conflict_merged_in_a_one_phase_commit_leaves_no_unmerged_record_cache
     assert value_on(server, "counter") == 115
 
 
-def test_a_client_of_protocol_version_2_is_refused_at_the_handshake(servers):
-    """Version 3 added COMMIT's finish; versions are never negotiated: a client of
-    version 2 is refused, told the version spoken, before any request."""
-    assert p.VERSION == 3
+@pytest.mark.parametrize("version", [2, 3])
+def test_a_client_of_an_older_protocol_is_refused_at_the_handshake(servers, version):
+    """Version 3 added COMMIT's finish, version 4 MERGED and records pushed with commits;
+    versions are never negotiated: an older client is refused, told the version spoken,
+    before any request."""
+    assert p.VERSION == 4
     server = servers()
     sock = socket.create_connection((server.host, server.port), timeout=30)
-    sock.sendall(p.encode([p.HELLO, {"protocol": 2, "token": None, "storage": ""}]))
+    sock.sendall(p.encode([p.HELLO, {"protocol": version, "token": None, "storage": ""}]))
     decoder = p.FrameDecoder()
     messages: list = []
     while data := sock.recv(65536):
         messages += decoder.feed(data)
     sock.close()
     assert messages[0][:2] == [p.ERROR, 0]
-    assert "version 2 is not supported" in messages[0][3] and "version 3" in messages[0][3]
+    assert f"version {version} is not supported" in messages[0][3]
+    assert "version 4" in messages[0][3]
 
 
 # -- several data managers: two-phase ----------------------------------------------------------

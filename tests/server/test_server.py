@@ -20,6 +20,7 @@ from amphora.storage.client import ClientStorage
 from amphora.storage.sqlite import SQLiteStorage
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from counters import Tally  # noqa: E402
 from serverprocess import ServerProcess, _env  # noqa: E402
 
 WORKER = str(Path(__file__).resolve().parent / "worker_server_client.py")
@@ -270,11 +271,12 @@ def test_kill_9_during_commits_then_restart(servers, tmp_path):
 
 # -- a hot spot ------------------------------------------------------------------------------
 
-def test_eight_processes_incrementing_one_counter_end_with_the_exact_count(servers):
+@pytest.mark.parametrize("kind", [Length, Tally], ids=["merged-by-server", "by-clients"])
+def test_eight_processes_incrementing_one_counter_end_with_the_exact_count(servers, kind):
     server = servers("memory://")
     db = amphora.open(f"amphora://{server.address}")
     with db.transaction() as conn:
-        conn.root()["counter"] = Length()
+        conn.root()["counter"] = kind()
     workers = [subprocess.Popen([sys.executable, WORKER, "counter", server.address, "25"],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                 env=_env())
@@ -331,11 +333,12 @@ def counter_value(address: str) -> int:
 
 @pytest.fixture
 def stale_counter(servers, tmp_path):
-    """A served Length at 5, and the state a late writer read (at 1)."""
+    """A served Tally (merged by the client) at 5, and the state a late writer read
+    (at 1)."""
     server = servers(f"sqlite:///{tmp_path / 'data.db'}")
     db = amphora.open(f"amphora://{server.address}")
     with db.transaction() as conn:
-        conn.root()["counter"] = counter = Length(1)
+        conn.root()["counter"] = counter = Tally(1)
     with db.transaction() as conn:
         conn.root()["counter"].change(4)
         oid = counter._p_oid
@@ -456,7 +459,7 @@ def test_conflicts_merged_during_the_vote_with_commits_in_the_loop_or_in_threads
     server = servers("memory://", program=program)
     db = amphora.open(f"amphora://{server.address}")
     with db.transaction() as conn:
-        conn.root()["counter"] = counter = Length(1)
+        conn.root()["counter"] = counter = Tally(1)
     oid, read = counter._p_oid, counter._p_serial
     with db.transaction() as conn:
         conn.root()["counter"].change(4)

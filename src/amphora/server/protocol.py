@@ -38,6 +38,10 @@ After the handshake:
                                   None (cannot merge: the commit fails with
                                   ``ConflictError``). No reply; answers come in the
                                   order of the questions.
+``[MERGED, id, oid, data]``       server to client, before the reply to commit request
+                                  ``id``, voted: the server merged a write conflict on
+                                  ``oid`` itself (a class :mod:`amphora.symbolic` knows)
+                                  and stores ``data`` instead of the client's record.
 
 A client may send any number of requests without waiting; replies carry the request id
 and may come in any order, except that replies and pushes that concern a transaction come
@@ -51,13 +55,14 @@ from typing import Any
 import msgpack
 
 __all__ = ["VERSION", "MAX_FRAME", "HELLO", "WELCOME", "REQUEST", "REPLY", "ERROR", "PUSH",
-           "RESOLVE", "RESOLVED",
+           "RESOLVE", "RESOLVED", "MERGED",
            "METHODS", "WRITE_METHODS", "PUSH_COMMIT", "PUSH_RESET", "ProtocolError",
            "FrameDecoder", "encode", "HEADER"]
 
 #: the protocol version this code speaks (2: conflicts resolved during the vote; 3: a
-#: commit may be finished by its vote, :data:`COMMIT` with ``finish`` true)
-VERSION = 3
+#: commit may be finished by its vote, :data:`COMMIT` with ``finish`` true; 4: some
+#: conflicts merged by the server (:data:`MERGED`), small records pushed with commits)
+VERSION = 4
 #: the largest frame accepted by default (bytes after the length prefix)
 MAX_FRAME = 64 * 1024 * 1024
 
@@ -72,6 +77,7 @@ ERROR = "error"
 PUSH = "push"
 RESOLVE = "resolve"
 RESOLVED = "resolved"
+MERGED = "merged"
 
 # -- requests -----------------------------------------------------------------------------
 LOAD_BEFORE = "load_before"        # (oid, before) -> [data, start, end] | None

@@ -45,7 +45,7 @@ import ssl
 import threading
 from typing import Any, Callable
 
-from amphora import errors
+from amphora import errors, symbolic
 from amphora.serialize import references
 from amphora.server import protocol as p
 from amphora.storage.base import TransactionMetaData
@@ -64,6 +64,8 @@ _REFERENCES_KEPT = 100_000         # records whose references are remembered, pe
 _WATCH_INTERVAL = 0.1              # seconds between looks for other processes' commits
 _RESOLVE_TIMEOUT = 60.0            # seconds a vote waits for a client's merge
 _MAX_MERGES = 1000                 # conflicts merged in one vote before giving up
+_PUSH_RECORD = 512                 # records up to this size are pushed with their commit,
+_PUSH_RECORDS = 32                 # up to this many per commit
 _INLINE_MANY = 64                  # a load_many of up to this many oids is short
 # requests answered in the event loop when the storage is in this process (not NEW_OIDS:
 # reserving a block waits for SQLite's write lock, which a voted commit holds until its
@@ -162,6 +164,9 @@ class _Commit(TransactionMetaData):
         self.finish = finish
         self.merges: dict[tuple[bytes, bytes], bytes | None] = {}  # (oid, committed) ->
         self.merged: dict[bytes, bytes] = {}  # oid -> the merged record stored
+        #: oid -> the record merged here (a class of :mod:`amphora.symbolic`), which the
+        #: client is told of before the commit's reply (MERGED)
+        self.told: dict[bytes, bytes] = {}
         #: oid -> [committed record, merge or _PENDING]: merges asked ahead, while the
         #: commit before this one was finishing (see _Served.ask_ahead)
         self.ahead = ahead if ahead is not None else {}
@@ -181,6 +186,11 @@ class _Commit(TransactionMetaData):
             except Exception as exc:  # the state read is gone (packed): a plain conflict
                 log.debug("no states to resolve oid %s: %s", oid.hex(), exc)
                 return None
+            merged = symbolic.merge(states[1], states[0], data)
+            if merged is not None:  # a class whose merge is known: no round trip
+                self.merges[key] = self.told[oid] = merged
+                self.merged[oid] = merged
+                return merged
             guess = self.ahead.get(oid)
             # A merge asked ahead is the client's answer for these very three records
             # only if the committed one is the record it was asked with.
@@ -250,6 +260,8 @@ class _Served:
         if not isinstance(records, dict) or not isinstance(serials, dict):
             return
         for oid in records.keys() & voted.records.keys():
+            if type(records[oid]) is bytes and symbolic.mergeable(records[oid]):
+                continue  # merged by the server when its vote comes
             read = serials.get(oid)
             committed = voted.final(oid)
             guess = session.ahead.get(oid)
@@ -354,6 +366,7 @@ class _Session(asyncio.Protocol):
         self.commit_jobs = 0
         self.peer = "?"
         self.handshake_timer: asyncio.TimerHandle | None = None
+        self.out: list[bytes] = []  # frames to send at the end of this loop turn
 
     # -- connection events ----------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -422,13 +435,28 @@ class _Session(asyncio.Protocol):
         if self.closed or self.transport is None:
             return
         log.warning("closing %s: %s", self.peer, message)
-        self.transport.write(p.encode([p.ERROR, 0, "ProtocolError", message, {}]))
+        self.write(p.encode([p.ERROR, 0, "ProtocolError", message, {}]))
+        self.flush()
         self.closed = True
         self.transport.close()
 
+    def write(self, frame: bytes) -> None:
+        """Send ``frame`` with the others of this loop turn: one system call (and one
+        wake-up of the client) for a commit's replies and the pushes of the commits made
+        meanwhile."""
+        out = self.out
+        out.append(frame)
+        if len(out) == 1:
+            self.loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        out, self.out = self.out, []
+        if out and not self.closed and self.transport is not None:
+            self.transport.write(b"".join(out) if len(out) > 1 else out[0])
+
     def send(self, message: list) -> None:
         if not self.closed and self.transport is not None:
-            self.transport.write(p.encode(message))
+            self.write(p.encode(message))
 
     def push(self, tid: bytes | None, frame: bytes) -> None:
         if self.closed or self.transport is None:
@@ -436,7 +464,7 @@ class _Session(asyncio.Protocol):
         if not self.welcomed:
             self.held.append((tid, frame))
         else:
-            self.transport.write(frame)
+            self.write(frame)
 
     def ask_merge(self, request_id: int, wanted: _MergeWanted) -> bytes | None:
         """Ask the client to merge a write conflict and wait for its answer (in the
@@ -593,6 +621,7 @@ class _Session(asyncio.Protocol):
                 self.replied(request_id, p.COMMIT, error=exc)
                 return
             if wanted is None:
+                self.tell_merged(request_id, txn)
                 if txn.finish:  # the lock released now, not a round trip later
                     try:
                         result = self.finish_voted(request_id)
@@ -690,7 +719,7 @@ class _Session(asyncio.Protocol):
         held, self.held = self.held, []
         for tid, frame in held:
             if tid is None or tid > last:
-                self.transport.write(frame)
+                self.write(frame)
         early, self.early = self.early, []
         self.dispatch_all(early)
 
@@ -800,6 +829,7 @@ class _Session(asyncio.Protocol):
         for _ in range(_MAX_MERGES):
             wanted = self.vote(txn)
             if wanted is None:
+                self.tell_merged(request_id, txn)
                 return self.finish_voted(request_id) if txn.finish else None
             txn.merges[wanted.oid, wanted.committed] = self.ask_merge(request_id, wanted)
         self.abort_commit()
@@ -843,6 +873,16 @@ class _Session(asyncio.Protocol):
         self.voted = True
         return None
 
+    def tell_merged(self, request_id: int, txn: _Commit) -> None:
+        """Tell the client of commit ``request_id``, voted, which of its records were
+        merged here and what is stored instead (before the commit's reply)."""
+        if not txn.told:
+            return
+        send = self.send if self.served.inline else \
+            lambda message: self.loop.call_soon_threadsafe(self.send, message)
+        for oid, data in txn.told.items():
+            send([p.MERGED, request_id, oid, data])
+
     def abort_commit(self) -> None:
         txn, self.txn = self.txn, None
         self.voted = False
@@ -870,9 +910,17 @@ class _Session(asyncio.Protocol):
         # writer begins
         call = self.loop.call_soon_threadsafe if not served.inline else _now
 
+        small = {}  # pushed with the commit: a client's next load of them is local
+        for oid in oids:
+            data = txn.final(oid)
+            if len(data) <= _PUSH_RECORD:
+                small[oid] = data
+                if len(small) == _PUSH_RECORDS:
+                    break
+
         def finished(tid: bytes) -> None:  # under the storage's commit lock
             payload = {"tid": tid, "oids": oids, "user": user, "description": description,
-                       "extension": extension}
+                       "extension": extension, "records": small}
             call(served.committed, self, request_id, payload)
         try:
             return served.storage.tpc_finish(txn, finished)
@@ -1020,6 +1068,7 @@ class Server:
         except asyncio.TimeoutError:
             log.warning("stopping with commits under way: they are aborted")
         for session in list(self.sessions):
+            session.flush()
             session.closed = True
             if session.transport is not None:
                 session.transport.close()

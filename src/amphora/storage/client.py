@@ -60,6 +60,7 @@ log = logging.getLogger("amphora.client")
 _OID_BLOCK = 32          # oids first asked for at once ...
 _OID_BLOCK_MAX = 4096    # ... doubling up to this
 _ITERATE_PAGE = 100      # transactions per iterator round trip
+_LATEST = 10000          # current records kept from pushes and merges (see loadBefore)
 _MAX_RESOLUTIONS = 1000  # conflicts resolved in one vote before giving up
 _AHEAD = 2000            # records read ahead per round trip
 
@@ -139,6 +140,8 @@ class _Protocol(asyncio.Protocol):
                 client._pushed(message[1], message[2])
             elif kind == p.RESOLVE:
                 client._asked(message[1], message[2:])
+            elif kind == p.MERGED:
+                client._merged(message[1], message[2], message[3])
             elif kind == p.ERROR:
                 if message[1] == 0:  # about the connection: the server closes it
                     error = _AuthenticationError(f"the server refused: {message[3]}")
@@ -202,9 +205,15 @@ class ClientStorage(StorageBase):
         self._oid_block = _OID_BLOCK
         self._voted = False
         self._finished_tid: bytes | None = None  # the commit finished in its vote
+        self._sent: dict[bytes, bytes] = {}  # the records of the commit voted
         self._feeds = False  # the server answers TRANSACTION_LOG and PACKED_THROUGH
         self._load_ahead = False  # the server answers LOAD_AHEAD
         self._ahead = threading.local()  # per thread: records read ahead (see loadBefore)
+        #: oid -> (record, tid): its current record as of _ltid, pushed with a commit or
+        #: stored by one of ours (see loadBefore); only the I/O thread changes it
+        self._latest: dict[bytes, tuple[bytes, bytes]] = {}
+        #: oid -> the record the commit in flight stores instead of ours (merged)
+        self._final: dict[bytes, bytes] = {}
         self._advanced = threading.Condition()  # notified whenever _ltid moves
         self._marks = threading.local()  # per thread: _ltid when it last read the log
         self._loop = _io_loop()
@@ -256,6 +265,7 @@ class ClientStorage(StorageBase):
             self._feeds = bool(welcome.get("feeds"))
             self._load_ahead = bool(welcome.get("load_ahead"))
             return
+        self._latest.clear()  # what changed while away is not known record by record
         wrapper = self._wrapper
         changes = welcome.get("changes")
         if changes is None:
@@ -325,12 +335,34 @@ class ClientStorage(StorageBase):
             tid = payload["tid"]
             if tid <= self._ltid:
                 return
+            self._keep_latest(tid, payload["oids"], payload.get("records") or {})
             if wrapper is not None:
                 wrapper.invalidate(tid, payload["oids"])
             self._set_ltid(tid)
         elif kind == p.PUSH_RESET:
+            self._latest.clear()
             if wrapper is not None:
                 wrapper.invalidateCache()
+
+    def _keep_latest(self, tid: bytes, oids: Iterable[bytes], records: dict) -> None:
+        """Transaction ``tid`` stored ``oids``; ``records`` has some of their records.
+        Called in commit order, before ``_ltid`` moves to ``tid``."""
+        latest = self._latest
+        for oid in oids:
+            latest.pop(oid, None)  # (a kept one goes to the end: the newest)
+            data = records.get(oid)
+            if type(data) is bytes:
+                latest[oid] = (data, tid)
+        while len(latest) > _LATEST:
+            del latest[next(iter(latest))]
+
+    def _merged(self, request_id: int, oid: bytes, data: bytes) -> None:
+        """The server merged a conflict of commit ``request_id`` itself: it stores
+        ``data`` for ``oid``, which the database reloads (in the I/O thread)."""
+        if request_id in self._requests and type(data) is bytes:
+            self._final[oid] = data
+            if oid not in self._resolved:
+                self._resolved.append(oid)
 
     def _asked(self, request_id: int, question: list) -> None:
         """The server asks about request ``request_id`` (a commit's conflict): answered
@@ -416,6 +448,10 @@ class ClientStorage(StorageBase):
         replaced it, as after any load). One kept record whose references were left out
         brings them (one round trip) when it is used.
         """
+        ltid = self._ltid  # first: the record kept then is current up to ltid at least
+        latest = self._latest.get(oid)
+        if latest is not None and latest[1] < tid and u64(tid) <= u64(ltid) + 1:
+            return latest[0], latest[1], None
         if self._load_ahead:
             found = self._take_ahead(oid, tid)
             if found is not None:
@@ -582,6 +618,7 @@ class ClientStorage(StorageBase):
     def _begin(self) -> None:
         self._voted = False
         self._finished_tid = None
+        self._final = {}
 
     def _vote(self) -> None:
         """Send the whole transaction, merging the conflicts the server asks about while it
@@ -600,6 +637,7 @@ class ClientStorage(StorageBase):
 
         def finished(tid: bytes) -> None:  # in the I/O thread, in commit order
             self._finished_tid = tid
+            self._keep_latest(tid, records, self._final)
             try:
                 then(tid, list(self._resolved))
             finally:
@@ -616,8 +654,10 @@ class ClientStorage(StorageBase):
             states = {committed: committed_data, old: old_data}
             resolved = resolve_record(oid, committed, old, data,
                                       lambda _, serial: states[serial])
-            if resolved is not None and oid not in self._resolved:
-                self._resolved.append(oid)
+            if resolved is not None:
+                self._final[oid] = resolved
+                if oid not in self._resolved:
+                    self._resolved.append(oid)
             return resolved
 
         for attempt in range(_MAX_RESOLUTIONS):
@@ -642,15 +682,18 @@ class ClientStorage(StorageBase):
                     raise ConflictError(oid=oid, serials=(committed, read), data=data) from None
                 records[oid] = resolved
                 serials[oid] = committed
+                self._final.pop(oid, None)
                 if oid not in self._resolved:
                     self._resolved.append(oid)
                 continue
             self._voted = True
+            self._sent = records
             return
         raise ConflictError("conflicts kept coming while resolving them")
 
     def _finish(self, func: Callable[[bytes], None] | None) -> bytes:
         def finished(tid: bytes) -> None:  # in the I/O thread, in commit order
+            self._keep_latest(tid, self._sent, self._final)
             try:
                 if func is not None:
                     func(tid)
