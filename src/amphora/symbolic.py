@@ -12,13 +12,16 @@ the numbers):
     counters); its state is an int and its merge is ``committed + new - old``.
 
 :func:`merge` is exact or gives up (None): the three records must name the same class
-with the same class pickle, each state must be a single integer, and nothing else may be
-in the record. Any other record is left to the class's own resolver.
+with the same class pickle (a ``GLOBAL``, protocols 1 to 3), each state must be a single
+binary integer (text ints, which pickletools and the unpickler do not always read
+alike, are not), and nothing else may be in the record. Any other record is left to the
+class's own resolver, on the client.
 """
 from __future__ import annotations
 
 import pickle
 import pickletools
+import struct
 from typing import Callable
 
 __all__ = ["merge", "RULES"]
@@ -33,8 +36,11 @@ RULES: dict[tuple[str, str], Callable[[int, int, int], int]] = {
     ("BTrees.Length", "Length"): _add,
 }
 
-_INTS = frozenset({"INT", "LONG", "BININT", "BININT1", "BININT2", "LONG1", "LONG4"})
-_MEMO = frozenset({"PUT", "BINPUT", "LONG_BINPUT", "MEMOIZE"})
+# What amphora's unpickler reads (protocols up to 3) exactly as pickletools does: the
+# binary int opcodes (the text INT and LONG are read differently: "I010" is 8 or 10).
+_INTS = frozenset({"BININT", "BININT1", "BININT2", "LONG1", "LONG4"})
+_MEMO = frozenset({"PUT", "BINPUT", "LONG_BINPUT"})
+_PROTOCOLS = (2, 3)
 _GLOBAL_PICKLES: dict[bytes, tuple[str, str] | None] = {}  # class pickle -> name
 
 
@@ -44,18 +50,15 @@ def _class_of(head: bytes) -> tuple[str, str] | None:
     if found is not None or head in _GLOBAL_PICKLES:
         return found
     name = None
-    strings: list[str] = []
     try:
         for opcode, arg, _ in pickletools.genops(head):
             kind = opcode.name
-            if kind == "GLOBAL" and name is None and not strings:
+            if kind == "GLOBAL" and name is None:
                 module, _, attr = arg.partition(" ")
                 name = (module, attr)
-            elif kind in ("SHORT_BINUNICODE", "BINUNICODE", "UNICODE") and name is None:
-                strings.append(arg)
-            elif kind == "STACK_GLOBAL" and name is None and len(strings) == 2:
-                name = (strings[0], strings[1])
-            elif kind not in _MEMO and kind not in ("PROTO", "FRAME", "STOP"):
+            elif kind == "PROTO" and arg in _PROTOCOLS or kind in _MEMO or kind == "STOP":
+                pass
+            else:
                 name = None
                 break
     except Exception:
@@ -65,8 +68,35 @@ def _class_of(head: bytes) -> tuple[str, str] | None:
     return name
 
 
+_SMALL = struct.Struct("<i")
+
+
+def _short_state(state: bytes) -> int | None:
+    """The integer of a protocol 2+ state pickle in the forms the pickler writes for an
+    int (``K``, ``M``, ``J``, ``LONG1``), without pickletools; None: another form."""
+    if len(state) < 5 or state[0] != 0x80 or state[1] not in _PROTOCOLS \
+            or state[-1] != 0x2E:  # PROTO ... STOP
+        return None
+    code, body = state[2], state[3:-1]
+    if code == 0x4B and len(body) == 1:  # BININT1
+        return body[0]
+    if code == 0x4D and len(body) == 2:  # BININT2
+        return int.from_bytes(body, "little")
+    if code == 0x4A and len(body) == 4:  # BININT
+        return _SMALL.unpack(body)[0]
+    if code == 0x8A and len(body) >= 1 and body[0] == len(body) - 1:  # LONG1
+        return int.from_bytes(body[1:], "little", signed=True)
+    return None
+
+
 def _split(record: bytes) -> tuple[bytes, int] | None:
     """(class pickle, integer state) of a record made of exactly those two pickles."""
+    for head in _GLOBAL_PICKLES:  # the class pickles met (a few): the common case
+        if record.startswith(head):
+            number = _short_state(record[len(head):])
+            if number is not None:
+                return head, number
+            break
     number = None
     try:
         ops = pickletools.genops(record)
@@ -85,7 +115,7 @@ def _split(record: bytes) -> tuple[bytes, int] | None:
                         or type(number) is not int:
                     return None
                 return record[:head_end], number
-            elif kind not in ("PROTO", "FRAME") and kind not in _MEMO:
+            elif kind != "PROTO" or arg not in _PROTOCOLS:
                 return None
     except Exception:
         return None
@@ -105,7 +135,7 @@ def merge(old: bytes, committed: bytes, new: bytes) -> bytes | None:
     """The merged record of three records of one object (the state the writer read, the
     one committed meanwhile, the writer's), or None: no rule, or records it cannot read
     exactly."""
-    if len(new) > 256:
+    if len(new) > 256 or len(old) > 256 or len(committed) > 256:
         return None
     parts = [_split(record) for record in (old, committed, new)]
     if None in parts:

@@ -8,8 +8,13 @@ Guarantees:
 - Invalidations before visibility: the server pushes every transaction (tid and oids) in
   commit order; this client reports each to its database (``wrapper.invalidate``) before
   ``lastTransaction()`` shows it. Its own commits are reported (``func(tid)`` of
-  ``tpc_finish``) at their place in the same order. ``sync()`` is a round trip after which
-  every transaction committed before it was sent is known.
+  ``tpc_finish``) at their place in the same order. ``sync()`` (a connection calls it at
+  every transaction start) is a round trip after which every transaction committed
+  before it was sent is known; with ``server_sync=False`` it sends nothing, and a
+  transaction starts from what the server has pushed so far (ZEO's default).
+- Small records (up to 512 bytes, 32 per commit) come with the push of their commit and
+  are kept as the current record of their objects until a later commit replaces them:
+  loading one for a snapshot at or after that commit asks nothing of the server.
 - Never stale after a reconnection: the client tells the server the last tid it knew; the
   server sends the transactions committed since (the client invalidates exactly those),
   or says it cannot know (packed away, another database, too many), and the client then
@@ -178,7 +183,8 @@ class ClientStorage(StorageBase):
     def __init__(self, host: str = "127.0.0.1", port: int = 8100, storage: str = "",
                  token: str | None = None, token_file: str | None = None, tls: bool = False,
                  ca_file: str | None = None, read_only: bool = False,
-                 wait_timeout: float = 30.0, name: str | None = None):
+                 wait_timeout: float = 30.0, name: str | None = None,
+                 server_sync: bool = True):
         super().__init__(name or f"{host}:{port}/{storage}", read_only)
         if token is None and token_file is not None:
             with open(token_file, encoding="utf-8") as file:
@@ -189,6 +195,7 @@ class ClientStorage(StorageBase):
         if tls:
             self._ssl = ssl.create_default_context(cafile=ca_file)
         self.wait_timeout = wait_timeout
+        self._server_sync = server_sync
         self._ltid = z64
         self._welcomed_once = False
         self._server_read_only = False
@@ -434,8 +441,13 @@ class ClientStorage(StorageBase):
         return self._read_only or self._server_read_only
 
     def sync(self) -> None:
-        """A round trip: afterwards every transaction committed before it is known."""
-        self._call(p.SYNC)
+        """A round trip: afterwards every transaction committed before it is known.
+
+        With ``server_sync=False`` (ZEO's default), nothing: what is known is what the
+        server has pushed so far, which a transaction starting now may miss if it was
+        committed in the last moments (a commit of this client is always known)."""
+        if self._server_sync:
+            self._call(p.SYNC)
 
     def loadBefore(self, oid: bytes, tid: bytes) -> tuple[bytes, bytes, bytes | None] | None:
         """One round trip that also brings the records this one refers to, and theirs

@@ -683,8 +683,10 @@ class SQLiteStorage(SchemaMixin, PackMixin, MirrorMixin, StorageBase):
         user, description, extension = self._meta
         conn.execute(_INSERT_TRANSACTION, (tid_i, user, description, extension, b"".join(stores)))
         self._top_oid = max(keys) if keys else -1
-        if self._top_oid >= 0:  # oids stored without new_oid (restores, the root) are never
-            conn.execute(_SET_NEXT_OID, (self._top_oid + 1,))  # handed out
+        # Oids stored without new_oid (restores, the root) are never handed out; those
+        # below the end of this process's block are not: next_oid is past it already.
+        if self._top_oid >= self._oid_end:
+            conn.execute(_SET_NEXT_OID, (self._top_oid + 1,))
         # Commits by others since our last sync: reported before ours, in tid order.
         ltid = _u(self._ltid)
         if last > ltid:
