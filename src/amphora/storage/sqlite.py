@@ -252,7 +252,11 @@ class SQLiteStorage(SchemaMixin, PackMixin, MirrorMixin, StorageBase):
                 if self._writer.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
                     self._writer.execute("PRAGMA journal_mode=WAL")
             self._poller = self._connect(read_only=True)
-            self._data_version = self._poller.execute("PRAGMA data_version").fetchone()[0]
+            # data_version read on the connection that commits: its own commits (which
+            # the commit reports itself) do not change it, others' (other processes,
+            # pack, the mirror, oid blocks) do
+            self._versioned = self._writer or self._poller
+            self._data_version = self._versioned.execute("PRAGMA data_version").fetchone()[0]
             last = self._poller.execute(_LAST_TID).fetchone()[0]
         except sqlite3.Error as exc:
             self._close_connections()
@@ -553,7 +557,7 @@ class SQLiteStorage(SchemaMixin, PackMixin, MirrorMixin, StorageBase):
             if conn is None or self._closed:
                 raise StorageError(f"{self.__name__} is closed")
             try:
-                version = conn.execute("PRAGMA data_version").fetchone()[0]
+                version = self._versioned.execute("PRAGMA data_version").fetchone()[0]
                 if version == self._data_version:
                     return
                 self._data_version = version  # read before the query: no commit is missed
