@@ -27,11 +27,13 @@ Workloads:
     empty too); the server keeps whatever it caches, as a running server would.
 ``counter``
     a hot spot: 4 client processes each commit 100 transactions adding 1 to the root's
-    one ``BTrees.Length.Length`` (conflicts are resolved: by the amphora client, which
-    the server asks during the vote, and by the ZEO server), retrying whatever conflict
-    still escapes. Timed from the moment all four
-    are connected and told to start until the last one finishes; reported as commits per
-    second. The final count is read back and must be exactly 400.
+    one ``BTrees.Length.Length`` (conflicts are resolved by each server: amphora's from
+    the records' opcodes, ZEO's by unpickling), retrying whatever conflict still escapes.
+    Timed from the moment all four are connected and told to start until the last one
+    finishes; reported as commits per second. The final count is read back and must be
+    exactly 400. Run twice per server: with its clients' default and with the other
+    ``server_sync`` (a round trip to the server at every transaction start: amphora's
+    default, not ZEO's); the target compares transactions started alike.
 
 Each round runs each contender once, in rotating order; reported: medians, and the
 speedup vs ZEO (its time / amphora's time; for ``counter`` amphora's commits/s / ZEO's).

@@ -1,16 +1,22 @@
 """``amphora serve``: any storage, served over TCP (optionally TLS) to many clients.
 
 The server only moves records: it never unpickles application objects. A write conflict
-found while a commit votes is sent to the committing client, which merges the two states
-and answers (:data:`~amphora.server.protocol.RESOLVE`); the vote goes on with the merged
-record, the commit lock held all along, so a hot object costs one round trip per conflict
-instead of a commit sent again (see :mod:`amphora.storage.client`). Where commits are
+found while a commit votes is merged here if the records' class has a rule that works on
+their opcodes (:mod:`amphora.symbolic`: ``BTrees.Length``; the client is told,
+:data:`~amphora.server.protocol.MERGED`); any other is sent to the committing client,
+which merges the two states and answers (:data:`~amphora.server.protocol.RESOLVE`); the
+vote goes on with the merged record, the commit lock held all along, so a hot object
+costs at most one round trip per conflict instead of a commit sent again (see
+:mod:`amphora.storage.client`). A commit's push carries its small records, which
+clients keep (a load after a push is answered without a request). Where commits are
 made in the event loop, the client of the commit queued next is asked as soon as the one
 before it has voted, with that one's record, while its FINISH travels: its vote then
 finds the merge ready, if that commit did happen (the merge is used only if the record
 committed is the one it was asked with). A COMMIT with ``finish`` (the client's
 connection is its transaction's only data manager) is finished as soon as it voted, on
-either commit path: the lock is released without waiting for a FINISH.
+either commit path: the lock is released without waiting for a FINISH. What a session
+sends in one event-loop turn (a commit's reply, the pushes of the commits made in that
+turn) goes out in one write.
 
 Threads: the event loop does all network I/O. On a storage in this process (not
 ``is_remote``: SQLite, memory) it also makes the commits and answers the short reads, a

@@ -26,7 +26,10 @@ Guarantees:
 - Conflicts are resolved here, not on the server: while a commit votes, the server sends
   each write conflict with the two states (committed meanwhile, and read), this client
   merges them (``_p_resolveConflict``) and answers; the vote goes on with the merged
-  record, the server's commit lock held, so a hot object is never sent again.
+  record, the server's commit lock held, so a hot object is never sent again. The
+  exception: classes the server merges from the records' opcodes (``BTrees.Length``,
+  see :mod:`amphora.symbolic`); it tells this client what it stored (MERGED), and the
+  record is kept as for a push.
 
 One I/O thread per process runs an asyncio loop for the sockets of all client storages:
 requests from any thread are pipelined on the storage's one connection (without TLS the
