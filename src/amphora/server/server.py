@@ -390,7 +390,16 @@ class _Session(asyncio.Protocol):
         except p.ProtocolError as exc:
             self.fail(str(exc))
             return
-        self.dispatch_all(messages)
+        server = self.server
+        if server.receiving:  # (not expected: data_received does not nest)
+            self.dispatch_all(messages)
+            return
+        server.receiving = True
+        try:
+            self.dispatch_all(messages)
+        finally:  # the replies and pushes of these messages: one write per session
+            server.receiving = False
+            server.flush_all()
 
     def dispatch_all(self, messages: list) -> None:
         """Dispatch ``messages`` in order; a bad one closes the client (the rest are
@@ -453,7 +462,7 @@ class _Session(asyncio.Protocol):
         out = self.out
         out.append(frame)
         if len(out) == 1:
-            self.loop.call_soon(self.flush)
+            self.server.queue_flush(self)
 
     def flush(self) -> None:
         out, self.out = self.out, []
@@ -988,6 +997,23 @@ class Server:
         self._listener: asyncio.AbstractServer | None = None
         self._locks: dict[str, asyncio.Lock] = {}
         self._idle: asyncio.Event | None = None  # set by stop() when no commit is under way
+        self.unsent: list[_Session] = []  # sessions with frames to send (see flush_all)
+        self.receiving = False  # in a session's data_received: flushed at its end
+        self._flush_soon = False
+
+    def queue_flush(self, session: _Session) -> None:
+        """``session`` has frames to send: at the end of the data_received under way, or
+        else of this loop turn."""
+        self.unsent.append(session)
+        if not self.receiving and not self._flush_soon:
+            self._flush_soon = True
+            self.loop.call_soon(self.flush_all)
+
+    def flush_all(self) -> None:
+        self._flush_soon = False
+        unsent, self.unsent = self.unsent, []
+        for session in unsent:
+            session.flush()
 
     # -- storages -------------------------------------------------------------------
     async def acquire(self, name: str, session: _Session) -> _Served:
