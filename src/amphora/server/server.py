@@ -926,7 +926,7 @@ class _Session(asyncio.Protocol):
         call = self.loop.call_soon_threadsafe if not served.inline else _now
 
         small = {}  # pushed with the commit: a client's next load of them is local
-        for oid in oids:
+        for oid in oids if len(served.sessions) > 1 else ():
             data = txn.final(oid)
             if len(data) <= _PUSH_RECORD:
                 small[oid] = data
