@@ -15,8 +15,9 @@ finds the merge ready, if that commit did happen (the merge is used only if the 
 committed is the one it was asked with). A COMMIT with ``finish`` (the client's
 connection is its transaction's only data manager) is finished as soon as it voted, on
 either commit path: the lock is released without waiting for a FINISH. What a session
-sends in one event-loop turn (a commit's reply, the pushes of the commits made in that
-turn) goes out in one write.
+sends while one message is handled (a commit's reply, the pushes of the commits made
+meanwhile) goes out in one write at its end; a push alone waits up to ``push_delay``
+(1 ms) for company.
 
 Threads: the event loop does all network I/O. On a storage in this process (not
 ``is_remote``: SQLite, memory) it also makes the commits and answers the short reads, a
@@ -72,6 +73,10 @@ _RESOLVE_TIMEOUT = 60.0            # seconds a vote waits for a client's merge
 _MAX_MERGES = 1000                 # conflicts merged in one vote before giving up
 _PUSH_RECORD = 512                 # records up to this size are pushed with their commit,
 _PUSH_RECORDS = 32                 # up to this many per commit
+# A push waits up to this long for company: four busy clients' pushes and replies then
+# take one write (and one wake-up of the client) where they took several (a 4-process
+# counter: +9..20% commits/s); a feed hears of a commit that much later at most
+_PUSH_DELAY = 0.001
 _INLINE_MANY = 64                  # a load_many of up to this many oids is short
 # requests answered in the event loop when the storage is in this process (not NEW_OIDS:
 # reserving a block waits for SQLite's write lock, which a voted commit holds until its
@@ -372,7 +377,9 @@ class _Session(asyncio.Protocol):
         self.commit_jobs = 0
         self.peer = "?"
         self.handshake_timer: asyncio.TimerHandle | None = None
-        self.out: list[bytes] = []  # frames to send at the end of this loop turn
+        self.out: list[bytes] = []  # frames to send (see write and push)
+        self.queued = False  # in the server's list of sessions to flush
+        self.late: asyncio.TimerHandle | None = None  # the flush of pushes alone
 
     # -- connection events ----------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -459,12 +466,16 @@ class _Session(asyncio.Protocol):
         """Send ``frame`` with the others of this loop turn: one system call (and one
         wake-up of the client) for a commit's replies and the pushes of the commits made
         meanwhile."""
-        out = self.out
-        out.append(frame)
-        if len(out) == 1:
+        self.out.append(frame)
+        if not self.queued:
+            self.queued = True
             self.server.queue_flush(self)
 
     def flush(self) -> None:
+        self.queued = False
+        if self.late is not None:
+            self.late.cancel()
+            self.late = None
         out, self.out = self.out, []
         if out and not self.closed and self.transport is not None:
             self.transport.write(b"".join(out) if len(out) > 1 else out[0])
@@ -478,8 +489,12 @@ class _Session(asyncio.Protocol):
             return
         if not self.welcomed:
             self.held.append((tid, frame))
-        else:
+        elif self.server.push_delay <= 0:
             self.write(frame)
+        else:  # with the next reply, or after push_delay: fewer writes and wake-ups
+            self.out.append(frame)
+            if not self.queued and self.late is None:
+                self.late = self.loop.call_later(self.server.push_delay, self.flush)
 
     def ask_merge(self, request_id: int, wanted: _MergeWanted) -> bytes | None:
         """Ask the client to merge a write conflict and wait for its answer (in the
@@ -981,8 +996,12 @@ class Server:
 
     def __init__(self, open_storage: Callable[[str], Any], *, shared: bool = True,
                  token: str | None = None, ssl_context: ssl.SSLContext | None = None,
-                 max_frame: int = p.MAX_FRAME, workers: int = 8):
+                 max_frame: int = p.MAX_FRAME, workers: int = 8,
+                 push_delay: float = _PUSH_DELAY):
         self.open_storage = open_storage
+        #: seconds a push may wait to go out in one write with the client's next reply or
+        #: with other pushes (a reply always carries the pushes queued before it)
+        self.push_delay = push_delay
         self.shared = shared
         self.token = token
         self.ssl_context = ssl_context
