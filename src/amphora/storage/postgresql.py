@@ -197,7 +197,9 @@ class PostgreSQLStorage(SchemaMixin, PackMixin, MirrorMixin, StorageBase):
             packed_through=<largest tid of a transaction row removed by pack>
         objects(oid bigint PRIMARY KEY, tid bigint, data bytea, refs bigint[])
             the current revision of every object; ``refs`` are the oids its record
-            refers to (NULL for a record that is not a ZODB pickle), for pack
+            refers to (NULL for a record that is not a ZODB pickle), for pack. A JSON
+            mirror adds its documents as columns, read through the view
+            ``amphora_objects`` (see :mod:`amphora.storage._pg_mirror`)
         revisions(oid, tid, end_tid, data, refs), PRIMARY KEY (oid, tid)
             history-preserving mode: replaced revisions, kept until pack; ``end_tid`` is
             the tid of the revision that replaced it
