@@ -524,7 +524,7 @@ def test_the_mirror_is_columns_of_the_records_rows_read_through_a_view(storage, 
                                        "state_tid"]
     assert columns(sql, "amphora_objects") == ["oid", "tid", "class_name", "state"]
     assert "amphora_objects" not in tables(server, schema)  # a view, not a table
-    assert fillfactor(sql) == ["fillfactor=70"]
+    assert fillfactor(sql) == ["fillfactor=60"]
     second = commit(storage, {p64(1): thing("two")}, {p64(1): first})
     assert sql("SELECT tid, state_tid, class_name, state FROM objects WHERE oid = 1") == [
         (u64(second), u64(second), "no_such_module.Thing", {"value": "two"})]
@@ -575,6 +575,11 @@ def test_a_where_on_an_indexed_expression_uses_the_index(storage, sql, monkeypat
     plan = " ".join(row[0] for row in sql("EXPLAIN " + placeholders(statement, "format"),
                                           params))
     assert "item_email" in plan, plan
+    assert len(conn.where("1 = 1", class_name="persistent.mapping.PersistentMapping")) == 1
+    statement, params = sent[-1]
+    plan = " ".join(row[0] for row in sql("EXPLAIN " + placeholders(statement, "format"),
+                                          params))
+    assert "amphora_objects_class" in plan, plan  # a partial index, for rows with a class
     sql("SET enable_seqscan = off")  # the table is small: show that the index can serve
     assert [item.value for item in conn.search_text("item_text", "p7@example.com")] == [7]
     statement, params = sent[-1]
@@ -635,7 +640,7 @@ def test_a_mirror_made_before_moves_into_the_records_rows_when_opened_for_writin
     assert sql(indexes) == [("thing_text", "objects"), ("thing_unique", "objects"),
                             ("thing_value", "objects")]
     assert sql("SELECT count(*) FROM pg_proc WHERE proname = 'amphora_objects_gone'") == [(0,)]
-    assert writer.mirror_mode() == "sync" and fillfactor(sql) == ["fillfactor=70"]
+    assert writer.mirror_mode() == "sync" and fillfactor(sql) == ["fillfactor=60"]
     sql_text, params = writer.text_query("thing_text", "apple")
     assert writer.query_mirror(sql_text, params) == [(1,)]
     third = commit(writer, {p64(1): thing("pear")}, {p64(1): second})
