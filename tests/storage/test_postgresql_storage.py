@@ -650,3 +650,16 @@ def test_a_mirror_made_before_moves_into_the_records_rows_when_opened_for_writin
     assert sql("SELECT tid FROM amphora_objects WHERE oid = 0") == [(u64(first),)]
     with pytest.raises(Exception, match="thing_unique"):  # the unique index holds
         commit(writer, {p64(2): thing("pear")})
+
+
+def test_a_commit_writes_any_records_documents_with_it(storage, sql):
+    """Class names and documents travel joined by chr(30): a lone record without a class
+    name, and a class name holding chr(30) (sent as arrays instead), arrive intact."""
+    storage.create_mirror()
+    commit(storage, {p64(2): b"not a pickle"})
+    odd = thing("odd").replace(b"cno_such_module", b"cno\x1esuch")
+    commit(storage, {p64(3): odd, p64(4): thing("plain")})
+    rows = sql("SELECT oid, class_name, state ? '@unknown', state->>'value' FROM amphora_objects"
+               " ORDER BY oid")
+    assert rows == [(2, "", True, None), (3, "no\x1esuch.Thing", False, "odd"),
+                    (4, "no_such_module.Thing", False, "plain")]
