@@ -608,8 +608,10 @@ OLD_MIRROR = (
     " WHERE class_name = 'no_such_module.Thing'",
     "CREATE UNIQUE INDEX thing_unique ON amphora_objects ((state->>'value'))",
     "CREATE INDEX thing_text ON amphora_objects USING GIN"
-    " ((to_tsvector('english', coalesce(state ->> 'value', '')))) WHERE class_name = 'no_such_module.Thing'",
-    "INSERT INTO amphora_text_indexes VALUES ('thing_text', '{value}', 'no_such_module.Thing')",
+    " ((to_tsvector('english', coalesce(state ->> 'value', ''))))"
+    " WHERE class_name = 'no_such_module.Thing'",
+    "INSERT INTO amphora_text_indexes"
+    " VALUES ('thing_text', '{value}', 'no_such_module.Thing')",
 )
 
 
@@ -627,8 +629,8 @@ def test_a_mirror_made_before_moves_into_the_records_rows_when_opened_for_writin
         class_name, state = record_to_json(data)
         sql("INSERT INTO amphora_objects VALUES (%s, %s, %s, %s::jsonb)",
             (oid, u64(tid), class_name, state))
-    indexes = "SELECT indexname, tablename FROM pg_indexes WHERE schemaname = current_schema()" \
-              " AND indexname LIKE 'thing%%' ORDER BY 1"
+    indexes = ("SELECT indexname, tablename FROM pg_indexes"
+               " WHERE schemaname = current_schema() AND indexname LIKE 'thing%%' ORDER BY 1")
     reader = open_storage(read_only=True)  # reads the old table as it is
     assert reader.query_mirror("SELECT oid FROM amphora_objects WHERE state->>'value' = %s",
                                ["apple pie"]) == [(1,)]

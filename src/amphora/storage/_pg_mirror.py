@@ -88,8 +88,8 @@ _DROP_MIRROR = (
 _MIRROR_RELATION = ("SELECT c.relkind FROM pg_class AS c JOIN pg_namespace AS n"
                     " ON n.oid = c.relnamespace"
                     " WHERE n.nspname = current_schema() AND c.relname = 'amphora_objects'")
-_OLD_INDEXES = ("SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = current_schema()"
-                " AND tablename = 'amphora_objects'"
+_OLD_INDEXES = ("SELECT indexname, indexdef FROM pg_indexes"
+                " WHERE schemaname = current_schema() AND tablename = 'amphora_objects'"
                 " AND indexname NOT IN ('amphora_objects_pkey', 'amphora_objects_class')"
                 " ORDER BY indexname")
 _OLD_TABLE = re.compile(r" ON (ONLY )?(\S+\.)?amphora_objects USING ")

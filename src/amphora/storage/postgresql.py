@@ -115,31 +115,32 @@ SELECT oid, %(tid)s::bigint, substr(%(datas)s::bytea, start::int + 1, len::int),
        CASE WHEN refs = 'N' THEN NULL ELSE refs::bigint[] END{documents}
 FROM placed"""
 _PLAIN_ROWS = _ROWS.format(texts="", names="", documents="")
-_DOCUMENTED = dict(names=", class_name, state", documents=", class_name, state::jsonb, %(tid)s")
-_DOCUMENTED_ROWS = _ROWS.format(
-    texts=", (string_to_array(%(classes)s, chr(30)))[2:], (string_to_array(%(states)s, chr(30)))[2:]",
-    **_DOCUMENTED)
+_DOCUMENTED = {"names": ", class_name, state",
+               "documents": ", class_name, state::jsonb, %(tid)s"}
+_DOCUMENTED_ROWS = _ROWS.format(texts=", (string_to_array(%(classes)s, chr(30)))[2:],"
+                                      " (string_to_array(%(states)s, chr(30)))[2:]",
+                                **_DOCUMENTED)
 _DOCUMENTED_ARRAY_ROWS = _ROWS.format(texts=", %(classes)s::text[], %(states)s::text[]",
                                       **_DOCUMENTED)
-_UPSERT = ("INSERT INTO objects (oid, tid, data, refs) {rows} ON CONFLICT (oid) DO UPDATE"
-           " SET tid = excluded.tid, data = excluded.data, refs = excluded.refs")
-_UPSERT_DOCUMENTED = ("INSERT INTO objects (oid, tid, data, refs, class_name, state, state_tid)"
-                      " {rows} ON CONFLICT (oid) DO UPDATE SET tid = excluded.tid,"
-                      " data = excluded.data, refs = excluded.refs,"
-                      " class_name = excluded.class_name, state = excluded.state,"
-                      " state_tid = excluded.state_tid")
+_COLUMNS = "INSERT INTO objects (oid, tid, data, refs) {rows}"
+_DOCUMENTED_COLUMNS = ("INSERT INTO objects (oid, tid, data, refs, class_name, state, state_tid)"
+                       " {rows}")
+_SET = ("ON CONFLICT (oid) DO UPDATE"
+        " SET tid = excluded.tid, data = excluded.data, refs = excluded.refs")
+_SET_DOCUMENTED = (f"{_SET}, class_name = excluded.class_name, state = excluded.state,"
+                   " state_tid = excluded.state_tid")
 # New objects: a row some other transaction made meanwhile (the root, a restore) is a
 # conflict, found by the rows not returned.
-_INSERT = "INSERT INTO objects (oid, tid, data, refs) {rows} ON CONFLICT (oid) DO NOTHING RETURNING oid"
-_INSERT_DOCUMENTED = ("INSERT INTO objects (oid, tid, data, refs, class_name, state, state_tid)"
-                      " {rows} ON CONFLICT (oid) DO NOTHING RETURNING oid")
-# (upsert, insert) by how the rows' documents travel: none, "joined" or "arrays"
+_NEW = "ON CONFLICT (oid) DO NOTHING RETURNING oid"
+# (upsert, insert) by how the rows' documents travel: None (no documents), "joined" or
+# "arrays"
 _WRITES = {
-    None: (_UPSERT.format(rows=_PLAIN_ROWS), _INSERT.format(rows=_PLAIN_ROWS)),
-    "joined": (_UPSERT_DOCUMENTED.format(rows=_DOCUMENTED_ROWS),
-          _INSERT_DOCUMENTED.format(rows=_DOCUMENTED_ROWS)),
-    "arrays": (_UPSERT_DOCUMENTED.format(rows=_DOCUMENTED_ARRAY_ROWS),
-           _INSERT_DOCUMENTED.format(rows=_DOCUMENTED_ARRAY_ROWS)),
+    None: (f"{_COLUMNS} {_SET}".format(rows=_PLAIN_ROWS),
+           f"{_COLUMNS} {_NEW}".format(rows=_PLAIN_ROWS)),
+    "joined": (f"{_DOCUMENTED_COLUMNS} {_SET_DOCUMENTED}".format(rows=_DOCUMENTED_ROWS),
+               f"{_DOCUMENTED_COLUMNS} {_NEW}".format(rows=_DOCUMENTED_ROWS)),
+    "arrays": (f"{_DOCUMENTED_COLUMNS} {_SET_DOCUMENTED}".format(rows=_DOCUMENTED_ARRAY_ROWS),
+               f"{_DOCUMENTED_COLUMNS} {_NEW}".format(rows=_DOCUMENTED_ARRAY_ROWS)),
 }
 _INSERT_TRANSACTION = ("INSERT INTO transactions (tid, username, description, extension, oids)"
                        " VALUES (%s, %s, %s, %s, %s)")
