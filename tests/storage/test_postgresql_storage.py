@@ -491,3 +491,206 @@ def test_a_dropped_schema_is_a_storage_error(storage, sql, schema):
     sql(f"DROP SCHEMA {schema} CASCADE")
     with pytest.raises(StorageFormatError):
         storage.load(z64)
+
+
+# -- the JSON mirror's layout -----------------------------------------------------------------
+# The documents are columns of `objects`, read through the view `amphora_objects` (what
+# tests/search checks on every storage works on it unchanged).
+
+def thing(value) -> bytes:
+    """A record of class ``no_such_module.Thing`` (named as pickle names a class, which the
+    JSON mapping reads) whose state is ``{"value": value}``."""
+    file = io.BytesIO()
+    pickle.Pickler(file, 3).dump({"value": value})
+    return b"\x80\x03cno_such_module\nThing\nq\x00." + file.getvalue()
+
+
+def columns(sql, table: str) -> list[str]:
+    return [name for (name,) in sql(
+        "SELECT column_name FROM information_schema.columns"
+        " WHERE table_schema = current_schema() AND table_name = %s ORDER BY ordinal_position",
+        (table,))]
+
+
+def fillfactor(sql) -> list:
+    return sql("SELECT reloptions FROM pg_class WHERE oid = 'objects'::regclass")[0][0]
+
+
+def test_the_mirror_is_columns_of_the_records_rows_read_through_a_view(storage, sql, server,
+                                                                        schema):
+    first = commit(storage, {z64: thing("root"), p64(1): thing("one")})
+    assert storage.create_mirror() == 2
+    assert columns(sql, "objects") == ["oid", "tid", "data", "refs", "class_name", "state",
+                                       "state_tid"]
+    assert columns(sql, "amphora_objects") == ["oid", "tid", "class_name", "state"]
+    assert "amphora_objects" not in tables(server, schema)  # a view, not a table
+    assert fillfactor(sql) == ["fillfactor=60"]
+    second = commit(storage, {p64(1): thing("two")}, {p64(1): first})
+    assert sql("SELECT tid, state_tid, class_name, state FROM objects WHERE oid = 1") == [
+        (u64(second), u64(second), "no_such_module.Thing", {"value": "two"})]
+    assert columns(sql, "revisions") == ["oid", "tid", "end_tid", "data", "refs"]
+    with pytest.raises(Exception, match="read-only"):  # it would write the records' rows
+        sql("DELETE FROM amphora_objects")
+    assert sql("SELECT count(*) FROM objects") == [(2,)]
+    storage.drop_mirror()
+    assert columns(sql, "objects") == ["oid", "tid", "data", "refs"]
+    assert fillfactor(sql) == ["fillfactor=80"]
+    assert sql("SELECT count(*) FROM pg_class WHERE relname = 'amphora_objects'"
+               " AND relnamespace = current_schema()::regnamespace") == [(0,)]
+    commit(storage, {p64(1): thing("three")}, {p64(1): second})  # no documents now
+    assert storage.load(p64(1))[0] == thing("three")
+
+
+def test_a_follow_mirror_shows_the_tid_of_each_documents_record(storage, sql):
+    first = commit(storage, {z64: thing("root")})
+    storage.create_mirror(mode="follow")
+    second = commit(storage, {z64: thing("new root")}, {z64: first})
+    rows = "SELECT tid, state->>'value' FROM amphora_objects"
+    assert sql(rows) == [(u64(first), "root")]  # the commit wrote no document
+    assert storage.follow_mirror() == 1
+    assert sql(rows) == [(u64(second), "new root")]
+
+
+def test_a_where_on_an_indexed_expression_uses_the_index(storage, sql, monkeypatch):
+    from conformance.models import Item
+
+    from amphora.search import placeholders
+    db = amphora.DB(storage)
+    with db.transaction() as conn:
+        for n in range(2000):
+            conn.root()[n] = Item(n, email=f"P{n}@example.com")
+    db.create_mirror()
+    db.create_index("item_email", "lower(state->>'email')", class_name="conformance.models.Item")
+    db.create_text_index("item_text", ["email"])
+    sql("ANALYZE objects")
+    sent = []
+    query_mirror = storage.query_mirror
+    monkeypatch.setattr(storage, "query_mirror", lambda statement, params=():
+                        sent.append((statement, params)) or query_mirror(statement, params))
+    conn = db.open()
+    found = conn.where("lower(state->>'email') = %s", "p7@example.com",
+                       class_name="conformance.models.Item")
+    assert [item.value for item in found] == [7]
+    statement, params = sent[0]
+    plan = " ".join(row[0] for row in sql("EXPLAIN " + placeholders(statement, "format"),
+                                          params))
+    assert "item_email" in plan, plan
+    assert len(conn.where("1 = 1", class_name="persistent.mapping.PersistentMapping")) == 1
+    statement, params = sent[-1]
+    plan = " ".join(row[0] for row in sql("EXPLAIN " + placeholders(statement, "format"),
+                                          params))
+    assert "amphora_objects_class" in plan, plan  # a partial index, for rows with a class
+    sql("SET enable_seqscan = off")  # the table is small: show that the index can serve
+    assert [item.value for item in conn.search_text("item_text", "p7@example.com")] == [7]
+    statement, params = sent[-1]
+    plan = " ".join(row[0] for row in sql("EXPLAIN " + placeholders(statement, "format"),
+                                          params))
+    assert "item_text" in plan, plan
+    conn.close()
+    db.close()
+
+
+# What a mirror was before the documents moved into `objects`: a table of its own.
+OLD_MIRROR = (
+    "CREATE TABLE amphora_objects (oid bigint PRIMARY KEY, tid bigint NOT NULL,"
+    " class_name text NOT NULL, state jsonb NOT NULL) WITH (fillfactor = 70)",
+    "CREATE OR REPLACE FUNCTION amphora_objects_gone() RETURNS trigger LANGUAGE plpgsql AS"
+    " $$ BEGIN DELETE FROM amphora_objects WHERE oid IN (SELECT oid FROM gone);"
+    " RETURN NULL; END $$",
+    "CREATE TRIGGER amphora_objects_gone AFTER DELETE ON objects REFERENCING OLD TABLE AS gone"
+    " FOR EACH STATEMENT EXECUTE FUNCTION amphora_objects_gone()",
+    "CREATE INDEX amphora_objects_class ON amphora_objects (class_name)",
+    "CREATE TABLE amphora_text_indexes (name text PRIMARY KEY,"
+    " fields text[] NOT NULL, class_name text)",
+    "INSERT INTO amphora_meta VALUES ('mirror', 'sync')",
+    # what create_index and create_text_index made
+    "CREATE INDEX thing_value ON amphora_objects ((state->>'value'))"
+    " WHERE class_name = 'no_such_module.Thing'",
+    "CREATE UNIQUE INDEX thing_unique ON amphora_objects ((state->>'value'))",
+    "CREATE INDEX thing_text ON amphora_objects USING GIN"
+    " ((to_tsvector('english', coalesce(state ->> 'value', ''))))"
+    " WHERE class_name = 'no_such_module.Thing'",
+    "INSERT INTO amphora_text_indexes"
+    " VALUES ('thing_text', '{value}', 'no_such_module.Thing')",
+)
+
+
+def test_a_mirror_made_before_moves_into_the_records_rows_when_opened_for_writing(
+        open_storage, sql, server, schema):
+    from amphora.jsonpickle import record_to_json
+    storage = open_storage()
+    first = commit(storage, {z64: thing("root"), p64(1): thing("apple pie")})
+    second = commit(storage, {p64(1): thing("apple tart")}, {p64(1): first})
+    storage.close()
+    for statement in OLD_MIRROR:
+        sql(statement)
+    # the documents as the old mirror kept them: the root's, and an older one of object 1
+    for oid, tid, data in [(0, first, thing("root")), (1, first, thing("apple pie"))]:
+        class_name, state = record_to_json(data)
+        sql("INSERT INTO amphora_objects VALUES (%s, %s, %s, %s::jsonb)",
+            (oid, u64(tid), class_name, state))
+    indexes = ("SELECT indexname, tablename FROM pg_indexes"
+               " WHERE schemaname = current_schema() AND indexname LIKE 'thing%%' ORDER BY 1")
+    reader = open_storage(read_only=True)  # reads the old table as it is
+    assert reader.query_mirror("SELECT oid FROM amphora_objects WHERE state->>'value' = %s",
+                               ["apple pie"]) == [(1,)]
+    assert "amphora_objects" in tables(server, schema)
+    writer = open_storage()
+    assert "amphora_objects" not in tables(server, schema)
+    assert sql("SELECT oid, tid, state->>'value' FROM amphora_objects ORDER BY oid") == [
+        (0, u64(first), "root"), (1, u64(first), "apple pie")]  # documents keep their tid
+    assert sql(indexes) == [("thing_text", "objects"), ("thing_unique", "objects"),
+                            ("thing_value", "objects")]
+    assert sql("SELECT count(*) FROM pg_proc WHERE proname = 'amphora_objects_gone'") == [(0,)]
+    assert writer.mirror_mode() == "sync" and fillfactor(sql) == ["fillfactor=60"]
+    sql_text, params = writer.text_query("thing_text", "apple")
+    assert writer.query_mirror(sql_text, params) == [(1,)]
+    third = commit(writer, {p64(1): thing("pear")}, {p64(1): second})
+    assert sql("SELECT tid, state->>'value' FROM amphora_objects WHERE oid = 1") == [
+        (u64(third), "pear")]
+    writer.rebuild_mirror()
+    assert sql("SELECT tid FROM amphora_objects WHERE oid = 0") == [(u64(first),)]
+    with pytest.raises(Exception, match="thing_unique"):  # the unique index holds
+        commit(writer, {p64(2): thing("pear")})
+
+
+def test_a_commit_writes_any_records_documents_with_it(storage, sql):
+    """Class names and documents travel joined by chr(30): a lone record without a class
+    name, and a class name holding chr(30) (sent as arrays instead), arrive intact."""
+    storage.create_mirror()
+    commit(storage, {p64(2): b"not a pickle"})
+    odd = thing("odd").replace(b"cno_such_module", b"cno\x1esuch")
+    commit(storage, {p64(3): odd, p64(4): thing("plain")})
+    rows = sql("SELECT oid, class_name, state ? '@unknown', state->>'value' FROM amphora_objects"
+               " ORDER BY oid")
+    assert rows == [(2, "", True, None), (3, "no\x1esuch.Thing", False, "odd"),
+                    (4, "no_such_module.Thing", False, "plain")]
+
+
+def test_a_backfill_racing_commits_leaves_every_document_current(storage, sql):
+    """The backfill and the commits write the same rows: each document ends beside the
+    record it was made from, and neither waits for the other in a deadlock."""
+    commit(storage, {p64(n): thing(n) for n in range(3000)})
+    done = threading.Event()
+    errors = []
+
+    def writer():
+        serials = {p64(n): storage.load(p64(n))[1] for n in range(0, 3000, 7)}
+        try:
+            while not done.is_set():
+                tid = commit(storage, {oid: thing("changed") for oid in serials}, serials)
+                serials = dict.fromkeys(serials, tid)
+        except Exception as exc:  # noqa: BLE001 - reported by the assertion below
+            errors.append(exc)
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        storage.create_mirror()
+        storage.rebuild_mirror()
+    finally:
+        done.set()
+        thread.join()
+    assert errors == []
+    assert sql("SELECT count(*) FROM objects WHERE state IS NULL OR state_tid <> tid") == [(0,)]
+    assert sql("SELECT count(*) FROM amphora_objects WHERE state->>'value' = 'changed'") == [
+        (len(range(0, 3000, 7)),)]

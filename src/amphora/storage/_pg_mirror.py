@@ -2,17 +2,36 @@
 
 Private: a part of :class:`amphora.storage.postgresql.PostgreSQLStorage` (see
 :class:`MirrorMixin`). The same design as the SQLite storage's mirror
-(:mod:`amphora.storage._sqlite_mirror`), in PostgreSQL's terms::
+(:mod:`amphora.storage._sqlite_mirror`), in PostgreSQL's terms, except where the documents
+are: columns of the records' own rows, which the mirror adds to ``objects`` (and drops
+with it), read through a view::
 
-    amphora_objects(oid bigint PRIMARY KEY, tid bigint, class_name text, state jsonb)
+    objects(oid, tid, data, refs, class_name text, state jsonb, state_tid bigint)
+    amphora_objects = SELECT oid, state_tid AS tid, class_name, state FROM objects
+                      WHERE state IS NOT NULL
     amphora_text_indexes(name text PRIMARY KEY, fields text[], class_name text)
 
-``mirror`` in ``amphora_meta`` is ``sync`` (every commit writes its documents in its own
-transaction, reading the key under the commit lock) or ``follow`` (a follower writes them
-afterwards from the watermark ``mirror_watermark``). Pack's deletes from ``objects``
-remove documents through a statement trigger. Text indexes are GIN indexes on
-``to_tsvector('english', ...)`` of the indexed fields; their definitions are kept in
-``amphora_text_indexes`` so that a search can repeat the indexed expression.
+``state_tid`` is the tid of the record the document was made from. ``mirror`` in
+``amphora_meta`` is ``sync`` (a commit writes each row with its document, in the same
+statement; ``state_tid`` is then the row's ``tid``) or ``follow`` (commits leave the
+documents as they are, and a follower writes them afterwards from the watermark
+``mirror_watermark``; objects created since are missing from the view until then). A
+document costs no row, index entry or WAL record of its own: it goes with its row to
+pack, and never to ``revisions`` or ``replaced`` (whose copies name their columns).
+``objects`` gets ``fillfactor = 60`` with the mirror (room on each page for the next
+versions of its longer rows, so that an update changing no indexed column stays a HOT
+update), 80 without.
+
+The view is read-only (an ``INSTEAD OF`` trigger refuses writes: it reads the records'
+own table). Indexes on the documents (``create_index``, text indexes) are indexes on
+``objects``, which a query on the view uses as it would on the table. Text indexes are
+GIN indexes on ``to_tsvector('english', ...)`` of the indexed fields; their definitions
+are kept in ``amphora_text_indexes`` so that a search can repeat the indexed expression.
+
+Mirrors made before (a table ``amphora_objects`` of its own, emptied by a trigger on
+``objects`` at pack) are moved into the columns when a writable storage opens the
+database or ``create_mirror`` runs: the documents, then every index the old table had
+(re-created under the same name on ``objects``, from ``pg_indexes``).
 """
 from __future__ import annotations
 
@@ -29,32 +48,57 @@ from amphora.storage._pg_schema import _ints
 
 __all__ = ["MirrorMixin"]
 
+# A row with its document is about twice as long as without (a small object's record of
+# 300 bytes has a jsonb document of 440); fillfactor 60 leaves room on each page for the
+# next version of two rows out of three (80 without the mirror: four out of five of the
+# shorter rows), so that updates changing no indexed column stay on their pages (HOT
+# updates, without new index entries: a 1000-object update cost +28% with 70, +21..24%
+# with 60).
+_ADD_COLUMNS = ("ALTER TABLE objects ADD COLUMN IF NOT EXISTS class_name text,"
+                " ADD COLUMN IF NOT EXISTS state jsonb,"
+                " ADD COLUMN IF NOT EXISTS state_tid bigint, SET (fillfactor = 60)")
 _CREATE_MIRROR = (
-    # Room on each page (fillfactor) for a row's next version: an update that changes no
-    # indexed column stays on its page without new index entries (a 1000-document
-    # update: 11.9 -> 8.6 ms). Set again for mirrors made before.
-    "CREATE TABLE IF NOT EXISTS amphora_objects (oid bigint PRIMARY KEY,"
-    " tid bigint NOT NULL, class_name text NOT NULL, state jsonb NOT NULL)"
-    " WITH (fillfactor = 70)",
-    "ALTER TABLE amphora_objects SET (fillfactor = 70)",
-    # pack removes objects with DELETEs on `objects`: their documents go with them (a
-    # trigger rather than a foreign key, whose check would cost every insert)
-    "CREATE OR REPLACE FUNCTION amphora_objects_gone() RETURNS trigger LANGUAGE plpgsql AS"
-    " $$ BEGIN DELETE FROM amphora_objects WHERE oid IN (SELECT oid FROM gone);"
-    " RETURN NULL; END $$",
-    "DROP TRIGGER IF EXISTS amphora_objects_gone ON objects",
-    "CREATE TRIGGER amphora_objects_gone AFTER DELETE ON objects REFERENCING OLD TABLE AS gone"
-    " FOR EACH STATEMENT EXECUTE FUNCTION amphora_objects_gone()",
-    "CREATE INDEX IF NOT EXISTS amphora_objects_class ON amphora_objects (class_name)",
+    _ADD_COLUMNS,
+    # partial: records without a document yet (follow mode) cost no entry
+    "CREATE INDEX IF NOT EXISTS amphora_objects_class ON objects (class_name)"
+    " WHERE class_name IS NOT NULL",
+    "CREATE OR REPLACE VIEW amphora_objects AS SELECT oid, state_tid AS tid, class_name,"
+    " state FROM objects WHERE state IS NOT NULL",
+    # A simple view can be written through: this one would write the records' table.
+    "CREATE OR REPLACE FUNCTION amphora_objects_read_only() RETURNS trigger"
+    " LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'amphora_objects is read-only"
+    " (amphora writes the documents with the records)'; END $$",
+    "DROP TRIGGER IF EXISTS amphora_objects_read_only ON amphora_objects",
+    "CREATE TRIGGER amphora_objects_read_only INSTEAD OF INSERT OR UPDATE OR DELETE"
+    " ON amphora_objects FOR EACH ROW EXECUTE FUNCTION amphora_objects_read_only()",
     "CREATE TABLE IF NOT EXISTS amphora_text_indexes (name text PRIMARY KEY,"
     " fields text[] NOT NULL, class_name text)",
 )
+# Dropping columns is quick (the catalog only; the space comes back as rows are written
+# again), as is dropping the view; the columns' indexes go with them.
 _DROP_MIRROR = (
     "DELETE FROM amphora_meta WHERE key IN ('mirror', 'mirror_watermark')",
     "DROP TABLE IF EXISTS amphora_text_indexes",
+    "DROP VIEW IF EXISTS amphora_objects",
+    "DROP FUNCTION IF EXISTS amphora_objects_read_only()",
+    "ALTER TABLE objects DROP COLUMN IF EXISTS class_name, DROP COLUMN IF EXISTS state,"
+    " DROP COLUMN IF EXISTS state_tid, SET (fillfactor = 80)",
+)
+# -- mirrors made before: a table of their own ----------------------------------------------
+_MIRROR_RELATION = ("SELECT c.relkind FROM pg_class AS c JOIN pg_namespace AS n"
+                    " ON n.oid = c.relnamespace"
+                    " WHERE n.nspname = current_schema() AND c.relname = 'amphora_objects'")
+_OLD_INDEXES = ("SELECT indexname, indexdef FROM pg_indexes"
+                " WHERE schemaname = current_schema() AND tablename = 'amphora_objects'"
+                " AND indexname NOT IN ('amphora_objects_pkey', 'amphora_objects_class')"
+                " ORDER BY indexname")
+_OLD_TABLE = re.compile(r" ON (ONLY )?(\S+\.)?amphora_objects USING ")
+_MOVE_DOCUMENTS = ("UPDATE objects AS o SET class_name = a.class_name, state = a.state,"
+                   " state_tid = a.tid FROM amphora_objects AS a WHERE a.oid = o.oid")
+_DROP_OLD_TABLE = (
     "DROP TRIGGER IF EXISTS amphora_objects_gone ON objects",
     "DROP FUNCTION IF EXISTS amphora_objects_gone()",
-    "DROP TABLE IF EXISTS amphora_objects",
+    "DROP TABLE amphora_objects",
 )
 _MIRROR_KEY = "SELECT value FROM amphora_meta WHERE key = 'mirror'"
 _WATERMARK = "SELECT value::bigint FROM amphora_meta WHERE key = 'mirror_watermark'"
@@ -63,21 +107,25 @@ _SET_META = ("INSERT INTO amphora_meta (key, value) VALUES (%s, %s)"
 _LAST_TID = "SELECT coalesce(max(tid), 0) FROM transactions"
 _COMMITS_AFTER = "SELECT tid, oids FROM transactions WHERE tid > %s ORDER BY tid LIMIT %s"
 _BEHIND = "SELECT count(*) FROM transactions WHERE tid > %s"
-_CURRENT_RECORDS = "SELECT oid, tid, data FROM objects WHERE oid = ANY(%s::bigint[])"
-_OBJECTS_AFTER = "SELECT oid, tid, data FROM objects WHERE oid > %s ORDER BY oid LIMIT %s"
+# The follower and the backfill lock the rows they read, in oid order (the order in which
+# a commit writes them: neither waits for the other while holding what the other needs).
+_CURRENT_RECORDS = ("SELECT oid, tid, data FROM objects WHERE oid = ANY(%s::bigint[])"
+                    " ORDER BY oid FOR NO KEY UPDATE")
+_OBJECTS_AFTER = ("SELECT oid, tid, data FROM objects WHERE oid > %s ORDER BY oid LIMIT %s"
+                  " FOR NO KEY UPDATE")
 _COUNT_OBJECTS = "SELECT count(*) FROM objects"
-# A row is only ever replaced by a newer revision's (a backfill may race a commit).
-_UPSERT = (
-    "INSERT INTO amphora_objects (oid, tid, class_name, state)"
-    " SELECT o, t, c, s::jsonb FROM unnest(%s::bigint[], %s::bigint[], {texts}) AS d (o, t, c, s)"
-    " ON CONFLICT (oid) DO UPDATE SET tid = excluded.tid, class_name = excluded.class_name,"
-    " state = excluded.state WHERE excluded.tid >= amphora_objects.tid")
+# A document is written only beside the record it was made from.
+_SET_DOCUMENTS = (
+    "UPDATE objects AS o SET class_name = d.c, state = d.s::jsonb, state_tid = d.t"
+    " FROM unnest(%s::bigint[], %s::bigint[], {texts}) AS d (k, t, c, s)"
+    " WHERE o.oid = d.k AND o.tid = d.t")
 # Class names and documents travel as two strings cut apart in the server (a text array
-# costs the driver an escaped element each: several times slower for a commit's worth).
-# JSON text never holds a raw control character, so chr(30) cannot occur in a document.
-_UPSERT_DOCUMENTS = _UPSERT.format(
-    texts="string_to_array(%s, chr(30)), string_to_array(%s, chr(30))")
-_UPSERT_DOCUMENT_ARRAYS = _UPSERT.format(texts="%s::text[], %s::text[]")
+# costs the driver an escaped element each: several times slower for a commit's worth),
+# each element preceded by chr(30), which JSON text never holds raw; a class name that
+# holds it sends both as arrays.
+_JOINED = "(string_to_array(%s, chr(30)))[2:], (string_to_array(%s, chr(30)))[2:]"
+_SET_JOINED_DOCUMENTS = _SET_DOCUMENTS.format(texts=_JOINED)
+_SET_DOCUMENT_ARRAYS = _SET_DOCUMENTS.format(texts="%s::text[], %s::text[]")
 _SEPARATOR = "\x1e"
 _TEXT_INDEX = "SELECT fields, class_name FROM amphora_text_indexes WHERE name = %s"
 _BACKFILL_CHUNK = 1000
@@ -85,23 +133,27 @@ _FOLLOW_BATCH = 200
 _NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}\Z")
 
 
-def _upsert_documents(conn: Any, rows: Sequence[tuple[int, int, bytes]]) -> None:
-    """Write the documents of ``(oid, tid, data)`` rows (a newer document is never
-    replaced by an older one)."""
+def _documents(datas: Sequence[bytes]) -> tuple[str, Any, Any]:
+    """The class names and JSON states of records, and how they travel: ``"joined"``
+    (each a string, every element preceded by chr(30)) or ``"arrays"`` (lists)."""
     from amphora.jsonpickle import records_to_json
+    # jsonpickle never writes \u0000, which jsonb refuses
+    classes, states = map(list, zip(*records_to_json(datas)))
+    joined = _SEPARATOR + _SEPARATOR.join(classes)
+    if joined.count(_SEPARATOR) != len(classes):  # a class name holding chr(30)
+        return "arrays", classes, states
+    return "joined", joined, _SEPARATOR + _SEPARATOR.join(states)
+
+
+def _set_documents(conn: Any, rows: Sequence[tuple[int, int, bytes]]) -> None:
+    """Write the documents of ``(oid, tid, data)`` rows, each beside its record (a row
+    holding another revision now is left alone)."""
     if not rows:
         return
-    oids = [key for key, _, _ in rows]
-    tids = [tid for _, tid, _ in rows]
-    # jsonpickle never writes \u0000, which jsonb refuses
-    classes, states = map(list, zip(*records_to_json([data for _, _, data in rows])))
-    joined = _SEPARATOR.join(classes)
-    if len(rows) > 1 and "" not in classes and joined.count(_SEPARATOR) == len(rows) - 1:
-        conn.execute(_UPSERT_DOCUMENTS, [oids, tids, joined, _SEPARATOR.join(states)])
-    else:  # one row (an empty string splits into none), or a class name holding chr(30)
-        conn.execute(_UPSERT_DOCUMENT_ARRAYS, [oids, tids, classes, states])
-
-
+    how, classes, states = _documents([data for _, _, data in rows])
+    statement = _SET_JOINED_DOCUMENTS if how == "joined" else _SET_DOCUMENT_ARRAYS
+    conn.execute(statement, [[key for key, _, _ in rows], [tid for _, tid, _ in rows],
+                             classes, states])
 
 
 def _check_name(name: str) -> str:
@@ -125,9 +177,10 @@ class MirrorMixin(MirrorBase):
     """Part of :class:`~amphora.storage.postgresql.PostgreSQLStorage`: the JSON mirror.
 
     Uses these attributes of the storage: ``_connect(autocommit)``, ``_error(exc)``,
-    ``_psycopg``, ``_local``, ``_where``, ``_check_writable()``, ``_closed``; ``_write``
-    calls :meth:`_mirror_commit` and ``_close_connections`` calls
-    :meth:`_close_mirror_connections`.
+    ``_psycopg``, ``_local``, ``_where``, ``_check_writable()``, ``_closed``,
+    ``_commit_lock_sql``; ``_write`` calls :meth:`_mirror_documented` and
+    :meth:`_commit_documents`, opening for writing :meth:`_upgrade_mirror`, and
+    ``_close_connections`` :meth:`_close_mirror_connections`.
     """
 
     supports_mirror = True
@@ -155,13 +208,17 @@ class MirrorMixin(MirrorBase):
             return conn.execute(query).fetchone()[0] or 0
         return self._mirror_read(read)
 
-    def _mirror_commit(self, conn: Any, tid: int, rows: Sequence[tuple[int, bytes]],
-                       found: tuple | None) -> None:
-        """Inside a commit, under the commit lock: the documents of ``rows`` (oid, data)
-        written by transaction ``tid``, if the database keeps a ``sync`` mirror (``found``
-        is the row of the ``mirror`` key the commit read under the lock, or None)."""
-        if found is not None and found[0] == "sync" and rows:
-            _upsert_documents(conn, [(key, tid, data) for key, data in rows])
+    def _mirror_documented(self, found: tuple | None) -> bool:
+        """Inside a commit, under the commit lock: whether the rows it writes carry their
+        documents (``found`` is the row of the ``mirror`` key the commit read, or None)."""
+        return found is not None and found[0] == "sync"
+
+    @staticmethod
+    def _commit_documents(datas: Sequence[bytes]) -> tuple[str, Any, Any]:
+        """The class names and JSON states of the records a commit writes, and how they
+        travel: ``"joined"`` (two strings, each element preceded by chr(30)) or
+        ``"arrays"`` (two lists)."""
+        return _documents(datas)
 
     # -- making and dropping ------------------------------------------------------------
     def create_mirror(self, progress: Callable[[int, int], None] | None = None,
@@ -173,6 +230,7 @@ class MirrorMixin(MirrorBase):
         def start(conn: Any) -> None:
             with conn.transaction():
                 conn.execute(self._commit_lock_sql)  # no commit writes meanwhile
+                self._move_old_mirror(conn)
                 for statement in _CREATE_MIRROR:
                     conn.execute(statement)
                 was = conn.execute(_MIRROR_KEY).fetchone()
@@ -191,9 +249,47 @@ class MirrorMixin(MirrorBase):
 
         def drop(conn: Any) -> None:
             with conn.transaction():
+                conn.execute(self._commit_lock_sql)  # a commit writing documents ends first
+                if self._old_mirror(conn):
+                    for statement in _DROP_OLD_TABLE:
+                        conn.execute(statement)
                 for statement in _DROP_MIRROR:
                     conn.execute(statement)
         self._mirror_admin(drop)
+
+    def _upgrade_mirror(self, conn: Any) -> None:
+        """On opening for writing a database that has a mirror (``conn`` is autocommit):
+        move a mirror made before into the columns of ``objects``."""
+        if not self._old_mirror(conn):
+            return
+        with conn.transaction():
+            conn.execute(self._commit_lock_sql)
+            self._move_old_mirror(conn)
+
+    @staticmethod
+    def _old_mirror(conn: Any) -> bool:
+        """Whether the mirror is one made before: a table of its own."""
+        found = conn.execute(_MIRROR_RELATION).fetchone()
+        return found is not None and found[0] == "r"
+
+    def _move_old_mirror(self, conn: Any) -> None:
+        """In a transaction holding the commit lock: the documents and indexes of a mirror
+        made before moved into ``objects`` (nothing if there is none)."""
+        if not self._old_mirror(conn):
+            return
+        indexes = conn.execute(_OLD_INDEXES).fetchall()
+        conn.execute(_ADD_COLUMNS)
+        conn.execute(_MOVE_DOCUMENTS)
+        for statement in _DROP_OLD_TABLE:  # its indexes go with it
+            conn.execute(statement)
+        for statement in _CREATE_MIRROR:
+            conn.execute(statement)
+        for _, definition in indexes:
+            moved, found = _OLD_TABLE.subn(" ON objects USING ", definition, count=1)
+            if not found:
+                raise MirrorError(f"{self._where}: cannot move index {definition!r} "
+                                  "of the mirror to the table of records")
+            conn.execute(moved)
 
     def _count_objects(self, conn: Any) -> int:
         return conn.execute(_COUNT_OBJECTS).fetchone()[0]
@@ -202,8 +298,7 @@ class MirrorMixin(MirrorBase):
         with conn.transaction():
             rows = conn.execute(_OBJECTS_AFTER, (after, _BACKFILL_CHUNK),
                                 binary=True).fetchall()
-            if rows:
-                _upsert_documents(conn, rows)
+            _set_documents(conn, rows)
         return rows
 
     # -- the follower -------------------------------------------------------------------
@@ -235,8 +330,7 @@ class MirrorMixin(MirrorBase):
                 if commits:
                     keys = sorted({key for _, oids in commits for key in _ints(bytes(oids))})
                     rows = conn.execute(_CURRENT_RECORDS, (keys,), binary=True).fetchall()
-                    if rows:
-                        _upsert_documents(conn, rows)
+                    _set_documents(conn, rows)
                     conn.execute(_SET_META, ("mirror_watermark", str(commits[-1][0])))
             if not commits:
                 return done
@@ -251,7 +345,9 @@ class MirrorMixin(MirrorBase):
         _check_name(name)
         where = f" WHERE {class_filter(class_name)}" if class_name is not None else ""
         kind = "UNIQUE INDEX" if unique else "INDEX"
-        self._mirror_ddl([f"CREATE {kind} IF NOT EXISTS {name} ON amphora_objects"
+        # on the table the view reads (PostgreSQL indexes no view): a query on the view
+        # uses it
+        self._mirror_ddl([f"CREATE {kind} IF NOT EXISTS {name} ON objects"
                           f" (({expression})){where}"], [])
 
     def create_text_index(self, name: str, fields: Sequence[str],
@@ -262,7 +358,7 @@ class MirrorMixin(MirrorBase):
         where = f" WHERE {class_filter(class_name)}" if class_name is not None else ""
         vector = _text_expression(fields)
         self._mirror_ddl(
-            [f"CREATE INDEX {name} ON amphora_objects USING GIN (({vector})){where}"],
+            [f"CREATE INDEX {name} ON objects USING GIN (({vector})){where}"],
             [("INSERT INTO amphora_text_indexes (name, fields, class_name) VALUES (%s, %s, %s)",
               (name, fields, class_name))])
 

@@ -21,7 +21,8 @@ SCHEMA_VERSION = 1
 # The current revision of every object is in ``objects`` (one index descent per load);
 # replaced ones move to ``revisions`` (history-preserving, until pack) or ``replaced``
 # (history-free, for ``conflict_window`` seconds). ``refs`` holds the oids a record refers
-# to, so that pack finds garbage with one recursive query.
+# to, so that pack finds garbage with one recursive query. A JSON mirror adds its
+# documents to ``objects`` as columns (see _pg_mirror).
 _CREATE_SCHEMA = (
     "CREATE TABLE amphora_meta (key text PRIMARY KEY, value text NOT NULL)",
     "CREATE TABLE objects (oid bigint PRIMARY KEY, tid bigint NOT NULL,"

@@ -97,26 +97,51 @@ _PRUNE_REPLACED = "DELETE FROM replaced WHERE end_tid < %s"
 # would convert element by element): the oids as one string of 8-byte big-endian oids,
 # the records joined into one bytea with their lengths as text, and the references as
 # array literals joined by "|" ("N" for none known). They are cut apart in the server.
+# With a mirror kept by every commit (``sync``) the rows carry their documents too (see
+# amphora.storage._pg_mirror): class names and JSON states, each list one string, every
+# element preceded by chr(30) (which JSON text never holds raw; a class name holding it
+# is sent as a text array instead), in the same statement.
 _ROWS = """
 WITH cut AS (
-  SELECT u.n, u.len::int AS len, u.refs,
+  SELECT u.*,
          ('x' || encode(substr(%(oids)s::bytea, 8 * u.n::int - 7, 8), 'hex'))::bit(64)::bigint
            AS oid
-  FROM unnest(string_to_array(%(lengths)s, ','), string_to_array(%(refs)s, '|'))
-       WITH ORDINALITY AS u(len, refs, n)
+  FROM unnest(string_to_array(%(lengths)s, ','), string_to_array(%(refs)s, '|'){texts})
+       WITH ORDINALITY AS u(len, refs{names}, n)
 ), placed AS (
-  SELECT oid, len, refs, sum(len) OVER (ORDER BY n) - len AS start FROM cut
+  SELECT cut.*, sum(len::int) OVER (ORDER BY n) - len::int AS start FROM cut
 )
-SELECT oid, %(tid)s::bigint, substr(%(datas)s::bytea, start::int + 1, len),
-       CASE WHEN refs = 'N' THEN NULL ELSE refs::bigint[] END
+SELECT oid, %(tid)s::bigint, substr(%(datas)s::bytea, start::int + 1, len::int),
+       CASE WHEN refs = 'N' THEN NULL ELSE refs::bigint[] END{documents}
 FROM placed"""
-_UPSERT_OBJECTS = (f"INSERT INTO objects (oid, tid, data, refs) {_ROWS}"
-                   f" ON CONFLICT (oid) DO UPDATE"
-                   f" SET tid = excluded.tid, data = excluded.data, refs = excluded.refs")
+_PLAIN_ROWS = _ROWS.format(texts="", names="", documents="")
+_DOCUMENTED = {"names": ", class_name, state",
+               "documents": ", class_name, state::jsonb, %(tid)s"}
+_DOCUMENTED_ROWS = _ROWS.format(texts=", (string_to_array(%(classes)s, chr(30)))[2:],"
+                                      " (string_to_array(%(states)s, chr(30)))[2:]",
+                                **_DOCUMENTED)
+_DOCUMENTED_ARRAY_ROWS = _ROWS.format(texts=", %(classes)s::text[], %(states)s::text[]",
+                                      **_DOCUMENTED)
+_COLUMNS = "INSERT INTO objects (oid, tid, data, refs) {rows}"
+_DOCUMENTED_COLUMNS = ("INSERT INTO objects (oid, tid, data, refs, class_name, state, state_tid)"
+                       " {rows}")
+_SET = ("ON CONFLICT (oid) DO UPDATE"
+        " SET tid = excluded.tid, data = excluded.data, refs = excluded.refs")
+_SET_DOCUMENTED = (f"{_SET}, class_name = excluded.class_name, state = excluded.state,"
+                   " state_tid = excluded.state_tid")
 # New objects: a row some other transaction made meanwhile (the root, a restore) is a
 # conflict, found by the rows not returned.
-_INSERT_OBJECTS = (f"INSERT INTO objects (oid, tid, data, refs) {_ROWS}"
-                   f" ON CONFLICT (oid) DO NOTHING RETURNING oid")
+_NEW = "ON CONFLICT (oid) DO NOTHING RETURNING oid"
+# (upsert, insert) by how the rows' documents travel: None (no documents), "joined" or
+# "arrays"
+_WRITES = {
+    None: (f"{_COLUMNS} {_SET}".format(rows=_PLAIN_ROWS),
+           f"{_COLUMNS} {_NEW}".format(rows=_PLAIN_ROWS)),
+    "joined": (f"{_DOCUMENTED_COLUMNS} {_SET_DOCUMENTED}".format(rows=_DOCUMENTED_ROWS),
+               f"{_DOCUMENTED_COLUMNS} {_NEW}".format(rows=_DOCUMENTED_ROWS)),
+    "arrays": (f"{_DOCUMENTED_COLUMNS} {_SET_DOCUMENTED}".format(rows=_DOCUMENTED_ARRAY_ROWS),
+               f"{_DOCUMENTED_COLUMNS} {_NEW}".format(rows=_DOCUMENTED_ARRAY_ROWS)),
+}
 _INSERT_TRANSACTION = ("INSERT INTO transactions (tid, username, description, extension, oids)"
                        " VALUES (%s, %s, %s, %s, %s)")
 _NOTIFY = "SELECT pg_notify(%s, %s)"
@@ -173,7 +198,9 @@ class PostgreSQLStorage(SchemaMixin, PackMixin, MirrorMixin, StorageBase):
             packed_through=<largest tid of a transaction row removed by pack>
         objects(oid bigint PRIMARY KEY, tid bigint, data bytea, refs bigint[])
             the current revision of every object; ``refs`` are the oids its record
-            refers to (NULL for a record that is not a ZODB pickle), for pack
+            refers to (NULL for a record that is not a ZODB pickle), for pack. A JSON
+            mirror adds its documents as columns, read through the view
+            ``amphora_objects`` (see :mod:`amphora.storage._pg_mirror`)
         revisions(oid, tid, end_tid, data, refs), PRIMARY KEY (oid, tid)
             history-preserving mode: replaced revisions, kept until pack; ``end_tid`` is
             the tid of the revision that replaced it
@@ -270,6 +297,8 @@ class PostgreSQLStorage(SchemaMixin, PackMixin, MirrorMixin, StorageBase):
             self.keep_history = self._check_meta(meta, keep_history)
             self.supports_history = self.keep_history
             self._poller = self._connect(autocommit=True)
+            if "mirror" in meta and not read_only:  # a mirror made before moves now
+                self._upgrade_mirror(self._poller)
             last = self._poller.execute(_LAST_TID).fetchone()[0]
         except psycopg.Error as exc:
             self._close_connections()
@@ -628,6 +657,8 @@ class PostgreSQLStorage(SchemaMixin, PackMixin, MirrorMixin, StorageBase):
         replacing = sorted([(key, data) for key, read, data in zip(keys, reads, datas) if read])
         creating = sorted([(key, data) for key, read, data in zip(keys, reads, datas) if not read])
         user, description, extension = self._meta
+        # With a sync mirror, each row carries its document (written by the same statement)
+        mirrored = self._mirror_documented(mirror.fetchone())
         with conn.pipeline():
             if replacing:
                 replaced_keys = [key for key, _ in replacing]
@@ -635,11 +666,15 @@ class PostgreSQLStorage(SchemaMixin, PackMixin, MirrorMixin, StorageBase):
                     conn.execute(_ARCHIVE_CURRENT, (tid_i, replaced_keys))
                 else:  # replaced revisions stay only while they may resolve conflicts
                     conn.execute(_RETAIN_CURRENT, (tid_i, replaced_keys))
-                conn.execute(_UPSERT_OBJECTS, _rows(tid_i, replacing))
+                how, params = self._row_params(tid_i, replacing, mirrored)
+                conn.execute(_WRITES[how][0], params)
             if not self.keep_history:
                 horizon = pack_tid(max(tid_time(tid) - self.conflict_window, 0))
                 conn.execute(_PRUNE_REPLACED, (_u(horizon),))
-            inserted = conn.execute(_INSERT_OBJECTS, _rows(tid_i, creating)) if creating else None
+            inserted = None
+            if creating:
+                how, params = self._row_params(tid_i, creating, mirrored)
+                inserted = conn.execute(_WRITES[how][1], params)
             conn.execute(_INSERT_TRANSACTION, (tid_i, user, description, extension,
                                                b"".join(oids)))
             conn.execute(_NOTIFY, (self._channel, str(tid_i)))
@@ -658,10 +693,20 @@ class PostgreSQLStorage(SchemaMixin, PackMixin, MirrorMixin, StorageBase):
             self._check_conflicts({oid: _pack(found[_u(oid)]) for oid in stale},
                                   load_serial, stale)
             raise StorageError("a new object's row exists, but no conflict was found")
-        self._mirror_commit(conn, tid_i, replacing + creating, mirror.fetchone())
         self._pending = pending.fetchall() if pending is not None else []
         self._pending_packed = packed.fetchone()[0] if packed is not None else 0
         self._voted_tid = tid
+
+    def _row_params(self, tid: int, rows: list[tuple[int, bytes]], mirrored: bool
+                    ) -> tuple[str | None, dict[str, Any]]:
+        """How the documents of a write travel (a key of _WRITES) and its parameters."""
+        params = _rows(tid, rows)
+        if not mirrored:
+            return None, params
+        how, classes, states = self._commit_documents([data for _, data in rows])
+        params["classes"] = classes
+        params["states"] = states
+        return how, params
 
     def _rollback(self) -> None:
         conn = self._writer
@@ -714,7 +759,7 @@ class PostgreSQLStorage(SchemaMixin, PackMixin, MirrorMixin, StorageBase):
 
 
 def _rows(tid: int, rows: list[tuple[int, bytes]]) -> dict[str, Any]:
-    """The parameters of _UPSERT_OBJECTS or _INSERT_OBJECTS for ``(oid, data)`` rows."""
+    """The parameters of a write (see _ROWS) of ``(oid, data)`` rows, without documents."""
     datas = [data for _, data in rows]
     return {"tid": tid, "oids": b"".join([_pack(key) for key, _ in rows]),
             "datas": b"".join(datas), "lengths": ",".join(map(str, map(len, datas))),
