@@ -18,47 +18,11 @@ from amphora.errors import ConflictError
 from amphora.server import protocol as p
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from clients import record_requests, value_on  # noqa: E402
 from counters import Tally  # noqa: E402
-from serverprocess import ServerProcess  # noqa: E402
 
 REMOTE_LIKE = [sys.executable, str(Path(__file__).resolve().parent / "serve_as_remote.py")]
 BOTH_PATHS = pytest.mark.parametrize("program", [None, REMOTE_LIKE], ids=["in-loop", "threads"])
-
-
-@pytest.fixture
-def servers():
-    started: list[ServerProcess] = []
-
-    def start(uri: str = "memory://", **kwargs) -> ServerProcess:
-        server = ServerProcess(uri, **kwargs)
-        started.append(server)
-        return server
-    yield start
-    for server in started:
-        server.stop()
-
-
-def record_requests(db) -> list[str]:
-    """The methods the client storage of ``db`` sends, from now on."""
-    sent: list[str] = []
-    storage = db.storage
-    call = storage._call
-    storage._call = lambda method, *args, **kwargs: (sent.append(method),
-                                                     call(method, *args, **kwargs))[1]
-    return sent
-
-
-def value_on(server: ServerProcess, key: str):
-    """What a new client reads for ``key`` (nothing cached)."""
-    db = amphora.open(f"amphora://{server.address}")
-    try:
-        with db.transaction() as conn:
-            value = conn.root().get(key)
-            if isinstance(value, (Length, Tally)):
-                return value()
-            return dict(value) if isinstance(value, PersistentMapping) else value
-    finally:
-        db.close()
 
 
 def commits_and_finishes(sent: list[str]) -> tuple[int, int]:

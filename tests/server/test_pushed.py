@@ -3,7 +3,6 @@ pushed with commits, which a client storage keeps as current and reads without a
 from __future__ import annotations
 
 import pickle
-import socket
 import sys
 from pathlib import Path
 
@@ -16,50 +15,15 @@ import amphora
 from amphora.server import protocol as p
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from clients import RawClient, record_requests, value_on  # noqa: E402
 from counters import Tally  # noqa: E402
 from serverprocess import ServerProcess  # noqa: E402
 
 LOADS = {p.LOAD_BEFORE, p.LOAD_AHEAD, p.LOAD_MANY, p.LOAD_SERIAL}
 
 
-@pytest.fixture
-def servers():
-    started: list[ServerProcess] = []
-
-    def start(uri: str = "memory://", *args: str, **kwargs) -> ServerProcess:
-        server = ServerProcess(uri, *args, **kwargs)
-        started.append(server)
-        return server
-    yield start
-    for server in started:
-        server.stop()
-
-
-def record_requests(db) -> list[str]:
-    """The methods the client storage of ``db`` sends, from now on."""
-    sent: list[str] = []
-    storage = db.storage
-    call = storage._call
-    storage._call = lambda method, *args, **kwargs: (sent.append(method),
-                                                     call(method, *args, **kwargs))[1]
-    return sent
-
-
 def loads(sent: list[str]) -> list[str]:
     return [method for method in sent if method in LOADS]
-
-
-def value_on(server: ServerProcess, key: str):
-    """What a new client reads for ``key`` (nothing cached)."""
-    db = amphora.open(f"amphora://{server.address}")
-    try:
-        with db.transaction() as conn:
-            value = conn.root().get(key)
-            if isinstance(value, (Length, Tally)):
-                return value()
-            return dict(value) if isinstance(value, PersistentMapping) else value
-    finally:
-        db.close()
 
 
 def commit(server: ServerProcess, change) -> None:
@@ -70,38 +34,6 @@ def commit(server: ServerProcess, change) -> None:
             change(conn.root())
     finally:
         db.close()
-
-
-class RawClient:
-    """The protocol by hand: every message but pushes, in the order they come."""
-
-    def __init__(self, server: ServerProcess):
-        self.sock = socket.create_connection((server.host, server.port), timeout=30)
-        self.decoder = p.FrameDecoder()
-        self.pending: list = []
-        self.ids = iter(range(1, 1000))
-        self.sock.sendall(p.encode([p.HELLO, {"protocol": p.VERSION, "token": None,
-                                              "storage": ""}]))
-        assert self.next()[0] == p.WELCOME
-
-    def next(self) -> list:
-        while True:
-            while self.pending:
-                message = self.pending.pop(0)
-                if message[0] != p.PUSH:
-                    return message
-            data = self.sock.recv(65536)
-            if not data:
-                raise ConnectionError("the server closed the connection")
-            self.pending.extend(self.decoder.feed(data))
-
-    def request(self, method: str, *args) -> int:
-        request_id = next(self.ids)
-        self.sock.sendall(p.encode([p.REQUEST, request_id, method, list(args)]))
-        return request_id
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 # -- MERGED ------------------------------------------------------------------------------------

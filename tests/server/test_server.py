@@ -9,7 +9,6 @@ import sys
 import time
 from pathlib import Path
 
-import msgpack
 import pytest
 from BTrees.Length import Length
 
@@ -20,28 +19,11 @@ from amphora.storage.client import ClientStorage
 from amphora.storage.sqlite import SQLiteStorage
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from clients import RawClient, hello, raw_connection  # noqa: E402
 from counters import Tally  # noqa: E402
-from serverprocess import ServerProcess, _env  # noqa: E402
+from serverprocess import _env  # noqa: E402
 
 WORKER = str(Path(__file__).resolve().parent / "worker_server_client.py")
-
-
-@pytest.fixture
-def servers():
-    started: list[ServerProcess] = []
-
-    def start(uri: str, *args: str, **kwargs) -> ServerProcess:
-        server = ServerProcess(uri, *args, **kwargs)
-        started.append(server)
-        return server
-    yield start
-    for server in started:
-        server.stop()
-
-
-def raw_connection(server: ServerProcess) -> socket.socket:
-    sock = socket.create_connection((server.host, server.port), timeout=30)
-    return sock
 
 
 def read_messages(sock: socket.socket) -> list:
@@ -53,10 +35,6 @@ def read_messages(sock: socket.socket) -> list:
         if not data:
             return messages
         messages.extend(decoder.feed(data))
-
-
-def hello(token: str | None = None, version: int = p.VERSION) -> bytes:
-    return p.encode([p.HELLO, {"protocol": version, "token": token, "storage": ""}])
 
 
 def commit_value(address: str, key: str, value, **options) -> None:
@@ -290,38 +268,6 @@ def test_eight_processes_incrementing_one_counter_end_with_the_exact_count(serve
 
 
 # -- conflicts resolved during the vote ------------------------------------------------------
-
-class RawClient:
-    """The protocol by hand: requests, and what the server sends back, one at a time."""
-
-    def __init__(self, server: ServerProcess):
-        self.sock = raw_connection(server)
-        self.decoder = p.FrameDecoder()
-        self.pending: list = []
-        self.ids = iter(range(1, 1000))
-        self.sock.sendall(hello())
-        assert self.next()[0] == p.WELCOME
-
-    def next(self) -> list:
-        """The next message that is not a push."""
-        while True:
-            while self.pending:
-                message = self.pending.pop(0)
-                if message[0] != p.PUSH:
-                    return message
-            data = self.sock.recv(65536)
-            if not data:
-                raise ConnectionError("the server closed the connection")
-            self.pending.extend(self.decoder.feed(data))
-
-    def request(self, method: str, *args) -> int:
-        request_id = next(self.ids)
-        self.sock.sendall(p.encode([p.REQUEST, request_id, method, list(args)]))
-        return request_id
-
-    def close(self) -> None:
-        self.sock.close()
-
 
 def counter_value(address: str) -> int:
     db = amphora.open(f"amphora://{address}")

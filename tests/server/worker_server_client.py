@@ -14,7 +14,6 @@ import sys
 import time
 
 import transaction
-from BTrees.Length import Length
 
 import amphora
 from amphora.errors import ConflictError

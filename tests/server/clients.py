@@ -1,0 +1,77 @@
+"""Clients for the server tests: the protocol by hand (:class:`RawClient`), and what a
+client storage sends or reads."""
+from __future__ import annotations
+
+import socket
+
+from BTrees.Length import Length
+from persistent.mapping import PersistentMapping
+
+import amphora
+from amphora.server import protocol as p
+from counters import Tally
+from serverprocess import ServerProcess
+
+
+def raw_connection(server: ServerProcess) -> socket.socket:
+    return socket.create_connection((server.host, server.port), timeout=30)
+
+
+def hello(token: str | None = None, version: int = p.VERSION) -> bytes:
+    return p.encode([p.HELLO, {"protocol": version, "token": token, "storage": ""}])
+
+
+class RawClient:
+    """The protocol by hand: requests, and what the server sends back but pushes, one at
+    a time, in the order they come."""
+
+    def __init__(self, server: ServerProcess):
+        self.sock = raw_connection(server)
+        self.decoder = p.FrameDecoder()
+        self.pending: list = []
+        self.ids = iter(range(1, 1000))
+        self.sock.sendall(hello())
+        assert self.next()[0] == p.WELCOME
+
+    def next(self) -> list:
+        """The next message that is not a push."""
+        while True:
+            while self.pending:
+                message = self.pending.pop(0)
+                if message[0] != p.PUSH:
+                    return message
+            data = self.sock.recv(65536)
+            if not data:
+                raise ConnectionError("the server closed the connection")
+            self.pending.extend(self.decoder.feed(data))
+
+    def request(self, method: str, *args) -> int:
+        request_id = next(self.ids)
+        self.sock.sendall(p.encode([p.REQUEST, request_id, method, list(args)]))
+        return request_id
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def record_requests(db) -> list[str]:
+    """The methods the client storage of ``db`` sends, from now on."""
+    sent: list[str] = []
+    storage = db.storage
+    call = storage._call
+    storage._call = lambda method, *args, **kwargs: (sent.append(method),
+                                                     call(method, *args, **kwargs))[1]
+    return sent
+
+
+def value_on(server: ServerProcess, key: str):
+    """What a new client reads for ``key`` (nothing cached)."""
+    db = amphora.open(f"amphora://{server.address}")
+    try:
+        with db.transaction() as conn:
+            value = conn.root().get(key)
+            if isinstance(value, (Length, Tally)):
+                return value()
+            return dict(value) if isinstance(value, PersistentMapping) else value
+    finally:
+        db.close()
