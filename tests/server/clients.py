@@ -54,6 +54,19 @@ class RawClient:
         self.sock.close()
 
 
+def stale_counter(server: ServerProcess, kind: type) -> tuple:
+    """A counter of class ``kind`` served at 5, and what a late writer needs: ``(db, oid,
+    committed serial, read serial)`` (it read the counter at 1)."""
+    db = amphora.open(f"amphora://{server.address}")
+    with db.transaction() as conn:
+        conn.root()["counter"] = counter = kind(1)
+    with db.transaction() as conn:
+        conn.root()["counter"].change(4)
+    oid = counter._p_oid
+    history = db.storage.history(oid, 2)
+    return db, oid, history[0]["tid"], history[1]["tid"]
+
+
 def record_requests(db) -> list[str]:
     """The methods the client storage of ``db`` sends, from now on."""
     sent: list[str] = []

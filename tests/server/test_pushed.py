@@ -15,7 +15,7 @@ import amphora
 from amphora.server import protocol as p
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from clients import RawClient, record_requests, value_on  # noqa: E402
+from clients import RawClient, record_requests, stale_counter, value_on  # noqa: E402
 from counters import Tally  # noqa: E402
 from serverprocess import ServerProcess  # noqa: E402
 
@@ -40,14 +40,7 @@ def commit(server: ServerProcess, change) -> None:
 
 def test_a_stale_two_phase_commit_on_a_length_is_merged_by_the_server(servers, tmp_path):
     server = servers(f"sqlite:///{tmp_path / 'data.db'}")
-    db = amphora.open(f"amphora://{server.address}")
-    with db.transaction() as conn:
-        conn.root()["counter"] = counter = Length(1)
-    with db.transaction() as conn:
-        conn.root()["counter"].change(4)
-    oid = counter._p_oid
-    history = db.storage.history(oid, 2)
-    committed, read = history[0]["tid"], history[1]["tid"]
+    db, oid, committed, read = stale_counter(server, Length)
     head = pickle.dumps(Length, 3)
     assert db.storage.loadSerial(oid, read) == head + pickle.dumps(1, 3)
     assert db.storage.loadSerial(oid, committed) == head + pickle.dumps(5, 3)

@@ -20,6 +20,7 @@ from amphora.storage.sqlite import SQLiteStorage
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from clients import RawClient, hello, raw_connection  # noqa: E402
+from clients import stale_counter as stale  # noqa: E402
 from counters import Tally  # noqa: E402
 from serverprocess import _env  # noqa: E402
 
@@ -282,15 +283,7 @@ def stale_counter(servers, tmp_path):
     """A served Tally (merged by the client) at 5, and the state a late writer read
     (at 1)."""
     server = servers(f"sqlite:///{tmp_path / 'data.db'}")
-    db = amphora.open(f"amphora://{server.address}")
-    with db.transaction() as conn:
-        conn.root()["counter"] = counter = Tally(1)
-    with db.transaction() as conn:
-        conn.root()["counter"].change(4)
-        oid = counter._p_oid
-    storage = db.storage
-    history = storage.history(oid, 2)
-    committed, read = history[0]["tid"], history[1]["tid"]
+    db, oid, committed, read = stale(server, Tally)
     yield server, db, oid, committed, read
     db.close()
 
