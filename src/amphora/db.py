@@ -25,13 +25,13 @@ from amphora.errors import ConflictError, ConnectionStateError, ObjectNotFoundEr
 from amphora.feeds import Change, ChangeFeed, Subscriptions, achanges
 from amphora.search import DatabaseSearch
 from amphora.serialize import ObjectWriter, references
-from amphora.storage.base import Storage, TransactionMetaData
+from amphora.storage.base import RecordsAsStored, Storage, TransactionMetaData
 from amphora.utils import maxtid, p64, tid_from_datetime, u64, z64
 
 __all__ = ["DB"]
 
 
-class DB(DatabaseSearch):
+class DB(DatabaseSearch, RecordsAsStored):
     """An amphora database over ``storage``.
 
     ``cache_size`` is each connection's target number of objects in memory (0: no
@@ -164,15 +164,6 @@ class DB(DatabaseSearch):
         for conn in conns:
             if conn is not exclude:
                 conn._invalidate(tid, oids)
-
-    def references(self, record: bytes, oids: list[bytes] | None = None) -> list[bytes]:
-        return references(record, oids)
-
-    def transform_record_data(self, data: bytes) -> bytes:
-        return data
-
-    def untransform_record_data(self, data: bytes) -> bytes:
-        return data
 
     # -- information and management -------------------------------------------------
     def last_transaction(self) -> bytes:

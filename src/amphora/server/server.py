@@ -55,7 +55,7 @@ from typing import Any, Callable
 from amphora import errors, symbolic
 from amphora.serialize import references
 from amphora.server import protocol as p
-from amphora.storage.base import TransactionMetaData
+from amphora.storage.base import RecordsAsStored, TransactionMetaData
 from amphora.utils import p64, u64, z64
 
 __all__ = ["Server", "serve"]
@@ -213,7 +213,7 @@ class _Commit(TransactionMetaData):
         return merged
 
 
-class _Served:
+class _Served(RecordsAsStored):
     """One open storage, the sessions using it, and the wrapper it reports to."""
 
     def __init__(self, server: "Server", name: str, storage: Any):
@@ -322,15 +322,6 @@ class _Served:
 
     def invalidateCache(self) -> None:
         self.server.loop.call_soon_threadsafe(self.reset)
-
-    def references(self, record: bytes, oids: list[bytes] | None = None) -> list[bytes]:
-        return references(record, oids)
-
-    def transform_record_data(self, data: bytes) -> bytes:
-        return data
-
-    def untransform_record_data(self, data: bytes) -> bytes:
-        return data
 
     # -- in the event loop ------------------------------------------------------------
     def committed(self, committer: "_Session | None", finish_id: int | None,

@@ -37,6 +37,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Protocol, runtime
 
 from amphora.errors import (ConflictError, ObjectNotFoundError, ReadConflictError,
                             ReadOnlyError, StorageError, StorageTransactionError, Unsupported)
+from amphora.serialize import references
 from amphora.storage._keys import _split
 from amphora.utils import maxtid, new_tid, p64, tid_from_datetime, tid_time, u64, z64
 
@@ -196,6 +197,21 @@ def encode_metadata(transaction: Any) -> tuple[bytes, bytes, bytes]:
         extension = getattr(transaction, "extension", None) or {}
         extension_bytes = pickle.dumps(extension, 3) if extension else b""
     return user, description, extension_bytes
+
+
+class RecordsAsStored:
+    """The record methods of a storage's wrapper (what ``registerDB`` is given) that keeps
+    records as they are stored: references found by scanning the pickles, data neither
+    transformed nor untransformed (a database, the server)."""
+
+    def references(self, record: bytes, oids: list[bytes] | None = None) -> list[bytes]:
+        return references(record, oids)
+
+    def transform_record_data(self, data: bytes) -> bytes:
+        return data
+
+    def untransform_record_data(self, data: bytes) -> bytes:
+        return data
 
 
 class TransactionMetaData:
