@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 import threading
 import weakref
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable
 
 from amphora.errors import (CorruptRecordError, InvalidURIError, ObjectNotFoundError,
                             PostgreSQLConnectionError, ReadOnlyError, StorageError,
@@ -20,7 +20,8 @@ from amphora.storage._pg_pack import PackMixin
 # FORMAT and SCHEMA_VERSION are importable from here too.
 from amphora.storage._pg_schema import (FORMAT, SCHEMA_VERSION, SchemaMixin,  # noqa: F401
                                         _ints, _pack, _split, _u, _unpack)
-from amphora.storage.base import (DataRecord, StorageBase, TransactionRecord, history_entry,
+from amphora.storage._sql_log import TransactionLogMixin
+from amphora.storage.base import (DataRecord, StorageBase, history_entry,
                                   pack_tid)
 from amphora.utils import tid_time, z64
 
@@ -154,8 +155,6 @@ _AHEAD = 2000                        # referenced records read along by one load
 _AHEAD_MAX = 8192                    # records a thread's read-ahead holds at most
 _OID_BLOCK = 64                      # oids first reserved per round trip to the sequence
 _OID_BLOCK_MAX = 4096                # ... doubling with each reservation up to this
-_TXN_CHUNK = 100                     # transactions read per query while iterating
-_MAX_INT = (1 << 63) - 1
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}\Z")
 
 
@@ -187,7 +186,7 @@ class _Reader:
         self.ahead_generation = -1
 
 
-class PostgreSQLStorage(SchemaMixin, PackMixin, MirrorMixin, StorageBase):
+class PostgreSQLStorage(SchemaMixin, PackMixin, MirrorMixin, TransactionLogMixin, StorageBase):
     """A storage in a PostgreSQL database, shared by any number of processes.
 
     Tables (``schema_version`` 1), in the schema ``schema`` (``public`` by default; every
@@ -481,37 +480,15 @@ class PostgreSQLStorage(SchemaMixin, PackMixin, MirrorMixin, StorageBase):
                    for tid, length, user, description, extension in rows]
         return entries if size is None else entries[:max(size, 0)]
 
-    def transaction_log(self, after: bytes, limit: int = 100
-                        ) -> list[tuple[bytes, bytes, bytes, bytes, list[bytes]]]:
-        """Up to ``limit`` committed transactions after tid ``after``, in tid order, as
-        ``(tid, user, description, extension_bytes, oids)``: what a change feed reads."""
-        rows = self._query(_TRANSACTIONS, (_u(after) + 1, _MAX_INT, limit), binary=True)
-        return [(_pack(tid), bytes(user or b""), bytes(description or b""),
-                 bytes(extension or b""), _split(bytes(oids)))
-                for tid, user, description, extension, oids in rows]
-
     def packed_through(self) -> bytes:
         """The largest tid of a transaction pack removed (``z64`` if none)."""
         return _pack(self._query(_PACKED_THROUGH)[0][0] or 0)
 
-    def iterator(self, start: bytes | None = None, stop: bytes | None = None
-                 ) -> Iterator[TransactionRecord]:
-        """Transactions with ``start <= tid <= stop``, read in chunks; transactions
-        committed after this call are not included."""
-        last = self._query(_LAST_TID)[0][0]
-        low = 0 if start is None else _u(start)
-        high = min(_MAX_INT if stop is None else _u(stop), last)
-        return self._iterate(low, high)
+    def _transaction_rows(self, low: int, high: int, limit: int) -> list:
+        return self._query(_TRANSACTIONS, (low, high, limit), binary=True)
 
-    def _iterate(self, low: int, high: int) -> Iterator[TransactionRecord]:
-        while low <= high:
-            rows = self._query(_TRANSACTIONS, (low, high, _TXN_CHUNK), binary=True)
-            for tid, user, description, extension, oids in rows:
-                yield TransactionRecord(_pack(tid), " ", user, description, extension,
-                                        self._records_of(tid, oids))
-            if len(rows) < _TXN_CHUNK:
-                return
-            low = rows[-1][0] + 1
+    def _last_tid_int(self) -> int:
+        return self._query(_LAST_TID)[0][0]
 
     def _records_of(self, tid: int, oids: bytes) -> list[DataRecord]:
         """The records transaction ``tid`` wrote that are still stored, in store order."""

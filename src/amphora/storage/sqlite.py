@@ -25,7 +25,8 @@ from amphora.storage._sqlite_schema import FORMAT, SCHEMA_VERSION, SchemaMixin  
 from amphora.storage._sqlite_util import (_CHANGES_SINCE, _LAST_TID, _LOAD_CURRENT,
                                           _LOAD_SERIAL, _PRUNE_REPLACED, _ints, _pack, _split,
                                           _u, _unpack)
-from amphora.storage.base import (DataRecord, StorageBase, TransactionRecord, history_entry,
+from amphora.storage._sql_log import TransactionLogMixin
+from amphora.storage.base import (DataRecord, StorageBase, history_entry,
                                   pack_tid)
 from amphora.utils import oid_repr, p64, tid_repr, tid_time, z64
 
@@ -81,9 +82,7 @@ _BATCH = 500                         # oids per statement in batched reads
 _BATCH_SIZES = (1, 4, 16, 64, 128, 256, _BATCH)  # few distinct statements, so all stay cached
 _OID_BLOCK = 64                      # oids first reserved in the file per new_oid round trip
 _OID_BLOCK_MAX = 4096                # ... doubling with each reservation up to this
-_TXN_CHUNK = 100                     # transactions read per query while iterating
 _PAD_TO = [next(size for size in _BATCH_SIZES if size >= n) for n in range(_BATCH + 1)]
-_MAX_INT = (1 << 63) - 1
 
 
 def _padded(values: list) -> list:
@@ -151,7 +150,7 @@ class _Reader:
         self.started = 0.0
 
 
-class SQLiteStorage(SchemaMixin, PackMixin, MirrorMixin, StorageBase):
+class SQLiteStorage(SchemaMixin, PackMixin, MirrorMixin, TransactionLogMixin, StorageBase):
     """A storage in one SQLite file (WAL mode), shared safely by threads and processes.
 
     On-disk format (``schema_version`` 1)::
@@ -485,38 +484,16 @@ class SQLiteStorage(SchemaMixin, PackMixin, MirrorMixin, StorageBase):
                                  length) for tid, length, user, description, extension in rows]
         return entries if size is None else entries[:max(size, 0)]
 
-    def transaction_log(self, after: bytes, limit: int = 100
-                        ) -> list[tuple[bytes, bytes, bytes, bytes, list[bytes]]]:
-        """Up to ``limit`` committed transactions after tid ``after``, in tid order, as
-        ``(tid, user, description, extension_bytes, oids)``: what a change feed reads
-        (the transaction rows, without the records)."""
-        rows = self._query(_TRANSACTIONS, (_u(after) + 1, _MAX_INT, limit))
-        return [(_pack(tid), user or b"", description or b"", extension or b"", _split(oids))
-                for tid, user, description, extension, oids in rows]
-
     def packed_through(self) -> bytes:
         """The largest tid of a transaction pack removed (``z64`` if none): transactions
         up to it may be missing from ``iterator`` and ``transaction_log``."""
         return _pack(self._query(_PACKED_THROUGH)[0][0] or 0)
 
-    def iterator(self, start: bytes | None = None, stop: bytes | None = None
-                 ) -> Iterator[TransactionRecord]:
-        """Transactions with ``start <= tid <= stop``, read in chunks; transactions
-        committed after this call are not included."""
-        last = self._query(_LAST_TID)[0][0]
-        low = 0 if start is None else _u(start)
-        high = min(_MAX_INT if stop is None else _u(stop), last or 0)
-        return self._iterate(low, high)
+    def _transaction_rows(self, low: int, high: int, limit: int) -> list:
+        return self._query(_TRANSACTIONS, (low, high, limit))
 
-    def _iterate(self, low: int, high: int) -> Iterator[TransactionRecord]:
-        while low <= high:
-            rows = self._query(_TRANSACTIONS, (low, high, _TXN_CHUNK))
-            for tid, user, description, extension, oids in rows:
-                yield TransactionRecord(_pack(tid), " ", user, description, extension,
-                                        self._records_of(tid, oids))
-            if len(rows) < _TXN_CHUNK:
-                return
-            low = rows[-1][0] + 1
+    def _last_tid_int(self) -> int:
+        return self._query(_LAST_TID)[0][0] or 0
 
     def _records_of(self, tid: int, oids: bytes) -> list[DataRecord]:
         """The records transaction ``tid`` wrote that are still stored, in store order."""
