@@ -11,9 +11,10 @@ import unittest
 import uuid
 from pathlib import Path
 
+from peer_mixins import HistoryPreservingPeer
 from ZODB.tests import (BasicStorage, ConflictResolution, HistoryStorage, IteratorStorage,
-                        MTStorage, PackableStorage, PersistentStorage, ReadOnlyStorage,
-                        RevisionStorage, StorageTestBase, Synchronization)
+                        MTStorage, PackableStorage, RevisionStorage, StorageTestBase,
+                        Synchronization)
 
 from amphora.storage.client import ClientStorage
 
@@ -51,14 +52,7 @@ class _ClientTestBase(StorageTestBase.StorageTestBase):
     testUndoZombie = testLoadBeforeUndo
 
 
-class ClientSQLitePeerTests(_ClientTestBase, BasicStorage.BasicStorage,
-                            HistoryStorage.HistoryStorage, IteratorStorage.IteratorStorage,
-                            IteratorStorage.ExtendedIteratorStorage, MTStorage.MTStorage,
-                            PackableStorage.PackableStorageWithOptionalGC,
-                            PersistentStorage.PersistentStorage,
-                            ReadOnlyStorage.ReadOnlyStorage, RevisionStorage.RevisionStorage,
-                            Synchronization.SynchronizedStorage,
-                            ConflictResolution.ConflictResolvingStorage):
+class ClientSQLitePeerTests(_ClientTestBase, HistoryPreservingPeer):
     """client->sqlite: a history-preserving SQLite file behind the server."""
 
 

@@ -6,8 +6,6 @@ need no database object and no application class.
 """
 from __future__ import annotations
 
-import io
-import pickle
 import sqlite3
 import subprocess
 import sys
@@ -16,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from records import Recorder, commit, make_record
 
 from amphora.errors import (ConflictError, CorruptRecordError, InvalidURIError,
                             ObjectNotFoundError, ReadOnlyError, StorageError,
@@ -27,53 +26,12 @@ from amphora.utils import maxtid, p64, u64, z64
 # -- helpers --------------------------------------------------------------------------------
 
 
-class Ref:
-    """A persistent reference to ``oid`` inside a hand-made record."""
-
-    def __init__(self, oid: bytes):
-        self.oid = oid
-
-
 def record(value=None, *refs: bytes) -> bytes:
-    """A record in ZODB's format: class metadata, then a state referring to ``refs``."""
-    file = io.BytesIO()
-    pickler = pickle.Pickler(file, 3)
-    pickler.persistent_id = lambda obj: (obj.oid, None) if isinstance(obj, Ref) else None
-    pickler.dump(("tests.storage", "Thing"))
-    pickler.dump({"value": value, "refs": [Ref(oid) for oid in refs]})
-    return file.getvalue()
-
-
-def commit(storage, records: dict[bytes, bytes], serials: dict[bytes, bytes] | None = None,
-           description: str = "") -> bytes:
-    """Commit ``{oid: data}``; ``serials`` gives the tid each oid was read at (new if absent)."""
-    txn = TransactionMetaData(description=description)
-    storage.tpc_begin(txn)
-    for oid, data in records.items():
-        storage.store(oid, (serials or {}).get(oid, z64), data, "", txn)
-    storage.tpc_vote(txn)
-    return storage.tpc_finish(txn)
+    return make_record("tests.storage", value, *refs)
 
 
 def after(tid: bytes) -> bytes:
     return p64(u64(tid) + 1)
-
-
-class Recorder:
-    """A stand-in for the database: what ``registerDB`` callers receive."""
-
-    def __init__(self, storage=None):
-        self.storage = storage
-        self.events: list = []
-
-    def invalidate(self, tid, oids):
-        # The invariant: a tid is reported before lastTransaction() shows it.
-        if self.storage is not None:
-            assert self.storage._ltid < tid
-        self.events.append(("invalidate", tid, sorted(oids)))
-
-    def invalidateCache(self):
-        self.events.append(("invalidateCache",))
 
 
 @pytest.fixture
