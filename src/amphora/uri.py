@@ -172,6 +172,9 @@ def open_storage(uri: str, read_only: bool = False, **options: Any):
         known = ", ".join(f"{s}://" for s in SCHEMES)
         raise InvalidURIError(f"unknown storage scheme {scheme!r} in {uri!r}; known: {known}")
     merged = {**query, **options}
+    if not isinstance(merged.get("read_only", False), bool):
+        raise InvalidURIError(
+            f"read_only must be true or false, not {merged['read_only']!r}")
     if read_only or merged.get("read_only"):
         merged["read_only"] = True
     klass, kwargs = factory(path, **merged)

@@ -408,6 +408,8 @@ def test_corrupt_record(tmp_path, kind):
     ("sqlite:///x.db?synchronous=1", ("synchronous",)),
     ("sqlite:///x.db?busy_timeout=soon", ("busy_timeout", "soon")),
     ("sqlite:///x.db?keep_history=maybe", ("keep_history", "maybe")),
+    ("sqlite:///x.db?read_only=maybe", ("read_only", "maybe")),
+    ("amphora://127.0.0.1:9?server_sync=maybe", ("server_sync", "maybe")),
     ("sqlite:x.db", ("sqlite:x.db",)),
     ("", ("uri",)),
     (None, ("None", "uri", "str")),

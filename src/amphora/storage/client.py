@@ -56,7 +56,8 @@ from typing import Any, Callable, Iterable, Iterator
 
 
 from amphora import errors
-from amphora.errors import ClientDisconnected, ConflictError, ReadConflictError, StorageError
+from amphora.errors import (ClientDisconnected, ConflictError, InvalidURIError,
+                            ReadConflictError, StorageError)
 from amphora.server import protocol as p
 from amphora.storage.base import DataRecord, StorageBase, TransactionRecord
 from amphora.utils import p64, u64, z64
@@ -188,6 +189,8 @@ class ClientStorage(StorageBase):
                  ca_file: str | None = None, read_only: bool = False,
                  wait_timeout: float = 30.0, name: str | None = None,
                  server_sync: bool = True):
+        if not isinstance(server_sync, bool):
+            raise InvalidURIError(f"server_sync must be true or false, not {server_sync!r}")
         super().__init__(name or f"{host}:{port}/{storage}", read_only)
         if token is None and token_file is not None:
             with open(token_file, encoding="utf-8") as file:
