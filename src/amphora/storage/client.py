@@ -69,7 +69,8 @@ log = logging.getLogger("amphora.client")
 _OID_BLOCK = 32          # oids first asked for at once ...
 _OID_BLOCK_MAX = 4096    # ... doubling up to this
 _ITERATE_PAGE = 100      # transactions per iterator round trip
-_LATEST = 10000          # current records kept from pushes and merges (see loadBefore)
+_LATEST = 10000          # current records kept from pushes and merges (see loadBefore),
+_KEPT_RECORD = 4096      # each of at most this size (pushed ones are smaller)
 _MAX_RESOLUTIONS = 1000  # conflicts resolved in one vote before giving up
 _AHEAD = 2000            # records read ahead per round trip
 
@@ -364,7 +365,7 @@ class ClientStorage(StorageBase):
         for oid in oids:
             latest.pop(oid, None)  # (a kept one goes to the end: the newest)
             data = records.get(oid)
-            if type(data) is bytes:
+            if type(data) is bytes and len(data) <= _KEPT_RECORD:
                 latest[oid] = (data, tid)
         while len(latest) > _LATEST:
             del latest[next(iter(latest))]
