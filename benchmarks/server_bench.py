@@ -308,6 +308,8 @@ def main(argv: list[str] | None = None) -> int:
                         core[kind.name][w].extend(samples[w])
                 if "counter" in parts:
                     for sync in (kind.server_sync, not kind.server_sync):
+                        os.sync()  # the core workloads' files written back first, not
+                        # by kernel threads competing with the counter's processes
                         elapsed, tries = run_counter(kind, base, sync)
                         counter[_label(kind, sync)].append(elapsed)
                         retries[_label(kind, sync)] += tries
