@@ -332,10 +332,8 @@ def _label(kind: type[Server], server_sync: bool) -> str:
 
 def _same_sync(label: str) -> str:
     """The ZEO counter contender whose transactions start the way ``label``'s do."""
-    amphora_default = AmphoraServer.server_sync
-    sync = ("server_sync=true" in label or
-            "server_sync=false" not in label and amphora_default)
-    return _label(ZEOServer, sync)
+    syncs = {_label(kind, sync): sync for kind in SERVERS.values() for sync in (True, False)}
+    return _label(ZEOServer, syncs[label])
 
 
 def ratio(mine: list[float], reference: list[float]) -> float | None:

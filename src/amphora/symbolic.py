@@ -41,6 +41,7 @@ RULES: dict[tuple[str, str], Callable[[int, int, int], int]] = {
 _INTS = frozenset({"BININT", "BININT1", "BININT2", "LONG1", "LONG4"})
 _MEMO = frozenset({"PUT", "BINPUT", "LONG_BINPUT"})
 _PROTOCOLS = (2, 3)
+_MAX_RECORD = 256  # a class pickle and one number are short
 _GLOBAL_PICKLES: dict[bytes, tuple[str, str] | None] = {}  # class pickle -> name
 
 
@@ -99,8 +100,7 @@ def _split(record: bytes) -> tuple[bytes, int] | None:
             break
     number = None
     try:
-        ops = pickletools.genops(record)
-        for opcode, _, pos in ops:
+        for opcode, _, pos in pickletools.genops(record):
             if opcode.name == "STOP":
                 head_end = pos + 1
                 break
@@ -125,7 +125,7 @@ def _split(record: bytes) -> tuple[bytes, int] | None:
 def mergeable(record: bytes) -> bool:
     """Whether conflicts on ``record``'s object may be merged here (its class has a rule:
     the merge itself may still give up)."""
-    if len(record) > 256:  # a class pickle and one number are short
+    if len(record) > _MAX_RECORD:
         return False
     split = _split(record)
     return split is not None and _class_of(split[0]) in RULES
@@ -135,7 +135,7 @@ def merge(old: bytes, committed: bytes, new: bytes) -> bytes | None:
     """The merged record of three records of one object (the state the writer read, the
     one committed meanwhile, the writer's), or None: no rule, or records it cannot read
     exactly."""
-    if len(new) > 256 or len(old) > 256 or len(committed) > 256:
+    if max(len(old), len(committed), len(new)) > _MAX_RECORD:
         return None
     parts = [_split(record) for record in (old, committed, new)]
     if None in parts:

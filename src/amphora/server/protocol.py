@@ -112,8 +112,9 @@ METHODS = frozenset({LOAD_BEFORE, LOAD_MANY, LOAD_SERIAL, HISTORY, ITERATE, CHAN
 WRITE_METHODS = frozenset({NEW_OIDS, COMMIT, FINISH, PACK})
 
 # -- pushes -------------------------------------------------------------------------------
-#: ``{"tid", "oids", "user", "description", "extension"}``: one committed transaction
-#: (metadata None when the storage reported the commit without it)
+#: ``{"tid", "oids", "user", "description", "extension", "records"}``: one committed
+#: transaction (metadata None when the storage reported the commit without it;
+#: ``records``: ``{oid: data}`` for some of its small records, empty for those)
 PUSH_COMMIT = "commit"
 #: ``{"tid"}``: transactions up to ``tid`` changed things that cannot be enumerated
 PUSH_RESET = "reset"

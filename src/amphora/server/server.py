@@ -200,14 +200,13 @@ class _Commit(TransactionMetaData):
             merged = symbolic.merge(states[1], states[0], data)
             if merged is not None:  # a class whose merge is known: no round trip
                 self.merges[key] = self.told[oid] = merged
-                self.merged[oid] = merged
-                return merged
-            guess = self.ahead.get(oid)
-            # A merge asked ahead is the client's answer for these very three records
-            # only if the committed one is the record it was asked with.
-            if guess is None or guess[1] is _PENDING or guess[0] != states[0]:
-                raise _MergeWanted(oid, committed, old, states)
-            merged = guess[1]
+            else:
+                guess = self.ahead.get(oid)
+                # A merge asked ahead is the client's answer for these very three records
+                # only if the committed one is the record it was asked with.
+                if guess is None or guess[1] is _PENDING or guess[0] != states[0]:
+                    raise _MergeWanted(oid, committed, old, states)
+                merged = guess[1]
         if merged is not None:
             self.merged[oid] = merged
         return merged

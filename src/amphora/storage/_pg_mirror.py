@@ -44,7 +44,7 @@ from amphora.errors import InvalidQueryError, MirrorError, StorageError
 from amphora.search import placeholders
 from amphora.storage._mirror_base import (MODES, NO_MIRROR, MirrorBase, QueryConnection,
                                           check_fields, check_mode, class_filter)
-from amphora.storage._pg_schema import _ints
+from amphora.storage._keys import _ints
 
 __all__ = ["MirrorMixin"]
 
@@ -409,8 +409,7 @@ class MirrorMixin(MirrorBase):
         """The SQL and parameters selecting the oids matching ``query`` (PostgreSQL's
         ``websearch_to_tsquery`` syntax) in text index ``name``, best first."""
         _check_name(name)
-        found = self.query_mirror(
-            "SELECT fields, class_name FROM amphora_text_indexes WHERE name = %s", [name])
+        found = self.query_mirror(_TEXT_INDEX, [name])
         if not found:
             raise InvalidQueryError(f"no text index named {name!r}")
         fields, class_name = found[0]

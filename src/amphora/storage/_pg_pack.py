@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from amphora.serialize import references as record_references
-from amphora.storage._pg_schema import _u
+from amphora.storage._keys import _u
 from amphora.storage.base import pack_tid
 
 __all__ = ["PackMixin"]

@@ -9,7 +9,6 @@ from typing import Any
 
 from amphora.errors import StorageFormatError
 # Oids and tids (see _keys): the storage's other parts import them from here.
-from amphora.storage._keys import _int64, _ints, _pack, _split, _u, _unpack  # noqa: F401
 
 __all__ = ["FORMAT", "SCHEMA_VERSION", "SchemaMixin"]
 

@@ -35,6 +35,7 @@ from amphora.search import placeholders
 from amphora.storage._keys import _ints
 from amphora.storage._mirror_base import (MODES, MirrorBase, QueryConnection, check_fields,
                                           check_mode, class_filter)
+from amphora.storage._sqlite_util import _LAST_TID
 
 __all__ = ["MirrorMixin", "qmark"]
 
@@ -51,7 +52,6 @@ _MIRROR_KEY = "SELECT value FROM amphora_meta WHERE key = 'mirror'"
 _SET_META = ("INSERT INTO amphora_meta (key, value) VALUES (?, ?)"
              " ON CONFLICT (key) DO UPDATE SET value = excluded.value")
 _WATERMARK = "SELECT value FROM amphora_meta WHERE key = 'mirror_watermark'"
-_LAST_TID = "SELECT max(tid) FROM transactions"
 _COMMITS_AFTER = "SELECT tid, oids FROM transactions WHERE tid > ? ORDER BY tid LIMIT ?"
 _CURRENT_RECORDS = "SELECT oid, tid, data FROM objects WHERE oid IN ({marks})"
 _FOLLOW_BATCH = 200  # transactions per follower write transaction

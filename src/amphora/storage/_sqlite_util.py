@@ -5,8 +5,6 @@ Private: nothing here is part of amphora's API.
 """
 from __future__ import annotations
 
-# Oids and tids (see _keys): the storage's other parts import them from here.
-from amphora.storage._keys import _int64, _ints, _pack, _split, _u, _unpack  # noqa: F401
 
 # Statements both the storage and pack run (the schema: see SQLiteStorage).
 # -- reading --------------------------------------------------------------------------------

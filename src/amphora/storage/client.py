@@ -219,7 +219,6 @@ class ClientStorage(StorageBase):
         self._oid_block = _OID_BLOCK
         self._voted = False
         self._finished_tid: bytes | None = None  # the commit finished in its vote
-        self._sent: dict[bytes, bytes] = {}  # the records of the commit voted
         self._feeds = False  # the server answers TRANSACTION_LOG and PACKED_THROUGH
         self._load_ahead = False  # the server answers LOAD_AHEAD
         self._ahead = threading.local()  # per thread: records read ahead (see loadBefore)
@@ -374,9 +373,25 @@ class ClientStorage(StorageBase):
         """The server merged a conflict of commit ``request_id`` itself: it stores
         ``data`` for ``oid``, which the database reloads (in the I/O thread)."""
         if request_id in self._requests and type(data) is bytes:
-            self._final[oid] = data
-            if oid not in self._resolved:
-                self._resolved.append(oid)
+            self._store_instead(oid, data)
+
+    def _store_instead(self, oid: bytes, data: bytes) -> None:
+        """The commit in flight stores the merged record ``data`` for ``oid``: kept once
+        it is committed; the database reloads the object."""
+        self._final[oid] = data
+        if oid not in self._resolved:
+            self._resolved.append(oid)
+
+    def _committed_here(self, tid: bytes, report: Callable[[], None]) -> None:
+        """Our commit ``tid`` is durable (in the I/O thread, in commit order): keep the
+        records merged for it, drop those kept of the others it wrote, ``report()``,
+        then show the tid."""
+        self._keep_latest(tid, self._stores, self._final)
+        try:
+            report()
+        finally:
+            if tid > self._ltid:
+                self._set_ltid(tid)
 
     def _asked(self, request_id: int, question: list) -> None:
         """The server asks about request ``request_id`` (a commit's conflict): answered
@@ -656,12 +671,7 @@ class ClientStorage(StorageBase):
 
         def finished(tid: bytes) -> None:  # in the I/O thread, in commit order
             self._finished_tid = tid
-            self._keep_latest(tid, records, self._final)
-            try:
-                then(tid, list(self._resolved))
-            finally:
-                if tid > self._ltid:
-                    self._set_ltid(tid)
+            self._committed_here(tid, lambda: then(tid, list(self._resolved)))
 
         def merge(oid: bytes, committed: bytes, old: bytes, committed_data: bytes,
                   old_data: bytes) -> bytes | None:  # in the I/O thread; this one waits
@@ -674,9 +684,7 @@ class ClientStorage(StorageBase):
             resolved = resolve_record(oid, committed, old, data,
                                       lambda _, serial: states[serial])
             if resolved is not None:
-                self._final[oid] = resolved
-                if oid not in self._resolved:
-                    self._resolved.append(oid)
+                self._store_instead(oid, resolved)
             return resolved
 
         for attempt in range(_MAX_RESOLUTIONS):
@@ -701,24 +709,15 @@ class ClientStorage(StorageBase):
                     raise ConflictError(oid=oid, serials=(committed, read), data=data) from None
                 records[oid] = resolved
                 serials[oid] = committed
-                self._final.pop(oid, None)
-                if oid not in self._resolved:
-                    self._resolved.append(oid)
+                self._store_instead(oid, resolved)
                 continue
             self._voted = True
-            self._sent = records
             return
         raise ConflictError("conflicts kept coming while resolving them")
 
     def _finish(self, func: Callable[[bytes], None] | None) -> bytes:
         def finished(tid: bytes) -> None:  # in the I/O thread, in commit order
-            self._keep_latest(tid, self._sent, self._final)
-            try:
-                if func is not None:
-                    func(tid)
-            finally:
-                if tid > self._ltid:
-                    self._set_ltid(tid)
+            self._committed_here(tid, lambda: func is not None and func(tid))
         self._voted = False
         if self._finished_tid is not None:  # finished in the vote, func called there
             tid, self._finished_tid = self._finished_tid, None

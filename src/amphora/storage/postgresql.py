@@ -15,11 +15,11 @@ from amphora.errors import (CorruptRecordError, InvalidURIError, ObjectNotFoundE
                             PostgreSQLConnectionError, ReadOnlyError, StorageError,
                             StorageFormatError)
 from amphora.serialize import references as record_references
-from amphora.storage._pg_mirror import MirrorMixin
+from amphora.storage._pg_mirror import _MIRROR_KEY, MirrorMixin
 from amphora.storage._pg_pack import PackMixin
 # FORMAT and SCHEMA_VERSION are importable from here too.
-from amphora.storage._pg_schema import (FORMAT, SCHEMA_VERSION, SchemaMixin,  # noqa: F401
-                                        _ints, _pack, _split, _u, _unpack)
+from amphora.storage._keys import _ints, _pack, _split, _u, _unpack
+from amphora.storage._pg_schema import FORMAT, SCHEMA_VERSION, SchemaMixin  # noqa: F401
 from amphora.storage._sql_log import TransactionLogMixin
 from amphora.storage.base import (DataRecord, StorageBase, history_entry,
                                   pack_tid)
@@ -88,7 +88,6 @@ _COMMIT_LOCK = "SELECT pg_advisory_xact_lock(hashtext('amphora-commit:' || curre
 _LAST_AND_SERIALS = ("SELECT NULL::bigint, coalesce(max(tid), 0) FROM transactions"
                      " UNION ALL SELECT oid, tid FROM objects WHERE oid = ANY(%s::bigint[])")
 _CURRENT_SERIALS = "SELECT oid, tid FROM objects WHERE oid = ANY(%s::bigint[])"
-_MIRROR_MODE = "SELECT value FROM amphora_meta WHERE key = 'mirror'"
 _ARCHIVE_CURRENT = ("INSERT INTO revisions (oid, tid, end_tid, data, refs)"
                     " SELECT oid, tid, %s, data, refs FROM objects WHERE oid = ANY(%s::bigint[])")
 _RETAIN_CURRENT = ("INSERT INTO replaced (oid, tid, end_tid, data)"
@@ -610,7 +609,7 @@ class PostgreSQLStorage(SchemaMixin, PackMixin, MirrorMixin, TransactionLogMixin
             conn.execute(_COMMIT_LOCK)
             cursor = conn.execute(_LAST_AND_SERIALS, (
                 [key for key, read in zip(keys, reads) if read] + check_keys,))
-            mirror = conn.execute(_MIRROR_MODE)  # under the lock, in the same round trip
+            mirror = conn.execute(_MIRROR_KEY)  # under the lock, in the same round trip
         rows = cursor.fetchall()
         last = rows[0][1]
         current = dict(rows[1:])

@@ -22,9 +22,9 @@ from amphora.storage._sqlite_mirror import MirrorMixin
 from amphora.storage._sqlite_pack import PackMixin
 # FORMAT and SCHEMA_VERSION are importable from here too.
 from amphora.storage._sqlite_schema import FORMAT, SCHEMA_VERSION, SchemaMixin  # noqa: F401
+from amphora.storage._keys import _ints, _pack, _split, _u, _unpack
 from amphora.storage._sqlite_util import (_CHANGES_SINCE, _LAST_TID, _LOAD_CURRENT,
-                                          _LOAD_SERIAL, _PRUNE_REPLACED, _ints, _pack, _split,
-                                          _u, _unpack)
+                                          _LOAD_SERIAL, _PRUNE_REPLACED)
 from amphora.storage._sql_log import TransactionLogMixin
 from amphora.storage.base import (DataRecord, StorageBase, history_entry,
                                   pack_tid)
