@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import io
 import pickle
+import threading
+from typing import Callable
 
 from amphora.storage.base import TransactionMetaData
 from amphora.utils import z64
@@ -55,3 +57,30 @@ class Recorder:
 
     def invalidateCache(self):
         self.events.append(("invalidateCache",))
+
+
+def commit_during(storage, work: Callable[[], object], records: Callable[[object], bytes],
+                  oids: list[bytes]) -> tuple[list[Exception], list[bytes]]:
+    """Run ``work()`` while a thread keeps committing ``records(n)`` to each of ``oids`` (read
+    first, then at the tid of its last commit); the thread's errors and tids."""
+    done = threading.Event()
+    errors: list[Exception] = []
+    tids: list[bytes] = []
+
+    def writer():
+        serials = {oid: storage.load(oid)[1] for oid in oids}
+        try:
+            while not done.is_set():
+                tid = commit(storage, {oid: records(len(tids)) for oid in serials}, serials)
+                serials = dict.fromkeys(serials, tid)
+                tids.append(tid)
+        except Exception as exc:  # noqa: BLE001 - returned to the test
+            errors.append(exc)
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        work()
+    finally:
+        done.set()
+        thread.join()
+    return errors, tids

@@ -18,7 +18,7 @@ import threading
 
 import pgserver
 import pytest
-from records import Recorder, commit, make_record
+from records import Recorder, commit, commit_during, make_record
 
 import amphora
 from amphora.errors import (ConflictError, InvalidURIError, ObjectNotFoundError,
@@ -631,26 +631,14 @@ def test_a_backfill_racing_commits_leaves_every_document_current(storage, sql):
     """The backfill and the commits write the same rows: each document ends beside the
     record it was made from, and neither waits for the other in a deadlock."""
     commit(storage, {p64(n): thing(n) for n in range(3000)})
-    done = threading.Event()
-    errors = []
 
-    def writer():
-        serials = {p64(n): storage.load(p64(n))[1] for n in range(0, 3000, 7)}
-        try:
-            while not done.is_set():
-                tid = commit(storage, {oid: thing("changed") for oid in serials}, serials)
-                serials = dict.fromkeys(serials, tid)
-        except Exception as exc:  # noqa: BLE001 - reported by the assertion below
-            errors.append(exc)
-    thread = threading.Thread(target=writer)
-    thread.start()
-    try:
+    def mirror() -> None:
         storage.create_mirror()
         storage.rebuild_mirror()
-    finally:
-        done.set()
-        thread.join()
+    errors, commits = commit_during(storage, mirror, lambda n: thing("changed"),
+                                    [p64(n) for n in range(0, 3000, 7)])
     assert errors == []
+    assert commits  # the race took place
     assert sql("SELECT count(*) FROM objects WHERE state IS NULL OR state_tid <> tid") == [(0,)]
     assert sql("SELECT count(*) FROM amphora_objects WHERE state->>'value' = 'changed'") == [
         (len(range(0, 3000, 7)),)]

@@ -2,26 +2,38 @@
 
 Private: a part of :class:`amphora.storage.sqlite.SQLiteStorage` (see :class:`MirrorMixin`).
 
-Once a file has a mirror (``create_mirror``), the table ``amphora_objects`` holds one row
-per current object::
+Once a file has a mirror (``create_mirror``), the documents are columns of the records'
+own rows, which the mirror adds to ``objects`` (and drops with it), read through a view::
 
-    amphora_objects(oid INTEGER PRIMARY KEY, tid INTEGER, class_name TEXT, state TEXT)
+    objects(oid, tid, data, class_name TEXT, state TEXT, state_tid INTEGER)
+    amphora_objects = SELECT oid, state_tid AS tid, class_name, state FROM objects
+                      WHERE state IS NOT NULL
 
 ``state`` is the JSON text :mod:`amphora.jsonpickle` makes of the record (SQLite's JSON
-functions and its ``->``/``->>`` operators read it). The ``mirror`` key of
-``amphora_meta`` says how documents are written, whichever process commits:
+functions and its ``->``/``->>`` operators read it), ``state_tid`` the tid of the record
+it was made from. The ``mirror`` key of ``amphora_meta`` says how documents are written,
+whichever process commits:
 
-- ``sync``: every commit writes the documents of its records in its own SQLite
-  transaction (a commit reads the key under the write lock);
-- ``follow``: commits write none; a follower (:meth:`MirrorMixin.follow_mirror`, the
-  ``amphora follow`` command) reads the transactions committed after the watermark
-  ``mirror_watermark`` (a tid, in ``amphora_meta``) and writes the documents of the objects
-  they changed, with the watermark, in one SQLite transaction per batch. It resumes where
-  it stopped; :meth:`MirrorMixin.mirror_watermark` tells how far it got.
+- ``sync``: a commit writes each row with its document, in the same statement (it reads
+  the key under the write lock); ``state_tid`` is then the row's ``tid``;
+- ``follow``: commits leave the documents as they are (objects created since are missing
+  from the view); a follower (:meth:`MirrorMixin.follow_mirror`, the ``amphora follow``
+  command) reads the transactions committed after the watermark ``mirror_watermark`` (a
+  tid, in ``amphora_meta``) and writes the documents of the objects they changed, with
+  the watermark, in one SQLite transaction per batch. It resumes where it stopped;
+  :meth:`MirrorMixin.mirror_watermark` tells how far it got.
 
-A trigger removes the row of an object that pack removes, in both modes. Indexes made with
-``create_mirror_index`` and ``create_text_index`` are ordinary SQLite indexes and FTS5
-tables over this table.
+A document costs no row or index entry of its own: it goes with its row to pack, and
+never to ``revisions`` or ``replaced`` (whose copies name their columns). SQLite indexes
+no view, so the class index (``amphora_objects_class``, partial: rows with a class) and
+the indexes made with ``create_mirror_index`` are indexes on ``objects``, which a query
+on the view uses. Text indexes (``create_text_index``) are FTS5 tables kept current by
+triggers on ``objects`` that fire only when a document is written or removed.
+
+Mirrors made before (a table ``amphora_objects`` of its own, emptied by a trigger on
+``objects`` at pack) are moved into the columns when a writable storage opens the file or
+``create_mirror`` runs: the documents, the indexes (re-created under the same names on
+``objects``) and the triggers of the text indexes (their FTS5 tables stay).
 """
 from __future__ import annotations
 
@@ -35,51 +47,86 @@ from amphora.search import placeholders
 from amphora.storage._keys import _ints
 from amphora.storage._mirror_base import (MODES, MirrorBase, QueryConnection, check_fields,
                                           check_mode, class_filter)
-from amphora.storage._sqlite_util import _LAST_TID
+from amphora.storage._sqlite_util import _LAST_TID, _ROWS_PER_STATEMENT
 
 __all__ = ["MirrorMixin", "qmark"]
 
-
+_COLUMNS = {"class_name": "TEXT", "state": "TEXT", "state_tid": "INTEGER"}
+_TABLE_COLUMNS = "SELECT name FROM pragma_table_info('objects')"
+_ADD_COLUMN = "ALTER TABLE objects ADD COLUMN {name} {type}"
+_DROP_COLUMN = "ALTER TABLE objects DROP COLUMN {name}"
 _CREATE_MIRROR = (
-    "CREATE TABLE IF NOT EXISTS amphora_objects (oid INTEGER PRIMARY KEY,"
-    " tid INTEGER NOT NULL, class_name TEXT NOT NULL, state TEXT NOT NULL)",
-    "CREATE INDEX IF NOT EXISTS amphora_objects_class ON amphora_objects (class_name)",
-    # pack removes objects with a DELETE on `objects`: their documents go with them
-    "CREATE TRIGGER IF NOT EXISTS amphora_objects_gone AFTER DELETE ON objects"
-    " BEGIN DELETE FROM amphora_objects WHERE oid = old.oid; END",
+    # partial: rows without a document (follow mode, objects not yet followed) need none
+    "CREATE INDEX IF NOT EXISTS amphora_objects_class ON objects (class_name)"
+    " WHERE class_name IS NOT NULL",
+    "CREATE VIEW IF NOT EXISTS amphora_objects AS SELECT oid, state_tid AS tid, class_name,"
+    " state FROM objects WHERE state IS NOT NULL",
 )
+_MIRROR_RELATION = "SELECT type FROM sqlite_master WHERE name = 'amphora_objects'"
 _MIRROR_KEY = "SELECT value FROM amphora_meta WHERE key = 'mirror'"
 _SET_META = ("INSERT INTO amphora_meta (key, value) VALUES (?, ?)"
              " ON CONFLICT (key) DO UPDATE SET value = excluded.value")
 _WATERMARK = "SELECT value FROM amphora_meta WHERE key = 'mirror_watermark'"
 _COMMITS_AFTER = "SELECT tid, oids FROM transactions WHERE tid > ? ORDER BY tid LIMIT ?"
-_CURRENT_RECORDS = "SELECT oid, tid, data FROM objects WHERE oid IN ({marks})"
+# the follower: the current records whose document was not made from them
+_CURRENT_RECORDS = ("SELECT oid, tid, data, class_name FROM objects WHERE oid IN ({marks})"
+                    " AND state_tid IS NOT tid")
 _FOLLOW_BATCH = 200  # transactions per follower write transaction
-_DROP_MIRROR = ("DELETE FROM amphora_meta WHERE key IN ('mirror', 'mirror_watermark')",
-                "DROP TRIGGER IF EXISTS amphora_objects_gone",
-                "DROP TABLE IF EXISTS amphora_objects")
-_OBJECTS_AFTER = "SELECT oid, tid, data FROM objects WHERE oid > ? ORDER BY oid LIMIT ?"
+_TEXT_TABLES = ("SELECT name FROM sqlite_master WHERE type = 'table'"
+                " AND sql LIKE 'CREATE VIRTUAL TABLE % USING fts5%'")
+# Everything on `objects` beyond the records' table is the mirror's (the schema has no
+# index or trigger of its own there).
+_MIRROR_SCHEMA = ("SELECT type, name FROM sqlite_master WHERE tbl_name = 'objects'"
+                  " AND type IN ('index', 'trigger') AND sql IS NOT NULL")
+_DROP_META = "DELETE FROM amphora_meta WHERE key IN ('mirror', 'mirror_watermark')"
+_OBJECTS_AFTER = ("SELECT oid, tid, data, class_name FROM objects WHERE oid > ?"
+                  " ORDER BY oid LIMIT ?")
 _COUNT_OBJECTS = "SELECT count(*) FROM objects"
-# A row is only ever replaced by a newer revision's (a backfill may race a commit). The
-# first statement leaves out the class name: setting it, even to the same value, costs an
-# update of the class index for every row (a 1000-object update commit: +0.8 ms). When
-# it skips rows (an object whose class changed; a newer row, which the second statement
-# skips too), its rows get the second one. (Counted with rowcount, which leaves out what
-# triggers do: RETURNING would cost as much as the rows' insert.)
-_UPSERT_SAME_CLASS = (
-    "INSERT INTO amphora_objects (oid, tid, class_name, state) VALUES {values}"
-    " ON CONFLICT (oid) DO UPDATE SET tid = excluded.tid, state = excluded.state"
-    " WHERE excluded.tid >= amphora_objects.tid"
-    " AND excluded.class_name = amphora_objects.class_name")
-_UPSERT_DOCUMENTS = (
-    "INSERT INTO amphora_objects (oid, tid, class_name, state) VALUES {values}"
-    " ON CONFLICT (oid) DO UPDATE SET tid = excluded.tid, class_name = excluded.class_name,"
-    " state = excluded.state WHERE excluded.tid >= amphora_objects.tid")
-_MAX_ROWS = 128  # documents per statement; a commit's remainder goes in one more statement
-_UPSERT_SQL: dict[tuple[str, int], str] = {}  # by statement and number of rows
 _BACKFILL_CHUNK = 500
-_INDEXES = ("SELECT name, sql FROM sqlite_master WHERE tbl_name = 'amphora_objects'"
-            " AND type = 'index' AND name != 'amphora_objects_class'")
+# -- a commit's rows with their documents (sync mode) -----------------------------------------
+# The first statement leaves the class name out of the update: setting it, even to the
+# same value, costs an update of the class index for every row (a 1000-object update
+# commit: +0.8 ms). It skips the rows of objects whose class changed (or that had no
+# document yet), which the second statement then writes: the rows not written have an
+# older tid. (Counted with rowcount, which leaves out what triggers do.)
+_COLUMN_LIST = "(oid, tid, data, class_name, state, state_tid)"
+_UPSERT_SAME_CLASS = (
+    f"INSERT INTO objects {_COLUMN_LIST} VALUES {{values}} ON CONFLICT (oid) DO UPDATE"
+    " SET tid = excluded.tid, data = excluded.data, state = excluded.state,"
+    " state_tid = excluded.state_tid WHERE objects.class_name = excluded.class_name")
+_UPSERT_NEW_CLASS = (
+    f"INSERT INTO objects {_COLUMN_LIST} VALUES {{values}} ON CONFLICT (oid) DO UPDATE"
+    " SET tid = excluded.tid, data = excluded.data, class_name = excluded.class_name,"
+    " state = excluded.state, state_tid = excluded.state_tid WHERE objects.tid < excluded.tid")
+# New objects: a row some other transaction made meanwhile is a conflict (IntegrityError).
+_INSERT_DOCUMENTED = f"INSERT INTO objects {_COLUMN_LIST} VALUES {{values}}"
+
+
+def _by_rows(template: str) -> dict[int, str]:
+    return {n: template.format(values=",".join(["(?,?,?,?,?,?)"] * n))
+            for n in _ROWS_PER_STATEMENT}
+
+
+_UPSERT_SAME_CLASS_SQL = _by_rows(_UPSERT_SAME_CLASS)
+_UPSERT_NEW_CLASS_SQL = _by_rows(_UPSERT_NEW_CLASS)
+_INSERT_DOCUMENTED_SQL = _by_rows(_INSERT_DOCUMENTED)
+# -- documents of rows already written (the follower, the backfill) ---------------------------
+_SET_STATE = "UPDATE objects SET state = ?, state_tid = ? WHERE oid = ?"
+_SET_CLASS_AND_STATE = "UPDATE objects SET class_name = ?, state = ?, state_tid = ? WHERE oid = ?"
+# -- mirrors made before: a table of their own ------------------------------------------------
+_OLD_INDEXES = ("SELECT name, sql FROM sqlite_master WHERE type = 'index'"
+                " AND tbl_name = 'amphora_objects' AND sql IS NOT NULL"
+                " AND name != 'amphora_objects_class' ORDER BY name")
+_OLD_TRIGGERS = ("SELECT name, sql FROM sqlite_master WHERE type = 'trigger'"
+                 " AND tbl_name = 'amphora_objects' ORDER BY name")
+_OLD_TABLE = re.compile(r"\bON\s+(\"amphora_objects\"|amphora_objects)\s*\(", re.IGNORECASE)
+_OLD_TEXT_TRIGGER = re.compile(
+    r"CREATE TRIGGER (\w+)_insert AFTER INSERT ON amphora_objects WHEN (.*) BEGIN"
+    r" INSERT INTO \1 \(rowid, ([\w, ]+)\) VALUES \(new\.oid, (.*)\); END\Z", re.DOTALL)
+_MOVE_DOCUMENTS = ("UPDATE objects SET class_name = a.class_name, state = a.state,"
+                   " state_tid = a.tid FROM amphora_objects AS a WHERE a.oid = objects.oid")
+_DROP_OLD_TABLE = ("DROP TRIGGER IF EXISTS amphora_objects_gone",
+                   "DROP TABLE amphora_objects")  # with its indexes and triggers
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
 
@@ -94,26 +141,82 @@ def check_name(name: str, what: str = "index name") -> str:
     return name
 
 
-def _upsert(conn: sqlite3.Connection, statement: str, params: list[Any]) -> sqlite3.Cursor:
-    count = len(params) // 4
-    sql = _UPSERT_SQL.get((statement, count))
-    if sql is None:
-        sql = _UPSERT_SQL[statement, count] = statement.format(
-            values=",".join(["(?,?,?,?)"] * count))
-    return conn.execute(sql, params)
-
-
-def _write_documents(conn: sqlite3.Connection, rows: Sequence[tuple[int, int, bytes]]) -> None:
-    """Upsert the documents of ``rows`` (oid, tid, record), up to _MAX_ROWS per statement."""
+def _documented(rows: Sequence[tuple[int, int, bytes]]) -> list[tuple]:
+    """``(oid, tid, data)`` rows as ``(oid, tid, data, class_name, state, tid)``."""
     from amphora.jsonpickle import records_to_json
     documents = records_to_json([data for _, _, data in rows])
-    for start in range(0, len(rows), _MAX_ROWS):
-        params: list[Any] = []
-        for (key, tid, _), document in zip(rows[start:start + _MAX_ROWS],
-                                           documents[start:start + _MAX_ROWS]):
-            params += (key, tid, *document)
-        if _upsert(conn, _UPSERT_SAME_CLASS, params).rowcount < len(params) // 4:
-            _upsert(conn, _UPSERT_DOCUMENTS, params)
+    return [(key, tid, data, class_name, state, tid)
+            for (key, tid, data), (class_name, state) in zip(rows, documents)]
+
+
+def _upsert_documented(conn: sqlite3.Connection, rows: list[tuple[int, int, bytes]]) -> None:
+    """A commit's rows of objects it replaces, with their documents (see _write_objects
+    in amphora.storage.sqlite)."""
+    if not rows:
+        return
+    rows = _documented(rows)
+    start = 0
+    for size in _ROWS_PER_STATEMENT:
+        while len(rows) - start >= size:
+            params = [value for row in rows[start:start + size] for value in row]
+            if conn.execute(_UPSERT_SAME_CLASS_SQL[size], params).rowcount < size:
+                conn.execute(_UPSERT_NEW_CLASS_SQL[size], params)
+            start += size
+
+
+def _insert_documented(conn: sqlite3.Connection, rows: list[tuple[int, int, bytes]]) -> None:
+    """A commit's rows of new objects, with their documents."""
+    if not rows:
+        return
+    rows = _documented(rows)
+    start = 0
+    for size in _ROWS_PER_STATEMENT:
+        sql = _INSERT_DOCUMENTED_SQL[size]
+        while len(rows) - start >= size:
+            conn.execute(sql, [value for row in rows[start:start + size] for value in row])
+            start += size
+
+
+def _set_documents(conn: sqlite3.Connection, rows: Sequence[tuple[int, int, bytes, Any]]) -> None:
+    """Write the documents of ``rows`` (oid, tid, record, class name stored), read in this
+    write transaction; the class name only where it changes."""
+    from amphora.jsonpickle import records_to_json
+    documents = records_to_json([row[2] for row in rows])
+    same, changed = [], []
+    for (key, tid, _, stored), (class_name, state) in zip(rows, documents):
+        if class_name == stored:
+            same.append((state, tid, key))
+        else:
+            changed.append((class_name, state, tid, key))
+    if same:
+        conn.executemany(_SET_STATE, same)
+    if changed:
+        conn.executemany(_SET_CLASS_AND_STATE, changed)
+
+
+def _text_triggers(name: str, columns: str, values: str, condition: str) -> list[str]:
+    """The triggers keeping text index ``name`` current: ``columns`` of its FTS5 table
+    get ``values`` (expressions of ``new``) for rows meeting ``condition`` (of ``new``).
+    They fire only when a document is written or removed."""
+    document = f"new.state IS NOT NULL AND ({condition})"
+    return [
+        f"CREATE TRIGGER {name}_insert AFTER INSERT ON objects WHEN {document}"
+        f" BEGIN INSERT INTO {name} (rowid, {columns}) VALUES (new.oid, {values}); END",
+        f"CREATE TRIGGER {name}_update AFTER UPDATE OF state ON objects"
+        " WHEN new.state IS NOT old.state OR new.class_name IS NOT old.class_name BEGIN"
+        f" DELETE FROM {name} WHERE rowid = old.oid;"
+        f" INSERT INTO {name} (rowid, {columns}) SELECT new.oid, {values} WHERE {document};"
+        " END",
+        f"CREATE TRIGGER {name}_delete AFTER DELETE ON objects WHEN old.state IS NOT NULL"
+        f" BEGIN DELETE FROM {name} WHERE rowid = old.oid; END",
+    ]
+
+
+def _add_columns(conn: sqlite3.Connection) -> None:
+    have = {row[0] for row in conn.execute(_TABLE_COLUMNS)}
+    for name, kind in _COLUMNS.items():
+        if name not in have:
+            conn.execute(_ADD_COLUMN.format(name=name, type=kind))
 
 
 class MirrorMixin(MirrorBase):
@@ -121,7 +224,8 @@ class MirrorMixin(MirrorBase):
 
     Uses these attributes of the storage: ``_path``, ``_check_writable()``,
     ``_connect(read_only)`` (a new connection, closed here), ``_error(exc)`` (the amphora
-    error for a driver error), and ``_write`` calls :meth:`_mirror_commit`.
+    error for a driver error); ``_write`` calls :meth:`_mirror_writes`, opening for
+    writing :meth:`_upgrade_mirror`.
     """
 
     supports_mirror = True
@@ -168,14 +272,16 @@ class MirrorMixin(MirrorBase):
         finally:
             conn.close()
 
-    def _mirror_commit(self, conn: sqlite3.Connection,
-                       rows: Sequence[tuple[int, int, bytes]]) -> None:
-        """Inside a commit's write transaction: the documents of ``rows`` (oid, tid, data)
-        if the file has a mirror (asked under the write lock, so a mirror created by
-        another process is kept from its first commit on)."""
+    @staticmethod
+    def _mirror_writes(conn: sqlite3.Connection) -> tuple[Callable, Callable] | None:
+        """Inside a commit's write transaction, before it writes rows: if the file keeps a
+        ``sync`` mirror (asked under the write lock, so a mirror created by another
+        process is kept from its first commit on), the functions ``(upsert, insert)``
+        that write ``(oid, tid, data)`` rows with their documents; else None."""
         found = conn.execute(_MIRROR_KEY).fetchone()
-        if found is not None and found[0] == "sync" and rows:
-            _write_documents(conn, rows)
+        if found is not None and found[0] == "sync":
+            return _upsert_documented, _insert_documented
+        return None
 
     # -- making and dropping ------------------------------------------------------------
     def create_mirror(self, progress: Callable[[int, int], None] | None = None,
@@ -190,6 +296,8 @@ class MirrorMixin(MirrorBase):
         writer = self._connect(read_only=False)
         try:
             def start() -> None:
+                self._move_old_mirror(writer)
+                _add_columns(writer)
                 for statement in _CREATE_MIRROR:
                     writer.execute(statement)
                 was = writer.execute(_MIRROR_KEY).fetchone()
@@ -198,8 +306,8 @@ class MirrorMixin(MirrorBase):
                     last = writer.execute(_LAST_TID).fetchone()[0] or 0
                     writer.execute(_SET_META, ("mirror_watermark", last))
                 writer.execute(_SET_META, ("mirror", mode))
-            # The backfill then writes every current document (a newer one is never
-            # overwritten), which also covers what a follower had not reached yet.
+            # The backfill then writes every current document, which also covers what a
+            # follower had not reached yet.
             self._in_write_transaction(writer, start)
             return self._backfill(writer, progress)
         except sqlite3.Error as exc:
@@ -212,20 +320,61 @@ class MirrorMixin(MirrorBase):
         self._check_writable()
         writer = self._connect(read_only=False)
         try:
-            texts = [row[0] for row in writer.execute(
-                "SELECT name FROM sqlite_master WHERE type = 'table'"
-                " AND sql LIKE 'CREATE VIRTUAL TABLE % USING fts5%'").fetchall()]
-
             def drop() -> None:
-                for name in texts:
+                for (name,) in writer.execute(_TEXT_TABLES).fetchall():
                     writer.execute(f"DROP TABLE IF EXISTS {name}")
-                for statement in _DROP_MIRROR:
-                    writer.execute(statement)
+                for kind, name in writer.execute(_MIRROR_SCHEMA).fetchall():
+                    writer.execute(f"DROP {kind.upper()} IF EXISTS {name}")
+                relation = writer.execute(_MIRROR_RELATION).fetchone()
+                if relation is not None:
+                    writer.execute(f"DROP {relation[0].upper()} amphora_objects")
+                # rewrites every row (SQLite drops a column by rewriting the table)
+                have = {row[0] for row in writer.execute(_TABLE_COLUMNS)}
+                for name in _COLUMNS:
+                    if name in have:
+                        writer.execute(_DROP_COLUMN.format(name=name))
+                writer.execute(_DROP_META)
             self._in_write_transaction(writer, drop)
         except sqlite3.Error as exc:
             raise self._error(exc) from exc
         finally:
             writer.close()
+
+    def _upgrade_mirror(self, conn: sqlite3.Connection) -> None:
+        """On opening for writing a file that has a mirror: move a mirror made before into
+        the columns of ``objects`` (``conn`` is in no transaction)."""
+        found = conn.execute(_MIRROR_RELATION).fetchone()
+        if found is not None and found[0] == "table":
+            self._in_write_transaction(conn, lambda: self._move_old_mirror(conn))
+
+    def _move_old_mirror(self, conn: sqlite3.Connection) -> None:
+        """In a write transaction: the documents, indexes and text indexes' triggers of a
+        mirror made before moved to ``objects`` (nothing if there is none)."""
+        found = conn.execute(_MIRROR_RELATION).fetchone()
+        if found is None or found[0] != "table":
+            return
+        indexes = []
+        for name, sql in conn.execute(_OLD_INDEXES).fetchall():
+            moved, count = _OLD_TABLE.subn("ON objects (", sql, count=1)
+            if not count:
+                raise MirrorError(f"{self._path}: cannot move index {name} of the mirror "
+                                  f"to the table of records ({sql!r})")
+            indexes.append(moved)
+        triggers, texts = conn.execute(_OLD_TRIGGERS).fetchall(), set()
+        for _, sql in triggers:
+            text = _OLD_TEXT_TRIGGER.match(sql)
+            if text is not None:
+                name, condition, columns, values = text.groups()
+                texts.add(name)
+                indexes += _text_triggers(name, columns, values, condition)
+        for name, sql in triggers:
+            if name.rsplit("_", 1)[0] not in texts:
+                raise MirrorError(f"{self._path}: cannot move trigger {name} of the mirror "
+                                  f"to the table of records ({sql!r})")
+        _add_columns(conn)
+        conn.execute(_MOVE_DOCUMENTS)
+        for statement in (*_DROP_OLD_TABLE, *_CREATE_MIRROR, *indexes):
+            conn.execute(statement)
 
     def _count_objects(self, conn: sqlite3.Connection) -> int:
         return conn.execute(_COUNT_OBJECTS).fetchone()[0]
@@ -233,7 +382,7 @@ class MirrorMixin(MirrorBase):
     def _backfill_chunk(self, writer: sqlite3.Connection, after: int) -> list:
         def chunk() -> list:
             rows = writer.execute(_OBJECTS_AFTER, (after, _BACKFILL_CHUNK)).fetchall()
-            _write_documents(writer, rows)
+            _set_documents(writer, rows)
             return rows
         return self._in_write_transaction(writer, chunk)
 
@@ -270,7 +419,7 @@ class MirrorMixin(MirrorBase):
                     chunk = keys[i:i + 500]
                     sql = _CURRENT_RECORDS.format(marks=",".join("?" * len(chunk)))
                     rows += writer.execute(sql, chunk).fetchall()
-                _write_documents(writer, rows)  # objects gone: by the trigger
+                _set_documents(writer, rows)  # objects gone took their documents along
                 writer.execute(_SET_META, ("mirror_watermark", commits[-1][0]))
                 return len(commits)
             count = self._in_write_transaction(writer, batch)
@@ -301,12 +450,13 @@ class MirrorMixin(MirrorBase):
     # -- indexes ------------------------------------------------------------------------
     def create_mirror_index(self, name: str, expression: str, class_name: str | None = None,
                             unique: bool = False) -> None:
-        """An index on ``expression`` over ``amphora_objects`` (``lower(state->>'email')``),
-        only over objects of ``class_name`` when given."""
+        """An index on ``expression`` of the documents (``lower(state->>'email')``), only
+        over objects of ``class_name`` when given: an index on ``objects`` (SQLite indexes
+        no view), which queries on ``amphora_objects`` use."""
         check_name(name)
         where = f" WHERE {class_filter(class_name)}" if class_name is not None else ""
         kind = "UNIQUE INDEX" if unique else "INDEX"
-        self._mirror_ddl([f"CREATE {kind} IF NOT EXISTS {name} ON amphora_objects"
+        self._mirror_ddl([f"CREATE {kind} IF NOT EXISTS {name} ON objects"
                           f" (({expression})){where}"])
 
     def create_text_index(self, name: str, fields: Sequence[str],
@@ -315,26 +465,16 @@ class MirrorMixin(MirrorBase):
         (names of keys of the state, dotted for nested ones), kept current by triggers."""
         check_name(name)
         fields = check_fields(fields)
-        columns = [f"f{n}" for n in range(len(fields))]
+        columns = ", ".join(f"f{n}" for n in range(len(fields)))
         values = ", ".join(f"new.state ->> '$.{field}'" for field in fields)
-        condition = class_filter(class_name, "new.class_name")
         select = ", ".join(f"state ->> '$.{field}'" for field in fields)
-        backfill_where = f" WHERE {class_filter(class_name)}"
         self._mirror_ddl([
             # porter stemming: "databases" finds "database", as PostgreSQL's english does
-            f"CREATE VIRTUAL TABLE {name} USING fts5({', '.join(columns)},"
+            f"CREATE VIRTUAL TABLE {name} USING fts5({columns},"
             " tokenize = 'porter unicode61')",
-            f"INSERT INTO {name} (rowid, {', '.join(columns)}) SELECT oid, {select}"
-            f" FROM amphora_objects{backfill_where}",
-            f"CREATE TRIGGER {name}_insert AFTER INSERT ON amphora_objects WHEN {condition}"
-            f" BEGIN INSERT INTO {name} (rowid, {', '.join(columns)}) VALUES (new.oid, {values});"
-            " END",
-            f"CREATE TRIGGER {name}_update AFTER UPDATE ON amphora_objects BEGIN"
-            f" DELETE FROM {name} WHERE rowid = old.oid;"
-            f" INSERT INTO {name} (rowid, {', '.join(columns)}) SELECT new.oid, {values}"
-            f" WHERE {condition}; END",
-            f"CREATE TRIGGER {name}_delete AFTER DELETE ON amphora_objects BEGIN"
-            f" DELETE FROM {name} WHERE rowid = old.oid; END",
+            f"INSERT INTO {name} (rowid, {columns}) SELECT oid, {select}"
+            f" FROM amphora_objects WHERE {class_filter(class_name)}",
+            *_text_triggers(name, columns, values, class_filter(class_name, "new.class_name")),
         ])
 
     def _mirror_ddl(self, statements: list[str]) -> None:

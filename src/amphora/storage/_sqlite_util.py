@@ -17,4 +17,5 @@ _CHANGES_SINCE = "SELECT tid, oids FROM transactions WHERE tid > ? ORDER BY tid"
 
 # -- writing --------------------------------------------------------------------------------
 _PRUNE_REPLACED = "DELETE FROM replaced WHERE end_tid < ?"
+_ROWS_PER_STATEMENT = (256, 64, 16, 4, 1)  # statements that write many rows of objects at once
 

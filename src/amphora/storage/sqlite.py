@@ -24,7 +24,7 @@ from amphora.storage._sqlite_pack import PackMixin
 from amphora.storage._sqlite_schema import FORMAT, SCHEMA_VERSION, SchemaMixin  # noqa: F401
 from amphora.storage._keys import _ints, _pack, _split, _u, _unpack
 from amphora.storage._sqlite_util import (_CHANGES_SINCE, _LAST_TID, _LOAD_CURRENT,
-                                          _LOAD_SERIAL, _PRUNE_REPLACED)
+                                          _LOAD_SERIAL, _PRUNE_REPLACED, _ROWS_PER_STATEMENT)
 from amphora.storage._sql_log import TransactionLogMixin
 from amphora.storage.base import (DataRecord, StorageBase, history_entry,
                                   pack_tid)
@@ -123,7 +123,6 @@ _LOAD_MANY_REVISIONS_SQL = _by_size(_LOAD_MANY_REVISIONS)
 _RECORDS_OF_SQL = _by_size(_RECORDS_OF)
 _CURRENT_SERIALS_SQL = _by_size(_CURRENT_SERIALS)
 _ARCHIVE_CURRENT_SQL = _by_size(_ARCHIVE_CURRENT)
-_ROWS_PER_STATEMENT = (256, 64, 16, 4, 1)  # statements that write many rows at once
 _UPSERT_OBJECTS_SQL = {n: _UPSERT_OBJECTS.format(values=",".join(["(?,?,?)"] * n))
                        for n in _ROWS_PER_STATEMENT}
 _INSERT_OBJECTS_SQL = {n: _INSERT_OBJECTS.format(values=",".join(["(?,?,?)"] * n))
@@ -250,6 +249,8 @@ class SQLiteStorage(SchemaMixin, PackMixin, MirrorMixin, TransactionLogMixin, St
                 # WAL is a property of the file; put it back if a tool switched it off.
                 if self._writer.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
                     self._writer.execute("PRAGMA journal_mode=WAL")
+                if "mirror" in meta:  # a mirror made before moves into objects' rows now
+                    self._upgrade_mirror(self._writer)
             self._poller = self._connect(read_only=True)
             # data_version read on the connection that commits: its own commits (which
             # the commit reports itself) do not change it, others' (other processes,
@@ -650,9 +651,16 @@ class SQLiteStorage(SchemaMixin, PackMixin, MirrorMixin, TransactionLogMixin, St
         if not self.keep_history:  # replaced revisions stay only while they may resolve conflicts
             horizon = pack_tid(max(tid_time(tid) - self.conflict_window, 0))
             conn.execute(_PRUNE_REPLACED, (_u(horizon),))
-        _write_objects(conn, replacing, _UPSERT_OBJECTS_SQL)
+        writes = self._mirror_writes(conn)  # with a sync mirror: the rows and their documents
+        if writes is None:
+            _write_objects(conn, replacing, _UPSERT_OBJECTS_SQL)
+        else:
+            writes[0](conn, replacing)
         try:
-            _write_objects(conn, creating, _INSERT_OBJECTS_SQL)
+            if writes is None:
+                _write_objects(conn, creating, _INSERT_OBJECTS_SQL)
+            else:
+                writes[1](conn, creating)
         except sqlite3.IntegrityError:  # an object stored as new exists: a conflict
             found = self._current_serials(conn, [row[0] for row in creating])
             stale = [oid for oid, key, read in zip(oids, keys, reads)
@@ -660,7 +668,6 @@ class SQLiteStorage(SchemaMixin, PackMixin, MirrorMixin, TransactionLogMixin, St
             self._check_conflicts({oid: _pack(found[_u(oid)]) for oid in stale},
                                   load_serial, stale)
             raise  # not reached: new objects are never merged
-        self._mirror_commit(conn, replacing + creating)
         user, description, extension = self._meta
         conn.execute(_INSERT_TRANSACTION, (tid_i, user, description, extension, b"".join(stores)))
         self._top_oid = max(keys) if keys else -1
