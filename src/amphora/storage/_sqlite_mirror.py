@@ -141,12 +141,15 @@ def check_name(name: str, what: str = "index name") -> str:
     return name
 
 
-def _documented(rows: Sequence[tuple[int, int, bytes]]) -> list[tuple]:
-    """``(oid, tid, data)`` rows as ``(oid, tid, data, class_name, state, tid)``."""
+def _documented(rows: Sequence[tuple[int, int, bytes]]) -> list[Any]:
+    """The values of ``(oid, tid, data)`` rows with their documents, one after another:
+    ``oid, tid, data, class_name, state, tid`` for each row."""
     from amphora.jsonpickle import records_to_json
-    documents = records_to_json([data for _, _, data in rows])
-    return [(key, tid, data, class_name, state, tid)
-            for (key, tid, data), (class_name, state) in zip(rows, documents)]
+    values: list[Any] = []
+    for (key, tid, data), (class_name, state) in zip(
+            rows, records_to_json([data for _, _, data in rows])):
+        values += (key, tid, data, class_name, state, tid)
+    return values
 
 
 def _upsert_documented(conn: sqlite3.Connection, rows: list[tuple[int, int, bytes]]) -> None:
@@ -154,27 +157,26 @@ def _upsert_documented(conn: sqlite3.Connection, rows: list[tuple[int, int, byte
     in amphora.storage.sqlite)."""
     if not rows:
         return
-    rows = _documented(rows)
+    values = _documented(rows)
     start = 0
     for size in _ROWS_PER_STATEMENT:
-        while len(rows) - start >= size:
-            params = [value for row in rows[start:start + size] for value in row]
+        while len(values) - start >= 6 * size:
+            params = values[start:start + 6 * size]
             if conn.execute(_UPSERT_SAME_CLASS_SQL[size], params).rowcount < size:
                 conn.execute(_UPSERT_NEW_CLASS_SQL[size], params)
-            start += size
+            start += 6 * size
 
 
 def _insert_documented(conn: sqlite3.Connection, rows: list[tuple[int, int, bytes]]) -> None:
     """A commit's rows of new objects, with their documents."""
     if not rows:
         return
-    rows = _documented(rows)
+    values = _documented(rows)
     start = 0
     for size in _ROWS_PER_STATEMENT:
-        sql = _INSERT_DOCUMENTED_SQL[size]
-        while len(rows) - start >= size:
-            conn.execute(sql, [value for row in rows[start:start + size] for value in row])
-            start += size
+        while len(values) - start >= 6 * size:
+            conn.execute(_INSERT_DOCUMENTED_SQL[size], values[start:start + 6 * size])
+            start += 6 * size
 
 
 def _set_documents(conn: sqlite3.Connection, rows: Sequence[tuple[int, int, bytes, Any]]) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import threading
 import weakref
+from itertools import accumulate
 from typing import Any, Callable, Iterable
 
 from amphora.errors import (CorruptRecordError, InvalidURIError, ObjectNotFoundError,
@@ -93,30 +94,26 @@ _ARCHIVE_CURRENT = ("INSERT INTO revisions (oid, tid, end_tid, data, refs)"
 _RETAIN_CURRENT = ("INSERT INTO replaced (oid, tid, end_tid, data)"
                    " SELECT oid, tid, %s, data FROM objects WHERE oid = ANY(%s::bigint[])")
 _PRUNE_REPLACED = "DELETE FROM replaced WHERE end_tid < %s"
-# The rows of a write travel as three values, not arrays of a thousand (which the driver
+# The rows of a write travel as a few values, not arrays of a thousand (which the driver
 # would convert element by element): the oids as one string of 8-byte big-endian oids,
-# the records joined into one bytea with their lengths as text, and the references as
-# array literals joined by "|" ("N" for none known). They are cut apart in the server.
+# the records joined into one bytea with their lengths and offsets as text, and the
+# references as array literals joined by "|" ("N" for none known). They are cut apart in
+# the server (the offsets come from the client: a window sum over the rows would copy
+# every row, documents included, once more).
 # With a mirror kept by every commit (``sync``) the rows carry their documents too (see
 # amphora.storage._pg_mirror): class names and JSON states, each list one string, every
 # element preceded by chr(30) (which JSON text never holds raw; a class name holding it
 # is sent as a text array instead), in the same statement.
 _ROWS = """
-WITH cut AS (
-  SELECT u.*,
-         ('x' || encode(substr(%(oids)s::bytea, 8 * u.n::int - 7, 8), 'hex'))::bit(64)::bigint
-           AS oid
-  FROM unnest(string_to_array(%(lengths)s, ','), string_to_array(%(refs)s, '|'){texts})
-       WITH ORDINALITY AS u(len, refs{names}, n)
-), placed AS (
-  SELECT cut.*, sum(len::int) OVER (ORDER BY n) - len::int AS start FROM cut
-)
-SELECT oid, %(tid)s::bigint, substr(%(datas)s::bytea, start::int + 1, len::int),
-       CASE WHEN refs = 'N' THEN NULL ELSE refs::bigint[] END{documents}
-FROM placed"""
+SELECT ('x' || encode(substr(%(oids)s::bytea, 8 * u.n::int - 7, 8), 'hex'))::bit(64)::bigint,
+       %(tid)s::bigint, substr(%(datas)s::bytea, u.start::int + 1, u.len::int),
+       CASE WHEN u.refs = 'N' THEN NULL ELSE u.refs::bigint[] END{documents}
+FROM unnest(string_to_array(%(lengths)s, ','), string_to_array(%(starts)s, ','),
+            string_to_array(%(refs)s, '|'){texts})
+     WITH ORDINALITY AS u(len, start, refs{names}, n)"""
 _PLAIN_ROWS = _ROWS.format(texts="", names="", documents="")
 _DOCUMENTED = {"names": ", class_name, state",
-               "documents": ", class_name, state::jsonb, %(tid)s"}
+               "documents": ", u.class_name, u.state::jsonb, %(tid)s"}
 _DOCUMENTED_ROWS = _ROWS.format(texts=", (string_to_array(%(classes)s, chr(30)))[2:],"
                                       " (string_to_array(%(states)s, chr(30)))[2:]",
                                 **_DOCUMENTED)
@@ -737,8 +734,10 @@ class PostgreSQLStorage(SchemaMixin, PackMixin, MirrorMixin, TransactionLogMixin
 def _rows(tid: int, rows: list[tuple[int, bytes]]) -> dict[str, Any]:
     """The parameters of a write (see _ROWS) of ``(oid, data)`` rows, without documents."""
     datas = [data for _, data in rows]
+    lengths = list(map(len, datas))
     return {"tid": tid, "oids": b"".join([_pack(key) for key, _ in rows]),
-            "datas": b"".join(datas), "lengths": ",".join(map(str, map(len, datas))),
+            "datas": b"".join(datas), "lengths": ",".join(map(str, lengths)),
+            "starts": ",".join(map(str, list(accumulate(lengths, initial=0))[:-1])),
             "refs": "|".join([_refs_literal(data) for data in datas])}
 
 
