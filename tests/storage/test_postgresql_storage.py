@@ -179,6 +179,73 @@ def test_a_stale_serial_is_a_conflict_and_writes_nothing(open_storage):
     assert second.lastTransaction() > last
 
 
+@pytest.mark.parametrize("isolation", ["repeatable read", "serializable"])
+def test_a_database_whose_transactions_default_to_a_snapshot_still_finds_conflicts(
+        server, schema, isolation):
+    """A writer waits for another's commit lock, then checks what was committed while it
+    waited: whatever the database's default isolation, a commit's statements see every
+    commit made before its lock (else it would write over one, or reuse a tid)."""
+    import time
+    database = "amphora_" + isolation.replace(" ", "_")
+    admin = server.connect()
+    if not admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,)).fetchall():
+        admin.execute(f"CREATE DATABASE {database}")
+    admin.execute(f"ALTER DATABASE {database} SET default_transaction_isolation = '{isolation}'")
+    first = PostgreSQLStorage(server.dsn(database), schema=schema)
+    second = PostgreSQLStorage(server.dsn(database), schema=schema)
+    try:
+        tid = commit(first, {z64: record(1)})
+        txn = TransactionMetaData()
+        first.tpc_begin(txn)
+        first.store(z64, tid, record(2), "", txn)
+        first.tpc_vote(txn)  # holds the commit lock
+        outcome = []
+
+        def stale_commit():
+            stale = TransactionMetaData()
+            second.tpc_begin(stale)
+            second.store(z64, tid, record(3), "", stale)
+            try:
+                second.tpc_vote(stale)
+                outcome.append(second.tpc_finish(stale))
+            except Exception as exc:  # noqa: BLE001 - asserted below
+                second.tpc_abort(stale)
+                outcome.append(exc)
+        thread = threading.Thread(target=stale_commit)
+        thread.start()
+        waiting = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+        deadline = time.monotonic() + 30
+        while admin.execute(waiting).fetchone()[0] == 0:  # until its vote waits for the lock
+            assert time.monotonic() < deadline and thread.is_alive()
+            time.sleep(0.01)
+        finished = first.tpc_finish(txn)
+        thread.join(30)
+        assert len(outcome) == 1 and isinstance(outcome[0], ConflictError), outcome
+        assert second.load(z64) == (record(2), finished)
+        assert commit(second, {z64: record(4)}, {z64: finished}) > finished
+    finally:
+        first.close()
+        second.close()
+        admin.close()
+
+
+def test_the_connection_strings_own_options_are_kept(server, schema):
+    storage = PostgreSQLStorage(server.dsn() + " options='-c statement_timeout=4321'",
+                                schema=schema)
+    try:
+        commit(storage, {z64: record(1)})
+        conn = storage._connect(autocommit=True)
+        try:
+            settings = conn.execute("SELECT current_setting('statement_timeout'),"
+                                    " current_setting('search_path'),"
+                                    " current_setting('transaction_isolation')").fetchone()
+        finally:
+            conn.close()
+        assert settings == ("4321ms", schema, "read committed")
+    finally:
+        storage.close()
+
+
 def test_new_oids_are_unique_across_storage_objects(open_storage):
     first, second = open_storage(), open_storage()
     oids = first.new_oids(100) + second.new_oids(100) + [first.new_oid(), second.new_oid()]

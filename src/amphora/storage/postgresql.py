@@ -266,6 +266,9 @@ class PostgreSQLStorage(SchemaMixin, PackMixin, MirrorMixin, TransactionLogMixin
         self.dsn = dsn
         self.schema = schema
         self._connect_timeout = connect_timeout
+        # after the connection string's own options (which stay), so that these win
+        self._options = (f"{params.get('options') or ''} -c search_path={schema}"
+                         r" -c default_transaction_isolation=read\ committed")
         self._where = _describe(params)
         super().__init__(f"{self._where}?schema={schema}", read_only, resolve_conflicts)
         self._channel = f"amphora_{schema}"[:63]
@@ -309,12 +312,15 @@ class PostgreSQLStorage(SchemaMixin, PackMixin, MirrorMixin, TransactionLogMixin
         return _COMMIT_LOCK
 
     def _connect(self, autocommit: bool) -> Any:
-        """A new connection whose ``search_path`` is the storage's schema."""
+        """A new connection whose ``search_path`` is the storage's schema, and whose
+        transactions are READ COMMITTED whatever the database's default: a commit checks,
+        after taking the commit lock, what others committed before it (a snapshot taken
+        while it waited for the lock would hide their commits)."""
         psycopg = self._psycopg
         try:
             return psycopg.connect(self.dsn, autocommit=autocommit,
                                    connect_timeout=max(1, round(self._connect_timeout)),
-                                   options=f"-c search_path={self.schema}")
+                                   options=self._options)
         except psycopg.OperationalError as exc:
             raise PostgreSQLConnectionError(
                 f"cannot connect to PostgreSQL at {self._where}: "
