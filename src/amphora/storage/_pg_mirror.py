@@ -45,6 +45,7 @@ from amphora.search import placeholders
 from amphora.storage._mirror_base import (MODES, NO_MIRROR, MirrorBase, QueryConnection,
                                           check_fields, check_mode, class_filter)
 from amphora.storage._keys import _ints
+from amphora.storage._pg_schema import _LAST_TID
 
 __all__ = ["MirrorMixin"]
 
@@ -104,7 +105,6 @@ _MIRROR_KEY = "SELECT value FROM amphora_meta WHERE key = 'mirror'"
 _WATERMARK = "SELECT value::bigint FROM amphora_meta WHERE key = 'mirror_watermark'"
 _SET_META = ("INSERT INTO amphora_meta (key, value) VALUES (%s, %s)"
              " ON CONFLICT (key) DO UPDATE SET value = excluded.value")
-_LAST_TID = "SELECT coalesce(max(tid), 0) FROM transactions"
 _COMMITS_AFTER = "SELECT tid, oids FROM transactions WHERE tid > %s ORDER BY tid LIMIT %s"
 _BEHIND = "SELECT count(*) FROM transactions WHERE tid > %s"
 # The follower and the backfill lock the rows they read, in oid order (the order in which

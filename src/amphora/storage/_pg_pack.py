@@ -15,11 +15,11 @@ from typing import Any, Callable
 
 from amphora.serialize import references as record_references
 from amphora.storage._keys import _u
+from amphora.storage._pg_schema import _LAST_TID
 from amphora.storage.base import pack_tid
 
 __all__ = ["PackMixin"]
 
-_LAST_TID = "SELECT coalesce(max(tid), 0) FROM transactions"
 _DELETE_SUPERSEDED = "DELETE FROM revisions WHERE end_tid <= %s"
 _DELETE_REPLACED_BEFORE = "DELETE FROM replaced WHERE end_tid <= %s"
 _UNSCANNED = ("SELECT 'o', oid, tid, data FROM objects WHERE refs IS NULL"

@@ -1,19 +1,20 @@
 """Opening a PostgreSQL storage's schema: creating it, and checking that it is one.
 
 Private: a part of :class:`amphora.storage.postgresql.PostgreSQLStorage` (see
-:class:`SchemaMixin`), plus the oid and tid conversions its parts share.
+:class:`SchemaMixin`), plus the statements its parts share.
 """
 from __future__ import annotations
 
 from typing import Any
 
 from amphora.errors import StorageFormatError
-# Oids and tids (see _keys): the storage's other parts import them from here.
 
 __all__ = ["FORMAT", "SCHEMA_VERSION", "SchemaMixin"]
 
 FORMAT = "amphora-postgresql"
 SCHEMA_VERSION = 1
+
+_LAST_TID = "SELECT coalesce(max(tid), 0) FROM transactions"  # 0: no transaction yet
 
 # -- schema ---------------------------------------------------------------------------------
 # Created in the storage's schema (``search_path`` is set to it on every connection).

@@ -21,6 +21,7 @@ from amphora.storage._pg_pack import PackMixin
 # FORMAT and SCHEMA_VERSION are importable from here too.
 from amphora.storage._keys import _ints, _pack, _split, _u, _unpack
 from amphora.storage._pg_schema import FORMAT, SCHEMA_VERSION, SchemaMixin  # noqa: F401
+from amphora.storage._pg_schema import _LAST_TID
 from amphora.storage._sql_log import TransactionLogMixin
 from amphora.storage.base import (DataRecord, StorageBase, history_entry,
                                   pack_tid)
@@ -69,7 +70,6 @@ SELECT x.tid, length(x.data), t.username, t.description, t.extension FROM
  (SELECT tid, data FROM objects WHERE oid = %(o)s
   UNION ALL SELECT tid, data FROM revisions WHERE oid = %(o)s) AS x
  LEFT JOIN transactions AS t ON t.tid = x.tid ORDER BY x.tid DESC LIMIT %(n)s"""
-_LAST_TID = "SELECT coalesce(max(tid), 0) FROM transactions"
 _CHANGES_SINCE = "SELECT tid, oids FROM transactions WHERE tid > %s ORDER BY tid"
 _PACKED_THROUGH = "SELECT value::bigint FROM amphora_meta WHERE key = 'packed_through'"
 _TRANSACTIONS = ("SELECT tid, username, description, extension, oids FROM transactions"
