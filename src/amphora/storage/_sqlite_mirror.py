@@ -40,7 +40,7 @@ from __future__ import annotations
 import re
 import sqlite3
 import weakref
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from amphora.errors import InvalidQueryError, MirrorError
 from amphora.search import placeholders
@@ -152,31 +152,30 @@ def _documented(rows: Sequence[tuple[int, int, bytes]]) -> list[Any]:
     return values
 
 
-def _upsert_documented(conn: sqlite3.Connection, rows: list[tuple[int, int, bytes]]) -> None:
-    """A commit's rows of objects it replaces, with their documents (see _write_objects
-    in amphora.storage.sqlite)."""
-    if not rows:
-        return
-    values = _documented(rows)
+def _statements(values: list[Any]) -> Iterator[tuple[int, list[Any]]]:
+    """The number of rows and the values of each statement writing ``values`` (six per
+    row): as many rows per statement as _ROWS_PER_STATEMENT allows."""
     start = 0
     for size in _ROWS_PER_STATEMENT:
         while len(values) - start >= 6 * size:
-            params = values[start:start + 6 * size]
+            yield size, values[start:start + 6 * size]
+            start += 6 * size
+
+
+def _upsert_documented(conn: sqlite3.Connection, rows: list[tuple[int, int, bytes]]) -> None:
+    """A commit's rows of objects it replaces, with their documents (see _write_objects
+    in amphora.storage.sqlite)."""
+    if rows:
+        for size, params in _statements(_documented(rows)):
             if conn.execute(_UPSERT_SAME_CLASS_SQL[size], params).rowcount < size:
                 conn.execute(_UPSERT_NEW_CLASS_SQL[size], params)
-            start += 6 * size
 
 
 def _insert_documented(conn: sqlite3.Connection, rows: list[tuple[int, int, bytes]]) -> None:
     """A commit's rows of new objects, with their documents."""
-    if not rows:
-        return
-    values = _documented(rows)
-    start = 0
-    for size in _ROWS_PER_STATEMENT:
-        while len(values) - start >= 6 * size:
-            conn.execute(_INSERT_DOCUMENTED_SQL[size], values[start:start + 6 * size])
-            start += 6 * size
+    if rows:
+        for size, params in _statements(_documented(rows)):
+            conn.execute(_INSERT_DOCUMENTED_SQL[size], params)
 
 
 def _set_documents(conn: sqlite3.Connection, rows: Sequence[tuple[int, int, bytes, Any]]) -> None:
