@@ -294,3 +294,29 @@ def test_switching_a_follow_mirror_to_sync_covers_what_the_follower_missed(follo
         followed.follow_mirror()
     with pytest.raises(MirrorError, match="'sync' or 'follow'"):
         followed.create_mirror(mode="later")
+
+
+def test_a_merged_conflict_leaves_the_merged_state_in_the_document(mirrored):
+    """Two transactions change one BTrees.Length from the same revision: the second
+    commit's record is merged (by the storage or the connection) and its document is made
+    from the merged record, not from the one the transaction stored."""
+    from BTrees.Length import Length
+    with mirrored.transaction() as conn:
+        conn.root()["count"] = Length(10)
+        conn.root()["items"] = [Item(n) for n in range(300)]  # a commit big enough to
+    managers = [transaction.TransactionManager() for _ in range(2)]
+    conns = [mirrored.open(tm) for tm in managers]
+    for conn, step, half in zip(conns, (1, 2), (slice(0, 150), slice(150, 300))):
+        conn.root()["count"].change(step)
+        for item in conn.root()["items"][half]:  # ... make its documents in steps
+            item.value += step
+    for tm in managers:
+        tm.commit()
+    for conn in conns:
+        conn.close()
+    assert mirrored.query_data("SELECT state FROM amphora_objects WHERE class_name = %s",
+                               "BTrees.Length.Length") in ([("13",)], [(13,)])
+    conn = mirrored.open()
+    assert conn.root()["count"]() == 13
+    assert [item.value for item in conn.root()["items"][149:151]] == [150, 152]
+    conn.close()

@@ -134,11 +134,16 @@ _NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}\Z")
 
 
 def _documents(datas: Sequence[bytes]) -> tuple[str, Any, Any]:
-    """The class names and JSON states of records, and how they travel: ``"joined"``
-    (each a string, every element preceded by chr(30)) or ``"arrays"`` (lists)."""
+    """The class names and JSON states of records, and how they travel (see _travelling)."""
     from amphora.jsonpickle import records_to_json
+    return _travelling(records_to_json(datas))
+
+
+def _travelling(documents: Sequence[tuple[str, str]]) -> tuple[str, Any, Any]:
+    """``(class name, JSON state)`` documents as they travel: ``"joined"`` (two strings,
+    every element preceded by chr(30)) or ``"arrays"`` (two lists)."""
     # jsonpickle never writes \u0000, which jsonb refuses
-    classes, states = map(list, zip(*records_to_json(datas)))
+    classes, states = map(list, zip(*documents))
     joined = _SEPARATOR + _SEPARATOR.join(classes)
     if joined.count(_SEPARATOR) != len(classes):  # a class name holding chr(30)
         return "arrays", classes, states
@@ -213,12 +218,14 @@ class MirrorMixin(MirrorBase):
         documents (``found`` is the row of the ``mirror`` key the commit read, or None)."""
         return found is not None and found[0] == "sync"
 
+    _mirror_synced = False  # the last commit wrote documents: the next one likely will
+
     @staticmethod
-    def _commit_documents(datas: Sequence[bytes]) -> tuple[str, Any, Any]:
-        """The class names and JSON states of the records a commit writes, and how they
+    def _commit_documents(documents: Sequence[tuple[str, str]]) -> tuple[str, Any, Any]:
+        """The class names and JSON states of the records a commit writes, as they
         travel: ``"joined"`` (two strings, each element preceded by chr(30)) or
         ``"arrays"`` (two lists)."""
-        return _documents(datas)
+        return _travelling(documents)
 
     # -- making and dropping ------------------------------------------------------------
     def create_mirror(self, progress: Callable[[int, int], None] | None = None,

@@ -165,6 +165,32 @@ def _refs_literal(data: bytes) -> str:
     return "{" + ",".join([str(_unpack(ref)[0]) for ref in refs if len(ref) == 8]) + "}"
 
 
+class _Made:
+    """What a commit's vote makes of its records while its first round trip is out: their
+    references and, if asked, their documents, by ``id()`` of each record (the records
+    are kept, so that the ids stay theirs). A record not among them (one that a resolved
+    conflict made) is done when asked for."""
+
+    def __init__(self, datas: list[bytes], documents: bool):
+        from amphora.jsonpickle import records_to_json
+        self._datas = datas
+        keys = list(map(id, datas))
+        self._refs = dict(zip(keys, map(_refs_literal, datas)))
+        self._documents = dict(zip(keys, records_to_json(datas))) if documents else {}
+
+    def references(self, datas: list[bytes]) -> list[str]:
+        refs = self._refs
+        return [refs.get(id(data)) or _refs_literal(data) for data in datas]
+
+    def documents(self, datas: list[bytes]) -> list[tuple[str, str]]:
+        from amphora.jsonpickle import records_to_json
+        found = [self._documents.get(id(data)) for data in datas]
+        missing = [i for i, document in enumerate(found) if document is None]
+        for i, document in zip(missing, records_to_json([datas[i] for i in missing])):
+            found[i] = document
+        return found  # type: ignore[return-value]
+
+
 class _Reader:
     """One thread's autocommit connection: each read is one statement, one snapshot.
 
@@ -613,6 +639,11 @@ class PostgreSQLStorage(SchemaMixin, PackMixin, MirrorMixin, TransactionLogMixin
             cursor = conn.execute(_LAST_AND_SERIALS, (
                 [key for key, read in zip(keys, reads) if read] + check_keys,))
             mirror = conn.execute(_MIRROR_KEY)  # under the lock, in the same round trip
+            # While the server takes the lock (or waits for it): each record's references
+            # and, if the last commit wrote documents, its document, by id() of the record
+            # (one replaced by a resolved conflict gets its own below).
+            datas = list(stores.values())
+            made = _Made(datas, self._mirror_synced)
         rows = cursor.fetchall()
         last = rows[0][1]
         current = dict(rows[1:])
@@ -637,7 +668,7 @@ class PostgreSQLStorage(SchemaMixin, PackMixin, MirrorMixin, TransactionLogMixin
         creating = sorted([(key, data) for key, read, data in zip(keys, reads, datas) if not read])
         user, description, extension = self._meta
         # With a sync mirror, each row carries its document (written by the same statement)
-        mirrored = self._mirror_documented(mirror.fetchone())
+        mirrored = self._mirror_synced = self._mirror_documented(mirror.fetchone())
         with conn.pipeline():
             if replacing:
                 replaced_keys = [key for key, _ in replacing]
@@ -645,14 +676,14 @@ class PostgreSQLStorage(SchemaMixin, PackMixin, MirrorMixin, TransactionLogMixin
                     conn.execute(_ARCHIVE_CURRENT, (tid_i, replaced_keys))
                 else:  # replaced revisions stay only while they may resolve conflicts
                     conn.execute(_RETAIN_CURRENT, (tid_i, replaced_keys))
-                how, params = self._row_params(tid_i, replacing, mirrored)
+                how, params = self._row_params(tid_i, replacing, mirrored, made)
                 conn.execute(_WRITES[how][0], params)
             if not self.keep_history:
                 horizon = pack_tid(max(tid_time(tid) - self.conflict_window, 0))
                 conn.execute(_PRUNE_REPLACED, (_u(horizon),))
             inserted = None
             if creating:
-                how, params = self._row_params(tid_i, creating, mirrored)
+                how, params = self._row_params(tid_i, creating, mirrored, made)
                 inserted = conn.execute(_WRITES[how][1], params)
             conn.execute(_INSERT_TRANSACTION, (tid_i, user, description, extension,
                                                b"".join(oids)))
@@ -676,13 +707,14 @@ class PostgreSQLStorage(SchemaMixin, PackMixin, MirrorMixin, TransactionLogMixin
         self._pending_packed = packed.fetchone()[0] if packed is not None else 0
         self._voted_tid = tid
 
-    def _row_params(self, tid: int, rows: list[tuple[int, bytes]], mirrored: bool
-                    ) -> tuple[str | None, dict[str, Any]]:
+    def _row_params(self, tid: int, rows: list[tuple[int, bytes]], mirrored: bool,
+                    made: _Made) -> tuple[str | None, dict[str, Any]]:
         """How the documents of a write travel (a key of _WRITES) and its parameters."""
-        params = _rows(tid, rows)
+        datas = [data for _, data in rows]
+        params = _rows(tid, rows, made.references(datas))
         if not mirrored:
             return None, params
-        how, classes, states = self._commit_documents([data for _, data in rows])
+        how, classes, states = self._commit_documents(made.documents(datas))
         params["classes"] = classes
         params["states"] = states
         return how, params
@@ -737,14 +769,15 @@ class PostgreSQLStorage(SchemaMixin, PackMixin, MirrorMixin, TransactionLogMixin
                     pass
 
 
-def _rows(tid: int, rows: list[tuple[int, bytes]]) -> dict[str, Any]:
-    """The parameters of a write (see _ROWS) of ``(oid, data)`` rows, without documents."""
+def _rows(tid: int, rows: list[tuple[int, bytes]], refs: list[str]) -> dict[str, Any]:
+    """The parameters of a write (see _ROWS) of ``(oid, data)`` rows whose references are
+    ``refs`` (array literals, see _refs_literal), without documents."""
     datas = [data for _, data in rows]
     lengths = list(map(len, datas))
     return {"tid": tid, "oids": b"".join([_pack(key) for key, _ in rows]),
             "datas": b"".join(datas), "lengths": ",".join(map(str, lengths)),
             "starts": ",".join(map(str, list(accumulate(lengths, initial=0))[:-1])),
-            "refs": "|".join([_refs_literal(data) for data in datas])}
+            "refs": "|".join(refs)}
 
 
 def _describe(params: dict[str, Any]) -> str:
