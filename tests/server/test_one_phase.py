@@ -4,7 +4,6 @@ without waiting for a FINISH round trip); the reply carries the tid. A transacti
 several data managers keeps two-phase commit: all vote before any finishes."""
 from __future__ import annotations
 
-import socket
 import sys
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from amphora.errors import ConflictError
 from amphora.server import protocol as p
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from clients import record_requests, value_on  # noqa: E402
+from clients import RawClient, hello, raw_connection, record_requests, value_on  # noqa: E402
 from counters import Tally  # noqa: E402
 
 REMOTE_LIKE = [sys.executable, str(Path(__file__).resolve().parent / "serve_as_remote.py")]
@@ -78,18 +77,13 @@ def test_a_raw_commit_with_finish_is_answered_with_its_tid_and_needs_no_finish(s
         record = conn.root()["x"]
     oid, read = record._p_oid, record._p_serial
     data = db.storage.loadSerial(oid, read)
-    sock = socket.create_connection((server.host, server.port), timeout=30)
-    decoder = p.FrameDecoder()
-    sock.sendall(p.encode([p.HELLO, {"protocol": p.VERSION, "token": None, "storage": ""}]))
-    sock.sendall(p.encode([p.REQUEST, 1, p.COMMIT,
-                           [[b"", b"", b""], None, {oid: data}, {oid: read}, {}, True]]))
-    sock.sendall(p.encode([p.REQUEST, 2, p.FINISH, []]))
-    answers: list = []
-    while len(answers) < 2:
-        answers += [m for m in decoder.feed(sock.recv(65536)) if m[0] in (p.REPLY, p.ERROR)]
-    sock.close()
-    assert answers[0][:2] == [p.REPLY, 1] and answers[0][2] > read
-    assert answers[1][:3] == [p.ERROR, 2, "StorageTransactionError"]  # nothing to finish
+    client = RawClient(server)
+    commit = client.request(p.COMMIT, [b"", b"", b""], None, {oid: data}, {oid: read}, {}, True)
+    finish = client.request(p.FINISH)
+    answers = [client.next(), client.next()]
+    client.close()
+    assert answers[0][:2] == [p.REPLY, commit] and answers[0][2] > read
+    assert answers[1][:3] == [p.ERROR, finish, "StorageTransactionError"]  # nothing to finish
     db.storage.sync()
     assert db.storage.lastTransaction() == answers[0][2]
     db.close()
@@ -133,8 +127,8 @@ def test_a_client_of_an_older_protocol_is_refused_at_the_handshake(servers, vers
     before any request."""
     assert p.VERSION == 4
     server = servers()
-    sock = socket.create_connection((server.host, server.port), timeout=30)
-    sock.sendall(p.encode([p.HELLO, {"protocol": version, "token": None, "storage": ""}]))
+    sock = raw_connection(server)
+    sock.sendall(hello(version=version))
     decoder = p.FrameDecoder()
     messages: list = []
     while data := sock.recv(65536):

@@ -84,3 +84,30 @@ def commit_during(storage, work: Callable[[], object], records: Callable[[object
         done.set()
         thread.join()
     return errors, tids
+
+
+ITEM = "conformance.models.Item"
+
+
+def indexed_items(storage, count: int = 2000):
+    """An ``amphora.DB`` over ``storage`` holding ``count`` ``Item`` objects in its root
+    (``Item(n, email="P<n>@example.com")``), with a mirror and the expression index
+    ``item_email`` on the lower-case e-mail, restricted to the class."""
+    import amphora
+    from conformance.models import Item
+    db = amphora.DB(storage)
+    with db.transaction() as conn:
+        for n in range(count):
+            conn.root()[n] = Item(n, email=f"P{n}@example.com")
+    db.create_mirror()
+    db.create_index("item_email", "lower(state->>'email')", class_name=ITEM)
+    return db
+
+
+def queries_sent(monkeypatch, storage) -> list[tuple[str, object]]:
+    """The ``(statement, params)`` of each ``storage.query_mirror`` call from now on."""
+    sent: list[tuple[str, object]] = []
+    query_mirror = storage.query_mirror
+    monkeypatch.setattr(storage, "query_mirror", lambda statement, params=():
+                        sent.append((statement, params)) or query_mirror(statement, params))
+    return sent

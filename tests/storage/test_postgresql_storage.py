@@ -18,7 +18,8 @@ import threading
 
 import pgserver
 import pytest
-from records import Recorder, commit, commit_during, make_record
+from records import (ITEM, Recorder, commit, commit_during, indexed_items, make_record,
+                     queries_sent)
 
 import amphora
 from amphora.errors import (ConflictError, InvalidURIError, ObjectNotFoundError,
@@ -579,24 +580,13 @@ def test_a_follow_mirror_shows_the_tid_of_each_documents_record(storage, sql):
 
 
 def test_a_where_on_an_indexed_expression_uses_the_index(storage, sql, monkeypatch):
-    from conformance.models import Item
-
     from amphora.search import placeholders
-    db = amphora.DB(storage)
-    with db.transaction() as conn:
-        for n in range(2000):
-            conn.root()[n] = Item(n, email=f"P{n}@example.com")
-    db.create_mirror()
-    db.create_index("item_email", "lower(state->>'email')", class_name="conformance.models.Item")
+    db = indexed_items(storage)
     db.create_text_index("item_text", ["email"])
     sql("ANALYZE objects")
-    sent = []
-    query_mirror = storage.query_mirror
-    monkeypatch.setattr(storage, "query_mirror", lambda statement, params=():
-                        sent.append((statement, params)) or query_mirror(statement, params))
+    sent = queries_sent(monkeypatch, storage)
     conn = db.open()
-    found = conn.where("lower(state->>'email') = %s", "p7@example.com",
-                       class_name="conformance.models.Item")
+    found = conn.where("lower(state->>'email') = %s", "p7@example.com", class_name=ITEM)
     assert [item.value for item in found] == [7]
     statement, params = sent[0]
     plan = " ".join(row[0] for row in sql("EXPLAIN " + placeholders(statement, "format"),

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
-from records import Ref, commit, commit_during
+from records import ITEM, Ref, commit, commit_during, indexed_items, queries_sent
 
 import amphora
 from amphora.storage.base import TransactionMetaData
@@ -217,27 +217,17 @@ def test_pack_takes_documents_along_and_a_class_change_moves_the_class(open_stor
 
 
 def test_a_where_on_an_indexed_expression_uses_the_index(storage, sql, monkeypatch):
-    from conformance.models import Item
-    db = amphora.DB(storage)
-    with db.transaction() as conn:
-        for n in range(2000):
-            conn.root()[n] = Item(n, email=f"P{n}@example.com")
-    db.create_mirror()
-    db.create_index("item_email", "lower(state->>'email')", class_name="conformance.models.Item")
-    db.create_text_index("item_text", ["email"], class_name="conformance.models.Item")
+    db = indexed_items(storage)
+    db.create_text_index("item_text", ["email"], class_name=ITEM)
     assert sql("SELECT tbl_name FROM sqlite_master WHERE name = 'item_email'") == [("objects",)]
     assert sql("SELECT name, tbl_name FROM sqlite_master WHERE type = 'trigger'"
                " ORDER BY name") == [("item_text_delete", "objects"),
                                      ("item_text_insert", "objects"),
                                      ("item_text_update", "objects")]
-    sent = []
-    query_mirror = storage.query_mirror
-    monkeypatch.setattr(storage, "query_mirror", lambda statement, params=():
-                        sent.append((statement, params)) or query_mirror(statement, params))
+    sent = queries_sent(monkeypatch, storage)
     conn = db.open()
     try:
-        found = conn.where("lower(state->>'email') = %s", "p7@example.com",
-                           class_name="conformance.models.Item")
+        found = conn.where("lower(state->>'email') = %s", "p7@example.com", class_name=ITEM)
         assert [item.value for item in found] == [7]
         statement, params = sent[0]
         shown = plan(sql, statement, params)

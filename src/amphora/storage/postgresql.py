@@ -642,8 +642,7 @@ class PostgreSQLStorage(SchemaMixin, PackMixin, MirrorMixin, TransactionLogMixin
             # While the server takes the lock (or waits for it): each record's references
             # and, if the last commit wrote documents, its document, by id() of the record
             # (one replaced by a resolved conflict gets its own below).
-            datas = list(stores.values())
-            made = _Made(datas, self._mirror_synced)
+            made = _Made(list(stores.values()), self._mirror_synced)
         rows = cursor.fetchall()
         last = rows[0][1]
         current = dict(rows[1:])

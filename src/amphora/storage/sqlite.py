@@ -13,6 +13,7 @@ import pathlib
 import sqlite3
 import threading
 import weakref
+from functools import partial
 from time import monotonic
 from typing import Any, Callable, Iterable, Iterator
 
@@ -128,6 +129,10 @@ _UPSERT_OBJECTS_SQL = {n: _UPSERT_OBJECTS.format(values=",".join(["(?,?,?)"] * n
 _INSERT_OBJECTS_SQL = {n: _INSERT_OBJECTS.format(values=",".join(["(?,?,?)"] * n))
                        for n in _ROWS_PER_STATEMENT}
 _RETAIN_CURRENT_SQL = _by_size(_RETAIN_CURRENT)
+# A commit's writes of (oid, tid, data) rows: (objects it replaces, new objects); with a
+# sync mirror the mirror's instead, which write the documents too.
+_PLAIN_WRITES = (partial(_write_objects, statements=_UPSERT_OBJECTS_SQL),
+                 partial(_write_objects, statements=_INSERT_OBJECTS_SQL))
 
 
 class _Reader:
@@ -651,16 +656,10 @@ class SQLiteStorage(SchemaMixin, PackMixin, MirrorMixin, TransactionLogMixin, St
         if not self.keep_history:  # replaced revisions stay only while they may resolve conflicts
             horizon = pack_tid(max(tid_time(tid) - self.conflict_window, 0))
             conn.execute(_PRUNE_REPLACED, (_u(horizon),))
-        writes = self._mirror_writes(conn)  # with a sync mirror: the rows and their documents
-        if writes is None:
-            _write_objects(conn, replacing, _UPSERT_OBJECTS_SQL)
-        else:
-            writes[0](conn, replacing)
+        upsert, insert = self._mirror_writes(conn) or _PLAIN_WRITES
+        upsert(conn, replacing)
         try:
-            if writes is None:
-                _write_objects(conn, creating, _INSERT_OBJECTS_SQL)
-            else:
-                writes[1](conn, creating)
+            insert(conn, creating)
         except sqlite3.IntegrityError:  # an object stored as new exists: a conflict
             found = self._current_serials(conn, [row[0] for row in creating])
             stale = [oid for oid, key, read in zip(oids, keys, reads)
