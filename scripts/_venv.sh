@@ -7,6 +7,24 @@
 # pip runs only when pyproject.toml, setup.py, the C source, the Python version or the
 # extras changed since the last successful install (a stamp file in .venv records them).
 # The install is editable, so edits to the Python sources need no reinstall.
+#
+# The environment is .venv, or the directory named by $VENV when set (scripts/test sets
+# it with venv_for_python, so that each Python version gets its own).
+
+VENV="${VENV:-.venv}"
+
+venv_for_python() {
+    # .venv, unless it was made by another Python version than python3 (PYENV_VERSION=3.13.0
+    # ./scripts/test): then .venv-X.Y, so that each version keeps its own installation.
+    local version made
+    version="$(python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null || true)"
+    made="$(.venv/bin/python -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null || true)"
+    if [ -n "$version" ] && [ -n "$made" ] && [ "$version" != "$made" ]; then
+        VENV=".venv-$version"
+    else
+        VENV=".venv"
+    fi
+}
 
 ensure_python_venv() {
     # Debian ships the venv module without ensurepip (package python3-venv).
@@ -35,22 +53,22 @@ ensure_venv() {
         exit 1
     fi
     # A .venv that no longer runs (moved, or made by a removed Python) is rebuilt.
-    if [ -d .venv ] && ! .venv/bin/python -c '' >/dev/null 2>&1; then
-        echo "scripts: .venv is broken; recreating it" >&2
-        rm -rf .venv
+    if [ -d "$VENV" ] && ! "$VENV/bin/python" -c '' >/dev/null 2>&1; then
+        echo "scripts: $VENV is broken; recreating it" >&2
+        rm -rf "$VENV"
     fi
-    if [ ! -x .venv/bin/python ]; then
+    if [ ! -x "$VENV/bin/python" ]; then
         ensure_python_venv
-        echo "scripts: creating .venv" >&2
-        python3 -m venv .venv
+        echo "scripts: creating $VENV" >&2
+        python3 -m venv "$VENV"
     fi
 
     local want stamp
     # The C fast path (src/amphora/*.c) is built by the install: a change to it reinstalls.
-    want="$( { cat pyproject.toml setup.py src/amphora/*.c; .venv/bin/python -VV; } \
+    want="$( { cat pyproject.toml setup.py src/amphora/*.c; "$VENV/bin/python" -VV; } \
              | sha256sum | cut -d' ' -f1)"
     # The test install is a superset of the plain one.
-    for stamp in ".venv/.amphora-installed-${extras:-base}" .venv/.amphora-installed-test; do
+    for stamp in "$VENV/.amphora-installed-${extras:-base}" "$VENV/.amphora-installed-test"; do
         if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
             return 0
         fi
@@ -59,7 +77,7 @@ ensure_venv() {
     if [ -n "$extras" ]; then
         target=".[$extras]"
     fi
-    echo "scripts: installing amphora${extras:+[$extras]} into .venv" >&2
-    .venv/bin/python -m pip install --quiet --disable-pip-version-check -e "$target"
-    echo "$want" > ".venv/.amphora-installed-${extras:-base}"
+    echo "scripts: installing amphora${extras:+[$extras]} into $VENV" >&2
+    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e "$target"
+    echo "$want" > "$VENV/.amphora-installed-${extras:-base}"
 }

@@ -57,6 +57,11 @@ class _Sink:
         return data
 
 
+class _Pickler(pickle.Pickler):
+    """The C pickler, as a subclass: since Python 3.13 only a subclass's instances take a
+    ``persistent_id`` attribute (the base type's own is read-only)."""
+
+
 _REFERENCE_TYPES = (Persistent, WeakRef)
 _BIG_STATE = 2048  # bytes of state after which a fresh pickler is used
 
@@ -81,7 +86,7 @@ class ObjectWriter:
         self._class_pickles: dict[type, bytes | None] = {}
 
     def _new_pickler(self) -> Any:
-        pickler = pickle.Pickler(self._sink, PROTOCOL)
+        pickler = _Pickler(self._sink, PROTOCOL)
         pickler.persistent_id = self._persistent_id
         return pickler
 

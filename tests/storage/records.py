@@ -62,14 +62,18 @@ class Recorder:
 def commit_during(storage, work: Callable[[], object], records: Callable[[object], bytes],
                   oids: list[bytes]) -> tuple[list[Exception], list[bytes]]:
     """Run ``work()`` while a thread keeps committing ``records(n)`` to each of ``oids`` (read
-    first, then at the tid of its last commit); the thread's errors and tids."""
+    first, then at the tid of its last commit); the thread's errors and tids. ``work`` starts
+    once the thread has read its serials, so that on a busy machine it cannot be over before
+    its first commit begins."""
     done = threading.Event()
+    ready = threading.Event()
     errors: list[Exception] = []
     tids: list[bytes] = []
 
     def writer():
-        serials = {oid: storage.load(oid)[1] for oid in oids}
         try:
+            serials = {oid: storage.load(oid)[1] for oid in oids}
+            ready.set()
             while not done.is_set():
                 tid = commit(storage, {oid: records(len(tids)) for oid in serials}, serials)
                 serials = dict.fromkeys(serials, tid)
@@ -79,6 +83,7 @@ def commit_during(storage, work: Callable[[], object], records: Callable[[object
     thread = threading.Thread(target=writer)
     thread.start()
     try:
+        ready.wait(60)
         work()
     finally:
         done.set()

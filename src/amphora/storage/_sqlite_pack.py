@@ -18,19 +18,19 @@ __all__ = ["PackMixin"]
 # -- pack -----------------------------------------------------------------------------------
 _SUPERSEDED = "SELECT oid, tid FROM revisions WHERE end_tid <= ?"  # replaced by pack time
 _DELETE_REVISION = "DELETE FROM revisions WHERE oid = ? AND tid = ?"
-_ALL_DATA = ("SELECT data FROM objects WHERE oid = ?1"
-             " UNION ALL SELECT data FROM revisions WHERE oid = ?1")
+_ALL_DATA = ("SELECT data FROM objects WHERE oid = :oid"
+             " UNION ALL SELECT data FROM revisions WHERE oid = :oid")
 _FIRST_TIDS = ("SELECT o.oid, min(o.tid, coalesce((SELECT min(r.tid) FROM revisions AS r"
                " WHERE r.oid = o.oid), o.tid)) FROM objects AS o")
 _DELETE_OBJECT = "DELETE FROM objects WHERE oid = ?"
 _DELETE_REVISIONS = "DELETE FROM revisions WHERE oid = ?"
 _DELETE_REPLACED = "DELETE FROM replaced WHERE oid = ?"
-_RECORD_EXISTS = ("SELECT 1 FROM objects WHERE oid = ?1 AND tid = ?2"
-                  " UNION ALL SELECT 1 FROM revisions WHERE oid = ?1 AND tid = ?2 LIMIT 1")
+_RECORD_EXISTS = ("SELECT 1 FROM objects WHERE oid = :oid AND tid = :tid"
+                  " UNION ALL SELECT 1 FROM revisions WHERE oid = :oid AND tid = :tid LIMIT 1")
 _OLD_TRANSACTIONS = "SELECT tid, oids FROM transactions WHERE tid < ? ORDER BY tid"
 _DELETE_TRANSACTION = "DELETE FROM transactions WHERE tid = ?"
-_SET_PACKED_THROUGH = ("UPDATE amphora_meta SET value = ?1"
-                       " WHERE key = 'packed_through' AND value < ?1")
+_SET_PACKED_THROUGH = ("UPDATE amphora_meta SET value = :packed"
+                       " WHERE key = 'packed_through' AND value < :packed")
 
 _DELETE_CHUNK = 1000                 # rows deleted per write transaction while packing
 
@@ -85,7 +85,7 @@ class PackMixin:
                          cutoff: int, refs_of: Callable) -> None:
         def references(conn: sqlite3.Connection, key: int) -> list[int]:
             found: list[bytes] = []
-            for (data,) in conn.execute(_ALL_DATA, (key,)):
+            for (data,) in conn.execute(_ALL_DATA, {"oid": key}):
                 refs_of(data, found)
             return [_u(oid) for oid in found if len(oid) == 8]
 
@@ -108,7 +108,7 @@ class PackMixin:
             referred: set[int] = set()
             for tid, oids in writer.execute(_CHANGES_SINCE, (seen,)).fetchall():
                 for oid in _split(oids):
-                    for (data,) in writer.execute(_LOAD_SERIAL, (_u(oid), tid)):
+                    for (data,) in writer.execute(_LOAD_SERIAL, {"oid": _u(oid), "tid": tid}):
                         referred.update(_u(ref) for ref in refs_of(data) if len(ref) == 8)
             garbage -= reachable(referred & garbage, lambda key: [
                 ref for ref in references(writer, key) if ref in garbage])
@@ -126,11 +126,11 @@ class PackMixin:
         """Remove transaction rows below ``before`` whose records are all gone."""
         empty, packed = [], 0
         for tid, oids in reader.execute(_OLD_TRANSACTIONS, (before,)).fetchall():
-            if not any(reader.execute(_RECORD_EXISTS, (_u(oid), tid)).fetchone()
+            if not any(reader.execute(_RECORD_EXISTS, {"oid": _u(oid), "tid": tid}).fetchone()
                        for oid in _split(oids)):
                 empty.append((tid,))
                 if oids:
                     packed = max(packed, tid)
         if packed:  # instances that had not seen these cannot learn their oids any more
-            writer.execute(_SET_PACKED_THROUGH, (packed,))
+            writer.execute(_SET_PACKED_THROUGH, {"packed": packed})
         self._delete_in_chunks(writer, _DELETE_TRANSACTION, empty)

@@ -9,9 +9,9 @@ from __future__ import annotations
 # Statements both the storage and pack run (the schema: see SQLiteStorage).
 # -- reading --------------------------------------------------------------------------------
 _LOAD_CURRENT = "SELECT tid, data FROM objects WHERE oid = ?"
-_LOAD_SERIAL = ("SELECT data FROM objects WHERE oid = ?1 AND tid = ?2"
-                " UNION ALL SELECT data FROM revisions WHERE oid = ?1 AND tid = ?2"
-                " UNION ALL SELECT data FROM replaced WHERE oid = ?1 AND tid = ?2 LIMIT 1")
+_LOAD_SERIAL = ("SELECT data FROM objects WHERE oid = :oid AND tid = :tid"
+                " UNION ALL SELECT data FROM revisions WHERE oid = :oid AND tid = :tid"
+                " UNION ALL SELECT data FROM replaced WHERE oid = :oid AND tid = :tid LIMIT 1")
 _LAST_TID = "SELECT max(tid) FROM transactions"
 _CHANGES_SINCE = "SELECT tid, oids FROM transactions WHERE tid > ? ORDER BY tid"
 

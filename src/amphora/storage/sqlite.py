@@ -51,9 +51,9 @@ _LOAD_MANY_REVISIONS = (
 _CURRENT_SERIALS = "SELECT oid, tid FROM objects WHERE oid IN ({marks})"
 _HISTORY = (
     "SELECT x.tid, length(x.data), t.user, t.description, t.extension FROM"
-    " (SELECT tid, data FROM objects WHERE oid = ?1"
-    "  UNION ALL SELECT tid, data FROM revisions WHERE oid = ?1) AS x"
-    " LEFT JOIN transactions AS t ON t.tid = x.tid ORDER BY x.tid DESC LIMIT ?2")
+    " (SELECT tid, data FROM objects WHERE oid = :oid"
+    "  UNION ALL SELECT tid, data FROM revisions WHERE oid = :oid) AS x"
+    " LEFT JOIN transactions AS t ON t.tid = x.tid ORDER BY x.tid DESC LIMIT :size")
 _PACKED_THROUGH = "SELECT value FROM amphora_meta WHERE key = 'packed_through'"
 _TRANSACTIONS = ("SELECT tid, user, description, extension, oids FROM transactions"
                  " WHERE tid >= ? AND tid <= ? ORDER BY tid LIMIT ?")
@@ -75,7 +75,7 @@ _INSERT_OBJECTS = "INSERT INTO objects (oid, tid, data) VALUES {values}"
 _INSERT_TRANSACTION = ("INSERT INTO transactions (tid, user, description, extension, oids)"
                        " VALUES (?, ?, ?, ?, ?)")
 _NEXT_OID = "SELECT value FROM amphora_meta WHERE key = 'next_oid'"
-_SET_NEXT_OID = "UPDATE amphora_meta SET value = ?1 WHERE key = 'next_oid' AND value < ?1"
+_SET_NEXT_OID = "UPDATE amphora_meta SET value = :next WHERE key = 'next_oid' AND value < :next"
 
 _SYNCHRONOUS = ("off", "normal", "full", "extra")
 _PAGE_SIZES = [1 << n for n in range(9, 17)]
@@ -474,7 +474,7 @@ class SQLiteStorage(SchemaMixin, PackMixin, MirrorMixin, TransactionLogMixin, St
         return found
 
     def loadSerial(self, oid: bytes, serial: bytes) -> bytes:
-        rows = self._query(_LOAD_SERIAL, (_u(oid), _u(serial)))
+        rows = self._query(_LOAD_SERIAL, {"oid": _u(oid), "tid": _u(serial)})
         if not rows:
             raise ObjectNotFoundError(oid)
         if rows[0][0].__class__ is not bytes:
@@ -483,7 +483,7 @@ class SQLiteStorage(SchemaMixin, PackMixin, MirrorMixin, TransactionLogMixin, St
 
     def history(self, oid: bytes, size: int | None = 1) -> list[dict[str, Any]]:
         limit = -1 if size is None else max(size, 1)
-        rows = self._query(_HISTORY, (_u(oid), limit))
+        rows = self._query(_HISTORY, {"oid": _u(oid), "size": limit})
         if not rows:
             raise ObjectNotFoundError(oid)
         entries = [history_entry(_pack(tid), user or b"", description or b"", extension or b"",
@@ -585,7 +585,7 @@ class SQLiteStorage(SchemaMixin, PackMixin, MirrorMixin, TransactionLogMixin, St
             conn.execute("BEGIN IMMEDIATE")
             try:
                 first = conn.execute(_NEXT_OID).fetchone()[0]
-                conn.execute(_SET_NEXT_OID, (first + block,))
+                conn.execute(_SET_NEXT_OID, {"next": first + block})
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
@@ -638,7 +638,7 @@ class SQLiteStorage(SchemaMixin, PackMixin, MirrorMixin, TransactionLogMixin, St
                      if key in current}
 
         def load_serial(oid: bytes, serial: bytes) -> bytes:  # in this write transaction
-            rows = conn.execute(_LOAD_SERIAL, (_u(oid), _u(serial))).fetchall()
+            rows = conn.execute(_LOAD_SERIAL, {"oid": _u(oid), "tid": _u(serial)}).fetchall()
             if not rows or rows[0][0].__class__ is not bytes:
                 raise ObjectNotFoundError(oid)
             return rows[0][0]
@@ -673,7 +673,7 @@ class SQLiteStorage(SchemaMixin, PackMixin, MirrorMixin, TransactionLogMixin, St
         # Oids stored without new_oid (restores, the root) are never handed out; those
         # below the end of this process's block are not: next_oid is past it already.
         if self._top_oid >= self._oid_end:
-            conn.execute(_SET_NEXT_OID, (self._top_oid + 1,))
+            conn.execute(_SET_NEXT_OID, {"next": self._top_oid + 1})
         # Commits by others since our last sync: reported before ours, in tid order.
         ltid = _u(self._ltid)
         if last > ltid:
