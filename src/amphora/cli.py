@@ -313,8 +313,10 @@ def cmd_search(args: argparse.Namespace) -> int:
         if args.class_name:
             where += " AND class_name = %s"
             params.append(args.class_name)
+        # The document as JSON text on every database (PostgreSQL's driver would hand
+        # back a jsonb value as a dict, SQLite's a str).
         rows = storage.query_mirror(
-            f"SELECT oid, class_name, state FROM amphora_objects WHERE {where}"
+            f"SELECT oid, class_name, CAST(state AS TEXT) FROM amphora_objects WHERE {where}"
             f" ORDER BY oid LIMIT {args.limit}", params)
         total = storage.query_mirror(f"SELECT count(*) FROM amphora_objects WHERE {where}",
                                      params)[0][0]

@@ -17,9 +17,10 @@ from test_cli import one_error_line, run
 MODULE = "cli_only_here_people"
 
 
-@pytest.fixture
-def people(tmp_path, monkeypatch):
-    """``sqlite:///people.db`` with two Person objects of a module only this process has."""
+@pytest.fixture(params=["sqlite", "postgresql"])
+def people(request, tmp_path, monkeypatch):
+    """An SQLite file (``people.db``) or a PostgreSQL schema with two Person objects of a
+    module only this process has; the URI and Ann's oid."""
     lib = tmp_path / "lib"
     lib.mkdir()
     (lib / f"{MODULE}.py").write_text(textwrap.dedent("""
@@ -31,7 +32,11 @@ def people(tmp_path, monkeypatch):
     """))
     monkeypatch.syspath_prepend(str(lib))
     module = __import__(MODULE)
-    uri = f"sqlite:///{tmp_path / 'people.db'}"
+    if request.param == "sqlite":
+        uri = f"sqlite:///{tmp_path / 'people.db'}"
+    else:
+        from conftest import _postgresql_uri
+        uri = _postgresql_uri(tmp_path / "people")
     db = amphora.open(uri)
     with db.transaction() as conn:
         conn.root.ann = module.Person("Ann", "ann@example.com")
@@ -82,7 +87,7 @@ def test_bad_sql_is_one_error_line_and_changes_nothing(people, tmp_path):
     uri, _ = people
     run("mirror", uri, cwd=tmp_path)
     line = one_error_line(run("search", uri, "no_such_column = 1", cwd=tmp_path, ok=False))
-    assert "no such column" in line
+    assert re.search(r"no such column|column .no_such_column. does not exist", line)
     done = run("search", uri, "1 = 1", cwd=tmp_path)
     assert len(done.stdout.splitlines()) == 3
 
