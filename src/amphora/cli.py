@@ -211,10 +211,14 @@ def _mirror_state(storage: Any) -> str:
 def cmd_history(args: argparse.Namespace) -> int:
     with opened(args.uri, read_only=True) as storage:
         entries = storage.history(args.oid, args.size)
+        total = len(entries)
+        if args.size is not None and total >= args.size:  # there may be more than shown
+            total = len(storage.history(args.oid, None))
         current = storage.loadBefore(args.oid, maxtid)
         class_name = _class_name(current[0]) if current else "?"
+    shown = "newest first" if total == len(entries) else f"the newest {len(entries):,} shown"
     print(f"oid 0x{u64(args.oid):x} ({u64(args.oid)}), {class_name}: "
-          f"{_plural(len(entries), 'revision')}, newest first")
+          f"{_plural(total, 'revision')}, {shown}")
     rows = [("tid", "time", "size", "user", "description")]
     for entry in entries:
         tid = entry.get("tid") or entry.get("serial")
@@ -412,6 +416,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     host, _, port = args.listen.rpartition(":")
     if not host or not port.isdigit():
         raise CommandError(f"--listen takes HOST:PORT, not {args.listen!r}")
+    if int(port) > 65535:
+        raise CommandError(f"--listen: port {port} is out of range (0 to 65535)")
     token = None
     if args.token_file:
         with open(args.token_file, encoding="utf-8") as file:
@@ -423,8 +429,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if not (args.tls_cert and args.tls_key):
             raise CommandError("TLS needs both --tls-cert and --tls-key")
         import ssl
+        for option, path in (("--tls-cert", args.tls_cert), ("--tls-key", args.tls_key)):
+            if not os.path.isfile(path):
+                raise CommandError(f"{option} {path}: no such file")
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        context.load_cert_chain(args.tls_cert, args.tls_key)
+        try:
+            context.load_cert_chain(args.tls_cert, args.tls_key)
+        except ssl.SSLError as exc:
+            raise CommandError(f"--tls-cert {args.tls_cert} / --tls-key {args.tls_key}: "
+                               f"not a certificate and its key ({exc.reason or exc})") from exc
     if "{name}" not in args.uri:
         parse_uri(args.uri)  # a bad URI is reported before anything listens
 
@@ -628,6 +641,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="amphora: %(levelname)s: %(message)s")
     try:
         return args.func(args)
+    except BrokenPipeError:
+        # The reader went away (`amphora history URI 0 | head -1`): not an error. Later
+        # writes, and the flush at exit, go nowhere instead of failing again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except _error_types() as exc:
         print(f"amphora: error: {_describe(exc)}", file=sys.stderr)
         return EXIT_ERROR

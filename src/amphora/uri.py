@@ -63,8 +63,8 @@ PG_CONNECTION_PARAMETERS = ("host", "hostaddr", "port", "user", "password", "dbn
 
 def _postgresql(path: str, **options: Any):
     """``user[:password]@host[:port]/dbname`` and libpq parameters -> a connection string."""
-    from amphora.storage.postgresql import PostgreSQLStorage
-    from psycopg.conninfo import make_conninfo
+    from amphora.storage.postgresql import PostgreSQLStorage, require_psycopg
+    make_conninfo = require_psycopg().conninfo.make_conninfo
     location, _, dbname = path.partition("/")
     userinfo, _, hostport = location.rpartition("@")
     user, _, password = userinfo.partition(":")

@@ -340,3 +340,60 @@ def test_the_readme_documents_every_command_and_option():
             for option in action.option_strings:
                 if option.startswith("--") and option != "--help":
                     assert option in readme, f"README.md does not mention {name} {option}"
+
+
+# -- errors a new user met (each printed a traceback or a vague line before) ----------------
+
+def test_a_listen_port_out_of_range_is_one_error_line(tmp_path):
+    line = one_error_line(run("serve", "memory://", "--listen", "127.0.0.1:99999",
+                              cwd=tmp_path, ok=False))
+    assert "99999" in line and "out of range" in line
+
+
+def test_missing_tls_files_are_named(tmp_path):
+    line = one_error_line(run("serve", "memory://", "--listen", "127.0.0.1:0",
+                              "--tls-cert", "nope.pem", "--tls-key", "nokey.pem",
+                              cwd=tmp_path, ok=False))
+    assert "nope.pem" in line
+    line = one_error_line(run("info", "amphoras://127.0.0.1:1?ca_file=missing-ca.pem",
+                              cwd=tmp_path, ok=False))
+    assert "missing-ca.pem" in line
+
+
+def test_a_postgresql_uri_without_psycopg_says_what_to_install(tmp_path):
+    # A psycopg that cannot be imported, found first on the path: as if it were not installed.
+    fake = tmp_path / "no-psycopg" / "psycopg"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError('psycopg is not installed here')\n")
+    env = dict(os.environ, PYTHONPATH=str(fake.parent))
+    done = subprocess.run(_command() + ["info", "postgresql://bob@127.0.0.1:1/app"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=60, env=env)
+    line = one_error_line(done)
+    assert "amphora[postgresql]" in line
+
+
+def test_history_into_a_closed_pipe_ends_quietly(tmp_path):
+    """``amphora history URI 0 --size 3000 | head -1``: the reader leaves after one line."""
+    uri = f"sqlite:///{tmp_path / 'busy.db'}"
+    storage = amphora.open_storage(uri)
+    db = amphora.DB(storage)
+    for n in range(3000):
+        with db.transaction() as conn:
+            conn.root.n = n
+    db.close()
+    process = subprocess.Popen(_command() + ["history", uri, "0", "--size", "3000"],
+                               cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    first = process.stdout.readline()
+    process.stdout.close()  # as `head -1` does
+    stderr = process.stderr.read()
+    assert process.wait(timeout=60) == 0, stderr
+    assert stderr == b""
+    # the header counts the object's revisions, not the ones shown
+    assert b"3,001 revisions" in first
+
+
+def test_the_history_header_counts_every_revision(app, tmp_path):
+    out = run("history", app, "0", "--size", "1", cwd=tmp_path).stdout
+    assert "3 revisions, the newest 1 shown" in out.splitlines()[0]
+    out = run("history", app, "0", "--size", "3", cwd=tmp_path).stdout
+    assert "3 revisions, newest first" in out.splitlines()[0]

@@ -200,7 +200,11 @@ class ClientStorage(StorageBase):
         self._token = token
         self._ssl: ssl.SSLContext | None = None
         if tls:
-            self._ssl = ssl.create_default_context(cafile=ca_file)
+            try:
+                self._ssl = ssl.create_default_context(cafile=ca_file)
+            except (OSError, ssl.SSLError) as exc:  # the message alone names no file
+                raise StorageError(f"ca_file {ca_file}: cannot read it as certificates "
+                                   f"({getattr(exc, 'strerror', None) or exc})") from exc
         self.wait_timeout = wait_timeout
         self._server_sync = server_sync
         self._ltid = z64

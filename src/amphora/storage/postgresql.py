@@ -208,6 +208,17 @@ class _Reader:
         self.ahead_generation = -1
 
 
+def require_psycopg() -> Any:
+    """The ``psycopg`` module; a :class:`StorageError` that says how to install it when it
+    is missing."""
+    try:
+        import psycopg
+    except ImportError as exc:
+        raise StorageError("the PostgreSQL storage needs psycopg 3: "
+                           "pip install 'amphora[postgresql]'") from exc
+    return psycopg
+
+
 class PostgreSQLStorage(SchemaMixin, PackMixin, MirrorMixin, TransactionLogMixin, StorageBase):
     """A storage in a PostgreSQL database, shared by any number of processes.
 
@@ -278,12 +289,8 @@ class PostgreSQLStorage(SchemaMixin, PackMixin, MirrorMixin, TransactionLogMixin
                 or connect_timeout <= 0:
             raise InvalidURIError(f"connect_timeout must be a number of seconds, "
                                   f"not {connect_timeout!r}")
-        try:
-            import psycopg
-            from psycopg.conninfo import conninfo_to_dict
-        except ImportError as exc:
-            raise StorageError("the PostgreSQL storage needs psycopg 3: "
-                               "pip install 'amphora[postgresql]'") from exc
+        psycopg = require_psycopg()
+        from psycopg.conninfo import conninfo_to_dict
         self._psycopg = psycopg
         try:
             params = conninfo_to_dict(dsn)
