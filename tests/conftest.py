@@ -96,8 +96,7 @@ def _postgresql(path: Path, **options: Any) -> Any:
 
 
 def _postgresql_uri(path: Path, **query: Any) -> str:
-    server, schema = _postgresql_schema(path)
-    return server.uri(schema=schema, **query)
+    return pgserver.schema_uri(str(path), **query)
 
 
 def _base_file(path: Path) -> Path:

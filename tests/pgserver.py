@@ -29,7 +29,7 @@ import threading
 from pathlib import Path
 
 __all__ = ["PostgresServer", "PostgresUnavailable", "server", "require", "started", "stop",
-           "find_bindir", "schema_for", "in_ci"]
+           "find_bindir", "schema_for", "in_ci", "schema_uri"]
 
 DATABASE = "amphora_test"
 USER = "postgres"
@@ -221,3 +221,12 @@ def stop() -> None:
         current, _server = _server, None
     if current is not None:
         current.stop()
+
+
+def schema_uri(path: str, **query: object) -> str:
+    """For a pytest test: the URI of the schema of ``path`` in the session's server (one
+    per test and path, dropped after the test), with ``query`` options."""
+    server = require()
+    schema = schema_for(str(path))
+    server.remember_schema(schema)
+    return server.uri(schema=schema, **query)

@@ -26,6 +26,7 @@ from amphora.storage.before import BeforeStorage
 from amphora.storage.demo import DemoStorage
 from amphora.storage.memory import MemoryStorage
 from amphora.uri import DB_OPTIONS as _DB_OPTIONS
+from amphora.uri import open_storage_for_db as _open_storage_for_db
 from amphora.uri import open_storage
 
 __all__ = [
@@ -42,13 +43,14 @@ __all__ = [
 def open(uri: str, **options: Any) -> DB:
     """A :class:`DB` on the storage ``uri`` names (``"sqlite:///app.db"``, ``"memory://"``).
 
-    ``cache_size``, ``cache_size_bytes`` and ``pool_size`` go to the DB; every other
-    option to the storage (see :func:`open_storage`).
+    ``cache_size``, ``cache_size_bytes``, ``pool_size`` and ``record_cache_bytes`` go to
+    the DB, as keyword arguments or in the URI's query string; every other option to the
+    storage (see :func:`open_storage`).
     """
     db_options = {k: options.pop(k) for k in _DB_OPTIONS if k in options}
-    storage = open_storage(uri, **options)
+    storage, uri_db_options = _open_storage_for_db(uri, **options)
     try:
-        return DB(storage, **db_options)
+        return DB(storage, **{**uri_db_options, **db_options})
     except BaseException:
         storage.close()
         raise

@@ -96,6 +96,7 @@ import datetime
 import decimal
 import json
 import pickle
+import re
 import struct
 from typing import Any
 
@@ -1109,9 +1110,31 @@ def _expanded_size(value: Any, sizes: dict[int, int], ancestors: set[int], depth
 def _dumps(document: Any) -> str:
     """JSON text of a JSON-ready document; cycles and deep nesting become placeholders."""
     try:
-        return _encode(document)
+        text = _encode(document)
     except (RecursionError, ValueError):
         return _encode(_tame(document, set(), 0))
+    # The encoder stops at its own recursion limit, not at _MAX_DEPTH (and since Python
+    # 3.13 that limit is far deeper than SQLite's JSON functions read): a document with
+    # enough containers to be too deep is measured.
+    if text.count("[") + text.count("{") > _MAX_DEPTH and _too_deep(text):
+        return _encode(_tame(document, set(), 0))
+    return text
+
+
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+_INNERMOST = re.compile(r"\[\]|\{\}")
+
+
+def _too_deep(text: str) -> bool:
+    """True if JSON ``text`` nests containers more than ``_MAX_DEPTH`` deep: its brackets
+    alone, emptied pair by innermost pair, a level per pass (in C, by the regex engine)."""
+    brackets = _NOT_BRACKET.sub("", _JSON_STRING.sub("", text))
+    for _ in range(_MAX_DEPTH):
+        brackets = _INNERMOST.sub("", brackets)
+        if not brackets:
+            return False
+    return True
 
 
 def _tame(value: Any, ancestors: set[int], depth: int) -> Any:

@@ -91,37 +91,49 @@ class ObjectWriter:
         return pickler
 
     def serialize(self, obj: Any) -> bytes:
-        """The record for ``obj``."""
-        klass = type(obj)
-        pickler = self._pickler
-        sink = self._sink
-        class_pickle = self._class_pickles.get(klass, b"")
-        if class_pickle == b"":
-            class_pickle = None
-            if not _has_newargs(klass):
-                pickler.clear_memo()
-                pickler.dump(klass)
-                class_pickle = sink.take()
-            self._class_pickles[klass] = class_pickle
-        state = obj.__getstate__()
-        if class_pickle is not None and type(state) is dict and _plain(state):
-            # Nothing in it can be persistent: the pickler needs no persistent_id calls.
-            return class_pickle + _dumps(state, PROTOCOL)
-        pickler.clear_memo()
-        if class_pickle is None:
-            pickler.dump((klass, obj.__getnewargs__()))
+        """The record for ``obj``; :class:`pickle.PicklingError` naming the object's class
+        when its state cannot be pickled (a lambda, an open file, a local class...)."""
+        try:
+            klass = type(obj)
+            pickler = self._pickler
+            sink = self._sink
+            class_pickle = self._class_pickles.get(klass, b"")
+            if class_pickle == b"":
+                class_pickle = None
+                if not _has_newargs(klass):
+                    pickler.clear_memo()
+                    pickler.dump(klass)
+                    class_pickle = sink.take()
+                self._class_pickles[klass] = class_pickle
+            state = obj.__getstate__()
+            if class_pickle is not None and type(state) is dict and _plain(state):
+                # Nothing in it can be persistent: the pickler needs no persistent_id calls.
+                return class_pickle + _dumps(state, PROTOCOL)
+            pickler.clear_memo()
+            if class_pickle is None:
+                pickler.dump((klass, obj.__getnewargs__()))
+                pickler.dump(state)
+                data = sink.take()
+                if len(data) > _BIG_STATE:
+                    self._pickler = self._new_pickler()
+                return data
             pickler.dump(state)
             data = sink.take()
             if len(data) > _BIG_STATE:
+                # The pickler's memo table keeps the size its largest state needed, and
+                # clear_memo() wipes all of it: a big state would slow every small one after.
                 self._pickler = self._new_pickler()
-            return data
-        pickler.dump(state)
-        data = sink.take()
-        if len(data) > _BIG_STATE:
-            # The pickler's memo table keeps the size its largest state needed, and
-            # clear_memo() wipes all of it: a big state would slow every small one after.
+            return class_pickle + data
+        except (pickle.PicklingError, TypeError, AttributeError) as exc:
+            # Python 3.13 reports a local class or function as an AttributeError ("Can't
+            # get local object"); whatever the version, say which object failed. The
+            # pickler may hold part of the failed record: start again with a fresh one.
+            self._sink.chunks.clear()
             self._pickler = self._new_pickler()
-        return class_pickle + data
+            klass = type(obj)
+            raise pickle.PicklingError(
+                f"cannot pickle the state of a {klass.__module__}.{klass.__qualname__} "
+                f"object: {exc}") from exc
 
 
 _PLAIN_TYPES = frozenset((str, bytes, int, float, bool, type(None)))

@@ -24,19 +24,24 @@ A URI inside another goes in as it is when it has at most one option of its own;
 ``&`` inside it as ``%26`` (and ``+`` as ``%2B``) otherwise.
 
 Options go in the query string or as keyword arguments, e.g.
-``sqlite:///app.db?keep_history=false&synchronous=full``. Booleans are written
-``true``/``false`` (or ``1``/``0``, ``yes``/``no``). An unknown scheme or option is an
-:class:`~amphora.errors.InvalidURIError` that names it.
+``sqlite:///app.db?keep_history=false&synchronous=full``. A query-string value becomes
+the type its option is declared with: a boolean is written ``true``/``false`` (or
+``1``/``0``, ``yes``/``no``, ``on``/``off``), a number as digits; every other value stays the
+string written (``password=007`` is ``"007"``). The database's own options
+(``cache_size``, ``cache_size_bytes``, ``pool_size``, ``record_cache_bytes``) are taken
+too, by :func:`amphora.open`. An unknown scheme or option, or a value of the wrong type,
+is an :class:`~amphora.errors.InvalidURIError` that names it.
 """
 from __future__ import annotations
 
 import inspect
+import re
 import urllib.parse
 from typing import Any, Callable
 
 from amphora.errors import InvalidURIError
 
-__all__ = ["open_storage", "parse_uri"]
+__all__ = ["open_storage", "open_storage_for_db", "parse_uri"]
 
 DB_OPTIONS = ("cache_size", "cache_size_bytes", "pool_size", "record_cache_bytes")
 
@@ -135,43 +140,89 @@ SCHEMES: dict[str, Callable[..., tuple[type, dict]]] = {
 }
 
 
-def _convert(value: str) -> Any:
-    lowered = value.lower()
-    if lowered in ("true", "yes", "on"):
-        return True
-    if lowered in ("false", "no", "off"):
-        return False
+_TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
+_TYPE_NAMES = re.compile(r"\b(bool|int|float|str)\b")
+
+
+def _declared(parameter: inspect.Parameter | None) -> set[str]:
+    """The plain types (bool, int, float, str) a parameter is declared to take."""
+    if parameter is None:
+        return set()
+    annotation = parameter.annotation
+    if annotation is not inspect.Parameter.empty:
+        text = annotation if isinstance(annotation, str) else getattr(annotation, "__name__",
+                                                                       str(annotation))
+        return set(_TYPE_NAMES.findall(text))
+    default = parameter.default
+    return {type(default).__name__} if isinstance(default, (bool, int, float, str)) else set()
+
+
+def _coerce(name: str, value: str, parameter: inspect.Parameter | None) -> Any:
+    """A query-string ``value`` as the type option ``name`` is declared with: a bool or a
+    number when that is all it takes, else the string as written (a password "007" stays
+    "007")."""
+    declared = _declared(parameter)
+    if "str" in declared or not declared & {"bool", "int", "float"}:
+        return value
+    if "bool" in declared:
+        lowered = value.lower()
+        if lowered in _TRUE:
+            return True
+        if lowered in _FALSE:
+            return False
+        raise InvalidURIError(f"{name} must be true or false, not {value!r}")
     try:
         return int(value)
     except ValueError:
-        pass
-    try:
-        return float(value)
-    except ValueError:
-        return value
+        if "float" in declared:
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    kind = "a number" if "float" in declared else "a whole number"
+    raise InvalidURIError(f"{name} must be {kind}, not {value!r}")
 
 
-def parse_uri(uri: str) -> tuple[str, str, dict[str, Any]]:
-    """``(scheme, path, options)`` of a storage URI."""
+def parse_uri(uri: str) -> tuple[str, str, dict[str, str]]:
+    """``(scheme, path, options)`` of a storage URI; the options' values as written (each is
+    converted when the storage it goes to says what type it takes)."""
     if not isinstance(uri, str) or "://" not in uri:
         raise InvalidURIError(
             f"{uri!r} is not a storage URI; expected e.g. 'sqlite:///app.db' or 'memory://'")
     scheme, rest = uri.split("://", 1)
     path, _, query = rest.partition("?")
-    options = {}
-    for key, value in urllib.parse.parse_qsl(query, keep_blank_values=True):
-        options[key] = _convert(value)
+    options = dict(urllib.parse.parse_qsl(query, keep_blank_values=True))
     return scheme.lower(), urllib.parse.unquote(path), options
 
 
 def open_storage(uri: str, read_only: bool = False, **options: Any):
     """The storage a URI names (see the module docstring for the forms)."""
+    storage, db_options = open_storage_for_db(uri, read_only, **options)
+    if db_options:
+        storage.close()
+        raise InvalidURIError(
+            f"{', '.join(sorted(db_options))}: an option of the database, not of the storage; "
+            "amphora.open(uri) takes it")
+    return storage
+
+
+def open_storage_for_db(uri: str, read_only: bool = False, **options: Any
+                        ) -> tuple[Any, dict[str, Any]]:
+    """The storage a URI names, and the database options (``cache_size``...) its query
+    string gave, converted, for :func:`amphora.open`."""
+    from amphora.db import DB
     scheme, path, query = parse_uri(uri)
     factory = SCHEMES.get(scheme)
     if factory is None:
         known = ", ".join(f"{s}://" for s in SCHEMES)
         raise InvalidURIError(f"unknown storage scheme {scheme!r} in {uri!r}; known: {known}")
+    db_parameters = inspect.signature(DB).parameters
+    db_options = {key: _coerce(key, query.pop(key), db_parameters[key])
+                  for key in DB_OPTIONS if key in query}
+    from_query = set(query) - set(options)
     merged = {**query, **options}
+    if "read_only" in from_query:
+        merged["read_only"] = _boolean(merged["read_only"])
     if not isinstance(merged.get("read_only", False), bool):
         raise InvalidURIError(
             f"read_only must be true or false, not {merged['read_only']!r}")
@@ -181,7 +232,23 @@ def open_storage(uri: str, read_only: bool = False, **options: Any):
     accepted = inspect.signature(klass).parameters
     unknown = sorted(set(kwargs) - set(accepted))
     if unknown:
+        storage_options = [p for p in accepted if p not in ("path", "name", "dsn")]
         raise InvalidURIError(
             f"unknown option(s) {', '.join(unknown)} for {scheme}:// storages; "
-            f"accepted: {', '.join(p for p in accepted if p not in ('path', 'name', 'dsn'))}")
-    return klass(**kwargs)
+            f"accepted: {', '.join(storage_options)}; "
+            f"and for the database (amphora.open): {', '.join(DB_OPTIONS)}")
+    for key in from_query & set(kwargs):
+        if isinstance(kwargs[key], str):
+            kwargs[key] = _coerce(key, kwargs[key], accepted[key])
+    return klass(**kwargs), db_options
+
+
+def _boolean(value: Any) -> Any:
+    """A query string's boolean ``value`` (other values are left for the caller to refuse)."""
+    if isinstance(value, str):
+        lowered = value.lower()
+        if lowered in _TRUE:
+            return True
+        if lowered in _FALSE:
+            return False
+    return value

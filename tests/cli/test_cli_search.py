@@ -35,8 +35,8 @@ def people(request, tmp_path, monkeypatch):
     if request.param == "sqlite":
         uri = f"sqlite:///{tmp_path / 'people.db'}"
     else:
-        from conftest import _postgresql_uri
-        uri = _postgresql_uri(tmp_path / "people")
+        import pgserver
+        uri = pgserver.schema_uri(tmp_path / "people")
     db = amphora.open(uri)
     with db.transaction() as conn:
         conn.root.ann = module.Person("Ann", "ann@example.com")

@@ -435,6 +435,51 @@ def test_unknown_keyword_option(tmp_path):
     assert not path.exists()
 
 
+@pytest.mark.timeout(60)
+def test_query_string_values_keep_the_type_their_option_takes(tmp_path):
+    """Strings stay strings; only options declared as booleans or numbers are converted."""
+    storage = amphora.open_storage(sqlite_uri(tmp_path / "off.db") + "?synchronous=off"
+                                   "&busy_timeout=2.5&keep_history=no")
+    try:
+        assert storage._synchronous == "off"  # was refused as False
+        assert storage.supports_history is False
+    finally:
+        storage.close()
+    with pytest.raises(amphora.InvalidURIError) as info:
+        amphora.open_storage(sqlite_uri(tmp_path / "t.db") + "?busy_timeout=soon")
+    assert_names(info.value, "busy_timeout", "soon")
+    assert not (tmp_path / "t.db").exists()
+
+
+@pytest.mark.timeout(60)
+def test_a_password_of_digits_stays_a_string(tmp_path):
+    from psycopg.conninfo import conninfo_to_dict
+    import pgserver
+    storage = amphora.open_storage(pgserver.schema_uri(tmp_path / "pw", password="007"))
+    try:
+        assert conninfo_to_dict(storage.dsn)["password"] == "007"  # was 7
+    finally:
+        storage.close()
+
+
+@pytest.mark.timeout(60)
+def test_database_options_in_the_query_string(tmp_path):
+    db = amphora.open("memory://?cache_size=123&pool_size=2&record_cache_bytes=4096")
+    try:
+        assert (db.cache_size, db.pool_size) == (123, 2)
+    finally:
+        db.close()
+    with pytest.raises(amphora.InvalidURIError) as info:
+        amphora.open("memory://?cache_size=lots")
+    assert_names(info.value, "cache_size", "lots")
+    with pytest.raises(amphora.InvalidURIError) as info:
+        amphora.open_storage("memory://?cache_size=5")
+    assert_names(info.value, "cache_size", "amphora.open")
+    with pytest.raises(amphora.InvalidURIError) as info:
+        amphora.open("memory://?colour=blue")
+    assert_names(info.value, "colour", "cache_size", "pool_size")
+
+
 # ---------------------------------------------------------------------------------------
 # Read-only opens
 

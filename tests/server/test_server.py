@@ -69,6 +69,18 @@ def test_a_client_with_the_token_is_served_and_one_without_it_is_refused(servers
         ClientStorage(server.host, server.port, wait_timeout=5)
 
 
+def test_a_token_of_digits_in_the_uri_stays_a_string(servers, tmp_path):
+    token = tmp_path / "token"
+    token.write_text("123456\n")
+    server = servers("memory://", "--token-file", str(token))
+    db = amphora.open(f"amphora://{server.address}?token=123456&wait_timeout=5")
+    try:  # the token was read as the number 123456 and refused
+        with db.transaction() as conn:
+            conn.root.x = 1
+    finally:
+        db.close()
+
+
 def test_another_protocol_version_is_refused_with_the_version_spoken(servers):
     server = servers("memory://")
     with raw_connection(server) as sock:

@@ -13,6 +13,10 @@ from amphora.storage.base import TransactionMetaData
 from amphora.utils import z64
 
 
+class _Pickler(pickle.Pickler):
+    """A subclass: only its instances take a ``persistent_id`` attribute on Python 3.13."""
+
+
 class Ref:
     """A persistent reference to ``oid`` inside a hand-made record."""
 
@@ -24,7 +28,7 @@ def make_record(module: str, value=None, *refs: bytes) -> bytes:
     """A record in ZODB's format: class metadata (``module.Thing``), then a state referring
     to ``refs``."""
     file = io.BytesIO()
-    pickler = pickle.Pickler(file, 3)
+    pickler = _Pickler(file, 3)
     pickler.persistent_id = lambda obj: (obj.oid, None) if isinstance(obj, Ref) else None
     pickler.dump((module, "Thing"))
     pickler.dump({"value": value, "refs": [Ref(oid) for oid in refs]})

@@ -30,12 +30,16 @@ THING = "no_such_module.Thing"
 # -- helpers --------------------------------------------------------------------------------
 
 
+class _Pickler(pickle.Pickler):
+    """A subclass: only its instances take a ``persistent_id`` attribute on Python 3.13."""
+
+
 def thing(value, *refs: bytes, module: str = "no_such_module") -> bytes:
     """A record of class ``<module>.Thing`` (named as pickle names a class, which the JSON
     mapping reads) whose state is ``{"value": value}``, plus ``{"refs": [...]}`` (persistent
     references to ``refs``) when given."""
     file = io.BytesIO()
-    pickler = pickle.Pickler(file, 3)
+    pickler = _Pickler(file, 3)
     pickler.persistent_id = lambda obj: (obj.oid, None) if isinstance(obj, Ref) else None
     pickler.dump({"value": value, **({"refs": [Ref(oid) for oid in refs]} if refs else {})})
     return b"\x80\x03c" + module.encode() + b"\nThing\nq\x00." + file.getvalue()
