@@ -84,3 +84,35 @@ def test_a_bad_moment_or_a_missing_file_is_one_line_and_status_2(history, capsys
     status, _, err = run(capsys, "at", "sqlite:///missing.db", "2026-01-01", "info")
     assert status == 2
     assert err.startswith("amphora: error:") and "no such file" in err
+
+
+def test_info_of_a_past_moment_counts_the_objects_and_bytes_of_then(tmp_path, monkeypatch,
+                                                                     capsys):
+    from persistent.mapping import PersistentMapping
+    monkeypatch.chdir(tmp_path)
+    uri = "sqlite:///grow.db"
+    with amphora.open(uri) as db:
+        with db.transaction() as conn:
+            conn.root.a = PersistentMapping(n=1)
+        first = db.last_transaction()
+        with db.transaction() as conn:
+            conn.root.b = PersistentMapping(n=2)
+            conn.root.c = PersistentMapping(n=3, text="x" * 5000)
+
+    def info(*argv):
+        status, out, _ = run(capsys, *argv)
+        assert status == 0
+        return {line.split(":", 1)[0]: line.split(":", 1)[1].strip()
+                for line in out.splitlines()}
+
+    now = info("info", uri)
+    assert now["objects"] == "4"
+    long_ago = info("at", uri, "2020-01-01", "info")
+    assert (long_ago["objects"], long_ago["size"], long_ago["transactions"]) == (
+        "0", "0 bytes", "0")
+    then = info("at", uri, "0x" + first.hex(), "info")
+    assert then["objects"] == "2"  # the root and a
+    size_then = int(then["size"].split()[0].replace(",", ""))
+    assert 0 < size_then < 5000  # c's 5000 characters came later
+    view = info("info", f"before://?storage={uri}&at=0x{first.hex()}")
+    assert (view["objects"], view["size"]) == (then["objects"], then["size"])

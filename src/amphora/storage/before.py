@@ -97,6 +97,7 @@ class BeforeStorage(StorageBase):
                               f"the moment {tid_repr(bound)}")
         super().__init__(name or f"before({storage.getName()}, {bound.hex()})", read_only=True)
         self._ltid = _last_tid_before(storage, bound)
+        self._census: tuple[int, int] | None = None  # (objects, bytes), see _counted
 
     # -- reading --------------------------------------------------------------------
     def lastTransaction(self) -> bytes:
@@ -141,12 +142,36 @@ class BeforeStorage(StorageBase):
         return self.storage.iterator(start, last if stop is None else min(stop, last))
 
     def __len__(self) -> int:
-        """The wrapped storage's number of objects now (counting them as they were
-        would read the whole history)."""
-        return len(self.storage)
+        """The number of objects at the view's moment. A view of the present asks the
+        wrapped storage; a view of the past counts them from the transactions up to its
+        moment (read once, the first time it is asked)."""
+        if self._census is None and self._is_present():
+            return len(self.storage)
+        return self._counted()[0]
 
     def getSize(self) -> int:
-        return self.storage.getSize()
+        """The wrapped storage's size for a view of the present; for a view of the past,
+        the bytes of the records current at its moment."""
+        if self._census is None and self._is_present():
+            return self.storage.getSize()
+        return self._counted()[1]
+
+    def _is_present(self) -> bool:
+        """True while no transaction of the wrapped storage is outside the view."""
+        return self.storage.lastTransaction() == self._ltid
+
+    def _counted(self) -> tuple[int, int]:
+        """``(objects, bytes)`` current at the view's moment, from its transactions."""
+        if self._census is None:
+            sizes: dict[bytes, int] = {}
+            for txn in self.iterator():
+                for record in txn:
+                    if record.data is None:
+                        sizes.pop(record.oid, None)  # removed (undone creation)
+                    else:
+                        sizes[record.oid] = len(record.data)
+            self._census = (len(sizes), sum(sizes.values()))
+        return self._census
 
     # -- writing: refused -----------------------------------------------------------
     def new_oid(self) -> bytes:
