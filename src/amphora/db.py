@@ -21,12 +21,13 @@ from persistent.mapping import PersistentMapping
 
 from amphora.cache import RecordCache
 from amphora.connection import Connection
-from amphora.errors import ConflictError, ConnectionStateError, ObjectNotFoundError
+from amphora.errors import (ConflictError, ConnectionStateError, ObjectNotFoundError,
+                            Unsupported)
 from amphora.feeds import Change, ChangeFeed, Subscriptions, achanges
 from amphora.search import DatabaseSearch
 from amphora.serialize import ObjectWriter, references
 from amphora.storage.base import RecordsAsStored, Storage, TransactionMetaData
-from amphora.utils import maxtid, p64, tid_from_datetime, u64, z64
+from amphora.utils import maxtid, p64, tid_from_datetime, tid_repr, u64, z64
 
 __all__ = ["DB"]
 
@@ -96,7 +97,12 @@ class DB(DatabaseSearch, RecordsAsStored):
                 bound = p64(u64(bound) + 1)
             # A view of the future would change as commits arrive: no later than now.
             self.storage.sync()
-            bound = min(bound, p64(u64(self.storage.lastTransaction()) + 1))
+            now = p64(u64(self.storage.lastTransaction()) + 1)
+            if bound < now and not getattr(self.storage, "supports_history", True):
+                raise Unsupported(
+                    f"{self.storage.getName()} keeps no history: it cannot show the database "
+                    f"as it was before {tid_repr(bound)}, only as it is now")
+            bound = min(bound, now)
             conn = Connection(self, self.cache_size, self.cache_size_bytes, before=bound)
             conn._open(transaction_manager)
             return conn

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from amphora import ReadConflictError, ReadOnlyHistoryError
+from amphora import ReadConflictError, ReadOnlyHistoryError, Unsupported
 from amphora.utils import p64, u64
 
 from conformance.models import Item
@@ -181,6 +181,16 @@ def test_a_historical_connection_ignores_later_commits(make_storage, db, connect
 def test_a_historical_connection_of_the_last_tid_works_without_history(db, connect,
                                                                        three_states):
     assert connect(at=three_states[-1]).root.item.value == 3
+
+
+def test_a_storage_without_history_refuses_a_past_moment_at_open(make_storage, db,
+                                                                 three_states):
+    if make_storage.supports("history", db.storage):
+        pytest.skip(f"{make_storage.name} keeps history: every moment can be opened")
+    with pytest.raises(Unsupported, match="keeps no history"):
+        db.open(at=three_states[0])  # opened before, and failed at the first read
+    with pytest.raises(Unsupported):
+        db.open(before=three_states[-1])
 
 
 def test_a_historical_connection_refuses_writes(db, connect, three_states):
