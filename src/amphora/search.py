@@ -9,11 +9,12 @@ its indexes and plain-row queries; :class:`ConnectionSearch` (mixed into
 
 Placeholders are written ``%s`` on every storage (``%%`` for a literal ``%``).
 
-The mirror follows the latest commit, while a connection reads its own snapshot: an
-object found by a search is returned as the connection sees it, which may already or no
-longer match the condition when other transactions committed since the connection's
-transaction began. Objects the snapshot has no revision of (created since; in a
-history-free storage also replaced since) are left out.
+A connection's searches answer at its snapshot (the storage's ``query_mirror`` with
+``before`` the connection's start): exactly the objects whose documents matched then,
+whatever was committed since, each as the connection sees it. In a history-free storage
+objects replaced since the snapshot are left out (no revision of the snapshot is kept; the
+connection could not load them either). With a ``follow`` mirror, objects changed by
+commits the follower has not reached yet match by their documents at its watermark.
 """
 from __future__ import annotations
 
