@@ -9,11 +9,12 @@ its indexes and plain-row queries; :class:`ConnectionSearch` (mixed into
 
 Placeholders are written ``%s`` on every storage (``%%`` for a literal ``%``).
 
-The mirror follows the latest commit, while a connection reads its own snapshot: an
-object found by a search is returned as the connection sees it, which may already or no
-longer match the condition when other transactions committed since the connection's
-transaction began. Objects the snapshot has no revision of (created since; in a
-history-free storage also replaced since) are left out.
+A connection's searches answer at its snapshot (the storage's ``query_mirror`` with
+``before`` the connection's start): exactly the objects whose documents matched then,
+whatever was committed since, each as the connection sees it. In a history-free storage
+objects replaced since the snapshot are left out (no revision of the snapshot is kept; the
+connection could not load them either). With a ``follow`` mirror, objects changed by
+commits the follower has not reached yet match by their documents at its watermark.
 """
 from __future__ import annotations
 
@@ -159,11 +160,12 @@ class ConnectionSearch:
     ``get``)."""
 
     _storage: Any
+    _start: bytes  # the connection's snapshot: it reads the records with tids below it
 
     def search(self, sql: str, *params: Any) -> SearchResults:
         """The objects whose oids the query's first column gives, in its order:
         ``conn.search("select oid from amphora_objects where state->>'name' = %s", "ann")``."""
-        rows = _mirror_of(self._storage).query_mirror(sql, params)
+        rows = _mirror_of(self._storage).query_mirror(sql, params, before=self._start)
         return SearchResults(self._objects(rows), len(rows))
 
     def where(self, condition: str, *params: Any, class_name: str | None = None,
@@ -180,12 +182,14 @@ class ConnectionSearch:
         # the total comes with the rows (a window over all matches, before the limit)
         rows = mirror.query_mirror(
             f"SELECT oid, count(*) OVER () FROM amphora_objects WHERE {where}"
-            f" ORDER BY {order_by or 'oid'}" + _page(limit, offset), params)
+            f" ORDER BY {order_by or 'oid'}" + _page(limit, offset), params,
+            before=self._start)
         if rows:
             total = rows[0][1]
         else:  # no row to carry it: an empty result, or an offset past the end
             total = 0 if not offset else mirror.query_mirror(
-                f"SELECT count(*) FROM amphora_objects WHERE {where}", params)[0][0]
+                f"SELECT count(*) FROM amphora_objects WHERE {where}", params,
+                before=self._start)[0][0]
         return SearchResults(self._objects(rows), total)
 
     def search_text(self, index: str, query: str, limit: int | None = 20,
@@ -194,8 +198,9 @@ class ConnectionSearch:
         text index ``index``, best matches first."""
         mirror = _mirror_of(self._storage)
         sql, params = mirror.text_query(index, query)
-        total = mirror.query_mirror(f"SELECT count(*) FROM ({sql}) AS matches", params)[0][0]
-        rows = mirror.query_mirror(sql + _page(limit, offset), params)
+        total = mirror.query_mirror(f"SELECT count(*) FROM ({sql}) AS matches", params,
+                                    before=self._start)[0][0]
+        rows = mirror.query_mirror(sql + _page(limit, offset), params, before=self._start)
         return SearchResults(self._objects(rows), total)
 
     def _objects(self, rows: Sequence[tuple]) -> list[Any]:

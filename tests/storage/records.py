@@ -117,6 +117,7 @@ def queries_sent(monkeypatch, storage) -> list[tuple[str, object]]:
     """The ``(statement, params)`` of each ``storage.query_mirror`` call from now on."""
     sent: list[tuple[str, object]] = []
     query_mirror = storage.query_mirror
-    monkeypatch.setattr(storage, "query_mirror", lambda statement, params=():
-                        sent.append((statement, params)) or query_mirror(statement, params))
+    monkeypatch.setattr(storage, "query_mirror", lambda statement, params=(), **options:
+                        sent.append((statement, params))
+                        or query_mirror(statement, params, **options))
     return sent

@@ -12,7 +12,8 @@ from typing import Any, Callable, Sequence
 
 from amphora.errors import InvalidQueryError, MirrorError
 
-__all__ = ["MODES", "MirrorBase", "QueryConnection", "check_fields", "class_filter"]
+__all__ = ["MODES", "MirrorBase", "QueryConnection", "check_fields", "class_filter",
+           "check_before", "check_timeout", "timed_out"]
 
 MODES = ("sync", "follow")
 NO_MIRROR = "has no JSON mirror: create it first (db.create_mirror(), or `amphora mirror URI`)"
@@ -27,6 +28,32 @@ class QueryConnection:
 
     def __init__(self, conn: Any):
         self.conn = conn
+
+
+def check_before(before: bytes | None) -> int | None:
+    """The snapshot a search answers at (``before``, an 8-byte tid: the documents of the
+    records with tids below it), as the signed integer the SQL storages keep; None: the
+    latest documents."""
+    if before is None:
+        return None
+    if not isinstance(before, bytes) or len(before) != 8:
+        raise InvalidQueryError(f"before must be an 8-byte tid or None, not {before!r}")
+    return int.from_bytes(before, "big", signed=True)
+
+
+def check_timeout(timeout: float | None) -> float | None:
+    """The seconds a search may run (None: no limit)."""
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+        raise InvalidQueryError(f"timeout must be a positive number of seconds, not {timeout!r}")
+    return float(timeout)
+
+
+def timed_out(timeout: float | None, sql: str) -> InvalidQueryError:
+    """The error of a search cancelled after ``timeout`` seconds."""
+    return InvalidQueryError(f"the query ran longer than its timeout of {timeout:g} s and "
+                             f"was cancelled (in {sql!r})")
 
 
 def check_mode(mode: str) -> str:

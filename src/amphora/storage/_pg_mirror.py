@@ -40,14 +40,15 @@ import threading
 import weakref
 from typing import Any, Callable, Sequence
 
-from amphora.errors import InvalidQueryError, MirrorError, StorageError
+from amphora.errors import InvalidQueryError, InvalidURIError, MirrorError, StorageError
 from amphora.search import placeholders
 from amphora.storage._mirror_base import (MODES, NO_MIRROR, MirrorBase, QueryConnection,
-                                          check_fields, check_mode, class_filter)
+                                          check_before, check_fields, check_mode,
+                                          check_timeout, class_filter, timed_out)
 from amphora.storage._keys import _ints
 from amphora.storage._pg_schema import _LAST_TID
 
-__all__ = ["MirrorMixin"]
+__all__ = ["MirrorMixin", "check_role"]
 
 # A row with its document is about twice as long as without (a small object's record of
 # 300 bytes has a jsonb document of 440); fillfactor 60 leaves room on each page for the
@@ -128,9 +129,35 @@ _SET_JOINED_DOCUMENTS = _SET_DOCUMENTS.format(texts=_JOINED)
 _SET_DOCUMENT_ARRAYS = _SET_DOCUMENTS.format(texts="%s::text[], %s::text[]")
 _SEPARATOR = "\x1e"
 _TEXT_INDEX = "SELECT fields, class_name FROM amphora_text_indexes WHERE name = %s"
+# -- searches ---------------------------------------------------------------------------------
+# Read-write only until the overlay of a search at a snapshot is made (see query_mirror).
+_BEGIN_SEARCH = "BEGIN ISOLATION LEVEL REPEATABLE READ READ WRITE"
+_QUERY_STATE = ("SELECT (SELECT value FROM amphora_meta WHERE key = 'mirror'),"
+                " (SELECT coalesce(max(tid), 0) FROM transactions)")
+_SET_TIMEOUT = "SELECT set_config('statement_timeout', %s, true)"
+_SET_ROLE = "SELECT set_config('role', %s, true)"  # SET LOCAL ROLE
+_CHANGED_SINCE = "SELECT oids FROM transactions WHERE tid >= %s"
+_SNAPSHOT_RECORDS = ("SELECT DISTINCT ON (oid) oid, tid, data FROM revisions"
+                     " WHERE oid = ANY(%s::bigint[]) AND tid < %s ORDER BY oid, tid DESC")
+_CREATE_SNAPSHOT = (
+    "CREATE TEMP TABLE amphora_changed (oid bigint PRIMARY KEY) ON COMMIT DROP",
+    "CREATE TEMP TABLE amphora_snapshot (oid bigint, tid bigint, class_name text,"
+    " state jsonb) ON COMMIT DROP",
+)
+_ADD_CHANGED = "INSERT INTO amphora_changed SELECT unnest(%s::bigint[])"
+_ADD_SNAPSHOT = ("INSERT INTO amphora_snapshot SELECT d.k, d.t, d.c, d.s::jsonb"
+                 " FROM unnest(%s::bigint[], %s::bigint[], {texts}) AS d (k, t, c, s)")
+_ADD_JOINED_SNAPSHOT = _ADD_SNAPSHOT.format(texts=_JOINED)
+_ADD_SNAPSHOT_ARRAYS = _ADD_SNAPSHOT.format(texts="%s::text[], %s::text[]")
+_OVERLAY_VIEW = (
+    "CREATE TEMP VIEW amphora_objects AS SELECT oid, tid, class_name, state"
+    " FROM {schema}.amphora_objects WHERE oid NOT IN (SELECT oid FROM pg_temp.amphora_changed)"
+    " UNION ALL SELECT oid, tid, class_name, state FROM pg_temp.amphora_snapshot")
+_GRANT_OVERLAY = "GRANT SELECT ON pg_temp.amphora_objects TO {}"
 _BACKFILL_CHUNK = 1000
 _FOLLOW_BATCH = 200
 _NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}\Z")
+_ROLE = _NAME
 
 
 def _documents(datas: Sequence[bytes]) -> tuple[str, Any, Any]:
@@ -161,6 +188,14 @@ def _set_documents(conn: Any, rows: Sequence[tuple[int, int, bytes]]) -> None:
                              classes, states])
 
 
+def check_role(role: str | None) -> str | None:
+    """A ``search_role`` option: None, or the name of a PostgreSQL role."""
+    if role is not None and (not isinstance(role, str) or not _ROLE.match(role)):
+        raise InvalidURIError(f"search_role must be a lower-case role name (letters, digits, "
+                              f"_), not {role!r}")
+    return role
+
+
 def _check_name(name: str) -> str:
     if not isinstance(name, str) or not _NAME.match(name):
         raise InvalidQueryError(
@@ -189,6 +224,8 @@ class MirrorMixin(MirrorBase):
     """
 
     supports_mirror = True
+    #: the role searches run under (``SET LOCAL ROLE``), None: the storage's own user
+    search_role: str | None = None
 
     @property
     def _mirror_where(self) -> str:
@@ -390,16 +427,39 @@ class MirrorMixin(MirrorBase):
         self._mirror_admin(run)
 
     # -- queries ------------------------------------------------------------------------
-    def query_mirror(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
-        """The rows of a read-only SQL query (``%s`` placeholders) over the mirror."""
+    def query_mirror(self, sql: str, params: Sequence[Any] = (), before: bytes | None = None,
+                     timeout: float | None = None) -> list[tuple]:
+        """The rows of a read-only SQL query (``%s`` placeholders) over the mirror: as of
+        the latest commit, or with ``before`` (a tid) as if ``amphora_objects`` held the
+        documents of the records with tids below it (see :meth:`_overlay`).
+
+        The query runs alone (one statement) in a ``REPEATABLE READ`` transaction made
+        read-only before it runs, under ``search_role`` when the storage has one, and
+        cancelled after ``timeout`` seconds; the transaction is rolled back, with
+        whatever settings the query changed."""
         statement = placeholders(sql, "format")
+        snapshot = check_before(before)
+        timeout = check_timeout(timeout)
         conn = self._query_connection()
         psycopg = self._psycopg
         try:
-            mode = conn.execute(_MIRROR_KEY).fetchone()
-            if mode is None or mode[0] not in MODES:
-                raise MirrorError(f"{self._where} {NO_MIRROR}")
-            return conn.execute(statement, tuple(params)).fetchall()
+            with conn.pipeline():  # two round trips; one statement per query (extended protocol)
+                conn.execute(_BEGIN_SEARCH)
+                mode, last = conn.execute(_QUERY_STATE).fetchone()
+                if mode not in MODES:
+                    raise MirrorError(f"{self._where} {NO_MIRROR}")
+                if snapshot is not None and last >= snapshot:
+                    self._overlay(conn, snapshot)
+                conn.execute("SET TRANSACTION READ ONLY")
+                if timeout is not None:
+                    conn.execute(_SET_TIMEOUT, (f"{max(1, round(timeout * 1000))}ms",))
+                if self.search_role is not None:
+                    conn.execute(_SET_ROLE, (self.search_role,))
+                found = conn.execute(statement, tuple(params))
+                conn.execute("ROLLBACK")
+            return found.fetchall()
+        except psycopg.errors.QueryCanceled as exc:
+            raise timed_out(timeout or 0, sql) from exc
         except psycopg.errors.UndefinedTable as exc:
             if "amphora_meta" in str(exc):
                 raise self._error(exc) from exc
@@ -408,9 +468,49 @@ class MirrorMixin(MirrorBase):
                 psycopg.errors.ReadOnlySqlTransaction, psycopg.IntegrityError) as exc:
             raise InvalidQueryError(f"{_first_line(exc)} (in {sql!r})") from exc
         except psycopg.Error as exc:
-            if conn.broken:
-                self._local.mirror_conn = None
             raise self._error(exc) from exc
+        finally:
+            self._end_search(conn)
+
+    def _end_search(self, conn: Any) -> None:
+        """Leave the search connection in no transaction (or drop it if it broke)."""
+        if conn.broken or conn.closed:
+            self._local.mirror_conn = None
+        elif conn.info.transaction_status != self._psycopg.pq.TransactionStatus.IDLE:
+            try:
+                conn.execute("ROLLBACK")
+            except self._psycopg.Error:
+                self._local.mirror_conn = None
+                conn.close()
+
+    def _overlay(self, conn: Any, before: int) -> None:
+        """In the search's transaction (not yet read-only): shadow ``amphora_objects`` with
+        a temporary view of the documents at snapshot ``before`` (PostgreSQL looks in
+        ``pg_temp`` first), dropped with the transaction.
+
+        The objects written by transactions since (found in ``transactions``, by its
+        primary key) leave the view; the document of each one's revision at the snapshot
+        (the last before it, from ``revisions``), transcoded as a commit writes it, takes
+        their place. An object without such a revision (created since; or replaced since
+        in a history-free schema, which keeps none) is not in the view, as a load at the
+        snapshot would not find it."""
+        from amphora.jsonpickle import records_to_json
+        changed = sorted({key for (oids,) in conn.execute(_CHANGED_SINCE, (before,),
+                                                          binary=True).fetchall()
+                          for key in _ints(bytes(oids))})
+        rows = conn.execute(_SNAPSHOT_RECORDS, (changed, before), binary=True).fetchall()
+        for statement in _CREATE_SNAPSHOT:
+            conn.execute(statement)
+        conn.execute(_ADD_CHANGED, (changed,))
+        if rows:
+            how, classes, states = _travelling(records_to_json([bytes(r[2]) for r in rows]))
+            statement = _ADD_JOINED_SNAPSHOT if how == "joined" else _ADD_SNAPSHOT_ARRAYS
+            conn.execute(statement, [[r[0] for r in rows], [r[1] for r in rows],
+                                     classes, states])
+        from psycopg import sql
+        conn.execute(sql.SQL(_OVERLAY_VIEW).format(schema=sql.Identifier(self.schema)))
+        if self.search_role is not None:
+            conn.execute(sql.SQL(_GRANT_OVERLAY).format(sql.Identifier(self.search_role)))
 
     def text_query(self, name: str, query: str) -> tuple[str, list[Any]]:
         """The SQL and parameters selecting the oids matching ``query`` (PostgreSQL's

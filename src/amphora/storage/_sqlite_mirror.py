@@ -37,16 +37,20 @@ Mirrors made before (a table ``amphora_objects`` of its own, emptied by a trigge
 """
 from __future__ import annotations
 
+import contextlib
 import re
+import secrets
 import sqlite3
 import weakref
+from time import monotonic
 from typing import Any, Callable, Iterator, Sequence
 
 from amphora.errors import InvalidQueryError, MirrorError
 from amphora.search import placeholders
 from amphora.storage._keys import _ints
-from amphora.storage._mirror_base import (MODES, MirrorBase, QueryConnection, check_fields,
-                                          check_mode, class_filter)
+from amphora.storage._mirror_base import (MODES, NO_MIRROR, MirrorBase, QueryConnection,
+                                          check_before, check_fields, check_mode,
+                                          check_timeout, class_filter, timed_out)
 from amphora.storage._sqlite_util import _LAST_TID, _ROWS_PER_STATEMENT
 
 __all__ = ["MirrorMixin", "qmark"]
@@ -120,14 +124,116 @@ _OLD_INDEXES = ("SELECT name, sql FROM sqlite_master WHERE type = 'index'"
 _OLD_TRIGGERS = ("SELECT name, sql FROM sqlite_master WHERE type = 'trigger'"
                  " AND tbl_name = 'amphora_objects' ORDER BY name")
 _OLD_TABLE = re.compile(r"\bON\s+(\"amphora_objects\"|amphora_objects)\s*\(", re.IGNORECASE)
-_OLD_TEXT_TRIGGER = re.compile(
-    r"CREATE TRIGGER (\w+)_insert AFTER INSERT ON amphora_objects WHEN (.*) BEGIN"
-    r" INSERT INTO \1 \(rowid, ([\w, ]+)\) VALUES \(new\.oid, (.*)\); END\Z", re.DOTALL)
+# a text index's insert trigger (see _text_triggers): its name, condition, columns, values
+_TEXT_INSERT = (r"CREATE TRIGGER (\w+)_insert AFTER INSERT ON {table} WHEN (.*) BEGIN"
+                r" INSERT INTO \1 \(rowid, ([\w, ]+)\) VALUES \(new\.oid, (.*)\); END\Z")
+_OLD_TEXT_TRIGGER = re.compile(_TEXT_INSERT.format(table="amphora_objects"), re.DOTALL)
 _MOVE_DOCUMENTS = ("UPDATE objects SET class_name = a.class_name, state = a.state,"
                    " state_tid = a.tid FROM amphora_objects AS a WHERE a.oid = objects.oid")
 _DROP_OLD_TABLE = ("DROP TRIGGER IF EXISTS amphora_objects_gone",
                    "DROP TABLE amphora_objects")  # with its indexes and triggers
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+# -- searches --------------------------------------------------------------------------------
+_QUERY_STATE = ("SELECT (SELECT value FROM amphora_meta WHERE key = 'mirror'),"
+                " (SELECT max(tid) FROM transactions)")
+# A search connection's own temporary tables, made with it: empty but while a search at a
+# snapshot fills them in its read transaction (see MirrorMixin._overlay), which it then
+# rolls back. The text table has columns for text indexes of up to _TEXT_FIELDS fields.
+_TEXT_FIELDS = 32
+_CREATE_OVERLAY = (
+    "CREATE TEMP TABLE amphora_changed (oid INTEGER PRIMARY KEY)",
+    "CREATE TEMP TABLE amphora_snapshot (oid INTEGER PRIMARY KEY, tid INTEGER,"
+    " class_name TEXT, state TEXT)",
+    "CREATE VIRTUAL TABLE temp.amphora_snapshot_text USING fts5(doc_oid UNINDEXED,"
+    " index_name UNINDEXED, " + ", ".join(f"f{n}" for n in range(_TEXT_FIELDS))
+    + ", tokenize = 'porter unicode61')",
+)
+_CHANGED_SINCE = "SELECT oids FROM transactions WHERE tid >= ?"
+_ADD_CHANGED = "INSERT OR IGNORE INTO temp.amphora_changed (oid) VALUES (?)"
+_SNAPSHOT_RECORDS = (
+    "SELECT r.oid, r.tid, r.data FROM temp.amphora_changed AS c JOIN main.revisions AS r"
+    " ON r.oid = c.oid AND r.tid ="
+    "  (SELECT max(m.tid) FROM main.revisions AS m WHERE m.oid = c.oid AND m.tid < ?)")
+_ADD_SNAPSHOT = ("INSERT INTO temp.amphora_snapshot (oid, tid, class_name, state)"
+                 " VALUES (?, ?, ?, ?)")
+_TEXT_TRIGGERS = ("SELECT sql FROM main.sqlite_master WHERE type = 'trigger'"
+                  " AND tbl_name = 'objects' AND name LIKE '%\\_insert' ESCAPE '\\'")
+_TEXT_TRIGGER = re.compile(_TEXT_INSERT.format(table="objects"), re.DOTALL)
+# the trigger's own columns, values and condition, of the snapshot's documents as `new`
+_SNAPSHOT_TEXT = ("INSERT INTO temp.amphora_snapshot_text (doc_oid, index_name, {columns})"
+                  " SELECT new.oid, ?, {values} FROM temp.amphora_snapshot AS new"
+                  " WHERE {condition}")
+# SQLite looks a name up in temp first: this view shadows the mirror's for the search.
+_OVERLAY_VIEW = (
+    "CREATE TEMP VIEW amphora_objects AS SELECT oid, tid, class_name, state"
+    " FROM main.amphora_objects WHERE oid NOT IN (SELECT oid FROM temp.amphora_changed)"
+    " UNION ALL SELECT oid, tid, class_name, state FROM temp.amphora_snapshot")
+# The text index answers for the objects not written since the snapshot (all of them but
+# in a search at a snapshot), the snapshot's text table for the others.
+_TEXT_QUERY = (
+    "SELECT oid FROM (SELECT rowid AS oid, rank AS score FROM {name}(%s)"
+    " WHERE rowid NOT IN (SELECT oid FROM temp.amphora_changed)"
+    " UNION ALL SELECT doc_oid, rank FROM temp.amphora_snapshot_text(%s)"
+    " WHERE index_name = '{name}') ORDER BY score")
+# What a search may not do (sqlite3 authorizer actions); pragmas only read, with these
+# taking an argument.
+_REFUSED = {sqlite3.SQLITE_ATTACH, sqlite3.SQLITE_DETACH, sqlite3.SQLITE_TRANSACTION,
+            sqlite3.SQLITE_SAVEPOINT}
+_READ_PRAGMAS = {"table_info", "table_xinfo", "index_info", "index_xinfo", "index_list",
+                 "foreign_key_list"}
+_PROGRESS_STEPS = 10_000  # virtual machine instructions between looks at the clock
+
+
+class _SearchConnection(QueryConnection):
+    """A thread's search connection (read-only, ``query_only``), whose authorizer refuses
+    what a search may not do, except to amphora's own statements (:meth:`trusted`).
+
+    The authorizer sees a statement when it is prepared, and the driver reuses prepared
+    statements by their text: amphora's own statements that change the connection's state
+    (:meth:`own`) end with a comment no search can guess, so that a search never runs
+    one of them."""
+
+    __slots__ = ("_trusted", "_nonce")
+
+    def __init__(self, conn: sqlite3.Connection):
+        super().__init__(conn)
+        self._trusted = False
+        self._nonce = secrets.token_hex(16)
+        conn.set_authorizer(self._authorize)
+
+    def own(self, statement: str) -> None:
+        """Run one of amphora's statements (``BEGIN``, a pragma ...) on the connection."""
+        with self.trusted():
+            self.conn.execute(f"{statement} -- {self._nonce}")
+
+    def _authorize(self, action: int, arg1: Any, arg2: Any, database: Any, source: Any) -> int:
+        if self._trusted:
+            return sqlite3.SQLITE_OK
+        if action in _REFUSED or (action == sqlite3.SQLITE_PRAGMA and arg2 is not None
+                                  and str(arg1).lower() not in _READ_PRAGMAS):
+            return sqlite3.SQLITE_DENY
+        return sqlite3.SQLITE_OK
+
+    @contextlib.contextmanager
+    def trusted(self) -> Iterator[None]:
+        """amphora's own statements (the snapshot overlay) pass the authorizer."""
+        was, self._trusted = self._trusted, True
+        try:
+            yield
+        finally:
+            self._trusted = was
+
+    def run(self, statement: str, params: tuple, timeout: float | None) -> list[tuple]:
+        """The rows of a search's statement, cancelled after ``timeout`` seconds."""
+        conn = self.conn
+        if timeout is None:
+            return conn.execute(statement, params).fetchall()
+        deadline = monotonic() + timeout
+        conn.set_progress_handler(lambda: monotonic() > deadline, _PROGRESS_STEPS)
+        try:
+            return conn.execute(statement, params).fetchall()
+        finally:
+            conn.set_progress_handler(None, 0)
 
 
 def qmark(sql: str) -> str:
@@ -492,40 +598,110 @@ class MirrorMixin(MirrorBase):
             writer.close()
 
     # -- queries ------------------------------------------------------------------------
-    def query_mirror(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
-        """The rows of a read-only SQL query (``%s`` placeholders) over the mirror, as of
-        the latest commit."""
+    def query_mirror(self, sql: str, params: Sequence[Any] = (), before: bytes | None = None,
+                     timeout: float | None = None) -> list[tuple]:
+        """The rows of a read-only SQL query (``%s`` placeholders) over the mirror: as of
+        the latest commit, or with ``before`` (a tid) as if ``amphora_objects`` and the
+        text indexes held the documents of the records with tids below it (see
+        :meth:`_overlay`). A query running longer than ``timeout`` seconds is cancelled.
+        The query may not write, attach databases, change settings or control
+        transactions (:class:`InvalidQueryError`)."""
         statement = qmark(sql)
-        conn = self._query_connection()
+        snapshot = check_before(before)
+        timeout = check_timeout(timeout)
+        holder = self._query_connection()
+        conn = holder.conn
         try:
-            mode = conn.execute(_MIRROR_KEY).fetchone()
-            if mode is None or mode[0] not in MODES:
-                raise MirrorError(f"{self._path} has no JSON mirror: create it first "
-                                  "(db.create_mirror(), or `amphora mirror URI`)")
-            return conn.execute(statement, tuple(params)).fetchall()
+            if snapshot is None:
+                self._check_query_state(conn.execute(_QUERY_STATE).fetchone())
+                return holder.run(statement, tuple(params), timeout)
+            holder.own("BEGIN")  # one read transaction: one snapshot of the file
+            try:
+                last = self._check_query_state(conn.execute(_QUERY_STATE).fetchone())
+                if last >= snapshot:  # commits since the snapshot: their documents go
+                    self._overlay(holder, snapshot)
+                return holder.run(statement, tuple(params), timeout)
+            finally:
+                if conn.in_transaction:  # the overlay goes with it
+                    holder.own("ROLLBACK")
         except sqlite3.OperationalError as exc:
+            if str(exc) == "interrupted" and timeout is not None:
+                raise timed_out(timeout, sql) from exc
             raise InvalidQueryError(f"{exc} (in {sql!r})") from exc
         except (sqlite3.ProgrammingError, sqlite3.IntegrityError) as exc:
             if self._closed:
                 raise self._error(exc) from exc
             raise InvalidQueryError(f"{exc} (in {sql!r})") from exc
+        except sqlite3.DatabaseError as exc:
+            if getattr(exc, "sqlite_errorname", "") == "SQLITE_AUTH":
+                raise InvalidQueryError(f"{exc}: a search may not attach databases, change "
+                                        f"settings or control transactions (in {sql!r})") from exc
+            raise self._error(exc) from exc
         except sqlite3.Error as exc:
             raise self._error(exc) from exc
 
-    def _query_connection(self) -> sqlite3.Connection:
-        """This thread's read-only connection for searches (each query sees the latest
-        commit: no transaction is held between queries). It goes away with the thread."""
+    def _check_query_state(self, row: tuple) -> int:
+        """The last tid, from the ``_QUERY_STATE`` row, once sure the file has a mirror."""
+        mode, last = row
+        if mode not in MODES:
+            raise MirrorError(f"{self._path} {NO_MIRROR}")
+        return last or 0
+
+    def _overlay(self, holder: "_SearchConnection", before: int) -> None:
+        """In the search's read transaction: shadow ``amphora_objects`` with a temporary
+        view of the documents at snapshot ``before``, and fill the temporary text table
+        ``text_query`` reads beside each text index.
+
+        The objects written by transactions since (found in ``transactions``, by its
+        primary key) leave the view; the document of each one's revision at the snapshot
+        (the last before it, from ``revisions``), transcoded as a commit writes it, takes
+        their place. An object without such a revision (created since; or replaced since
+        in a history-free file, which keeps none) is not in the view, as a load at the
+        snapshot would not find it. Rolling the transaction back undoes it all."""
+        from amphora.jsonpickle import records_to_json
+        conn = holder.conn
+        changed = {key for (oids,) in conn.execute(_CHANGED_SINCE, (before,))
+                   for key in _ints(oids)}
+        holder.own("PRAGMA query_only = 0")
+        with holder.trusted():
+            try:
+                conn.executemany(_ADD_CHANGED, [(key,) for key in changed])
+                rows = conn.execute(_SNAPSHOT_RECORDS, (before,)).fetchall()
+                conn.executemany(_ADD_SNAPSHOT, [
+                    (key, tid, class_name, state) for (key, tid, _), (class_name, state)
+                    in zip(rows, records_to_json([data for _, _, data in rows]))])
+                for (trigger,) in conn.execute(_TEXT_TRIGGERS).fetchall():
+                    text = _TEXT_TRIGGER.match(trigger)
+                    if text is not None:
+                        name, condition, columns, values = text.groups()
+                        conn.execute(_SNAPSHOT_TEXT.format(columns=columns, values=values,
+                                                           condition=condition), (name,))
+                conn.execute(_OVERLAY_VIEW)
+            finally:
+                holder.own("PRAGMA query_only = 1")
+
+    def _query_connection(self) -> "_SearchConnection":
+        """This thread's read-only connection for searches (no transaction is held between
+        queries), with its temporary tables for searches at a snapshot. It goes away with
+        the thread."""
         holder = getattr(self._local, "mirror_conn", None)
         if holder is not None:
-            return holder.conn
+            return holder
         if self._closed:
             raise self._error(sqlite3.ProgrammingError("closed"))
-        holder = QueryConnection(self._connect(read_only=True))
-        holder.conn.execute("PRAGMA query_only = 1")
+        conn = self._connect(read_only=True)
+        try:
+            for statement in _CREATE_OVERLAY:
+                conn.execute(statement)
+            conn.execute("PRAGMA query_only = 1")
+        except BaseException:
+            conn.close()
+            raise
+        holder = _SearchConnection(conn)
         with self._mirror_lock:
             self._mirror_conns.add(holder)
         self._local.mirror_conn = holder
-        return holder.conn
+        return holder
 
     def _close_mirror_connections(self) -> None:
         with self._mirror_lock:
@@ -535,6 +711,9 @@ class MirrorMixin(MirrorBase):
 
     def text_query(self, name: str, query: str) -> tuple[str, list[Any]]:
         """The SQL (``%s`` placeholders) and parameters selecting the oids of the matches
-        of ``query`` in text index ``name``, best first."""
+        of ``query`` in text index ``name``, best first. At a snapshot (``query_mirror``'s
+        ``before``) the objects written since match by their documents then: the index
+        answers for the others, and a temporary FTS5 table with the same tokenizer for
+        them (their ranks are computed in it, among themselves)."""
         check_name(name)
-        return f"SELECT rowid FROM {name} WHERE {name} MATCH %s ORDER BY rank", [query]
+        return _TEXT_QUERY.format(name=name), [query, query]

@@ -16,7 +16,7 @@ from amphora.errors import (CorruptRecordError, InvalidURIError, ObjectNotFoundE
                             PostgreSQLConnectionError, ReadOnlyError, StorageError,
                             StorageFormatError)
 from amphora.serialize import references as record_references
-from amphora.storage._pg_mirror import _MIRROR_KEY, MirrorMixin
+from amphora.storage._pg_mirror import _MIRROR_KEY, MirrorMixin, check_role
 from amphora.storage._pg_pack import PackMixin
 # FORMAT and SCHEMA_VERSION are importable from here too.
 from amphora.storage._keys import _ints, _pack, _split, _u, _unpack
@@ -267,7 +267,8 @@ class PostgreSQLStorage(SchemaMixin, PackMixin, MirrorMixin, TransactionLogMixin
     for a new one); asking for the other mode raises :class:`StorageFormatError`, as
     does a schema holding anything but an amphora database of a known version (left
     untouched). A server that cannot be reached, or refuses the connection, raises
-    :class:`PostgreSQLConnectionError`.
+    :class:`PostgreSQLConnectionError`. ``search_role`` (``?search_role=NAME``): the role
+    every search's SQL runs under (``SET LOCAL ROLE``; see ``query_mirror``).
     """
 
     supports_undo = False
@@ -279,7 +280,7 @@ class PostgreSQLStorage(SchemaMixin, PackMixin, MirrorMixin, TransactionLogMixin
 
     def __init__(self, dsn: str = "", read_only: bool = False, keep_history: bool | None = None,
                  schema: str = "public", resolve_conflicts: bool = True, create: bool = True,
-                 connect_timeout: float = 10.0):
+                 connect_timeout: float = 10.0, search_role: str | None = None):
         if keep_history not in (None, True, False):
             raise InvalidURIError(f"keep_history must be true or false, not {keep_history!r}")
         if not isinstance(schema, str) or not _SCHEMA_NAME.match(schema):
@@ -298,6 +299,7 @@ class PostgreSQLStorage(SchemaMixin, PackMixin, MirrorMixin, TransactionLogMixin
             raise InvalidURIError(f"not a PostgreSQL connection string: {exc}") from exc
         self.dsn = dsn
         self.schema = schema
+        self.search_role = check_role(search_role)
         self._connect_timeout = connect_timeout
         # after the connection string's own options (which stay), so that these win
         self._options = (f"{params.get('options') or ''} -c search_path={schema}"
