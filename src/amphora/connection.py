@@ -327,7 +327,14 @@ class Connection(ConnectionSearch):
             if found is not None:
                 return found
         generation = records.generation()
-        record = self._storage.loadBefore(oid, self._start)
+        try:
+            record = self._storage.loadBefore(oid, self._start)
+        except ObjectNotFoundError:
+            if oid != z64:
+                raise
+            # Nothing was ever committed, and the storage is read-only (else the DB would
+            # have created the root): an empty database has an empty root.
+            return _empty_root_record(), z64
         if record is None:
             raise ReadConflictError(
                 "the object has no revision in this connection's snapshot (a history-free "
@@ -669,6 +676,15 @@ class Connection(ConnectionSearch):
 
 
 _MAX_SIBLINGS = 100_000  # ghosts remembered for read-ahead, per connection
+
+
+def _empty_root_record() -> bytes:
+    """The record of an empty root mapping (as :class:`amphora.DB` first stores it)."""
+    return ObjectWriter(None, _no_oid, _no_oid).serialize(PersistentMapping())
+
+
+def _no_oid(*_: Any) -> Any:
+    raise AssertionError("an empty mapping refers to no object")
 
 
 def _detach(obj: Any) -> None:

@@ -520,6 +520,29 @@ def test_read_only_open_refuses_writes_and_changes_nothing(tmp_path):
     assert read_all(path) == {"a": 1}
 
 
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+def test_an_empty_database_opened_read_only_has_an_empty_root(tmp_path, kind):
+    if kind == "memory":
+        uri = "memory://?read_only=true"
+    else:
+        path = tmp_path / "empty.db"
+        amphora.open_storage(sqlite_uri(path)).close()  # made, nothing committed
+        uri = sqlite_uri(path) + "?read_only=true"
+    db = amphora.open(uri)
+    try:
+        with db.transaction() as conn:  # was: "no object with oid 0x0"
+            assert dict(conn.root()) == {} and "x" not in conn.root()
+        conn = db.open(transaction.TransactionManager())
+        conn.root()["x"] = 1
+        with pytest.raises(amphora.ReadOnlyError):
+            conn.transaction_manager.commit()
+        conn.transaction_manager.abort()
+        conn.close()
+    finally:
+        db.close()
+
+
 # ---------------------------------------------------------------------------------------
 # Data that cannot be stored
 

@@ -81,6 +81,18 @@ def test_a_token_of_digits_in_the_uri_stays_a_string(servers, tmp_path):
         db.close()
 
 
+def test_a_read_only_client_of_an_empty_server_has_an_empty_root(servers):
+    server = servers("memory://")
+    db = amphora.open(f"amphora://{server.address}?read_only=true&wait_timeout=5")
+    try:
+        with db.transaction() as conn:  # was: "no object with oid 0x0"
+            assert dict(conn.root()) == {}
+    finally:
+        db.close()
+    commit_value(server.address, "x", 1)  # a writer makes the root: the reader sees it
+    assert read_value(server.address, "x") == 1
+
+
 def test_another_protocol_version_is_refused_with_the_version_spoken(servers):
     server = servers("memory://")
     with raw_connection(server) as sock:

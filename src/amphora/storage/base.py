@@ -454,6 +454,10 @@ class StorageBase:
             raise StorageTransactionError(
                 "this storage is not committing that transaction")
 
+    def tpc_transaction(self) -> Any:
+        """The transaction being committed, or None (ZEO's server asks for it)."""
+        return self._transaction
+
     def tpc_begin(self, transaction: Any, tid: bytes | None = None, status: str = " ") -> None:
         self._check_writable()
         if self._transaction is transaction:
