@@ -11,7 +11,7 @@ Contenders (each round starts its own server process on a fresh directory, on
 
 ==================  ===============================================================
 ``amphora-server``  ``amphora serve sqlite:///<tmp>/bench.db`` (the embedded default,
-                    synchronous=normal), clients ``amphora.open("amphora://...")``
+                    synchronous=full), clients ``amphora.open("amphora://...")``
 ``zeo-filestorage`` ``runzeo -f <tmp>/Data.fs`` (ZEO over FileStorage, its defaults),
                     clients ``ZODB.DB(ZEO.ClientStorage.ClientStorage(addr))``
                     (the reference for ratios)

@@ -556,3 +556,19 @@ def test_an_idle_snapshot_is_ended_so_the_log_can_be_recycled(storage):
     while reader.conn.in_transaction and time.monotonic() < deadline:
         time.sleep(0.02)
     assert not reader.conn.in_transaction  # ... but not for long
+
+
+@pytest.mark.parametrize("given, level", [(None, 2), ("full", 2), ("normal", 1)])
+def test_commits_are_synced_to_disk_unless_normal_is_asked_for(path, given, level):
+    """``synchronous=full`` by default: a commit that returned survives a power loss
+    (SQLite's levels: 1 NORMAL, 2 FULL)."""
+    options = {} if given is None else {"synchronous": given}
+    storage = SQLiteStorage(str(path), **options)
+    try:
+        writer = storage._connect(read_only=False)
+        try:
+            assert writer.execute("PRAGMA synchronous").fetchone()[0] == level
+        finally:
+            writer.close()
+    finally:
+        storage.close()

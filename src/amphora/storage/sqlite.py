@@ -1,9 +1,12 @@
 """The embedded default storage: one SQLite file, shared by many threads and processes.
 
 SQLite in WAL mode lets readers run while one writer commits, across processes, so no
-server is needed. Committed transactions survive a crash of the process at any point
-(``synchronous="normal"``, the default); ``synchronous="full"`` also survives a power
-loss or an operating-system crash, at the price of an fsync per commit.
+server is needed. A commit is durable when it returns: with ``synchronous="full"`` (the
+default) SQLite syncs the log at every commit, so committed transactions survive a crash
+of the process, of the operating system, or a power loss, as with ZODB's FileStorage and
+PostgreSQL. ``synchronous="normal"`` is an opt-in that syncs only at checkpoints: faster
+commits that survive a crash of the process, but the last transactions committed before a
+power loss or an operating-system crash can be lost.
 """
 from __future__ import annotations
 
@@ -207,7 +210,7 @@ class SQLiteStorage(SchemaMixin, PackMixin, MirrorMixin, TransactionLogMixin, St
     snapshot_age = 0.2
 
     def __init__(self, path: str, read_only: bool = False, keep_history: bool | None = None,
-                 resolve_conflicts: bool = True, synchronous: str = "normal",
+                 resolve_conflicts: bool = True, synchronous: str = "full",
                  busy_timeout: float = 60.0, create: bool = True, page_size: int = 8192):
         super().__init__(str(path), read_only, resolve_conflicts)
         # Bad option values (often from a URI's query string) are InvalidURIError (a ValueError).
