@@ -390,7 +390,7 @@ class MirrorMixin(MirrorBase):
         self._mirror_admin(run)
 
     # -- queries ------------------------------------------------------------------------
-    def query_mirror(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+    def query_mirror(self, sql: str, params: Sequence[Any] = (), before: bytes | None = None, timeout: float | None = None) -> list[tuple]:
         """The rows of a read-only SQL query (``%s`` placeholders) over the mirror."""
         statement = placeholders(sql, "format")
         conn = self._query_connection()

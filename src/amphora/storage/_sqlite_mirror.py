@@ -492,7 +492,7 @@ class MirrorMixin(MirrorBase):
             writer.close()
 
     # -- queries ------------------------------------------------------------------------
-    def query_mirror(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+    def query_mirror(self, sql: str, params: Sequence[Any] = (), before: bytes | None = None, timeout: float | None = None) -> list[tuple]:
         """The rows of a read-only SQL query (``%s`` placeholders) over the mirror, as of
         the latest commit."""
         statement = qmark(sql)
