@@ -53,9 +53,11 @@ def _check(value: Any, kind: type | tuple, what: str) -> Any:
 def _timeout(asked: Any, limit: float | None) -> float | None:
     """The time limit of a query: the client's, within the server's."""
     if asked is not None:
-        asked = float(_check(asked, (int, float), "a timeout is a number of seconds"))
-        if asked <= 0:
-            raise errors.InvalidQueryError(f"a timeout is a positive number, not {asked!r}")
+        asked = float(_check(asked, (int, float),
+                             "timeout must be a positive number of seconds"))
+        if not asked > 0:
+            raise errors.InvalidQueryError(
+                f"timeout must be a positive number of seconds, not {asked!r}")
     if limit is None:
         return asked
     return limit if asked is None else min(asked, limit)
@@ -85,7 +87,8 @@ class SearchRequests:
         _check(sql, str, "a query is a string")
         _check(params, list, "a query's parameters are a list")
         if before is not None and (type(before) is not bytes or len(before) != 8):
-            raise errors.InvalidQueryError(f"a snapshot is a tid of 8 bytes, not {before!r:.40}")
+            raise errors.InvalidQueryError(
+                f"before must be an 8-byte tid or None, not {before!r:.40}")
         rows = self._mirror().query_mirror(
             sql, tuple(params), before=before,
             timeout=_timeout(timeout, self.server.search_timeout))

@@ -31,7 +31,9 @@ pool while no commit begins. (A SQLite file written by another process too can m
 reading ahead, history, iteration) run in a shared thread pool. On a remote storage
 (PostgreSQL) every storage call runs in a thread: reads in the pool, a client's commit in
 that client's own commit thread, where ``tpc_begin`` waiting for the storage's commit
-lock, or a vote waiting for the client's merge, stalls no one else.
+lock, or a vote waiting for the client's merge, stalls no one else. Requests of the JSON
+mirror (client SQL, index making: :mod:`amphora.server.search`) run in a pool of their
+own, so a slow query holds no thread that answers loads.
 
 Ordering: the storage calls the server back inside ``tpc_finish`` (``func(tid)``, under
 its commit lock) and, for commits made elsewhere, through ``invalidate(tid, oids)``. Both
