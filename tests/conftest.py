@@ -157,6 +157,25 @@ def _client_uri(served: str) -> Callable[[Path], str]:
     return uri
 
 
+def _served_schema(path: Path) -> str:
+    """The storage name of ``path`` on the session's server of PostgreSQL schemas: the
+    schema's name (dropped after the test)."""
+    return _postgresql_schema(path)[1]
+
+
+def _client_postgresql(path: Path, **options: Any) -> Any:
+    """A ClientStorage on the session's ``amphora serve`` process of PostgreSQL schemas
+    (``postgresql://...?schema={name}``), naming the test's schema for ``path``."""
+    from amphora.storage.client import ClientStorage
+    server = serverprocess.shared_server("postgresql")
+    return ClientStorage(server.host, server.port, storage=_served_schema(path), **options)
+
+
+def _client_postgresql_uri(path: Path) -> str:
+    server = serverprocess.shared_server("postgresql")
+    return f"amphora://{server.address}/{_served_schema(path)}"
+
+
 STORAGE_KINDS: list[StorageKind] = [
     StorageKind("memory", _memory, uri=lambda path: "memory://", durable=False,
                 module="amphora.storage.memory"),
@@ -186,6 +205,8 @@ STORAGE_KINDS: list[StorageKind] = [
                 durable=False, module="amphora.storage.client"),
     StorageKind("client->sqlite", _client("sqlite"), uri=_client_uri("sqlite"),
                 durable=True, module="amphora.storage.client"),
+    StorageKind("client->postgresql", _client_postgresql, uri=_client_postgresql_uri,
+                durable=True, module="amphora.storage.postgresql"),
 ]
 
 

@@ -418,12 +418,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise CommandError(f"--listen takes HOST:PORT, not {args.listen!r}")
     if int(port) > 65535:
         raise CommandError(f"--listen: port {port} is out of range (0 to 65535)")
-    token = None
-    if args.token_file:
-        with open(args.token_file, encoding="utf-8") as file:
-            token = file.read().strip()
-        if not token:
-            raise CommandError(f"{args.token_file}: the token file is empty")
+    token, read_only_token = _token(args.token_file), _token(args.read_only_token_file)
+    if args.search_timeout is not None and not args.search_timeout > 0:
+        raise CommandError(f"--search-timeout takes a positive number of seconds, "
+                           f"not {args.search_timeout}")
     context = None
     if args.tls_cert or args.tls_key:
         if not (args.tls_cert and args.tls_key):
@@ -446,8 +444,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
               f"{' (TLS)' if context else ''}{' read-only' if args.read_only else ''}",
               flush=True)
     serve(args.uri, host.strip("[]"), int(port), token=token, ssl_context=context,
-          read_only=args.read_only, ready=ready)
+          read_only=args.read_only, ready=ready, read_only_token=read_only_token,
+          search_timeout=args.search_timeout)
     return 0
+
+
+def _token(path: str | None) -> str | None:
+    """The token in the file ``path`` (surrounding whitespace ignored), if given."""
+    if not path:
+        return None
+    with open(path, encoding="utf-8") as file:
+        token = file.read().strip()
+    if not token:
+        raise CommandError(f"{path}: the token file is empty")
+    return token
 
 
 # ---------------------------------------------------------------------------------------
@@ -602,6 +612,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="clients must present the token in FILE")
     serve.add_argument("--tls-cert", metavar="FILE", help="the server's certificate (PEM)")
     serve.add_argument("--tls-key", metavar="FILE", help="its private key (PEM)")
+    serve.add_argument("--read-only-token-file", metavar="FILE",
+                       help="clients presenting the token in FILE may read and search, "
+                            "not write")
+    serve.add_argument("--search-timeout", metavar="SECONDS", type=float, default=30.0,
+                       help="the longest a client's query of the JSON mirror may run "
+                            "(default: 30)")
     serve.add_argument("--read-only", action="store_true", help="refuse every write")
     serve.set_defaults(func=cmd_serve)
     return parser

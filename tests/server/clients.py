@@ -25,13 +25,14 @@ class RawClient:
     """The protocol by hand: requests, and what the server sends back but pushes, one at
     a time, in the order they come."""
 
-    def __init__(self, server: ServerProcess):
+    def __init__(self, server: ServerProcess, token: str | None = None):
         self.sock = raw_connection(server)
         self.decoder = p.FrameDecoder()
         self.pending: list = []
         self.ids = iter(range(1, 1000))
-        self.sock.sendall(hello())
-        assert self.next()[0] == p.WELCOME
+        self.sock.sendall(hello(token))
+        self.welcome = self.next()
+        assert self.welcome[0] == p.WELCOME
 
     def next(self) -> list:
         """The next message that is not a push."""

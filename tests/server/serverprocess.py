@@ -1,8 +1,8 @@
 """``amphora serve`` as a real process, for tests: started on a free port, stopped with
 SIGTERM or killed with SIGKILL, restarted on the same port.
 
-The test suite's client storage kinds (``client->memory``, ``client->sqlite`` in
-``tests/conftest.py``) share one server per kind for the whole session: the server's URI
+The test suite's client storage kinds (``client->memory``, ``client->sqlite``,
+``client->postgresql`` in ``tests/conftest.py``) share one server per kind for the whole session: the server's URI
 is a template (``memory://{name}``, ``sqlite:///DIR/{name}.db``) and every test names its
 own storages, so tests never see each other's data.
 """
@@ -93,12 +93,16 @@ _directories: list[str] = []
 
 
 def shared_server(kind: str) -> ServerProcess:
-    """The session's server for ``kind`` (``memory`` or ``sqlite``), started at first use."""
+    """The session's server for ``kind`` (``memory``, ``sqlite`` or ``postgresql``: one
+    schema per name), started at first use."""
     with _shared_lock:
         server = _shared.get(kind)
         if server is None or server.proc.poll() is not None:
             if kind == "memory":
                 uri = "memory://{name}"
+            elif kind == "postgresql":
+                import pgserver
+                uri = pgserver.require().uri(schema="{name}")
             else:
                 directory = tempfile.mkdtemp(prefix="amphora-served-", dir=_TEMP)
                 _directories.append(directory)

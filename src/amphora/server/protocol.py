@@ -9,9 +9,10 @@ that connection.
 A connection starts with a handshake. The client's first frame is
 ``[HELLO, {"protocol": VERSION, "token": str | None, "storage": name}]``; the server
 answers ``[WELCOME, {"protocol": VERSION, "name": ..., "read_only": ..., "last_tid": ...,
-"supports_history": ..., "supports_pack": ..., "feeds": ..., "server": ...}]`` (``feeds``:
-it answers :data:`TRANSACTION_LOG` and :data:`PACKED_THROUGH`; servers without the key do
-not) or, for another protocol version or a bad token, ``[ERROR, 0, name, message, {}]``,
+"supports_history": ..., "supports_pack": ..., "feeds": ..., "mirror": ...,
+"server": ...}]`` (``feeds``: it answers :data:`TRANSACTION_LOG` and
+:data:`PACKED_THROUGH`; ``mirror``: the served storage can keep a JSON mirror and the
+server answers :data:`SEARCH_METHODS`; servers without a key do not) or, for another protocol version or a bad token, ``[ERROR, 0, name, message, {}]``,
 and closes. Versions are never
 negotiated down: a server speaks exactly one version and names it when it refuses.
 
@@ -42,6 +43,9 @@ After the handshake:
                                   ``id``, voted: the server merged a write conflict on
                                   ``oid`` itself (a class :mod:`amphora.symbolic` knows)
                                   and stores ``data`` instead of the client's record.
+``[PROGRESS, id, done, total]``   server to client, before the reply to request ``id``
+                                  (:data:`CREATE_MIRROR`, :data:`REBUILD_MIRROR`,
+                                  :data:`FOLLOW_MIRROR`): how far it has come.
 
 A client may send any number of requests without waiting; replies carry the request id
 and may come in any order, except that replies and pushes that concern a transaction come
@@ -49,15 +53,18 @@ in commit order (see ``docs/server.md``).
 """
 from __future__ import annotations
 
+import datetime
+import decimal
 import struct
+import uuid
 from typing import Any
 
 import msgpack
 
 __all__ = ["VERSION", "MAX_FRAME", "HELLO", "WELCOME", "REQUEST", "REPLY", "ERROR", "PUSH",
-           "RESOLVE", "RESOLVED", "MERGED",
-           "METHODS", "WRITE_METHODS", "PUSH_COMMIT", "PUSH_RESET", "ProtocolError",
-           "FrameDecoder", "encode", "HEADER"]
+           "RESOLVE", "RESOLVED", "MERGED", "PROGRESS",
+           "METHODS", "WRITE_METHODS", "SEARCH_METHODS", "MIRROR_WRITE_METHODS", "PUSH_COMMIT", "PUSH_RESET", "ProtocolError",
+           "FrameDecoder", "encode", "extended", "HEADER"]
 
 #: the protocol version this code speaks (2: conflicts resolved during the vote; 3: a
 #: commit may be finished by its vote, :data:`COMMIT` with ``finish`` true; 4: some
@@ -78,6 +85,7 @@ PUSH = "push"
 RESOLVE = "resolve"
 RESOLVED = "resolved"
 MERGED = "merged"
+PROGRESS = "progress"
 
 # -- requests -----------------------------------------------------------------------------
 LOAD_BEFORE = "load_before"        # (oid, before) -> [data, start, end] | None
@@ -104,12 +112,34 @@ PACKED_THROUGH = "packed_through"  # () -> tid: the newest transaction pack remo
 LOAD_AHEAD = "load_ahead"          # (oids, before, limit) -> [[oid, data, start, end,
                                    #   partial], ...]: load_many and what they refer to
 
+# -- the JSON mirror (answered when the welcome says "mirror": true) ------------------------
+QUERY_MIRROR = "query_mirror"      # (sql, [param, ...], before | None, timeout | None) ->
+                                   #   [[value, ...], ...]: a read-only query's rows, at
+                                   #   the snapshot ``before`` (None: the latest)
+TEXT_QUERY = "text_query"          # (index, query) -> [sql, [param, ...]]
+MIRROR_MODE = "mirror_mode"        # () -> "sync" | "follow" | None
+MIRROR_WATERMARK = "mirror_watermark"  # () -> int: the last tid the documents cover
+WAIT_FOR_MIRROR = "wait_for_mirror"    # (tid int | None, timeout) -> bool
+CREATE_MIRROR = "create_mirror"    # (mode) -> int: documents written
+REBUILD_MIRROR = "rebuild_mirror"  # () -> int: documents written
+FOLLOW_MIRROR = "follow_mirror"    # () -> int: transactions covered, catching up once
+DROP_MIRROR = "drop_mirror"        # () -> None
+CREATE_MIRROR_INDEX = "create_mirror_index"  # (name, expression, class_name, unique) -> None
+CREATE_TEXT_INDEX = "create_text_index"      # (name, [field, ...], class_name) -> None
+
+#: the mirror's requests
+SEARCH_METHODS = frozenset({QUERY_MIRROR, TEXT_QUERY, MIRROR_MODE, MIRROR_WATERMARK,
+                            WAIT_FOR_MIRROR, CREATE_MIRROR, REBUILD_MIRROR, FOLLOW_MIRROR,
+                            DROP_MIRROR, CREATE_MIRROR_INDEX, CREATE_TEXT_INDEX})
+#: the mirror's requests that change the database (a read-only token or server: refused)
+MIRROR_WRITE_METHODS = frozenset({CREATE_MIRROR, REBUILD_MIRROR, FOLLOW_MIRROR, DROP_MIRROR,
+                                  CREATE_MIRROR_INDEX, CREATE_TEXT_INDEX})
 #: every request method a server answers
 METHODS = frozenset({LOAD_BEFORE, LOAD_MANY, LOAD_SERIAL, HISTORY, ITERATE, CHANGES_SINCE,
                      LAST_TRANSACTION, SYNC, SIZE, NEW_OIDS, COMMIT, FINISH, ABORT, PACK,
-                     TRANSACTION_LOG, PACKED_THROUGH, LOAD_AHEAD})
-#: the methods a read-only server refuses
-WRITE_METHODS = frozenset({NEW_OIDS, COMMIT, FINISH, PACK})
+                     TRANSACTION_LOG, PACKED_THROUGH, LOAD_AHEAD}) | SEARCH_METHODS
+#: the methods a read-only server (or a client with a read-only token) is refused
+WRITE_METHODS = frozenset({NEW_OIDS, COMMIT, FINISH, PACK}) | MIRROR_WRITE_METHODS
 
 # -- pushes -------------------------------------------------------------------------------
 #: ``{"tid", "oids", "user", "description", "extension", "records"}``: one committed
@@ -124,9 +154,41 @@ class ProtocolError(Exception):
     """A frame or message that breaks the protocol (the connection is closed)."""
 
 
+# -- values beyond MessagePack's own (a search's rows: PostgreSQL's numeric, dates, ...) ---
+# Each is a MessagePack extension whose data is the value's text form.
+_EXTENSIONS: dict[type, tuple[int, Any]] = {
+    decimal.Decimal: (1, str),
+    datetime.datetime: (2, datetime.datetime.isoformat),
+    datetime.date: (3, datetime.date.isoformat),
+    datetime.time: (4, datetime.time.isoformat),
+    uuid.UUID: (5, str),
+}
+_DECODERS = {1: decimal.Decimal, 2: datetime.datetime.fromisoformat,
+             3: datetime.date.fromisoformat, 4: datetime.time.fromisoformat, 5: uuid.UUID}
+
+
+def extended(value: Any) -> Any:
+    """How a value MessagePack has no type for travels (``default`` of ``packb``): the
+    extensions above, tuples as lists; anything else as its ``str()``."""
+    found = _EXTENSIONS.get(type(value))
+    if found is not None:
+        code, text = found
+        return msgpack.ExtType(code, text(value).encode("ascii"))
+    if isinstance(value, (tuple, set, frozenset)):
+        return list(value)
+    return str(value)
+
+
+def _ext_hook(code: int, data: bytes) -> Any:
+    decode = _DECODERS.get(code)
+    if decode is None:
+        raise ProtocolError(f"an unknown MessagePack extension {code}")
+    return decode(data.decode("ascii"))
+
+
 def encode(message: list) -> bytes:
     """One frame: the length prefix and the MessagePack of ``message``."""
-    body = msgpack.packb(message, use_bin_type=True)
+    body = msgpack.packb(message, use_bin_type=True, default=extended)
     return HEADER.pack(len(body)) + body
 
 
@@ -154,7 +216,8 @@ class FrameDecoder:
                 break
             try:
                 message = msgpack.unpackb(bytes(buffer[start + size:end]), raw=False,
-                                          use_list=True, strict_map_key=False)
+                                          use_list=True, strict_map_key=False,
+                                          ext_hook=_ext_hook)
             except Exception as exc:
                 raise ProtocolError(f"a frame that is not MessagePack ({exc})") from None
             if not isinstance(message, list) or not message or not isinstance(message[0], str):

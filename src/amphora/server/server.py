@@ -31,7 +31,9 @@ pool while no commit begins. (A SQLite file written by another process too can m
 reading ahead, history, iteration) run in a shared thread pool. On a remote storage
 (PostgreSQL) every storage call runs in a thread: reads in the pool, a client's commit in
 that client's own commit thread, where ``tpc_begin`` waiting for the storage's commit
-lock, or a vote waiting for the client's merge, stalls no one else.
+lock, or a vote waiting for the client's merge, stalls no one else. Requests of the JSON
+mirror (client SQL, index making: :mod:`amphora.server.search`) run in a pool of their
+own, so a slow query holds no thread that answers loads.
 
 Ordering: the storage calls the server back inside ``tpc_finish`` (``func(tid)``, under
 its commit lock) and, for commits made elsewhere, through ``invalidate(tid, oids)``. Both
@@ -55,6 +57,7 @@ from typing import Any, Callable
 from amphora import errors, symbolic
 from amphora.serialize import references
 from amphora.server import protocol as p
+from amphora.server.search import SEARCH_TIMEOUT, SearchRequests
 from amphora.storage.base import RecordsAsStored, TransactionMetaData
 from amphora.utils import p64, u64, z64
 
@@ -83,6 +86,12 @@ _INLINE_MANY = 64                  # a load_many of up to this many oids is shor
 # FINISH, which the event loop runs)
 _SHORT = frozenset({p.LOAD_BEFORE, p.LOAD_SERIAL, p.LAST_TRANSACTION, p.SYNC,
                     p.PACKED_THROUGH})
+
+
+def _same(token: Any, secret: str | None) -> bool:
+    """Whether the client's ``token`` is ``secret`` (compared in constant time)."""
+    return secret is not None and isinstance(token, str) and hmac.compare_digest(
+        token.encode("utf-8"), secret.encode("utf-8"))
 
 
 def _check_oid(value: Any, what: str = "an oid") -> bytes:
@@ -340,12 +349,13 @@ class _Served(RecordsAsStored):
             session.push(None, push)
 
 
-class _Session(asyncio.Protocol):
+class _Session(SearchRequests, asyncio.Protocol):
     """One client connection."""
 
     def __init__(self, server: "Server"):
         self.server = server
         self.loop = server.loop
+        self.read_only = False  # authenticated with the read-only token
         self.transport: asyncio.Transport | None = None
         self.decoder = p.FrameDecoder(_HELLO_LIMIT)
         self.served: _Served | None = None
@@ -564,9 +574,10 @@ class _Session(asyncio.Protocol):
         request_id, method, args = message[1], message[2], message[3]
         if method not in p.METHODS:
             raise p.ProtocolError(f"unknown request {method!r}")
-        if method in p.WRITE_METHODS and self.served.storage.isReadOnly():
+        if method in p.WRITE_METHODS and (self.read_only or self.served.storage.isReadOnly()):
             self.send([p.ERROR, request_id, "ReadOnlyError",
-                       f"{self.served.name} is served read-only", {}])
+                       f"{method}: a read-only token cannot write" if self.read_only
+                       else f"{self.served.name} is served read-only", {}])
             return
         handler = getattr(self, f"do_{method}")
         if self.served.inline and method in (p.COMMIT, p.PACK):
@@ -591,6 +602,8 @@ class _Session(asyncio.Protocol):
                     1, thread_name_prefix="amphora-commit")
             executor = self.committer
             self.commit_jobs += 1
+        elif method in p.SEARCH_METHODS:  # may be slow: never in the way of loads
+            executor = self.server.search_pool
         else:
             executor = self.server.pool
         future = self.loop.run_in_executor(executor, handler, request_id, *args)
@@ -700,11 +713,14 @@ class _Session(asyncio.Protocol):
                       f"version {p.VERSION} only")
             return
         token = hello.get("token")
-        if server.token is not None and not (
-                isinstance(token, str)
-                and hmac.compare_digest(token.encode("utf-8"), server.token.encode("utf-8"))):
-            self.fail("authentication failed: bad token")
-            return
+        if server.token is not None or server.read_only_token is not None:
+            if _same(token, server.token):
+                pass
+            elif _same(token, server.read_only_token):
+                self.read_only = True
+            else:
+                self.fail("authentication failed: bad token")
+                return
         name = hello.get("storage") or ""
         try:
             served = await server.acquire(name, self)
@@ -730,10 +746,12 @@ class _Session(asyncio.Protocol):
         storage = served.storage
         self.decoder.max_frame = server.max_frame
         self.send([p.WELCOME, {
-            "protocol": p.VERSION, "name": storage.getName(), "read_only": storage.isReadOnly(),
+            "protocol": p.VERSION, "name": storage.getName(),
+            "read_only": self.read_only or storage.isReadOnly(),
             "last_tid": last, "changes": changes,
             "supports_history": bool(getattr(storage, "supports_history", False)),
             "supports_pack": bool(getattr(storage, "supports_pack", False)),
+            "mirror": bool(getattr(storage, "supports_mirror", False)),
             "feeds": True, "load_ahead": True, "server": "amphora"}])
         self.welcomed = True
         held, self.held = self.held, []
@@ -976,8 +994,11 @@ class Server:
     ``open_storage(name)`` gives the storage a client asks for by name (``""`` when it
     names none) and raises to refuse; ``shared`` says whether a storage stays open
     (True) or is closed when its last client leaves (False, for storages opened per name).
-    ``token``: the secret clients must present (None: no authentication). ``ssl_context``:
-    serve TLS. ``read_only``: refuse every write.
+    ``token``: the secret clients must present (None: no authentication);
+    ``read_only_token``: another secret, whose clients may read and search but not write
+    (nor make or drop the mirror and its indexes). ``ssl_context``: serve TLS.
+    ``search_timeout``: seconds a client's query of the JSON mirror may run (None: no
+    limit); ``search_workers``: threads answering the mirror's requests.
     """
 
     handshake_timeout = 10.0
@@ -987,8 +1008,14 @@ class Server:
     def __init__(self, open_storage: Callable[[str], Any], *, shared: bool = True,
                  token: str | None = None, ssl_context: ssl.SSLContext | None = None,
                  max_frame: int = p.MAX_FRAME, workers: int = 8,
-                 push_delay: float = _PUSH_DELAY):
+                 push_delay: float = _PUSH_DELAY, read_only_token: str | None = None,
+                 search_timeout: float | None = SEARCH_TIMEOUT, search_workers: int = 4):
+        if search_timeout is not None and not search_timeout > 0:
+            raise ValueError(f"search_timeout is a positive number of seconds or None, "
+                             f"not {search_timeout!r}")
         self.open_storage = open_storage
+        self.read_only_token = read_only_token
+        self.search_timeout = search_timeout
         #: seconds a push may wait to go out in one write with the client's next reply or
         #: with other pushes (a reply always carries the pushes queued before it)
         self.push_delay = push_delay
@@ -998,6 +1025,8 @@ class Server:
         self.max_frame = max_frame
         self.pool = concurrent.futures.ThreadPoolExecutor(workers,
                                                           thread_name_prefix="amphora-read")
+        self.search_pool = concurrent.futures.ThreadPoolExecutor(
+            search_workers, thread_name_prefix="amphora-search")
         self.served: dict[str, _Served] = {}
         self.sessions: set[_Session] = set()
         self.cleanups: set[asyncio.Task] = set()
@@ -1121,12 +1150,16 @@ class Server:
             served.sessions.clear()
             await self.release(served)
         self.pool.shutdown(wait=True)
+        self.search_pool.shutdown(wait=True)
 
 
 def serve(uri: str, host: str = "127.0.0.1", port: int = 8100, token: str | None = None,
           ssl_context: ssl.SSLContext | None = None, read_only: bool = False,
-          ready: Callable[[str, int], None] | None = None) -> None:
-    """Serve the storage ``uri`` until SIGTERM or SIGINT.
+          ready: Callable[[str, int], None] | None = None,
+          read_only_token: str | None = None,
+          search_timeout: float | None = SEARCH_TIMEOUT) -> None:
+    """Serve the storage ``uri`` until SIGTERM or SIGINT (the other arguments: see
+    :class:`Server`).
 
     A URI containing ``{name}`` is a template: each client names its storage (the path of
     its ``amphora://host:port/NAME`` URI) and gets the storage of the URI with the name
@@ -1148,7 +1181,8 @@ def serve(uri: str, host: str = "127.0.0.1", port: int = 8100, token: str | None
             target = uri
         return _open_for_serving(target, read_only, open_storage)
 
-    server = Server(opener, shared=not template, token=token, ssl_context=ssl_context)
+    server = Server(opener, shared=not template, token=token, ssl_context=ssl_context,
+                    read_only_token=read_only_token, search_timeout=search_timeout)
 
     async def main() -> None:
         loop = asyncio.get_running_loop()

@@ -23,6 +23,9 @@ Guarantees:
   :meth:`ClientStorage.packed_through` are answered from the served storage;
   :meth:`ClientStorage.poll` waits for the server's push of a commit, so a waiting
   ``db.changes()`` sends nothing until there is something to read.
+- Searches: when the served storage keeps a JSON mirror, so does this client
+  (``supports_mirror``): queries, text queries and the mirror's management are requests
+  answered by the served storage (see :mod:`amphora.storage._client_search`).
 - Conflicts are resolved here, not on the server: while a commit votes, the server sends
   each write conflict with the two states (committed meanwhile, and read), this client
   merges them (``_p_resolveConflict``) and answers; the vote goes on with the merged
@@ -59,6 +62,7 @@ from amphora import errors
 from amphora.errors import (ClientDisconnected, ConflictError, InvalidURIError,
                             ReadConflictError, StorageError)
 from amphora.server import protocol as p
+from amphora.storage._client_search import RemoteMirror
 from amphora.storage.base import DataRecord, StorageBase, TransactionRecord
 from amphora.utils import p64, u64, z64
 
@@ -152,6 +156,8 @@ class _Protocol(asyncio.Protocol):
                 client._asked(message[1], message[2:])
             elif kind == p.MERGED:
                 client._merged(message[1], message[2], message[3])
+            elif kind == p.PROGRESS:
+                client._progressed(message[1], message[2:])
             elif kind == p.ERROR:
                 if message[1] == 0:  # about the connection: the server closes it
                     error = _AuthenticationError(f"the server refused: {message[3]}")
@@ -172,7 +178,7 @@ class _Protocol(asyncio.Protocol):
         self.client._connection_lost(self)
 
 
-class ClientStorage(StorageBase):
+class ClientStorage(RemoteMirror, StorageBase):
     """A storage served by ``amphora serve`` at ``host:port`` (see the module docstring).
 
     ``storage`` names the storage on a server that serves one per name. ``token`` or
@@ -182,7 +188,6 @@ class ClientStorage(StorageBase):
     """
 
     supports_undo = False
-    supports_mirror = False
     is_remote = True
 
     def __init__(self, host: str = "127.0.0.1", port: int = 8100, storage: str = "",
@@ -281,6 +286,7 @@ class ClientStorage(StorageBase):
             self.supports_pack = bool(welcome.get("supports_pack"))
             self._feeds = bool(welcome.get("feeds"))
             self._load_ahead = bool(welcome.get("load_ahead"))
+            self.supports_mirror = bool(welcome.get("mirror"))  # searches: RemoteMirror
             return
         self._latest.clear()  # what changed while away is not known record by record
         wrapper = self._wrapper
