@@ -21,6 +21,7 @@ from amphora.errors import (AmphoraError, ClientDisconnected, ConflictError,
                             ReadOnlyHistoryError, StorageError, StorageFormatError,
                             StorageTransactionError, Unsupported)
 from amphora.feeds import Change, ResyncRequired
+from amphora.serialize import Broken
 from amphora.storage.base import Storage, TransactionMetaData
 from amphora.storage.before import BeforeStorage
 from amphora.storage.demo import DemoStorage
@@ -30,7 +31,7 @@ from amphora.uri import open_storage_for_db as _open_storage_for_db
 from amphora.uri import open_storage
 
 __all__ = [
-    "AmphoraError", "BeforeStorage", "Change", "ClientDisconnected", "ConflictError",
+    "AmphoraError", "BeforeStorage", "Broken", "Change", "ClientDisconnected", "ConflictError",
     "Connection", "ConnectionStateError", "CorruptRecordError", "DB", "DemoStorage",
     "InvalidQueryError", "InvalidURIError", "MemoryStorage", "MirrorError",
     "ObjectNotFoundError", "POSKeyError", "PostgreSQLConnectionError", "ReadConflictError",

@@ -36,7 +36,8 @@ from persistent.wref import WeakRef
 
 from amphora.errors import AmphoraError, CorruptRecordError, StorageError
 
-__all__ = ["ObjectWriter", "ObjectReader", "references", "class_name_of", "PROTOCOL"]
+__all__ = ["ObjectWriter", "ObjectReader", "Broken", "find_global", "references",
+           "class_name_of", "PROTOCOL"]
 
 PROTOCOL = 3
 
@@ -100,7 +101,9 @@ class ObjectWriter:
             class_pickle = self._class_pickles.get(klass, b"")
             if class_pickle == b"":
                 class_pickle = None
-                if not _has_newargs(klass):
+                if issubclass(klass, Broken):
+                    class_pickle = _global_pickle(klass.__module__, klass.__name__)
+                elif not _has_newargs(klass):
                     pickler.clear_memo()
                     pickler.dump(klass)
                     class_pickle = sink.take()
@@ -215,7 +218,7 @@ class ObjectReader:
             if isinstance(oid, str):
                 oid = oid.encode("latin-1")
             if isinstance(klass, tuple):
-                klass = _find_class(*klass)
+                klass = find_global(*klass)
             return self._ghost(oid, klass)
         if isinstance(ref, (bytes, str)):
             return self._get(ref.encode("latin-1") if isinstance(ref, str) else ref)
@@ -230,18 +233,14 @@ class ObjectReader:
         raise CorruptRecordError(f"unknown persistent reference {ref!r}")
 
     def class_of(self, data: bytes) -> tuple[type, tuple]:
-        """The class of the record and the arguments to its ``__new__``."""
-        unpickler = _zpickle.Unpickler(io.BytesIO(data), encoding="ASCII", errors="bytes")
-        unpickler.persistent_load = self._persistent_load
+        """The class of the record and the arguments to its ``__new__``; a :class:`Broken`
+        class named after it when it cannot be imported."""
+        unpickler = Unpickler(data, self._persistent_load, find_global)
         try:
             meta = unpickler.load()
-        except (ImportError, AttributeError) as exc:
-            raise StorageError(
-                f"the class {class_name_of(data)} of a stored object cannot be imported: "
-                f"{exc}") from exc
         except Exception as exc:
             raise CorruptRecordError(f"cannot read the class of a record: {exc}") from exc
-        return _split_meta(meta, _find_class)
+        return _split_meta(meta, find_global)
 
     def new_ghost(self, data: bytes) -> Any:
         """A new instance of the record's class, not yet given its state."""
@@ -250,17 +249,13 @@ class ObjectReader:
 
     def get_state(self, data: bytes) -> Any:
         """The state (second pickle) of a record, with references resolved."""
-        unpickler = _zpickle.Unpickler(io.BytesIO(data), encoding="ASCII", errors="bytes")
-        unpickler.persistent_load = self._persistent_load
+        unpickler = Unpickler(data, self._persistent_load, find_global)
         try:
             # The class pickle is loaded, not skipped: ZODB writes both pickles with one
             # memo, so a state may refer to the class through it (a reference to another
             # object of the same class does).
             unpickler.load()
             return unpickler.load()
-        except (ImportError, AttributeError) as exc:
-            raise StorageError(f"a stored object's state names a class that cannot be "
-                               f"imported: {exc}") from exc
         except (EOFError, _zpickle.UnpicklingError, ValueError, IndexError, TypeError) as exc:
             raise CorruptRecordError(f"cannot read a record: {exc}") from exc
 
@@ -346,6 +341,67 @@ def _find_class(module: str, name: str) -> Any:
             raise StorageError(
                 f"the class {module}.{name} of a stored object cannot be imported: {exc}") from exc
     return found
+
+
+def find_global(module: str, name: str) -> Any:
+    """The global ``module.name`` a record names; when it can no longer be imported, a
+    :class:`Broken` class of that name (as ZODB does), so that the rest of the database
+    stays readable."""
+    key = (module, name)
+    found = _classes.get(key)
+    if found is None:
+        try:
+            found = _find_class(module, name)
+        except StorageError:
+            found = _broken.get(key)
+            if found is None:
+                found = _broken[key] = type(name, (Broken,), {"__module__": module,
+                                                              "__qualname__": name})
+    return found
+
+
+_broken: dict[tuple[str, str], type] = {}
+
+
+class Broken(Persistent):
+    """An object whose class can no longer be imported (its module was removed or
+    renamed), read as ZODB reads it: an instance of a class named after the missing one,
+    whose state is kept as it was stored (``__Broken_state__``) and written back
+    unchanged. Its attributes cannot be changed; the rest of the database is unaffected.
+    When the class can be imported again, the object loads as before.
+    """
+
+    def __new__(cls, *args: Any) -> "Broken":
+        return super().__new__(cls)
+
+    def __init__(self, *args: Any) -> None:
+        self.__dict__["__Broken_initargs__"] = args
+
+    def __setstate__(self, state: Any) -> None:
+        self.__dict__["__Broken_state__"] = state
+
+    def __getstate__(self) -> Any:
+        return self.__dict__.get("__Broken_state__")
+
+    def __getnewargs__(self) -> tuple:
+        # Makes references to it name no class (the class cannot be pickled by name).
+        return ()
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name.startswith(("_p_", "_v_")):
+            super().__setattr__(name, value)
+            return
+        raise AmphoraError(f"cannot change a broken object: its class "
+                           f"{type(self).__module__}.{type(self).__name__} cannot be imported")
+
+    def __repr__(self) -> str:
+        klass = type(self)
+        return f"<broken {klass.__module__}.{klass.__name__} object, oid {self._p_oid!r}>"
+
+
+def _global_pickle(module: str, name: str) -> bytes:
+    """A pickle of the global ``module.name`` that does not import it."""
+    return b"\x80\x03c" + f"{module}\n{name}\n".encode("utf-8") + b"."
 
 
 # ---------------------------------------------------------------------------------------

@@ -12,8 +12,8 @@ import zodbpickle.pickle as zpickle
 from persistent import Persistent
 
 from amphora import serialize
-from amphora.errors import CorruptRecordError, StorageError
-from amphora.serialize import ObjectReader, ObjectWriter, PROTOCOL
+from amphora.errors import CorruptRecordError
+from amphora.serialize import PROTOCOL, Broken, ObjectReader, ObjectWriter
 
 
 class Plain(Persistent):
@@ -132,7 +132,9 @@ def test_a_damaged_state_raises_the_general_error(jar):
         read(jar, Plain, data)
 
 
-def test_a_state_naming_a_missing_class_raises_the_general_error(jar):
+def test_a_state_naming_a_missing_class_holds_a_broken_object_of_that_name(jar):
     state = b"\x80\x03}q\x00X\x01\x00\x00\x00xcno_such_module\nThing\nq\x01)\x81q\x02s."
-    with pytest.raises(StorageError, match="cannot be imported"):
-        read(jar, Plain, pickle.dumps(Plain, PROTOCOL) + state)
+    obj = read(jar, Plain, pickle.dumps(Plain, PROTOCOL) + state)
+    inner = obj.x
+    assert isinstance(inner, Broken)
+    assert (type(inner).__module__, type(inner).__name__) == ("no_such_module", "Thing")
