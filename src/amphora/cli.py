@@ -21,7 +21,7 @@ import time
 from typing import Any, Iterator, Sequence
 
 from amphora.copy import CopyStats, DestinationNotEmptyError, copy_transactions
-from amphora.errors import AmphoraError
+from amphora.errors import AmphoraError, ObjectNotFoundError
 from amphora.serialize import class_name_of, references
 from amphora.uri import open_storage, parse_uri
 from amphora.utils import maxtid, p64, tid_to_datetime, u64, z64
@@ -78,9 +78,10 @@ def opened(spec: str, read_only: bool = False, must_exist: bool = True,
         storage = _open_filestorage(fs_path, read_only, must_exist)
     else:
         if "://" not in spec and os.path.exists(spec):
-            raise CommandError(
-                f"{spec!r} is a file name, not a storage URI; for an SQLite file write "
-                f"'sqlite:///{spec}' (relative) or 'sqlite:////abs/path.db'")
+            how = ("(an absolute path: four slashes)" if os.path.isabs(spec)
+                   else "(a relative path: three slashes)")
+            raise CommandError(f"{spec!r} is a file name, not a storage URI; for an SQLite "
+                               f"file write 'sqlite:///{spec}' {how}")
         scheme, path, _ = parse_uri(spec)
         if must_exist and scheme == "sqlite" and path not in ("", "/"):
             file_path = path[1:] if path.startswith("/") else path
@@ -295,7 +296,13 @@ def cmd_show(args: argparse.Namespace) -> int:
                 raise CommandError(f"oid {u64(args.oid)} has no current revision")
             data, tid = record[0], record[1]
         else:
-            data, tid = storage.loadSerial(args.oid, args.tid), args.tid
+            try:
+                data, tid = storage.loadSerial(args.oid, args.tid), args.tid
+            except ObjectNotFoundError:
+                storage.loadBefore(args.oid, maxtid)  # no such object at all: say that
+                raise CommandError(f"oid {u64(args.oid)} has no revision with tid "
+                                   f"{_format_tid(args.tid)} (amphora history lists them)"
+                                   ) from None
     class_name, state = record_to_json(data)  # symbolic: no class is imported
     document = {"oid": u64(args.oid), "tid": _format_tid(tid), "class_name": class_name,
                 "state": json.loads(state)}

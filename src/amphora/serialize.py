@@ -235,7 +235,8 @@ class ObjectReader:
     def class_of(self, data: bytes) -> tuple[type, tuple]:
         """The class of the record and the arguments to its ``__new__``; a :class:`Broken`
         class named after it when it cannot be imported."""
-        unpickler = Unpickler(data, self._persistent_load, find_global)
+        unpickler = _TolerantUnpickler(io.BytesIO(data), encoding="ASCII", errors="bytes")
+        unpickler.persistent_load = self._persistent_load
         try:
             meta = unpickler.load()
         except Exception as exc:
@@ -249,7 +250,8 @@ class ObjectReader:
 
     def get_state(self, data: bytes) -> Any:
         """The state (second pickle) of a record, with references resolved."""
-        unpickler = Unpickler(data, self._persistent_load, find_global)
+        unpickler = _TolerantUnpickler(io.BytesIO(data), encoding="ASCII", errors="bytes")
+        unpickler.persistent_load = self._persistent_load
         try:
             # The class pickle is loaded, not skipped: ZODB writes both pickles with one
             # memo, so a state may refer to the class through it (a reference to another
@@ -344,23 +346,36 @@ def _find_class(module: str, name: str) -> Any:
 
 
 def find_global(module: str, name: str) -> Any:
-    """The global ``module.name`` a record names; when it can no longer be imported, a
-    :class:`Broken` class of that name (as ZODB does), so that the rest of the database
-    stays readable."""
+    """The global ``module.name`` a record names (imported once and remembered); when it
+    can no longer be imported, a :class:`Broken` class of that name (as ZODB does), so
+    that the rest of the database stays readable."""
+    try:
+        return _find_class(module, name)
+    except StorageError:
+        return _broken_class(module, name)
+
+
+def _broken_class(module: str, name: str) -> type:
     key = (module, name)
-    found = _classes.get(key)
+    found = _broken.get(key)
     if found is None:
-        try:
-            found = _find_class(module, name)
-        except StorageError:
-            found = _broken.get(key)
-            if found is None:
-                found = _broken[key] = type(name, (Broken,), {"__module__": module,
-                                                              "__qualname__": name})
+        found = _broken[key] = type(name, (Broken,), {"__module__": module,
+                                                      "__qualname__": name})
     return found
 
 
 _broken: dict[tuple[str, str], type] = {}
+
+
+class _TolerantUnpickler(_zpickle.Unpickler):
+    """Reads a record's pickles, globals as the unpickler finds them (Python 2 names
+    mapped), and a :class:`Broken` class for a global that cannot be imported."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        try:
+            return super().find_class(module, name)
+        except (ImportError, AttributeError):
+            return _broken_class(module, name)
 
 
 class Broken(Persistent):

@@ -301,7 +301,10 @@ def test_a_file_that_is_not_an_amphora_database(tmp_path, command):
 
 def test_a_file_name_instead_of_a_uri(app, tmp_path):
     line = one_error_line(run("info", "app.db", cwd=tmp_path, ok=False))
-    assert "sqlite:///app.db" in line
+    assert "sqlite:///app.db" in line and "relative" in line
+    absolute = str(tmp_path / "app.db")
+    line = one_error_line(run("info", absolute, cwd=tmp_path, ok=False))
+    assert f"sqlite:///{absolute}" in line and "absolute" in line and "relative" not in line
 
 
 def test_a_file_that_is_not_a_filestorage(tmp_path):

@@ -63,6 +63,14 @@ def test_show_of_an_unknown_oid_is_one_error_line(people, tmp_path):
     assert "999" in line or "0x999" in line
 
 
+def test_show_of_a_missing_revision_names_the_tid_not_the_oid(people, tmp_path):
+    uri, oid = people
+    line = one_error_line(run("show", uri, str(oid), "--tid", "0x1", cwd=tmp_path, ok=False))
+    assert "no revision with tid 0x0000000000000001" in line and "no object" not in line
+    line = one_error_line(run("show", uri, "0x999", "--tid", "0x1", cwd=tmp_path, ok=False))
+    assert "0x999" in line or "2457" in line
+
+
 def test_search_needs_a_mirror_then_finds_documents(people, tmp_path):
     uri, oid = people
     condition = "state->>'email' = %s"

@@ -3,6 +3,7 @@ commands are the ones the repository's scripts and CI use."""
 from __future__ import annotations
 
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -55,3 +56,18 @@ def test_ci_runs_the_readme_test_command():
     assert "set -euo pipefail" in lines
     # the README's command on the default Python, then on the newest pyenv has
     assert lines.index("./scripts/test") < lines.index('PYENV_VERSION="$newest" ./scripts/test')
+
+
+@pytest.mark.skipif(not (REPO / ".venv" / ".amphora-installed-test").exists()
+                    and not (REPO / ".venv" / ".amphora-installed-base").exists(),
+                    reason="./scripts/serve would first install .venv (made by ./scripts/test)")
+def test_the_serve_command_names_the_address_it_was_given():
+    process = subprocess.Popen([str(REPO / "scripts" / "serve"), "--listen", "127.0.0.1:0"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        served = process.stdout.readline()  # "amphora: serving ... on HOST:PORT"
+    finally:
+        process.terminate()
+        _, hint = process.communicate(timeout=30)
+    assert "on 127.0.0.1:" in served
+    assert "amphora://127.0.0.1:0" in hint and "8100" not in hint

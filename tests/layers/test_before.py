@@ -163,6 +163,15 @@ def test_before_uri_opens_a_view(tmp_path):
         assert isinstance(db.storage, BeforeStorage)
         with db.transaction() as conn:
             assert conn.root.value == 1
-    with amphora.open(f"before://?storage={uri}") as db:  # now
-        with db.transaction() as conn:
-            assert conn.root.value == 2
+    with pytest.raises(amphora.InvalidURIError, match="at=MOMENT"):
+        amphora.open(f"before://?storage={uri}")  # silently meant "now" before
+
+
+def test_a_before_uri_with_a_raw_plus_in_its_moment_says_to_escape_it(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'prod.db'}"
+    amphora.open(uri).close()
+    with pytest.raises(amphora.InvalidURIError, match="%2B") as info:
+        amphora.open(f"before://?storage={uri}&at=2026-01-01T12:00:00+01:00")
+    assert "at=" in str(info.value)
+    with amphora.open(f"before://?storage={uri}&at=2026-01-01T12:00:00%2B01:00") as db:
+        assert isinstance(db.storage, BeforeStorage)

@@ -93,6 +93,24 @@ def test_a_read_only_client_of_an_empty_server_has_an_empty_root(servers):
     assert read_value(server.address, "x") == 1
 
 
+def test_refused_handshakes_leave_no_error_in_the_server_log(servers, tmp_path):
+    token = tmp_path / "token"
+    token.write_text("s3cret\n")
+    server = servers("sqlite:///" + str(tmp_path) + "/{name}.db", "--token-file", str(token))
+    with pytest.raises(StorageError, match="bad token"):
+        ClientStorage(server.host, server.port, storage="app", token="guess", wait_timeout=5)
+    with pytest.raises(StorageError, match="starts with a letter or a digit"):
+        ClientStorage(server.host, server.port, storage=".hidden", token="s3cret",
+                      wait_timeout=5)
+    with raw_connection(server) as sock:
+        sock.sendall(hello(version=99))
+        assert "version 99" in read_messages(sock)[0][3]
+    commit_value(server.address + "/app", "x", 1, token="s3cret")  # still serving
+    assert server.terminate() == 0
+    log = "".join(server.stderr_lines)
+    assert "Traceback" not in log and "never retrieved" not in log, log
+
+
 def test_another_protocol_version_is_refused_with_the_version_spoken(servers):
     server = servers("memory://")
     with raw_connection(server) as sock:
@@ -132,7 +150,7 @@ def test_tls_serves_clients_that_trust_the_certificate(servers, certificate):
     # a client that does not trust it, and one that does not speak TLS, get nowhere
     with pytest.raises(StorageError):
         ClientStorage(server.host, server.port, tls=True, wait_timeout=5)
-    with pytest.raises(StorageError):
+    with pytest.raises(StorageError, match="the server speaks TLS: connect with amphoras://"):
         ClientStorage(server.host, server.port, wait_timeout=5)
 
 

@@ -431,7 +431,7 @@ class _Session(SearchRequests, asyncio.Protocol):
         task.add_done_callback(self.server.cleanups.discard)
 
     async def cleanup(self) -> None:
-        served = self.served
+        served = self.served or None  # False: a handshake under way, or refused
         if served is not None:
             served.sessions.discard(self)
         committer = self.committer
@@ -1056,7 +1056,9 @@ class Server:
     # -- storages -------------------------------------------------------------------
     async def acquire(self, name: str, session: _Session) -> _Served:
         if name and not _NAME.match(name):
-            raise errors.StorageError("a storage name is letters, digits, '.', '_' and '-'")
+            raise errors.StorageError(
+                f"bad storage name {name!r}: a name is 1 to 100 letters, digits, '.', '_' "
+                "and '-', and starts with a letter or a digit")
         lock = self._locks.setdefault(name, asyncio.Lock())
         async with lock:
             served = self.served.get(name)

@@ -265,6 +265,14 @@ class ClientStorage(RemoteMirror, StorageBase):
             "last_tid": self._ltid if self._welcomed_once else None}]))
         try:
             await asyncio.wait_for(asyncio.shield(proto.welcome), self.wait_timeout)
+        except ClientDisconnected:
+            proto.transport.close()
+            if self._ssl is None and not self._welcomed_once and await loop.run_in_executor(
+                    None, _speaks_tls, self._host, self._port, self.wait_timeout):
+                raise _AuthenticationError(
+                    "the server speaks TLS: connect with amphoras:// (and ca_file= to trust "
+                    "a private authority)") from None
+            raise
         except BaseException:
             proto.transport.close()
             raise
@@ -777,6 +785,20 @@ class ClientStorage(RemoteMirror, StorageBase):
                 done.set_result(None)
         self._loop.call_soon_threadsafe(run)
         done.result(5)
+
+
+def _speaks_tls(host: str, port: int, timeout: float) -> bool:
+    """True if the server at ``host:port`` completes a TLS handshake (asked only after it
+    closed a plain connection without a word)."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    try:
+        with socket.create_connection((host, port), timeout) as sock:
+            with context.wrap_socket(sock, server_hostname=host):
+                return True
+    except (OSError, ssl.SSLError):
+        return False
 
 
 _loop_lock = threading.Lock()
