@@ -244,15 +244,31 @@ def _class_name(data: bytes | None) -> str:
 
 def cmd_pack(args: argparse.Namespace) -> int:
     with opened(args.uri) as storage:
+        # An SQLite file is measured with its write-ahead log copied in (checkpoint), so
+        # that the log a pack writes is not counted as the database growing.
+        checkpoint = getattr(storage, "checkpoint", None)
+        if args.vacuum and not hasattr(storage, "vacuum"):
+            raise CommandError(f"--vacuum: {type(storage).__name__} has no file to shrink "
+                               "(it is for SQLite files)")
+        if checkpoint is not None:
+            checkpoint()
         size, objects = storage.getSize(), len(storage)
         started = time.monotonic()
         storage.pack(time.time() - args.days * 86400, references, gc=not args.no_gc)
+        if args.vacuum:
+            storage.vacuum()
+        elif checkpoint is not None:
+            checkpoint()
         elapsed = time.monotonic() - started
         new_size, new_objects = storage.getSize(), len(storage)
+        free = storage.free_bytes() if hasattr(storage, "free_bytes") else 0
     since = "now" if not args.days else f"{args.days:g} days ago"
     gc = "; no garbage collection" if args.no_gc else ""
     print(f"packed {args.uri} (history kept since {since}{gc}) in {elapsed:.2f} s: "
           f"size {size:,} -> {new_size:,} bytes, objects {objects:,} -> {new_objects:,}")
+    if free:
+        print(f"{free:,} bytes of the file are free for new data; "
+              f"amphora pack --vacuum gives them back to the file system")
     return 0
 
 
@@ -515,6 +531,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="keep the history of the last N days (default: 0, pack to now)")
     pack.add_argument("--no-gc", action="store_true",
                       help="only remove old revisions; keep unreachable objects")
+    pack.add_argument("--vacuum", action="store_true",
+                      help="SQLite: then rewrite the file without its free pages, giving "
+                      "the space back (commits wait meanwhile)")
     pack.set_defaults(func=cmd_pack)
 
     copy = command("copy", "copy every transaction from one storage to another",

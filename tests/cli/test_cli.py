@@ -400,3 +400,26 @@ def test_the_history_header_counts_every_revision(app, tmp_path):
     assert "3 revisions, the newest 1 shown" in out.splitlines()[0]
     out = run("history", app, "0", "--size", "3", cwd=tmp_path).stdout
     assert "3 revisions, newest first" in out.splitlines()[0]
+
+
+def test_pack_measures_the_file_without_its_log_and_vacuum_gives_space_back(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'big.db'}"
+    db = amphora.open(uri)
+    with db.transaction() as conn:
+        conn.root.blobs = PersistentMapping({n: PersistentMapping(text="x" * 2000)
+                                             for n in range(1000)})
+    with db.transaction() as conn:
+        del conn.root.blobs  # about 2 MB of garbage for the pack
+    db.close()
+    out = run("pack", uri, cwd=tmp_path).stdout
+    before, after = (int(n.replace(",", "")) for n in
+                     re.search(r"size ([\d,]+) -> ([\d,]+) bytes", out).groups())
+    assert after <= before  # the log the pack wrote was counted as growth
+    free = int(re.search(r"([\d,]+) bytes of the file are free", out).group(1).replace(",", ""))
+    assert free > 1_000_000
+    out = run("pack", uri, "--vacuum", cwd=tmp_path).stdout
+    vacuumed = int(re.search(r"-> ([\d,]+) bytes", out).group(1).replace(",", ""))
+    assert vacuumed < after - 1_000_000 and "are free" not in out
+    assert (tmp_path / "big.db").stat().st_size == vacuumed
+    line = one_error_line(run("pack", "memory://", "--vacuum", cwd=tmp_path, ok=False))
+    assert "--vacuum" in line

@@ -32,6 +32,11 @@ _DELETE_TRANSACTION = "DELETE FROM transactions WHERE tid = ?"
 _SET_PACKED_THROUGH = ("UPDATE amphora_meta SET value = :packed"
                        " WHERE key = 'packed_through' AND value < :packed")
 
+_CHECKPOINT = "PRAGMA wal_checkpoint(TRUNCATE)"
+_FREE_PAGES = "PRAGMA freelist_count"
+_PAGE_SIZE = "PRAGMA page_size"
+_VACUUM = "VACUUM"
+
 _DELETE_CHUNK = 1000                 # rows deleted per write transaction while packing
 
 
@@ -70,6 +75,46 @@ class PackMixin:
             for conn in (reader, writer):
                 if conn is not None:
                     conn.close()
+
+    def checkpoint(self) -> bool:
+        """Copy the write-ahead log into the file and empty it (SQLite's ``TRUNCATE``
+        checkpoint), so that the file alone holds the database and its size is the
+        database's. False when a reader elsewhere kept part of the log in use."""
+        self._check_writable()
+        writer = self._connect(read_only=False)
+        try:
+            busy, _, _ = writer.execute(_CHECKPOINT).fetchone()
+            return not busy
+        except sqlite3.Error as exc:
+            raise self._error(exc) from exc
+        finally:
+            writer.close()
+
+    def free_bytes(self) -> int:
+        """The bytes of the file's free pages (left by deletes, a pack's for one), which
+        SQLite reuses for new data but does not give back to the file system until
+        :meth:`vacuum`."""
+        reader = self._connect(read_only=True)
+        try:
+            pages = reader.execute(_FREE_PAGES).fetchone()[0]
+            return pages * reader.execute(_PAGE_SIZE).fetchone()[0]
+        except sqlite3.Error as exc:
+            raise self._error(exc) from exc
+        finally:
+            reader.close()
+
+    def vacuum(self) -> None:
+        """Rewrite the file without its free pages (SQLite's ``VACUUM``), then checkpoint.
+        Commits elsewhere wait meanwhile: the rewrite takes the write lock throughout."""
+        self._check_writable()
+        writer = self._connect(read_only=False)
+        try:
+            writer.execute(_VACUUM)
+        except sqlite3.Error as exc:
+            raise self._error(exc) from exc
+        finally:
+            writer.close()
+        self.checkpoint()
 
     def _delete_in_chunks(self, writer: sqlite3.Connection, sql: str, rows: list) -> None:
         for i in range(0, len(rows), _DELETE_CHUNK):
