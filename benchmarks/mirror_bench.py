@@ -49,9 +49,24 @@ from shootout import PostgreSQLServer, make_items  # noqa: E402
 MODES = ("off", "sync", "follow")
 
 
-def one_round(uri: str, mode: str, n: int, loops: int, seed: int) -> dict[str, list[float]]:
+class WallClock:
+    """What a sample is: seconds on the wall clock. ``start()`` before the timed work,
+    ``stop(start())`` after it gives the sample (other meters give other samples)."""
+
+    def start(self) -> float:
+        return time.perf_counter()
+
+    def stop(self, started: float) -> float:
+        return time.perf_counter() - started
+
+
+def one_round(uri: str, mode: str, n: int, loops: int, seed: int,
+              meter: Any = None) -> dict[str, list[Any]]:
+    """The samples (``meter``'s, by default seconds) of ``loops`` adds and updates of
+    ``n`` objects, and of catching up with them in follow mode, in one new database."""
+    meter = meter or WallClock()
     db = amphora.open(uri, cache_size=4 * n + 1000)
-    samples: dict[str, list[float]] = {"add": [], "update": [], "follower": []}
+    samples: dict[str, list[Any]] = {"add": [], "update": [], "follower": []}
     try:
         if mode != "off":
             db.create_mirror(mode=mode)
@@ -65,25 +80,25 @@ def one_round(uri: str, mode: str, n: int, loops: int, seed: int) -> dict[str, l
             gc.collect()
             gc.disable()
             try:
-                started = time.perf_counter()
+                started = meter.start()
                 conn = db.open(tm)
                 tree = conn.root()[f"t{k}"]
                 for i, item in enumerate(items):
                     tree[i] = item
                 tm.commit()
                 conn.close()
-                samples["add"].append(time.perf_counter() - started)
-                started = time.perf_counter()
+                samples["add"].append(meter.stop(started))
+                started = meter.start()
                 conn = db.open(tm)
                 for item in conn.root()[f"t{k}"].values():
                     item.attr += 1
                 tm.commit()
                 conn.close()
-                samples["update"].append(time.perf_counter() - started)
+                samples["update"].append(meter.stop(started))
                 if mode == "follow":
-                    started = time.perf_counter()
+                    started = meter.start()
                     db.follow_mirror()
-                    samples["follower"].append(time.perf_counter() - started)
+                    samples["follower"].append(meter.stop(started))
             finally:
                 gc.enable()
     finally:
