@@ -132,7 +132,8 @@ def _demo_uri(changes: str) -> Callable[[Path], str]:
     def uri(path: Path) -> str:
         base = f"sqlite:///{_base_file(path)}"
         if changes == "memory over before":
-            return f"demo://?base=before://%3Fstorage%3D{base}"
+            # a view of now: a moment far ahead is capped to the last transaction
+            return f"demo://?base=before://%3Fstorage%3D{base}%26before%3D0x7fffffffffffffff"
         layer = f"sqlite:///{path}" if changes == "sqlite" else "memory://"
         return f"demo://?base={base}&changes={layer}"
     return uri
