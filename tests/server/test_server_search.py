@@ -4,7 +4,6 @@ while others are served, and a PostgreSQL ``search_role`` confines what client S
 (The search suite itself runs on client->sqlite and client->postgresql: tests/search.)"""
 from __future__ import annotations
 
-import inspect
 import sys
 import threading
 import uuid
@@ -122,25 +121,8 @@ def test_a_read_only_token_may_search_but_not_change_the_mirror(servers, tmp_pat
         writer.close()
 
 
-def enforces_timeout(storage) -> bool:
-    """Whether ``storage.query_mirror`` cancels a query at its ``timeout=``."""
-    try:
-        storage.query_mirror("WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1"
-                             " FROM n WHERE i < 3000000) SELECT count(*) FROM n",
-                             timeout=0.05)
-    except InvalidQueryError:
-        return True
-    return False
-
-
 def test_the_search_timeout_stops_a_slow_query_and_others_are_served(servers, tmp_path):
-    probe = SQLiteStorage(str(tmp_path / "probe.db"))
-    amphora.DB(probe).create_mirror()
-    if not enforces_timeout(probe):
-        probe.close()
-        pytest.skip("this SQLite storage's query_mirror does not cancel at its timeout=")
-    probe.close()
-    server = served_sqlite(servers, tmp_path, "--search-timeout", "3")
+    server = served_sqlite(servers, tmp_path, "--search-timeout", "6")
     slow_db = amphora.open(f"amphora://{server.address}")
     other = amphora.open(f"amphora://{server.address}")
     outcome: list = []
@@ -159,7 +141,7 @@ def test_the_search_timeout_stops_a_slow_query_and_others_are_served(servers, tm
         with other.transaction() as writing:
             writing.root()["Dee"] = Item("Dee")
         conn.close()
-        assert thread.is_alive()  # (3 s to spare)
+        assert thread.is_alive()  # (6 s to spare)
         thread.join(60)
         assert not thread.is_alive()
         assert isinstance(outcome[0], InvalidQueryError) and "timeout" in str(outcome[0])
@@ -173,8 +155,6 @@ def test_the_search_timeout_stops_a_slow_query_and_others_are_served(servers, tm
 # -- PostgreSQL: a search role ----------------------------------------------------------------
 
 def test_a_search_role_confines_client_sql_to_the_storages_schema(servers, tmp_path):
-    if "search_role" not in inspect.signature(PostgreSQLStorage.__init__).parameters:
-        pytest.skip("this PostgreSQL storage takes no search_role option")
     pg = pgserver.require()
     schema = pgserver.schema_for(str(tmp_path / "served"))
     other = pgserver.schema_for(str(tmp_path / "other"))
