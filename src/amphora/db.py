@@ -6,6 +6,12 @@ storage (``storage.registerDB(db)``) so that transactions committed elsewhere (a
 process on the same SQLite file, another client of a server) reach every connection as
 invalidations; commits made through its own connections are passed to the others in the
 storage's commit callback.
+
+A database opened before a fork works in the child: the storage opens what it needs
+there (see each storage), and the database's locks, which a thread of the parent (a
+storage reporting a commit, a subscriber thread) may have held at the fork, are new in the
+child. Subscriptions stay the parent's: the child runs none of the parent's callbacks (a
+worker process subscribes for itself).
 """
 from __future__ import annotations
 
@@ -26,6 +32,7 @@ from amphora.errors import (ConflictError, ConnectionStateError, ObjectNotFoundE
 from amphora.feeds import Change, ChangeFeed, Subscriptions, achanges
 from amphora.search import DatabaseSearch
 from amphora.serialize import ObjectWriter, references
+from amphora.storage import _fork
 from amphora.storage.base import RecordsAsStored, Storage, TransactionMetaData
 from amphora.utils import maxtid, p64, tid_from_datetime, tid_repr, u64, z64
 
@@ -54,6 +61,7 @@ class DB(DatabaseSearch, RecordsAsStored):
         self._connections: weakref.WeakSet[Connection] = weakref.WeakSet()
         self._closed = False
         self._subscriptions: Subscriptions | None = None
+        _fork.track(self)
         storage.registerDB(self)
         self._ensure_root()
 
@@ -223,7 +231,8 @@ class DB(DatabaseSearch, RecordsAsStored):
 
     def subscribe(self, callback: Callable[[Change], Any]) -> None:
         """Call ``callback(change)`` for every transaction committed from now on, in
-        commit order, from a thread of the database (never from a commit)."""
+        commit order, from a thread of the database (never from a commit). A forked
+        child calls none of the callbacks subscribed in its parent."""
         with self._lock:
             if self._subscriptions is None:
                 self._subscriptions = Subscriptions(self.storage)
@@ -244,6 +253,15 @@ class DB(DatabaseSearch, RecordsAsStored):
             self._pool.clear()
             self._connections = weakref.WeakSet()
         self.storage.close()
+
+    def _forked(self, kept: list) -> None:
+        """In a forked child, at the fork (no other thread runs): new locks (the
+        parent's threads that held some are not here) and no subscriptions."""
+        self._lock = threading.Lock()
+        self.records._lock = threading.Lock()
+        for conn in list(self._connections):
+            conn._inv_lock = threading.Lock()
+        self._subscriptions = None
 
     def __enter__(self) -> "DB":
         return self

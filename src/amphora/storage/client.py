@@ -44,6 +44,12 @@ unreachable the client reconnects with exponential backoff; calls wait up to
 but not answered when the connection broke raises ClientDisconnected from ``tpc_finish``
 (from ``tpc_vote`` for a commit finished in its vote, see :meth:`ClientStorage._vote`):
 it may or may not have committed (the next connection's invalidations tell).
+
+After a fork, a client storage copied into the child lets go of the parent's connection
+without a byte sent (at the fork) and, at its first use in the child, starts the child's
+own I/O thread and connects as after a lost connection: the server sends what changed
+since the last transaction the parent had heard of. The parent's connection, requests,
+oids reserved and commit in progress stay the parent's.
 """
 from __future__ import annotations
 
@@ -51,6 +57,7 @@ import asyncio
 import concurrent.futures
 import itertools
 import logging
+import os
 import select
 import socket
 import ssl
@@ -62,6 +69,7 @@ from amphora import errors
 from amphora.errors import (ClientDisconnected, ConflictError, InvalidURIError,
                             ReadConflictError, StorageError)
 from amphora.server import protocol as p
+from amphora.storage import _fork
 from amphora.storage._client_search import RemoteMirror
 from amphora.storage.base import DataRecord, StorageBase, TransactionRecord
 from amphora.utils import p64, u64, z64
@@ -238,8 +246,11 @@ class ClientStorage(RemoteMirror, StorageBase):
         self._final: dict[bytes, bytes] = {}
         self._advanced = threading.Condition()  # notified whenever _ltid moves
         self._marks = threading.local()  # per thread: _ltid when it last read the log
-        self._loop = _io_loop()
+        self._loop: asyncio.AbstractEventLoop | None = _io_loop()
         self._reconnector: concurrent.futures.Future | None = None
+        self._forks = _fork.forks  # != _fork.forks: copied into a child, not used there yet
+        self._restart_lock = threading.Lock()
+        _fork.track(self)
         asyncio.run_coroutine_threadsafe(self._connect(), self._loop).result()
         self._reconnector = asyncio.run_coroutine_threadsafe(self._keep_connected(), self._loop)
 
@@ -449,6 +460,8 @@ class ClientStorage(RemoteMirror, StorageBase):
         """Send one request and wait for its answer; ``handler(result)`` runs in the I/O
         thread, in order with the pushes, before the caller gets the result;
         ``questions(*question)`` answers, in the I/O thread, what the server asks first."""
+        if self._forks != _fork.forks:
+            self._restart_after_fork()
         if self._closed:
             raise StorageError(f"{self.__name__} is closed")
         if not self._ready.is_set() and not self._ready.wait(self.wait_timeout):
@@ -630,6 +643,8 @@ class ClientStorage(RemoteMirror, StorageBase):
         than the one this thread last saw in :meth:`transaction_log` (else newer than
         the last known at the call) was reported. Neither spins nor sends anything
         while waiting."""
+        if self._forks != _fork.forks:
+            self._restart_after_fork()  # else no push could ever wake it
         mark = getattr(self._marks, "ltid", None)
         with self._advanced:
             if mark is None:
@@ -769,6 +784,8 @@ class ClientStorage(RemoteMirror, StorageBase):
         self._ready.set()  # callers waiting for a connection find it closed
         with self._advanced:
             self._advanced.notify_all()  # and pollers stop waiting
+        if self._loop is None:  # a child's copy never used: nothing of its own to close
+            return
 
         def shutdown() -> None:
             if self._reconnector is not None:
@@ -785,6 +802,52 @@ class ClientStorage(RemoteMirror, StorageBase):
                 done.set_result(None)
         self._loop.call_soon_threadsafe(run)
         done.result(5)
+
+    # -- after a fork -----------------------------------------------------------------
+    def _forked(self, kept: list) -> None:
+        """In the child, at the fork (no other thread runs): let go of the parent's
+        connection without I/O and of what the parent's threads used (requests, locks,
+        conditions, thread-locals, reserved oids, the commit in progress); the first call
+        reconnects (:meth:`_restart_after_fork`). Records and ``_ltid`` are kept: the
+        reconnection's invalidations bring them up to date."""
+        connection = self._connection
+        if connection is not None and connection.transport is not None:
+            sock = connection.transport.get_extra_info("socket")
+            if sock is not None:
+                _fork.drop_descriptor(sock.fileno())
+        self._connection = None
+        self._loop = None
+        self._reconnector = None
+        self._lost = asyncio.Event()
+        self._ready = threading.Event()
+        if self._closed:
+            self._ready.set()
+        self._requests = {}
+        self._requests_lock = threading.Lock()
+        self._oid_lock = threading.Lock()
+        self._oids = []  # the parent hands these out
+        self._voted = False
+        self._finished_tid = None
+        self._final = {}
+        self._ahead = threading.local()
+        self._marks = threading.local()
+        self._advanced = threading.Condition()
+        self._restart_lock = threading.Lock()
+        _fork.reset_commit_state(self)
+
+    def _restart_after_fork(self) -> None:
+        """The first use in a child: this process's I/O thread, and a connection made as
+        after a lost one (the handshake names the last tid known, the server sends what
+        changed since). Calls wait for it as for any reconnection."""
+        with self._restart_lock:
+            if self._forks == _fork.forks:
+                return
+            if not self._closed:
+                self._loop = _io_loop()
+                self._lost.set()  # as if the connection had just broken
+                self._reconnector = asyncio.run_coroutine_threadsafe(self._keep_connected(),
+                                                                     self._loop)
+            self._forks = _fork.forks
 
 
 def _speaks_tls(host: str, port: int, timeout: float) -> bool:
@@ -803,6 +866,9 @@ def _speaks_tls(host: str, port: int, timeout: float) -> bool:
 
 _loop_lock = threading.Lock()
 _loop: asyncio.AbstractEventLoop | None = None
+# A forked child's copies of its parent's loops: never run, closed or collected here
+# (closing one would unregister the parent's sockets from the epoll instance it shares).
+_inherited_loops: list[asyncio.AbstractEventLoop] = []
 
 
 def _io_loop() -> asyncio.AbstractEventLoop:
@@ -816,3 +882,15 @@ def _io_loop() -> asyncio.AbstractEventLoop:
                              name="amphora-client-io").start()
             _loop = loop
         return _loop
+
+
+def _after_fork_in_child() -> None:
+    """The parent's I/O thread is not in the child: the next client gets a loop of its
+    own (the client storages copied let go of the parent's connections, see _forked)."""
+    global _loop, _loop_lock
+    if _loop is not None:
+        _inherited_loops.append(_loop)
+    _loop, _loop_lock = None, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

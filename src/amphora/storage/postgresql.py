@@ -3,6 +3,10 @@
 Any number of processes on any number of machines share one database; PostgreSQL's MVCC
 lets them read while one of them commits. Uses psycopg 3 (``pip install
 amphora[postgresql]``).
+
+After a fork, a storage copied into the child lets go of every session of the parent at
+the fork, without a message sent (closing a psycopg connection would send ``Terminate``
+on the socket the parent still uses), and opens sessions of its own as it needs them.
 """
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ from amphora.errors import (CorruptRecordError, InvalidURIError, ObjectNotFoundE
                             PostgreSQLConnectionError, ReadOnlyError, StorageError,
                             StorageFormatError)
 from amphora.serialize import references as record_references
+from amphora.storage import _fork
 from amphora.storage._pg_mirror import _MIRROR_KEY, MirrorMixin, check_role
 from amphora.storage._pg_pack import PackMixin
 # FORMAT and SCHEMA_VERSION are importable from here too.
@@ -325,6 +330,7 @@ class PostgreSQLStorage(SchemaMixin, PackMixin, MirrorMixin, TransactionLogMixin
         # Bumped whenever this storage learns of a commit (its own or another's): records
         # read ahead before that may have been replaced since, so they are dropped.
         self._ahead_generation = 0
+        _fork.track(self)
         try:
             meta = self._open(create, True if keep_history is None else bool(keep_history))
             self.keep_history = self._check_meta(meta, keep_history)
@@ -556,10 +562,12 @@ class PostgreSQLStorage(SchemaMixin, PackMixin, MirrorMixin, TransactionLogMixin
         returns no row when nothing changed.
         """
         with self._lock:
-            conn = self._poller
-            if conn is None or self._closed:
+            if self._closed:
                 raise StorageError(f"{self.__name__} is closed")
             try:
+                conn = self._poller
+                if conn is None:  # a forked child's first sync
+                    conn = self._poller = self._connect(autocommit=True)
                 rows = conn.execute(_CHANGES_SINCE, (_u(self._ltid),), binary=True).fetchall()
                 packed = conn.execute(_PACKED_THROUGH).fetchone()[0] if rows else 0
             except self._psycopg.Error as exc:
@@ -775,6 +783,40 @@ class PostgreSQLStorage(SchemaMixin, PackMixin, MirrorMixin, TransactionLogMixin
                     conn.close()
                 except Exception:
                     pass
+
+    # -- after a fork -----------------------------------------------------------------
+    def _kept_open(self) -> list[Any]:
+        """Every connection this storage keeps open (held across a fork, see _fork)."""
+        conns = [reader.conn for reader in list(self._readers)]
+        conns += [holder.conn for holder in list(self._mirror_conns())]
+        return conns + [self._poller, self._writer, self._waiter]
+
+    def _forked(self, kept: list[Any]) -> None:
+        """In the child, at the fork (no other thread runs): let go of the parent's
+        sessions without a message sent (their sockets made /dev/null first: closing sends
+        Terminate), and forget the thread-locals that held some, the locks, the oids
+        reserved (the parent hands them out) and the commit in progress. Each thread opens
+        its own sessions at its next call."""
+        for conn in kept:
+            try:
+                _fork.drop_descriptor(conn.pgconn.socket)
+            except self._psycopg.Error:
+                continue  # closed already
+            conn.pgconn.finish()
+        self._local = threading.local()
+        self._readers = weakref.WeakSet()
+        self._readers_lock = threading.Lock()
+        self.__dict__.pop("_mirror_conn_set", None)
+        self.__dict__.pop("_mirror_conn_lock", None)
+        self._poller = self._writer = self._waiter = None
+        self._waiter_lock = threading.Lock()
+        self._oid_lock = threading.Lock()
+        self._oids = []
+        self._oid_block = _OID_BLOCK
+        self._pending = []
+        self._voted_tid = None
+        self._ahead_generation += 1
+        _fork.reset_commit_state(self)
 
 
 def _rows(tid: int, rows: list[tuple[int, bytes]], refs: list[str]) -> dict[str, Any]:

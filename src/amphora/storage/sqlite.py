@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 from amphora.errors import (CorruptRecordError, InvalidURIError, ObjectNotFoundError,
                             ReadOnlyError, StorageError, StorageFormatError)
+from amphora.storage import _fork
 from amphora.storage._sqlite_mirror import MirrorMixin
 from amphora.storage._sqlite_pack import PackMixin
 # FORMAT and SCHEMA_VERSION are importable from here too.
@@ -248,6 +249,7 @@ class SQLiteStorage(SchemaMixin, PackMixin, MirrorMixin, TransactionLogMixin, St
         self._ltid = z64
         self._writer: sqlite3.Connection | None = None
         self._poller: sqlite3.Connection | None = None
+        _fork.track(self)
         try:
             meta = self._open(create, True if keep_history is None else bool(keep_history))
             self.keep_history = self._check_meta(meta, keep_history)
@@ -743,3 +745,42 @@ class SQLiteStorage(SchemaMixin, PackMixin, MirrorMixin, TransactionLogMixin, St
                     conn.close()
                 except sqlite3.Error:
                     pass
+
+    # -- after a fork -----------------------------------------------------------------
+    def _kept_open(self) -> list[sqlite3.Connection | None]:
+        """Every connection this storage keeps open (held across a fork, see _fork)."""
+        conns = [reader.conn for reader in list(self._readers)]
+        conns += [holder.conn for holder in list(self._mirror_conns)]
+        return conns + [self._poller, self._oid_conn, self._writer]
+
+    def _forked(self, kept: list) -> None:
+        """In the child, at the fork (no other thread runs): connections of its own (the
+        parent's are left as they are, never used or closed here: a read snapshot or lock
+        SQLite believes held is not held by this process), and new locks,
+        thread-locals and sweeper (the parent's threads that held or ran them are not
+        here); the oids reserved and the commit in progress stay the parent's."""
+        self._local = threading.local()
+        self._readers = weakref.WeakSet()
+        self._mirror_conns = weakref.WeakSet()
+        self._mirror_lock = threading.Lock()
+        self._sweeper = None
+        self._sweeper_lock = threading.Lock()
+        self._oid_lock = threading.Lock()
+        self._oid_next = self._oid_end = 0
+        self._oid_conn = self._writer = self._poller = None
+        self._pending = []
+        self._voted_tid = None
+        self._generation += 1
+        _fork.reset_commit_state(self)
+        if self._closed:
+            return
+        try:
+            if not self._read_only:
+                self._writer = self._connect(read_only=False)
+            self._poller = self._connect(read_only=True)
+        except sqlite3.Error:
+            self._closed = True  # its use raises "closed" rather than a hang
+            return
+        self._versioned = self._writer or self._poller
+        self._data_version = -1  # the next sync looks for commits
+
