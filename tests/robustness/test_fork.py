@@ -204,17 +204,15 @@ def hold_locks(locks: list[Any], held: threading.Event, release: threading.Event
 @pytest.mark.parametrize("shared_uri", SHARED_KINDS, indirect=True)
 def test_fork_while_another_thread_holds_the_locks(shared_uri, tmp_path):
     """A thread of the parent is inside the database's bookkeeping when the parent forks
-    (as a client's I/O thread is while it reports a commit): that thread does not exist
-    in the child, and the locks it held must not stop the child. For the storages fixed
-    here, a thread in the middle of a commit too."""
+    (as a client's I/O thread is while it reports a commit), or in the middle of a
+    commit: that thread does not exist in the child, and the locks it held must not stop
+    the child."""
     db = amphora.open(shared_uri)
     try:
         start_counter(db)
         conn = db.open()  # a pooled connection whose invalidation lock is held
         conn.close()
-        locks = [db._lock, db.records._lock, conn._inv_lock]
-        if not shared_uri.startswith("sqlite:"):
-            locks.append(db.storage._commit_lock)
+        locks = [db._lock, db.records._lock, conn._inv_lock, db.storage._commit_lock]
         held, release = threading.Event(), threading.Event()
         holder = threading.Thread(target=hold_locks, args=(locks, held, release))
         holder.start()
