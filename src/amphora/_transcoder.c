@@ -3,7 +3,7 @@
    transcode(data) -> (class_name, json_text) or None
    transcode_many(records) -> [(class_name, json_text) or None, ...]
 
-   The same mapping as amphora/jsonpickle.py, for the records most applications write:
+   The same mapping as amphora/jsonpickle/, for the records most applications write:
    dicts with string keys, lists, tuples, strings, bytes, numbers, persistent references,
    sets, datetimes, dates, Decimals, instances made by NEWOBJ or REDUCE, and BTrees
    buckets and trees. Whatever else a record holds (a dict with other keys, structures
@@ -1386,7 +1386,7 @@ static PyMethodDef methods[] = {
 
 static struct PyModuleDef module_def = {
     PyModuleDef_HEAD_INIT, "amphora._transcoder",
-    "The fast path of amphora.jsonpickle, in C (see amphora/jsonpickle.py).", -1, methods
+    "The fast path of amphora.jsonpickle, in C (see amphora/jsonpickle/).", -1, methods
 };
 
 PyMODINIT_FUNC PyInit__transcoder(void)

@@ -23,8 +23,9 @@ def test_the_python_examples_run(tmp_path):
 
 
 def test_every_markup_tag_of_the_module_is_documented():
-    source = (REPO / "src" / "amphora" / "jsonpickle.py").read_text()
-    code = source.split('"""', 2)[2]  # without the module docstring
+    package = REPO / "src" / "amphora" / "jsonpickle"
+    # each module without its docstring
+    code = "".join(path.read_text().split('"""', 2)[2] for path in package.glob("*.py"))
     tags = set(re.findall(r'"(@[a-z]+)"', code))
     assert tags >= {"@ref", "@wref", "@xref", "@class", "@global", "@unknown", "@tuple",
                     "@set", "@frozenset", "@dict", "@bytes", "@str", "@float", "@int",
