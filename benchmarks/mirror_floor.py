@@ -65,9 +65,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import amphora  # noqa: E402
 from amphora.jsonpickle import records_to_json  # noqa: E402
-from amphora.storage._pg_mirror import _travelling  # noqa: E402
-from amphora.storage.postgresql import (_ARCHIVE_CURRENT, _WRITES, _refs_literal,  # noqa: E402
-                                        _rows)
+from amphora.storage.postgresql.mirror import _travelling  # noqa: E402
+from amphora.storage.postgresql.storage import (_ARCHIVE_CURRENT, _WRITES, _refs_literal,  # noqa: E402
+                                                _rows)
 from mirror_bench import drop_schema, fresh_uri, one_round  # noqa: E402
 from shootout import PostgreSQLServer  # noqa: E402
 

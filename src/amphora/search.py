@@ -22,42 +22,10 @@ from typing import Any, Callable, Iterable, Sequence
 
 from amphora.errors import (InvalidQueryError, MirrorError, ObjectNotFoundError,
                             ReadConflictError)
+from amphora.storage.sql.mirror import placeholders
 from amphora.utils import p64, u64
 
 __all__ = ["SearchResults", "DatabaseSearch", "ConnectionSearch", "placeholders"]
-
-
-def placeholders(sql: str, style: str) -> str:
-    """``sql`` as written for amphora (``%s`` placeholders, ``%%`` a literal ``%``, quoted
-    strings and identifiers taken as they are) in a driver's style: ``"qmark"`` (SQLite's
-    ``?``) or ``"format"`` (psycopg's ``%s``, where a ``%`` inside quotes is doubled)."""
-    out: list[str] = []
-    i, n = 0, len(sql)
-    while i < n:
-        char = sql[i]
-        if char in "'\"":
-            end = i + 1
-            while True:
-                end = sql.find(char, end)
-                if end < 0:
-                    raise InvalidQueryError(f"unterminated quote in {sql!r}")
-                if end + 1 < n and sql[end + 1] == char:  # a doubled quote inside
-                    end += 2
-                    continue
-                break
-            quoted = sql[i:end + 1]
-            out.append(quoted.replace("%", "%%") if style == "format" else quoted)
-            i = end + 1
-        elif char == "%" and i + 1 < n and sql[i + 1] in "s%":
-            if style == "qmark":
-                out.append("?" if sql[i + 1] == "s" else "%")
-            else:
-                out.append(sql[i:i + 2])
-            i += 2
-        else:
-            out.append(char)
-            i += 1
-    return "".join(out)
 
 
 class SearchResults(list):

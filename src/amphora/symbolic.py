@@ -1,8 +1,8 @@
 """Conflicts merged from the pickles' opcodes, for classes whose merge is known.
 
 A write conflict is normally merged by the object's class (``_p_resolveConflict``, see
-:mod:`amphora.conflict`), which means unpickling, so the server leaves it to the client
-and pays a round trip to it while the commit lock is held. For a few well-known classes
+:func:`amphora.serialize.resolve_record`), which means unpickling, so the server leaves
+it to the client and pays a round trip to it while the commit lock is held. For a few well-known classes
 the merge is plain arithmetic on a state that is one number, and it can be made here,
 reading the records with :mod:`pickletools` (nothing is imported, called or built but
 the numbers):

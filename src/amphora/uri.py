@@ -94,20 +94,55 @@ def _postgresql(path: str, **options: Any):
 
 def _demo(path: str, **options: Any):
     """``demo://?base=URI&changes=URI``: layers over a base that is never written."""
-    from amphora.storage.demo import open_demo
     if path not in ("", "/"):
         raise InvalidURIError("a demo URI names its storages in the query string: "
                               "demo://?base=sqlite:///prod.db&changes=memory://")
     return open_demo, options
 
 
+def open_demo(base: str = "memory://", changes: str = "memory://", read_only: bool = False,
+              name: str | None = None) -> Any:
+    """The DemoStorage of a ``demo://?base=URI&changes=URI`` URI: ``base`` opened
+    read-only, ``changes`` for writing (both memory by default)."""
+    from amphora.storage.demo import DemoStorage
+    base_storage = open_storage(base, read_only=True)
+    try:
+        changes_storage = open_storage(changes, read_only=read_only)
+    except BaseException:
+        base_storage.close()
+        raise
+    return DemoStorage(base_storage, changes_storage, name=name, read_only=read_only)
+
+
 def _before(path: str, **options: Any):
     """``before://?storage=URI&at=MOMENT`` (or ``before=MOMENT``): a point in time."""
-    from amphora.storage.before import open_before
     if path not in ("", "/"):
         raise InvalidURIError("a before URI names its storage in the query string: "
                               "before://?storage=sqlite:///prod.db&at=2026-11-01T12:00")
     return open_before, options
+
+
+def open_before(storage: str, before: Any = None, at: Any = None, read_only: bool = True,
+                name: str | None = None) -> Any:
+    """The BeforeStorage of a ``before://?storage=URI&at=MOMENT`` URI (or ``before=``)."""
+    from amphora.storage.before import BeforeStorage, moment_tid
+    if before is None and at is None:
+        raise InvalidURIError("a before:// URI names its moment: at=MOMENT (or before=MOMENT), "
+                              "an ISO-8601 time or a 0x tid")
+    for option, moment in (("at", at), ("before", before)):
+        if moment is not None:
+            try:
+                moment_tid(moment)
+            except (ValueError, TypeError) as exc:
+                hint = (" (a '+' in a URI's query string reads as a space: write it %2B)"
+                        if isinstance(moment, str) and " " in moment else "")
+                raise InvalidURIError(f"{option}={moment!r}: {exc}{hint}") from None
+    opened = open_storage(storage, read_only=True)
+    try:
+        return BeforeStorage(opened, before=before, at=at, name=name)
+    except BaseException:
+        opened.close()
+        raise
 
 
 def _amphora(path: str, **options: Any):

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from persistent import Persistent
 
 import amphora
-from amphora.conflict import resolve_record
+from amphora.serialize import resolve_record
 from amphora.symbolic import merge, mergeable
 from amphora.utils import p64
 

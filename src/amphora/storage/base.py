@@ -38,7 +38,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Protocol, runtime
 from amphora.errors import (ConflictError, ObjectNotFoundError, ReadConflictError,
                             ReadOnlyError, StorageError, StorageTransactionError, Unsupported)
 from amphora.serialize import references
-from amphora.storage._keys import _split
+from amphora.storage.sql.keys import _split
 from amphora.utils import maxtid, new_tid, p64, tid_from_datetime, tid_time, u64, z64
 
 __all__ = ["Storage", "StorageBase", "TransactionMetaData", "TransactionRecord", "DataRecord",
@@ -577,7 +577,7 @@ class StorageBase:
         and the read checks.
 
         A transaction with a ``resolve_conflict`` method (the signature of
-        :func:`amphora.conflict.resolve_record`) resolves its own write conflicts, also
+        :func:`amphora.serialize.resolve_record`) resolves its own write conflicts, also
         on a storage opened with ``resolve_conflicts=False``: the server's asks the
         committing client, while the commit lock is held.
         """
@@ -593,7 +593,7 @@ class StorageBase:
         # The committer's own resolver (the server's asks the client) before the storage's
         resolve = getattr(self._transaction, "resolve_conflict", None)
         if resolve is None and self._resolve_conflicts:
-            from amphora.conflict import resolve_record as resolve
+            from amphora.serialize import resolve_record as resolve
         for oid in stale:
             read = self._serials[oid]
             serial_now = current(oid, z64)

@@ -23,11 +23,11 @@ from __future__ import annotations
 import datetime
 from typing import Any, Callable, Iterable, Iterator
 
-from amphora.errors import InvalidURIError, ObjectNotFoundError, ReadOnlyError, Unsupported
+from amphora.errors import ObjectNotFoundError, ReadOnlyError, Unsupported
 from amphora.storage.base import Storage, StorageBase, TransactionRecord
 from amphora.utils import p64, tid_from_datetime, tid_repr, tid_time, u64, z64
 
-__all__ = ["BeforeStorage", "moment_tid", "open_before"]
+__all__ = ["BeforeStorage", "moment_tid"]
 
 
 def moment_tid(when: Any) -> bytes:
@@ -217,26 +217,3 @@ def _last_tid_before(storage: Storage, bound: bytes) -> bytes:
         if found != z64 or low == z64:
             return found
         seconds *= 64
-
-
-def open_before(storage: str, before: Any = None, at: Any = None, read_only: bool = True,
-                name: str | None = None) -> BeforeStorage:
-    """The BeforeStorage of a ``before://?storage=URI&at=MOMENT`` URI (or ``before=``)."""
-    from amphora.uri import open_storage
-    if before is None and at is None:
-        raise InvalidURIError("a before:// URI names its moment: at=MOMENT (or before=MOMENT), "
-                              "an ISO-8601 time or a 0x tid")
-    for option, moment in (("at", at), ("before", before)):
-        if moment is not None:
-            try:
-                moment_tid(moment)
-            except (ValueError, TypeError) as exc:
-                hint = (" (a '+' in a URI's query string reads as a space: write it %2B)"
-                        if isinstance(moment, str) and " " in moment else "")
-                raise InvalidURIError(f"{option}={moment!r}: {exc}{hint}") from None
-    opened = open_storage(storage, read_only=True)
-    try:
-        return BeforeStorage(opened, before=before, at=at, name=name)
-    except BaseException:
-        opened.close()
-        raise

@@ -43,7 +43,7 @@ from amphora.storage.base import (DataRecord, Storage, StorageBase, TransactionM
 from amphora.storage.memory import MemoryStorage
 from amphora.utils import maxtid, new_tid, p64, u64, z64
 
-__all__ = ["DemoStorage", "DELETED", "open_demo"]
+__all__ = ["DemoStorage", "DELETED"]
 
 #: What a layer stores for an object that garbage collection deleted there.
 DELETED = b""
@@ -416,17 +416,3 @@ class DemoStorage(StorageBase):
 def _copy(txn: TransactionRecord, records: list[DataRecord]) -> TransactionRecord:
     return TransactionRecord(txn.tid, getattr(txn, "status", " "), txn.user, txn.description,
                              txn.extension_bytes, records)
-
-
-def open_demo(base: str = "memory://", changes: str = "memory://", read_only: bool = False,
-              name: str | None = None) -> DemoStorage:
-    """The DemoStorage of a ``demo://?base=URI&changes=URI`` URI: ``base`` opened
-    read-only, ``changes`` for writing (both memory by default)."""
-    from amphora.uri import open_storage
-    base_storage = open_storage(base, read_only=True)
-    try:
-        changes_storage = open_storage(changes, read_only=read_only)
-    except BaseException:
-        base_storage.close()
-        raise
-    return DemoStorage(base_storage, changes_storage, name=name, read_only=read_only)

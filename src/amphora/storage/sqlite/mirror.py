@@ -46,12 +46,11 @@ from time import monotonic
 from typing import Any, Callable, Iterator, Sequence
 
 from amphora.errors import InvalidQueryError, MirrorError
-from amphora.search import placeholders
-from amphora.storage._keys import _ints
-from amphora.storage._mirror_base import (MODES, NO_MIRROR, MirrorBase, QueryConnection,
-                                          check_before, check_fields, check_mode,
-                                          check_timeout, class_filter, timed_out)
-from amphora.storage._sqlite_util import _LAST_TID, _ROWS_PER_STATEMENT
+from amphora.storage.sql.keys import _ints
+from amphora.storage.sql.mirror import (MODES, NO_MIRROR, MirrorBase, QueryConnection,
+                                        check_before, check_fields, check_mode, check_timeout,
+                                        class_filter, placeholders, timed_out)
+from amphora.storage.sqlite.statements import _LAST_TID, _ROWS_PER_STATEMENT
 
 __all__ = ["MirrorMixin", "qmark"]
 

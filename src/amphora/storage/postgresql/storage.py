@@ -21,13 +21,13 @@ from amphora.errors import (CorruptRecordError, InvalidURIError, ObjectNotFoundE
                             StorageFormatError)
 from amphora.serialize import references as record_references
 from amphora.storage import _fork
-from amphora.storage._pg_mirror import _MIRROR_KEY, MirrorMixin, check_role
-from amphora.storage._pg_pack import PackMixin
+from amphora.storage.postgresql.mirror import _MIRROR_KEY, MirrorMixin, check_role
+from amphora.storage.postgresql.pack import PackMixin
 # FORMAT and SCHEMA_VERSION are importable from here too.
-from amphora.storage._keys import _ints, _pack, _split, _u, _unpack
-from amphora.storage._pg_schema import FORMAT, SCHEMA_VERSION, SchemaMixin  # noqa: F401
-from amphora.storage._pg_schema import _LAST_TID
-from amphora.storage._sql_log import TransactionLogMixin
+from amphora.storage.sql.keys import _ints, _pack, _split, _u, _unpack
+from amphora.storage.postgresql.schema import FORMAT, SCHEMA_VERSION, SchemaMixin  # noqa: F401
+from amphora.storage.postgresql.schema import _LAST_TID
+from amphora.storage.sql.log import TransactionLogMixin
 from amphora.storage.base import (DataRecord, StorageBase, history_entry,
                                   pack_tid)
 from amphora.utils import tid_time, z64
@@ -106,7 +106,7 @@ _PRUNE_REPLACED = "DELETE FROM replaced WHERE end_tid < %s"
 # the server (the offsets come from the client: a window sum over the rows would copy
 # every row, documents included, once more).
 # With a mirror kept by every commit (``sync``) the rows carry their documents too (see
-# amphora.storage._pg_mirror): class names and JSON states, each list one string, every
+# amphora.storage.postgresql.mirror): class names and JSON states, each list one string, every
 # element preceded by chr(30) (which JSON text never holds raw; a class name holding it
 # is sent as a text array instead), in the same statement.
 _ROWS = """
@@ -237,7 +237,7 @@ class PostgreSQLStorage(SchemaMixin, PackMixin, MirrorMixin, TransactionLogMixin
             the current revision of every object; ``refs`` are the oids its record
             refers to (NULL for a record that is not a ZODB pickle), for pack. A JSON
             mirror adds its documents as columns, read through the view
-            ``amphora_objects`` (see :mod:`amphora.storage._pg_mirror`)
+            ``amphora_objects`` (see :mod:`amphora.storage.postgresql.mirror`)
         revisions(oid, tid, end_tid, data, refs), PRIMARY KEY (oid, tid)
             history-preserving mode: replaced revisions, kept until pack; ``end_tid`` is
             the tid of the revision that replaced it

@@ -22,7 +22,7 @@ _LAST_TID = "SELECT coalesce(max(tid), 0) FROM transactions"  # 0: no transactio
 # replaced ones move to ``revisions`` (history-preserving, until pack) or ``replaced``
 # (history-free, for ``conflict_window`` seconds). ``refs`` holds the oids a record refers
 # to, so that pack finds garbage with one recursive query. A JSON mirror adds its
-# documents to ``objects`` as columns (see _pg_mirror).
+# documents to ``objects`` as columns (see .mirror).
 _CREATE_SCHEMA = (
     "CREATE TABLE amphora_meta (key text PRIMARY KEY, value text NOT NULL)",
     "CREATE TABLE objects (oid bigint PRIMARY KEY, tid bigint NOT NULL,"

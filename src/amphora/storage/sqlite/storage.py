@@ -23,24 +23,24 @@ from typing import Any, Callable, Iterable, Iterator
 from amphora.errors import (CorruptRecordError, InvalidURIError, ObjectNotFoundError,
                             ReadOnlyError, StorageError, StorageFormatError)
 from amphora.storage import _fork
-from amphora.storage._sqlite_mirror import MirrorMixin
-from amphora.storage._sqlite_pack import PackMixin
+from amphora.storage.sqlite.mirror import MirrorMixin
+from amphora.storage.sqlite.pack import PackMixin
 # FORMAT and SCHEMA_VERSION are importable from here too.
-from amphora.storage._sqlite_schema import FORMAT, SCHEMA_VERSION, SchemaMixin  # noqa: F401
-from amphora.storage._keys import _ints, _pack, _split, _u, _unpack
-from amphora.storage._sqlite_util import (_CHANGES_SINCE, _LAST_TID, _LOAD_CURRENT,
+from amphora.storage.sqlite.schema import FORMAT, SCHEMA_VERSION, SchemaMixin  # noqa: F401
+from amphora.storage.sql.keys import _ints, _pack, _split, _u, _unpack
+from amphora.storage.sqlite.statements import (_CHANGES_SINCE, _LAST_TID, _LOAD_CURRENT,
                                           _LOAD_SERIAL, _PRUNE_REPLACED, _ROWS_PER_STATEMENT)
-from amphora.storage._sql_log import TransactionLogMixin
+from amphora.storage.sql.log import TransactionLogMixin
 from amphora.storage.base import (DataRecord, StorageBase, history_entry,
                                   pack_tid)
 from amphora.utils import oid_repr, p64, tid_repr, tid_time, z64
 
 __all__ = ["SQLiteStorage"]
 
-# The schema (and the checks that a file is an amphora database) is in _sqlite_schema,
-# pack and its statements in _sqlite_pack, the statements both use (_LOAD_CURRENT,
-# _LOAD_SERIAL, _LAST_TID, _CHANGES_SINCE, _PRUNE_REPLACED) and the oid and tid
-# conversions in _sqlite_util.
+# The schema (and the checks that a file is an amphora database) is in .schema,
+# pack and its statements in .pack, the statements both use (_LOAD_CURRENT,
+# _LOAD_SERIAL, _LAST_TID, _CHANGES_SINCE, _PRUNE_REPLACED) in .statements, and the oid
+# and tid conversions in amphora.storage.sql.keys.
 
 # -- reading --------------------------------------------------------------------------------
 _LOAD_REVISION_BEFORE = ("SELECT tid, end_tid, data FROM revisions WHERE oid = ? AND tid < ?"

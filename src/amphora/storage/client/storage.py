@@ -25,7 +25,7 @@ Guarantees:
   ``db.changes()`` sends nothing until there is something to read.
 - Searches: when the served storage keeps a JSON mirror, so does this client
   (``supports_mirror``): queries, text queries and the mirror's management are requests
-  answered by the served storage (see :mod:`amphora.storage._client_search`).
+  answered by the served storage (see :mod:`amphora.storage.client.search`).
 - Conflicts are resolved here, not on the server: while a commit votes, the server sends
   each write conflict with the two states (committed meanwhile, and read), this client
   merges them (``_p_resolveConflict``) and answers; the vote goes on with the merged
@@ -57,8 +57,6 @@ import asyncio
 import concurrent.futures
 import itertools
 import logging
-import os
-import select
 import socket
 import ssl
 import threading
@@ -70,8 +68,9 @@ from amphora.errors import (ClientDisconnected, ConflictError, InvalidURIError,
                             ReadConflictError, StorageError)
 from amphora.server import protocol as p
 from amphora.storage import _fork
-from amphora.storage._client_search import RemoteMirror
+from amphora.storage.client.search import RemoteMirror
 from amphora.storage.base import DataRecord, StorageBase, TransactionRecord
+from amphora.storage.client.wire import AuthenticationError, Protocol, io_loop, speaks_tls
 from amphora.utils import p64, u64, z64
 
 __all__ = ["ClientStorage", "ClientDisconnected"]
@@ -94,96 +93,6 @@ def _references(data: bytes) -> list[bytes]:
         return references(data)
     except errors.CorruptRecordError:
         return []
-
-
-class _AuthenticationError(StorageError):
-    """The server refused the handshake (token, protocol version, storage name)."""
-
-
-def _remote_error(name: str, message: str, details: Any) -> Exception:
-    """The amphora error the server reported (by name; never a class outside errors)."""
-    details = details if isinstance(details, dict) else {}
-    klass = getattr(errors, name, None) if name in errors.__all__ else None
-    if not isinstance(klass, type) or not issubclass(klass, Exception):
-        return StorageError(f"server: {name}: {message}")
-    if issubclass(klass, ConflictError):
-        serials = details.get("serials")
-        return klass(message, oid=details.get("oid"),
-                     serials=tuple(serials) if serials else None)
-    if issubclass(klass, errors.ObjectNotFoundError):
-        return klass(details.get("oid"))
-    return klass(message)
-
-
-class _Protocol(asyncio.Protocol):
-    """One connection to the server; all its callbacks run in the client's I/O thread."""
-
-    def __init__(self, client: "ClientStorage", sock: socket.socket | None = None):
-        self.client = client
-        self.decoder = p.FrameDecoder()
-        self.transport: asyncio.Transport | None = None
-        self.welcome: asyncio.Future = client._loop.create_future()
-        self.lost = False
-        # Without TLS, requests are written to the socket by the threads that make them
-        # (one system call, no hand-off to the I/O thread); the transport only reads.
-        self.sock = sock
-        self.write_lock = threading.Lock()
-
-    def write(self, frame: bytes, timeout: float) -> None:
-        """Send ``frame`` whole, from any thread; raises OSError if the socket fails."""
-        sock = self.sock
-        if sock is None:
-            raise OSError("not a socket of its own")
-        with self.write_lock:
-            view = memoryview(frame)
-            while view:
-                try:
-                    view = view[sock.send(view):]
-                except BlockingIOError:  # the kernel's buffer is full: the server reads
-                    if not select.select([], [sock], [], timeout)[1]:
-                        raise OSError(f"could not send for {timeout} s") from None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-
-    def data_received(self, data: bytes) -> None:
-        try:
-            messages = self.decoder.feed(data)
-        except p.ProtocolError as exc:
-            log.error("closing the connection to the server: %s", exc)
-            self.transport.close()
-            return
-        client = self.client
-        for message in messages:
-            kind = message[0]
-            if kind == p.REPLY:
-                client._replied(message[1], message[2], None)
-            elif kind == p.PUSH:
-                client._pushed(message[1], message[2])
-            elif kind == p.RESOLVE:
-                client._asked(message[1], message[2:])
-            elif kind == p.MERGED:
-                client._merged(message[1], message[2], message[3])
-            elif kind == p.PROGRESS:
-                client._progressed(message[1], message[2:])
-            elif kind == p.ERROR:
-                if message[1] == 0:  # about the connection: the server closes it
-                    error = _AuthenticationError(f"the server refused: {message[3]}")
-                    if not self.welcome.done():
-                        self.welcome.set_exception(error)
-                    else:
-                        log.error("%s", error)
-                else:
-                    client._replied(message[1], None, _remote_error(*message[2:5]))
-            elif kind == p.WELCOME and not self.welcome.done():
-                client._welcomed(message[1])  # here: before any push that follows it
-                self.welcome.set_result(message[1])
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.lost = True
-        if not self.welcome.done():
-            self.welcome.set_exception(ClientDisconnected("the connection closed"))
-        self.client._connection_lost(self)
 
 
 class ClientStorage(RemoteMirror, StorageBase):
@@ -229,7 +138,7 @@ class ClientStorage(RemoteMirror, StorageBase):
         self._ids = itertools.count(1)  # next() is atomic: no lock needed
         self._requests_lock = threading.Lock()
         self._oid_lock = threading.Lock()
-        self._connection: _Protocol | None = None
+        self._connection: Protocol | None = None
         self._ready = threading.Event()  # connected (set also when closed)
         self._lost = asyncio.Event()       # the connection was lost (in the I/O thread)
         self._oids: list[bytes] = []
@@ -246,7 +155,7 @@ class ClientStorage(RemoteMirror, StorageBase):
         self._final: dict[bytes, bytes] = {}
         self._advanced = threading.Condition()  # notified whenever _ltid moves
         self._marks = threading.local()  # per thread: _ltid when it last read the log
-        self._loop: asyncio.AbstractEventLoop | None = _io_loop()
+        self._loop: asyncio.AbstractEventLoop | None = io_loop()
         self._reconnector: concurrent.futures.Future | None = None
         self._forks = _fork.forks  # != _fork.forks: copied into a child, not used there yet
         self._restart_lock = threading.Lock()
@@ -262,11 +171,11 @@ class ClientStorage(RemoteMirror, StorageBase):
             if self._ssl is None:
                 sock = await loop.run_in_executor(None, socket.create_connection,
                                                   (self._host, self._port), self.wait_timeout)
-                _, proto = await loop.create_connection(lambda: _Protocol(self, sock),
+                _, proto = await loop.create_connection(lambda: Protocol(self, sock),
                                                         sock=sock)
             else:
                 _, proto = await asyncio.wait_for(loop.create_connection(
-                    lambda: _Protocol(self), self._host, self._port, ssl=self._ssl,
+                    lambda: Protocol(self), self._host, self._port, ssl=self._ssl,
                     server_hostname=self._host), self.wait_timeout)
         except (OSError, asyncio.TimeoutError) as exc:
             raise ClientDisconnected(
@@ -279,8 +188,8 @@ class ClientStorage(RemoteMirror, StorageBase):
         except ClientDisconnected:
             proto.transport.close()
             if self._ssl is None and not self._welcomed_once and await loop.run_in_executor(
-                    None, _speaks_tls, self._host, self._port, self.wait_timeout):
-                raise _AuthenticationError(
+                    None, speaks_tls, self._host, self._port, self.wait_timeout):
+                raise AuthenticationError(
                     "the server speaks TLS: connect with amphoras:// (and ca_file= to trust "
                     "a private authority)") from None
             raise
@@ -342,7 +251,7 @@ class ClientStorage(RemoteMirror, StorageBase):
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 2.0)
 
-    def _connection_lost(self, proto: _Protocol) -> None:
+    def _connection_lost(self, proto: Protocol) -> None:
         if proto is not self._connection:
             return
         self._ready.clear()
@@ -712,7 +621,7 @@ class ClientStorage(RemoteMirror, StorageBase):
             data = records.get(oid)
             if data is None or not self._resolve_conflicts:
                 return None
-            from amphora.conflict import resolve_record
+            from amphora.serialize import resolve_record
             states = {committed: committed_data, old: old_data}
             resolved = resolve_record(oid, committed, old, data,
                                       lambda _, serial: states[serial])
@@ -736,7 +645,7 @@ class ClientStorage(RemoteMirror, StorageBase):
                 resolved = None
                 if oid not in asked and self._resolve_conflicts and read != z64 \
                         and committed != z64:
-                    from amphora.conflict import resolve_record
+                    from amphora.serialize import resolve_record
                     resolved = resolve_record(oid, committed, read, data, self.loadSerial)
                 if resolved is None:
                     raise ConflictError(oid=oid, serials=(committed, read), data=data) from None
@@ -843,54 +752,8 @@ class ClientStorage(RemoteMirror, StorageBase):
             if self._forks == _fork.forks:
                 return
             if not self._closed:
-                self._loop = _io_loop()
+                self._loop = io_loop()
                 self._lost.set()  # as if the connection had just broken
                 self._reconnector = asyncio.run_coroutine_threadsafe(self._keep_connected(),
                                                                      self._loop)
             self._forks = _fork.forks
-
-
-def _speaks_tls(host: str, port: int, timeout: float) -> bool:
-    """True if the server at ``host:port`` completes a TLS handshake (asked only after it
-    closed a plain connection without a word)."""
-    context = ssl.create_default_context()
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    try:
-        with socket.create_connection((host, port), timeout) as sock:
-            with context.wrap_socket(sock, server_hostname=host):
-                return True
-    except (OSError, ssl.SSLError):
-        return False
-
-
-_loop_lock = threading.Lock()
-_loop: asyncio.AbstractEventLoop | None = None
-# A forked child's copies of its parent's loops: never run, closed or collected here
-# (closing one would unregister the parent's sockets from the epoll instance it shares).
-_inherited_loops: list[asyncio.AbstractEventLoop] = []
-
-
-def _io_loop() -> asyncio.AbstractEventLoop:
-    """The event loop all client storages of this process share, in one daemon thread:
-    it only moves bytes and runs invalidation callbacks, which are short."""
-    global _loop
-    with _loop_lock:
-        if _loop is None or _loop.is_closed():
-            loop = asyncio.new_event_loop()
-            threading.Thread(target=loop.run_forever, daemon=True,
-                             name="amphora-client-io").start()
-            _loop = loop
-        return _loop
-
-
-def _after_fork_in_child() -> None:
-    """The parent's I/O thread is not in the child: the next client gets a loop of its
-    own (the client storages copied let go of the parent's connections, see _forked)."""
-    global _loop, _loop_lock
-    if _loop is not None:
-        _inherited_loops.append(_loop)
-    _loop, _loop_lock = None, threading.Lock()
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)

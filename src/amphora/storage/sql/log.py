@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Iterator
 
-from amphora.storage._keys import _pack, _split, _u
+from amphora.storage.sql.keys import _pack, _split, _u
 
 __all__ = ["TransactionLogMixin", "MAX_INT"]
 

@@ -8,8 +8,8 @@ import sqlite3
 from typing import Callable
 
 from amphora.serialize import references as record_references
-from amphora.storage._keys import _split, _u
-from amphora.storage._sqlite_util import (_CHANGES_SINCE, _LAST_TID, _LOAD_CURRENT,
+from amphora.storage.sql.keys import _split, _u
+from amphora.storage.sqlite.statements import (_CHANGES_SINCE, _LAST_TID, _LOAD_CURRENT,
                                           _LOAD_SERIAL, _PRUNE_REPLACED)
 from amphora.storage.base import pack_tid, reachable
 

@@ -2,7 +2,7 @@
 
 Private: a part of :class:`amphora.storage.postgresql.PostgreSQLStorage` (see
 :class:`MirrorMixin`). The same design as the SQLite storage's mirror
-(:mod:`amphora.storage._sqlite_mirror`), in PostgreSQL's terms, except where the documents
+(:mod:`amphora.storage.sqlite.mirror`), in PostgreSQL's terms, except where the documents
 are: columns of the records' own rows, which the mirror adds to ``objects`` (and drops
 with it), read through a view::
 
@@ -41,12 +41,11 @@ import weakref
 from typing import Any, Callable, Sequence
 
 from amphora.errors import InvalidQueryError, InvalidURIError, MirrorError, StorageError
-from amphora.search import placeholders
-from amphora.storage._mirror_base import (MODES, NO_MIRROR, MirrorBase, QueryConnection,
-                                          check_before, check_fields, check_mode,
-                                          check_timeout, class_filter, timed_out)
-from amphora.storage._keys import _ints
-from amphora.storage._pg_schema import _LAST_TID
+from amphora.storage.sql.mirror import (MODES, NO_MIRROR, MirrorBase, QueryConnection,
+                                        check_before, check_fields, check_mode, check_timeout,
+                                        class_filter, placeholders, timed_out)
+from amphora.storage.sql.keys import _ints
+from amphora.storage.postgresql.schema import _LAST_TID
 
 __all__ = ["MirrorMixin", "check_role"]
 

@@ -1,5 +1,5 @@
 """Helpers shared by the parts of the SQLite storage (:mod:`amphora.storage.sqlite`,
-:mod:`amphora.storage._sqlite_schema`, :mod:`amphora.storage._sqlite_pack`).
+:mod:`amphora.storage.sqlite.schema`, :mod:`amphora.storage.sqlite.pack`).
 
 Private: nothing here is part of amphora's API.
 """

@@ -14,8 +14,8 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from amphora.serialize import references as record_references
-from amphora.storage._keys import _u
-from amphora.storage._pg_schema import _LAST_TID
+from amphora.storage.sql.keys import _u
+from amphora.storage.postgresql.schema import _LAST_TID
 from amphora.storage.base import pack_tid
 
 __all__ = ["PackMixin"]

@@ -1,5 +1,5 @@
-"""What the SQLite and PostgreSQL mirrors share (see :mod:`amphora.storage._sqlite_mirror`
-and :mod:`amphora.storage._pg_mirror`): the modes, the checks of index definitions, and
+"""What the SQLite and PostgreSQL mirrors share (see :mod:`amphora.storage.sqlite.mirror`
+and :mod:`amphora.storage.postgresql.mirror`): the modes, the checks of index definitions, and
 the parts of the mirror API written once over the storage-specific ones.
 
 Private: a base of each storage's ``MirrorMixin``.
@@ -13,7 +13,41 @@ from typing import Any, Callable, Sequence
 from amphora.errors import InvalidQueryError, MirrorError
 
 __all__ = ["MODES", "MirrorBase", "QueryConnection", "check_fields", "class_filter",
-           "check_before", "check_timeout", "timed_out"]
+           "placeholders", "check_before", "check_timeout", "timed_out"]
+
+
+def placeholders(sql: str, style: str) -> str:
+    """``sql`` as written for amphora (``%s`` placeholders, ``%%`` a literal ``%``, quoted
+    strings and identifiers taken as they are) in a driver's style: ``"qmark"`` (SQLite's
+    ``?``) or ``"format"`` (psycopg's ``%s``, where a ``%`` inside quotes is doubled)."""
+    out: list[str] = []
+    i, n = 0, len(sql)
+    while i < n:
+        char = sql[i]
+        if char in "'\"":
+            end = i + 1
+            while True:
+                end = sql.find(char, end)
+                if end < 0:
+                    raise InvalidQueryError(f"unterminated quote in {sql!r}")
+                if end + 1 < n and sql[end + 1] == char:  # a doubled quote inside
+                    end += 2
+                    continue
+                break
+            quoted = sql[i:end + 1]
+            out.append(quoted.replace("%", "%%") if style == "format" else quoted)
+            i = end + 1
+        elif char == "%" and i + 1 < n and sql[i + 1] in "s%":
+            if style == "qmark":
+                out.append("?" if sql[i + 1] == "s" else "%")
+            else:
+                out.append(sql[i:i + 2])
+            i += 2
+        else:
+            out.append(char)
+            i += 1
+    return "".join(out)
+
 
 MODES = ("sync", "follow")
 NO_MIRROR = "has no JSON mirror: create it first (db.create_mirror(), or `amphora mirror URI`)"
