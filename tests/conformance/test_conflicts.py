@@ -9,6 +9,8 @@ has changed (a :class:`amphora.ReadConflictError`).
 """
 from __future__ import annotations
 
+import pickle
+
 import pytest
 from BTrees.Length import Length
 from BTrees.OOBTree import OOBTree
@@ -235,7 +237,8 @@ def test_new_objects_of_a_commit_that_fails_while_writing_are_stored_on_retry(db
     first, second = Item("first"), Item("second")
     second.unpicklable = lambda: None
     conn.root.first, conn.root.second = first, second
-    with pytest.raises(Exception):
+    with pytest.raises(pickle.PicklingError,
+                       match="cannot pickle the state of a conformance.models.Item object"):
         conn.transaction_manager.commit()
     conn.transaction_manager.abort()
     assert first._p_oid is None and second._p_oid is None

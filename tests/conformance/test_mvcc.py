@@ -9,8 +9,10 @@ ghosts) and reload their new state when used. Historical connections
 from __future__ import annotations
 
 import pytest
+import transaction
 
-from amphora import ReadConflictError, ReadOnlyHistoryError, Unsupported
+from amphora import DB, ReadConflictError, ReadOnlyHistoryError, Unsupported
+from amphora.storage.memory import MemoryStorage
 from amphora.utils import p64, u64
 
 from conformance.models import Item
@@ -250,3 +252,40 @@ def test_a_historical_view_of_the_future_does_not_change_as_commits_arrive(db, m
         conn.root.a.value = conn.root.b.value = 2
     assert view.root.b.value == 1  # the view is "now" as of opening, not a moving target
     view.close()
+
+
+class LaggingStorage(MemoryStorage):
+    """A memory storage whose ``lastTransaction()`` can be held at a tid while commits go
+    on: it stands for the moment, in any storage, between a commit's invalidations being
+    delivered to the database and its tid being reported (the order the storage contract
+    allows), which a real storage makes too short to reach from a test."""
+
+    held: bytes | None = None
+
+    def lastTransaction(self) -> bytes:
+        return self.held if self.held is not None else super().lastTransaction()
+
+
+def test_a_snapshot_starts_after_invalidations_delivered_before_the_last_tid_moved():
+    """An invalidated object is reloaded at least as new as the commit that invalidated
+    it, even while the storage still reports an older last transaction: else the reload
+    reads the old state and, the invalidation spent, keeps it."""
+    storage = LaggingStorage()
+    db = DB(storage)
+    with db.transaction() as conn:
+        conn.root.a = Item(0)
+    reader = db.open(transaction.TransactionManager())
+    assert reader.root.a.value == 0
+    reader.transaction_manager.abort()
+    storage.held = storage.lastTransaction()
+    with db.transaction() as conn:
+        conn.root.a.value = 1  # invalidates a in the reader; the last tid stays held
+    reader.transaction_manager.begin()
+    assert reader.root.a.value == 1
+    reader.transaction_manager.abort()
+    storage.held = None
+    reader.transaction_manager.begin()
+    assert reader.root.a.value == 1
+    reader.transaction_manager.abort()
+    reader.close()
+    db.close()

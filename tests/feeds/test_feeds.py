@@ -49,11 +49,13 @@ def commit(db, name: str, user: str = "", note: str = "", **extension) -> tuple[
     return db.last_transaction(), oids
 
 
-def wait_until(condition, seconds: float = 20.0) -> None:
-    """Poll ``condition`` (the subscription thread delivers on its own time)."""
+def wait_until(condition, seconds: float = 20.0) -> bool:
+    """Poll ``condition`` (the subscription thread delivers on its own time); whether it
+    held before ``seconds`` passed."""
     deadline = time.monotonic() + seconds
     while not condition() and time.monotonic() < deadline:
         time.sleep(0.01)
+    return bool(condition())
 
 
 def test_every_transaction_is_delivered_in_order_exactly_as_committed(feed_db):
@@ -173,6 +175,38 @@ def test_a_slow_subscriber_never_holds_up_commits(feed_db):
     wait_until(lambda: len(seen) == 6)
     assert seen == [first, *later]
     feed_db.unsubscribe(slow)
+
+
+def test_two_subscribers_at_different_positions_each_get_what_follows_their_own(feed_db):
+    """A subscriber that joins while an earlier one is behind gets only the transactions
+    after its own start, although the feed reads from the earlier one's position."""
+    release = threading.Event()
+    entered = threading.Event()
+    early: list[bytes] = []
+    late: list[bytes] = []
+
+    def slow(change: Change) -> None:
+        entered.set()
+        release.wait(30)
+        early.append(change.tid)
+
+    def joining(change: Change) -> None:
+        late.append(change.tid)
+
+    feed_db.subscribe(slow)
+    first, _ = commit(feed_db, "first")
+    assert entered.wait(10), "the first subscriber was called"
+    # the first subscriber is held inside its call for `first`: it is behind
+    joined_after, _ = commit(feed_db, "before joining")
+    feed_db.subscribe(joining)
+    last, _ = commit(feed_db, "after joining")
+    release.set()
+    assert wait_until(lambda: last in early and last in late), \
+        f"the last commit was not delivered to both subscribers: {early=} {late=}"
+    assert early == [first, joined_after, last]
+    assert late == [last], "only what was committed after subscribing, once"
+    feed_db.unsubscribe(slow)
+    feed_db.unsubscribe(joining)
 
 
 def test_async_changes(feed_db):

@@ -234,6 +234,29 @@ def test_pack_drops_base_revisions_the_layer_replaced_before_the_pack_time(base,
     assert demo.loadBefore(oids["b"], maxtid) == (record("b1"), t1, None)
 
 
+def contents(storage) -> tuple:
+    """All a storage holds: its last tid, its object count, and every transaction with
+    its records."""
+    return (storage.lastTransaction(), len(storage),
+            [(txn.tid, [(r.oid, r.data) for r in txn]) for txn in storage.iterator()])
+
+
+@pytest.mark.parametrize("gc", [True, False], ids=["gc", "no-gc"])
+def test_pack_leaves_the_base_unchanged(base, demo, gc):
+    """Pack works on the layer only: the base keeps every revision, even those the layer
+    replaced before the pack time and the objects no longer reachable in the layer."""
+    storage, oids, (t1, t2) = base
+    a, b = oids["a"], oids["b"]
+    held = contents(storage)
+    write(demo, a, record("a3"), t2)
+    write(demo, z64, record("root", [a]), t1)  # b is no longer referred to in the layer
+    demo.pack(time.time(), references, gc=gc)
+    assert contents(storage) == held
+    assert storage.loadSerial(a, t1) == record("a1")
+    assert [entry["tid"] for entry in storage.history(a, size=10)] == [t2, t1]
+    assert storage.loadBefore(b, maxtid) == (record("b1"), t1, None)
+
+
 def test_a_read_only_layer_refuses_writes(base):
     storage, oids, (_t1, t2) = base
     demo = DemoStorage(storage, MemoryStorage(read_only=True), close_base_on_close=False)

@@ -2,15 +2,19 @@
 SIGTERM, kill -9 during commits, and many client processes on one hot spot."""
 from __future__ import annotations
 
+import queue
 import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
+import transaction
 from BTrees.Length import Length
+from persistent.mapping import PersistentMapping
 
 import amphora
 from amphora.errors import ReadOnlyError, StorageError
@@ -43,6 +47,20 @@ def commit_value(address: str, key: str, value, **options) -> None:
     with db.transaction() as conn:
         conn.root()[key] = value
     db.close()
+
+
+def until_reconnected(action, seconds: float = 60.0):
+    """``action()``, tried again while its client is still reconnecting (a
+    :class:`StorageError`); fails the test, naming the last error, once ``seconds`` have
+    passed without success."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            return action()
+        except StorageError as exc:
+            if time.monotonic() >= deadline:
+                pytest.fail(f"the client did not reconnect within {seconds:g} s: {exc}")
+            time.sleep(0.05)
 
 
 def read_value(address: str, key: str, **options):
@@ -251,28 +269,37 @@ def test_kill_9_during_commits_then_restart(servers, tmp_path):
     writer = subprocess.Popen([sys.executable, WORKER, "writer", server.address],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                               env=_env())
+    lines: queue.Queue[str] = queue.Queue()  # the writer's, read in a thread: waits end
+
+    def read_lines() -> None:
+        for line in writer.stdout:
+            lines.put(line)
+        lines.put("")  # it exited
+    threading.Thread(target=read_lines, daemon=True).start()
     try:
-        def acknowledged_until(k: int) -> int:
-            while True:
-                line = writer.stdout.readline()
+        def acknowledged_until(k: int, seconds: float = 120.0) -> int:
+            deadline = time.monotonic() + seconds
+            done = 0
+            while done < k:
+                try:
+                    line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
+                except queue.Empty:
+                    pytest.fail(f"the writer acknowledged commit {done}, not {k}, within "
+                                f"{seconds:g} s")
                 if not line:
                     raise AssertionError(f"the writer died: {writer.stderr.read()}")
                 done = int(line.split()[1])
-                if done >= k:
-                    return done
+            return done
         last = acknowledged_until(30)
         with reader.transaction() as conn:  # the reader caches the root
             assert conn.root()["n"] >= last
         server.kill()
         server.restart()
         last = acknowledged_until(last + 30)  # the writer reconnected and goes on
-        seen = None
-        while seen is None:
-            try:
-                with reader.transaction() as conn:
-                    seen = conn.root()["n"]
-            except StorageError:  # still reconnecting
-                time.sleep(0.05)
+        def read_n() -> int:
+            with reader.transaction() as conn:
+                return conn.root()["n"]
+        seen = until_reconnected(read_n)
         assert seen >= last, "the reader saw a stale root after the restart"
     finally:
         writer.kill()
@@ -287,6 +314,37 @@ def test_kill_9_during_commits_then_restart(servers, tmp_path):
     with db.transaction() as conn:
         assert conn.root()["n"] == final
         assert all(conn.root()[k] == k for k in range(1, final + 1))
+    db.close()
+
+
+def test_a_commit_made_while_a_client_was_away_is_read_after_it_reconnects(servers, tmp_path):
+    """On reconnecting, the server tells the client what was committed while it was away,
+    and the client invalidates exactly those objects: an object it had cached and that
+    changed meanwhile is read anew though no later commit announces it; one that did not
+    change stays loaded."""
+    path = tmp_path / "data.db"
+    server = servers(f"sqlite:///{path}")
+    db = amphora.open(f"amphora://{server.address}", wait_timeout=60)
+    with db.transaction() as conn:
+        conn.root()["changed"] = PersistentMapping(k=1)
+        conn.root()["kept"] = PersistentMapping(k=1)
+    manager = transaction.TransactionManager()
+    conn = db.open(manager)
+    changed, kept = conn.root()["changed"], conn.root()["kept"]
+    assert changed["k"] == kept["k"] == 1  # both cached in the connection
+    manager.abort()
+    server.kill()
+    direct = amphora.DB(SQLiteStorage(str(path)))  # the file, while no server serves it
+    with direct.transaction() as other:
+        other.root()["changed"]["k"] = 2
+    direct.close()
+    server.restart()
+    until_reconnected(db.storage.sync)
+    manager.begin()
+    assert changed["k"] == 2, "the commit made while away was not invalidated"
+    assert kept._p_changed is False, "an object not changed while away stays loaded"
+    manager.abort()
+    conn.close()
     db.close()
 
 
@@ -407,7 +465,6 @@ def test_a_cold_walk_of_a_tree_of_a_thousand_objects_takes_one_read_round_trip(s
     up to 2000); the connection's batched loads of the tree's objects are answered from
     them, exactly as the server would answer."""
     from BTrees.OOBTree import OOBTree
-    from persistent.mapping import PersistentMapping
     server = servers("memory://")
     db = amphora.open(f"amphora://{server.address}")
     with db.transaction() as conn:
