@@ -290,7 +290,9 @@ class Connection(ConnectionSearch):
             self._invalidated = None
 
     def _new_snapshot(self, sync: bool) -> None:
-        if self._historical is not None:
+        if self._historical is not None or self._db._closed:
+            # A closed database's connections are unusable: a transaction boundary of the
+            # manager they were opened with (which may outlive them) asks nothing of them.
             return
         storage = self._storage
         if sync:

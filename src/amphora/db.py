@@ -251,7 +251,12 @@ class DB(DatabaseSearch, RecordsAsStored):
             self._subscriptions.close()
         with self._lock:
             self._pool.clear()
-            self._connections = weakref.WeakSet()
+            connections, self._connections = list(self._connections), weakref.WeakSet()
+        for conn in connections:  # left open: their managers stop telling them of boundaries
+            manager = conn.transaction_manager
+            if conn._opened and manager is not None and conn._historical is None:
+                with contextlib.suppress(KeyError):
+                    manager.unregisterSynch(conn)
         self.storage.close()
 
     def _forked(self, kept: list) -> None:

@@ -386,3 +386,22 @@ def test_sqlite_uri_with_three_slashes_is_relative_to_the_working_directory(
     finally:
         db.close()
     assert (tmp_path / "relative.db").exists()
+
+
+def test_a_connection_left_open_does_not_outlive_its_database(tmp_path):
+    """A connection opened with the thread's transaction manager and never closed: once its
+    database is closed, later transactions of that manager (another database's, say) go on
+    as if it were not there."""
+    db = amphora.open(f"sqlite:///{tmp_path / 'left.db'}")
+    left_open = db.open()  # the thread's manager, never closed
+    assert left_open.root() is not None
+    db.close()
+    other = amphora.open("memory://")
+    try:
+        conn = other.open()
+        transaction.begin()  # told the closed database's connection of it: "closed"
+        conn.root()["x"] = 1
+        transaction.commit()
+        conn.close()
+    finally:
+        other.close()
