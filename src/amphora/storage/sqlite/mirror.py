@@ -632,7 +632,8 @@ class MirrorMixin(MirrorBase):
                 raise self._error(exc) from exc
             raise InvalidQueryError(f"{exc} (in {sql!r})") from exc
         except sqlite3.DatabaseError as exc:
-            if getattr(exc, "sqlite_errorname", "") == "SQLITE_AUTH":
+            # (sqlite_errorname is there since Python 3.11; SQLite's message before)
+            if getattr(exc, "sqlite_errorname", str(exc)) in ("SQLITE_AUTH", "not authorized"):
                 raise InvalidQueryError(f"{exc}: a search may not attach databases, change "
                                         f"settings or control transactions (in {sql!r})") from exc
             raise self._error(exc) from exc
