@@ -138,20 +138,13 @@ _SET_ROLE = "SELECT set_config('role', %s, true)"  # SET LOCAL ROLE
 _CHANGED_SINCE = "SELECT oids FROM transactions WHERE tid >= %s"
 _SNAPSHOT_RECORDS = ("SELECT DISTINCT ON (oid) oid, tid, data FROM revisions"
                      " WHERE oid = ANY(%s::bigint[]) AND tid < %s ORDER BY oid, tid DESC")
-_CREATE_SNAPSHOT = (
-    "CREATE TEMP TABLE amphora_changed (oid bigint PRIMARY KEY) ON COMMIT DROP",
-    "CREATE TEMP TABLE amphora_snapshot (oid bigint, tid bigint, class_name text,"
-    " state jsonb) ON COMMIT DROP",
-)
-_ADD_CHANGED = "INSERT INTO amphora_changed SELECT unnest(%s::bigint[])"
-_ADD_SNAPSHOT = ("INSERT INTO amphora_snapshot SELECT d.k, d.t, d.c, d.s::jsonb"
-                 " FROM unnest(%s::bigint[], %s::bigint[], {texts}) AS d (k, t, c, s)")
-_ADD_JOINED_SNAPSHOT = _ADD_SNAPSHOT.format(texts=_JOINED)
-_ADD_SNAPSHOT_ARRAYS = _ADD_SNAPSHOT.format(texts="%s::text[], %s::text[]")
+# The overlay is one temporary view (no temporary table: each costs PostgreSQL files and
+# catalog rows made and removed per search); its values are written into its definition.
 _OVERLAY_VIEW = (
     "CREATE TEMP VIEW amphora_objects AS SELECT oid, tid, class_name, state"
-    " FROM {schema}.amphora_objects WHERE oid NOT IN (SELECT oid FROM pg_temp.amphora_changed)"
-    " UNION ALL SELECT oid, tid, class_name, state FROM pg_temp.amphora_snapshot")
+    " FROM {schema}.amphora_objects WHERE oid <> ALL({changed}::bigint[])"
+    " UNION ALL SELECT * FROM ({snapshot}) AS snapshot (oid, tid, class_name, state)")
+_NO_SNAPSHOT = "SELECT NULL::bigint, NULL::bigint, NULL::text, NULL::jsonb WHERE false"
 _GRANT_OVERLAY = "GRANT SELECT ON pg_temp.amphora_objects TO {}"
 _BACKFILL_CHUNK = 1000
 _FOLLOW_BATCH = 200
@@ -493,21 +486,24 @@ class MirrorMixin(MirrorBase):
         their place. An object without such a revision (created since; or replaced since
         in a history-free schema, which keeps none) is not in the view, as a load at the
         snapshot would not find it."""
+        from psycopg import sql
+
         from amphora.jsonpickle import records_to_json
         changed = sorted({key for (oids,) in conn.execute(_CHANGED_SINCE, (before,),
                                                           binary=True).fetchall()
                           for key in _ints(bytes(oids))})
         rows = conn.execute(_SNAPSHOT_RECORDS, (changed, before), binary=True).fetchall()
-        for statement in _CREATE_SNAPSHOT:
-            conn.execute(statement)
-        conn.execute(_ADD_CHANGED, (changed,))
+        snapshot = sql.SQL(_NO_SNAPSHOT)
         if rows:
-            how, classes, states = _travelling(records_to_json([bytes(r[2]) for r in rows]))
-            statement = _ADD_JOINED_SNAPSHOT if how == "joined" else _ADD_SNAPSHOT_ARRAYS
-            conn.execute(statement, [[r[0] for r in rows], [r[1] for r in rows],
-                                     classes, states])
-        from psycopg import sql
-        conn.execute(sql.SQL(_OVERLAY_VIEW).format(schema=sql.Identifier(self.schema)))
+            documents = records_to_json([bytes(row[2]) for row in rows])
+            snapshot = sql.SQL("VALUES {}").format(sql.SQL(", ").join(
+                sql.SQL("({}::bigint, {}::bigint, {}::text, {}::jsonb)").format(
+                    sql.Literal(row[0]), sql.Literal(row[1]), sql.Literal(class_name),
+                    sql.Literal(state))
+                for row, (class_name, state) in zip(rows, documents)))
+        conn.execute(sql.SQL(_OVERLAY_VIEW).format(
+            schema=sql.Identifier(self.schema), changed=sql.Literal(changed),
+            snapshot=snapshot))
         if self.search_role is not None:
             conn.execute(sql.SQL(_GRANT_OVERLAY).format(sql.Identifier(self.search_role)))
 
