@@ -42,10 +42,14 @@ class Session:
         return self.conn.root
 
     def commit(self) -> None:
+        """Commit and begin the next transaction (which sees others' commits)."""
         self.manager.commit()
+        self.manager.begin()
 
     def abort(self) -> None:
+        """Abort and begin the next transaction, as a retry loop does."""
         self.manager.abort()
+        self.manager.begin()
 
 
 def open_session(db: amphora.DB) -> Session:
