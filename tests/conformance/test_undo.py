@@ -166,3 +166,4 @@ def test_storages_without_history_refuse(make_storage, db):
     assert db.undoLog() == [] and not db.supportsUndo()
     with pytest.raises(amphora.Unsupported):
         db.undo(b"\0" * 8)
+
