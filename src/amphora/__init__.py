@@ -19,7 +19,7 @@ from amphora.errors import (AmphoraError, ClientDisconnected, ConflictError,
                             InvalidURIError, MirrorError, ObjectNotFoundError, POSKeyError,
                             PostgreSQLConnectionError, ReadConflictError, ReadOnlyError,
                             ReadOnlyHistoryError, StorageError, StorageFormatError,
-                            StorageTransactionError, Unsupported)
+                            StorageTransactionError, UndoError, Unsupported)
 from amphora.feeds import Change, ResyncRequired
 from amphora.serialize import Broken
 from amphora.storage.base import Storage, TransactionMetaData
@@ -36,7 +36,8 @@ __all__ = [
     "InvalidQueryError", "InvalidURIError", "MemoryStorage", "MirrorError",
     "ObjectNotFoundError", "POSKeyError", "PostgreSQLConnectionError", "ReadConflictError",
     "ReadOnlyError", "ReadOnlyHistoryError", "ResyncRequired", "Storage", "StorageError",
-    "StorageFormatError", "StorageTransactionError", "TransactionMetaData", "Unsupported",
+    "StorageFormatError", "StorageTransactionError", "TransactionMetaData", "UndoError",
+    "Unsupported",
     "open", "open_storage",
 ]
 

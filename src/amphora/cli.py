@@ -210,6 +210,8 @@ def _mirror_state(storage: Any) -> str:
 
 
 def cmd_history(args: argparse.Namespace) -> int:
+    if args.oid is None:
+        return _undo_log(args)
     with opened(args.uri, read_only=True) as storage:
         entries = storage.history(args.oid, args.size)
         total = len(entries)
@@ -230,6 +232,37 @@ def cmd_history(args: argparse.Namespace) -> int:
         cells = [row[0].ljust(widths[0]), row[1].ljust(widths[1]), row[2].rjust(widths[2]),
                  row[3].ljust(widths[3]), row[4]]
         print("  ".join(cells).rstrip())
+    return 0
+
+
+def _undo_log(args: argparse.Namespace) -> int:
+    """``amphora history URI``: the transactions ``amphora undo`` can undo."""
+    from amphora.storage.undo import undo_tid
+    with opened(args.uri, read_only=True) as storage:
+        if not getattr(storage, "supports_undo", False):
+            print(f"{args.uri} keeps no history: no transaction can be undone")
+            return 1
+        entries = storage.undoLog(0, args.size)
+    print(f"{_plural(len(entries), 'undoable transaction')}, newest first")
+    for entry in entries:
+        tid = undo_tid(entry["id"])
+        print("  ".join([_format_tid(tid), _format_time(tid), _text(entry.get("user_name")),
+                         _text(entry.get("description"))]).rstrip())
+    return 0
+
+
+def cmd_undo(args: argparse.Namespace) -> int:
+    import transaction
+
+    from amphora.db import DB
+    with opened(args.uri) as storage:
+        db = DB(storage)
+        manager = transaction.TransactionManager()
+        txn = manager.begin()
+        txn.note(f"undo {_format_tid(args.tid)}")
+        db.undo(args.tid, txn)
+        manager.commit()
+        print(f"undid {_format_tid(args.tid)} as {_format_tid(storage.lastTransaction())}")
     return 0
 
 
@@ -511,16 +544,26 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("uri", metavar="URI", help="the storage")
     info.set_defaults(func=cmd_info)
 
-    history = command("history", "the revisions of one object",
+    history = command("history", "the revisions of one object, or undoable transactions",
                       "List the revisions of an object, newest first: tid, UTC time, record "
                       "size, user and description of the transaction that wrote each. "
+                      "Without OID, list the transactions 'amphora undo' can undo. "
                       "Opens the storage read-only.")
     history.add_argument("uri", metavar="URI", help="the storage")
-    history.add_argument("oid", metavar="OID", type=_parse_oid,
+    history.add_argument("oid", metavar="OID", type=_parse_oid, nargs="?", default=None,
                          help="the object id, decimal (12) or hex (0xc); the root is 0")
     history.add_argument("--size", metavar="N", type=_positive_int, default=10,
                          help="show at most N revisions (default: 10)")
     history.set_defaults(func=cmd_history)
+
+    undo = command("undo", "undo one transaction",
+                   "Commit a transaction that gives the objects transaction TID wrote their "
+                   "revisions from before it ('amphora history URI' lists them). Fails, "
+                   "writing nothing, if a later change to one of them cannot be merged.")
+    undo.add_argument("uri", metavar="URI", help="the storage")
+    undo.add_argument("tid", metavar="TID", type=_parse_oid,
+                      help="the transaction id, hex (0x040d4a9bbcdde277) or decimal")
+    undo.set_defaults(func=cmd_undo)
 
     pack = command("pack", "remove old revisions and unreachable objects",
                    "Pack a storage: remove the revisions that were superseded before the "

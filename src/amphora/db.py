@@ -212,8 +212,54 @@ class DB(DatabaseSearch, RecordsAsStored):
         for conn in conns:
             conn.cacheMinimize()
 
+    # -- undo (see amphora.storage.undo) ---------------------------------------------
     def supportsUndo(self) -> bool:
-        return False
+        return bool(getattr(self.storage, "supports_undo", False))
+
+    supports_undo = property(supportsUndo)
+
+    def undoLog(self, first: int = 0, last: int = -20,
+                filter: Callable[[dict], bool] | None = None) -> list[dict]:
+        """Undoable transactions, newest first (``[]`` on a storage without undo): dicts
+        with ``id`` (what :meth:`undo` takes), ``time``, ``user_name`` and
+        ``description`` (text, as ``ZODB.DB`` gives them) and the transaction's extension
+        keys; see the storage's ``undoLog``. ``filter`` sees the storage's entries."""
+        if not self.supportsUndo():
+            return []
+        return [_text_entry(entry) for entry in self.storage.undoLog(first, last, filter)]
+
+    undo_log = undoLog
+
+    def undoInfo(self, first: int = 0, last: int = -20,
+                 specification: dict | None = None) -> list[dict]:
+        """:meth:`undoLog` entries matching ``specification`` (a dict of values)."""
+        if not self.supportsUndo():
+            return []
+        if specification:
+            specification = {key: value.encode("utf-8") if isinstance(value, str) else value
+                             for key, value in specification.items()}
+        return [_text_entry(entry)
+                for entry in self.storage.undoInfo(first, last, specification)]
+
+    def undo(self, transaction_id: Any, txn: Any = None) -> None:
+        """Undo transaction ``transaction_id`` (an ``undoLog`` id, or a tid) when ``txn``
+        (default: the current transaction) commits; see :meth:`undo_many`."""
+        self.undo_many([transaction_id], txn)
+
+    def undo_many(self, transaction_ids: Iterable[Any], txn: Any = None) -> None:
+        """Undo the transactions ``transaction_ids`` when ``txn`` (default: the current
+        transaction) commits: one new transaction gives their objects back the revisions
+        they had before. Commit it on its own. The commit raises
+        :class:`~amphora.errors.UndoError` if a later change to one of the objects cannot
+        be merged. Raises :class:`Unsupported` now if the storage keeps no history."""
+        if not self.supportsUndo():
+            raise Unsupported(f"{self.storage.getName()} cannot undo (it keeps no history)")
+        from amphora._undo import UndoDataManager
+        if txn is None:
+            txn = transaction_module.get()
+        txn.join(UndoDataManager(self, list(transaction_ids)))
+
+    undoMultiple = undo_many
 
     # -- change feeds (see amphora.feeds) ------------------------------------------
     def changes(self, since: bytes | None = None, timeout: float | None = None
@@ -276,6 +322,14 @@ class DB(DatabaseSearch, RecordsAsStored):
 
     def __repr__(self) -> str:
         return f"<amphora.DB {self.storage.getName()!r}>"
+
+
+def _text_entry(entry: dict) -> dict:
+    """An undo log entry with ``user_name`` and ``description`` as text."""
+    for key in ("user_name", "description"):
+        if isinstance(entry.get(key), bytes):
+            entry[key] = entry[key].decode("utf-8", "replace")
+    return entry
 
 
 def _as_tid(when: Any) -> bytes:

@@ -17,6 +17,7 @@ Every error amphora raises derives from :class:`AmphoraError`::
      +-- ObjectNotFoundError (KeyError)   no record for an oid (ZODB: POSKeyError)
      +-- ConflictError (TransientError)   another transaction changed what this one wrote
      |    +-- ReadConflictError        ... or what it read (``readCurrent``, vanished objects)
+     +-- UndoError                     a transaction cannot be undone (ZODB: UndoError)
      +-- ConnectionStateError          a closed connection, or one with pending changes
      +-- InvalidURIError (ValueError)  a URI amphora cannot open
      +-- MirrorError                   the JSON mirror is missing or cannot do what was asked
@@ -41,7 +42,7 @@ __all__ = [
     "AmphoraError", "StorageError", "StorageFormatError", "CorruptRecordError",
     "StorageTransactionError", "ReadOnlyError", "ReadOnlyHistoryError", "Unsupported",
     "ObjectNotFoundError", "POSKeyError", "ConflictError", "ReadConflictError",
-    "ConnectionStateError", "InvalidURIError", "MirrorError", "InvalidQueryError",
+    "UndoError", "ConnectionStateError", "InvalidURIError", "MirrorError", "InvalidQueryError",
     "PostgreSQLConnectionError", "ClientDisconnected",
 ]
 
@@ -172,6 +173,22 @@ class ReadConflictError(ConflictError, *_zodb_bases("ReadConflictError")):
     """An object this transaction read has changed (or vanished) since it was read."""
 
     default_message = "database read conflict error"
+
+
+class UndoError(AmphoraError, *_zodb_bases("UndoError")):
+    """A transaction cannot be undone: it is not in the database (never committed,
+    packed away), or a later transaction changed one of its objects in a way that cannot
+    be merged. ``oid`` is that object's oid, or None."""
+
+    def __init__(self, reason: str, oid: bytes | None = None):
+        Exception.__init__(self, reason, oid)
+        self.reason = self._reason = reason
+        self.oid = self._oid = oid
+
+    def __str__(self) -> str:
+        if self.oid is None:
+            return self.reason
+        return f"{self.reason} (oid {oid_repr(self.oid)})"
 
 
 class ConnectionStateError(AmphoraError, *_zodb_bases("ConnectionStateError")):

@@ -1,6 +1,5 @@
 """ZODB's own storage test mixins, run against amphora's memory storage."""
-import unittest
-
+from peer_mixins import UndoPeer
 from ZODB.tests import (BasicStorage, ConflictResolution, HistoryStorage, IteratorStorage,
                         MTStorage, PackableStorage, RevisionStorage, StorageTestBase,
                         Synchronization)
@@ -8,7 +7,7 @@ from ZODB.tests import (BasicStorage, ConflictResolution, HistoryStorage, Iterat
 from amphora.storage.memory import MemoryStorage
 
 
-class MemoryPeerTests(StorageTestBase.StorageTestBase, BasicStorage.BasicStorage,
+class MemoryPeerTests(StorageTestBase.StorageTestBase, UndoPeer, BasicStorage.BasicStorage,
                       HistoryStorage.HistoryStorage, IteratorStorage.IteratorStorage,
                       IteratorStorage.ExtendedIteratorStorage, MTStorage.MTStorage,
                       PackableStorage.PackableStorageWithOptionalGC,
@@ -20,7 +19,3 @@ class MemoryPeerTests(StorageTestBase.StorageTestBase, BasicStorage.BasicStorage
         super().setUp()
         self._storage = MemoryStorage()
 
-    def testLoadBeforeUndo(self):
-        raise unittest.SkipTest("needs undo, which amphora storages do not support")
-
-    testUndoZombie = testLoadBeforeUndo

@@ -5,7 +5,7 @@ relative name there. ``_new_storage_client`` opens a second storage object on th
 file: ZODB's race tests then check that commits made through one reach the other's
 database as invalidations (``sync``), as they would from another process.
 """
-from peer_mixins import HistoryFreePeer, HistoryPreservingPeer
+from peer_mixins import HistoryFreePeer, HistoryPreservingPeer, UndoPeer
 from ZODB.tests import StorageTestBase
 
 from amphora.storage.sqlite import SQLiteStorage
@@ -28,7 +28,7 @@ class _SQLiteTestBase(StorageTestBase.StorageTestBase):
         return SQLiteStorage(self.path, keep_history=self.keep_history)
 
 
-class SQLitePeerTests(_SQLiteTestBase, HistoryPreservingPeer):
+class SQLitePeerTests(_SQLiteTestBase, UndoPeer, HistoryPreservingPeer):
     """A history-preserving file."""
 
 

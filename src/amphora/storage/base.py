@@ -54,7 +54,7 @@ class Storage(Protocol):
     """
 
     supports_history: bool   #: old revisions stay readable until pack
-    supports_undo: bool      #: ``undo``/``undoLog`` (no amphora storage has it yet)
+    supports_undo: bool      #: ``undo``/``undoLog``/``undoInfo`` (see amphora.storage.undo)
     supports_pack: bool      #: ``pack`` drops old revisions and garbage
     supports_mirror: bool    #: keeps JSON documents of its objects for SQL search
     is_remote: bool          #: records cross a network
@@ -353,7 +353,7 @@ class StorageBase:
         return self._read_only
 
     def supportsUndo(self) -> bool:
-        return False
+        return bool(self.supports_undo)
 
     def registerDB(self, wrapper: Any) -> None:
         self._wrapper = wrapper
@@ -590,21 +590,27 @@ class StorageBase:
             stale = [oid for oid, read in self._serials.items() if current(oid, z64) != read]
         if not stale:  # usually
             return
-        # The committer's own resolver (the server's asks the client) before the storage's
-        resolve = getattr(self._transaction, "resolve_conflict", None)
-        if resolve is None and self._resolve_conflicts:
-            from amphora.serialize import resolve_record as resolve
+        resolve = self._conflict_resolver()
         for oid in stale:
             read = self._serials[oid]
             serial_now = current(oid, z64)
-            data = self._stores[oid]
-            if resolve is not None and read != z64 and serial_now != z64:
+            data = self._stores[oid]  # None: an undo's deletion record, never merged
+            if resolve is not None and read != z64 and serial_now != z64 and data is not None:
                 resolved = resolve(oid, serial_now, read, data, load_serial)
                 if resolved is not None:
                     self._stores[oid] = resolved
                     self._resolved.append(oid)
                     continue
             raise ConflictError(oid=oid, serials=(serial_now, read), data=data)
+
+    def _conflict_resolver(self) -> Callable | None:
+        """What merges conflicting records (signature of
+        :func:`amphora.serialize.resolve_record`), or None: the committer's own (the
+        server's asks the client) before the storage's."""
+        resolve = getattr(self._transaction, "resolve_conflict", None)
+        if resolve is None and self._resolve_conflicts:
+            from amphora.serialize import resolve_record as resolve
+        return resolve
 
     def _next_tid(self, last: bytes) -> bytes:
         """The tid for this commit: the one asked for at ``tpc_begin`` or a new one."""

@@ -2,6 +2,8 @@
 
 Every revision of every object is kept (until pack) in two parallel lists per oid, tids
 ascending, so ``loadBefore`` is one bisection. Data lives as long as the storage object.
+A revision whose data is None is a deletion record (an undone creation, see
+:mod:`amphora.storage.undo`): the object does not exist from its tid on.
 """
 from __future__ import annotations
 
@@ -13,12 +15,13 @@ from amphora.errors import ObjectNotFoundError, StorageError
 from amphora.serialize import references as record_references
 from amphora.storage.base import (DataRecord, StorageBase, TransactionRecord, history_entry,
                                   pack_tid, reachable)
+from amphora.storage.undo import UndoMixin
 from amphora.utils import p64, u64, z64
 
 __all__ = ["MemoryStorage"]
 
 
-class MemoryStorage(StorageBase):
+class MemoryStorage(UndoMixin, StorageBase):
     """Keeps records in dicts: ``oid -> ([tid, ...], [data, ...])`` and an ordered
     ``tid -> TransactionRecord`` (the record list holds oids and tids, data is looked up)."""
 
@@ -28,6 +31,7 @@ class MemoryStorage(StorageBase):
         self._revisions: dict[bytes, tuple[list[bytes], list[bytes]]] = {}
         self._transactions: dict[bytes, TransactionRecord] = {}
         self._packed_through = z64  # the largest tid of a transaction pack removed
+        self._pack_cutoff = z64  # transactions up to this tid cannot be undone
         self._ltid = z64
         self._last_oid = 0
         self._oid_lock = threading.Lock()
@@ -47,6 +51,8 @@ class MemoryStorage(StorageBase):
             i = bisect.bisect_left(tids, tid)
             if i == 0:
                 return None
+            if datas[i - 1] is None:
+                raise ObjectNotFoundError(oid)
             return datas[i - 1], tids[i - 1], tids[i] if i < len(tids) else None
 
     def loadSerial(self, oid: bytes, serial: bytes) -> bytes:
@@ -56,7 +62,7 @@ class MemoryStorage(StorageBase):
             if revisions is not None:
                 tids, datas = revisions
                 i = bisect.bisect_left(tids, serial)
-                if i < len(tids) and tids[i] == serial:
+                if i < len(tids) and tids[i] == serial and datas[i] is not None:
                     return datas[i]
             raise ObjectNotFoundError(oid)
 
@@ -77,7 +83,7 @@ class MemoryStorage(StorageBase):
                     break
                 txn = self._transactions[tid]
                 entries.append(history_entry(tid, txn.user, txn.description,
-                                             txn.extension_bytes, len(data)))
+                                             txn.extension_bytes, len(data or b"")))
             return entries
 
     def iterator(self, start: bytes | None = None, stop: bytes | None = None
@@ -88,18 +94,42 @@ class MemoryStorage(StorageBase):
                         if (start is None or tid >= start) and (stop is None or tid <= stop)]
             copies = [TransactionRecord(txn.tid, txn.status, txn.user, txn.description,
                                         txn.extension_bytes,
-                                        [DataRecord(r.oid, r.tid, self.loadSerial(r.oid, r.tid))
+                                        [DataRecord(r.oid, r.tid, self._data_of(r.oid, r.tid))
                                          for r in txn.records])
                       for txn in selected]
         return iter(copies)
 
+    def _data_of(self, oid: bytes, tid: bytes) -> bytes | None:
+        """The data ``tid`` wrote for ``oid`` (None: a deletion record)."""
+        tids, datas = self._revisions[oid]
+        return datas[bisect.bisect_left(tids, tid)]
+
     def __len__(self) -> int:
         with self._lock:
-            return len(self._revisions)
+            return sum(datas[-1] is not None for _, datas in self._revisions.values())
 
     def getSize(self) -> int:
         with self._lock:
-            return sum(len(d) for _, datas in self._revisions.values() for d in datas)
+            return sum(len(d) for _, datas in self._revisions.values() for d in datas if d)
+
+    # -- undo (see amphora.storage.undo) ------------------------------------------------
+    def _undo_log_rows(self, offset: int, limit: int) -> list[tuple[bytes, bytes, bytes, bytes]]:
+        with self._lock:
+            txns = [txn for tid, txn in self._transactions.items() if tid > self._pack_cutoff]
+        newest = txns[::-1][offset:offset + limit]
+        return [(txn.tid, txn.user, txn.description, txn.extension_bytes) for txn in newest]
+
+    def _undo_oids(self, tid: bytes) -> list[bytes] | None:
+        with self._lock:
+            txn = self._transactions.get(tid)
+            if txn is None or tid <= self._pack_cutoff:
+                return None
+            return [record.oid for record in txn.records]
+
+    def _undo_current(self, oid: bytes) -> tuple[bytes, bytes | None] | None:
+        with self._lock:
+            revisions = self._revisions.get(oid)
+            return None if revisions is None else (revisions[0][-1], revisions[1][-1])
 
     # -- writing --------------------------------------------------------------------
     def new_oid(self) -> bytes:
@@ -147,6 +177,7 @@ class MemoryStorage(StorageBase):
         cutoff = pack_tid(pack_time)
         refs_of = referencesf or record_references
         with self._commit_lock, self._lock:
+            self._pack_cutoff = max(self._pack_cutoff, cutoff)
             for oid, (tids, datas) in self._revisions.items():
                 keep_from = bisect.bisect_right(tids, cutoff) - 1
                 if keep_from > 0:
@@ -155,7 +186,8 @@ class MemoryStorage(StorageBase):
                 def refs(oid: bytes) -> Iterable[bytes]:
                     found: list[bytes] = []
                     for data in self._revisions.get(oid, ((), ()))[1]:
-                        refs_of(data, found)
+                        if data is not None:
+                            refs_of(data, found)
                     return found
                 live = reachable([z64], refs) if z64 in self._revisions else set()
                 for oid in [oid for oid, (tids, _) in self._revisions.items()

@@ -251,8 +251,10 @@ def _documented(rows: Sequence[tuple[int, int, bytes]]) -> list[Any]:
     ``oid, tid, data, class_name, state, tid`` for each row."""
     from amphora.jsonpickle import records_to_json
     values: list[Any] = []
-    for (key, tid, data), (class_name, state) in zip(
-            rows, records_to_json([data for _, _, data in rows])):
+    documents = iter(records_to_json([data for _, _, data in rows if data]))
+    for key, tid, data in rows:
+        # an undo's deletion record (empty data) has no document
+        class_name, state = next(documents) if data else (None, None)
         values += (key, tid, data, class_name, state, tid)
     return values
 

@@ -29,6 +29,9 @@ _RECORD_EXISTS = ("SELECT 1 FROM objects WHERE oid = :oid AND tid = :tid"
                   " UNION ALL SELECT 1 FROM revisions WHERE oid = :oid AND tid = :tid LIMIT 1")
 _OLD_TRANSACTIONS = "SELECT tid, oids FROM transactions WHERE tid < ? ORDER BY tid"
 _DELETE_TRANSACTION = "DELETE FROM transactions WHERE tid = ?"
+# transactions up to the last pack's cutoff cannot be undone (see amphora.storage.undo)
+_SET_UNDO_HORIZON = ("INSERT INTO amphora_meta (key, value) VALUES ('undo_horizon', ?)"
+                     " ON CONFLICT (key) DO UPDATE SET value = max(value, excluded.value)")
 _SET_PACKED_THROUGH = ("UPDATE amphora_meta SET value = :packed"
                        " WHERE key = 'packed_through' AND value < :packed")
 
@@ -69,6 +72,7 @@ class PackMixin:
             if gc:
                 self._collect_garbage(reader, writer, cutoff, refs_of)
             self._trim_transactions(reader, writer, min(cutoff, last))
+            writer.execute(_SET_UNDO_HORIZON, (cutoff,))
         except sqlite3.Error as exc:
             raise self._error(exc) from exc
         finally:
@@ -131,7 +135,8 @@ class PackMixin:
         def references(conn: sqlite3.Connection, key: int) -> list[int]:
             found: list[bytes] = []
             for (data,) in conn.execute(_ALL_DATA, {"oid": key}):
-                refs_of(data, found)
+                if data:  # not a deletion record
+                    refs_of(data, found)
             return [_u(oid) for oid in found if len(oid) == 8]
 
         reader.execute("BEGIN")  # one snapshot for the whole walk

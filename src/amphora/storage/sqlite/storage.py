@@ -31,6 +31,7 @@ from amphora.storage.sql.keys import _ints, _pack, _split, _u, _unpack
 from amphora.storage.sqlite.statements import (_CHANGES_SINCE, _LAST_TID, _LOAD_CURRENT,
                                           _LOAD_SERIAL, _PRUNE_REPLACED, _ROWS_PER_STATEMENT)
 from amphora.storage.sql.log import TransactionLogMixin
+from amphora.storage.undo import UndoMixin
 from amphora.storage.base import (DataRecord, StorageBase, history_entry,
                                   pack_tid)
 from amphora.utils import oid_repr, p64, tid_repr, tid_time, z64
@@ -66,7 +67,11 @@ _RECORDS_OF = (  # the oids, then the tid twice
     " SELECT o.oid, o.data FROM wanted AS w JOIN objects AS o ON o.oid = w.oid WHERE o.tid = ?"
     " UNION ALL SELECT r.oid, r.data FROM wanted AS w JOIN revisions AS r"
     "  ON r.oid = w.oid AND r.tid = ?")
-_COUNT_OBJECTS = "SELECT count(*) FROM objects"
+_COUNT_OBJECTS = "SELECT count(*) FROM objects WHERE length(data) > 0"
+_UNDO_LOG = ("SELECT tid, user, description, extension FROM transactions WHERE tid > ?"
+             " ORDER BY tid DESC LIMIT ? OFFSET ?")
+_UNDO_HORIZON = "SELECT value FROM amphora_meta WHERE key = 'undo_horizon'"
+_TRANSACTION_OIDS = "SELECT oids FROM transactions WHERE tid = ?"
 
 # -- writing --------------------------------------------------------------------------------
 _ARCHIVE_CURRENT = ("INSERT INTO revisions (oid, tid, end_tid, data)"
@@ -158,7 +163,8 @@ class _Reader:
         self.started = 0.0
 
 
-class SQLiteStorage(SchemaMixin, PackMixin, MirrorMixin, TransactionLogMixin, StorageBase):
+class SQLiteStorage(SchemaMixin, PackMixin, MirrorMixin, TransactionLogMixin, UndoMixin,
+                    StorageBase):
     """A storage in one SQLite file (WAL mode), shared safely by threads and processes.
 
     On-disk format (``schema_version`` 1)::
@@ -171,7 +177,9 @@ class SQLiteStorage(SchemaMixin, PackMixin, MirrorMixin, TransactionLogMixin, St
             the current revision of every object
         revisions(oid INTEGER, tid INTEGER, end_tid INTEGER, data BLOB), UNIQUE(oid, tid)
             history-preserving mode: replaced revisions, kept until pack; ``end_tid`` is
-            the tid of the revision that replaced it
+            the tid of the revision that replaced it. Empty ``data`` (here and in
+            ``objects``) is a deletion record: an undone creation (see
+            :mod:`amphora.storage.undo`)
         replaced(oid INTEGER, tid INTEGER, end_tid INTEGER, data BLOB)
             history-free mode: replaced revisions, kept ``conflict_window`` seconds for
             conflict resolution only (``loadSerial``; never ``loadBefore``)
@@ -200,7 +208,6 @@ class SQLiteStorage(SchemaMixin, PackMixin, MirrorMixin, TransactionLogMixin, St
     raises :class:`StorageFormatError` and leaves the file untouched.
     """
 
-    supports_undo = False
     supports_pack = True
     is_remote = False
     mmap_size = 1 << 30  #: optional tuning: memory-map the file for reads
@@ -253,7 +260,7 @@ class SQLiteStorage(SchemaMixin, PackMixin, MirrorMixin, TransactionLogMixin, St
         try:
             meta = self._open(create, True if keep_history is None else bool(keep_history))
             self.keep_history = self._check_meta(meta, keep_history)
-            self.supports_history = self.keep_history
+            self.supports_history = self.supports_undo = self.keep_history
             if not read_only:
                 self._writer = self._connect(read_only=False)
                 # WAL is a property of the file; put it back if a tool switched it off.
@@ -437,6 +444,8 @@ class SQLiteStorage(SchemaMixin, PackMixin, MirrorMixin, TransactionLogMixin, St
                 raise self._error(exc) from exc
         if data.__class__ is not bytes:
             raise self._corrupt(oid, start)
+        if not data:  # a deletion record
+            raise ObjectNotFoundError(oid)
         return data, _pack(start), end
 
     def load_many(self, oids: Iterable[bytes], before: bytes
@@ -464,14 +473,14 @@ class SQLiteStorage(SchemaMixin, PackMixin, MirrorMixin, TransactionLogMixin, St
                     chunk = _padded(keys[i:i + _BATCH])
                     sql = _LOAD_MANY_CURRENT_SQL[len(chunk)]
                     for key, tid, data in conn.execute(sql, (before_i, *chunk)):
-                        if data.__class__ is bytes:
+                        if data.__class__ is bytes and data:
                             found[wanted[key]] = (data, _pack(tid), None)
                         elif data is None:
                             older.append(key)
                 for chunk in _chunks(older):
                     sql = _LOAD_MANY_REVISIONS_SQL[len(chunk)]
                     for key, tid, end, data in conn.execute(sql, (*chunk, before_i)):
-                        if data.__class__ is bytes:
+                        if data.__class__ is bytes and data:
                             found[wanted[key]] = (data, _pack(tid), _pack(end))
             except sqlite3.Error as exc:
                 reader.generation = -1
@@ -480,7 +489,7 @@ class SQLiteStorage(SchemaMixin, PackMixin, MirrorMixin, TransactionLogMixin, St
 
     def loadSerial(self, oid: bytes, serial: bytes) -> bytes:
         rows = self._query(_LOAD_SERIAL, {"oid": _u(oid), "tid": _u(serial)})
-        if not rows:
+        if not rows or rows[0][0] == b"":  # none, or a deletion record
             raise ObjectNotFoundError(oid)
         if rows[0][0].__class__ is not bytes:
             raise self._corrupt(oid, _u(serial))
@@ -515,11 +524,32 @@ class SQLiteStorage(SchemaMixin, PackMixin, MirrorMixin, TransactionLogMixin, St
             sql = _RECORDS_OF_SQL[len(chunk)]
             datas.update(self._query(sql, (*chunk, tid, tid)))
         tid_bytes = _pack(tid)
-        return [DataRecord(oid, tid_bytes, datas[key])
+        return [DataRecord(oid, tid_bytes, datas[key] or None)
                 for oid, key in zip(wanted, keys) if key in datas]
 
     def __len__(self) -> int:
         return self._query(_COUNT_OBJECTS)[0][0]
+
+    # -- undo (see amphora.storage.undo) ------------------------------------------------
+    def _undo_horizon(self) -> int:
+        """Transactions up to this tid (a pack's) cannot be undone."""
+        rows = self._query(_UNDO_HORIZON)
+        return rows[0][0] if rows else 0
+
+    def _undo_log_rows(self, offset: int, limit: int) -> list[tuple[bytes, bytes, bytes, bytes]]:
+        rows = self._query(_UNDO_LOG, (self._undo_horizon(), limit, offset))
+        return [(_pack(tid), user, description, extension)
+                for tid, user, description, extension in rows]
+
+    def _undo_oids(self, tid: bytes) -> list[bytes] | None:
+        rows = self._query(_TRANSACTION_OIDS, (_u(tid),))
+        if not rows or _u(tid) <= self._undo_horizon():
+            return None
+        return _split(rows[0][0])
+
+    def _undo_current(self, oid: bytes) -> tuple[bytes, bytes | None] | None:
+        rows = self._query(_LOAD_CURRENT, (_u(oid),))
+        return (_pack(rows[0][0]), rows[0][1] or None) if rows else None
 
     def getSize(self) -> int:
         """The size in bytes of the file and its write-ahead log."""
@@ -651,9 +681,10 @@ class SQLiteStorage(SchemaMixin, PackMixin, MirrorMixin, TransactionLogMixin, St
         tid = self._next_tid(max(_pack(last), self._ltid))
         tid_i = _u(tid)
         # in oid order: B-tree pages fill sequentially (denser file, less to write)
-        replacing = sorted([(key, tid_i, data) for key, read, data
+        # (None: an undo's deletion record, stored as empty data)
+        replacing = sorted([(key, tid_i, data or b"") for key, read, data
                             in zip(keys, reads, stores.values()) if read])
-        creating = sorted([(key, tid_i, data) for key, read, data
+        creating = sorted([(key, tid_i, data or b"") for key, read, data
                            in zip(keys, reads, stores.values()) if not read])
         archive = _ARCHIVE_CURRENT_SQL if self.keep_history else _RETAIN_CURRENT_SQL
         for chunk in _chunks([row[0] for row in replacing]):
