@@ -15,24 +15,26 @@ Rules:
   earlier copy of the same source (its last transaction is one of the source's), and
   only the source's later transactions are copied. Running an incremental copy again
   resumes where an interrupted one stopped.
-- A destination that has ``restore`` (ZODB's FileStorage) gets records through it,
-  keeping back-pointers and deletion records. Otherwise each record is ``store``\\ d
-  with the destination's current serial of the oid, so no conflict can arise; records
-  without data (ZODB writes them when an object's creation is undone) cannot be stored
-  that way and are skipped and counted in :attr:`CopyStats.skipped`.
+- A destination that has ``restore`` (every amphora storage, ZODB's FileStorage) gets
+  records through it; FileStorage keeps back-pointers and deletion records. Otherwise each record is ``store``\\ d
+  with the destination's current serial of the oid, so no conflict can arise. Records
+  without data (ZODB writes them when an object's creation is undone) are skipped and
+  counted in :attr:`CopyStats.skipped` unless the destination restores them
+  (``restores_deletions``: amphora's storages keep no deletion records); the undone
+  object then stays in the copy, unreachable, until a pack with garbage collection.
 - Each transaction is committed on its own: if the copy stops halfway, the destination
   holds a prefix of the source's history, never a partial transaction.
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from amphora.errors import StorageError
 from amphora.storage.base import Storage, TransactionMetaData
 from amphora.utils import maxtid, p64, tid_repr, u64, z64
 
-__all__ = ["CopyStats", "DestinationNotEmptyError", "copy_transactions"]
+__all__ = ["CopyStats", "DestinationNotEmptyError", "copy_transactions", "restore_transactions"]
 
 
 class DestinationNotEmptyError(StorageError):
@@ -63,14 +65,29 @@ def copy_transactions(source: Storage, destination: Storage,
     any error raised by either storage aborts the transaction being copied and
     propagates, leaving the transactions copied so far committed.
     """
-    stats = CopyStats()
     start = _start_tid(source, destination, incremental)
+    return restore_transactions(source.iterator(start), destination, progress,
+                                look_up_serials=start is not None)
+
+
+def restore_transactions(transactions: Iterable[Any], destination: Storage,
+                         progress: Callable[[CopyStats], None] | None = None,
+                         look_up_serials: bool = True) -> CopyStats:
+    """Commit each of ``transactions`` (what a storage's ``iterator()`` yields) to
+    ``destination`` with its tid, user, description and extension, record for record:
+    the copier behind :func:`copy_transactions` and every amphora storage's
+    ``copyTransactionsFrom``.
+
+    ``look_up_serials`` false promises that the destination held none of the oids before
+    (it was empty), which spares a lookup per oid where ``restore`` is missing. Returns
+    the :class:`CopyStats`; an error aborts the transaction being copied and propagates.
+    """
+    stats = CopyStats()
     # restore() is optional in ZODB's storage API (FileStorage has it); ZODB's own copy
     # looks for it the same way.
     restore = getattr(destination, "restore", None)
     # The serial each oid has in the destination, as store() must be told it.
     serials: dict[bytes, bytes] = {}
-    look_up_serials = start is not None
 
     def current_serial(oid: bytes) -> bytes:
         serial = serials.get(oid)
@@ -78,17 +95,17 @@ def copy_transactions(source: Storage, destination: Storage,
             serial = _current_serial(destination, oid) if look_up_serials else z64
         return serial
 
-    for txn in source.iterator(start):
+    for txn in transactions:
         meta = TransactionMetaData(txn.user, txn.description, _extension_bytes(txn))
         destination.tpc_begin(meta, txn.tid, getattr(txn, "status", " "))
         try:
             for record in txn:
                 data = record.data
-                if restore is not None:
-                    restore(record.oid, txn.tid, data, "", record.data_txn, meta)
-                elif data is None:
+                if data is None and (restore is None or not _restores_deletions(destination)):
                     stats.skipped += 1
                     continue
+                if restore is not None:
+                    restore(record.oid, txn.tid, data, "", record.data_txn, meta)
                 else:
                     destination.store(record.oid, current_serial(record.oid), data, "", meta)
                     serials[record.oid] = txn.tid
@@ -124,6 +141,12 @@ def _start_tid(source: Storage, destination: Storage, incremental: bool) -> byte
             "so the destination is not a copy of it; an incremental copy would mix two "
             "databases")
     return p64(u64(last) + 1)
+
+
+def _restores_deletions(storage: Storage) -> bool:
+    """Whether ``storage.restore`` takes records without data (ZODB's FileStorage does;
+    amphora's storages say ``restores_deletions = False``)."""
+    return getattr(storage, "restores_deletions", True)
 
 
 def _current_serial(storage: Storage, oid: bytes) -> bytes:

@@ -270,7 +270,7 @@ class CommitRequests:
         raise errors.ConflictError("conflicts kept coming while resolving them")
 
     def begin_commit(self, meta: list, tid: bytes | None, records: dict, serials: dict,
-                     checks: dict, finish: bool = False) -> Commit:
+                     checks: dict, finish: bool = False, restored: list = ()) -> Commit:
         storage = self.served.storage
         if self.txn is not None:  # a commit the client gave up on
             storage.tpc_abort(self.txn)
@@ -285,7 +285,8 @@ class CommitRequests:
             storage.tpc_begin(txn, check_oid(tid, "a tid"))
         self.txn = txn
         try:
-            storage.store_many(records, serials, txn)
+            stored, serials = self.restore_records(txn, tid, records, serials, restored)
+            storage.store_many(stored, serials, txn)
             for oid, serial in checks.items():
                 storage.checkCurrentSerialInTransaction(oid, serial, txn)
         except BaseException:
@@ -293,6 +294,22 @@ class CommitRequests:
             raise
         txn.set_data(self, (user, description, extension, list(records)))
         return txn
+
+    def restore_records(self, txn: Commit, tid: bytes | None, records: dict, serials: dict,
+                        restored: list) -> tuple[dict, dict]:
+        """Restore the records of ``restored`` oids (a copy's, as transaction ``tid`` wrote
+        them); the records and serials left to store."""
+        if not restored:
+            return records, serials
+        restored = {check_oid(oid) for oid in restored}
+        missing = restored - records.keys()
+        if missing:
+            raise errors.StorageError(
+                f"restored oid {min(missing).hex()} has no record in the commit")
+        for oid in restored:
+            self.served.storage.restore(oid, tid, records[oid], "", None, txn)
+        stored = {oid: data for oid, data in records.items() if oid not in restored}
+        return stored, {oid: serials[oid] for oid in stored}
 
     def vote(self, txn: Commit) -> MergeWanted | None:
         """Vote; the conflict the client must merge first, if any (the vote undid what

@@ -98,11 +98,13 @@ LAST_TRANSACTION = "last_transaction"  # () -> tid
 SYNC = "sync"                      # () -> tid, after pushes of everything committed before
 SIZE = "size"                      # () -> [object count, bytes]
 NEW_OIDS = "new_oids"              # (count) -> [oid, ...]
-COMMIT = "commit"                  # (meta, tid, records, serials, checks[, finish]) ->
-                                   #   None: voted (RESOLVE messages about it may come
-                                   #   first); with finish true: -> tid, voted and
-                                   #   finished at once, the reply in commit order (no
-                                   #   FINISH follows)
+COMMIT = "commit"                  # (meta, tid, records, serials, checks[, finish[,
+                                   #   restored]]) -> None: voted (RESOLVE messages about
+                                   #   it may come first); with finish true: -> tid, voted
+                                   #   and finished at once, the reply in commit order (no
+                                   #   FINISH follows). ``restored``: the oids of records
+                                   #   that are restored (as ``tid`` wrote them, no
+                                   #   conflict check), not stored
 FINISH = "finish"                  # () -> tid; the reply comes in commit order
 ABORT = "abort"                    # () -> None
 PACK = "pack"                      # (pack_time, gc) -> None

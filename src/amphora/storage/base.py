@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import datetime
 import io
+import logging
 import pickle
 import threading
 from dataclasses import dataclass, field
@@ -39,7 +40,10 @@ from amphora.errors import (ConflictError, ObjectNotFoundError, ReadConflictErro
                             ReadOnlyError, StorageError, StorageTransactionError, Unsupported)
 from amphora.serialize import references
 from amphora.storage.sql.keys import _split
-from amphora.utils import maxtid, new_tid, p64, tid_from_datetime, tid_time, u64, z64
+from amphora.utils import (maxtid, new_tid, oid_repr, p64, tid_from_datetime, tid_repr,
+                           tid_time, u64, z64)
+
+log = logging.getLogger(__name__)
 
 __all__ = ["Storage", "StorageBase", "TransactionMetaData", "TransactionRecord", "DataRecord",
            "encode_metadata", "decode_extension"]
@@ -322,6 +326,9 @@ class StorageBase:
     supports_mirror = False
     supports_pack = True
     is_remote = False
+    #: ``restore`` takes records without data (ZODB's deletion records): no amphora
+    #: storage keeps those, so copies skip and count them
+    restores_deletions = False
 
     def __init__(self, name: str, read_only: bool = False, resolve_conflicts: bool = True):
         self.__name__ = name
@@ -334,6 +341,7 @@ class StorageBase:
         self._stores: dict[bytes, bytes] = {}
         self._serials: dict[bytes, bytes] = {}
         self._checks: dict[bytes, bytes] = {}
+        self._restored: set[bytes] = set()  # oids written by restore: never a conflict
         self._resolved: list[bytes] = []
         self._meta: tuple[bytes, bytes, bytes] = (b"", b"", b"")
         self._wrapper: Any = None
@@ -454,6 +462,12 @@ class StorageBase:
             raise StorageTransactionError(
                 "this storage is not committing that transaction")
 
+    def _refuse(self, transaction: Any) -> None:
+        """Raise why ``transaction``, not the one being committed, cannot write."""
+        if self._read_only:
+            raise ReadOnlyError(f"{self.__name__} is read-only")
+        self._check_current(transaction)
+
     def tpc_transaction(self) -> Any:
         """The transaction being committed, or None (ZEO's server asks for it)."""
         return self._transaction
@@ -468,6 +482,7 @@ class StorageBase:
         self._stores = {}
         self._serials = {}
         self._checks = {}
+        self._restored = set()
         self._resolved = []
         self._meta = encode_metadata(transaction)
         try:
@@ -524,6 +539,46 @@ class StorageBase:
         self._serials.update(serials)
         self._stores.update(records)
 
+    def restore(self, oid: bytes, serial: bytes, data: bytes | None, version: str,
+                prev_txn: bytes | None, transaction: Any) -> None:
+        """Write ``data`` for ``oid`` as transaction ``serial`` wrote it (ZODB's
+        ``IStorageRestoreable``): how copies keep a source's history.
+
+        The commit must have been begun with that tid (``tpc_begin(transaction, serial)``),
+        and it is refused at vote unless it is above the storage's last tid. No conflict
+        check is made: the record replaces whatever revision is current. ``prev_txn``
+        (ZODB's back-pointer hint) is ignored: the data is always stored. ``data`` None
+        (ZODB's record of an undone creation) raises :class:`Unsupported`: amphora
+        storages keep no deletion records.
+        """
+        if transaction is not self._transaction or transaction is None:
+            self._refuse(transaction)
+        if self._tid is None or serial != self._tid:  # (store checks the rest)
+            raise StorageTransactionError(
+                f"restore of oid {oid_repr(oid)} as transaction {tid_repr(serial)} needs a "
+                f"commit begun with that tid (tpc_begin(transaction, tid)), not "
+                f"{'a new tid' if self._tid is None else tid_repr(self._tid)}")
+        if data is None:
+            raise Unsupported(
+                f"oid {oid_repr(oid)} in transaction {tid_repr(serial)} is a record without "
+                "data (an undone creation): amphora storages keep no deletion records")
+        self.store(oid, serial, data, "", transaction)
+        self._restored.add(oid)
+
+    def copyTransactionsFrom(self, other: Any, verbose: bool = False) -> None:
+        """Restore every transaction of ``other.iterator()`` here, in order, each with its
+        tid, user, description, extension and records (ZODB's ``copyTransactionsFrom``;
+        ``verbose`` is accepted and ignored). Each tid must be above this storage's last
+        tid; each transaction is committed on its own, so a failure leaves the ones before
+        it committed. Records without data (undone creations) are skipped with a logged
+        warning (see :meth:`restore`). See :func:`amphora.copy.restore_transactions`."""
+        from amphora.copy import restore_transactions  # the copier sits above the storages
+        stats = restore_transactions(other.iterator(), self)
+        if stats.skipped:
+            log.warning("%s: %d records without data (undone creations) were not copied: "
+                        "amphora storages keep no deletion records", self.__name__,
+                        stats.skipped)
+
     def undo(self, transaction_id: bytes, transaction: Any) -> None:
         """Undo is not supported (``supports_undo`` is False)."""
         if self._read_only:
@@ -562,6 +617,7 @@ class StorageBase:
         self._stores = {}
         self._serials = {}
         self._checks = {}
+        self._restored = set()
         self._commit_lock.release()
 
     # -- conflict checks, for _vote ----------------------------------------------------
@@ -588,6 +644,8 @@ class StorageBase:
                 raise ReadConflictError(oid=oid, serials=(serial_now, serial))
         if stale is None:
             stale = [oid for oid, read in self._serials.items() if current(oid, z64) != read]
+        if self._restored:  # restored records replace whatever is current
+            stale = [oid for oid in stale if oid not in self._restored]
         if not stale:  # usually
             return
         resolve = self._conflict_resolver()
@@ -616,7 +674,9 @@ class StorageBase:
         """The tid for this commit: the one asked for at ``tpc_begin`` or a new one."""
         if self._tid is not None:
             if self._tid <= last:
-                raise StorageTransactionError("a restored tid must be above the last tid")
+                raise StorageTransactionError(
+                    f"a restored tid must be above the last tid: {tid_repr(self._tid)} is "
+                    f"not above {tid_repr(last)}")
             return self._tid
         return new_tid(last)
 

@@ -629,10 +629,13 @@ class ClientStorage(RemoteMirror, StorageBase):
                 self._store_instead(oid, resolved)
             return resolved
 
+        # Restored records (a copy's) are named only when there are some, so that plain
+        # commits stay what servers before restore understand.
+        restored = (sorted(self._restored),) if self._restored else ()
         for attempt in range(_MAX_RESOLUTIONS):
             try:
                 self._call(p.COMMIT, list(self._meta), self._tid, records, serials,
-                           dict(self._checks), finish, questions=merge,
+                           dict(self._checks), finish, *restored, questions=merge,
                            handler=finished if finish else None)
             except ReadConflictError:
                 raise

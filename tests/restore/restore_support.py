@@ -1,0 +1,65 @@
+"""What the restore tests share: a FileStorage written by ZODB itself, more commits to it,
+and a storage's history as comparable values."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import transaction
+from persistent.mapping import PersistentMapping
+
+from conformance.models import Item
+
+
+def write_filestorage(path: Path, commits: int = 3, start: int = 0) -> None:
+    """Commit ``commits`` transactions to the FileStorage at ``path`` through ``ZODB.DB``
+    (created when missing): each with a user, a description and an extension, adding an
+    :class:`Item` and changing the ones before, so that objects have several revisions."""
+    import ZODB
+    from ZODB.FileStorage import FileStorage
+    db = ZODB.DB(FileStorage(str(path)))
+    try:
+        manager = transaction.TransactionManager()
+        for number in range(start, start + commits):
+            txn = manager.begin()
+            txn.user = f"user {number}"
+            txn.note(f"commit {number}")
+            txn.setExtendedInfo("number", number)
+            conn = db.open(manager)
+            root = conn.root()
+            people = root.setdefault("people", PersistentMapping())
+            for item in people.values():
+                item.age += 1
+            people[f"p{number}"] = Item(f"p{number}", email=f"p{number}@example.com",
+                                        age=20 + number)
+            manager.commit()
+            conn.close()
+    finally:
+        db.close()
+
+
+def dump(storage: Any) -> list[tuple]:
+    """Every transaction of ``storage``: tid, user, description, extension and its
+    records ``(oid, data)`` sorted by oid."""
+    return [(txn.tid, txn.user, txn.description, dict(txn.extension),
+             sorted((record.oid, record.data) for record in txn))
+            for txn in storage.iterator()]
+
+
+def current_only(history: list[tuple]) -> list[tuple]:
+    """:func:`dump` ``history`` as a history-free storage keeps it: each transaction with
+    only the records that are still current."""
+    newest = {oid: tid for tid, _, _, _, records in history for oid, _ in records}
+    return [(tid, user, description, extension,
+             [(oid, data) for oid, data in records if newest[oid] == tid])
+            for tid, user, description, extension, records in history]
+
+
+def dump_file(path: Path) -> list[tuple]:
+    """:func:`dump` of the FileStorage at ``path``, opened read-only."""
+    from ZODB.FileStorage import FileStorage
+    storage = FileStorage(str(path), read_only=True)
+    try:
+        return dump(storage)
+    finally:
+        storage.close()
