@@ -58,7 +58,16 @@ def current_only(history: list[tuple]) -> list[tuple]:
 def dump_file(path: Path) -> list[tuple]:
     """:func:`dump` of the FileStorage at ``path``, opened read-only."""
     from ZODB.FileStorage import FileStorage
-    storage = FileStorage(str(path), read_only=True)
+    return _dump_closed(FileStorage(str(path), read_only=True))
+
+
+def dump_uri(uri: str) -> list[tuple]:
+    """:func:`dump` of the storage ``uri`` names, opened read-only."""
+    import amphora
+    return _dump_closed(amphora.open_storage(uri, read_only=True))
+
+
+def _dump_closed(storage: Any) -> list[tuple]:
     try:
         return dump(storage)
     finally:

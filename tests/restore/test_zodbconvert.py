@@ -13,9 +13,7 @@ import pgserver
 import pytest
 import serverprocess
 
-import amphora
-
-from restore_support import dump, dump_file, write_filestorage
+from restore_support import dump_file, dump_uri, write_filestorage
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -60,14 +58,6 @@ def _amphora(name: str, uri: str) -> str:
     return f"<amphora {name}>\n  uri {uri}\n</amphora>"
 
 
-def _dump_uri(uri: str) -> list[tuple]:
-    storage = amphora.open_storage(uri, read_only=True)
-    try:
-        return dump(storage)
-    finally:
-        storage.close()
-
-
 @pytest.mark.parametrize("kind", TARGETS)
 def test_zodbconvert_into_amphora_and_back_whole_and_incremental(kind, tmp_path):
     original, back = tmp_path / "Data.fs", tmp_path / "Back.fs"
@@ -76,13 +66,13 @@ def test_zodbconvert_into_amphora_and_back_whole_and_incremental(kind, tmp_path)
     source, into = _filestorage("source", original), _amphora("destination", uri)
     out_of, into_back = _amphora("source", uri), _filestorage("destination", back)
     zodbconvert(tmp_path, source, into)
-    assert _dump_uri(uri) == dump_file(original)
+    assert dump_uri(uri) == dump_file(original)
     zodbconvert(tmp_path, out_of, into_back)
     assert dump_file(back) == dump_file(original)
     # More commits to the source: incremental conversions copy only those, both ways
     write_filestorage(original, commits=2, start=3)
     assert "Resuming ZODB copy" in zodbconvert(tmp_path, source, into, "--incremental")
-    assert _dump_uri(uri) == dump_file(original)
+    assert dump_uri(uri) == dump_file(original)
     assert "Resuming ZODB copy" in zodbconvert(tmp_path, out_of, into_back, "--incremental")
     assert dump_file(back) == dump_file(original)
     assert len(dump_file(back)) == 6
@@ -95,10 +85,10 @@ def test_amphora_copy_into_amphora_and_back_whole_and_incremental(kind, tmp_path
     uri = _target_uri(kind, tmp_path / "copied")
     amphora_cli = _script("amphora")
     _run(amphora_cli, "copy", str(original), uri, cwd=tmp_path)
-    assert _dump_uri(uri) == dump_file(original)
+    assert dump_uri(uri) == dump_file(original)
     write_filestorage(original, commits=2, start=3)
     _run(amphora_cli, "copy", "--incremental", str(original), uri, cwd=tmp_path)
-    assert _dump_uri(uri) == dump_file(original)
+    assert dump_uri(uri) == dump_file(original)
     back = tmp_path / "Back.fs"
     _run(amphora_cli, "copy", uri, str(back), cwd=tmp_path)
     assert dump_file(back) == dump_file(original)

@@ -138,9 +138,10 @@ def _dumps(document: Any) -> str:
     except (RecursionError, ValueError):
         return _encode(_tame(document, set(), 0))
     # The encoder stops at its own recursion limit, not at _MAX_DEPTH (and since Python
-    # 3.13 that limit is far deeper than SQLite's JSON functions read): a document with
-    # enough containers to be too deep is measured.
-    if text.count("[") + text.count("{") > _MAX_DEPTH and _too_deep(text):
+    # 3.13 that limit is far deeper than SQLite's JSON functions read): a document long
+    # enough, with containers enough, to be too deep (two characters a level) is measured.
+    if (len(text) > 2 * _MAX_DEPTH and text.count("[") + text.count("{") > _MAX_DEPTH
+            and _too_deep(text)):
         return _encode(_tame(document, set(), 0))
     return text
 

@@ -11,20 +11,19 @@ until the child is running, what its ``_kept_open()`` returns (its connections) 
 so that nothing of it is collected (and closed, which may talk to a server) in the child
 before its ``_forked(kept)`` runs; the child then keeps these objects for good, never
 closed by the collector. ``_forked(kept)`` runs in the child, at the fork, while no other
-thread runs: it lets go of the parent's connections without any I/O (:func:`drop_descriptor`) and
-resets the locks and commit state (:func:`reset_commit_state`); what the child then uses
-is opened there. :data:`forks` counts the forks this process is a child of, so that an
-object can tell, with one integer compare, that it must open what a hook could not (a
-thread, say).
+thread runs: it lets go of the parent's connections without any I/O
+(:func:`drop_descriptor`) and resets the locks and commit state
+(``StorageBase._forget_commit_after_fork``); what the child then uses is opened there.
+:data:`forks` counts the forks this process is a child of, so that an object can tell,
+with one integer compare, that it must open what a hook could not (a thread, say).
 """
 from __future__ import annotations
 
 import os
-import threading
 import weakref
 from typing import Any
 
-__all__ = ["forks", "track", "drop_descriptor", "reset_commit_state"]
+__all__ = ["forks", "track", "drop_descriptor"]
 
 #: how many forks this process is the child of (0 in a process that was started afresh)
 forks = 0
@@ -79,17 +78,3 @@ def drop_descriptor(fd: int) -> None:
         pass
     finally:
         os.close(null)
-
-
-def reset_commit_state(storage: Any) -> None:
-    """Forget, in a child, the two-phase-commit state of a :class:`StorageBase` and its
-    locks (a thread of the parent may have held them when it forked; that thread does not
-    exist here): a commit in progress in the parent is the parent's."""
-    storage._lock = threading.RLock()
-    storage._commit_lock = threading.Lock()
-    storage._transaction = None
-    storage._tid = None
-    storage._stores = {}
-    storage._serials = {}
-    storage._checks = {}
-    storage._resolved = []

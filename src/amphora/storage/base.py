@@ -479,10 +479,7 @@ class StorageBase:
         self._commit_lock.acquire()
         self._transaction = transaction
         self._tid = tid
-        self._stores = {}
-        self._serials = {}
-        self._checks = {}
-        self._restored = set()
+        self._clear_writes()
         self._resolved = []
         self._meta = encode_metadata(transaction)
         try:
@@ -614,11 +611,26 @@ class StorageBase:
     def _end(self) -> None:
         self._transaction = None
         self._tid = None
+        self._clear_writes()
+        self._commit_lock.release()
+
+    def _clear_writes(self) -> None:
+        """Forget the records, serials, read checks and restores of a commit (at its
+        start and end; ``_resolved`` outlives the end: its connection reads it after)."""
         self._stores = {}
         self._serials = {}
         self._checks = {}
         self._restored = set()
-        self._commit_lock.release()
+
+    def _forget_commit_after_fork(self) -> None:
+        """In a forked child: new locks, and no commit in progress (a thread of the parent
+        may have held the locks, and a commit in progress is the parent's)."""
+        self._lock = threading.RLock()
+        self._commit_lock = threading.Lock()
+        self._transaction = None
+        self._tid = None
+        self._clear_writes()
+        self._resolved = []
 
     # -- conflict checks, for _vote ----------------------------------------------------
     def _check_conflicts(self, committed: Mapping[bytes, bytes],

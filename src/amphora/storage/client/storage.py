@@ -745,7 +745,7 @@ class ClientStorage(RemoteMirror, StorageBase):
         self._marks = threading.local()
         self._advanced = threading.Condition()
         self._restart_lock = threading.Lock()
-        _fork.reset_commit_state(self)
+        self._forget_commit_after_fork()
 
     def _restart_after_fork(self) -> None:
         """The first use in a child: this process's I/O thread, and a connection made as

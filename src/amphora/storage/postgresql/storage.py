@@ -816,7 +816,7 @@ class PostgreSQLStorage(SchemaMixin, PackMixin, MirrorMixin, TransactionLogMixin
         self._pending = []
         self._voted_tid = None
         self._ahead_generation += 1
-        _fork.reset_commit_state(self)
+        self._forget_commit_after_fork()
 
 
 def _rows(tid: int, rows: list[tuple[int, bytes]], refs: list[str]) -> dict[str, Any]:

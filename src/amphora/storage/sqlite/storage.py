@@ -802,7 +802,7 @@ class SQLiteStorage(SchemaMixin, PackMixin, MirrorMixin, TransactionLogMixin, Un
         self._pending = []
         self._voted_tid = None
         self._generation += 1
-        _fork.reset_commit_state(self)
+        self._forget_commit_after_fork()
         if self._closed:
             return
         try:
