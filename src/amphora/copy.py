@@ -20,7 +20,7 @@ Rules:
   with the destination's current serial of the oid, so no conflict can arise. Records
   without data (ZODB writes them when an object's creation is undone) are skipped and
   counted in :attr:`CopyStats.skipped` unless the destination restores them
-  (``restores_deletions``: amphora's storages keep no deletion records); the undone
+  (``restores_deletions``: amphora's storages do not restore deletion records); the undone
   object then stays in the copy, unreachable, until a pack with garbage collection.
 - Each transaction is committed on its own: if the copy stops halfway, the destination
   holds a prefix of the source's history, never a partial transaction.

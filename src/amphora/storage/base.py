@@ -546,7 +546,7 @@ class StorageBase:
         check is made: the record replaces whatever revision is current. ``prev_txn``
         (ZODB's back-pointer hint) is ignored: the data is always stored. ``data`` None
         (ZODB's record of an undone creation) raises :class:`Unsupported`: amphora
-        storages keep no deletion records.
+        storages do not restore deletion records.
         """
         if transaction is not self._transaction or transaction is None:
             self._refuse(transaction)
@@ -558,7 +558,7 @@ class StorageBase:
         if data is None:
             raise Unsupported(
                 f"oid {oid_repr(oid)} in transaction {tid_repr(serial)} is a record without "
-                "data (an undone creation): amphora storages keep no deletion records")
+                "data (an undone creation): amphora storages do not restore deletion records")
         self.store(oid, serial, data, "", transaction)
         self._restored.add(oid)
 
@@ -573,7 +573,7 @@ class StorageBase:
         stats = restore_transactions(other.iterator(), self)
         if stats.skipped:
             log.warning("%s: %d records without data (undone creations) were not copied: "
-                        "amphora storages keep no deletion records", self.__name__,
+                        "amphora storages do not restore deletion records", self.__name__,
                         stats.skipped)
 
     def undo(self, transaction_id: bytes, transaction: Any) -> None:
