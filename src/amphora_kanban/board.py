@@ -12,7 +12,9 @@ naming its rule):
 ``task-state``          a task lives in a task state
 ``two-levels``          a task's parent is a feature, never a task or itself
 ``feature-with-tasks``  a feature that has tasks cannot become a task
-``wip-limit``           a move or new card over a hard WIP limit (a soft one warns)
+``wip-limit``           a move or new card over a hard WIP limit (a soft one warns);
+                        concurrent entries into a hard-limited state conflict, so that
+                        the limit holds when both commit (the retry counts again)
 ``state-not-empty``     a state holding cards cannot be removed, nor switch tiers
 ``archive-features``    only features are archived (with their tasks)
 ``last-state``          a board keeps at least one feature state
@@ -349,6 +351,11 @@ class Board(Persistent):
             return 1 if wip.unit == "cards" else c.size
         load = sum(weight(c) for c in self._in_state(state.id) if c is not card)
         load += weight(card)
+        if wip.hard:
+            # Cards are separate objects: two transactions moving two cards into this
+            # state at once would each count the other's card where it was. Both write
+            # the state, so the second to commit conflicts and, retried, counts again.
+            state.admitted = state.admitted + 1
         if load <= wip.limit:
             return []
         message = (f"state {state.title!r} would hold {load} {wip.unit}, over its "

@@ -14,6 +14,7 @@ It checks what must hold afterwards and reports what did not:
   cards are the neighbours they are placed among), so the final state, parent and
   position of every card equal those its owner's last accepted move returned, and its
   history holds exactly one ``moved`` event per accepted move that changed its state;
+- no state holds more cards than its hard WIP limit;
 - every listener ends with the same board as a fresh ``GET``.
 
 It also measures what :mod:`benchmarks.kanban_load` reports: requests per second, the
@@ -38,11 +39,12 @@ __all__ = ["LoadReport", "run_load", "percentile"]
 # The feature states cards are moved among; the last one has a hard WIP limit, so that
 # some moves are refused with 409 as the app documents.
 STATES = [
-    {"id": "backlog", "title": "Backlog"},
-    {"id": "ready", "title": "Ready"},
-    {"id": "doing", "title": "Doing", "working": True},
-    {"id": "review", "title": "Review", "wip": {"limit": 6, "unit": "cards", "hard": True}},
-    {"id": "done", "title": "Done", "complete": True},
+    {"id": "todo", "title": "To do", "task": False},
+    {"id": "next", "title": "Next", "task": False},
+    {"id": "making", "title": "Making", "task": False, "working": True},
+    {"id": "checking", "title": "Checking", "task": False,
+     "wip": {"limit": 6, "unit": "cards", "hard": True}},
+    {"id": "finished", "title": "Finished", "task": False, "complete": True},
 ]
 CARDS_PER_PERSON = 3
 
@@ -64,6 +66,7 @@ class LoadReport:
     requests: int = 0
     moves: int = 0
     refused: int = 0                        # moves answered 409
+    rules: dict[str, int] = field(default_factory=dict)            # 409s by rule
     edits: int = 0
     move_latencies: list[float] = field(default_factory=list)     # seconds
     event_latencies: list[float] = field(default_factory=list)    # move sent -> event
@@ -83,6 +86,7 @@ class LoadReport:
             "move_p99_ms": round(percentile(self.move_latencies, 99) * ms, 1),
             "event_p50_ms": round(percentile(self.event_latencies, 50) * ms, 1),
             "event_p99_ms": round(percentile(self.event_latencies, 99) * ms, 1),
+            "refused_by_rule": dict(sorted(self.rules.items())),
             "problems": len(self.problems),
         }
 
@@ -154,7 +158,7 @@ async def _set_up(base_url: str, admin: httpx.AsyncClient, users: int, boards: i
             response = await person.client.post(
                 f"/api/boards/{person.board}/cards",
                 json={"title": f"Card {n + 1} of {person.client.headers['X-CSRF-Token'][:6]}",
-                      "size": 1 + n, "state": "backlog"})
+                      "size": 1 + n, "state": "todo"})
             response.raise_for_status()
             card = response.json()
             person.cards.append(Owned(card["id"], card["state"], card["parent"],
@@ -250,6 +254,8 @@ async def _act(person: Person, report: LoadReport, listeners: list[Listener],
     report.moves += 1
     if response.status_code == 409:
         report.refused += 1
+        rule = response.json().get("rule", "?")
+        report.rules[rule] = report.rules.get(rule, 0) + 1
         return
     if response.status_code == 400 and before is not None and "before" in response.text:
         return  # the neighbour moved elsewhere meanwhile: a named bad input, not a failure
@@ -270,7 +276,8 @@ async def _work(person: Person, report: LoadReport, listeners: list[Listener],
         try:
             await _act(person, report, listeners, sent)
         except httpx.HTTPError as exc:
-            report.problems.append(f"request by a person on {person.board} failed: {exc!r}")
+            report.problems.append(f"{exc.request.method} {exc.request.url.path} by a "
+                                   f"person on {person.board} failed: {exc!r}")
 
 
 async def _check(admin: httpx.AsyncClient, people: list[Person],
@@ -281,6 +288,13 @@ async def _check(admin: httpx.AsyncClient, people: list[Person],
         response = await admin.get(f"/api/boards/{name}")
         response.raise_for_status()
         fresh[name] = response.json()
+    for name, board in fresh.items():
+        for state in STATES:
+            wip = state.get("wip")
+            held = sum(1 for c in board["cards"] if c["state"] == state["id"])
+            if wip and wip["hard"] and held > wip["limit"]:
+                report.problems.append(f"{name}: {held} cards in {state['id']}, over its "
+                                       f"hard limit of {wip['limit']}")
     for person in people:
         cards = {c["id"]: c for c in fresh[person.board]["cards"]}
         for owned in person.cards:

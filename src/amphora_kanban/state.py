@@ -80,7 +80,13 @@ class WipLimit:
 
 class State(Persistent):
     """One column of a board. Change it through :class:`~amphora_kanban.board.Board`
-    (which records the change for live updates), not directly."""
+    (which records the change for live updates), not directly.
+
+    ``admitted`` counts the cards that entered the state while it had a hard WIP limit:
+    each entry writes the state, so that two entered at once conflict (see
+    :meth:`~amphora_kanban.board.Board.move`)."""
+
+    admitted = 0
 
     def __init__(self, id: str, title: str, task: bool = False, explode: bool = False,
                  working: bool = False, complete: bool = False, wip: WipLimit | None = None):

@@ -37,15 +37,17 @@ def test_the_setup_commands_exist():
         assert path.stat().st_mode & 0o111, f"{command} is not executable"
 
 
-def test_the_serve_command_serves_the_embedded_default_where_the_readme_says():
-    """``./scripts/serve`` runs ``amphora serve`` on the SQLite file and address the
-    README gives clients."""
+def test_the_serve_command_serves_the_kanban_on_the_embedded_default_where_the_readme_says():
+    """``./scripts/serve`` runs the Kanban on the SQLite file and address the README gives,
+    and the README names the amphora server's command beside it."""
     script = (REPO / "scripts" / "serve").read_text()
-    served = re.findall(r"^exec \.venv/bin/amphora serve (\S+) --listen (\S+) \"\$@\"$",
-                        script, re.M)
-    assert served == [("sqlite:///var/app.db", "127.0.0.1:8100")]
-    setup = README.split("## Set up", 1)[1].split("\n## ", 1)[0]
-    assert "var/app.db" in setup and 'amphora.open("amphora://127.0.0.1:8100")' in setup
+    served = re.findall(
+        r"^exec \.venv/bin/amphora kanban serve (\S+) --listen (\S+) \"\$@\"$", script, re.M)
+    assert served == [("sqlite:///var/kanban.db", "127.0.0.1:8000")]
+    setup = " ".join(README.split("## Set up", 1)[1].split("\n## ", 1)[0].split())
+    assert "var/kanban.db" in setup and "http://127.0.0.1:8000" in setup
+    assert ("amphora serve sqlite:///var/app.db --listen 127.0.0.1:8100" in setup
+            and 'amphora.open("amphora://127.0.0.1:8100")' in setup)
 
 
 def test_ci_runs_the_readme_test_command():
@@ -59,15 +61,33 @@ def test_ci_runs_the_readme_test_command():
 
 
 @pytest.mark.skipif(not (REPO / ".venv" / ".amphora-installed-test").exists()
-                    and not (REPO / ".venv" / ".amphora-installed-base").exists(),
+                    and not (REPO / ".venv" / ".amphora-installed-kanban").exists(),
                     reason="./scripts/serve would first install .venv (made by ./scripts/test)")
-def test_the_serve_command_names_the_address_it_was_given():
-    process = subprocess.Popen([str(REPO / "scripts" / "serve"), "--listen", "127.0.0.1:0"],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def test_the_serve_command_starts_the_kanban_and_prints_where_to_sign_in(tmp_path):
+    """The first start of ``./scripts/serve`` prints the address it listens on and the
+    first administrator's sign-in link; the app answers there. (Run on a copy of the
+    scripts in ``tmp_path``, so that the repository's ``var/`` is not touched.)"""
+    import shutil
+    import urllib.request
+    for name in ("scripts", "pyproject.toml", "setup.py"):
+        source = REPO / name
+        (shutil.copytree if source.is_dir() else shutil.copy)(source, tmp_path / name)
+    for name in (".venv", "src"):
+        (tmp_path / name).symlink_to(REPO / name)
+    process = subprocess.Popen([str(tmp_path / "scripts" / "serve"), "--listen",
+                                "127.0.0.1:0"], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, cwd=tmp_path)
     try:
-        served = process.stdout.readline()  # "amphora: serving ... on HOST:PORT"
+        first = process.stdout.readline()
+        second = process.stdout.readline()
+        url = second.split()[-1]
+        with urllib.request.urlopen(f"{url}/healthz", timeout=30) as reply:
+            assert reply.status == 200
     finally:
         process.terminate()
-        _, hint = process.communicate(timeout=30)
-    assert "on 127.0.0.1:" in served
-    assert "amphora://127.0.0.1:0" in hint and "8100" not in hint
+        process.communicate(timeout=30)
+    assert first.startswith("kanban: first administrator: admin@localhost, sign in once at "
+                            "http://127.0.0.1:"), first
+    assert "/invite/" in first
+    assert second.startswith("kanban: listening on http://127.0.0.1:"), second
+    assert (tmp_path / "var" / "kanban.db").exists()

@@ -2,7 +2,7 @@
 import pytest
 
 import amphora
-from amphora_kanban import BadInput, Site
+from amphora_kanban import BadInput, RuleViolation, Site
 from amphora_kanban.changes import HEAD_SIZE, KEEP
 
 from conftest import open_session
@@ -155,5 +155,46 @@ def test_the_same_card_moved_twice_at_once_conflicts(two_processes):
     with pytest.raises(amphora.ConflictError):
         two.commit()
     two.abort()
+    for s in (one, two):
+        s.conn.close()
+
+
+def test_a_hard_limit_holds_when_two_cards_enter_at_once(two_processes):
+    """Room for one more card: two connections each move a different card in. Each
+    counts the state without the other's card, so both pass the check; the second
+    commit conflicts, and its retry, counting again, is refused."""
+    first, second, (a, b) = two_processes
+    with first.transaction() as conn:
+        conn.root.site.update_state("ready", {"wip": {"limit": 1, "hard": True}})
+    one, two = open_session(first), open_session(second)
+    one.root.site.move(a, "ready")
+    two.root.site.move(b, "ready")
+    one.commit()
+    with pytest.raises(amphora.ConflictError):
+        two.commit()
+    two.abort()
+    with pytest.raises(RuleViolation) as refused:
+        two.root.site.move(b, "ready")
+    assert refused.value.rule == "wip-limit"
+    two.abort()
+    with first.transaction() as conn:
+        assert [c.id for c in conn.root.site.cards() if c.state == "ready"] == [a]
+    for s in (one, two):
+        s.conn.close()
+
+
+def test_a_soft_limit_lets_two_cards_enter_at_once(two_processes):
+    """Only hard limits serialise entries: over a soft one both moves commit."""
+    first, second, (a, b) = two_processes
+    with first.transaction() as conn:
+        conn.root.site.update_state("ready", {"wip": {"limit": 1, "hard": False}})
+    one, two = open_session(first), open_session(second)
+    one.root.site.move(a, "ready")
+    two.root.site.move(b, "ready")
+    one.commit()
+    two.commit()
+    with first.transaction() as conn:
+        assert sorted(c.id for c in conn.root.site.cards() if c.state == "ready") == sorted(
+            [a, b])
     for s in (one, two):
         s.conn.close()
