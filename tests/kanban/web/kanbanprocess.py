@@ -17,7 +17,9 @@ it there for the tests below it)::
 """
 from __future__ import annotations
 
+import json
 import os
+import queue
 import signal
 import subprocess
 import sys
@@ -113,6 +115,96 @@ class KanbanServer:
                 self.proc.kill()
                 self.proc.wait(30)
         return self.proc.returncode
+
+
+# -- API helpers ---------------------------------------------------------------------------
+
+def add(client: httpx.Client, board: str, **card: Any) -> dict[str, Any]:
+    """A new card on ``board`` (its JSON); the test fails if it is refused."""
+    reply = client.post(f"/api/boards/{board}/cards", json=card)
+    assert reply.status_code == 201, reply.text
+    return reply.json()
+
+
+def move(client: httpx.Client, board: str, id: str, **where: Any) -> httpx.Response:
+    return client.post(f"/api/boards/{board}/cards/{id}/move", json=where)
+
+
+def assert_error(reply: httpx.Response, status: int, **fields: str) -> dict[str, Any]:
+    """``reply`` is a JSON error of ``status`` whose body has ``fields`` (e.g. the
+    ``field`` or the ``rule``); its body."""
+    assert reply.status_code == status, reply.text
+    body = reply.json()
+    assert isinstance(body["error"], str) and body["error"]
+    for key, value in fields.items():
+        assert body[key] == value, body
+    return body
+
+
+class EventStream:
+    """``GET path`` of the server at ``url`` read as Server-Sent Events in a thread of its
+    own (on its own client, with ``client``'s cookies): :meth:`next` is the next message
+    as ``{"id", "event", "data"}`` (data parsed as JSON), or ``{"comment": text}`` for a
+    comment line."""
+
+    def __init__(self, url: str, client: httpx.Client, path: str,
+                 headers: dict[str, str] | None = None):
+        self.client = httpx.Client(base_url=url, cookies=client.cookies,
+                                   timeout=httpx.Timeout(30, read=None))
+        self.messages: queue.Queue = queue.Queue()
+        self.status: int | None = None
+        self.ended = threading.Event()
+        self._response: httpx.Response | None = None
+        started = threading.Event()
+        threading.Thread(target=self._read, args=(path, headers or {}, started),
+                         daemon=True).start()
+        if not started.wait(30):
+            raise RuntimeError(f"no answer to GET {path}")
+
+    def _read(self, path: str, headers: dict[str, str], started: threading.Event) -> None:
+        try:
+            with self.client.stream("GET", path, headers=headers) as response:
+                self._response, self.status = response, response.status_code
+                started.set()
+                message: dict[str, Any] = {}
+                for line in response.iter_lines():
+                    if line.startswith(":"):
+                        self.messages.put({"comment": line[1:].strip()})
+                    elif line:
+                        key, _, value = line.partition(":")
+                        message[key] = value[1:] if value.startswith(" ") else value
+                    elif message:
+                        self.messages.put({"id": int(message["id"]), "event": message["event"],
+                                           "data": json.loads(message["data"])})
+                        message = {}
+        except (httpx.HTTPError, RuntimeError):
+            pass  # closed by close(), or the server went away
+        finally:
+            started.set()
+            self.ended.set()
+
+    def next(self, timeout: float = 30, comments: bool = False) -> dict[str, Any]:
+        """The next message (comment lines skipped unless ``comments``); fails the test
+        when none comes within ``timeout`` seconds."""
+        while True:
+            try:
+                message = self.messages.get(timeout=timeout)
+            except queue.Empty:
+                raise AssertionError(f"no server-sent event within {timeout} s") from None
+            if comments or "comment" not in message:
+                return message
+
+    def pending(self) -> list[dict[str, Any]]:
+        """The messages received and not yet taken."""
+        taken = []
+        while not self.messages.empty():
+            taken.append(self.messages.get_nowait())
+        return taken
+
+    def close(self) -> None:
+        if self._response is not None:
+            self._response.close()
+        self.client.close()
 
 
 def start_kanban(uri: str, tmp_path: Path | None = None, *args: str) -> KanbanServer:

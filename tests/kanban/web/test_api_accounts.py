@@ -48,7 +48,8 @@ def test_signed_out_clients_reach_only_sign_in_invitations_health_and_the_login_
         reply = anonymous.get(concrete(path))
         if for_signed_in:
             assert reply.status_code == 303, path
-            assert reply.headers["location"] == f"/login?next={concrete(path).replace('/', '%2F')}"
+            target = concrete(path).replace("/", "%2F")
+            assert reply.headers["location"] == f"/login?next={target}"
         else:  # the page itself, or 404 while its file is not installed
             assert reply.status_code in (200, 404) and "location" not in reply.headers
     assert anonymous.get("/healthz").json()["ok"] is True
@@ -87,7 +88,8 @@ def test_sign_in_sets_a_protected_cookie_and_sign_out_ends_the_session(kanban_se
     client = kanban_server.client()
     reply = client.post("/api/login", json={"email": "ADMIN@localhost", "password": PASSWORD})
     assert reply.status_code == 200, reply.text
-    assert reply.json()["user"]["email"] == ADMIN_EMAIL and reply.json()["user"]["role"] == "admin"
+    assert (reply.json()["user"]["email"], reply.json()["user"]["role"]) == (ADMIN_EMAIL,
+                                                                              "admin")
     cookie = reply.headers["set-cookie"]
     assert cookie.startswith("kanban_session=")
     assert {"httponly", "samesite=lax", "path=/"} <= {
@@ -123,7 +125,8 @@ def test_sign_in_errors(kanban_server, admin):
     assert client.post("/api/login", json=[1]).json()["field"] == "body"
     for email in (ADMIN_EMAIL, "nobody@example.org"):
         reply = client.post("/api/login", json={"email": email, "password": "wrong pass"})
-        assert reply.status_code == 401 and reply.json() == {"error": "wrong email or password"}
+        assert reply.status_code == 401
+        assert reply.json() == {"error": "wrong email or password"}
 
 
 def test_repeated_failures_are_refused_for_a_while(kanban_server, admin):
@@ -150,7 +153,8 @@ def test_a_success_clears_the_failures(kanban_server, admin):
 
 
 def test_invitations_are_one_time(kanban_server, admin, anonymous):
-    invited = admin.post("/api/invitations", json={"email": "New@Example.org", "role": "admin"})
+    invited = admin.post("/api/invitations",
+                         json={"email": "New@Example.org", "role": "admin"})
     assert invited.status_code == 201, invited.text
     link, token = invited.json()["link"], invited.json()["token"]
     assert link == f"{kanban_server.url}/invite/{token}"
