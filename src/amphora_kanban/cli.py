@@ -20,12 +20,14 @@ for tests only, never in production.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
+import signal
 import socket
 import sys
 import time
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 __all__ = ["main", "build_parser", "listening_socket"]
 
@@ -127,6 +129,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 # Streams of live updates would keep the graceful shutdown waiting.
                 hub.close_soon()
                 super().handle_exit(sig, frame)
+
+            @contextlib.contextmanager
+            def capture_signals(self) -> Iterator[None]:
+                # (uvicorn's own raises the signal again once stopped: a clean stop on
+                # SIGTERM would then end as killed by it, not with status 0)
+                previous = {sig: signal.signal(sig, self.handle_exit)
+                            for sig in (signal.SIGINT, signal.SIGTERM)}
+                try:
+                    yield
+                finally:
+                    for sig, handler in previous.items():
+                        signal.signal(sig, handler)
 
         config = uvicorn.Config(app, log_level="warning", access_log=False,
                                 timeout_graceful_shutdown=5, lifespan="on")
