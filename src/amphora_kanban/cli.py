@@ -20,16 +20,13 @@ for tests only, never in production.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import os
-import signal
-import socket
 import sys
 import time
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
-__all__ = ["main", "build_parser", "listening_socket"]
+__all__ = ["main", "build_parser"]
 
 EXIT_ERROR = 2
 FAST_HASHING = "AMPHORA_KANBAN_ARGON2_FAST"
@@ -74,80 +71,37 @@ def _url(host: str, port: int) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
-def listening_socket(host: str, port: int) -> socket.socket:
-    """A TCP socket listening on ``host:port`` (0: a free port)."""
-    # Made with IPPROTO_TCP named: asyncio turns Nagle's algorithm off only on such
-    # sockets, and with it on, each response on a kept-alive connection waits for the
-    # client's delayed ACK (40 ms on Linux).
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-        sock.listen(2048)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
-
-
 def cmd_serve(args: argparse.Namespace) -> int:
     host, port = _listen(args.listen)
     web = _web()
-    import uvicorn
-
     from amphora_kanban.web.accounts import first_admin
     from amphora_kanban.web.archive import setup_search
+    from amphora_kanban.web.server import listening_socket, run
 
     try:
         sock = listening_socket(host, port)
     except OSError as exc:
         raise CommandError(f"--listen {args.listen}: {exc.strerror or exc}") from exc
-    db = _open(args.uri)
+    db = None
     try:
+        db = _open(args.uri)
         app = web.create_app(db, fast_hashing=os.environ.get(FAST_HASHING) == "1")
         if not args.no_mirror:
             try:
                 setup_search(db)
-            except Exception as exc:  # search falls back to scanning: not fatal
+            except Exception as exc:  # searching the bag falls back to a scan
                 logging.getLogger(__name__).warning("no JSON mirror for search: %s", exc)
         url = _url(host, sock.getsockname()[1])
-        store = app.state.kanban.store
-        token = store.write_now(lambda conn: first_admin(conn, args.admin_email, time.time()))
+        token = app.state.kanban.store.write_now(
+            lambda conn: first_admin(conn, args.admin_email, time.time()))
         if token is not None:
             print(f"kanban: first administrator: {args.admin_email.lower()}, sign in once "
                   f"at {url}/invite/{token}", flush=True)
-        hub = app.state.live
-
-        class Server(uvicorn.Server):
-            async def startup(self, sockets: Any = None) -> None:
-                await super().startup(sockets)
-                if not self.should_exit:
-                    print(f"kanban: listening on {url}", flush=True)
-
-            def handle_exit(self, sig: int, frame: Any) -> None:
-                # Streams of live updates would keep the graceful shutdown waiting.
-                hub.close_soon()
-                super().handle_exit(sig, frame)
-
-            @contextlib.contextmanager
-            def capture_signals(self) -> Iterator[None]:
-                # (uvicorn's own raises the signal again once stopped: a clean stop on
-                # SIGTERM would then end as killed by it, not with status 0)
-                previous = {sig: signal.signal(sig, self.handle_exit)
-                            for sig in (signal.SIGINT, signal.SIGTERM)}
-                try:
-                    yield
-                finally:
-                    for sig, handler in previous.items():
-                        signal.signal(sig, handler)
-
-        config = uvicorn.Config(app, log_level="warning", access_log=False,
-                                timeout_graceful_shutdown=5, lifespan="on")
-        Server(config).run(sockets=[sock])
+        run(app, sock, url)
     finally:
         sock.close()
-        db.close()
+        if db is not None:
+            db.close()
     return 0
 
 

@@ -15,6 +15,7 @@ Modules, one concern each::
     live       Server-Sent Events from the change feed
     pages      the HTML pages and /healthz
     store      the database: transactions in worker threads, retried on conflicts
+    server     uvicorn on a socket of our own, stopping cleanly (amphora kanban serve)
     http       errors as statuses (the one mapping), request bodies, security headers
 
 Routes (JSON unless said; errors are ``{"error": message}`` with 400 naming the field,

@@ -222,7 +222,7 @@ class InProcess:
     ``url``, ``stop()``."""
 
     def __init__(self, db: Any, **settings: Any):
-        from amphora_kanban.cli import listening_socket
+        from amphora_kanban.web.server import listening_socket
         from amphora_kanban.web import create_app
         self.app = create_app(db, fast_hashing=True, **settings)
         self.sock = listening_socket("127.0.0.1", 0)
