@@ -185,6 +185,8 @@ class LiveHub:
                 if not listeners:
                     del self._listeners[name]
                     self._seen.pop(name, None)
+                    for key in [k for k in self._deltas if k[0] == name]:
+                        del self._deltas[key]
 
     def close_soon(self) -> None:
         """:meth:`close` from any thread (a signal handler, say)."""

@@ -4,7 +4,8 @@ Model calls are synchronous, so :class:`Store` runs them in a worker thread
 (``run_in_threadpool``): ``await store.write(work)`` calls ``work(conn)`` inside
 ``db.transaction()`` and commits, retrying a few times with a short random backoff when
 the commit meets a conflict (any ``TransientError``: amphora's and ZODB's
-``ConflictError``, a read conflict, a server briefly gone); ``await store.read(work)``
+``ConflictError``, a read conflict, a server briefly gone) that the objects' own
+conflict resolution could not merge; ``await store.read(work)``
 uses a pooled connection and commits nothing; ``await store.read_at(moment, work)`` a
 historical, read-only connection. ``work`` may raise the model's errors: the
 transaction is then aborted and nothing is stored.
@@ -31,7 +32,9 @@ __all__ = ["Store", "SITE_KEY", "site_of"]
 log = logging.getLogger(__name__)
 
 SITE_KEY = "kanban"
-ATTEMPTS = 5
+ATTEMPTS = 10
+BACKOFF = 0.005  # seconds: the first retry waits up to this, each next one up to twice more
+BACKOFF_MAX = 0.25
 
 T = TypeVar("T")
 
@@ -87,8 +90,9 @@ class Store:
             except TransientError as exc:
                 if n == self.attempts:
                     raise
-                log.debug("retrying after %s (attempt %d)", type(exc).__name__, n)
-                time.sleep(random.uniform(0.002, 0.02) * n)
+                log.debug("retrying after %s (attempt %d)", exc, n)
+                # random, so that the writers that met stop meeting
+                time.sleep(random.uniform(0, min(BACKOFF * 2 ** (n - 1), BACKOFF_MAX)))
         raise AssertionError("unreachable")  # the loop returns or raises
 
     # -- asynchronous: for request handlers ---------------------------------------------

@@ -28,7 +28,7 @@ def kanban_server(tmp_path: Path) -> Iterator[KanbanServer]:
         yield server
     finally:
         server.stop()
-    assert server.problems() == []
+    assert server.problems() == [], "".join(server.stderr_lines)
 
 
 @pytest.fixture
@@ -58,7 +58,7 @@ def team(request: Any, tmp_path_factory: Any) -> Iterator[Team]:
     finally:
         server.stop()
         drop()
-    assert server.problems() == []
+    assert server.problems() == [], "".join(server.stderr_lines)
 
 
 @pytest.fixture

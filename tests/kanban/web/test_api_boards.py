@@ -6,6 +6,7 @@ Boards have the default two-tier states: features flow backlog -> ready -> devel
 """
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from kanbanprocess import add, assert_error, move
@@ -198,6 +199,10 @@ def test_archived_features_are_found_by_a_word_of_a_task(team, board):
     assert [f["feature"]["id"] for f in found] == [feature["id"]]
     assert [t["id"] for t in found[0]["tasks"]] == [task["id"]]
     assert found[0]["matched"] == [task["id"]]
+    # through the mirror's text index, which stems words (a scan of the bag would not)
+    stemmed = team.member.get(f"/api/boards/{board}/archive",
+                              params={"text": "reconciled ledger"}).json()
+    assert [f["feature"]["id"] for f in stemmed] == [feature["id"]]
     by_description = team.member.get(f"/api/boards/{board}/archive",
                                      params={"text": "things"}).json()
     assert [f["feature"]["id"] for f in by_description] == [other["id"]]
@@ -265,3 +270,26 @@ def test_a_board_as_it_was(team, board):
     assert_error(team.member.get(f"/api/boards/{board}", params={"at": "yesterday-ish"}),
                  400, field="at")
     assert_error(team.member.get(f"/api/boards/{board}", params={"at": "2001-01-01"}), 404)
+
+
+# -- concurrency -------------------------------------------------------------------------
+
+def test_concurrent_changes_all_succeed(team, board):
+    """Writers at once on one board: conflicts the database cannot merge (the change
+    log moving a page, a bucket of cards splitting) are retried, never a 500."""
+    def work(n: int) -> list[int]:
+        client = team.server.client(cookies=team.member.cookies,
+                                    headers=dict(team.member.headers))
+        statuses = []
+        for i in range(12):
+            reply = client.post(f"/api/boards/{board}/cards", json={"title": f"{n}.{i}"})
+            statuses.append(reply.status_code)
+            if reply.status_code == 201:
+                statuses.append(move(client, board, reply.json()["id"],
+                                     state="ready").status_code)
+        return statuses
+    with ThreadPoolExecutor(6) as pool:
+        statuses = [s for done in pool.map(work, range(6)) for s in done]
+    assert sorted(set(statuses)) == [200, 201] and len(statuses) == 6 * 12 * 2
+    cards = team.member.get(f"/api/boards/{board}").json()["cards"]
+    assert len(cards) == 72 and {c["state"] for c in cards} == {"ready"}

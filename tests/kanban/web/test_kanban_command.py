@@ -142,6 +142,10 @@ def test_the_bag_is_searched_with_or_without_a_mirror(tmp_path, mirror):
         found = admin.get("/api/boards/team/archive", params={"text": "spreadsheets"}).json()
         assert [(f["feature"]["id"], f["matched"]) for f in found] == [
             (feature["id"], [task["id"]])]
+        # a word's beginning is found by both; another form of it only by the index
+        for text, with_mirror_only in (("spreadsheet", False), ("exported", True)):
+            found = admin.get("/api/boards/team/archive", params={"text": text}).json()
+            assert len(found) == (1 if mirror or not with_mirror_only else 0), text
     finally:
         server.stop()
     with amphora.open(uri) as db:
