@@ -6,6 +6,7 @@ Boards have the default two-tier states: features flow backlog -> ready -> devel
 """
 from __future__ import annotations
 
+import datetime
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -267,6 +268,9 @@ def test_a_board_as_it_was(team, board):
     assert past.json()["at"] == then["at"] and past.json()["generation"] < moved["generation"]
     assert [c["state"] for c in team.member.get(f"/api/boards/{board}").json()["cards"]] \
         == ["ready"]
+    seconds = datetime.datetime.fromisoformat(then["at"]).timestamp()  # epoch seconds too
+    assert team.member.get(f"/api/boards/{board}", params={"at": seconds}).json()[
+        "cards"] == past.json()["cards"]
     assert_error(team.member.get(f"/api/boards/{board}", params={"at": "yesterday-ish"}),
                  400, field="at")
     assert_error(team.member.get(f"/api/boards/{board}", params={"at": "2001-01-01"}), 404)
