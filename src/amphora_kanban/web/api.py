@@ -9,7 +9,7 @@ reads) after :func:`~amphora_kanban.web.auth.authorise` let the call through.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from starlette.requests import Request
@@ -63,7 +63,6 @@ class Call:
     body: Any
     identity: Identity
     now: float
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def site(self) -> Site:

@@ -14,8 +14,9 @@ A request that carries an expired session is refused (401) and the session dropp
 a transaction of its own; every sign-in drops the expired sessions and invitations.
 
 Passwords are Argon2id hashes (argon2-cffi) kept in ``User.password_hash``; at least
-``PASSWORD_MIN`` characters. Sign-in failures are counted in memory per client address
-and per email (:class:`SignInLimiter`): ``LIMIT`` failures within ``WINDOW`` seconds
+``PASSWORD_MIN`` characters. Sign-in failures are counted in each process's memory
+(not shared: with N processes an attacker gets at most N times the attempts) per client
+address and per email (:class:`SignInLimiter`): ``LIMIT`` failures within ``WINDOW`` seconds
 refuse further attempts with 429 until the oldest ages out; a success clears them.
 
 :func:`authorise` is the one check of who may call what: every route names its
@@ -44,8 +45,9 @@ from amphora_kanban.errors import BadInput, NotFound
 from amphora_kanban.site import Site, User
 from amphora_kanban.web.http import ApiError
 
-__all__ = ["AuthStore", "Passwords", "Session", "SignInLimiter", "auth_of", "authorise",
-           "PUBLIC", "SIGNED_IN", "ADMIN", "COOKIE", "CSRF_HEADER"]
+__all__ = ["AuthStore", "CookieSigner", "Identity", "Passwords", "Session", "SignInLimiter",
+           "auth_of", "authorise", "setup_auth", "PUBLIC", "SIGNED_IN", "ADMIN", "AUTH_KEY",
+           "COOKIE", "CSRF_HEADER"]
 
 AUTH_KEY = "kanban_auth"
 COOKIE = "kanban_session"
@@ -197,7 +199,10 @@ class Passwords:
 
 
 class SignInLimiter:
-    """Counts sign-in failures per key (``("address", ip)``, ``("email", email)``)."""
+    """Counts sign-in failures per key (``("address", ip)``, ``("email", email)``), in
+    this process's memory."""
+
+    SWEEP = 10_000  # keys kept before the stale ones are swept out
 
     def __init__(self, limit: int = LIMIT, window: float = WINDOW):
         self.limit = limit
@@ -211,7 +216,7 @@ class SignInLimiter:
         wait = 0.0
         with self._lock:
             for key in keys:
-                times = self._prune(key, now)
+                times = self._recent(key, now)
                 if len(times) >= self.limit:
                     wait = max(wait, times[0] + self.window - now)
         return int(wait) + 1 if wait > 0 else 0
@@ -219,22 +224,26 @@ class SignInLimiter:
     def failed(self, keys: list[tuple[str, str]], now: float | None = None) -> None:
         now = time.monotonic() if now is None else now
         with self._lock:
+            if len(self._failures) > self.SWEEP:
+                for key in list(self._failures):
+                    self._recent(key, now)
             for key in keys:
-                self._prune(key, now).append(now)
+                self._failures.setdefault(key, deque()).append(now)
 
     def succeeded(self, keys: list[tuple[str, str]]) -> None:
         with self._lock:
             for key in keys:
                 self._failures.pop(key, None)
 
-    def _prune(self, key: tuple[str, str], now: float) -> deque[float]:
-        times = self._failures.setdefault(key, deque())
+    def _recent(self, key: tuple[str, str], now: float) -> deque[float]:
+        """The failures of ``key`` within the window (a key with none is forgotten)."""
+        times = self._failures.get(key)
+        if times is None:
+            return deque()
         while times and times[0] <= now - self.window:
             times.popleft()
         if not times:
-            # (keeps the table from growing with every address ever seen)
             del self._failures[key]
-            times = self._failures.setdefault(key, deque())
         return times
 
 

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import re
 
-import pytest
-
 from amphora_kanban.web.app import API, PAGES
-
 from kanbanprocess import ADMIN_EMAIL, PASSWORD, signed_in
 
 # Every route of the app, with what a signed-out client and a member get.
