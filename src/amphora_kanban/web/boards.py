@@ -117,7 +117,7 @@ def put_states(call: Call) -> dict[str, Any]:
     for id, data in zip(listed, states):
         if id is not None:
             board.update_state(id, data)
-    for id in existing - set(kept):
+    for id in sorted(existing - set(kept)):
         board.remove_state(id)
     board.reorder_states(order)
     return board_json(board)

@@ -76,6 +76,8 @@ class LiveHub:
         self.poll_interval = poll_interval
         self.ping_interval = ping_interval
         self._listeners: dict[str, set[asyncio.Event]] = {}
+        # the boards with listeners, for the database's thread (replaced, never changed)
+        self._boards: frozenset[str] = frozenset()
         self._seen: dict[str, int | None] = {}  # board -> its generation last read
         self._deltas: dict[tuple[str, int], asyncio.Future] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -109,21 +111,23 @@ class LiveHub:
 
     def _committed(self, change: amphora.Change) -> None:
         """A transaction committed (called in a thread of the database)."""
-        names = list(self._listeners)
+        names = list(self._boards)
         if self._closed or not names:
             return
         try:
             generations = self._generations(names)
+        except Exception:
+            log.exception("live updates: reading generations after a commit")
+            return
+        try:
             self._loop.call_soon_threadsafe(self._advance, generations)
         except RuntimeError:  # the loop closed meanwhile
             pass
-        except Exception:
-            log.exception("live updates: reading generations after a commit")
 
     async def _poll(self) -> None:
         while not self._closed:
             await asyncio.sleep(self.poll_interval)
-            names = list(self._listeners)
+            names = list(self._boards)
             if names and not self._closed:
                 try:
                     self._advance(await run_in_threadpool(self._generations, names))
@@ -160,6 +164,7 @@ class LiveHub:
         loop = asyncio.get_running_loop()
         wake = asyncio.Event()
         self._listeners.setdefault(name, set()).add(wake)
+        self._boards = frozenset(self._listeners)
         sent = -1 if since is None else since
         last = loop.time()
         try:
@@ -184,6 +189,7 @@ class LiveHub:
                 listeners.discard(wake)
                 if not listeners:
                     del self._listeners[name]
+                    self._boards = frozenset(self._listeners)
                     self._seen.pop(name, None)
                     for key in [k for k in self._deltas if k[0] == name]:
                         del self._deltas[key]
