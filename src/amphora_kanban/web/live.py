@@ -9,7 +9,8 @@
 The first comes at once when the board is past N (or N is absent or too old: the whole
 board, ``full: true``); then one after each change. A ``Last-Event-ID`` header (sent by
 a reconnecting EventSource) overrides ``generation``. ``: ping`` comment lines keep the
-connection open when nothing happens. Features in a message carry ``progress``, and a
+connection open when nothing happens; before each, the stream checks that its session
+is still live, and ends if not (signed out, expired). Features in a message carry ``progress``, and a
 message about a task also carries its feature (whose progress it changed).
 
 One :class:`LiveHub` per app holds one subscription to the database (``db.subscribe``):
@@ -27,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Awaitable, Callable
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -158,8 +159,12 @@ class LiveHub:
             self._deltas.pop(key, None)
             raise
 
-    async def stream(self, name: str, since: int | None) -> AsyncIterator[str]:
-        """The SSE text of board ``name`` for a client at generation ``since``."""
+    async def stream(self, name: str, since: int | None,
+                     allowed: Callable[[], Awaitable[bool]] | None = None
+                     ) -> AsyncIterator[str]:
+        """The SSE text of board ``name`` for a client at generation ``since``; when
+        ``allowed`` is given, it is asked at each ping whether the stream may go on (the
+        session may have ended)."""
         self._start()
         loop = asyncio.get_running_loop()
         wake = asyncio.Event()
@@ -181,6 +186,8 @@ class LiveHub:
                     await asyncio.wait_for(wake.wait(),
                                            max(self.ping_interval - (loop.time() - last), 0))
                 except asyncio.TimeoutError:
+                    if allowed is not None and not await allowed():
+                        return
                     yield ": ping\n\n"
                     last = loop.time()
         finally:
@@ -212,13 +219,13 @@ class LiveHub:
                 event.set()
 
 
-def _generation(value: str | None, field: str) -> int | None:
+def _generation(value: str | None) -> int | None:
     if value is None or value == "":
         return None
     try:
         return int(value)
     except ValueError:
-        raise BadInput(field, f"must be an integer, not {value!r}") from None
+        raise BadInput("generation", f"must be an integer, not {value!r}") from None
 
 
 async def events(request: Request) -> Response:
@@ -227,16 +234,18 @@ async def events(request: Request) -> Response:
         if await signed_in_user(request) is None:
             raise ApiError(401, "not signed in")
         name = request.path_params["name"]
-        since = _generation(request.query_params.get("generation"), "generation")
-        try:  # a reconnecting EventSource says where it was; a garbled id counts as none
-            since = _generation(request.headers.get("last-event-id"), "Last-Event-ID") \
-                if request.headers.get("last-event-id") else since
-        except BadInput:
-            since = None
+        since = _generation(request.query_params.get("generation"))
+        last_id = request.headers.get("last-event-id")
+        if last_id:  # a reconnecting EventSource says where it was; a garbled id: none
+            since = int(last_id) if last_id.lstrip("-").isdigit() else None
         hub: LiveHub = request.app.state.live
         await hub.store.read(lambda conn: site_of(conn).board(name))
     except Exception as exc:
         return error_response(exc)
-    return StreamingResponse(hub.stream(name, since), media_type="text/event-stream",
+
+    async def signed_in() -> bool:
+        return await signed_in_user(request) is not None
+    return StreamingResponse(hub.stream(name, since, signed_in),
+                             media_type="text/event-stream",
                              headers={"cache-control": "no-cache",
                                       "x-accel-buffering": "no"})

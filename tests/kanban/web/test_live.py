@@ -127,7 +127,7 @@ def test_stream_errors(kanban_server, admin, member, streams):
     assert stream.next()["data"]["full"] is True
 
 
-def test_pings_keep_a_quiet_stream_open(tmp_path, streams):
+def test_pings_keep_a_quiet_stream_open_while_signed_in(tmp_path, streams):
     db = amphora.open(f"sqlite:///{tmp_path}/kanban.db")
     served = InProcess(db, ping_interval=0.2)
     try:
@@ -142,6 +142,8 @@ def test_pings_keep_a_quiet_stream_open(tmp_path, streams):
         assert stream.next(comments=True)["data"]["full"] is True
         assert stream.next(comments=True) == {"comment": "ping"}
         assert stream.next(comments=True) == {"comment": "ping"}
+        assert client.post("/api/logout").status_code == 200
+        assert stream.ended.wait(30)  # at the next ping: the session is gone
         client.close()
     finally:
         served.stop()
