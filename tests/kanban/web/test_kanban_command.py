@@ -162,3 +162,15 @@ def test_a_storage_without_history_cannot_travel_in_time(tmp_path):
         assert "history" in reply.json()["error"]
     finally:
         server.stop()
+
+
+def test_missing_web_dependencies_are_named_with_the_extra_to_install(tmp_path):
+    blocked = tmp_path / "blocked"
+    blocked.mkdir()  # a starlette that cannot be imported, first on the path
+    (blocked / "starlette.py").write_text("raise ImportError('no starlette here')\n")
+    env = kanban_env()
+    env["PYTHONPATH"] = f"{blocked}:{env['PYTHONPATH']}"
+    done = subprocess.run([sys.executable, "-m", "amphora", "kanban", "serve", "memory://",
+                           "--listen", "127.0.0.1:0"], capture_output=True, text=True,
+                          env=env, timeout=60)
+    assert_one_line_error(done, "starlette", "pip install amphora[kanban]")
