@@ -493,9 +493,10 @@ _unresolvable: set[type] = set()
 class PersistentReference:
     """A reference met while resolving a conflict, kept in its stored form.
 
-    Two references are equal when they name the same oid; comparing references to
-    different objects, or weak ones, raises ValueError, because their order is unknowable
-    without loading the objects.
+    Two references are equal when they name the same oid (and then neither is less than
+    the other: BTrees' merges test values with ``<`` as well as ``==``); comparing
+    references to different objects, or weak ones, raises ValueError, because their order
+    is unknowable without loading the objects.
     """
 
     __slots__ = ("data", "oid", "weak")
@@ -520,6 +521,16 @@ class PersistentReference:
                 and not self.weak and not other.weak:
             return True
         raise ValueError("cannot compare references to different persistent objects")
+
+    def __lt__(self, other: object) -> bool:
+        return not self == other  # False, or ValueError
+
+    __gt__ = __lt__
+
+    def __le__(self, other: object) -> bool:
+        return self == other  # True, or ValueError
+
+    __ge__ = __le__
 
     def __hash__(self) -> int:
         return hash(self.oid)

@@ -116,6 +116,21 @@ def test_inserting_different_keys_into_one_small_btree_both_succeed(db, connect)
         assert dict(conn.root.tree) == {"a": 1, "b": 2, "c": 3}
 
 
+def test_a_small_btree_of_persistent_objects_merges_inserts_too(db, connect):
+    """The merge compares the values of the keys both kept (references to persistent
+    objects, with ``<`` as well as ``==``)."""
+    with db.transaction() as conn:
+        conn.root.tree = OOBTree({"a": Item(1), "d": Item(4)})
+    first, second = connect(), connect()
+    first.root.tree["b"] = Item(2)
+    second.root.tree["c"] = Item(3)
+    first.transaction_manager.commit()
+    second.transaction_manager.commit()
+    with db.transaction() as conn:
+        assert {k: v.value for k, v in conn.root.tree.items()} == {"a": 1, "b": 2, "c": 3,
+                                                                   "d": 4}
+
+
 def test_inserting_different_keys_into_one_bucket_of_a_large_btree_both_succeed(db, connect):
     with db.transaction() as conn:
         conn.root.tree = tree = OOBTree()
