@@ -1,0 +1,212 @@
+"""Fixtures of the browser tests: Debian's chromium driven by Playwright against a real
+Kanban server process on a SQLite file.
+
+- ``browser``: one headless chromium per test module (``shutil.which("chromium")``; the
+  tests fail, never skip, when it is missing);
+- ``kanban``: a server started for the test, with an administrator (Ada) and a member
+  (Grace) who accepted their invitations, and a board ``team`` with the default states;
+- ``open_board(who)``: a new browser context signed in as ``who``, its page on the
+  board, and a :class:`BoardApi` acting as that person (to arrange and check state);
+- ``screenshots``: the folder the tests write screenshots to (``$KANBAN_SCREENSHOTS``,
+  else ``<basetemp>/screenshots``), named at the end of the run.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync"]
+VIEWPORT = {"width": 1720, "height": 1000}
+SCREENSHOTS = pytest.StashKey[Path]()
+
+
+def _web_fixtures() -> Any:
+    """The API tests' conftest (``start_kanban`` lives there), loaded under its own name."""
+    path = Path(__file__).parent.parent / "web" / "conftest.py"
+    spec = importlib.util.spec_from_file_location("kanban_web_fixtures", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+start_kanban = _web_fixtures().start_kanban
+
+
+@dataclass
+class Account:
+    email: str
+    password: str
+    name: str
+
+
+ADMIN = Account("ada@example.org", "analytical-engine", "Ada Lovelace")
+MEMBER = Account("grace@example.org", "compiler-1952", "Grace Hopper")
+
+
+class BoardApi:
+    """The JSON API of board ``team`` as one signed-in person (shares the browser
+    context's cookies when made from ``context.request``)."""
+
+    def __init__(self, request: Any, csrf_token: str, board: str = "team"):
+        self.request = request
+        self.headers = {"X-CSRF-Token": csrf_token}
+        self.base = f"/api/boards/{board}"
+
+    def _json(self, response: Any) -> Any:
+        assert response.ok, f"{response.status} {response.text()}"
+        return response.json()
+
+    def get(self, path: str = "") -> Any:
+        return self._json(self.request.get(self.base + path))
+
+    def post(self, path: str, data: Any = None) -> Any:
+        return self._json(self.request.post(self.base + path, data=data, headers=self.headers))
+
+    def put(self, path: str, data: Any) -> Any:
+        return self._json(self.request.put(self.base + path, data=data, headers=self.headers))
+
+    def patch(self, id: str, changes: dict[str, Any]) -> Any:
+        return self._json(self.request.patch(f"{self.base}/cards/{id}", data=changes,
+                                             headers=self.headers))
+
+    def users(self) -> dict[str, str]:
+        """Display name -> user id."""
+        response = self.request.get("/api/users")
+        return {u["display_name"]: u["id"] for u in self._json(response)}
+
+    def board(self) -> dict[str, Any]:
+        return self.get()
+
+    def card(self, id: str) -> dict[str, Any]:
+        return self.get(f"/cards/{id}")
+
+    def add(self, title: str, **fields: Any) -> dict[str, Any]:
+        return self.post("/cards", {"title": title, **fields})
+
+    def move(self, id: str, state: str, parent: str | None = None,
+             before: str | None = None) -> dict[str, Any]:
+        return self.post(f"/cards/{id}/move", {"state": state, "parent": parent,
+                                               "before": before})
+
+    def set_wip(self, limits: dict[str, dict[str, Any] | None]) -> None:
+        """Give states WIP limits (state id -> {limit, unit, hard} or None)."""
+        states = self.board()["states"]
+        for state in states:
+            if state["id"] in limits:
+                state["wip"] = limits[state["id"]]
+        self.put("/states", states)
+
+
+@dataclass
+class Kanban:
+    url: str
+    admin: Account
+    member: Account
+
+
+def _accept(url: str, link: str, account: Account) -> httpx.Client:
+    token = urlsplit(link).path.rsplit("/", 1)[-1]
+    client = httpx.Client(base_url=url, timeout=30)
+    response = client.post(f"/api/invitations/{token}",
+                           json={"password": account.password, "display_name": account.name})
+    assert response.status_code == 200, response.text
+    client.headers["X-CSRF-Token"] = response.json()["csrf_token"]
+    return client
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.fail("the browser tests need Debian's chromium on PATH (apt-get install "
+                    "chromium); it was not found", pytrace=False)
+    from playwright.sync_api import sync_playwright
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium, headless=True,
+                                             args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@pytest.fixture
+def kanban(tmp_path: Path) -> Iterator[Kanban]:
+    server = start_kanban(f"sqlite:///{tmp_path}/kanban.db", tmp_path)
+    try:
+        with _accept(server.url, server.invite_link, ADMIN) as admin:
+            admin.post("/api/boards", json={"name": "team", "title": "Team board"}
+                       ).raise_for_status()
+            invitation = admin.post("/api/invitations",
+                                    json={"email": MEMBER.email, "role": "member"})
+            invitation.raise_for_status()
+            _accept(server.url, invitation.json()["link"], MEMBER).close()
+        yield Kanban(server.url, ADMIN, MEMBER)
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def new_context(browser: Any, kanban: Kanban) -> Iterator[Callable[[], Any]]:
+    """Makes browser contexts on the test's server (closed after the test)."""
+    contexts = []
+
+    def make() -> Any:
+        context = browser.new_context(base_url=kanban.url, viewport=VIEWPORT)
+        context.set_default_timeout(10_000)
+        contexts.append(context)
+        return context
+
+    yield make
+    for context in contexts:
+        context.close()
+
+
+def sign_in(context: Any, account: Account) -> BoardApi:
+    response = context.request.post("/api/login", data={"email": account.email,
+                                                        "password": account.password})
+    assert response.ok, response.text()
+    return BoardApi(context.request, response.json()["csrf_token"])
+
+
+@pytest.fixture
+def open_board(new_context: Callable[[], Any], kanban: Kanban
+               ) -> Callable[..., tuple[Any, BoardApi]]:
+    """``open_board(account=ADMIN, query="")``: a page on board ``team`` signed in as
+    ``account``, and that person's API."""
+
+    def open(account: Account = ADMIN, query: str = "") -> tuple[Any, BoardApi]:
+        context = new_context()
+        api = sign_in(context, account)
+        page = context.new_page()
+        page.goto(f"/boards/team{query}")
+        page.get_by_test_id("column-backlog").wait_for()
+        return page, api
+
+    return open
+
+
+@pytest.fixture(scope="session")
+def screenshots(request: Any, tmp_path_factory: Any) -> Path:
+    folder = Path(os.environ.get("KANBAN_SCREENSHOTS")
+                  or tmp_path_factory.getbasetemp() / "screenshots")
+    folder.mkdir(parents=True, exist_ok=True)
+    request.config.stash[SCREENSHOTS] = folder
+    return folder
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: Any) -> None:
+    folder = config.stash.get(SCREENSHOTS, None)
+    if folder is not None:
+        shots = sorted(p.name for p in folder.glob("*.png"))
+        terminalreporter.write_line(f"Kanban screenshots in {folder}: {', '.join(shots)}")

@@ -1,0 +1,112 @@
+"""The pages around the board: signing in (and its refusals), the boards list with the
+administrator's forms, and the flow metrics page."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Callable
+
+from playwright.sync_api import expect
+
+from conftest import ADMIN, MEMBER, Kanban, sign_in
+
+
+def test_sign_in_shows_refusals_and_opens_the_page_asked_for(
+        new_context: Callable[[], Any], kanban: Kanban, screenshots: Path) -> None:
+    page = new_context().new_page()
+    page.goto("/boards/team")
+    expect(page).to_have_url(re.compile(r"/login\?next="))
+    expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
+    page.screenshot(path=str(screenshots / "sign-in.png"))
+
+    page.get_by_label("Email").fill(MEMBER.email)
+    page.get_by_label("Password").fill("not-the-password")
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_test_id("login-error")).to_have_text("Wrong email or password.")
+
+    page.get_by_label("Password").fill(MEMBER.password)
+    page.get_by_role("button", name="Sign in").click()
+    expect(page).to_have_url(f"{kanban.url}/boards/team")
+    expect(page.get_by_test_id("column-backlog")).to_be_visible()
+    expect(page.get_by_test_id("signed-in-as")).to_have_text(MEMBER.name)
+
+    page.get_by_role("button", name="Sign out").click()
+    expect(page).to_have_url(re.compile(r"/login$"))
+    page.goto("/")
+    expect(page).to_have_url(re.compile(r"/login\?next="))
+
+    # Too many failures: the page says so (429) instead of "wrong password".
+    for _ in range(10):
+        page.get_by_label("Email").fill("mallory@example.org")
+        page.get_by_label("Password").fill("guess-guess")
+        page.get_by_role("button", name="Sign in").click()
+        error = page.get_by_test_id("login-error")
+        expect(error).to_be_visible()
+        expect(page.get_by_role("button", name="Sign in")).to_be_enabled()
+        if "Too many" in error.inner_text():
+            break
+    expect(page.get_by_test_id("login-error")).to_contain_text("Too many sign-in attempts")
+
+
+def test_an_administrator_creates_a_board_and_invites_a_person(
+        new_context: Callable[[], Any], kanban: Kanban) -> None:
+    context = new_context()
+    sign_in(context, ADMIN)
+    page = context.new_page()
+    page.goto("/")
+    expect(page.get_by_test_id("board-team")).to_have_text(re.compile("Team board"))
+    page.get_by_label("Title").fill("Platform Team")
+    expect(page.get_by_label("Name")).to_have_value("platform-team")
+    page.get_by_test_id("board-create").click()
+    expect(page.get_by_test_id("board-platform-team")).to_be_visible()
+
+    page.get_by_label("Email").fill("linus@example.org")
+    page.get_by_test_id("invite-create").click()
+    link = page.get_by_test_id("invite-link")
+    expect(link).to_have_value(re.compile(r"/invite/"))
+
+    newcomer = new_context().new_page()
+    newcomer.goto(link.input_value())
+    newcomer.get_by_label("Your name").fill("Linus Newcomer")
+    newcomer.get_by_label("Password", exact=True).fill("penguins-42")
+    newcomer.get_by_label("Password again").fill("penguins-42")
+    newcomer.get_by_role("button", name="Set password and sign in").click()
+    expect(newcomer.get_by_test_id("signed-in-as")).to_have_text("Linus Newcomer")
+    expect(newcomer.get_by_test_id("board-platform-team")).to_be_visible()
+    expect(newcomer.locator("#admin")).to_be_hidden()
+
+    # The link was for one use only.
+    again = new_context().new_page()
+    again.goto(link.input_value())
+    again.get_by_label("Your name").fill("Someone Else")
+    again.get_by_label("Password", exact=True).fill("penguins-43")
+    again.get_by_label("Password again").fill("penguins-43")
+    again.get_by_role("button", name="Set password and sign in").click()
+    expect(again.get_by_test_id("invite-error")).to_contain_text("no longer valid")
+
+
+def test_the_metrics_page_draws_flow_charts(
+        open_board: Callable[..., Any], screenshots: Path) -> None:
+    page, api = open_board()
+    feature = api.add("Search", size=5, state="development")
+    tasks = [api.add(title, parent=feature["id"]) for title in ("Index", "Query", "Ranking")]
+    for task in tasks[:2]:
+        api.move(task["id"], "doing")
+        api.move(task["id"], "done")
+    api.move(tasks[2]["id"], "doing")
+    api.move(feature["id"], "deployed")
+    api.add("Next idea")
+
+    page.get_by_test_id("metrics-link").click()
+    expect(page).to_have_url(re.compile(r"/boards/team/metrics$"))
+    cfd = page.get_by_test_id("cfd-tasks")
+    expect(cfd).to_be_visible()
+    assert cfd.evaluate("svg => svg.namespaceURI") == "http://www.w3.org/2000/svg"
+    # Bands for the states holding tasks today: Doing and Done.
+    expect(cfd.locator("polygon")).to_have_count(2)
+    expect(page.get_by_test_id("cfd-features").locator("polygon")).to_have_count(2)
+    expect(page.get_by_test_id("throughput-chart").locator("rect")).to_have_count(1)
+    # Completed today: the feature and two of its tasks.
+    expect(page.get_by_test_id("tile-throughput").locator(".tile-value")).to_have_text("3")
+    expect(page.get_by_test_id("lead-table")).to_contain_text("Search")
+    page.screenshot(path=str(screenshots / "metrics.png"), full_page=True)
