@@ -689,7 +689,30 @@ def build_parser() -> argparse.ArgumentParser:
                             "(default: 30)")
     serve.add_argument("--read-only", action="store_true", help="refuse every write")
     serve.set_defaults(func=cmd_serve)
+
+    # (main hands everything after "kanban" to the Kanban's own command; listed here for
+    # --help)
+    kanban = commands.add_parser("kanban", help="the Kanban web app: serve, adduser",
+                                 description="The Kanban web app (amphora kanban --help).",
+                                 add_help=False)
+    kanban.add_argument("args", nargs=argparse.REMAINDER)
+    kanban.set_defaults(func=cmd_kanban)
     return parser
+
+
+def cmd_kanban(args: argparse.Namespace) -> int:
+    return _kanban(args.args)
+
+
+def _kanban(argv: Sequence[str]) -> int:
+    """``amphora kanban ...``: the Kanban's command, imported only when asked for."""
+    try:
+        from amphora_kanban.cli import main as kanban_main
+    except ImportError as exc:
+        print(f"amphora: error: the Kanban app cannot be loaded ({exc}): "
+              "pip install amphora[kanban]", file=sys.stderr)
+        return EXIT_ERROR
+    return kanban_main(list(argv))
 
 
 def _version() -> str:
@@ -720,6 +743,9 @@ def _describe(exc: BaseException) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``amphora`` command; returns the exit status."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["kanban"]:
+        return _kanban(argv[1:])
     args = build_parser().parse_args(argv)
     # Warnings from the storages' loggers (ZODB's FileStorage rebuilding an index, say)
     # are worth seeing, marked as ours.

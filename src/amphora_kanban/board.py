@@ -63,9 +63,14 @@ class Board(Persistent):
     """A Kanban board. ``states`` (a list of JSON state dicts, in order) defaults to
     :data:`~amphora_kanban.state.DEFAULT_STATES`."""
 
-    def __init__(self, name: str, title: str, states: Iterable[dict[str, Any]] | None = None):
+    # Boards made before ``created`` was recorded have none of their own: see created.
+    _created: float | None = None
+
+    def __init__(self, name: str, title: str, states: Iterable[dict[str, Any]] | None = None,
+                 now: float | None = None):
         self.name = name
         self.title = text.title(title)
+        self._created = _now(now)
         self._states = OOBTree()
         self._state_order: tuple[str, ...] = ()
         self._cards = OOBTree()
@@ -75,6 +80,15 @@ class Board(Persistent):
             self.add_state(data)
         if not any(not s.task for s in self.states()):
             raise BadInput("states", "a board needs at least one feature state")
+
+    @property
+    def created(self) -> float | None:
+        """When the board was made (seconds since the epoch); for a board older than
+        this attribute, its earliest card event (live or archived), or None."""
+        if self._created is not None:
+            return self._created
+        cards = list(self._cards.values()) + [c for bag in self._archive.values() for c in bag]
+        return min((e["at"] for c in cards for e in c.history), default=None)
 
     # -- generations ------------------------------------------------------------------
 

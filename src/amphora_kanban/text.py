@@ -17,7 +17,8 @@ __all__ = ["clean_html", "escape_html", "title", "optional_text", "points", "ema
 TITLE_MAX = 200
 TEXT_MAX = 100_000
 POINTS_MAX = 1000
-_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+# (a host without a dot is allowed: admin@localhost is the first administrator's default)
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s.]+(\.[^@\s.]+)*$")
 
 
 def escape_html(text: str) -> str:
