@@ -15,18 +15,16 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
-from urllib.parse import urlsplit
-
-import httpx
 import pytest
 
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update",
                  "--disable-sync"]
-VIEWPORT = {"width": 1720, "height": 1000}
+VIEWPORT = {"width": 1920, "height": 1080}
 SCREENSHOTS = pytest.StashKey[Path]()
 
 
@@ -35,6 +33,7 @@ def _web_fixtures() -> Any:
     path = Path(__file__).parent.parent / "web" / "conftest.py"
     spec = importlib.util.spec_from_file_location("kanban_web_fixtures", path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # (dataclasses look their module up there)
     spec.loader.exec_module(module)
     return module
 
@@ -114,16 +113,6 @@ class Kanban:
     member: Account
 
 
-def _accept(url: str, link: str, account: Account) -> httpx.Client:
-    token = urlsplit(link).path.rsplit("/", 1)[-1]
-    client = httpx.Client(base_url=url, timeout=30)
-    response = client.post(f"/api/invitations/{token}",
-                           json={"password": account.password, "display_name": account.name})
-    assert response.status_code == 200, response.text
-    client.headers["X-CSRF-Token"] = response.json()["csrf_token"]
-    return client
-
-
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     chromium = shutil.which("chromium")
@@ -142,15 +131,17 @@ def browser() -> Iterator[Any]:
 
 @pytest.fixture
 def kanban(tmp_path: Path) -> Iterator[Kanban]:
-    server = start_kanban(f"sqlite:///{tmp_path}/kanban.db", tmp_path)
+    server = start_kanban(f"sqlite:///{tmp_path}/kanban.db", tmp_path,
+                          "--admin-email", ADMIN.email)
     try:
-        with _accept(server.url, server.invite_link, ADMIN) as admin:
-            admin.post("/api/boards", json={"name": "team", "title": "Team board"}
-                       ).raise_for_status()
-            invitation = admin.post("/api/invitations",
-                                    json={"email": MEMBER.email, "role": "member"})
-            invitation.raise_for_status()
-            _accept(server.url, invitation.json()["link"], MEMBER).close()
+        token = server.invite_link.rpartition("/")[2]
+        admin = server.accept(token, ADMIN.password, ADMIN.name)
+        admin.post("/api/boards", json={"name": "team", "title": "Team board"}
+                   ).raise_for_status()
+        invitation = admin.post("/api/invitations", json={"email": MEMBER.email,
+                                                          "role": "member"})
+        invitation.raise_for_status()
+        server.accept(invitation.json()["token"], MEMBER.password, MEMBER.name)
         yield Kanban(server.url, ADMIN, MEMBER)
     finally:
         server.stop()

@@ -91,9 +91,9 @@ def test_the_metrics_page_draws_flow_charts(
     feature = api.add("Search", size=5, state="development")
     tasks = [api.add(title, parent=feature["id"]) for title in ("Index", "Query", "Ranking")]
     for task in tasks[:2]:
-        api.move(task["id"], "doing")
-        api.move(task["id"], "done")
-    api.move(tasks[2]["id"], "doing")
+        api.move(task["id"], "doing", parent=feature["id"])
+        api.move(task["id"], "done", parent=feature["id"])
+    api.move(tasks[2]["id"], "doing", parent=feature["id"])
     api.move(feature["id"], "deployed")
     api.add("Next idea")
 

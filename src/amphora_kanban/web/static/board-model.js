@@ -92,7 +92,7 @@ export class BoardModel {
   }
 
   // What counts against a state's WIP limit: all its cards on the board, in its unit.
-  load(state) {
+  wipLoad(state) {
     let cards = 0;
     let points = 0;
     for (const card of this.cards.values()) {

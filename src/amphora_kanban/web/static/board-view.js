@@ -67,7 +67,7 @@ function stats(cards) {
 
 function featureColumn(state, view) {
   const { model, filters, readonly } = view;
-  const load = model.load(state);
+  const load = model.wipLoad(state);
   const features = model.column(state.id);
   const shown = features.filter((card) => filters.showsFeature(model, card));
   const classes = ["column", state.explode && "explode", state.working && "working",
@@ -169,7 +169,7 @@ function taskBoard(feature, view) {
 
 function taskColumn(feature, state, view) {
   const { model, filters, readonly } = view;
-  const load = model.load(state);
+  const load = model.wipLoad(state);
   const tasks = model.column(state.id, feature.id);
   const id = `${feature.id}-${state.id}`;
   const classes = ["task-column", state.working && "working", load.over && "over"]

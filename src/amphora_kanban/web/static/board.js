@@ -102,18 +102,18 @@ async function quickAdd(input) {
   const body = { title, state: input.dataset.state };
   if (size !== undefined) body.size = size;
   if (input.dataset.parent) body.parent = input.dataset.parent;
+  // The board may be redrawn while the card is created: the box is found again by its id.
+  const box = () => root.querySelector(`[data-testid="${CSS.escape(input.dataset.testid)}"]`) || input;
   input.disabled = true;
   try {
     const answer = await api(`${base}/cards`, { method: "POST", body });
-    input.value = "";
+    box().value = "";
     applied(answer);
   } catch (error) {
     toast(error.message, "error");
   } finally {
-    // The input may have been redrawn: find the one now on the page by its test id.
-    const now = root.querySelector(`[data-testid="${CSS.escape(input.dataset.testid)}"]`) || input;
-    now.disabled = false;
-    now.focus();
+    box().disabled = false;
+    box().focus();
   }
 }
 

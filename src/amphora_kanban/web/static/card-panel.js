@@ -34,7 +34,7 @@ export function createCardPanel(view, { changed, archived }) {
     field("size").value = card.size;
     field("blocked").value = card.blocked || "";
     field("assignee").replaceChildren(h("option", { value: "" }, "Nobody"),
-      [...view.users.values()].map((user) => h("option", { value: user.id }, user.display_name)));
+      ...[...view.users.values()].map((user) => h("option", { value: user.id }, user.display_name)));
     field("assignee").value = card.assignee || "";
     field("state").replaceChildren(...tier.map((state) => h("option", { value: state.id }, state.title)));
     field("state").value = card.state;

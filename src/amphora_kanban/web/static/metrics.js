@@ -109,7 +109,7 @@ async function show(from, to) {
       h("h2", {}, "Throughput"),
       h("p", { class: "hint" }, "Cards (features and tasks) completed each day."),
       bars("Cards completed per day", "throughput-chart", days, throughput)),
-    completedTable(metrics, cards));
+    completedTable(metrics, cards) || "");
   out.removeAttribute("aria-busy");
   return board;
 }
