@@ -12,105 +12,19 @@ Kanban server process on a SQLite file.
 """
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
-import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
+
 import pytest
+from browser_support import ADMIN, MEMBER, Account, BoardApi, Kanban, sign_in, start_kanban
 
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update",
                  "--disable-sync"]
 VIEWPORT = {"width": 1920, "height": 1080}
 SCREENSHOTS = pytest.StashKey[Path]()
-
-
-def _web_fixtures() -> Any:
-    """The API tests' conftest (``start_kanban`` lives there), loaded under its own name."""
-    path = Path(__file__).parent.parent / "web" / "conftest.py"
-    spec = importlib.util.spec_from_file_location("kanban_web_fixtures", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # (dataclasses look their module up there)
-    spec.loader.exec_module(module)
-    return module
-
-
-start_kanban = _web_fixtures().start_kanban
-
-
-@dataclass
-class Account:
-    email: str
-    password: str
-    name: str
-
-
-ADMIN = Account("ada@example.org", "analytical-engine", "Ada Lovelace")
-MEMBER = Account("grace@example.org", "compiler-1952", "Grace Hopper")
-
-
-class BoardApi:
-    """The JSON API of board ``team`` as one signed-in person (shares the browser
-    context's cookies when made from ``context.request``)."""
-
-    def __init__(self, request: Any, csrf_token: str, board: str = "team"):
-        self.request = request
-        self.headers = {"X-CSRF-Token": csrf_token}
-        self.base = f"/api/boards/{board}"
-
-    def _json(self, response: Any) -> Any:
-        assert response.ok, f"{response.status} {response.text()}"
-        return response.json()
-
-    def get(self, path: str = "") -> Any:
-        return self._json(self.request.get(self.base + path))
-
-    def post(self, path: str, data: Any = None) -> Any:
-        return self._json(self.request.post(self.base + path, data=data, headers=self.headers))
-
-    def put(self, path: str, data: Any) -> Any:
-        return self._json(self.request.put(self.base + path, data=data, headers=self.headers))
-
-    def patch(self, id: str, changes: dict[str, Any]) -> Any:
-        return self._json(self.request.patch(f"{self.base}/cards/{id}", data=changes,
-                                             headers=self.headers))
-
-    def users(self) -> dict[str, str]:
-        """Display name -> user id."""
-        response = self.request.get("/api/users")
-        return {u["display_name"]: u["id"] for u in self._json(response)}
-
-    def board(self) -> dict[str, Any]:
-        return self.get()
-
-    def card(self, id: str) -> dict[str, Any]:
-        return self.get(f"/cards/{id}")
-
-    def add(self, title: str, **fields: Any) -> dict[str, Any]:
-        return self.post("/cards", {"title": title, **fields})
-
-    def move(self, id: str, state: str, parent: str | None = None,
-             before: str | None = None) -> dict[str, Any]:
-        return self.post(f"/cards/{id}/move", {"state": state, "parent": parent,
-                                               "before": before})
-
-    def set_wip(self, limits: dict[str, dict[str, Any] | None]) -> None:
-        """Give states WIP limits (state id -> {limit, unit, hard} or None)."""
-        states = self.board()["states"]
-        for state in states:
-            if state["id"] in limits:
-                state["wip"] = limits[state["id"]]
-        self.put("/states", states)
-
-
-@dataclass
-class Kanban:
-    url: str
-    admin: Account
-    member: Account
 
 
 @pytest.fixture(scope="module")
@@ -161,13 +75,6 @@ def new_context(browser: Any, kanban: Kanban) -> Iterator[Callable[[], Any]]:
     yield make
     for context in contexts:
         context.close()
-
-
-def sign_in(context: Any, account: Account) -> BoardApi:
-    response = context.request.post("/api/login", data={"email": account.email,
-                                                        "password": account.password})
-    assert response.ok, response.text()
-    return BoardApi(context.request, response.json()["csrf_token"])
 
 
 @pytest.fixture

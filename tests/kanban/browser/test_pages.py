@@ -2,13 +2,15 @@
 administrator's forms, and the flow metrics page."""
 from __future__ import annotations
 
+import datetime
 import re
+import time
 from pathlib import Path
 from typing import Any, Callable
 
 from playwright.sync_api import expect
 
-from conftest import ADMIN, MEMBER, Kanban, sign_in
+from browser_support import ADMIN, DAY, MEMBER, Kanban, flow_history, sign_in
 
 
 def test_sign_in_shows_refusals_and_opens_the_page_asked_for(
@@ -17,7 +19,7 @@ def test_sign_in_shows_refusals_and_opens_the_page_asked_for(
     page.goto("/boards/team")
     expect(page).to_have_url(re.compile(r"/login\?next="))
     expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
-    page.screenshot(path=str(screenshots / "sign-in.png"))
+    page.screenshot(path=str(screenshots / "sign-in.png"), animations="disabled")
 
     page.get_by_label("Email").fill(MEMBER.email)
     page.get_by_label("Password").fill("not-the-password")
@@ -85,8 +87,7 @@ def test_an_administrator_creates_a_board_and_invites_a_person(
     expect(again.get_by_test_id("invite-error")).to_contain_text("no longer valid")
 
 
-def test_the_metrics_page_draws_flow_charts(
-        open_board: Callable[..., Any], screenshots: Path) -> None:
+def test_the_metrics_page_draws_flow_charts(open_board: Callable[..., Any]) -> None:
     page, api = open_board()
     feature = api.add("Search", size=5, state="development")
     tasks = [api.add(title, parent=feature["id"]) for title in ("Index", "Query", "Ranking")]
@@ -109,4 +110,36 @@ def test_the_metrics_page_draws_flow_charts(
     # Completed today: the feature and two of its tasks.
     expect(page.get_by_test_id("tile-throughput").locator(".tile-value")).to_have_text("3")
     expect(page.get_by_test_id("lead-table")).to_contain_text("Search")
-    page.screenshot(path=str(screenshots / "metrics.png"), full_page=True)
+
+
+def test_the_metrics_page_charts_three_weeks_of_flow(
+        new_context: Callable[[], Any], screenshots: Path) -> None:
+    context = new_context()
+    api = sign_in(context, ADMIN)
+    now = time.time()
+    data = flow_history(api.board()["states"], now)
+    response = context.request.post("/api/boards/import", data={"data": data},
+                                    headers=api.headers)
+    assert response.status == 201, response.text()
+
+    first = datetime.date.fromtimestamp(now - 21 * DAY)
+    last = datetime.date.fromtimestamp(now)
+    completed = {}
+    for card in data["cards"]:
+        done = next((e["at"] for e in card["history"] if e["complete"]), None)
+        if done is not None:
+            completed[card["title"]] = (done, done - card["history"][0]["at"])
+    days = {datetime.datetime.fromtimestamp(done, datetime.timezone.utc).date()
+            for done, _ in completed.values()}
+    slowest = max(completed, key=lambda title: completed[title][1])
+
+    page = context.new_page()
+    page.goto(f"/boards/flow/metrics?from={first}&to={last}")
+    expect(page.get_by_test_id("range-from")).to_have_value(first.isoformat())
+    expect(page.get_by_test_id("throughput-chart").locator("rect")).to_have_count(len(days))
+    expect(page.get_by_test_id("tile-throughput").locator(".tile-value")).to_have_text(
+        str(len(completed)))
+    expect(page.get_by_test_id("lead-table").locator("tbody tr").first).to_contain_text(slowest)
+    assert page.get_by_test_id("cfd-features").locator("polygon").count() >= 4
+    assert page.get_by_test_id("cfd-tasks").locator("polygon").count() >= 4
+    page.screenshot(path=str(screenshots / "metrics.png"), animations="disabled", full_page=True)

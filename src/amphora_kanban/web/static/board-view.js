@@ -45,13 +45,18 @@ function restoreInputs(root, kept) {
   }
 }
 
+const LOCK = "M4 7V5a4 4 0 1 1 8 0v2h1v8H3V7h1zm2 0h4V5a2 2 0 1 0-4 0v2z";
+
 function wipBadge(state, load, testid) {
   if (!state.wip) return null;
-  const unit = state.wip.unit === "points" ? " pts" : "";
+  const { limit, unit, hard } = state.wip;
+  const label = `${load.used} of at most ${limit} ${unit}${hard ? ", a hard limit" : ""}`;
   return h("span", {
-    class: state.wip.hard ? "wip hard" : "wip", "data-testid": testid,
-    title: `WIP limit: ${state.wip.limit} ${state.wip.unit}${state.wip.hard ? " (hard: moves over it are refused)" : " (soft)"}`,
-  }, `${load.used}/${state.wip.limit}${unit}`);
+    class: hard ? "wip hard" : "wip", title: `${label}${hard ? ": moves over it are refused" : ""}`,
+    "aria-label": `WIP ${label}`,
+  },
+    hard ? h("svg:svg", { viewBox: "0 0 16 16", "aria-hidden": "true" }, h("svg:path", { d: LOCK })) : null,
+    h("span", { "data-testid": testid }, `${load.used}/${limit}${unit === "points" ? " pts" : ""}`));
 }
 
 function wipWarning(state, load, testid) {
@@ -62,7 +67,7 @@ function wipWarning(state, load, testid) {
 
 function stats(cards) {
   const points = cards.reduce((sum, card) => sum + card.size, 0);
-  return `${cards.length} · ${points} pt${points === 1 ? "" : "s"}`;
+  return `${cards.length} card${cards.length === 1 ? "" : "s"} · ${points} pt${points === 1 ? "" : "s"}`;
 }
 
 function featureColumn(state, view) {
@@ -78,17 +83,23 @@ function featureColumn(state, view) {
     h("header", { class: "column-head" },
       h("div", { class: "column-title" },
         h("h2", { id: titleId }, state.title),
-        h("span", { class: "column-stats", "data-testid": `stats-${state.id}` }, stats(features)),
         wipBadge(state, load, `wip-${state.id}`)),
+      h("div", { class: "column-stats", "data-testid": `stats-${state.id}` }, stats(features)),
       wipWarning(state, load, `wip-warning-${state.id}`)),
-    readonly ? null : h("input", {
-      class: "quick-add", "data-testid": `quick-add-${state.id}`, "data-state": state.id,
-      placeholder: "+ Add a feature, e.g. Sign-up [3]", "aria-label": `Add a feature to ${state.title}`,
-      autocomplete: "off", maxlength: 210,
-    }),
+    readonly ? null : quickAddBox(`quick-add-${state.id}`, state.id, null, "+ Add a feature",
+      `Add a feature to ${state.title}`),
     h("ol", { class: "cards", "data-testid": `cards-${state.id}`, "data-drop-state": state.id,
               "data-drop-parent": "", "aria-label": `${state.title}: features` },
       shown.map((feature) => featureCard(feature, state, view))));
+}
+
+// A box that adds a card on Enter: "Title [3]" makes it 3 points.
+function quickAddBox(testid, state, parent, placeholder, label) {
+  return h("input", {
+    class: "quick-add", "data-testid": testid, "data-state": state, "data-parent": parent,
+    placeholder, "aria-label": label, autocomplete: "off", maxlength: 210,
+    title: "Type a title and press Enter; end it with [3] for a size of 3 points",
+  });
 }
 
 function cardClasses(card, state, kind) {
@@ -114,12 +125,14 @@ function cardTop(card, view, dragHandle) {
       String(card.size)));
 }
 
+// The assignee (a task, being narrow, shows the first name only) and `extra`.
 function cardMeta(card, view, extra = null) {
   const person = card.assignee ? view.users.get(card.assignee) : null;
   const who = person || (card.assignee ? { id: card.assignee, display_name: "Unknown person" } : null);
+  const name = who && card.parent ? who.display_name.split(" ")[0] : who?.display_name;
   return h("div", { class: "card-meta" },
-    who ? h("span", { class: "assignee", "data-testid": `assignee-${card.id}` },
-      avatar(who), who.display_name) : null,
+    who ? h("span", { class: "assignee", "data-testid": `assignee-${card.id}`, title: who.display_name },
+      avatar(who), name) : null,
     extra);
 }
 
@@ -179,11 +192,8 @@ function taskColumn(feature, state, view) {
       h("h3", {}, state.title),
       h("span", { class: "column-stats" }, String(tasks.length)),
       wipBadge(state, load, `wip-${id}`)),
-    readonly ? null : h("input", {
-      class: "quick-add", "data-testid": `quick-add-${id}`, "data-state": state.id,
-      "data-parent": feature.id, placeholder: "+ Task [1]", autocomplete: "off", maxlength: 210,
-      "aria-label": `Add a task to ${feature.title}, ${state.title}`,
-    }),
+    readonly ? null : quickAddBox(`quick-add-${id}`, state.id, feature.id, "+ Add a task",
+      `Add a task to ${feature.title}, ${state.title}`),
     h("ol", { class: "cards", "data-testid": `cards-${id}`, "data-drop-state": state.id,
               "data-drop-parent": feature.id },
       tasks.filter((task) => filters.showsTask(model, task))

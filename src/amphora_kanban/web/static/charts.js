@@ -5,7 +5,7 @@ import { h } from "./ui.js";
 
 const WIDTH = 880;
 const HEIGHT = 260;
-const PAD = { left: 40, right: 12, top: 12, bottom: 26 };
+const PAD = { left: 40, right: 28, top: 12, bottom: 26 };
 const SERIES = 12;
 
 export function seriesColour(index) {
@@ -20,9 +20,13 @@ function step(max) {
   return Math.max(1, unit);
 }
 
-function frame(label, testid, days, max, plot) {
+// The axes and grid around `plot(x, y, inner)`; `bands`: each day is a band with its
+// point in the middle (bars), else the days run from edge to edge (areas).
+function frame(label, testid, days, max, plot, bands = false) {
   const inner = { w: WIDTH - PAD.left - PAD.right, h: HEIGHT - PAD.top - PAD.bottom };
-  const x = (i) => PAD.left + (days.length > 1 ? (i / (days.length - 1)) * inner.w : inner.w / 2);
+  const x = bands || days.length < 2
+    ? (i) => PAD.left + ((i + 0.5) / Math.max(days.length, 1)) * inner.w
+    : (i) => PAD.left + (i / (days.length - 1)) * inner.w;
   const top = Math.max(1, Math.ceil(max / step(max)) * step(max));
   const y = (v) => PAD.top + inner.h - (v / top) * inner.h;
   const grid = [];
@@ -78,7 +82,7 @@ export function bars(label, testid, days, values) {
     return values.map((v, i) => (v ? h("svg:rect", {
       class: "bar", x: x(i) - width / 2, y: y(v), width, height: y(0) - y(v), rx: 2,
     }, h("svg:title", {}, `${days[i]}: ${v}`)) : null));
-  });
+  }, true);
 }
 
 export function legend(series) {
