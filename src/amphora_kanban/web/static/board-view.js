@@ -189,7 +189,7 @@ function taskColumn(feature, state, view) {
     .filter(Boolean).join(" ");
   return h("section", { class: classes, "data-testid": `task-column-${id}`, "aria-label": state.title },
     h("header", { class: "task-head" },
-      h("h3", {}, state.title),
+      h("h3", { title: state.title }, state.title),
       h("span", { class: "column-stats" }, String(tasks.length)),
       wipBadge(state, load, `wip-${id}`)),
     readonly ? null : quickAddBox(`quick-add-${id}`, state.id, feature.id, "+ Add a task",

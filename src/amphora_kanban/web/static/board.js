@@ -47,7 +47,8 @@ const live = liveStream({
   status(state) {
     const badge = document.getElementById("live-status");
     badge.dataset.state = state;
-    badge.textContent = { live: "Live", connecting: "Connecting…", offline: "Offline" }[state];
+    badge.textContent = { live: "Live", connecting: "Connecting…", offline: "Offline",
+                          paused: "Paused" }[state];
   },
   delta(delta) {
     if (view.readonly) return;
@@ -178,10 +179,24 @@ async function showAt(date, slider) {
   return undefined;
 }
 
+// The board as of ?at= (falling back to now when the storage keeps no such past).
+async function firstLoad(at) {
+  try {
+    await reload(at);
+    return at;
+  } catch (error) {
+    if (!at || error.status === 401) throw error;
+    toast(`The board cannot be shown as of ${at}: ${error.message}`, "error");
+    await reload();
+    return null;
+  }
+}
+
 async function main() {
   const user = await signedIn();
-  const at = new URLSearchParams(location.search).get("at");
-  const [users] = await Promise.all([api("/api/users"), reload(at)]);
+  renderTopbar(user, [{ label: "Boards", href: "/" }, { label: view.model.name }]);
+  const [users, at] = await Promise.all([
+    api("/api/users"), firstLoad(new URLSearchParams(location.search).get("at"))]);
   for (const person of users) view.users.set(person.id, person);
   document.title = `${view.model.title} · Kanban`;
   renderTopbar(user, [{ label: "Boards", href: "/" }, { label: view.model.title }]);
@@ -216,4 +231,7 @@ async function main() {
   if (!at) live.start();
 }
 
-main().catch((error) => showFatal(root, error));
+main().catch((error) => {
+  document.getElementById("toolbar").hidden = true;
+  showFatal(root, error.status === 404 ? `There is no board “${view.model.name}”.` : error.message);
+});

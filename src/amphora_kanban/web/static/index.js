@@ -95,4 +95,4 @@ async function main() {
   }
 }
 
-main().catch((error) => showFatal(document.getElementById("main"), error));
+main().catch((error) => showFatal(document.getElementById("main"), error.message));

@@ -6,7 +6,7 @@
 const RETRY_MS = 3000;
 
 // url(): the stream's URL for the page's current generation; delta(d): apply one delta;
-// status(s): "connecting" | "live" | "offline".
+// status(s): "connecting" | "live" | "offline" | "paused" (stopped on purpose).
 export function liveStream({ url, delta, status }) {
   let source = null;
   let retry = null;
@@ -42,7 +42,7 @@ export function liveStream({ url, delta, status }) {
       retry = null;
       if (source) source.close();
       source = null;
-      status("offline");
+      status("paused");
     },
   };
 }

@@ -139,4 +139,5 @@ async function main() {
   });
 }
 
-main().catch((error) => showFatal(document.getElementById("main"), error));
+main().catch((error) => showFatal(document.getElementById("main"),
+  error.status === 404 ? `There is no board “${name}”.` : error.message));

@@ -119,8 +119,9 @@ export function htmlToText(html) {
   return doc.body.textContent.replace(/\n+$/, "");
 }
 
-// Shows the message of a failed load in place of the page's main content.
-export function showFatal(container, error) {
-  container.replaceChildren(h("div", { class: "page" },
-    h("p", { class: "error-message", role: "alert" }, error.message || String(error))));
+// Shows why a page could not load, in place of its main content.
+export function showFatal(container, message) {
+  container.replaceChildren(h("div", { class: "page fatal" },
+    h("p", { class: "error-message", role: "alert", "data-testid": "fatal" }, message),
+    h("a", { href: "/" }, "← All boards")));
 }
