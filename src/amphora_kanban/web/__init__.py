@@ -34,7 +34,8 @@ Routes (JSON unless said; errors are ``{"error": message}`` with 400 naming the 
     PUT   /api/boards/{name}/states     admin [state, ...] -> board
     POST  /api/boards/{name}/cards            {title, size?, parent?, state?, description?}
     GET   /api/boards/{name}/cards/{id}       -> card + history, comments, progress
-    PATCH /api/boards/{name}/cards/{id}       {title?, description?, size?, blocked?, assignee?}
+    PATCH /api/boards/{name}/cards/{id}       {title?, description?, size?, blocked?,
+                                               assignee?}
     POST  /api/boards/{name}/cards/{id}/move  {state, parent, before} -> card + warnings
     POST  /api/boards/{name}/cards/{id}/comments  {body}
     POST  /api/boards/{name}/cards/{id}/archive   -> {archived: [ids]}

@@ -52,8 +52,8 @@ def board_at(store: Store, name: str, at: str,
         try:
             board = site_of(conn).board(name)
             return board_json(board)
-        except (NotFound, amphora.ObjectNotFoundError):
-            # (before the site, or the database itself, was made)
+        except (NotFound, amphora.ObjectNotFoundError, amphora.ReadConflictError):
+            # (before the site, or the database itself, was made: no revision then)
             raise NotFound("board", f"{name} at {moment.isoformat()}") from None
 
     try:
