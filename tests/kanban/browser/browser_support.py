@@ -1,8 +1,8 @@
 """What the browser tests share: the people, a JSON API client acting as one of them,
-and the server (``start_kanban``, from the API tests' fixtures)."""
+the server (``start_kanban``, from the API tests' ``kanbanprocess``), and a board with
+three weeks of history for the metrics page."""
 from __future__ import annotations
 
-import importlib.util
 import random
 import sys
 from dataclasses import dataclass
@@ -11,17 +11,9 @@ from typing import Any
 
 from amphora_kanban import key_between
 
-def _web_fixtures() -> Any:
-    """The API tests' conftest (``start_kanban`` lives there), loaded under its own name."""
-    path = Path(__file__).parent.parent / "web" / "conftest.py"
-    spec = importlib.util.spec_from_file_location("kanban_web_fixtures", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # (dataclasses look their module up there)
-    spec.loader.exec_module(module)
-    return module
-
-
-start_kanban = _web_fixtures().start_kanban
+# The server process helpers of the API tests.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "web"))
+from kanbanprocess import start_kanban  # noqa: E402,F401
 
 
 @dataclass
