@@ -196,6 +196,12 @@ def test_the_card_panel_edits_comments_and_a_reload_keeps_everything(
         "Tell people when a card they follow moves.\nDaily at most.")
     expect(panel.get_by_test_id("card-comments")).to_contain_text("The mail server arrives on Monday.")
 
+    # The keyboard's way to move a card: its state in the panel.
+    panel.get_by_label("State").select_option(label="Ready")
+    panel.get_by_test_id("card-save").click()
+    expect(page.get_by_test_id("cards-ready").get_by_test_id(f"card-{feature['id']}")).to_be_visible()
+    assert api.card(feature["id"])["state"] == "ready"
+
 
 def test_an_archived_feature_is_found_by_a_word_of_its_task_and_restored(
         open_board: Callable[..., Any]) -> None:

@@ -40,8 +40,11 @@ export async function api(path, { method = "GET", body } = {}) {
     data = null;
   }
   if (!response.ok) {
-    const message = data && typeof data.error === "string"
+    let message = data && typeof data.error === "string"
       ? data.error : `The server answered ${response.status} ${response.statusText}`.trim();
+    // A refusal names its rule for programs ("... (rule: wip-limit)"); people get the words.
+    if (data && data.rule) message = message.replace(/\s*\(rule: [^)]*\)$/, "");
+    message = message.charAt(0).toUpperCase() + message.slice(1);
     const retry = Number.parseInt(response.headers.get("Retry-After") || "", 10);
     throw new ApiError(response.status, message, data, Number.isNaN(retry) ? null : retry);
   }

@@ -43,7 +43,7 @@ export function toast(message, kind = "info") {
   const item = h("div", {
     class: `toast ${kind}`, role: kind === "info" ? "status" : "alert",
     "data-testid": "toast", "data-kind": kind,
-  }, message);
+  }, message.charAt(0).toUpperCase() + message.slice(1));
   toastHost.append(item);
   setTimeout(() => item.remove(), kind === "info" ? 3500 : 7000);
 }
