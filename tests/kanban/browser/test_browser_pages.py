@@ -67,24 +67,25 @@ def test_an_administrator_creates_a_board_and_invites_a_person(
     link = page.get_by_test_id("invite-link")
     expect(link).to_have_value(re.compile(r"/invite/"))
 
-    newcomer = new_context().new_page()
-    newcomer.goto(link.input_value())
-    newcomer.get_by_label("Your name").fill("Linus Newcomer")
-    newcomer.get_by_label("Password", exact=True).fill("penguins-42")
-    newcomer.get_by_label("Password again").fill("penguins-42")
-    newcomer.get_by_role("button", name="Set password and sign in").click()
+    newcomer = accept_invitation(new_context(), link.input_value(), "Linus Newcomer")
     expect(newcomer.get_by_test_id("signed-in-as")).to_have_text("Linus Newcomer")
     expect(newcomer.get_by_test_id("board-platform-team")).to_be_visible()
     expect(newcomer.locator("#admin")).to_be_hidden()
 
     # The link was for one use only.
-    again = new_context().new_page()
-    again.goto(link.input_value())
-    again.get_by_label("Your name").fill("Someone Else")
-    again.get_by_label("Password", exact=True).fill("penguins-43")
-    again.get_by_label("Password again").fill("penguins-43")
-    again.get_by_role("button", name="Set password and sign in").click()
+    again = accept_invitation(new_context(), link.input_value(), "Someone Else")
     expect(again.get_by_test_id("invite-error")).to_contain_text("no longer valid")
+
+
+def accept_invitation(context: Any, link: str, name: str) -> Any:
+    """A page that filled in the invitation form at ``link`` and sent it."""
+    page = context.new_page()
+    page.goto(link)
+    page.get_by_label("Your name").fill(name)
+    page.get_by_label("Password", exact=True).fill("penguins-42")
+    page.get_by_label("Password again").fill("penguins-42")
+    page.get_by_role("button", name="Set password and sign in").click()
+    return page
 
 
 def test_the_metrics_page_draws_flow_charts(open_board: Callable[..., Any]) -> None:
