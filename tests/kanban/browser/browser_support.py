@@ -11,7 +11,7 @@ from typing import Any
 
 from amphora_kanban import key_between
 
-# The server process helpers of the API tests.
+# The API tests' server processes (kanbanprocess.py beside their conftest).
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "web"))
 from kanbanprocess import start_kanban  # noqa: E402,F401
 

@@ -1,4 +1,4 @@
-// Small DOM helpers shared by every page: element building, toasts, the top bar,
+// What every page shares: element building, toasts, the top bar,
 // people's avatars and the formatting of times and durations.
 import { signOut } from "./api.js";
 
