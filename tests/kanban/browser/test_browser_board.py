@@ -176,7 +176,9 @@ def test_the_card_panel_edits_comments_and_a_reload_keeps_everything(
     # The filters: by text in the description, by assignee.
     other = api.add("Calendar view")
     expect(page.get_by_test_id(f"card-{other['id']}")).to_be_visible()
-    page.get_by_test_id("filter-text").fill("daily")
+    page.keyboard.press("/")
+    expect(page.get_by_test_id("filter-text")).to_be_focused()
+    page.keyboard.type("daily")
     expect(page.get_by_test_id(f"card-{other['id']}")).to_have_count(0)
     expect(card).to_be_visible()
     page.get_by_test_id("filter-text").fill("")

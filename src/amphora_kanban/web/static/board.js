@@ -1,7 +1,7 @@
 // The board page /boards/NAME: loads the board and its people, draws it, keeps it live,
 // and turns drops, quick-adds and the panels' actions into API calls. The page shows
 // what the server says: a change is drawn from the server's answer or from the stream.
-import { api, boardApi, boardNameFromPath, signedIn } from "./api.js";
+import { api, boardApi, boardNameFromPath, loginUrl, signedIn } from "./api.js";
 import { createBag } from "./bag.js";
 import { BoardModel, Filters, parseQuickAdd } from "./board-model.js";
 import { renderBoard } from "./board-view.js";
@@ -49,6 +49,12 @@ const live = liveStream({
     badge.dataset.state = state;
     badge.textContent = { live: "Live", connecting: "Connecting…", offline: "Offline",
                           paused: "Paused" }[state];
+  },
+  refused() {
+    // Signed out meanwhile (the session expired or ended elsewhere): sign in again.
+    api("/api/me").catch((error) => {
+      if (error.status === 401) location.assign(loginUrl());
+    });
   },
   delta(delta) {
     if (view.readonly) return;
@@ -143,6 +149,15 @@ root.addEventListener("click", (event) => {
   // A click on a feature's task board, between its tasks, does not open the feature.
   if (!card || event.target.closest(".taskboard") && !card.closest(".taskboard")) return;
   panel.open(card.dataset.card);
+});
+
+// "/" anywhere but in a field goes to the text filter.
+document.addEventListener("keydown", (event) => {
+  if (event.key !== "/" || event.ctrlKey || event.metaKey || event.altKey) return;
+  if (event.target.closest("input, textarea, select, [contenteditable]")) return;
+  if (document.querySelector("dialog[open]")) return;
+  event.preventDefault();
+  document.getElementById("filter-text").focus();
 });
 
 // -- filters ------------------------------------------------------------------------

@@ -6,8 +6,9 @@
 const RETRY_MS = 3000;
 
 // url(): the stream's URL for the page's current generation; delta(d): apply one delta;
-// status(s): "connecting" | "live" | "offline" | "paused" (stopped on purpose).
-export function liveStream({ url, delta, status }) {
+// status(s): "connecting" | "live" | "offline" | "paused" (stopped on purpose);
+// refused(): told when the server refused the stream (e.g. the session ended).
+export function liveStream({ url, delta, status, refused }) {
   let source = null;
   let retry = null;
 
@@ -23,6 +24,7 @@ export function liveStream({ url, delta, status }) {
       if (source.readyState === EventSource.CLOSED) {
         status("offline");
         source = null;
+        refused();
         retry = setTimeout(() => {
           retry = null;
           open();
