@@ -6,14 +6,13 @@ on it with its own transaction manager (``session.commit()``, ``session.root``),
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Iterator
 
 import pytest
-import transaction
 
 import amphora
 from amphora_kanban import Board, Site
+from kanban_sessions import Session, open_session
 
 
 @pytest.fixture(params=["memory", "sqlite"])
@@ -28,35 +27,6 @@ def kanban_db(kanban_uri: str) -> Iterator[amphora.DB]:
         yield db
     finally:
         db.close()
-
-
-@dataclass
-class Session:
-    """A connection with its own transaction manager."""
-
-    conn: Any
-    manager: transaction.TransactionManager
-
-    @property
-    def root(self) -> Any:
-        return self.conn.root
-
-    def commit(self) -> None:
-        """Commit and begin the next transaction (which sees others' commits)."""
-        self.manager.commit()
-        self.manager.begin()
-
-    def abort(self) -> None:
-        """Abort and begin the next transaction, as a retry loop does."""
-        self.manager.abort()
-        self.manager.begin()
-
-
-def open_session(db: amphora.DB) -> Session:
-    manager = transaction.TransactionManager()
-    conn = db.open(manager)
-    manager.begin()
-    return Session(conn, manager)
 
 
 @pytest.fixture

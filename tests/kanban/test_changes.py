@@ -5,7 +5,7 @@ import amphora
 from amphora_kanban import BadInput, RuleViolation, Site
 from amphora_kanban.changes import HEAD_SIZE, KEEP
 
-from conftest import open_session
+from kanban_sessions import open_session
 
 
 def test_every_change_bumps_the_generation(board):
