@@ -20,6 +20,7 @@ __all__ = ["listening_socket", "run"]
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 GRACE = 5  # seconds a stop waits for requests in progress
+KEEP_ALIVE = 75  # seconds an idle kept-alive connection stays open
 
 
 def listening_socket(host: str, port: int) -> socket.socket:
@@ -69,6 +70,9 @@ class _Server(uvicorn.Server):
 def run(app: Starlette, sock: socket.socket, url: str) -> None:
     """Serve ``app`` on ``sock`` until SIGTERM or SIGINT (``url`` is what the listening
     line says)."""
+    # Kept-alive connections stay open longer than clients keep idle ones (httpx and many
+    # others: 5 s, uvicorn's own default too): a server that closes first can close a
+    # connection just as a client sends a request on it, which then fails unanswered.
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on",
-                            timeout_graceful_shutdown=GRACE)
+                            timeout_graceful_shutdown=GRACE, timeout_keep_alive=KEEP_ALIVE)
     _Server(config, app, url).run(sockets=[sock])

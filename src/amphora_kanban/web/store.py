@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import random
+import threading
 import time
 from typing import Any, Callable, TypeVar
 
@@ -33,6 +34,7 @@ log = logging.getLogger(__name__)
 
 SITE_KEY = "kanban"
 ATTEMPTS = 10
+WRITERS = 4  # write transactions at once in one process
 BACKOFF = 0.005  # seconds: the first retry waits up to this, each next one up to twice more
 BACKOFF_MAX = 0.25
 
@@ -50,15 +52,19 @@ def site_of(conn: amphora.Connection) -> Site:
 class Store:
     """Runs work on ``db`` in worker threads (see the module docstring)."""
 
-    def __init__(self, db: amphora.DB, attempts: int = ATTEMPTS):
+    def __init__(self, db: amphora.DB, attempts: int = ATTEMPTS, writers: int = WRITERS):
         self.db = db
         self.attempts = attempts
+        # Threads share the interpreter: fifty writers at once each take fifty times
+        # longer, and a transaction open that long conflicts with most others. A few at a
+        # time commit as many per second, each in a short window.
+        self._writers = threading.BoundedSemaphore(writers)
 
     # -- synchronous: for worker threads and the database's own threads -------------
     def write_now(self, work: Callable[[amphora.Connection], T], note: str | None = None) -> T:
         """``work(conn)`` in a transaction, committed; retried on conflicts."""
         def attempt() -> T:
-            with self.db.transaction(note) as conn:
+            with self._writers, self.db.transaction(note) as conn:
                 return work(conn)
         return self._retrying(attempt)
 
