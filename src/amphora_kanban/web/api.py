@@ -133,10 +133,16 @@ def endpoint(handler: Callable[[Call], Any], access: str, write: bool
         def work(conn: amphora.Connection) -> Any:
             now = services.clock()
             identity = authorise(conn, site_of(conn), access, request.method, session_id,
-                                 csrf, now, write)
+                                 csrf, now)
             return handler(Call(request, services, conn, body, identity, now))
 
-        result = await (services.store.write(work) if write else services.store.read(work))
+        try:
+            result = await (services.store.write(work) if write else services.store.read(work))
+        except ApiError as exc:
+            if exc.status == 401 and session_id is not None:  # an expired session, maybe
+                await services.store.write(
+                    lambda conn: auth_of(conn).drop_if_expired(session_id, services.clock()))
+            raise
         reply = result if isinstance(result, Reply) else Reply(result)
         response = JSONResponse(reply.data, reply.status, {"cache-control": "no-store"})
         session_cookie(response, request, services, reply.session, reply.clear_session)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from pathlib import Path
 from typing import Any, AsyncIterator, Callable
 
 from starlette.applications import Starlette
@@ -67,7 +68,7 @@ PAGES = [
 ]
 
 
-def _routes() -> list[BaseRoute]:
+def _routes(static: Path) -> list[BaseRoute]:
     routes: list[BaseRoute] = [
         Route(path, endpoint(handler, access, writes), methods=[method])
         for method, path, handler, access, writes in API]
@@ -75,7 +76,7 @@ def _routes() -> list[BaseRoute]:
     routes += [Route(path, page(file, signed_in), methods=[GET])
                for path, file, signed_in in PAGES]
     routes.append(Route("/healthz", healthz, methods=[GET]))
-    routes.append(Mount("/static", StaticFiles(directory=STATIC, check_dir=False),
+    routes.append(Mount("/static", StaticFiles(directory=static, check_dir=False),
                         name="static"))
     return routes
 
@@ -84,6 +85,7 @@ def create_app(db: amphora.DB, *, secure_cookies: bool | None = None,
                fast_hashing: bool = False, session_days: float = 14,
                sign_in_limit: int = 5, sign_in_window: float = 300.0,
                poll_interval: float = 2.0, ping_interval: float = 15.0,
+               static_dir: str | Path | None = None,
                clock: Callable[[], float] = time.time) -> Starlette:
     """The app on an open database (the site and the session store are created in it
     if missing).
@@ -93,6 +95,8 @@ def create_app(db: amphora.DB, *, secure_cookies: bool | None = None,
     (tests only). ``sign_in_limit`` failures within ``sign_in_window`` seconds refuse
     further sign-ins (429). Live updates wake on every commit and also look every
     ``poll_interval`` seconds; streams send a ping every ``ping_interval`` seconds.
+    ``static_dir`` holds the pages and static files (default: the package's ``static``).
+    ``clock`` gives the time in seconds since the epoch (sessions, invitations, history).
     """
     store = Store(db)
     store.setup()
@@ -107,10 +111,12 @@ def create_app(db: amphora.DB, *, secure_cookies: bool | None = None,
         try:
             yield
         finally:
-            await hub.close()
+            hub.close()
 
-    app = Starlette(routes=_routes(), middleware=[Middleware(SecurityHeaders)],
+    static = Path(static_dir or STATIC)
+    app = Starlette(routes=_routes(static), middleware=[Middleware(SecurityHeaders)],
                     exception_handlers=EXCEPTION_HANDLERS, lifespan=lifespan)
     app.state.kanban = services
     app.state.live = hub
+    app.state.static_dir = static
     return app

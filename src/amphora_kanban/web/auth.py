@@ -6,10 +6,12 @@ Stored in the database beside the site (``conn.root()["kanban_auth"]``, an
 - ``secret``: the key that signs session cookies (itsdangerous), made once;
 - ``sessions``: SHA-256 of the session id -> ``(user id, csrf token, expiry)``. The
   cookie ``kanban_session`` carries the signed session id; the database holds only its
-  hash, so reading the database gives no usable session. Expired sessions are ignored,
-  and dropped when met by a write or at the next sign-in;
+  hash, so reading the database gives no usable session;
 - ``invitations``: SHA-256 of the token -> ``(email, role, expiry)``; one-time, valid
   for ``INVITATION_DAYS``.
+
+A request that carries an expired session is refused (401) and the session dropped, in
+a transaction of its own; every sign-in drops the expired sessions and invitations.
 
 Passwords are Argon2id hashes (argon2-cffi) kept in ``User.password_hash``; at least
 ``PASSWORD_MIN`` characters. Sign-in failures are counted in memory per client address
@@ -95,22 +97,22 @@ class AuthStore(Persistent):
         self.expiries[(session.expires, session.key)] = None
         return id, session
 
-    def session(self, id: str | None, now: float, drop_expired: bool = False
-                ) -> Session | None:
-        """The live session with id ``id``; None when unknown or expired (then dropped,
-        with ``drop_expired``: in a transaction that commits)."""
-        if not id:
-            return None
-        key = _digest(id)
-        record = self.sessions.get(key)
-        if record is None:
-            return None
-        session = Session(key, *record)
-        if session.expires <= now:
-            if drop_expired:
-                self.close_session(session)
-            return None
-        return session
+    def session(self, id: str | None, now: float) -> Session | None:
+        """The live session with id ``id``; None when unknown or expired."""
+        session = self._session(id)
+        return session if session is not None and session.expires > now else None
+
+    def _session(self, id: str | None) -> Session | None:
+        record = self.sessions.get(_digest(id)) if id else None
+        return None if record is None else Session(_digest(id), *record)
+
+    def drop_if_expired(self, id: str | None, now: float) -> bool:
+        """Drop session ``id`` if it has expired; whether it did."""
+        session = self._session(id)
+        if session is None or session.expires > now:
+            return False
+        self.close_session(session)
+        return True
 
     def close_session(self, session: Session) -> None:
         self.sessions.pop(session.key, None)
@@ -245,12 +247,12 @@ class Identity:
 
 
 def authorise(conn: amphora.Connection, site: Site, access: str, method: str,
-              session_id: str | None, csrf: str | None, now: float, write: bool) -> Identity:
+              session_id: str | None, csrf: str | None, now: float) -> Identity:
     """Check that a request may proceed; who it is. Raises ApiError: 401 when a
     signed-in route is called without a live session, 403 when a state-changing
     request's CSRF token is missing or wrong, or when an admin route is called by a
     member. Public routes pass (with the caller's identity when there is one)."""
-    session = auth_of(conn).session(session_id, now, drop_expired=write)
+    session = auth_of(conn).session(session_id, now)
     user = None
     if session is not None:
         try:

@@ -1,6 +1,6 @@
 """The HTML pages and the health check.
 
-Pages are static files of ``web/static/`` served as they are (the front end's ES
+Pages are static files of ``web/static/`` (or the app's ``static_dir``) served as they are (the front end's ES
 modules read everything else from the API), with ``Cache-Control: no-cache``. Pages for
 signed-in people send others to ``/login?next=<the page>`` (303). A page whose file is
 missing answers 404 in JSON.
@@ -51,7 +51,7 @@ def page(filename: str, signed_in: bool) -> Callable[[Request], Any]:
         if signed_in and await signed_in_user(request) is None:
             target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
             return RedirectResponse(f"/login?next={quote(target, safe='')}", 303)
-        path = STATIC / filename
+        path = request.app.state.static_dir / filename
         if not path.is_file():
             return JSONResponse({"error": f"the page {filename} is not installed"}, 404)
         return FileResponse(path, media_type="text/html; charset=utf-8",

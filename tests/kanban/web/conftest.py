@@ -28,6 +28,7 @@ def kanban_server(tmp_path: Path) -> Iterator[KanbanServer]:
         yield server
     finally:
         server.stop()
+    assert server.problems() == []
 
 
 @pytest.fixture
@@ -57,6 +58,7 @@ def team(request: Any, tmp_path_factory: Any) -> Iterator[Team]:
     finally:
         server.stop()
         drop()
+    assert server.problems() == []
 
 
 @pytest.fixture

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import httpx
+import uvicorn
 
 SRC = Path(__file__).resolve().parents[3] / "src"
 ADMIN_EMAIL = "admin@localhost"
@@ -70,6 +71,7 @@ class KanbanServer:
     invite_link: str | None
     stderr_lines: list[str] = field(default_factory=list)
     clients: list[httpx.Client] = field(default_factory=list)
+    reader: threading.Thread | None = None
 
     def client(self, **options: Any) -> httpx.Client:
         """A new client with no session (closed when the server stops)."""
@@ -114,7 +116,14 @@ class KanbanServer:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(30)
+        if self.reader is not None:
+            self.reader.join(30)
         return self.proc.returncode
+
+    def problems(self) -> list[str]:
+        """What the server wrote on stderr that tells of an error (after :meth:`stop`)."""
+        return [line for line in self.stderr_lines
+                if "Traceback" in line or "ERROR" in line or "error" in line.lower()]
 
 
 # -- API helpers ---------------------------------------------------------------------------
@@ -207,6 +216,30 @@ class EventStream:
         self.client.close()
 
 
+class InProcess:
+    """``create_app(db, **settings)`` under uvicorn in a thread of the test's process, for
+    settings the command does not offer (a short ping interval, a clock of the test's);
+    ``url``, ``stop()``."""
+
+    def __init__(self, db: Any, **settings: Any):
+        from amphora_kanban.cli import listening_socket
+        from amphora_kanban.web import create_app
+        self.app = create_app(db, fast_hashing=True, **settings)
+        self.sock = listening_socket("127.0.0.1", 0)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.server = uvicorn.Server(uvicorn.Config(self.app, log_level="warning",
+                                                    timeout_graceful_shutdown=5))
+        self.thread = threading.Thread(target=self.server.run,
+                                       kwargs={"sockets": [self.sock]}, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.app.state.live.close_soon()
+        self.server.should_exit = True
+        self.thread.join(30)
+        self.sock.close()
+
+
 def start_kanban(uri: str, tmp_path: Path | None = None, *args: str) -> KanbanServer:
     """Start ``amphora kanban serve URI --listen 127.0.0.1:0 ARGS`` and wait until it
     listens (see the module docstring). ``tmp_path`` is its working directory."""
@@ -228,7 +261,9 @@ def start_kanban(uri: str, tmp_path: Path | None = None, *args: str) -> KanbanSe
             break
     server = KanbanServer(uri, proc, url, invite_link)
     stderr = proc.stderr
-    threading.Thread(target=lambda: server.stderr_lines.extend(stderr), daemon=True).start()
+    server.reader = threading.Thread(target=lambda: server.stderr_lines.extend(stderr),
+                                     daemon=True)
+    server.reader.start()
     return server
 
 

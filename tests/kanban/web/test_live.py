@@ -5,20 +5,16 @@ tests wait for them (failing after a generous timeout), never time them.
 """
 from __future__ import annotations
 
-import socket
-import threading
 from typing import Any, Iterator
 
 import httpx
 import pytest
-import uvicorn
 
 import amphora
 from amphora_kanban.ordering import key_between
-from amphora_kanban.web import create_app
 from amphora_kanban.web.accounts import add_account
 from amphora_kanban.web.auth import Passwords
-from kanbanprocess import PASSWORD, EventStream, add, move
+from kanbanprocess import PASSWORD, EventStream, InProcess, add, move
 
 
 @pytest.fixture
@@ -129,27 +125,6 @@ def test_stream_errors(kanban_server, admin, member, streams):
     # a garbled Last-Event-ID counts as none: the whole board
     stream = streams(url, member, "/api/boards/team/events", {"Last-Event-ID": "garbled"})
     assert stream.next()["data"]["full"] is True
-
-
-class InProcess:
-    """The app under uvicorn in a thread of the test, for settings the command does not
-    offer (a short ping interval)."""
-
-    def __init__(self, db: amphora.DB, **settings: Any):
-        self.app = create_app(db, fast_hashing=True, **settings)
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self.server = uvicorn.Server(uvicorn.Config(self.app, log_level="warning",
-                                                    timeout_graceful_shutdown=5))
-        self.thread = threading.Thread(target=self.server.run,
-                                       kwargs={"sockets": [self.sock]}, daemon=True)
-        self.thread.start()
-
-    def stop(self) -> None:
-        self.app.state.live.close_soon()
-        self.server.should_exit = True
-        self.thread.join(30)
-        self.sock.close()
 
 
 def test_pings_keep_a_quiet_stream_open(tmp_path, streams):
