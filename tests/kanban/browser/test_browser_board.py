@@ -228,7 +228,12 @@ def test_an_archived_feature_is_found_by_a_word_of_its_task_and_restored(
     expect(found).to_contain_text("Reconcile the ledger")
     found.get_by_test_id(f"restore-{feature['id']}").click()
     expect(found).to_have_count(0)
+    # Escape empties the search box first, then closes the bag.
     page.keyboard.press("Escape")
+    expect(bag.get_by_test_id("bag-search")).to_have_value("")
+    expect(bag).to_be_visible()
+    page.keyboard.press("Escape")
+    expect(bag).to_be_hidden()
 
     expect(page.get_by_test_id("cards-development").get_by_test_id(f"card-{feature['id']}")
            ).to_be_visible()

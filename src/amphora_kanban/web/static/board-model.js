@@ -34,18 +34,17 @@ export class BoardModel {
       return true;
     }
     if (delta.generation <= this.generation) return true;
-    const known = new Map(this.states.map((state) => [state.id, state]));
+    const known = new Set(this.states.map((state) => state.id));
     if (delta.states.some((state) => !known.has(state.id))) return false;
-    if (delta.states.length === this.states.length && delta.states.length) {
-      this.states = delta.states; // every state touched: a reordering, in the new order
-    } else {
-      const changed = new Map(delta.states.map((state) => [state.id, state]));
-      this.states = this.states.map((state) => changed.get(state.id) || state);
-    }
-    for (const card of delta.cards) this.cards.set(card.id, card);
     const removed = new Set(delta.removed);
+    const remaining = this.states.filter((state) => !removed.has(state.id));
+    const changed = new Map(delta.states.map((state) => [state.id, state]));
+    // A delta lists its states in board order: when it touches all of them (as a
+    // reordering does), its order is the board's.
+    this.states = remaining.length && remaining.every((state) => changed.has(state.id))
+      ? delta.states : remaining.map((state) => changed.get(state.id) || state);
+    for (const card of delta.cards) this.cards.set(card.id, card);
     for (const id of removed) this.cards.delete(id);
-    this.states = this.states.filter((state) => !removed.has(state.id));
     this.generation = delta.generation;
     return true;
   }

@@ -4,6 +4,7 @@
 import { api, boardApi, boardNameFromPath, loginUrl, signedIn } from "./api.js";
 import { createBag } from "./bag.js";
 import { BoardModel, Filters, parseQuickAdd } from "./board-model.js";
+import { createBoardSettings } from "./board-settings.js";
 import { renderBoard } from "./board-view.js";
 import { createCardPanel } from "./card-panel.js";
 import { enableDragAndDrop } from "./dnd.js";
@@ -29,6 +30,7 @@ function redraw() {
     return;
   }
   redrawPending = false;
+  refreshStateFilter();
   renderBoard(root, view);
 }
 
@@ -162,14 +164,28 @@ document.addEventListener("keydown", (event) => {
 
 // -- filters ------------------------------------------------------------------------
 
+let stateFilterOf = null;
+
+// The state filter lists the board's states; it follows them as they change (a removed
+// state's filter is dropped).
+function refreshStateFilter() {
+  const shown = JSON.stringify(view.model.states.map((s) => [s.id, s.title, s.task]));
+  if (shown === stateFilterOf) return;
+  stateFilterOf = shown;
+  const select = document.getElementById("filter-state");
+  const group = (label, states) => (states.length ? h("optgroup", { label },
+    states.map((s) => h("option", { value: s.id }, s.title))) : null);
+  select.replaceChildren(h("option", { value: "" }, "All states"),
+    group("Features", view.model.featureStates()), group("Tasks", view.model.taskStates()));
+  if (!view.model.state(view.filters.state)) view.filters.state = "";
+  select.value = view.filters.state;
+}
+
 function setUpFilters() {
   const text = document.getElementById("filter-text");
   const assignee = document.getElementById("filter-assignee");
   const state = document.getElementById("filter-state");
   assignee.append(...[...view.users.values()].map((user) => h("option", { value: user.id }, user.display_name)));
-  const group = (label, states) => h("optgroup", { label },
-    states.map((s) => h("option", { value: s.id }, s.title)));
-  state.append(group("Features", view.model.featureStates()), group("Tasks", view.model.taskStates()));
   text.addEventListener("input", () => { view.filters.text = text.value.trim(); redraw(); });
   assignee.addEventListener("change", () => { view.filters.assignee = assignee.value; redraw(); });
   state.addEventListener("change", () => { view.filters.state = state.value; redraw(); });
@@ -231,6 +247,17 @@ async function main() {
     },
   });
   document.getElementById("open-bag").addEventListener("click", () => bag.open());
+  if (user.role === "admin") {
+    const settings = createBoardSettings(view, {
+      saved(board) {
+        view.model.load(board);
+        redraw();
+      },
+    });
+    const button = document.getElementById("open-settings");
+    button.hidden = false;
+    button.addEventListener("click", () => settings.open());
+  }
   enableDragAndDrop(root, {
     accepts,
     drop: move,
