@@ -1,13 +1,15 @@
 """Board settings in a real browser: an administrator edits the columns (others see the
-change live; a member has no settings)."""
+change live; a member has no settings), and a board exported from its page is imported
+under a new name on the boards page."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Callable
 
 from playwright.sync_api import expect
 
-from browser_support import MEMBER
+from browser_support import MEMBER, BoardApi
 
 
 def feature_columns(page: Any) -> Any:
@@ -79,3 +81,47 @@ def test_an_administrator_edits_the_columns_and_others_see_them_live(
     panel.get_by_role("button", name="Cancel").click()
     expect(ada.get_by_test_id("cards-backlog").get_by_test_id(f"card-{waiting['id']}")).to_be_visible()
     assert [s["id"] for s in api.board()["states"]] == list(states)
+
+
+def test_a_board_exported_from_its_page_is_imported_under_a_new_name(
+        open_board: Callable[..., Any], tmp_path: Path, screenshots: Path) -> None:
+    page, api = open_board()
+    feature = api.add("Sign-up", size=5, state="development")
+    api.add("Validate the email", parent=feature["id"], size=3, state="doing")
+    api.add("Welcome mail", size=2)
+    api.post(f"/cards/{feature['id']}/comments", {"body": "Keep it short."})
+
+    page.get_by_test_id("open-settings").click()
+    with page.expect_download() as download:
+        page.get_by_test_id("export-link").click()
+    saved = tmp_path / download.value.suggested_filename
+    download.value.save_as(saved)
+    assert saved.name.startswith("team-") and saved.suffix == ".json"
+    assert json.loads(saved.read_text())["board"]["name"] == "team"
+    page.keyboard.press("Escape")
+
+    page.goto("/")
+    form = page.get_by_test_id("import-form")
+    form.get_by_label("Export file").set_input_files(saved)
+    form.get_by_test_id("import-submit").click()
+    # The file's own name is taken: the refusal says so and the form keeps its file.
+    expect(form.get_by_test_id("import-error")).to_contain_text("team")
+    form.get_by_label("Import as").fill("team-copy")
+    form.get_by_test_id("import-submit").click()
+    expect(page.get_by_test_id("board-team-copy")).to_be_visible()
+    expect(form.get_by_test_id("import-error")).to_be_hidden()
+    page.screenshot(path=str(screenshots / "boards.png"), animations="disabled", full_page=True)
+    page.get_by_test_id("board-team-copy").click()
+    expect(page.get_by_test_id("column-backlog")).to_be_visible()
+    expect(page.get_by_test_id(f"taskboard-{feature['id']}")).to_contain_text("Validate the email")
+
+    copy = BoardApi(api.request, api.headers["X-CSRF-Token"], "team-copy")
+
+    def cards(board: BoardApi) -> list[tuple[Any, ...]]:
+        return sorted((c["id"], c["title"], c["size"], c["state"], c["parent"],
+                       len(board.card(c["id"])["history"]),
+                       [m["body"] for m in board.card(c["id"])["comments"]])
+                      for c in board.board()["cards"])
+
+    assert len(cards(copy)) == 3
+    assert cards(copy) == cards(api)
