@@ -85,6 +85,43 @@ def test_a_feature_dragged_into_development_opens_its_task_board(
     page.emulate_media(color_scheme="dark")
     page.screenshot(path=str(screenshots / "board-dark.png"), animations="disabled")
 
+    # On a 1280x800 screen the columns scroll sideways, nothing else, and nothing overlaps.
+    page.emulate_media(color_scheme="light")
+    page.set_viewport_size({"width": 1280, "height": 800})
+    assert overlaps(page) == []
+    assert page.evaluate("document.documentElement.scrollWidth") <= 1280
+    toolbar = page.locator("#toolbar").bounding_box()
+    assert toolbar is not None and toolbar["height"] < 60, "the tool bar takes one line"
+    page.screenshot(path=str(screenshots / "board-1280.png"), animations="disabled")
+    page.get_by_test_id("column-deployed").scroll_into_view_if_needed()
+    expect(page.get_by_test_id("column-deployed")).to_be_in_viewport()
+    expect(page.get_by_test_id("open-settings")).to_be_in_viewport()
+
+
+def overlaps(page: Any) -> list[str]:
+    """The pairs of neighbours that overlap on the page: the top bar's and the tool bar's
+    items, the board's columns, the task columns of each feature."""
+    return page.evaluate("""() => {
+        const rows = [".topbar > *", ".toolbar > :not(label)", ".board > .column",
+                      ".taskboard > *", ".task-head > *", ".column-title > *"];
+        const found = [];
+        for (const selector of rows) {
+            const items = [...document.querySelectorAll(selector)]
+                .filter((item) => item.getClientRects().length);
+            for (const [i, a] of items.entries()) {
+                for (const b of items.slice(i + 1)) {
+                    if (a.parentElement !== b.parentElement) continue;
+                    const p = a.getBoundingClientRect(), q = b.getBoundingClientRect();
+                    if (p.left < q.right - 0.5 && q.left < p.right - 0.5
+                        && p.top < q.bottom - 0.5 && q.top < p.bottom - 0.5) {
+                        found.push(`${a.className || a.tagName} / ${b.className || b.tagName}`);
+                    }
+                }
+            }
+        }
+        return found;
+    }""")
+
 
 def fill_the_board(api: BoardApi, feature: str) -> None:
     """More of what a team's board holds, for the screenshot."""
