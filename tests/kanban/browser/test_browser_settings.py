@@ -53,6 +53,9 @@ def test_an_administrator_edits_the_columns_and_others_see_them_live(
         "Ready", "Doing", "Needs review", "Review", "Testing", "Done"]
     panel.locator(".panel-body").evaluate("body => { body.scrollTop = 0; }")
     ada.screenshot(path=str(screenshots / "board-settings.png"), animations="disabled")
+    reads: list[str] = []
+    grace.on("request", lambda request: reads.append(request.url)
+             if request.url.endswith("/api/boards/team") else None)
     panel.get_by_test_id("settings-save").click()
     expect(panel).to_be_hidden()
 
@@ -60,7 +63,9 @@ def test_an_administrator_edits_the_columns_and_others_see_them_live(
     for page in (ada, grace):
         expect(feature_columns(page)).to_have_text(columns)
         expect(page.get_by_test_id("wip-design-review")).to_have_text("0/5 pts")
-    # Grace's page was not reloaded: its state filter lists the new columns too.
+    # Grace's page took the new columns from the live stream alone (no reload, not even of
+    # the board's JSON), and its state filter lists them too.
+    assert reads == []
     expect(grace.locator("#filter-state optgroup[label=Features] option")).to_have_text(columns)
     expect(grace.locator("#filter-state optgroup[label=Tasks] option")).to_contain_text(["Testing"])
     states = {s["id"]: s for s in api.board()["states"]}

@@ -41,15 +41,15 @@ export class BoardModel {
       return true;
     }
     if (delta.generation <= this.generation) return true;
-    const known = new Set(this.states.map((state) => state.id));
-    if (delta.states.some((state) => !known.has(state.id))) return false;
     const removed = new Set(delta.removed);
     const remaining = this.states.filter((state) => !removed.has(state.id));
     const changed = new Map(delta.states.map((state) => [state.id, state]));
-    // A delta lists its states in board order: when it touches all of them (as a
-    // reordering does), its order is the board's.
-    this.states = remaining.length && remaining.every((state) => changed.has(state.id))
-      ? delta.states : remaining.map((state) => changed.get(state.id) || state);
+    // A delta lists the states it touched in board order: when it touched all of them
+    // (as saving the board's states does), it is the board's whole list, new ones too.
+    const whole = delta.states.length > 0 && remaining.every((state) => changed.has(state.id));
+    const known = new Set(remaining.map((state) => state.id));
+    if (!whole && delta.states.some((state) => !known.has(state.id))) return false;
+    this.states = whole ? delta.states : remaining.map((state) => changed.get(state.id) || state);
     for (const card of delta.cards) {
       // A delta no newer than this page's own answer on the card shows it as it was.
       if ((this.answered.get(card.id) ?? -1) < delta.generation) this.cards.set(card.id, card);
