@@ -95,6 +95,12 @@ def sign_in(context: Any, account: Account) -> BoardApi:
     return BoardApi(context.request, response.json()["csrf_token"])
 
 
+def drag(card: Any, target: Any, **options: Any) -> Any:
+    """Drags ``card`` (a locator) onto ``target`` and waits for the server's answer to
+    the move (the page shows a dropped card at once, before the server has it)."""
+    with card.page.expect_response(lambda response: response.url.endswith("/move")) as answer:
+        card.drag_to(target, **options)
+    return answer.value
 
 
 DAY = 86400

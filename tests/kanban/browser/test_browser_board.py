@@ -7,7 +7,7 @@ from typing import Any, Callable
 
 from playwright.sync_api import expect
 
-from browser_support import MEMBER, BoardApi
+from browser_support import MEMBER, BoardApi, drag
 
 
 def column_cards(page: Any, column: str) -> Any:
@@ -36,7 +36,7 @@ def test_a_feature_dragged_into_development_opens_its_task_board(
     expect(page.get_by_test_id(f"size-{id}")).to_have_text("5")
     expect(page.get_by_test_id(f"taskboard-{id}")).to_have_count(0)
 
-    feature.drag_to(page.get_by_test_id("cards-development"))
+    drag(feature, page.get_by_test_id("cards-development"))
     expect(column_cards(page, "development")).to_have_count(1)
     expect(column_cards(page, "backlog")).to_have_count(0)
     expect(page.get_by_test_id(f"taskboard-{id}")).to_be_visible()
@@ -52,17 +52,17 @@ def test_a_feature_dragged_into_development_opens_its_task_board(
 
     # A task pulled into a working state is the mover's; in Done it counts as progress.
     validate = page.get_by_test_id(f"card-{tasks['Validate the email']['id']}")
-    validate.drag_to(page.get_by_test_id(f"cards-{id}-doing"))
+    drag(validate, page.get_by_test_id(f"cards-{id}-doing"))
     expect(column_cards(page, f"{id}-doing")).to_have_count(1)
     expect(page.get_by_test_id(f"assignee-{tasks['Validate the email']['id']}")
            ).to_have_attribute("title", "Ada Lovelace")
-    validate.drag_to(page.get_by_test_id(f"cards-{id}-done"))
+    drag(validate, page.get_by_test_id(f"cards-{id}-done"))
     expect(page.get_by_test_id(f"progress-{id}")).to_contain_text("3/4 pts")
     assert api.card(id)["progress"] == {"complete": 3, "total": 4}
 
     # Ordering: the second task dropped in front of the first lands first.
     store = page.get_by_test_id(f"card-{tasks['Store the account']['id']}")
-    store.drag_to(page.get_by_test_id(f"cards-{id}-done"),
+    drag(store, page.get_by_test_id(f"cards-{id}-done"),
                   target_position={"x": 20, "y": 4})
     expect(column_cards(page, f"{id}-done").first).to_contain_text("Store the account")
     done = [c["title"] for c in api.board()["cards"]
@@ -72,7 +72,7 @@ def test_a_feature_dragged_into_development_opens_its_task_board(
     # A task moves into another feature's task board.
     other = api.add("Password reset", state="development")
     expect(page.get_by_test_id(f"taskboard-{other['id']}")).to_be_visible()
-    store.drag_to(page.get_by_test_id(f"cards-{other['id']}-review"))
+    drag(store, page.get_by_test_id(f"cards-{other['id']}-review"))
     expect(column_cards(page, f"{other['id']}-review")).to_have_count(1)
     moved = api.card(tasks["Store the account"]["id"])
     assert (moved["parent"], moved["state"]) == (other["id"], "review")
@@ -84,6 +84,43 @@ def test_a_feature_dragged_into_development_opens_its_task_board(
     page.screenshot(path=str(screenshots / "board.png"), animations="disabled")
     page.emulate_media(color_scheme="dark")
     page.screenshot(path=str(screenshots / "board-dark.png"), animations="disabled")
+
+    # On a 1280x800 screen the columns scroll sideways, nothing else, and nothing overlaps.
+    page.emulate_media(color_scheme="light")
+    page.set_viewport_size({"width": 1280, "height": 800})
+    assert overlaps(page) == []
+    assert page.evaluate("document.documentElement.scrollWidth") <= 1280
+    toolbar = page.locator("#toolbar").bounding_box()
+    assert toolbar is not None and toolbar["height"] < 60, "the tool bar takes one line"
+    page.screenshot(path=str(screenshots / "board-1280.png"), animations="disabled")
+    page.get_by_test_id("column-deployed").scroll_into_view_if_needed()
+    expect(page.get_by_test_id("column-deployed")).to_be_in_viewport()
+    expect(page.get_by_test_id("open-settings")).to_be_in_viewport()
+
+
+def overlaps(page: Any) -> list[str]:
+    """The pairs of neighbours that overlap on the page: the top bar's and the tool bar's
+    items, the board's columns, the task columns of each feature."""
+    return page.evaluate("""() => {
+        const rows = [".topbar > *", ".toolbar > :not(label)", ".board > .column",
+                      ".taskboard > *", ".task-head > *", ".column-title > *"];
+        const found = [];
+        for (const selector of rows) {
+            const items = [...document.querySelectorAll(selector)]
+                .filter((item) => item.getClientRects().length);
+            for (const [i, a] of items.entries()) {
+                for (const b of items.slice(i + 1)) {
+                    if (a.parentElement !== b.parentElement) continue;
+                    const p = a.getBoundingClientRect(), q = b.getBoundingClientRect();
+                    if (p.left < q.right - 0.5 && q.left < p.right - 0.5
+                        && p.top < q.bottom - 0.5 && q.top < p.bottom - 0.5) {
+                        found.push(`${a.className || a.tagName} / ${b.className || b.tagName}`);
+                    }
+                }
+            }
+        }
+        return found;
+    }""")
 
 
 def fill_the_board(api: BoardApi, feature: str) -> None:
@@ -115,12 +152,12 @@ def test_wip_limits_warn_when_soft_and_refuse_when_hard(
     api.add("Release notes", state="deploying")
     expect(page.get_by_test_id("wip-ready")).to_have_text("0/1")
 
-    page.get_by_test_id(f"card-{first['id']}").drag_to(page.get_by_test_id("cards-ready"))
+    drag(page.get_by_test_id(f"card-{first['id']}"), page.get_by_test_id("cards-ready"))
     expect(page.get_by_test_id("wip-ready")).to_have_text("1/1")
     expect(page.get_by_test_id("wip-warning-ready")).to_have_count(0)
 
     # Soft: the move is done, the column is warned.
-    page.get_by_test_id(f"card-{second['id']}").drag_to(page.get_by_test_id("cards-ready"))
+    drag(page.get_by_test_id(f"card-{second['id']}"), page.get_by_test_id("cards-ready"))
     expect(page.get_by_test_id("wip-warning-ready")).to_have_text(
         "Over the WIP limit: 2 cards for a limit of 1")
     expect(page.get_by_test_id("column-ready")).to_have_class("column over")
@@ -128,13 +165,54 @@ def test_wip_limits_warn_when_soft_and_refuse_when_hard(
     assert api.card(second["id"])["state"] == "ready"
 
     # Hard: the move is refused, the card stays where the server keeps it.
-    page.get_by_test_id(f"card-{first['id']}").drag_to(page.get_by_test_id("cards-deploying"))
+    drag(page.get_by_test_id(f"card-{first['id']}"), page.get_by_test_id("cards-deploying"))
     refusal = page.get_by_test_id("toast").filter(has_text="Deploying")
     expect(refusal).to_be_visible()
     expect(refusal).to_have_attribute("data-kind", "error")
     expect(column_cards(page, "deploying")).to_have_count(1)
     expect(page.get_by_test_id("cards-ready").get_by_test_id(f"card-{first['id']}")).to_be_visible()
     assert api.card(first["id"])["state"] == "ready"
+
+
+def test_a_dropped_card_moves_at_once_and_a_refusal_puts_it_back(
+        open_board: Callable[..., Any]) -> None:
+    page, api = open_board()
+    api.set_wip({"deploying": {"limit": 1, "unit": "cards", "hard": True}})
+    first = api.add("Onboarding tour")
+    second = api.add("Weekly digest")
+    expect(page.get_by_test_id(f"card-{second['id']}")).to_be_visible()
+    # The page's moves are held on their way to the server until the test lets them go,
+    # to see the page before the server answers.
+    held: list[Any] = []
+    page.route("**/cards/*/move", lambda route: held.append(route))
+
+    def release() -> Any:
+        while not held:
+            page.wait_for_timeout(20)
+        with page.expect_response("**/move") as response:
+            held.pop().continue_()
+        return response.value
+
+    page.get_by_test_id(f"card-{first['id']}").drag_to(page.get_by_test_id("cards-ready"))
+    moved = page.get_by_test_id("cards-ready").get_by_test_id(f"card-{first['id']}")
+    expect(moved).to_have_attribute("aria-busy", "true")
+    expect(column_cards(page, "backlog")).to_have_count(1)
+    assert api.card(first["id"])["state"] == "backlog"
+    assert release().ok
+    assert api.card(first["id"])["state"] == "ready"
+    expect(moved).not_to_have_attribute("aria-busy", "true")
+
+    # Meanwhile someone fills the hard-limited column: the server refuses the move, and
+    # the card goes back where it was.
+    page.get_by_test_id(f"card-{second['id']}").drag_to(page.get_by_test_id("cards-deploying"))
+    expect(page.get_by_test_id("cards-deploying").get_by_test_id(f"card-{second['id']}")).to_be_visible()
+    api.add("Hotfix", state="deploying")
+    expect(column_cards(page, "deploying")).to_have_count(2)
+    assert release().status == 409
+    expect(page.get_by_test_id("toast").filter(has_text="Deploying")).to_be_visible()
+    expect(page.get_by_test_id("cards-backlog").get_by_test_id(f"card-{second['id']}")).to_be_visible()
+    expect(column_cards(page, "deploying")).to_have_text(["Hotfix1"])
+    assert api.card(second["id"])["state"] == "backlog"
 
 
 def test_the_card_panel_edits_comments_and_a_reload_keeps_everything(
@@ -228,7 +306,12 @@ def test_an_archived_feature_is_found_by_a_word_of_its_task_and_restored(
     expect(found).to_contain_text("Reconcile the ledger")
     found.get_by_test_id(f"restore-{feature['id']}").click()
     expect(found).to_have_count(0)
+    # Escape empties the search box first, then closes the bag.
     page.keyboard.press("Escape")
+    expect(bag.get_by_test_id("bag-search")).to_have_value("")
+    expect(bag).to_be_visible()
+    page.keyboard.press("Escape")
+    expect(bag).to_be_hidden()
 
     expect(page.get_by_test_id("cards-development").get_by_test_id(f"card-{feature['id']}")
            ).to_be_visible()

@@ -8,7 +8,7 @@ from typing import Any, Callable
 
 from playwright.sync_api import expect
 
-from browser_support import MEMBER
+from browser_support import MEMBER, drag
 
 
 def test_two_browsers_on_one_board_see_each_others_moves_live(
@@ -25,7 +25,7 @@ def test_two_browsers_on_one_board_see_each_others_moves_live(
     expect(card).to_be_visible()
     id = grace.get_by_test_id("cards-backlog").locator("[data-card]").first.get_attribute("data-card")
 
-    grace.get_by_test_id(f"card-{id}").drag_to(grace.get_by_test_id("cards-development"))
+    drag(grace.get_by_test_id(f"card-{id}"), grace.get_by_test_id("cards-development"))
     expect(ada.get_by_test_id("cards-development").get_by_test_id(f"card-{id}")).to_be_visible()
     expect(ada.get_by_test_id(f"taskboard-{id}")).to_be_visible()
 
@@ -36,7 +36,7 @@ def test_two_browsers_on_one_board_see_each_others_moves_live(
     grace_api.add("Time zones", parent=id)
     expect(ada.get_by_test_id(f"cards-{id}-ready-task").locator("[data-card]")).to_have_count(2)
 
-    ada.get_by_test_id(f"cards-{id}-ready-task").get_by_text("Time zones").drag_to(
+    drag(ada.get_by_test_id(f"cards-{id}-ready-task").get_by_text("Time zones"), 
         ada.get_by_test_id(f"cards-{id}-doing"))
     moved = grace.get_by_test_id(f"cards-{id}-doing").locator("[data-card]")
     expect(moved).to_have_count(1)

@@ -65,6 +65,7 @@ export function createBag(view, { restored }) {
       const feature = await api(`${base}/cards/${entry.feature.id}/restore`, { method: "POST" });
       restored(feature, entry.tasks || []);
       button.closest("li").remove();
+      search.focus(); // the focus was on the button just removed
       toast(`“${entry.feature.title}” is back on the board.`);
     } catch (error) {
       button.disabled = false;
@@ -80,6 +81,10 @@ export function createBag(view, { restored }) {
     if (event.key === "Enter") {
       clearTimeout(timer);
       find();
+    } else if (event.key === "Escape" && !search.value) {
+      // The first Escape empties the box (the browser's own), the next closes the bag.
+      event.preventDefault();
+      dialog.close();
     }
   });
   document.getElementById("bag-close").addEventListener("click", () => dialog.close());

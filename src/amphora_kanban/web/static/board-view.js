@@ -107,6 +107,11 @@ function cardClasses(card, state, kind) {
     card.blocked && "blocked"].filter(Boolean).join(" ");
 }
 
+// A card whose move the server has not answered yet is busy.
+function busy(card, view) {
+  return view.model.pending.has(card.id) ? "true" : null;
+}
+
 function describeCard(card, view) {
   const parts = [card.title, `${card.size} point${card.size === 1 ? "" : "s"}`];
   const person = card.assignee && view.users.get(card.assignee);
@@ -163,6 +168,7 @@ function featureCard(feature, state, view) {
   return h("li", {
     class: cardClasses(feature, state, exploded ? "feature exploded" : "feature"),
     "data-testid": `card-${feature.id}`, "data-card": feature.id, tabindex: 0,
+    "aria-busy": busy(feature, view),
     "data-drag": exploded || view.readonly ? null : feature.id,
     draggable: exploded || view.readonly ? null : "true",
     "aria-label": describeCard(feature, view),
@@ -203,7 +209,7 @@ function taskColumn(feature, state, view) {
 function taskCard(task, state, view) {
   return h("li", {
     class: cardClasses(task, state, "task"), "data-testid": `card-${task.id}`, "data-card": task.id,
-    tabindex: 0, "data-drag": view.readonly ? null : task.id,
+    tabindex: 0, "aria-busy": busy(task, view), "data-drag": view.readonly ? null : task.id,
     draggable: view.readonly ? null : "true", "aria-label": describeCard(task, view),
   },
     cardTop(task, view, false),

@@ -1,9 +1,11 @@
 // The board page /boards/NAME: loads the board and its people, draws it, keeps it live,
 // and turns drops, quick-adds and the panels' actions into API calls. The page shows
-// what the server says: a change is drawn from the server's answer or from the stream.
+// what the server says: a change is drawn from the server's answer or from the stream,
+// except a dropped card, shown where it was dropped until the server answers the move.
 import { api, boardApi, boardNameFromPath, loginUrl, signedIn } from "./api.js";
 import { createBag } from "./bag.js";
 import { BoardModel, Filters, parseQuickAdd } from "./board-model.js";
+import { createBoardSettings } from "./board-settings.js";
 import { renderBoard } from "./board-view.js";
 import { createCardPanel } from "./card-panel.js";
 import { enableDragAndDrop } from "./dnd.js";
@@ -29,6 +31,7 @@ function redraw() {
     return;
   }
   redrawPending = false;
+  refreshStateFilter();
   renderBoard(root, view);
 }
 
@@ -79,26 +82,40 @@ async function reload(at = null) {
 // -- moving cards -----------------------------------------------------------------
 
 function accepts(id, stateId, parent) {
-  const card = view.model.cards.get(id);
+  const card = view.model.card(id);
   const state = view.model.state(stateId);
   if (!card || !state || view.readonly) return false;
   if (!parent) return !state.task;
   return state.task && parent !== id && !view.model.tasks(id).length;
 }
 
-async function move(id, state, parent, before) {
-  const card = view.model.cards.get(id);
+// The card is drawn where it was dropped at once; the server's answer then puts it
+// where the server has it (back where it was, with the refusal, when refused). Moves
+// are sent one after the other, in the order they were dropped: a card dropped in front
+// of one still on its way must reach the server after it.
+let moves = Promise.resolve();
+
+function move(id, state, parent, before) {
+  const card = view.model.card(id);
   const column = view.model.column(state, parent);
   const next = column[column.findIndex((c) => c.id === id) + 1];
   const unchanged = card.state === state && (card.parent || null) === parent
     && (before === id || (column.some((c) => c.id === id) && (next ? next.id : null) === before));
-  if (unchanged) return;
-  try {
-    applied(await api(`${base}/cards/${id}/move`, { method: "POST", body: { state, parent, before } }));
-  } catch (error) {
-    toast(error.message, "error");
-    redraw();
-  }
+  if (unchanged) return moves;
+  const ticket = view.model.moveLocally(id, state, parent, before);
+  redraw();
+  moves = moves.then(async () => {
+    try {
+      const answer = await api(`${base}/cards/${id}/move`, { method: "POST", body: { state, parent, before } });
+      view.model.settle(id, ticket);
+      applied(answer);
+    } catch (error) {
+      view.model.settle(id, ticket);
+      toast(error.message, "error");
+      redraw();
+    }
+  });
+  return moves;
 }
 
 // -- quick add: "Title [3]" + Enter -------------------------------------------------
@@ -162,14 +179,28 @@ document.addEventListener("keydown", (event) => {
 
 // -- filters ------------------------------------------------------------------------
 
+let stateFilterOf = null;
+
+// The state filter lists the board's states; it follows them as they change (a removed
+// state's filter is dropped).
+function refreshStateFilter() {
+  const shown = JSON.stringify(view.model.states.map((s) => [s.id, s.title, s.task]));
+  if (shown === stateFilterOf) return;
+  stateFilterOf = shown;
+  const select = document.getElementById("filter-state");
+  const group = (label, states) => (states.length ? h("optgroup", { label },
+    states.map((s) => h("option", { value: s.id }, s.title))) : null);
+  select.replaceChildren(h("option", { value: "" }, "All states"),
+    group("Features", view.model.featureStates()), group("Tasks", view.model.taskStates()));
+  if (!view.model.state(view.filters.state)) view.filters.state = "";
+  select.value = view.filters.state;
+}
+
 function setUpFilters() {
   const text = document.getElementById("filter-text");
   const assignee = document.getElementById("filter-assignee");
   const state = document.getElementById("filter-state");
   assignee.append(...[...view.users.values()].map((user) => h("option", { value: user.id }, user.display_name)));
-  const group = (label, states) => h("optgroup", { label },
-    states.map((s) => h("option", { value: s.id }, s.title)));
-  state.append(group("Features", view.model.featureStates()), group("Tasks", view.model.taskStates()));
   text.addEventListener("input", () => { view.filters.text = text.value.trim(); redraw(); });
   assignee.addEventListener("change", () => { view.filters.assignee = assignee.value; redraw(); });
   state.addEventListener("change", () => { view.filters.state = state.value; redraw(); });
@@ -231,6 +262,17 @@ async function main() {
     },
   });
   document.getElementById("open-bag").addEventListener("click", () => bag.open());
+  if (user.role === "admin") {
+    const settings = createBoardSettings(view, {
+      saved(board) {
+        view.model.load(board);
+        redraw();
+      },
+    });
+    const button = document.getElementById("open-settings");
+    button.hidden = false;
+    button.addEventListener("click", () => settings.open());
+  }
   enableDragAndDrop(root, {
     accepts,
     drop: move,

@@ -143,7 +143,7 @@ export function createCardPanel(view, { changed, archived }) {
 
   return {
     open(id) {
-      card = view.model.cards.get(id);
+      card = view.model.card(id);
       if (!card) return;
       fillForm();
       renderDetails({ history: [], comments: [] });
@@ -154,7 +154,7 @@ export function createCardPanel(view, { changed, archived }) {
     // The open card changed elsewhere: show its new history (the form keeps its edits).
     refresh(ids) {
       if (card && ids.has(card.id)) {
-        card = view.model.cards.get(card.id) || card;
+        card = view.model.card(card.id) || card;
         loadDetails();
       }
     },

@@ -83,6 +83,45 @@ function setUpInviteForm() {
   });
 }
 
+// An export file is read here and sent as the import's `data`.
+function setUpImportForm(boards) {
+  const form = document.getElementById("import-form");
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    formError("import-error", "");
+    const file = form.file.files[0];
+    if (!file) {
+      formError("import-error", "Choose an export file to import.");
+      return;
+    }
+    let data;
+    try {
+      data = JSON.parse(await file.text());
+    } catch {
+      formError("import-error", `${file.name} is not an export: it does not hold JSON.`);
+      return;
+    }
+    const name = form.name.value.trim();
+    const button = form.querySelector('[type="submit"]');
+    button.disabled = true;
+    try {
+      const board = await api("/api/boards/import", {
+        method: "POST", body: name ? { name, data } : { data },
+      });
+      boards.push({ name: board.name, title: board.title });
+      boards.sort((a, b) => (a.name < b.name ? -1 : 1));
+      renderBoards(boards);
+      const cards = board.cards.length;
+      toast(`Board “${board.title}” imported as ${board.name}, ${cards} card${cards === 1 ? "" : "s"}.`);
+      form.reset();
+    } catch (error) {
+      formError("import-error", error.message);
+    } finally {
+      button.disabled = false;
+    }
+  });
+}
+
 async function main() {
   const user = await signedIn();
   renderTopbar(user, [{ label: "Boards" }]);
@@ -92,6 +131,7 @@ async function main() {
     document.getElementById("admin").hidden = false;
     setUpBoardForm(boards);
     setUpInviteForm();
+    setUpImportForm(boards);
   }
 }
 
