@@ -257,8 +257,6 @@ async def _act(person: Person, report: LoadReport, listeners: list[Listener],
         rule = response.json().get("rule", "?")
         report.rules[rule] = report.rules.get(rule, 0) + 1
         return
-    if response.status_code == 400 and before is not None and "before" in response.text:
-        return  # the neighbour moved elsewhere meanwhile: a named bad input, not a failure
     if response.status_code != 200:
         report.problems.append(f"move of {card.id}: {response.status_code} "
                                f"{response.text[:200]}")

@@ -44,13 +44,14 @@ class Services:
 
 @dataclass
 class Reply:
-    """A handler's answer when it is more than JSON with status 200: a status, and a
-    session to set (``session``: its id and record) or to clear."""
+    """A handler's answer when it is more than JSON with status 200: a status, a
+    session to set (``session``: its id and record) or to clear, headers."""
 
     data: Any
     status: int = 200
     session: tuple[str, Session] | None = None
     clear_session: bool = False
+    headers: dict[str, str] | None = None
 
 
 @dataclass
@@ -143,7 +144,8 @@ def endpoint(handler: Callable[[Call], Any], access: str, write: bool
                     lambda conn: auth_of(conn).drop_if_expired(session_id, services.clock()))
             raise
         reply = result if isinstance(result, Reply) else Reply(result)
-        response = JSONResponse(reply.data, reply.status, {"cache-control": "no-store"})
+        response = JSONResponse(reply.data, reply.status,
+                                {"cache-control": "no-store", **(reply.headers or {})})
         session_cookie(response, request, services, reply.session, reply.clear_session)
         return response
     run.__name__ = handler.__name__

@@ -12,9 +12,10 @@ from __future__ import annotations
 import datetime
 from typing import Any
 
+from amphora_kanban import text
 from amphora_kanban.board import Board
 from amphora_kanban.card import Card, iso
-from amphora_kanban.errors import BadInput, NotFound
+from amphora_kanban.errors import BadInput, NotFound, RuleViolation
 from amphora_kanban.metrics import flow_metrics
 from amphora_kanban.transfer import export_board
 from amphora_kanban.web.api import Call, Reply
@@ -174,7 +175,13 @@ def move_card(call: Call) -> dict[str, Any]:
                         key=lambda c: (c.position, c.id))
         ids = [c.id for c in column]
         if before not in ids:
-            raise BadInput("before", f"{before!r} is not a card of the target column")
+            if before == card.id:
+                raise BadInput("before", "a card cannot go in front of itself")
+            if not isinstance(before, str) or before not in {c.id for c in board.cards()}:
+                raise BadInput("before", f"{before!r} is not a card of this board")
+            # A card of the board, elsewhere: it moved since the client looked (a race).
+            raise RuleViolation("before-elsewhere", f"the card to go in front of is no "
+                                "longer in the target column")
         position = ids.index(before)
     result = board.move(card.id, state, parent, position, by=call.user.id, now=call.now)
     return _changed(board, result.card, result.warnings)
@@ -231,15 +238,25 @@ def metrics(call: Call) -> dict[str, Any]:
             **flow_metrics(board, first, last)}
 
 
-def export(call: Call) -> dict[str, Any]:
-    """``GET .../export`` (admin): the board as an export document."""
-    return export_board(_board(call))
+def export(call: Call) -> Reply:
+    """``GET .../export`` (admin): the board as an export document, offered as the file
+    ``NAME-YYYY-MM-DD.json``."""
+    board = _board(call)
+    day = datetime.datetime.fromtimestamp(call.now, datetime.timezone.utc).date()
+    return Reply(export_board(board), headers={
+        "content-disposition": f'attachment; filename="{board.name}-{day}.json"'})
 
 
 def import_board(call: Call) -> Reply:
-    """``POST /api/boards/import {name?, data}`` (admin): a new board from an export."""
+    """``POST /api/boards/import {name?, title?, data}`` (admin): a new board from an
+    export, named and titled as exported unless ``name`` or ``title`` say otherwise."""
     name = call.field("name", None)
     if name is not None and not isinstance(name, str):
         raise BadInput("name", "must be a string")
+    title = call.field("title", None)
+    if title is not None:
+        title = text.title(title)  # checked before anything is built
     board = call.site.import_board(call.field("data"), name)
+    if title is not None:
+        board.title = title
     return Reply(board_json(board), 201)

@@ -7,6 +7,7 @@ Boards have the default two-tier states: features flow backlog -> ready -> devel
 from __future__ import annotations
 
 import datetime
+import re
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -156,8 +157,16 @@ def test_moves_follow_the_two_tier_rules(team, board):
                       before=None), 409, rule="feature-with-tasks")
     assert_error(move(team.member, board, one["id"], state="doing", parent=task["id"],
                       before=None), 409, rule="two-levels")
+    # before: a card of the board in another column (it moved since the client looked)
+    # is a refusal of the race; no card of the board, or the card itself, is bad input
     assert_error(move(team.member, board, one["id"], state="backlog", parent=None,
-                      before=task["id"]), 400, field="before")
+                      before=task["id"]), 409, rule="before-elsewhere")
+    assert_error(move(team.member, board, one["id"], state="backlog", parent=None,
+                      before="no-such-card"), 400, field="before")
+    assert_error(move(team.member, board, one["id"], state="backlog", parent=None,
+                      before=one["id"]), 400, field="before")
+    assert_error(move(team.member, board, one["id"], state="backlog", parent=None,
+                      before=7), 400, field="before")
     assert_error(move(team.member, board, one["id"], state="backlog", parent=7,
                       before=None), 400, field="parent")
     assert_error(move(team.member, board, "no-such-card", state="backlog"), 404)
@@ -246,11 +255,19 @@ def test_export_and_import_give_the_same_board(team, board):
     add(team.member, board, title="Task", parent=feature["id"])
     exported = team.admin.get(f"/api/boards/{board}/export")
     assert exported.status_code == 200 and exported.json()["format"] == "amphora-kanban/1"
+    assert re.fullmatch(rf'attachment; filename="{board}-\d{{4}}-\d\d-\d\d\.json"',
+                        exported.headers["content-disposition"])
     copy = f"{board}-copy"
     imported = team.admin.post("/api/boards/import",
                                json={"name": copy, "data": exported.json()})
     assert imported.status_code == 201, imported.text
     assert cards_by_id(team.member, copy) == cards_by_id(team.member, board)
+    assert imported.json()["title"] == exported.json()["board"]["title"]
+    retitled = team.admin.post("/api/boards/import", json={
+        "name": f"{board}-again", "title": "A copy", "data": exported.json()})
+    assert retitled.status_code == 201 and retitled.json()["title"] == "A copy"
+    assert_error(team.admin.post("/api/boards/import", json={
+        "name": f"{board}-bad", "title": 7, "data": exported.json()}), 400, field="title")
     assert_error(team.admin.post("/api/boards/import", json={"data": {"format": "x"}}),
                  400, field="format")
     assert_error(team.member.get(f"/api/boards/{board}/export"), 403)
