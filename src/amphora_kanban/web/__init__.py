@@ -45,7 +45,7 @@ Routes (JSON unless said; errors are ``{"error": message}`` with 400 naming the 
     GET   /api/boards/{name}/metrics?from=&to=    -> flow metrics
     GET   /api/boards/{name}/export     admin -> the export document
     GET   /api/boards/{name}/events?generation=N  text/event-stream
-    GET   /healthz                            -> {ok, generation} (503 when the db fails)
+    GET   /healthz                            -> {ok, last_transaction} (503 when the db fails)
 
 Pages (HTML files of ``web/static/``; signed out -> 303 to ``/login?next=...``, except
 the first two): ``/login``, ``/invite/{token}``, ``/``, ``/boards/{name}``,

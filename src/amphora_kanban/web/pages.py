@@ -61,17 +61,18 @@ def page(filename: str, signed_in: bool) -> Callable[[Request], Any]:
 
 
 async def healthz(request: Request) -> Response:
-    """``GET /healthz``: 200 ``{"ok": true, "generation": N}`` when the database reads
-    (N grows with every commit), else 503."""
+    """``GET /healthz``: 200 ``{"ok": true, "last_transaction": "0x..."}`` when the
+    database reads (the id of its newest transaction, in hex as the ``amphora`` command
+    shows it), else 503."""
     store = request.app.state.kanban.store
 
-    def check(conn: amphora.Connection) -> int:
+    def check(conn: amphora.Connection) -> str:
         site_of(conn)
-        return u64(store.db.last_transaction())
+        return f"0x{u64(store.db.last_transaction()):016x}"
     try:
-        generation = await store.read(check)
+        last = await store.read(check)
     except Exception as exc:  # whatever keeps the database from answering
         return JSONResponse({"ok": False, "error": type(exc).__name__}, 503,
                             {"cache-control": "no-store"})
-    return JSONResponse({"ok": True, "generation": generation}, 200,
+    return JSONResponse({"ok": True, "last_transaction": last}, 200,
                         {"cache-control": "no-store"})

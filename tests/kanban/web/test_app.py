@@ -4,6 +4,7 @@ cookies, an error no route makes on purpose, a closed database."""
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -129,7 +130,8 @@ def test_health_fails_when_the_database_does(app_client, db):
     client = app_client()
     first = client.get("/healthz").json()
     sign_in(client)  # a commit
-    assert client.get("/healthz").json()["generation"] > first["generation"]
+    then = client.get("/healthz").json()["last_transaction"]
+    assert re.fullmatch("0x[0-9a-f]{16}", then) and then > first["last_transaction"]
     db.close()
     reply = client.get("/healthz")
     assert reply.status_code == 503 and reply.json()["ok"] is False
