@@ -98,7 +98,8 @@ def sign_in(context: Any, account: Account) -> BoardApi:
 def drag(card: Any, target: Any, **options: Any) -> Any:
     """Drags ``card`` (a locator) onto ``target`` and waits for the server's answer to
     the move (the page shows a dropped card at once, before the server has it)."""
-    with card.page.expect_response(lambda response: response.url.endswith("/move")) as answer:
+    with card.page.expect_response(lambda response: response.url.endswith("/move"),
+                                   timeout=20_000) as answer:
         card.drag_to(target, **options)
     return answer.value
 

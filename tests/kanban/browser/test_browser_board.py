@@ -151,6 +151,9 @@ def test_wip_limits_warn_when_soft_and_refuse_when_hard(
     second = api.add("Weekly digest")
     api.add("Release notes", state="deploying")
     expect(page.get_by_test_id("wip-ready")).to_have_text("0/1")
+    # Every card on the page before the first drag (the page draws them as they come).
+    expect(page.get_by_test_id(f"card-{second['id']}")).to_be_visible()
+    expect(page.get_by_test_id("wip-deploying")).to_have_text("1/1")
 
     drag(page.get_by_test_id(f"card-{first['id']}"), page.get_by_test_id("cards-ready"))
     expect(page.get_by_test_id("wip-ready")).to_have_text("1/1")

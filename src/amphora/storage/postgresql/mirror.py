@@ -205,6 +205,26 @@ def _text_expression(fields: Sequence[str]) -> str:
     return "to_tsvector('english', " + " || ' ' || ".join(parts) + ")"
 
 
+def _pipelined(conn: Any, work: Callable[[], Any]) -> Any:
+    """``work()`` in one of ``conn``'s pipelines; an error it raises is the error raised.
+
+    When a statement fails, whether the error surfaces inside the block or when the
+    pipeline closes depends on how far the server's answers have come; in the first
+    case the close fails again ("pipeline aborted") and psycopg logs that second error
+    as a warning, which a command would print beside the real one."""
+    failure: BaseException | None = None
+    try:
+        with conn.pipeline():
+            try:
+                return work()
+            except Exception as exc:
+                failure = exc
+    except Exception:
+        if failure is None:
+            raise
+    assert failure is not None
+    raise failure
+
 class MirrorMixin(MirrorBase):
     """Part of :class:`~amphora.storage.postgresql.PostgreSQLStorage`: the JSON mirror.
 
@@ -434,22 +454,24 @@ class MirrorMixin(MirrorBase):
         timeout = check_timeout(timeout)
         conn = self._query_connection()
         psycopg = self._psycopg
+        def search() -> Any:
+            conn.execute(_BEGIN_SEARCH)
+            mode, last = conn.execute(_QUERY_STATE).fetchone()
+            if mode not in MODES:
+                raise MirrorError(f"{self._where} {NO_MIRROR}")
+            if snapshot is not None and last >= snapshot:
+                self._overlay(conn, snapshot)
+            conn.execute("SET TRANSACTION READ ONLY")
+            if timeout is not None:
+                conn.execute(_SET_TIMEOUT, (f"{max(1, round(timeout * 1000))}ms",))
+            if self.search_role is not None:
+                conn.execute(_SET_ROLE, (self.search_role,))
+            found = conn.execute(statement, tuple(params))
+            conn.execute("ROLLBACK")
+            return found
         try:
-            with conn.pipeline():  # two round trips; one statement per query (extended protocol)
-                conn.execute(_BEGIN_SEARCH)
-                mode, last = conn.execute(_QUERY_STATE).fetchone()
-                if mode not in MODES:
-                    raise MirrorError(f"{self._where} {NO_MIRROR}")
-                if snapshot is not None and last >= snapshot:
-                    self._overlay(conn, snapshot)
-                conn.execute("SET TRANSACTION READ ONLY")
-                if timeout is not None:
-                    conn.execute(_SET_TIMEOUT, (f"{max(1, round(timeout * 1000))}ms",))
-                if self.search_role is not None:
-                    conn.execute(_SET_ROLE, (self.search_role,))
-                found = conn.execute(statement, tuple(params))
-                conn.execute("ROLLBACK")
-            return found.fetchall()
+            # two round trips; one statement per query (extended protocol)
+            return _pipelined(conn, search).fetchall()
         except psycopg.errors.QueryCanceled as exc:
             raise timed_out(timeout or 0, sql) from exc
         except psycopg.errors.UndefinedTable as exc:
