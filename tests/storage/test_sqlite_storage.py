@@ -10,6 +10,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -406,6 +407,49 @@ def test_a_commit_reports_earlier_commits_of_others_first(path, storage):
         assert recorder.events == [("invalidate", theirs, [a]), ("mine", mine)]
         storage.sync()
         assert len(recorder.events) == 2  # its own commit is not reported again
+    finally:
+        other.close()
+
+
+class _PausedAfterFirstRow:
+    """The connection ``sync`` reads ``PRAGMA data_version`` on, whose statements wait,
+    stepped to their first row and so still running (holding a read transaction open on
+    that connection), until ``resume`` is set: the moment a thread switch can leave them."""
+
+    def __init__(self, conn: sqlite3.Connection):
+        self._conn = conn
+        self.paused = threading.Event()
+        self.resume = threading.Event()
+
+    def execute(self, sql: str, params=()) -> sqlite3.Cursor:
+        cursor = self._conn.execute(sql, params)
+        self.paused.set()
+        self.resume.wait(60)
+        return cursor
+
+
+def test_a_commit_is_not_refused_while_another_thread_syncs(path, storage):
+    """A sync in one thread leaves no read transaction, however briefly, on the connection
+    that commits: SQLite refuses at once (SQLITE_BUSY_SNAPSHOT, ``database is locked``,
+    without waiting) to begin writing on a connection whose read transaction is older than
+    another's commit."""
+    other = SQLiteStorage(str(path))
+    try:
+        a, b = storage.new_oid(), storage.new_oid()
+        pausing = storage._versioned = _PausedAfterFirstRow(storage._versioned)
+        syncing = threading.Thread(target=storage.sync)
+        syncing.start()
+        try:
+            assert pausing.paused.wait(60)
+            theirs = commit(other, {a: record("theirs")})  # after the sync's read began
+            mine = commit(storage, {b: record("mine")})
+        finally:
+            pausing.resume.set()
+            syncing.join()
+        assert theirs < mine
+        assert storage.load(b) == (record("mine"), mine)
+        other.sync()
+        assert other.load(b) == (record("mine"), mine)
     finally:
         other.close()
 

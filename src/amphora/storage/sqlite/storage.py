@@ -269,10 +269,13 @@ class SQLiteStorage(SchemaMixin, PackMixin, MirrorMixin, TransactionLogMixin, Un
                 if "mirror" in meta:  # a mirror made before moves into objects' rows now
                     self._upgrade_mirror(self._writer)
             self._poller = self._connect(read_only=True)
-            # data_version read on the connection that commits: its own commits (which
-            # the commit reports itself) do not change it, others' (other processes,
-            # pack, the mirror, oid blocks) do
-            self._versioned = self._writer or self._poller
+            # data_version is read on the poller, which only sync() uses (under _lock),
+            # never on the connection that commits: a statement of sync() running there
+            # from another thread holds a read transaction on it, and SQLite then refuses
+            # at once (SQLITE_BUSY_SNAPSHOT, or SQLITE_BUSY without waiting) the BEGIN
+            # IMMEDIATE of a commit. Every commit changes it, this storage's own too:
+            # those the next sync() finds already reported.
+            self._versioned = self._poller
             self._data_version = self._versioned.execute("PRAGMA data_version").fetchone()[0]
             last = self._poller.execute(_LAST_TID).fetchone()[0]
         except sqlite3.Error as exc:
@@ -568,7 +571,8 @@ class SQLiteStorage(SchemaMixin, PackMixin, MirrorMixin, TransactionLogMixin, Un
         Each goes to ``wrapper.invalidate(tid, oids)`` in tid order before
         ``lastTransaction()`` returns it; if pack removed some of them unseen,
         ``wrapper.invalidateCache()`` is called first. Costs one ``PRAGMA data_version``
-        when nothing changed.
+        when nothing changed since the last sync (and a query after this storage's own
+        commits, which it finds already reported). Uses no connection a commit uses.
         """
         with self._lock:
             conn = self._poller
@@ -812,6 +816,6 @@ class SQLiteStorage(SchemaMixin, PackMixin, MirrorMixin, TransactionLogMixin, Un
         except sqlite3.Error:
             self._closed = True  # its use raises "closed" rather than a hang
             return
-        self._versioned = self._writer or self._poller
+        self._versioned = self._poller
         self._data_version = -1  # the next sync looks for commits
 
