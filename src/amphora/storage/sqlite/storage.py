@@ -322,9 +322,12 @@ class SQLiteStorage(SchemaMixin, PackMixin, MirrorMixin, TransactionLogMixin, Un
         if (name.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB"))
                 or "malformed" in text or "not a database" in text):
             return StorageFormatError(f"{self._path}: damaged or not an amphora database ({text})")
+        if name == "SQLITE_BUSY_SNAPSHOT":  # refused at once, no wait: say so
+            return StorageError(f"{self._path}: refused the write lock to a connection "
+                                f"reading an older snapshot ({text}, {name})")
         if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) or "locked" in text:
-            return StorageError(f"{self._path}: still locked by another writer after "
-                                f"{self._busy_timeout} s ({text})")
+            return StorageError(f"{self._path}: locked by another writer (waited up to "
+                                f"{self._busy_timeout} s: {text})")
         return StorageError(f"{self._path}: {text}")
 
     def _corrupt(self, oid: bytes, tid: int) -> CorruptRecordError:
