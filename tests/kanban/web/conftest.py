@@ -21,13 +21,17 @@ from kanbanprocess import (STORAGES, KanbanServer, Team, start_kanban,  # noqa: 
 
 
 @pytest.fixture
-def kanban_server(tmp_path: Path) -> Iterator[KanbanServer]:
-    """A server on a SQLite file in ``tmp_path``."""
-    server = start_kanban(f"sqlite:///{tmp_path}/kanban.db", tmp_path)
+def kanban_server(request: Any, tmp_path: Path) -> Iterator[KanbanServer]:
+    """A server on a SQLite file in ``tmp_path``; on another storage kind of
+    :data:`STORAGES` for tests that parametrise it indirectly
+    (``pytest.mark.parametrize("kanban_server", STORAGES, indirect=True)``)."""
+    uri, drop = storage_uri(getattr(request, "param", "sqlite"), tmp_path)
+    server = start_kanban(uri, tmp_path)
     try:
         yield server
     finally:
         server.stop()
+        drop()
     assert server.problems() == [], "".join(server.stderr_lines)
 
 

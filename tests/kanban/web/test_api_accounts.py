@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import re
 
+import pytest
+from kanbanprocess import ADMIN_EMAIL, PASSWORD, STORAGES, signed_in
+
 from amphora_kanban.web.app import API, PAGES
-from kanbanprocess import ADMIN_EMAIL, PASSWORD, signed_in
+
+# Accounts, sessions, invitations and their refusals, with the app on each storage kind
+# (sessions and invitations are stored in the database).
+on_each_storage = pytest.mark.parametrize("kanban_server", STORAGES, indirect=True)
 
 # Every route of the app, with what a signed-out client and a member get.
 PUBLIC = {("POST", "/api/login"), ("POST", "/api/invitations/{token}")}
@@ -35,6 +41,7 @@ def test_the_route_table_is_the_one_tested():
     assert table | {("GET", "/api/boards/{name}/events")} == PUBLIC | ADMIN_ONLY | SIGNED_IN
 
 
+@on_each_storage
 def test_signed_out_clients_reach_only_sign_in_invitations_health_and_the_login_page(
         anonymous):
     for method, path in sorted(ADMIN_ONLY | SIGNED_IN):
@@ -56,6 +63,7 @@ def test_signed_out_clients_reach_only_sign_in_invitations_health_and_the_login_
                           ).status_code == 404
 
 
+@on_each_storage
 def test_members_cannot_call_admin_routes(member, admin):
     assert admin.post("/api/boards", json={"name": "team", "title": "Team"}).status_code == 201
     for method, path in sorted(ADMIN_ONLY):
@@ -64,6 +72,7 @@ def test_members_cannot_call_admin_routes(member, admin):
         assert "administrator" in reply.json()["error"]
 
 
+@on_each_storage
 def test_state_changes_need_the_sessions_csrf_token(kanban_server, admin, member):
     assert admin.post("/api/boards", json={"name": "team", "title": "Team"}).status_code == 201
     token = member.headers.pop("X-CSRF-Token")
@@ -81,6 +90,7 @@ def test_state_changes_need_the_sessions_csrf_token(kanban_server, admin, member
     assert right.status_code == 201
 
 
+@on_each_storage
 def test_sign_in_sets_a_protected_cookie_and_sign_out_ends_the_session(kanban_server, admin):
     client = kanban_server.client()
     reply = client.post("/api/login", json={"email": "ADMIN@localhost", "password": PASSWORD})
@@ -105,6 +115,7 @@ def test_sign_in_sets_a_protected_cookie_and_sign_out_ends_the_session(kanban_se
     assert forged.get("/api/me").status_code == 401
 
 
+@on_each_storage
 def test_the_cookie_is_secure_over_https(kanban_server, admin):
     # uvicorn believes the proxy header of a local client: the request was https
     reply = kanban_server.client().post(
@@ -114,6 +125,7 @@ def test_the_cookie_is_secure_over_https(kanban_server, admin):
     assert "secure" in [p.strip().lower() for p in reply.headers["set-cookie"].split(";")]
 
 
+@on_each_storage
 def test_sign_in_errors(kanban_server, admin):
     client = kanban_server.client()
     assert client.post("/api/login", json={"email": "nobody", "password": PASSWORD}
@@ -126,6 +138,7 @@ def test_sign_in_errors(kanban_server, admin):
         assert reply.json() == {"error": "wrong email or password"}
 
 
+@on_each_storage
 def test_repeated_failures_are_refused_for_a_while(kanban_server, admin):
     client = kanban_server.client()
     wrong = {"email": ADMIN_EMAIL, "password": "not the password"}
@@ -139,6 +152,7 @@ def test_repeated_failures_are_refused_for_a_while(kanban_server, admin):
     assert admin.get("/api/me").status_code == 200  # signed-in sessions carry on
 
 
+@on_each_storage
 def test_a_success_clears_the_failures(kanban_server, admin):
     client = kanban_server.client()
     wrong = {"email": ADMIN_EMAIL, "password": "not the password"}
@@ -149,6 +163,7 @@ def test_a_success_clears_the_failures(kanban_server, admin):
         assert client.post("/api/login", json=right).status_code == 200
 
 
+@on_each_storage
 def test_invitations_are_one_time(kanban_server, admin, anonymous):
     invited = admin.post("/api/invitations",
                          json={"email": "New@Example.org", "role": "admin"})
@@ -170,6 +185,7 @@ def test_invitations_are_one_time(kanban_server, admin, anonymous):
     assert kanban_server.sign_in("new@example.org", "a long enough one")
 
 
+@on_each_storage
 def test_invitation_errors(kanban_server, admin, member):
     assert admin.post("/api/invitations", json={"email": "x@example.org", "role": "boss"}
                       ).json()["field"] == "role"
