@@ -1,0 +1,31 @@
+"""Fixtures of the catalog tests: a database per storage kind (memory and SQLite), with
+a catalog of tasks declared in its root."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+import amphora
+from amphora.catalog import Catalog
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from tasks import Task  # noqa: E402
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def db(request, tmp_path):
+    uri = "memory://" if request.param == "memory" else f"sqlite:///{tmp_path}/catalog.db"
+    database = amphora.open(uri)
+    with database.transaction() as conn:
+        declare(Catalog.open(conn))
+    yield database
+    database.close()
+
+
+def declare(catalog: Catalog) -> None:
+    catalog.add_field("due", class_=Task, attribute="due")
+    catalog.add_field("points", class_=Task, attribute="points")
+    catalog.add_keyword("tags", class_=Task, attribute="tags")
+    catalog.add_text("text", class_=Task, attribute="text")
