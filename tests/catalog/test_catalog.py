@@ -98,6 +98,11 @@ def test_conditions_combine_and_sort_and_limit_apply(tasks):
     assert query(tasks, InRange("points", 1, 10), sort="points", reverse=True, limit=1) == [
         "plan the offsite"]
     assert query(tasks, sort="due", limit=3) == ["buy milk", "write the report", "fix the bike"]
+    assert query(tasks, Eq("tags", "home"), sort="due", reverse=True, limit=1) == ["fix the bike"]
+    assert query(tasks, Eq("tags", "home"), AnyOf("due", [day(1), day(3), day(7)]),
+                 sort="due", limit=5) == ["buy milk", "fix the bike"]
+    assert query(tasks, InRange("due", day(2)), InRange("due", max=day(10)), sort="due",
+                 limit=5) == ["write the report", "fix the bike"]
 
 
 def test_results_are_the_live_objects_of_the_connection(tasks):

@@ -69,6 +69,9 @@ def test_a_query_costs_round_trips_by_tree_height_not_by_results(server):
     assert found == list(range(100, 2901))
     keyword, found = reads_of(server, Eq("tags", "group1"), InRange("points", 0, 2999))
     assert found == list(range(1, COUNT, 3))
+    filtered, found = reads_of(server, Eq("tags", "group2"), InRange("points", 1000, None),
+                               sort="points", reverse=True, limit=5)
+    assert found == [2999, 2996, 2993, 2990, 2987]
 
     db = amphora.open(f"amphora://{server.address}")
     with db.transaction() as conn:
@@ -83,4 +86,5 @@ def test_a_query_costs_round_trips_by_tree_height_not_by_results(server):
     assert len(few) <= bound, few
     assert len(many) <= bound, many  # 2801 objects found, no more round trips
     assert len(keyword) <= bound + levels, keyword
+    assert len(filtered) <= bound + levels, filtered
 

@@ -1,7 +1,8 @@
 """The catalog: indexes kept inside the database, queried on the client."""
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator
+import itertools
+from typing import Any, Callable, Iterable, Iterator
 
 from persistent import Persistent
 from persistent.mapping import PersistentMapping
@@ -154,6 +155,17 @@ class Catalog(Persistent):
         used = [index for index, _ in named] + ([sort_index] if sort_index else [])
         load_trees(conn, [(index, None) for index in used])  # their zope.index objects next
         load_trees(conn, [(index.index, None) for index in used])
+        # With a sort index and a limit, the sort index's forward tree is read in order
+        # until enough objects are found (its own condition, if any, gives the keys to
+        # read); the other conditions only filter.
+        in_order = sort_index is not None and limit is not None \
+            and sum(index is sort_index for index, _ in named) <= 1
+        order_spans = None
+        if in_order:
+            for index, condition in named:
+                if index is sort_index:
+                    order_spans = sort_index.spans(condition)
+            named = [(index, condition) for index, condition in named if index is not sort_index]
         results: Any = None
         scores: Any = None
         for index, condition in named:
@@ -164,11 +176,14 @@ class Catalog(Persistent):
             results = _intersect(results, found)
             if not results:
                 return
-        if sort_index is not None:
+        ordered: Iterable[int]
+        if in_order:
+            ordered = sort_index.in_order(conn, order_spans, results, reverse)
+        elif sort_index is not None:
             if results is None:
                 sort_index._load_values(conn, None)
                 results = sort_index.index._rev_index.keys()
-            ordered: Any = sort_index.sort(conn, results, reverse, None)
+            ordered = sort_index.sort(conn, results, reverse, None)
         elif scores is not None:
             ordered = sorted(results, key=lambda docid: (-scores[docid], docid))
             if reverse:
@@ -200,15 +215,16 @@ def _weighted(scores: Any, found: Any) -> Any:
     return {docid: scores[docid] + found[docid] for docid in scores.keys() if docid in found}
 
 
-def _live(conn: Any, ordered: list[int], limit: int | None) -> Iterator[Any]:
-    """The objects of ``ordered`` docids, loaded a batch at a time; those a pack removed
-    are skipped (a batch further is read for each of them)."""
+def _live(conn: Any, ordered: Iterable[int], limit: int | None) -> Iterator[Any]:
+    """The objects of the ``ordered`` docids, loaded a batch at a time (as many as are
+    still wanted); those a pack removed are skipped, and more are read instead."""
+    docids = iter(ordered)
     given = 0
-    at = 0
-    while at < len(ordered) and (limit is None or given < limit):
-        wanted = len(ordered) - at if limit is None else limit - given
-        batch = [p64(docid) for docid in ordered[at:at + wanted]]
-        at += len(batch)
+    while limit is None or given < limit:
+        batch = [p64(docid) for docid in itertools.islice(
+            docids, None if limit is None else limit - given)]
+        if not batch:
+            return
         conn.prefetch(batch)
         for oid in batch:
             try:

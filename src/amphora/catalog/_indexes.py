@@ -9,7 +9,7 @@ so the indexes use ``BTrees.family64``.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterator
 
 import BTrees
 from persistent import Persistent
@@ -20,7 +20,7 @@ from zope.index.text.lexicon import CaseNormalizer, Lexicon, Splitter, StopWordR
 from zope.index.text.okapiindex import OkapiIndex
 
 from amphora.catalog._query import AllOf, AnyOf, Condition, Contains, Eq, InRange
-from amphora.catalog._walk import load_trees, persistent_values, points
+from amphora.catalog._walk import load_trees, persistent_values, points, values_in_order
 from amphora.errors import CatalogError
 
 FAMILY = BTrees.family64
@@ -120,13 +120,17 @@ class FieldIndexed(_ByValue):
     def _index_value(self, docid: int, value: Any) -> None:
         self.index.index_doc(docid, value)
 
-    def search(self, conn: Any, condition: Condition) -> Any:
+    @staticmethod
+    def spans(condition: Condition) -> list[tuple[Any, Any]]:
+        """The values ``condition`` matches, as spans of the forward tree's keys."""
         if isinstance(condition, Eq):
-            spans = [(condition.value, condition.value)]
-        elif isinstance(condition, InRange):
-            spans = [(condition.min, condition.max)]
-        else:
-            spans = [(value, value) for value in sorted(set(condition.values))]
+            return [(condition.value, condition.value)]
+        if isinstance(condition, InRange):
+            return [(condition.min, condition.max)]
+        return points(condition.values)
+
+    def search(self, conn: Any, condition: Condition) -> Any:
+        spans = self.spans(condition)
         self._load_values(conn, spans)
         fwd = self.index._fwd_index
         if len(spans) == 1:
@@ -137,6 +141,15 @@ class FieldIndexed(_ByValue):
         """``docids`` ordered by this index's value (those without one left out)."""
         self.load_reverse(conn, docids)
         return list(self.index.sort(docids, reverse=reverse, limit=limit))
+
+    def in_order(self, conn: Any, spans: Any, within: Any, reverse: bool) -> Iterator[int]:
+        """The docids under ``spans`` (``None``: all) in the order of their values, those
+        in ``within`` only (unless it is ``None``): the forward tree read in order, a
+        few buckets at a time, for a query that wants only the first few."""
+        for docids in values_in_order(conn, self.index._fwd_index, spans, reverse):
+            for docid in docids.keys():
+                if within is None or docid in within:
+                    yield docid
 
 
 class KeywordIndexed(_ByValue):

@@ -12,7 +12,7 @@ which keys of a tree are wanted (``None`` for all).
 from __future__ import annotations
 
 import bisect
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 from persistent import Persistent
 
@@ -90,3 +90,59 @@ def persistent_values(values: Iterable[Any]) -> list[Any]:
     """The persistent objects among ``values`` (a mapping's values may be sets or trees
     of their own, each stored apart)."""
     return [value for value in values if isinstance(value, Persistent)]
+
+
+def ordered_leaves(conn: Any, tree: Any, spans: Spans) -> list[Any]:
+    """The buckets of ``tree`` that can hold keys of ``spans``, in key order, loading
+    only the tree's inner nodes (level by level), not the buckets. A tree whose only
+    bucket is kept inside it is its own leaf."""
+    conn.prefetch([tree])
+    if not _is_tree(tree):
+        return [tree]
+    spans = _merged(spans)
+    level, leaves = [tree], []
+    while level:
+        below = []
+        for node in level:
+            state = node.__getstate__()
+            if state is None:
+                continue
+            if len(state) < 2:
+                leaves.append(node)
+                continue
+            items = state[0]
+            children, keys = items[0::2], items[1::2]
+            for i, child in enumerate(children):
+                low = keys[i - 1] if i else None
+                high = keys[i] if i < len(keys) else None
+                if _wanted(spans, low, high):
+                    (below if _is_tree(child) else leaves).append(child)
+        conn.prefetch(below)
+        level = below
+    return leaves
+
+
+def values_in_order(conn: Any, tree: Any, spans: Spans, reverse: bool = False
+                    ) -> Iterator[Any]:
+    """The values of ``tree`` under the keys of ``spans``, in key order (or reversed),
+    read a few buckets at a time: 4, then 16, 64... buckets per batch, so that taking
+    the first few values reads little and taking many costs few round trips."""
+    leaves = ordered_leaves(conn, tree, spans)
+    if reverse:
+        leaves.reverse()
+    ranges = [(None, None)] if spans is None else list(_merged(spans))
+    if reverse:
+        ranges.reverse()
+    at, batch = 0, 4
+    while at < len(leaves):
+        chunk = leaves[at:at + batch]
+        at += len(chunk)
+        batch *= 4
+        conn.prefetch(chunk)
+        values = []
+        for leaf in chunk:
+            for low, high in ranges:
+                found = list(leaf.values(low, high))
+                values += reversed(found) if reverse else found
+        load_trees(conn, [(value, None) for value in persistent_values(values)])
+        yield from values
