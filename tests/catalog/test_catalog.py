@@ -86,6 +86,8 @@ def test_text_is_ranked_by_relevance(tasks):
     assert query(tasks, Contains("text", "off*")) == ["plan the offsite"]
     assert query(tasks, Contains("text", '"quarterly report"')) == ["write the report"]
     assert query(tasks, Contains("text", "report NOT board")) == ["plan the offsite"]
+    assert query(tasks, Contains("text", "report"), Contains("text", "board")) == [
+        "write the report"]
 
 
 def test_conditions_combine_and_sort_and_limit_apply(tasks):

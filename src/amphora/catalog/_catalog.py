@@ -7,7 +7,7 @@ from typing import Any, Callable, Iterable, Iterator
 from persistent import Persistent
 from persistent.mapping import PersistentMapping
 
-from amphora.catalog._indexes import (CatalogIndex, FieldIndexed, KeywordIndexed,
+from amphora.catalog._indexes import (FAMILY, CatalogIndex, FieldIndexed, KeywordIndexed,
                                       TextIndexed)
 from amphora.catalog._query import Condition, Contains
 from amphora.catalog._walk import load_trees
@@ -181,7 +181,7 @@ class Catalog(Persistent):
             ordered = sort_index.in_order(conn, order_spans, results, reverse)
         elif sort_index is not None:
             if results is None:
-                sort_index._load_values(conn, None)
+                sort_index.load_values(conn, None)
                 results = sort_index.index._rev_index.keys()
             ordered = sort_index.sort(conn, results, reverse, None)
         elif scores is not None:
@@ -204,7 +204,6 @@ class Catalog(Persistent):
 
 
 def _intersect(results: Any, found: Any) -> Any:
-    from amphora.catalog._indexes import FAMILY
     if results is None:
         return FAMILY.IF.Set(found)
     return FAMILY.IF.intersection(results, FAMILY.IF.Set(found))

@@ -82,11 +82,17 @@ class _ByValue(CatalogIndex):
     docid -> value(s), with the docids of each value in a set of its own."""
 
     index: Any
+    zope_index: Any = None  # the zope.index class
+
+    def __init__(self, name: str, class_: type, attribute: str):
+        super().__init__(name, class_, attribute)
+        self.index = self.zope_index(family=FAMILY)
 
     def unindex_doc(self, docid: int) -> None:
         self.index.unindex_doc(docid)
 
-    def _load_values(self, conn: Any, spans: Any) -> None:
+    def load_values(self, conn: Any, spans: Any) -> None:
+        """Load the forward tree's entries under ``spans`` and their sets of docids."""
         index = self.index
         load_trees(conn, [(index._num_docs, None), (index._fwd_index, spans)])
         fwd = index._fwd_index
@@ -112,10 +118,7 @@ class FieldIndexed(_ByValue):
 
     kind = "field"
     conditions = (Eq, InRange, AnyOf)
-
-    def __init__(self, name: str, class_: type, attribute: str):
-        super().__init__(name, class_, attribute)
-        self.index = FieldIndex(family=FAMILY)
+    zope_index = FieldIndex
 
     def _index_value(self, docid: int, value: Any) -> None:
         self.index.index_doc(docid, value)
@@ -131,7 +134,7 @@ class FieldIndexed(_ByValue):
 
     def search(self, conn: Any, condition: Condition) -> Any:
         spans = self.spans(condition)
-        self._load_values(conn, spans)
+        self.load_values(conn, spans)
         fwd = self.index._fwd_index
         if len(spans) == 1:
             return FAMILY.IF.multiunion(fwd.values(*spans[0]))
@@ -158,10 +161,7 @@ class KeywordIndexed(_ByValue):
 
     kind = "keyword"
     conditions = (Eq, AnyOf, AllOf)
-
-    def __init__(self, name: str, class_: type, attribute: str):
-        super().__init__(name, class_, attribute)
-        self.index = KeywordIndex(family=FAMILY)
+    zope_index = KeywordIndex
 
     def _index_value(self, docid: int, value: Any) -> None:
         if isinstance(value, str):
@@ -177,7 +177,7 @@ class KeywordIndexed(_ByValue):
         else:
             words = list(condition.values)
             operator = "or" if isinstance(condition, AnyOf) else "and"
-        self._load_values(conn, points(words))
+        self.load_values(conn, points(words))
         if not words:
             return FAMILY.IF.Set()
         return self.index.search(words, operator=operator)
@@ -236,6 +236,3 @@ class TextIndexed(CatalogIndex):
                 f"the text query {condition.text!r} on {self.name!r} is malformed: {exc}"
             ) from exc
 
-
-KINDS: dict[str, type[CatalogIndex]] = {
-    kind.kind: kind for kind in (FieldIndexed, KeywordIndexed, TextIndexed)}
