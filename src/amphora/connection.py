@@ -218,8 +218,14 @@ class Connection(ConnectionSearch):
         written aside as by :meth:`savepoint`; changing them again is fine."""
         self.savepoint()
         cache, added = self._cache, self._added
-        found = (cache.get(oid) or added.get(oid) for oid in self._sp_states)
-        return [obj for obj in found if obj is not None]
+        found = []
+        for oid in self._sp_states:
+            obj = cache.get(oid)
+            if obj is None:
+                obj = added.get(oid)
+            if obj is not None:
+                found.append(obj)
+        return found
 
     def close(self) -> None:
         """Give the connection back to the database. Its objects stay usable only as far

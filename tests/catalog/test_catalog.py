@@ -212,6 +212,21 @@ def test_bad_queries_name_what_is_wrong_and_change_nothing(tasks):
     assert query(tasks, Eq("tags", "home"), sort="due") == ["buy milk", "fix the bike"]
 
 
+def test_a_value_the_index_cannot_order_is_refused_and_nothing_is_stored(tasks):
+    with pytest.raises(CatalogError, match=r"cannot index <Task 'soon'> in 'due': its due \('tomorrow'\)"):
+        with tasks.transaction() as conn:
+            conn.root()["tasks"]["soon"] = task = Task("soon", due="tomorrow")
+            Catalog.open(conn).index(task)
+    with pytest.raises(CatalogError, match=r"in 'tags': its tags \(7\)"):
+        with tasks.transaction() as conn:
+            conn.root()["tasks"]["seven"] = task = Task("seven", tags=7)
+            Catalog.open(conn).index(task)
+    with tasks.transaction() as conn:
+        assert sorted(conn.root()["tasks"]) == [
+            "buy milk", "fix the bike", "plan the offsite", "someday", "write the report"]
+    assert query(tasks, sort="due", limit=1) == ["buy milk"]
+
+
 def test_a_catalog_elsewhere_than_the_root_is_refused_if_not_stored(db):
     catalog = Catalog()
     catalog.add_field("due", class_=Task, attribute="due")

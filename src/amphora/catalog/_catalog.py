@@ -101,7 +101,13 @@ class Catalog(Persistent):
             raise CatalogError(f"no index of the catalog covers {type(obj).__qualname__}")
         docid = self._docid(obj, add=True)
         for index in covering:
-            index.index_doc(docid, obj)
+            try:
+                index.index_doc(docid, obj)
+            except TypeError as exc:  # a value the index's keys cannot be compared with
+                raise CatalogError(
+                    f"cannot index {obj!r} in {index.name!r}: its {index.attribute} "
+                    f"({getattr(obj, index.attribute, None)!r}) does not fit the index "
+                    f"({exc})") from exc
 
     def unindex(self, obj_or_oid: Any) -> None:
         """Remove an object (or the object of an oid) from every index."""
