@@ -63,6 +63,25 @@ def _merged(spans: Spans) -> Spans:
     return [(first, last) for first, last in merged]
 
 
+def _children(node: Any, spans: Spans) -> list[Any] | None:
+    """The children of the tree ``node`` that can hold keys of ``spans``, in key order;
+    ``None`` if ``node`` keeps its only bucket inside it (it is then its own leaf)."""
+    state = node.__getstate__()
+    if state is None:
+        return []  # empty
+    if len(state) < 2:
+        return None
+    items = state[0]
+    children, keys = items[0::2], items[1::2]
+    wanted = []
+    for i, child in enumerate(children):
+        low = keys[i - 1] if i else None
+        high = keys[i] if i < len(keys) else None
+        if _wanted(spans, low, high):
+            wanted.append(child)
+    return wanted
+
+
 def load_trees(conn: Any, wanted: list[tuple[Any, Spans]]) -> None:
     """Load the nodes of each tree (or bucket, or any persistent object) in ``wanted``
     that can hold keys of its spans, level by level, one storage batch per level."""
@@ -71,18 +90,8 @@ def load_trees(conn: Any, wanted: list[tuple[Any, Spans]]) -> None:
         conn.prefetch([node for node, _ in level])
         below = []
         for node, spans in level:
-            if not _is_tree(node):
-                continue
-            state = node.__getstate__()
-            if state is None or len(state) < 2:
-                continue  # empty, or its only bucket kept inside it
-            items = state[0]
-            children, keys = items[0::2], items[1::2]
-            for i, child in enumerate(children):
-                low = keys[i - 1] if i else None
-                high = keys[i] if i < len(keys) else None
-                if _wanted(spans, low, high):
-                    below.append((child, spans))
+            if _is_tree(node):
+                below += [(child, spans) for child in _children(node, spans) or ()]
         level = below
 
 
@@ -104,19 +113,11 @@ def ordered_leaves(conn: Any, tree: Any, spans: Spans) -> list[Any]:
     while level:
         below = []
         for node in level:
-            state = node.__getstate__()
-            if state is None:
-                continue
-            if len(state) < 2:
+            children = _children(node, spans)
+            if children is None:
                 leaves.append(node)
-                continue
-            items = state[0]
-            children, keys = items[0::2], items[1::2]
-            for i, child in enumerate(children):
-                low = keys[i - 1] if i else None
-                high = keys[i] if i < len(keys) else None
-                if _wanted(spans, low, high):
-                    (below if _is_tree(child) else leaves).append(child)
+            for child in children or ():
+                (below if _is_tree(child) else leaves).append(child)
         conn.prefetch(below)
         level = below
     return leaves
