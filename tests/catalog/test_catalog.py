@@ -8,8 +8,7 @@ import pytest
 from BTrees.OOBTree import OOBTree
 
 import amphora
-from amphora.catalog import (AllOf, AnyOf, Catalog, CatalogError, Contains, Eq, InRange,
-                             index_on_commit)
+from amphora.catalog import AllOf, AnyOf, Catalog, CatalogError, Contains, Eq, InRange
 from conftest import declare
 from tasks import Person, Task
 
@@ -234,3 +233,12 @@ def test_a_catalog_elsewhere_than_the_root_is_refused_if_not_stored(db):
         catalog.query(Eq("due", day(1)))
     with pytest.raises(CatalogError, match="store the catalog in the database"):
         catalog.index(Task("loose", due=day(1)))
+
+
+def test_the_public_names_are_exported():
+    import amphora.catalog
+    assert sorted(amphora.catalog.__all__) == [
+        "AllOf", "AnyOf", "Catalog", "CatalogError", "CatalogIndex", "Condition", "Contains",
+        "Eq", "FieldIndexed", "InRange", "KeywordIndexed", "TextIndexed", "index_on_commit"]
+    for name in amphora.catalog.__all__:
+        assert getattr(amphora.catalog, name) is not None
