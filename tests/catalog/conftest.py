@@ -11,7 +11,7 @@ import amphora
 from amphora.catalog import Catalog
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from tasks import Task  # noqa: E402
+from catalog_model import declare  # noqa: E402
 
 
 @pytest.fixture(params=["memory", "sqlite"])
@@ -23,9 +23,3 @@ def db(request, tmp_path):
     yield database
     database.close()
 
-
-def declare(catalog: Catalog) -> None:
-    catalog.add_field("due", class_=Task, attribute="due")
-    catalog.add_field("points", class_=Task, attribute="points")
-    catalog.add_keyword("tags", class_=Task, attribute="tags")
-    catalog.add_text("text", class_=Task, attribute="text")

@@ -10,7 +10,7 @@ from BTrees.OOBTree import OOBTree
 from persistent.mapping import PersistentMapping
 
 from amphora.catalog import Catalog, Contains, Eq, InRange, index_on_commit
-from tasks import Person, Task
+from catalog_model import Person, Task
 
 DAY = datetime.date(2026, 3, 1)
 

@@ -9,8 +9,7 @@ from BTrees.OOBTree import OOBTree
 
 import amphora
 from amphora.catalog import AllOf, AnyOf, Catalog, CatalogError, Contains, Eq, InRange
-from conftest import declare
-from tasks import Person, Task
+from catalog_model import Person, Task, declare
 
 DAY = datetime.date(2026, 3, 1)
 

@@ -11,7 +11,7 @@ from BTrees.OOBTree import OOBTree
 import amphora
 from amphora.catalog import Catalog, Eq, InRange
 from amphora.server import protocol as p
-from tasks import Task
+from catalog_model import Task
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "server"))
 from serverprocess import ServerProcess  # noqa: E402
