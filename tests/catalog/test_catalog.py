@@ -202,6 +202,8 @@ def test_bad_queries_name_what_is_wrong_and_change_nothing(tasks):
             catalog.query(Eq("tags", "home"), limit=0)
         with pytest.raises(CatalogError, match="needs a condition"):
             catalog.query()
+        with pytest.raises(CatalogError, match="the values 'home', 1 cannot be ordered together"):
+            catalog.query(AnyOf("tags", ["home", 1]))
         with pytest.raises(CatalogError, match="malformed"):
             catalog.query(Contains("text", "report AND"))
         with pytest.raises(CatalogError, match="no index of the catalog covers Person"):

@@ -16,13 +16,21 @@ from typing import Any, Iterable, Iterator, Sequence
 
 from persistent import Persistent
 
+from amphora.errors import CatalogError
+
 Span = tuple[Any, Any]
 Spans = Sequence[Span] | None
 
 
 def points(keys: Iterable[Any]) -> list[Span]:
-    """Spans for exactly these keys."""
-    return [(key, key) for key in sorted(set(keys))]
+    """Spans for exactly these keys; :class:`CatalogError` if they cannot be ordered
+    (keys of one B-tree must compare with each other)."""
+    keys = set(keys)
+    try:
+        return [(key, key) for key in sorted(keys)]
+    except TypeError as exc:
+        listed = ", ".join(sorted(map(repr, keys)))
+        raise CatalogError(f"the values {listed} cannot be ordered together ({exc})") from exc
 
 
 def _is_tree(node: Any) -> bool:
