@@ -212,6 +212,21 @@ class Connection(ConnectionSearch):
         if missing:
             self._fetch(missing)
 
+    def pending_objects(self) -> list[Any]:
+        """The objects this transaction writes so far: the changed ones, the added ones
+        and every new object they reach (which get their oids now). Their states are
+        written aside as by :meth:`savepoint`; changing them again is fine."""
+        self.savepoint()
+        cache, added = self._cache, self._added
+        found = []
+        for oid in self._sp_states:
+            obj = cache.get(oid)
+            if obj is None:
+                obj = added.get(oid)
+            if obj is not None:
+                found.append(obj)
+        return found
+
     def close(self) -> None:
         """Give the connection back to the database. Its objects stay usable only as far
         as they are loaded; raises ConnectionStateError with changes pending."""
@@ -441,6 +456,8 @@ class Connection(ConnectionSearch):
             txn = self.transaction_manager.get()
             txn.join(self)
             self._joined = txn
+            for hook in self._db.before_commit_hooks:
+                txn.addBeforeCommitHook(hook, (self,))
 
     # -- the data-manager protocol (called by transaction) ----------------------------
     def sortKey(self) -> str:

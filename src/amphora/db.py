@@ -61,6 +61,7 @@ class DB(DatabaseSearch, RecordsAsStored):
         self._connections: weakref.WeakSet[Connection] = weakref.WeakSet()
         self._closed = False
         self._subscriptions: Subscriptions | None = None
+        self.before_commit_hooks: list[Callable[[Connection], None]] = []
         _fork.track(self)
         storage.registerDB(self)
         self._ensure_root()
@@ -283,6 +284,15 @@ class DB(DatabaseSearch, RecordsAsStored):
             if self._subscriptions is None:
                 self._subscriptions = Subscriptions(self.storage)
         self._subscriptions.subscribe(callback)
+
+    def add_before_commit_hook(self, hook: Callable[[Connection], None]) -> None:
+        """Call ``hook(conn)`` before every commit of a transaction that a connection of
+        this database takes part in (after its first change). What the hook changes is
+        committed too; what it raises aborts the commit."""
+        self.before_commit_hooks.append(hook)
+
+    def remove_before_commit_hook(self, hook: Callable[[Connection], None]) -> None:
+        self.before_commit_hooks.remove(hook)
 
     def unsubscribe(self, callback: Callable[[Change], Any]) -> None:
         if self._subscriptions is not None:

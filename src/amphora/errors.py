@@ -22,6 +22,7 @@ Every error amphora raises derives from :class:`AmphoraError`::
      +-- InvalidURIError (ValueError)  a URI amphora cannot open
      +-- MirrorError                   the JSON mirror is missing or cannot do what was asked
      |    +-- InvalidQueryError (ValueError)  SQL given to a search that the database refused
+     +-- CatalogError (ValueError)     a catalog index declaration or query refused
 
 :class:`ConflictError` is a :class:`transaction.interfaces.TransientError`, so
 ``transaction`` retry loops (``for attempt in transaction.manager.attempts()``) retry it.
@@ -201,6 +202,11 @@ class InvalidURIError(AmphoraError, ValueError):
 
 class MirrorError(AmphoraError):
     """The database has no JSON mirror, or its storage cannot keep one."""
+
+
+class CatalogError(AmphoraError, ValueError):
+    """A catalog (:mod:`amphora.catalog`) refused an index declaration or a query; the
+    message names what was wrong."""
 
 
 class InvalidQueryError(MirrorError, ValueError):
