@@ -235,6 +235,8 @@ class EncryptedStorage(StorageBase):
         self.storage.prefetch(oids, tid)
 
     def history(self, oid: bytes, size: int | None = 1) -> list[dict[str, Any]]:
+        """The wrapped storage's history with each transaction's metadata opened;
+        ``size`` is the plain record's (sealing adds the same bytes to every record)."""
         entries = []
         for entry in self.storage.history(oid, size):
             tid = entry["tid"]
@@ -242,7 +244,7 @@ class EncryptedStorage(StorageBase):
                 tid, entry.get(SEALED_EXTENSION))
             plain = dict(decode_extension(extension))
             plain.update(time=entry["time"], tid=tid, serial=entry["serial"], user_name=user,
-                         description=description, size=entry["size"])
+                         description=description, size=max(entry["size"] - _SEALED_MIN, 0))
             entries.append(plain)
         return entries
 
