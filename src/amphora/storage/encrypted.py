@@ -95,6 +95,8 @@ class EncryptedStorage(StorageBase):
 
     supports_undo = False
     supports_mirror = False
+    #: why :mod:`amphora.search` refuses to make a mirror here
+    no_mirror_because = "the mirror would hold the objects in plaintext"
 
     def __init__(self, storage: Storage, keyring: Keyring, database_id: bytes | None = None,
                  name: str | None = None, resolve_conflicts: bool = True):
@@ -108,6 +110,10 @@ class EncryptedStorage(StorageBase):
                               "the objects in plaintext: drop it before encrypting")
         super().__init__(name or f"encrypted({storage.getName()})", storage.isReadOnly(),
                          resolve_conflicts)
+        if getattr(storage, "_resolve_conflicts", False):
+            # Its merges would read ciphertext: conflicts reach it with this wrapper's
+            # resolver (see _SealedTransaction), or fail as conflicts, never merged there.
+            storage._resolve_conflicts = False
         self.storage = storage
         self.keyring = keyring
         self.supports_history = getattr(storage, "supports_history", True)
