@@ -31,14 +31,21 @@ def files_of(path) -> bytes:
                     if not name.endswith(".keyring"))
 
 
-def test_the_sqlite_files_hold_no_class_attribute_or_value(tmp_path, keyring):
-    path = tmp_path / "secret.db"
-    db = amphora.open(f"sqlite:///{path}", keyring=keyring)
+def write_ledger(db: amphora.DB, **extension) -> None:
+    """A ledger in the root, committed by a named user with a note."""
     with db.transaction() as conn:
         conn.root.ledger = ZanzibarLedger()
         txn = conn.transaction_manager.get()
         txn.user = "mysterious-user"
         txn.note("a description that tells all")
+        for key, value in extension.items():
+            txn.setExtendedInfo(key, value)
+
+
+def test_the_sqlite_files_hold_no_class_attribute_or_value(tmp_path, keyring):
+    path = tmp_path / "secret.db"
+    db = amphora.open(f"sqlite:///{path}", keyring=keyring)
+    write_ledger(db)
     with db.transaction() as conn:
         assert conn.root.ledger.quartermaster_notes == "the launch code is 0451"
     assert glob.glob(f"{path}-wal")  # the WAL is read while the database is open
@@ -50,23 +57,14 @@ def test_the_sqlite_files_hold_no_class_attribute_or_value(tmp_path, keyring):
     assert [secret for secret in SECRETS if secret in raw] == []
     # The same objects stored without encryption show every one of those names.
     plain = amphora.open(f"sqlite:///{tmp_path / 'plain.db'}")
-    with plain.transaction() as conn:
-        conn.root.ledger = ZanzibarLedger()
-        txn = conn.transaction_manager.get()
-        txn.user = "mysterious-user"
-        txn.note("a description that tells all")
+    write_ledger(plain)
     assert [secret for secret in SECRETS if secret not in files_of(tmp_path / "plain.db")] == []
     plain.close()
 
 
 def test_metadata_reads_back_through_history_and_iterator(tmp_path, keyring):
     db = amphora.open(f"sqlite:///{tmp_path / 'm.db'}", keyring=keyring)
-    with db.transaction() as conn:
-        conn.root.ledger = ZanzibarLedger()
-        txn = conn.transaction_manager.get()
-        txn.user = "mysterious-user"
-        txn.note("a description that tells all")
-        txn.setExtendedInfo("ticket", 42)
+    write_ledger(db, ticket=42)
     last = list(db.storage.iterator())[-1]
     assert (last.user, last.description, last.extension) == (
         b"mysterious-user", b"a description that tells all", {"ticket": 42})

@@ -67,7 +67,7 @@ from amphora.errors import (ConflictError, KeyringError, MirrorError, ObjectNotF
 from amphora.serialize import references
 from amphora.storage.base import (DataRecord, Storage, StorageBase, TransactionMetaData,
                                   TransactionRecord, decode_extension)
-from amphora.utils import maxtid, new_tid, oid_repr, tid_repr, z64
+from amphora.utils import maxtid, new_tid, oid_repr, p64, tid_repr, u64, z64
 
 __all__ = ["EncryptedStorage", "SEALED_EXTENSION"]
 
@@ -272,7 +272,6 @@ class EncryptedStorage(StorageBase):
         ``after``, their metadata opened."""
         log_of = getattr(self.storage, "transaction_log", None)
         if log_of is None:
-            from amphora.utils import p64, u64
             rows = []
             for txn in self.storage.iterator(p64(u64(after) + 1)):
                 rows.append((txn.tid, txn.user, txn.description, txn.extension_bytes,
