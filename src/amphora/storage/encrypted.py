@@ -63,7 +63,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCMSIV
 
 from amphora.crypto.keyring import Keyring
 from amphora.errors import (ConflictError, KeyringError, MirrorError, ObjectNotFoundError,
-                            StorageError, StorageTransactionError, TamperedRecordError)
+                            StorageError, StorageTransactionError, TamperedRecordError,
+                            Unsupported)
 from amphora.serialize import references
 from amphora.storage.base import (DataRecord, Storage, StorageBase, TransactionMetaData,
                                   TransactionRecord, decode_extension)
@@ -117,8 +118,9 @@ class EncryptedStorage(StorageBase):
         self.storage = storage
         self.keyring = keyring
         self.supports_history = getattr(storage, "supports_history", True)
-        self.supports_pack = getattr(storage, "supports_pack", True)
         self.is_remote = getattr(storage, "is_remote", False)
+        # A server packs with its own garbage collection, which cannot read sealed records.
+        self.supports_pack = getattr(storage, "supports_pack", True) and not self.is_remote
         self._id_lock = threading.Lock()
         self._database_id = database_id
         self._plain: dict[bytes, bytes] = {}  # oid -> the plaintext stored (for conflicts)
@@ -378,7 +380,13 @@ class EncryptedStorage(StorageBase):
     # -- management -------------------------------------------------------------------
     def pack(self, pack_time: float, referencesf: Callable | None = None, gc: bool = True) -> None:
         """Pack the wrapped storage; garbage is found by reading the references of each
-        record once opened (``referencesf`` is not used: it reads plain records)."""
+        record once opened (``referencesf`` is not used: it reads plain records).
+        Through a server, only without ``gc``: the server would look for references in
+        sealed records, and this wrapper cannot hand it a way to read them."""
+        if gc and self.is_remote:
+            raise Unsupported(f"{self.__name__}: pack with garbage collection through a "
+                              "server cannot read sealed records; pack(gc=False) drops old "
+                              "revisions")
         self.storage.pack(pack_time, self.references, gc)
 
     def packed_through(self) -> bytes:
