@@ -47,8 +47,10 @@ keys is not, unless ``database_id`` is given.
 with its own tid (an object, or the whole database, rolled back); what the storage sees
 (oids, tids, record sizes, which records are read and written together).
 
-Pack with garbage collection works: the references of each record are read after it is
-opened. The JSON mirror is refused (:class:`~amphora.errors.MirrorError`): it would be
+Pack with garbage collection works over a local storage: the references of each record
+are read after it is opened. Through a server it is :class:`~amphora.errors.Unsupported`
+(the server's collector cannot read sealed records); pack without it drops old revisions.
+The JSON mirror is refused (:class:`~amphora.errors.MirrorError`): it would be
 plaintext.
 """
 from __future__ import annotations
