@@ -3,8 +3,10 @@ client, commits racing for tids, and what an encrypted database refuses."""
 from __future__ import annotations
 
 import glob
+from typing import Any
 
 import pytest
+import serverprocess  # tests/server/serverprocess.py
 import transaction
 from BTrees.Length import Length
 from persistent import Persistent
@@ -128,15 +130,26 @@ def test_a_conflict_that_cannot_merge_names_the_plain_class(tmp_path, keyring):
     db.close()
 
 
-def test_a_commit_whose_tid_was_overtaken_is_sealed_again(tmp_path, keyring):
-    """Two storage objects on one file: one begins its commit (its tid chosen), the other
-    commits meanwhile with a later tid; the first is sealed again with a newer tid."""
-    path = str(tmp_path / "race.db")
-    first = EncryptedStorage(SQLiteStorage(path), keyring)
+def _sqlite(path) -> SQLiteStorage:
+    return SQLiteStorage(str(path))
+
+
+def _client(path) -> Any:
+    from amphora.storage.client import ClientStorage
+    server = serverprocess.shared_server("sqlite")
+    return ClientStorage(server.host, server.port, storage=serverprocess.storage_name(path))
+
+
+@pytest.mark.parametrize("inner", [_sqlite, _client], ids=["sqlite", "client->sqlite"])
+def test_a_commit_whose_tid_was_overtaken_is_sealed_again(tmp_path, keyring, inner):
+    """Two storage objects on one database: one begins its commit (its tid chosen), the
+    other commits meanwhile with a later tid; the first is sealed again with a newer tid."""
+    path = tmp_path / "race.db"
+    first = EncryptedStorage(inner(path), keyring)
     db = amphora.DB(first)
     with db.transaction() as conn:
         conn.root.mine, conn.root.theirs = PersistentMapping(), PersistentMapping()
-    second = amphora.DB(EncryptedStorage(SQLiteStorage(path), keyring))
+    second = amphora.DB(EncryptedStorage(inner(path), keyring))
     conn = db.open(transaction.TransactionManager())
     conn.root.mine["name"] = "first"
     txn = conn.transaction_manager.get()
