@@ -200,10 +200,10 @@ def test_records_sealed_with_other_keys_are_refused(tmp_path, keyring):
     db = amphora.DB(EncryptedStorage(memory, keyring))
     with db.transaction() as conn:
         conn.root.secret = "sealed"
-    db.close = lambda: None  # the memory storage must outlive this database
     stranger = amphora.Keyring.create(tmp_path / "stranger", "another passphrase", CHEAP)
     with pytest.raises(amphora.TamperedRecordError, match="failed authentication"):
         EncryptedStorage(memory, stranger)
+    db.close()
 
 
 def test_transaction_metadata_in_the_clear_is_refused(keyring):
