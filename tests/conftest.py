@@ -232,6 +232,8 @@ STORAGE_KINDS: list[StorageKind] = [
                 module="amphora.storage.encrypted"),
     StorageKind("encrypted->sqlite", _encrypted(_sqlite), uri=None, durable=True,
                 module="amphora.storage.encrypted"),
+    StorageKind("encrypted->postgresql", _encrypted(_postgresql), uri=None, durable=True,
+                module="amphora.storage.postgresql"),
     StorageKind("encrypted->client->sqlite", _encrypted(_client("sqlite")), uri=None,
                 durable=True, module="amphora.storage.encrypted"),
 ]
