@@ -177,6 +177,25 @@ def _client_postgresql_uri(path: Path) -> str:
     return f"amphora://{server.address}/{_served_schema(path)}"
 
 
+def _encrypted(inner: Callable[..., Any]) -> Callable[..., Any]:
+    """Opens an EncryptedStorage over a storage of another kind, with a keyring kept
+    beside it (created on first use, with Argon2id at its cheapest: the data keys are
+    random either way)."""
+    def open_encrypted(path: Path, **options: Any) -> Any:
+        from amphora.crypto.keyring import KdfParameters
+        from amphora.storage.encrypted import EncryptedStorage
+        keyring_path = path.with_name(f"{path.stem}.keyring")
+        if keyring_path.exists():
+            keyring = amphora.Keyring.unlock(keyring_path, "passphrase")
+        else:
+            keyring = amphora.Keyring.create(keyring_path, "passphrase",
+                                             KdfParameters(iterations=1, lanes=1,
+                                                           memory_cost=1024))
+        resolve = options.pop("resolve_conflicts", True)
+        return EncryptedStorage(inner(path, **options), keyring, resolve_conflicts=resolve)
+    return open_encrypted
+
+
 STORAGE_KINDS: list[StorageKind] = [
     StorageKind("memory", _memory, uri=lambda path: "memory://", durable=False,
                 module="amphora.storage.memory"),
@@ -208,6 +227,15 @@ STORAGE_KINDS: list[StorageKind] = [
                 durable=True, module="amphora.storage.client"),
     StorageKind("client->postgresql", _client_postgresql, uri=_client_postgresql_uri,
                 durable=True, module="amphora.storage.postgresql"),
+    # Sealed records over a storage: amphora.open(uri, keyring=...) has no URI form alone.
+    StorageKind("encrypted->memory", _encrypted(_memory), uri=None, durable=False,
+                module="amphora.storage.encrypted"),
+    StorageKind("encrypted->sqlite", _encrypted(_sqlite), uri=None, durable=True,
+                module="amphora.storage.encrypted"),
+    StorageKind("encrypted->postgresql", _encrypted(_postgresql), uri=None, durable=True,
+                module="amphora.storage.postgresql"),
+    StorageKind("encrypted->client->sqlite", _encrypted(_client("sqlite")), uri=None,
+                durable=True, module="amphora.storage.encrypted"),
 ]
 
 

@@ -16,15 +16,18 @@ from amphora.connection import Connection
 from amphora.db import DB
 from amphora.errors import (AmphoraError, ClientDisconnected, ConflictError,
                             ConnectionStateError, CorruptRecordError, InvalidQueryError,
-                            InvalidURIError, MirrorError, ObjectNotFoundError, POSKeyError,
-                            PostgreSQLConnectionError, ReadConflictError, ReadOnlyError,
+                            InvalidURIError, KeyringError, MirrorError, ObjectNotFoundError,
+                            POSKeyError, PostgreSQLConnectionError, ReadConflictError, ReadOnlyError,
                             ReadOnlyHistoryError, StorageError, StorageFormatError,
-                            StorageTransactionError, UndoError, Unsupported)
+                            StorageTransactionError, TamperedRecordError, UndoError,
+                            Unsupported)
+from amphora.crypto.keyring import Keyring
 from amphora.feeds import Change, ResyncRequired
 from amphora.serialize import Broken
 from amphora.storage.base import Storage, TransactionMetaData
 from amphora.storage.before import BeforeStorage
 from amphora.storage.demo import DemoStorage
+from amphora.storage.encrypted import EncryptedStorage
 from amphora.storage.memory import MemoryStorage
 from amphora.uri import DB_OPTIONS as _DB_OPTIONS
 from amphora.uri import open_storage_for_db as _open_storage_for_db
@@ -33,24 +36,33 @@ from amphora.uri import open_storage
 __all__ = [
     "AmphoraError", "BeforeStorage", "Broken", "Change", "ClientDisconnected", "ConflictError",
     "Connection", "ConnectionStateError", "CorruptRecordError", "DB", "DemoStorage",
-    "InvalidQueryError", "InvalidURIError", "MemoryStorage", "MirrorError",
+    "EncryptedStorage", "InvalidQueryError", "InvalidURIError", "Keyring", "KeyringError",
+    "MemoryStorage", "MirrorError",
     "ObjectNotFoundError", "POSKeyError", "PostgreSQLConnectionError", "ReadConflictError",
     "ReadOnlyError", "ReadOnlyHistoryError", "ResyncRequired", "Storage", "StorageError",
-    "StorageFormatError", "StorageTransactionError", "TransactionMetaData", "UndoError",
+    "StorageFormatError", "StorageTransactionError", "TamperedRecordError",
+    "TransactionMetaData", "UndoError",
     "Unsupported",
     "open", "open_storage",
 ]
 
 
-def open(uri: str, **options: Any) -> DB:
+def open(uri: str, keyring: Keyring | None = None, **options: Any) -> DB:
     """A :class:`DB` on the storage ``uri`` names (``"sqlite:///app.db"``, ``"memory://"``).
 
     ``cache_size``, ``cache_size_bytes``, ``pool_size`` and ``record_cache_bytes`` go to
     the DB, as keyword arguments or in the URI's query string; every other option to the
-    storage (see :func:`open_storage`).
+    storage (see :func:`open_storage`). With a ``keyring``, the storage is wrapped in an
+    :class:`EncryptedStorage` sealed with its keys.
     """
     db_options = {k: options.pop(k) for k in _DB_OPTIONS if k in options}
     storage, uri_db_options = _open_storage_for_db(uri, **options)
+    if keyring is not None:
+        try:
+            storage = EncryptedStorage(storage, keyring)
+        except BaseException:
+            storage.close()
+            raise
     try:
         return DB(storage, **{**uri_db_options, **db_options})
     except BaseException:

@@ -14,6 +14,7 @@ Every error amphora raises derives from :class:`AmphoraError`::
      |    +-- Unsupported              the storage lacks the capability
      |    +-- PostgreSQLConnectionError  the PostgreSQL server cannot be reached or refused us
      |    +-- ClientDisconnected (TransientError)  the amphora server cannot be reached
+     |    +-- TamperedRecordError      an encrypted record failed authentication
      +-- ObjectNotFoundError (KeyError)   no record for an oid (ZODB: POSKeyError)
      +-- ConflictError (TransientError)   another transaction changed what this one wrote
      |    +-- ReadConflictError        ... or what it read (``readCurrent``, vanished objects)
@@ -23,6 +24,7 @@ Every error amphora raises derives from :class:`AmphoraError`::
      +-- MirrorError                   the JSON mirror is missing or cannot do what was asked
      |    +-- InvalidQueryError (ValueError)  SQL given to a search that the database refused
      +-- CatalogError (ValueError)     a catalog index declaration or query refused
+     +-- KeyringError                  a keyring that cannot be created, read or unlocked
 
 :class:`ConflictError` is a :class:`transaction.interfaces.TransientError`, so
 ``transaction`` retry loops (``for attempt in transaction.manager.attempts()``) retry it.
@@ -44,7 +46,7 @@ __all__ = [
     "StorageTransactionError", "ReadOnlyError", "ReadOnlyHistoryError", "Unsupported",
     "ObjectNotFoundError", "POSKeyError", "ConflictError", "ReadConflictError",
     "UndoError", "ConnectionStateError", "InvalidURIError", "MirrorError", "InvalidQueryError",
-    "PostgreSQLConnectionError", "ClientDisconnected",
+    "PostgreSQLConnectionError", "ClientDisconnected", "KeyringError", "TamperedRecordError",
 ]
 
 
@@ -211,3 +213,14 @@ class CatalogError(AmphoraError, ValueError):
 
 class InvalidQueryError(MirrorError, ValueError):
     """A search's SQL, index definition or name was refused; the message says why."""
+
+
+class KeyringError(AmphoraError):
+    """A keyring file cannot be created, read or unlocked: a wrong passphrase, a file
+    that is not a keyring, a key id the keyring does not hold."""
+
+
+class TamperedRecordError(StorageError):
+    """A record of an encrypted storage failed authentication: it was changed, cut,
+    stored in the clear, moved from another object, revision or database, or sealed
+    with a key the keyring does not hold. Nothing of it was unpickled."""

@@ -42,8 +42,8 @@ class SearchResults(list):
 
 def _mirror_of(storage: Any) -> Any:
     if not getattr(storage, "supports_mirror", False):
-        raise MirrorError(f"{type(storage).__name__} cannot keep a JSON mirror "
-                          "(SQLite and PostgreSQL storages can)")
+        why = getattr(storage, "no_mirror_because", None) or "SQLite and PostgreSQL storages can"
+        raise MirrorError(f"{type(storage).__name__} cannot keep a JSON mirror ({why})")
     return storage
 
 

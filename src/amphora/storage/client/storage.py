@@ -619,12 +619,11 @@ class ClientStorage(RemoteMirror, StorageBase):
                   old_data: bytes) -> bytes | None:  # in the I/O thread; this one waits
             asked.add(oid)
             data = records.get(oid)
-            if data is None or not self._resolve_conflicts:
+            resolve = self._conflict_resolver()  # the transaction's own, first
+            if data is None or resolve is None:
                 return None
-            from amphora.serialize import resolve_record
             states = {committed: committed_data, old: old_data}
-            resolved = resolve_record(oid, committed, old, data,
-                                      lambda _, serial: states[serial])
+            resolved = resolve(oid, committed, old, data, lambda _, serial: states[serial])
             if resolved is not None:
                 self._store_instead(oid, resolved)
             return resolved
@@ -646,10 +645,10 @@ class ClientStorage(RemoteMirror, StorageBase):
                 committed, read = exc.serials
                 data = records[oid]
                 resolved = None
-                if oid not in asked and self._resolve_conflicts and read != z64 \
+                resolve = self._conflict_resolver()
+                if oid not in asked and resolve is not None and read != z64 \
                         and committed != z64:
-                    from amphora.serialize import resolve_record
-                    resolved = resolve_record(oid, committed, read, data, self.loadSerial)
+                    resolved = resolve(oid, committed, read, data, self.loadSerial)
                 if resolved is None:
                     raise ConflictError(oid=oid, serials=(committed, read), data=data) from None
                 records[oid] = resolved

@@ -1,0 +1,1 @@
+"""Encryption: keyrings of data keys, and sealed records (see amphora.storage.encrypted)."""
