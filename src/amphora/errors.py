@@ -47,6 +47,7 @@ __all__ = [
     "ObjectNotFoundError", "POSKeyError", "ConflictError", "ReadConflictError",
     "UndoError", "ConnectionStateError", "InvalidURIError", "MirrorError", "InvalidQueryError",
     "PostgreSQLConnectionError", "ClientDisconnected", "KeyringError", "TamperedRecordError",
+    "CatalogError",
 ]
 
 
