@@ -159,17 +159,28 @@ def test_the_same_card_moved_twice_at_once_conflicts(two_processes):
         s.conn.close()
 
 
-def test_a_hard_limit_holds_when_two_cards_enter_at_once(two_processes):
-    """Room for one more card: two connections each move a different card in. Each
-    counts the state without the other's card, so both pass the check; the second
-    commit conflicts, and its retry, counting again, is refused."""
+def moved_into_a_limited_state_at_once(two_processes, hard):
+    """Two connections, each moving a different card into "ready" (room for one more
+    card), the first committed: the sessions (the second not yet committed), the ids."""
     first, second, (a, b) = two_processes
     with first.transaction() as conn:
-        conn.root.site.update_state("ready", {"wip": {"limit": 1, "hard": True}})
+        conn.root.site.update_state("ready", {"wip": {"limit": 1, "hard": hard}})
     one, two = open_session(first), open_session(second)
     one.root.site.move(a, "ready")
     two.root.site.move(b, "ready")
     one.commit()
+    return one, two, (a, b)
+
+
+def in_ready(db):
+    with db.transaction() as conn:
+        return sorted(c.id for c in conn.root.site.cards() if c.state == "ready")
+
+
+def test_a_hard_limit_holds_when_two_cards_enter_at_once(two_processes):
+    """Each connection counts the state without the other's card, so both pass the
+    check; the second commit conflicts, and its retry, counting again, is refused."""
+    one, two, (a, b) = moved_into_a_limited_state_at_once(two_processes, hard=True)
     with pytest.raises(amphora.ConflictError):
         two.commit()
     two.abort()
@@ -177,24 +188,15 @@ def test_a_hard_limit_holds_when_two_cards_enter_at_once(two_processes):
         two.root.site.move(b, "ready")
     assert refused.value.rule == "wip-limit"
     two.abort()
-    with first.transaction() as conn:
-        assert [c.id for c in conn.root.site.cards() if c.state == "ready"] == [a]
+    assert in_ready(two_processes[0]) == [a]
     for s in (one, two):
         s.conn.close()
 
 
 def test_a_soft_limit_lets_two_cards_enter_at_once(two_processes):
     """Only hard limits serialise entries: over a soft one both moves commit."""
-    first, second, (a, b) = two_processes
-    with first.transaction() as conn:
-        conn.root.site.update_state("ready", {"wip": {"limit": 1, "hard": False}})
-    one, two = open_session(first), open_session(second)
-    one.root.site.move(a, "ready")
-    two.root.site.move(b, "ready")
-    one.commit()
+    one, two, (a, b) = moved_into_a_limited_state_at_once(two_processes, hard=False)
     two.commit()
-    with first.transaction() as conn:
-        assert sorted(c.id for c in conn.root.site.cards() if c.state == "ready") == sorted(
-            [a, b])
+    assert in_ready(two_processes[0]) == sorted([a, b])
     for s in (one, two):
         s.conn.close()
