@@ -14,7 +14,7 @@ from typing import Any
 
 from amphora.connection import Connection
 from amphora.db import DB
-from amphora.errors import (AmphoraError, ClientDisconnected, ConflictError,
+from amphora.errors import (AmphoraError, CatalogError, ClientDisconnected, ConflictError,
                             ConnectionStateError, CorruptRecordError, InvalidQueryError,
                             InvalidURIError, KeyringError, MirrorError, ObjectNotFoundError,
                             POSKeyError, PostgreSQLConnectionError, ReadConflictError, ReadOnlyError,
@@ -34,7 +34,8 @@ from amphora.uri import open_storage_for_db as _open_storage_for_db
 from amphora.uri import open_storage
 
 __all__ = [
-    "AmphoraError", "BeforeStorage", "Broken", "Change", "ClientDisconnected", "ConflictError",
+    "AmphoraError", "BeforeStorage", "Broken", "CatalogError", "Change", "ClientDisconnected",
+    "ConflictError",
     "Connection", "ConnectionStateError", "CorruptRecordError", "DB", "DemoStorage",
     "EncryptedStorage", "InvalidQueryError", "InvalidURIError", "Keyring", "KeyringError",
     "MemoryStorage", "MirrorError",
