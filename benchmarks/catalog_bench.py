@@ -38,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "server")
 import amphora  # noqa: E402
 from amphora.catalog import Catalog, InRange  # noqa: E402
 from amphora.server import protocol as p  # noqa: E402
+from clients import record_requests  # noqa: E402
 from serverprocess import ServerProcess  # noqa: E402
 
 
@@ -70,10 +71,7 @@ def cold(address: str, read_ahead: bool, ask) -> tuple[int, float, list]:
     db = amphora.open(f"amphora://{address}")
     if not read_ahead:
         db.storage._load_ahead = False
-    sent: list[str] = []
-    call = db.storage._call
-    db.storage._call = lambda method, *args, **kwargs: (sent.append(method),
-                                                        call(method, *args, **kwargs))[1]
+    sent = record_requests(db)
     started = time.perf_counter()
     with db.transaction() as conn:
         answer = ask(conn)

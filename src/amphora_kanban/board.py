@@ -231,6 +231,14 @@ class Board(Persistent):
             raise NotFound("card", id)
         return card
 
+    def column(self, state: str, parent: str | None, without: Card | None = None
+               ) -> list[Card]:
+        """The live cards in ``state`` under ``parent`` (None: the features), in
+        position order, but ``without``."""
+        return sorted((c for c in self._cards.values()
+                       if c.state == state and c.parent == parent and c is not without),
+                      key=lambda c: (c.position, c.id))
+
     def tasks(self, feature_id: str) -> list[Card]:
         """The live tasks of a feature, in position order."""
         return sorted((c for c in self._cards.values() if c.parent == feature_id),
@@ -345,9 +353,7 @@ class Board(Persistent):
 
     def _key_at(self, card: Card, state: str, parent: str | None, position: int | None
                 ) -> str:
-        column = [c for c in self._cards.values()
-                  if c.state == state and c.parent == parent and c is not card]
-        column.sort(key=lambda c: (c.position, c.id))
+        column = self.column(state, parent, without=card)
         index = len(column) if position is None else min(position, len(column))
         before = column[index - 1].position if index > 0 else None
         after = column[index].position if index < len(column) else None

@@ -14,6 +14,7 @@ from amphora.server import protocol as p
 from catalog_model import Task
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "server"))
+from clients import record_requests  # noqa: E402
 from serverprocess import ServerProcess  # noqa: E402
 
 COUNT = 3000
@@ -49,11 +50,7 @@ def height(tree) -> int:
 def reads_of(server: ServerProcess, *conditions, **options) -> tuple[list[str], list[int]]:
     """A cold client's query: the read requests it sent, and the points found."""
     db = amphora.open(f"amphora://{server.address}")
-    sent: list[str] = []
-    storage = db.storage
-    call = storage._call
-    storage._call = lambda method, *args, **kwargs: (sent.append(method),
-                                                     call(method, *args, **kwargs))[1]
+    sent = record_requests(db)
     try:
         with db.transaction() as conn:
             found = [task.points for task in Catalog.open(conn).query(*conditions, **options)]

@@ -170,15 +170,14 @@ def move_card(call: Call) -> dict[str, Any]:
     before = call.field("before", None)
     position = None
     if before is not None:
-        column = sorted((c for c in board.cards() if c.state == state
-                         and c.parent == parent and c is not card),
-                        key=lambda c: (c.position, c.id))
-        ids = [c.id for c in column]
+        ids = [c.id for c in board.column(state, parent, without=card)]
         if before not in ids:
             if before == card.id:
                 raise BadInput("before", "a card cannot go in front of itself")
-            if not isinstance(before, str) or before not in {c.id for c in board.cards()}:
-                raise BadInput("before", f"{before!r} is not a card of this board")
+            try:
+                board.card(before)
+            except NotFound:
+                raise BadInput("before", f"{before!r} is not a card of this board") from None
             # A card of the board, elsewhere: it moved since the client looked (a race).
             raise RuleViolation("before-elsewhere", f"the card to go in front of is no "
                                 "longer in the target column")
