@@ -174,3 +174,23 @@ def test_missing_web_dependencies_are_named_with_the_extra_to_install(tmp_path):
                            "--listen", "127.0.0.1:0"], capture_output=True, text=True,
                           env=env, timeout=60)
     assert_one_line_error(done, "starlette", "pip install amphora[kanban]")
+
+
+def test_the_database_holds_no_usable_session_token_or_password(tmp_path):
+    """What docs/kanban.md promises: sessions and invitations are kept as hashes, and
+    passwords as Argon2id hashes; a copy of the database gives no way in."""
+    server = start_kanban(f"sqlite:///{tmp_path}/kanban.db", tmp_path)
+    try:
+        admin = server.admin_client()
+        session_id = admin.cookies["kanban_session"].rpartition(".")[0]
+        invited = admin.post("/api/invitations", json={"email": "new@example.org",
+                                                         "role": "member"})
+        token = invited.json()["token"]
+    finally:
+        server.stop()
+    raw = b"".join(path.read_bytes() for path in tmp_path.glob("kanban.db*"))
+    assert session_id and session_id.encode() not in raw
+    assert token.encode() not in raw and PASSWORD.encode() not in raw
+    with amphora.open(f"sqlite:///{tmp_path}/kanban.db") as db, db.transaction() as conn:
+        user = conn.root()["kanban"].user_by_email(ADMIN_EMAIL)
+        assert user.password_hash.startswith("$argon2id$")
