@@ -8,10 +8,22 @@
 import { h } from "./ui.js";
 
 // options: accepts(cardId, state, parent) -> bool; drop(cardId, state, parent, beforeId);
-// dragging(active) is told when a drag starts and ends.
+// dragging(active) is told when a card is pressed or dragged and when that ends: the
+// board must not be redrawn meanwhile, or the card under the pointer is replaced and the
+// browser never starts (or loses) the drag.
 export function enableDragAndDrop(root, options) {
   let dragged = null;
+  let pressed = false;
+  let holding = false;
   const marker = h("li", { class: "drop-marker", "aria-hidden": "true" });
+
+  function hold() {
+    const now = pressed || dragged !== null;
+    if (now !== holding) {
+      holding = now;
+      options.dragging(now);
+    }
+  }
 
   function clear() {
     marker.remove();
@@ -21,10 +33,8 @@ export function enableDragAndDrop(root, options) {
   function end() {
     clear();
     for (const card of root.querySelectorAll(".dragging")) card.classList.remove("dragging");
-    if (dragged !== null) {
-      dragged = null;
-      options.dragging(false);
-    }
+    dragged = null;
+    hold();
   }
 
   function target(event) {
@@ -58,8 +68,23 @@ export function enableDragAndDrop(root, options) {
       event.dataTransfer.setDragImage(card, 16, 16);
       requestAnimationFrame(() => card.classList.add("dragging"));
     }
-    options.dragging(true);
+    hold();
   });
+
+  // A press on a card holds redraws until the button is released, after the click it
+  // makes has been handled (a click opens the card's panel on the card it pressed).
+  root.addEventListener("pointerdown", (event) => {
+    if (event.button !== 0 || !event.target.closest?.("[data-drag]")) return;
+    pressed = true;
+    hold();
+  });
+  for (const type of ["pointerup", "pointercancel"]) {
+    window.addEventListener(type, () => {
+      if (!pressed) return;
+      pressed = false;
+      setTimeout(hold);
+    });
+  }
 
   root.addEventListener("dragover", (event) => {
     if (dragged === null) return;
