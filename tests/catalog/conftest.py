@@ -1,5 +1,5 @@
-"""Fixtures of the catalog tests: a database per storage kind (memory and SQLite), with
-a catalog of tasks declared in its root."""
+"""Fixtures of the catalog tests: a database per storage kind (memory, SQLite, and SQLite
+with every record sealed), with a catalog of tasks declared in its root."""
 from __future__ import annotations
 
 import sys
@@ -9,15 +9,24 @@ import pytest
 
 import amphora
 from amphora.catalog import Catalog
+from amphora.crypto.keyring import KdfParameters
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from catalog_model import declare  # noqa: E402
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+def cheap_keyring(path: Path) -> amphora.Keyring:
+    """A keyring with Argon2id at its cheapest (the data keys are random either way)."""
+    return amphora.Keyring.create(path, "passphrase", KdfParameters(1, 1, 1024))
+
+
+@pytest.fixture(params=["memory", "sqlite", "encrypted->sqlite"])
 def db(request, tmp_path):
     uri = "memory://" if request.param == "memory" else f"sqlite:///{tmp_path}/catalog.db"
-    database = amphora.open(uri)
+    keyring = None
+    if request.param.startswith("encrypted"):
+        keyring = cheap_keyring(tmp_path / "catalog.keyring")
+    database = amphora.open(uri, keyring=keyring)
     with database.transaction() as conn:
         declare(Catalog.open(conn))
     yield database
