@@ -9,15 +9,9 @@ import pytest
 
 import amphora
 from amphora.catalog import Catalog
-from amphora.crypto.keyring import KdfParameters
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from catalog_model import declare  # noqa: E402
-
-
-def cheap_keyring(path: Path) -> amphora.Keyring:
-    """A keyring with Argon2id at its cheapest (the data keys are random either way)."""
-    return amphora.Keyring.create(path, "passphrase", KdfParameters(1, 1, 1024))
+from catalog_model import cheap_keyring, declare  # noqa: E402
 
 
 @pytest.fixture(params=["memory", "sqlite", "encrypted->sqlite"])

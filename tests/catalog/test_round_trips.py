@@ -13,8 +13,7 @@ from BTrees.OOBTree import OOBTree
 import amphora
 from amphora.catalog import Catalog, Eq, InRange
 from amphora.server import protocol as p
-from catalog_model import Task
-from conftest import cheap_keyring
+from catalog_model import Task, cheap_keyring
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "server"))
 from clients import record_requests  # noqa: E402
