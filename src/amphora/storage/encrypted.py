@@ -9,7 +9,16 @@ of the :class:`~amphora.crypto.keyring.Keyring`, with a fresh random 96-bit nonc
 
     magic (2 bytes: A7 5E) | format (1: 1) | kind (1: "R" record, "T" transaction)
     | key id (4, big-endian) | database id (16) | oid (8) | tid (8) | base serial (8)
-    | nonce (12) | ciphertext and tag (16)
+    | nonce (12) | ciphertext of the padded plaintext | tag (16)
+
+**Padding.** Before sealing, the plaintext is padded to a bucket, so that the storage sees
+only bucket sizes, never a record's exact size: a byte 0x80 is appended, then zeros up to
+the bucket (:func:`padded_size`): a multiple of 64 bytes up to 1 KiB (1 to 63 bytes of
+plaintext are sealed as 64, 64 to 127 as 128, ...), then eight buckets per doubling, each
+step an eighth of the power of two below (1152, 1280, ... 2048, 2304, 2560, ...), so that
+padding adds at most 64 bytes below 1 KiB and at most 12.5% above. The padding is inside
+the ciphertext: changing it fails authentication like any other byte; once opened, the
+last 0x80 and the zeros after it are cut off (a record without them is refused).
 
 The first 48 bytes, the header, are the associated data: the cipher authenticates them
 with the ciphertext, so none can be changed without the record failing to open. A record
@@ -43,9 +52,26 @@ opened, else made at the first commit. A storage that serves records of another 
 beside this one's is caught; one that serves a whole other database sealed with the same
 keys is not, unless ``database_id`` is given.
 
-**Not caught here**: a storage that hides a newer revision and serves the previous one
-with its own tid (an object, or the whole database, rolled back); what the storage sees
-(oids, tids, record sizes, which records are read and written together).
+**Rollback of the whole database.** Every record of an older copy of the database is
+authentic, so a storage could serve one (hiding newer commits). The client remembers the
+newest tid it has seen of each database, in a file (:mod:`amphora.crypto.seen`): by
+default beside the keyring (``<keyring>.seen``), else ``seen_file``; ``seen_file=False``
+keeps it in memory only. When this storage is opened, and each time it is asked for its
+last transaction (at each sync, so at every transaction boundary of a connection), a
+wrapped storage whose last tid is older than the one remembered is refused with
+:class:`~amphora.errors.RollbackError`, naming both tids and the file. The guarantee: a
+tid seen (reported by the wrapped storage, or committed here) is in the file within one
+second, and at :meth:`close`; a client that dies within that second may not catch a
+rollback to just before it. The check needs the database id: an empty database, or one
+opened without ``database_id`` whose records were all withheld, is not compared (pass
+``database_id`` to compare from the start). A database restored from a backup on purpose
+is opened after removing its entry from the file.
+
+**Not caught here**: a storage that hides a newer revision of one object and serves the
+previous one with its own tid (while the database's last tid moves on); a rollback to a
+point no client had seen yet. **What the storage sees**: oids, tids and transaction
+times, each record's size padded to its bucket, which records each client reads and
+writes and when, which records are written together, and each database's id.
 
 Pack with garbage collection works over a local storage: the references of each record
 are read after it is opened. Through a server it is :class:`~amphora.errors.Unsupported`
@@ -58,15 +84,18 @@ from __future__ import annotations
 import os
 import struct
 import threading
+import time
+from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCMSIV
 
 from amphora.crypto.keyring import Keyring
+from amphora.crypto.seen import SeenTids, seen_file_of
 from amphora.errors import (ConflictError, KeyringError, MirrorError, ObjectNotFoundError,
-                            StorageError, StorageTransactionError, TamperedRecordError,
-                            Unsupported)
+                            RollbackError, StorageError, StorageTransactionError,
+                            TamperedRecordError, Unsupported)
 from amphora.serialize import references
 from amphora.storage.base import (DataRecord, Storage, StorageBase, TransactionMetaData,
                                   TransactionRecord, decode_extension)
@@ -86,6 +115,30 @@ _TAG = 16
 _SEALED_MIN = _HEADER.size + _NONCE + _TAG
 _META = struct.Struct(">II")  # lengths of user and description; the extension follows
 _TID_ATTEMPTS = 8  # commits retried when another writer took a later tid meanwhile
+_CATCH_UP_SECONDS = 2.0  # a remote storage's time to deliver commits it has not pushed yet
+_PAD_MARK = 0x80
+_PAD_STEP = 64  # the buckets' smallest step (below 1 KiB every bucket is a multiple of it)
+
+
+def padded_size(size: int) -> int:
+    """The bucket of a plaintext of ``size`` bytes: the size it is padded to (the pad mark
+    included). Multiples of 64 bytes up to 1 KiB, then 8 buckets per doubling, each step
+    1/8 of the power of two below: 1152, 1280, ... 2048, 2304, ... (at most 12.5% more)."""
+    size += 1  # the mark
+    step = _PAD_STEP if size <= 1024 else 1 << ((size - 1).bit_length() - 4)
+    return -(-size // step) * step
+
+
+def _pad(plain: bytes) -> bytes:
+    return b"".join((plain, b"\x80", bytes(padded_size(len(plain)) - len(plain) - 1)))
+
+
+def _unpad(padded: bytes) -> bytes | None:
+    """The plaintext ``_pad`` padded, or None if ``padded`` is not padded so."""
+    end = padded.rfind(_PAD_MARK)
+    if end < 0 or padded.count(0, end + 1) != len(padded) - end - 1:
+        return None
+    return padded[:end]
 
 
 class EncryptedStorage(StorageBase):
@@ -102,9 +155,14 @@ class EncryptedStorage(StorageBase):
     no_mirror_because = "the mirror would hold the objects in plaintext"
 
     def __init__(self, storage: Storage, keyring: Keyring, database_id: bytes | None = None,
-                 name: str | None = None, resolve_conflicts: bool = True):
+                 name: str | None = None, resolve_conflicts: bool = True,
+                 seen_file: str | os.PathLike | bool | None = None):
         if not isinstance(keyring, Keyring):
             raise TypeError(f"keyring must be an amphora.Keyring, not {type(keyring).__name__}")
+        if seen_file is True or not (seen_file is None or seen_file is False
+                                     or isinstance(seen_file, (str, os.PathLike))):
+            raise TypeError("seen_file is a path, None (beside the keyring) or False (no "
+                            f"file), not {seen_file!r}")
         if database_id is not None and (type(database_id) is not bytes or len(database_id) != 16):
             raise ValueError(f"a database id is 16 bytes, not {database_id!r}")
         has_mirror = getattr(storage, "has_mirror", None)
@@ -129,8 +187,17 @@ class EncryptedStorage(StorageBase):
         self._database_id = database_id
         self._plain: dict[bytes, bytes] = {}  # oid -> the plaintext stored (for conflicts)
         self._inner_txn: _SealedTransaction | None = None
+        self._ciphers: dict[int, AESGCMSIV] = {}
+        self._seen_lock = threading.RLock()
+        self._seen = z64  # the newest tid seen of this database (the file's included)
+        self._seen_loaded = False  # the file's entry read (once the database id is known)
+        self.seen_tids = None if seen_file is False else SeenTids(
+            seen_file_of(keyring.path) if seen_file is None else Path(seen_file))
         if database_id is None:
             self._learn_database_id()
+        if self.seen_tids is not None and self._database_id is None:
+            self.seen_tids.entries()  # a damaged file is reported now, not at a commit
+        self.lastTransaction()  # a storage older than what was seen is refused now
 
     # -- the database id ----------------------------------------------------------------
     @property
@@ -150,15 +217,75 @@ class EncryptedStorage(StorageBase):
         with self._id_lock:
             if self._database_id is None:
                 self._database_id = os.urandom(16)
+                self._seen_loaded = True  # a new id: the file has nothing of it
             return self._database_id
 
+    # -- rollback -----------------------------------------------------------------------
+    def _load_seen(self) -> None:
+        """Raise ``_seen`` to the file's entry, once the database id is known."""
+        database_id = self._database_id
+        if self._seen_loaded or database_id is None:
+            return
+        self._seen_loaded = True
+        if self.seen_tids is None:
+            return
+        remembered = self.seen_tids.remembered(database_id)
+        if remembered is not None and remembered > self._seen:
+            self._seen = remembered
+        elif self._seen > z64:  # seen before the id was known
+            self.seen_tids.note(database_id, self._seen)
+
+    def _catch_up(self) -> bytes:
+        """The wrapped storage's last tid once it caught up with commits it may not have
+        heard of yet (another process's, which that process may have noted in the file
+        already): it syncs, and a remote storage is given a moment for pushes to come."""
+        sync = getattr(self.storage, "sync", None)
+        deadline = time.monotonic() + (_CATCH_UP_SECONDS if self.is_remote else 0.0)
+        while True:
+            if sync is not None:
+                sync()
+            last = self.storage.lastTransaction()
+            if last >= self._seen or time.monotonic() >= deadline:
+                return last
+            time.sleep(0.02)
+
+    def _saw(self, tid: bytes, check: bool = True) -> None:
+        """Note ``tid`` as seen (under ``_seen_lock``); with ``check``, a tid older than
+        one seen before (the file's entry included) raises RollbackError. Without, nothing
+        is read and nothing raised (a commit's own tid, after it committed)."""
+        if check:
+            self._load_seen()
+        database_id = self._database_id
+        if tid > self._seen:
+            self._seen = tid
+            if self.seen_tids is not None and database_id is not None:
+                self.seen_tids.note(database_id, tid)
+        elif check and tid < self._seen:
+            where = ("this process" if self.seen_tids is None
+                     else f"this client (remembered in {self.seen_tids.path})")
+            raise RollbackError(
+                f"{self.storage.getName()}'s last transaction is {tid_repr(tid)}, older than "
+                f"{tid_repr(self._seen)}, which {where} has already seen of the database "
+                f"{database_id.hex() if database_id else '(id unknown)'}: it serves an older "
+                "copy of the database (a rollback). If the database was restored from a "
+                "backup on purpose, remove its entry from that file.",
+                last=tid, seen=self._seen,
+                path=None if self.seen_tids is None else str(self.seen_tids.path))
+
     # -- sealing and opening ------------------------------------------------------------
+    def _cipher(self, key_id: int) -> AESGCMSIV:
+        cipher = self._ciphers.get(key_id)
+        if cipher is None:
+            cipher = self._ciphers[key_id] = AESGCMSIV(self.keyring.key(key_id))
+        return cipher
+
     def _seal(self, plain: bytes, kind: bytes, oid: bytes, tid: bytes, base: bytes) -> bytes:
         key_id = self.keyring.current_key_id
         header = _HEADER.pack(MAGIC, FORMAT, kind, key_id, self._id_for_sealing(), oid, tid,
                               base)
         nonce = os.urandom(_NONCE)
-        return header + nonce + AESGCMSIV(self.keyring.key(key_id)).encrypt(nonce, plain, header)
+        return b"".join((header, nonce,
+                         self._cipher(key_id).encrypt(nonce, _pad(plain), header)))
 
     def _open(self, data: bytes, kind: bytes, oid: bytes | None, tid: bytes | None) -> bytes:
         """The plaintext of ``data`` served as the revision ``tid`` of ``oid`` (None: as
@@ -176,16 +303,20 @@ class EncryptedStorage(StorageBase):
             _HEADER.unpack_from(data)
         header = data[:_HEADER.size]
         try:
-            key = self.keyring.key(key_id)
+            cipher = self._cipher(key_id)
         except KeyringError:
             raise TamperedRecordError(f"{what} names key {key_id}, which the keyring "
                                       f"does not hold (it holds {self.keyring.key_ids})") from None
         nonce = data[_HEADER.size:_HEADER.size + _NONCE]
         try:
-            plain = AESGCMSIV(key).decrypt(nonce, data[_HEADER.size + _NONCE:], header)
+            padded = cipher.decrypt(nonce, data[_HEADER.size + _NONCE:], header)
         except InvalidTag:
             raise TamperedRecordError(f"{what} failed authentication: changed or cut") from None
         # Authentic from here: the header says what the record truly is.
+        plain = _unpad(padded)
+        if plain is None:
+            raise TamperedRecordError(f"{what} is authentic but not padded as format "
+                                      f"{FORMAT} pads (no 0x80 then zeros at its end)")
         if version != FORMAT or sealed_kind != kind:
             raise TamperedRecordError(f"{what} is a sealed {sealed_kind!r} of format "
                                       f"{version}, not a {kind!r} of format {FORMAT}")
@@ -226,7 +357,16 @@ class EncryptedStorage(StorageBase):
 
     # -- reading --------------------------------------------------------------------------
     def lastTransaction(self) -> bytes:
-        return self.storage.lastTransaction()
+        """The wrapped storage's last tid; RollbackError if it is older than a tid seen
+        before (by this storage object, or remembered in the file of tids seen)."""
+        with self._seen_lock:
+            last = self.storage.lastTransaction()
+            if last != self._seen:
+                self._load_seen()
+                if last < self._seen:
+                    last = self._catch_up()
+                self._saw(last)
+        return last
 
     def loadBefore(self, oid: bytes, tid: bytes) -> tuple[bytes, bytes, bytes | None] | None:
         found = self.storage.loadBefore(oid, tid)
@@ -248,7 +388,8 @@ class EncryptedStorage(StorageBase):
 
     def history(self, oid: bytes, size: int | None = 1) -> list[dict[str, Any]]:
         """The wrapped storage's history with each transaction's metadata opened;
-        ``size`` is the plain record's (sealing adds the same bytes to every record)."""
+        ``size`` is the plain record's (each revision is read and opened for it: the
+        wrapped storage knows only its padded size)."""
         entries = []
         for entry in self.storage.history(oid, size):
             tid = entry["tid"]
@@ -256,9 +397,15 @@ class EncryptedStorage(StorageBase):
                 tid, entry.get(SEALED_EXTENSION))
             plain = dict(decode_extension(extension))
             plain.update(time=entry["time"], tid=tid, serial=entry["serial"], user_name=user,
-                         description=description, size=max(entry["size"] - _SEALED_MIN, 0))
+                         description=description, size=self._plain_size(oid, entry))
             entries.append(plain)
         return entries
+
+    def _plain_size(self, oid: bytes, entry: dict[str, Any]) -> int:
+        if not entry["size"]:
+            return 0  # an undo's deletion record: nothing sealed
+        return len(self._open(self.storage.loadSerial(oid, entry["serial"]), RECORD, oid,
+                              entry["serial"]))
 
     def iterator(self, start: bytes | None = None, stop: bytes | None = None
                  ) -> Iterator[TransactionRecord]:
@@ -354,6 +501,8 @@ class EncryptedStorage(StorageBase):
         if tid != txn.tid:
             raise StorageError(f"{self.storage.getName()} committed as {tid_repr(tid)}, "
                                f"not as the tid {tid_repr(txn.tid)} its records were sealed with")
+        with self._seen_lock:
+            self._saw(tid, check=False)
         return tid
 
     def _abort(self) -> None:
@@ -402,14 +551,21 @@ class EncryptedStorage(StorageBase):
         self.storage.registerDB(_Relay(self, wrapper))
 
     def sync(self) -> None:
+        """Catch up with the wrapped storage; RollbackError if it went back in time."""
         sync = getattr(self.storage, "sync", None)
         if sync is not None:
             sync()
+        self.lastTransaction()
 
     def close(self) -> None:
+        """Close the wrapped storage, after writing the newest tid seen to the file."""
         if not self._closed:
             self._closed = True
-            self.storage.close()
+            try:
+                if self.seen_tids is not None:
+                    self.seen_tids.close()
+            finally:
+                self.storage.close()
 
 
 class _SealedTransaction(TransactionMetaData):
