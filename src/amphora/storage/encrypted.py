@@ -110,13 +110,15 @@ RECORD, TRANSACTION = b"R", b"T"
 SEALED_EXTENSION = "amphora.sealed"
 
 _HEADER = struct.Struct(">2sBcI16s8s8s8s")  # magic, format, kind, key id, db, oid, tid, base
+_HEADER_START = struct.Struct(">2sBcI16s")  # the part common to one commit's records
 _NONCE = 12
 _TAG = 16
-_SEALED_MIN = _HEADER.size + _NONCE + _TAG
+_SEALED_HEAD = _HEADER.size + _NONCE  # the ciphertext starts here
+_SEALED_MIN = _SEALED_HEAD + _TAG
 _META = struct.Struct(">II")  # lengths of user and description; the extension follows
 _TID_ATTEMPTS = 8  # commits retried when another writer took a later tid meanwhile
 _CATCH_UP_SECONDS = 2.0  # a remote storage's time to deliver commits it has not pushed yet
-_PAD_MARK = 0x80
+_PADDING = b"\x80" + bytes(8191)  # the mark, then zeros: sliced for each record
 _PAD_STEP = 64  # the buckets' smallest step (below 1 KiB every bucket is a multiple of it)
 
 
@@ -130,15 +132,19 @@ def padded_size(size: int) -> int:
 
 
 def _pad(plain: bytes) -> bytes:
-    return b"".join((plain, b"\x80", bytes(padded_size(len(plain)) - len(plain) - 1)))
+    size = len(plain)
+    padding = padded_size(size) - size
+    if padding > len(_PADDING):  # (records above 64 KiB)
+        return b"".join((plain, _PADDING[:1], bytes(padding - 1)))
+    return plain + _PADDING[:padding]
 
 
 def _unpad(padded: bytes) -> bytes | None:
     """The plaintext ``_pad`` padded, or None if ``padded`` is not padded so."""
-    end = padded.rfind(_PAD_MARK)
-    if end < 0 or padded.count(0, end + 1) != len(padded) - end - 1:
+    stripped = padded.rstrip(b"\0")
+    if stripped[-1:] != _PADDING[:1]:
         return None
-    return padded[:end]
+    return stripped[:-1]
 
 
 class EncryptedStorage(StorageBase):
@@ -214,6 +220,8 @@ class EncryptedStorage(StorageBase):
             self._open(found[0], RECORD, z64, found[1])
 
     def _id_for_sealing(self) -> bytes:
+        if self._database_id is not None:
+            return self._database_id
         with self._id_lock:
             if self._database_id is None:
                 self._database_id = os.urandom(16)
@@ -280,58 +288,70 @@ class EncryptedStorage(StorageBase):
         return cipher
 
     def _seal(self, plain: bytes, kind: bytes, oid: bytes, tid: bytes, base: bytes) -> bytes:
+        return self._seal_many(kind, tid, {oid: plain}, {oid: base})[oid]
+
+    def _seal_many(self, kind: bytes, tid: bytes, plains: dict[bytes, bytes],
+                   bases: dict[bytes, bytes]) -> dict[bytes, bytes]:
+        """``{oid: sealed}`` of ``plains`` (``{oid: plaintext}``), as revisions ``tid``
+        over ``bases`` (``{oid: base serial}``). One commit's records are sealed at once:
+        the header's start, the cipher and the nonces (one read of the random source)
+        are made once for all."""
         key_id = self.keyring.current_key_id
-        header = _HEADER.pack(MAGIC, FORMAT, kind, key_id, self._id_for_sealing(), oid, tid,
-                              base)
-        nonce = os.urandom(_NONCE)
-        return b"".join((header, nonce,
-                         self._cipher(key_id).encrypt(nonce, _pad(plain), header)))
+        cipher = self._ciphers.get(key_id) or self._cipher(key_id)
+        start = _HEADER_START.pack(MAGIC, FORMAT, kind, key_id, self._id_for_sealing())
+        nonces = os.urandom(_NONCE * len(plains))
+        sealed = {}
+        at = 0
+        for oid, plain in plains.items():
+            header = b"".join((start, oid, tid, bases[oid]))
+            nonce = nonces[at:at + _NONCE]
+            at += _NONCE
+            sealed[oid] = b"".join((header, nonce, cipher.encrypt(nonce, _pad(plain), header)))
+        return sealed
 
     def _open(self, data: bytes, kind: bytes, oid: bytes | None, tid: bytes | None) -> bytes:
         """The plaintext of ``data`` served as the revision ``tid`` of ``oid`` (None: as
         whatever it names, for references in pack); else TamperedRecordError."""
-        what = "a transaction's metadata" if kind == TRANSACTION else (
-            "a record" if oid is None else f"the record of oid {oid_repr(oid)}")
-        if tid is not None:
-            what += f" at {tid_repr(tid)}"
         if len(data) < _SEALED_MIN or data[:2] != MAGIC:
-            raise TamperedRecordError(
-                f"{what} is not sealed ({len(data)} bytes"
-                f"{', too short' if len(data) < _SEALED_MIN else ', no seal header'}): "
-                "cut short, or stored in the clear")
-        magic, version, sealed_kind, key_id, database, sealed_oid, sealed_tid, _ = \
+            raise _tampered(kind, oid, tid, f"is not sealed ({len(data)} bytes"
+                            f"{', too short' if len(data) < _SEALED_MIN else ', no seal header'}"
+                            "): cut short, or stored in the clear")
+        _, version, sealed_kind, key_id, database, sealed_oid, sealed_tid, _ = \
             _HEADER.unpack_from(data)
-        header = data[:_HEADER.size]
+        cipher = self._ciphers.get(key_id)
+        if cipher is None:
+            try:
+                cipher = self._cipher(key_id)
+            except KeyringError:
+                raise _tampered(kind, oid, tid, f"names key {key_id}, which the keyring does "
+                                f"not hold (it holds {self.keyring.key_ids})") from None
+        view = memoryview(data)  # the parts are handed to the cipher without copies
         try:
-            cipher = self._cipher(key_id)
-        except KeyringError:
-            raise TamperedRecordError(f"{what} names key {key_id}, which the keyring "
-                                      f"does not hold (it holds {self.keyring.key_ids})") from None
-        nonce = data[_HEADER.size:_HEADER.size + _NONCE]
-        try:
-            padded = cipher.decrypt(nonce, data[_HEADER.size + _NONCE:], header)
+            padded = cipher.decrypt(view[_HEADER.size:_SEALED_HEAD], view[_SEALED_HEAD:],
+                                    view[:_HEADER.size])
         except InvalidTag:
-            raise TamperedRecordError(f"{what} failed authentication: changed or cut") from None
+            raise _tampered(kind, oid, tid, "failed authentication: changed or cut") from None
         # Authentic from here: the header says what the record truly is.
         plain = _unpad(padded)
         if plain is None:
-            raise TamperedRecordError(f"{what} is authentic but not padded as format "
-                                      f"{FORMAT} pads (no 0x80 then zeros at its end)")
+            raise _tampered(kind, oid, tid, f"is authentic but not padded as format {FORMAT} "
+                            "pads (no 0x80 then zeros at its end)")
         if version != FORMAT or sealed_kind != kind:
-            raise TamperedRecordError(f"{what} is a sealed {sealed_kind!r} of format "
-                                      f"{version}, not a {kind!r} of format {FORMAT}")
+            raise _tampered(kind, oid, tid, f"is a sealed {sealed_kind!r} of format {version}, "
+                            f"not a {kind!r} of format {FORMAT}")
         if oid is not None and sealed_oid != oid:
-            raise TamperedRecordError(f"{what} was sealed for oid {oid_repr(sealed_oid)}: "
-                                      "records swapped between objects")
+            raise _tampered(kind, oid, tid, f"was sealed for oid {oid_repr(sealed_oid)}: "
+                            "records swapped between objects")
         if tid is not None and sealed_tid != tid:
-            raise TamperedRecordError(f"{what} was sealed as the revision {tid_repr(sealed_tid)}"
-                                      ": another revision served in its place")
-        with self._id_lock:
-            if self._database_id is None:
-                self._database_id = database
+            raise _tampered(kind, oid, tid, f"was sealed as the revision "
+                            f"{tid_repr(sealed_tid)}: another revision served in its place")
         if database != self._database_id:
-            raise TamperedRecordError(f"{what} belongs to another database "
-                                      f"({database.hex()}, not {self._database_id.hex()})")
+            with self._id_lock:
+                if self._database_id is None:
+                    self._database_id = database
+            if database != self._database_id:
+                raise _tampered(kind, oid, tid, f"belongs to another database "
+                                f"({database.hex()}, not {self._database_id.hex()})")
         return plain
 
     def _seal_metadata(self, meta: tuple[bytes, bytes, bytes], tid: bytes) -> bytes:
@@ -475,10 +495,10 @@ class EncryptedStorage(StorageBase):
         self._plain = dict(self._stores)
         txn = self._inner_txn = _SealedTransaction(self, tid)
         inner.tpc_begin(txn, tid)
-        sealed = {oid: self._seal(data, RECORD, oid, tid, self._serials[oid])
-                  for oid, data in self._stores.items()}
+        sealed = self._seal_many(RECORD, tid, self._stores, self._serials)
         restored = self._restored
-        plain_stores = {oid: data for oid, data in sealed.items() if oid not in restored}
+        plain_stores = sealed if not restored else {
+            oid: data for oid, data in sealed.items() if oid not in restored}
         if plain_stores:
             inner.store_many(plain_stores, {oid: self._serials[oid] for oid in plain_stores},
                              txn)
@@ -600,6 +620,16 @@ class _Relay:
 
     def references(self, record: bytes, oids: list[bytes] | None = None) -> list[bytes]:
         return self._storage.references(record, oids)
+
+
+def _tampered(kind: bytes, oid: bytes | None, tid: bytes | None,
+              reason: str) -> TamperedRecordError:
+    """The error for a record refused (the text is made only then: opening is hot)."""
+    what = "a transaction's metadata" if kind == TRANSACTION else (
+        "a record" if oid is None else f"the record of oid {oid_repr(oid)}")
+    if tid is not None:
+        what += f" at {tid_repr(tid)}"
+    return TamperedRecordError(f"{what} {reason}")
 
 
 def _sealed_of(extension_bytes: bytes) -> Any:
