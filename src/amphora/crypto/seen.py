@@ -54,10 +54,12 @@ class SeenTids:
     def __init__(self, path: str | os.PathLike, delay: float = DELAY):
         self.path = Path(path)
         self.delay = delay
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards what follows
         self._pending: dict[bytes, bytes] = {}  # noted, not yet written
         self._timer: threading.Timer | None = None
         self._written_at = 0.0
+        self._closed = False
+        self._writing = threading.Lock()  # one write at a time: close waits for the timer's
 
     def __repr__(self) -> str:
         return f"<SeenTids {str(self.path)!r}>"
@@ -82,38 +84,53 @@ class SeenTids:
             if tid <= self._pending.get(database_id, b""):
                 return
             self._pending[database_id] = tid
+            if self._closed:
+                return  # written by nobody: the storage was closed
             if self._timer is None or not self._timer.is_alive():  # (none after a fork)
                 wait = max(0.0, self._written_at + self.delay - time.monotonic())
-                self._timer = threading.Timer(wait, self._write_pending)
+                self._timer = threading.Timer(wait, self._timed_write)
                 self._timer.daemon = True
                 self._timer.name = f"amphora-seen {self.path.name}"
                 self._timer.start()
 
     def flush(self) -> None:
-        """Write now what was noted."""
+        """Write now what was noted (after the timer's write, if one is under way)."""
         with self._lock:
             timer, self._timer = self._timer, None
         if timer is not None:
             timer.cancel()
         self._write_pending()
 
-    close = flush
+    def close(self) -> None:
+        """Write what was noted; nothing is written after this."""
+        with self._lock:
+            self._closed = True
+        self.flush()
+
+    def _timed_write(self) -> None:
+        with self._lock:
+            if self._timer is threading.current_thread():
+                self._timer = None
+        try:
+            self._write_pending()
+        except Exception:  # noqa: BLE001 - kept pending: flush and close raise it
+            pass
 
     def _write_pending(self) -> None:
-        with self._lock:
-            pending, self._pending = self._pending, {}
-            self._timer = None
-            self._written_at = time.monotonic()
-        if not pending:
-            return
-        try:
-            self.merge(pending)
-        except BaseException:
-            with self._lock:  # not lost: the next write (or close) tries again
-                for database_id, tid in pending.items():
-                    if tid > self._pending.get(database_id, b""):
-                        self._pending[database_id] = tid
-            raise
+        with self._writing:
+            with self._lock:
+                pending, self._pending = self._pending, {}
+                self._written_at = time.monotonic()
+            if not pending:
+                return
+            try:
+                self.merge(pending)
+            except BaseException:
+                with self._lock:  # not lost: the next write (or close) tries again
+                    for database_id, tid in pending.items():
+                        if tid > self._pending.get(database_id, b""):
+                            self._pending[database_id] = tid
+                raise
 
     def merge(self, tids: dict[bytes, bytes]) -> None:
         """Raise the file's entries to ``tids`` (never lower one), under the file lock."""
