@@ -7,12 +7,12 @@ import os
 import pytest
 
 import amphora
-from amphora.storage.encrypted import (_HEADER, _NONCE, _TAG, FORMAT, MAGIC, RECORD,
+from amphora.storage.encrypted import (_HEADER, _NONCE_PREFIX, _TAG, FORMAT, MAGIC, RECORD,
                                        EncryptedStorage, padded_size)
 from amphora.storage.sqlite import SQLiteStorage
 from amphora.utils import maxtid, p64, z64
 
-OVERHEAD = _HEADER.size + _NONCE + _TAG  # header, nonce and tag: the same for every record
+OVERHEAD = _HEADER.size + _TAG  # header and tag: the same for every record
 
 
 def record(size: int) -> bytes:
@@ -72,11 +72,11 @@ def test_an_authentic_record_without_padding_is_refused(keyring):
     storage = EncryptedStorage(amphora.MemoryStorage(), keyring, seen_file=False)
     write(storage, {p64(1): record(100)})
     tid = storage.lastTransaction()
+    salt = os.urandom(16)
     header = _HEADER.pack(MAGIC, FORMAT, RECORD, keyring.current_key_id, storage.database_id,
-                          p64(2), tid, z64)
-    nonce = os.urandom(_NONCE)
-    unpadded = header + nonce + storage._cipher(keyring.current_key_id).encrypt(
-        nonce, record(100) + b"\x80\x00\x01", header)
+                          p64(2), tid, z64, salt, 0)
+    unpadded = header + storage._subkey(keyring.current_key_id, salt).encrypt(
+        _NONCE_PREFIX + bytes(4), record(100) + b"\x80\x00\x01", header)
     with pytest.raises(amphora.TamperedRecordError, match="not padded"):
         storage._open(unpadded, RECORD, p64(2), tid)
     storage.close()

@@ -3,13 +3,21 @@ under it (a file, a PostgreSQL server, anyone who can read or write them) learns
 the objects and cannot change them unnoticed.
 
 ``EncryptedStorage(storage, keyring)`` seals every record before ``storage`` sees it and
-opens it again on the way back. A record is sealed with AES-256-GCM-SIV under a data key
-of the :class:`~amphora.crypto.keyring.Keyring`, with a fresh random 96-bit nonce
-(GCM-SIV also stays safe if a nonce ever repeats). Its layout::
+opens it again on the way back. Records are sealed with AES-256-GCM under *subkeys* of a
+data key of the :class:`~amphora.crypto.keyring.Keyring`: each call that seals (one
+commit's records, a transaction's metadata, a merged conflict) draws a random 16-byte
+salt and derives a fresh subkey: BLAKE2b keyed with the data key, salted with the salt and
+personalized with a label (libsodium's key derivation); the records it seals are numbered from 0, and a record's
+nonce is its number (8 zero bytes, then the 4-byte number). A subkey never sees a nonce
+twice, by construction, and a data key's subkeys never repeat (two salts of 128 random
+bits do not meet), so no nonce is ever reused under a key, however many records a data
+key seals; no nonce is derived from an oid or a serial. Opening a record derives its
+subkey once: the ciphers of the last 4096 subkeys met are kept (a commit's records, read
+together, share one). Its layout::
 
     magic (2 bytes: A7 5E) | format (1: 1) | kind (1: "R" record, "T" transaction)
     | key id (4, big-endian) | database id (16) | oid (8) | tid (8) | base serial (8)
-    | nonce (12) | ciphertext of the padded plaintext | tag (16)
+    | salt (16) | number (4, big-endian) | ciphertext of the padded plaintext | tag (16)
 
 **Padding.** Before sealing, the plaintext is padded to a bucket, so that the storage sees
 only bucket sizes, never a record's exact size: a byte 0x80 is appended, then zeros up to
@@ -20,7 +28,7 @@ padding adds at most 64 bytes below 1 KiB and at most 12.5% above. The padding i
 the ciphertext: changing it fails authentication like any other byte; once opened, the
 last 0x80 and the zeros after it are cut off (a record without them is refused).
 
-The first 48 bytes, the header, are the associated data: the cipher authenticates them
+The first 68 bytes, the header, are the associated data: the cipher authenticates them
 with the ciphertext, so none can be changed without the record failing to open. A record
 served as the revision ``tid`` of ``oid`` in the database ``id`` opens only if it was
 sealed as exactly that: this catches records swapped between objects, an old revision
@@ -83,13 +91,14 @@ from __future__ import annotations
 
 import os
 import struct
+import hashlib
 import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCMSIV
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from amphora.crypto.keyring import Keyring
 from amphora.crypto.seen import SeenTids, seen_file_of
@@ -109,12 +118,19 @@ RECORD, TRANSACTION = b"R", b"T"
 #: the one extension key of a transaction in the wrapped storage
 SEALED_EXTENSION = "amphora.sealed"
 
-_HEADER = struct.Struct(">2sBcI16s8s8s8s")  # magic, format, kind, key id, db, oid, tid, base
+# magic, format, kind, key id, database id, oid, tid, base serial, salt, counter
+_HEADER = struct.Struct(">2sBcI16s8s8s8s16sI")
 _HEADER_START = struct.Struct(">2sBcI16s")  # the part common to one commit's records
-_NONCE = 12
+_SALT = 16
+# where the fields are in a sealed record
+_KEY_ID_AT, _DATABASE_AT, _OID_AT, _TID_AT, _BASE_AT, _SALT_AT, _COUNTER_AT = \
+    4, 8, 24, 32, 40, 48, 64
+_FORMAT_AND_KIND = {kind: bytes([FORMAT]) + kind for kind in (b"R", b"T")}
 _TAG = 16
-_SEALED_HEAD = _HEADER.size + _NONCE  # the ciphertext starts here
-_SEALED_MIN = _SEALED_HEAD + _TAG
+_SEALED_MIN = _HEADER.size + _TAG
+_SUBKEY_PERSON = b"amphora subkey"  # BLAKE2b's personalization of a subkey's derivation
+_NONCE_PREFIX = bytes(8)  # a nonce: 8 zero bytes, then the record's counter
+_SUBKEYS_KEPT = 4096  # the ciphers of subkeys met while opening, kept for the next records
 _META = struct.Struct(">II")  # lengths of user and description; the extension follows
 _TID_ATTEMPTS = 8  # commits retried when another writer took a later tid meanwhile
 _CATCH_UP_SECONDS = 2.0  # a remote storage's time to deliver commits it has not pushed yet
@@ -193,7 +209,7 @@ class EncryptedStorage(StorageBase):
         self._database_id = database_id
         self._plain: dict[bytes, bytes] = {}  # oid -> the plaintext stored (for conflicts)
         self._inner_txn: _SealedTransaction | None = None
-        self._ciphers: dict[int, AESGCMSIV] = {}
+        self._subkeys: dict[bytes, AESGCM] = {}  # salt -> the cipher of its subkey
         self._seen_lock = threading.RLock()
         self._seen = z64  # the newest tid seen of this database (the file's included)
         self._seen_loaded = False  # the file's entry read (once the database id is known)
@@ -281,11 +297,26 @@ class EncryptedStorage(StorageBase):
                 path=None if self.seen_tids is None else str(self.seen_tids.path))
 
     # -- sealing and opening ------------------------------------------------------------
-    def _cipher(self, key_id: int) -> AESGCMSIV:
-        cipher = self._ciphers.get(key_id)
-        if cipher is None:
-            cipher = self._ciphers[key_id] = AESGCMSIV(self.keyring.key(key_id))
-        return cipher
+    def _subkey(self, key_id: int, salt: bytes) -> AESGCM:
+        """The cipher of the subkey ``salt`` names under the data key ``key_id``: BLAKE2b
+        keyed with the data key, with the salt and a personalization string, 32 bytes
+        out (libsodium's ``crypto_kdf`` construction); KeyringError if the keyring holds
+        no such key. Kept by salt alone (salts
+        are random, 128 bits): a record naming a kept salt under another key id fails
+        authentication all the same, since the key id is part of the associated data."""
+        found = self._subkeys.get(salt)
+        if found is None:
+            subkey = hashlib.blake2b(key=self.keyring.key(key_id), salt=salt,
+                                     person=_SUBKEY_PERSON, digest_size=32).digest()
+            found = AESGCM(subkey)
+            subkeys = self._subkeys
+            if len(subkeys) >= _SUBKEYS_KEPT:
+                try:
+                    del subkeys[next(iter(subkeys))]  # the oldest
+                except (KeyError, RuntimeError, StopIteration):  # (another thread's)
+                    pass
+            subkeys[salt] = found
+        return found
 
     def _seal(self, plain: bytes, kind: bytes, oid: bytes, tid: bytes, base: bytes) -> bytes:
         return self._seal_many(kind, tid, {oid: plain}, {oid: base})[oid]
@@ -297,16 +328,17 @@ class EncryptedStorage(StorageBase):
         the header's start, the cipher and the nonces (one read of the random source)
         are made once for all."""
         key_id = self.keyring.current_key_id
-        cipher = self._ciphers.get(key_id) or self._cipher(key_id)
+        salt = os.urandom(_SALT)  # a new subkey for these records: never one used before
+        cipher = self._subkey(key_id, salt)
         start = _HEADER_START.pack(MAGIC, FORMAT, kind, key_id, self._id_for_sealing())
-        nonces = os.urandom(_NONCE * len(plains))
+        if len(plains) >= 1 << 32:
+            raise StorageError(f"{len(plains)} records in one commit: a commit seals fewer "
+                               "than 2**32")
         sealed = {}
-        at = 0
-        for oid, plain in plains.items():
-            header = b"".join((start, oid, tid, bases[oid]))
-            nonce = nonces[at:at + _NONCE]
-            at += _NONCE
-            sealed[oid] = b"".join((header, nonce, cipher.encrypt(nonce, _pad(plain), header)))
+        for counter, (oid, plain) in enumerate(plains.items()):
+            count = counter.to_bytes(4, "big")
+            header = b"".join((start, oid, tid, bases[oid], salt, count))
+            sealed[oid] = header + cipher.encrypt(_NONCE_PREFIX + count, _pad(plain), header)
         return sealed
 
     def _open(self, data: bytes, kind: bytes, oid: bytes | None, tid: bytes | None) -> bytes:
@@ -316,19 +348,18 @@ class EncryptedStorage(StorageBase):
             raise _tampered(kind, oid, tid, f"is not sealed ({len(data)} bytes"
                             f"{', too short' if len(data) < _SEALED_MIN else ', no seal header'}"
                             "): cut short, or stored in the clear")
-        _, version, sealed_kind, key_id, database, sealed_oid, sealed_tid, _ = \
-            _HEADER.unpack_from(data)
-        cipher = self._ciphers.get(key_id)
+        salt = data[_SALT_AT:_COUNTER_AT]
+        cipher = self._subkeys.get(salt)
         if cipher is None:
+            key_id = int.from_bytes(data[_KEY_ID_AT:_KEY_ID_AT + 4], "big")
             try:
-                cipher = self._cipher(key_id)
+                cipher = self._subkey(key_id, salt)
             except KeyringError:
                 raise _tampered(kind, oid, tid, f"names key {key_id}, which the keyring does "
                                 f"not hold (it holds {self.keyring.key_ids})") from None
-        view = memoryview(data)  # the parts are handed to the cipher without copies
-        try:
-            padded = cipher.decrypt(view[_HEADER.size:_SEALED_HEAD], view[_SEALED_HEAD:],
-                                    view[:_HEADER.size])
+        try:  # (slices of bytes reach the cipher faster than a memoryview's)
+            padded = cipher.decrypt(_NONCE_PREFIX + data[_COUNTER_AT:_HEADER.size],
+                                    data[_HEADER.size:], data[:_HEADER.size])
         except InvalidTag:
             raise _tampered(kind, oid, tid, "failed authentication: changed or cut") from None
         # Authentic from here: the header says what the record truly is.
@@ -336,15 +367,11 @@ class EncryptedStorage(StorageBase):
         if plain is None:
             raise _tampered(kind, oid, tid, f"is authentic but not padded as format {FORMAT} "
                             "pads (no 0x80 then zeros at its end)")
-        if version != FORMAT or sealed_kind != kind:
-            raise _tampered(kind, oid, tid, f"is a sealed {sealed_kind!r} of format {version}, "
-                            f"not a {kind!r} of format {FORMAT}")
-        if oid is not None and sealed_oid != oid:
-            raise _tampered(kind, oid, tid, f"was sealed for oid {oid_repr(sealed_oid)}: "
-                            "records swapped between objects")
-        if tid is not None and sealed_tid != tid:
-            raise _tampered(kind, oid, tid, f"was sealed as the revision "
-                            f"{tid_repr(sealed_tid)}: another revision served in its place")
+        if data[2:4] != _FORMAT_AND_KIND[kind] or (
+                oid is not None and data[_OID_AT:_TID_AT] != oid) or (
+                tid is not None and data[_TID_AT:_BASE_AT] != tid):
+            self._misplaced(data, kind, oid, tid)
+        database = data[_DATABASE_AT:_OID_AT]
         if database != self._database_id:
             with self._id_lock:
                 if self._database_id is None:
@@ -353,6 +380,20 @@ class EncryptedStorage(StorageBase):
                 raise _tampered(kind, oid, tid, f"belongs to another database "
                                 f"({database.hex()}, not {self._database_id.hex()})")
         return plain
+
+    @staticmethod
+    def _misplaced(data: bytes, kind: bytes, oid: bytes | None, tid: bytes | None) -> None:
+        """Raise why an authentic record is not what it was served as."""
+        _, version, sealed_kind, _, _, sealed_oid, sealed_tid, _, _, _ = \
+            _HEADER.unpack_from(data)
+        if version != FORMAT or sealed_kind != kind:
+            raise _tampered(kind, oid, tid, f"is a sealed {sealed_kind!r} of format {version}, "
+                            f"not a {kind!r} of format {FORMAT}")
+        if oid is not None and sealed_oid != oid:
+            raise _tampered(kind, oid, tid, f"was sealed for oid {oid_repr(sealed_oid)}: "
+                            "records swapped between objects")
+        raise _tampered(kind, oid, tid, f"was sealed as the revision {tid_repr(sealed_tid)}: "
+                        "another revision served in its place")
 
     def _seal_metadata(self, meta: tuple[bytes, bytes, bytes], tid: bytes) -> bytes:
         user, description, extension = meta
