@@ -205,6 +205,18 @@ def test_two_processes_writing_the_file_keep_the_newest(tmp_path):
     assert SeenTids(path).remembered(bytes(16)) == p64(399)
 
 
+def test_a_file_named_relatively_stays_where_it_was_named(tmp_path, monkeypatch):
+    """A relative path names the file in the directory current when it was named: a
+    write after a change of directory (the timer's, or at close) goes there still."""
+    (tmp_path / "here").mkdir(), (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "here")
+    seen = SeenTids("app.keyring.seen")
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    seen.merge({bytes(16): p64(7)})
+    assert SeenTids(tmp_path / "here" / "app.keyring.seen").remembered(bytes(16)) == p64(7)
+    assert list((tmp_path / "elsewhere").iterdir()) == []
+
+
 @pytest.mark.parametrize("damage", ["not json", '{"00": "01"}', "[1, 2]"])
 def test_a_damaged_file_is_named_when_opening(tmp_path, keyring, damage):
     path = tmp_path / "app.db"

@@ -52,7 +52,7 @@ class SeenTids:
     """The file ``path`` of the newest tids seen, by database id (16 bytes)."""
 
     def __init__(self, path: str | os.PathLike, delay: float = DELAY):
-        self.path = Path(path)
+        self.path = Path(path).absolute()  # the same file after a change of directory
         self.delay = delay
         self._lock = threading.Lock()  # guards what follows
         self._pending: dict[bytes, bytes] = {}  # noted, not yet written
