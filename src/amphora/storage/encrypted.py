@@ -72,7 +72,7 @@ from amphora.storage.base import (DataRecord, Storage, StorageBase, TransactionM
                                   TransactionRecord, decode_extension)
 from amphora.utils import maxtid, new_tid, oid_repr, p64, tid_repr, u64, z64
 
-__all__ = ["EncryptedStorage", "SEALED_EXTENSION"]
+__all__ = ["EncryptedStorage", "SEALED_EXTENSION", "sealed_key_id", "sealed_metadata"]
 
 MAGIC = b"\xa7\x5e"
 FORMAT = 1
@@ -176,8 +176,13 @@ class EncryptedStorage(StorageBase):
         try:
             key = self.keyring.key(key_id)
         except KeyringError:
-            raise TamperedRecordError(f"{what} names key {key_id}, which the keyring "
-                                      f"does not hold (it holds {self.keyring.key_ids})") from None
+            # Perhaps a key another process added since: read the keyring file again.
+            self.keyring.refresh(force=True)
+            try:
+                key = self.keyring.key(key_id)
+            except KeyringError as exc:
+                raise TamperedRecordError(f"{what} names key {key_id}, which the keyring "
+                                          f"does not hold: {exc}") from None
         nonce = data[_HEADER.size:_HEADER.size + _NONCE]
         try:
             plain = AESGCMSIV(key).decrypt(nonce, data[_HEADER.size + _NONCE:], header)
@@ -305,7 +310,10 @@ class EncryptedStorage(StorageBase):
 
     def _vote(self) -> None:
         """Seal the commit with its tid and commit it to the wrapped storage, up to the
-        vote; another tid if another writer took a later one meanwhile."""
+        vote; another tid if another writer took a later one meanwhile. The keyring is
+        refreshed first (a ``stat`` of its file): a key added by another process (a
+        rotation) seals this commit's records."""
+        self.keyring.refresh()
         for attempt in range(_TID_ATTEMPTS):
             tid = self._tid or new_tid(self.storage.lastTransaction())
             try:
@@ -408,6 +416,21 @@ class EncryptedStorage(StorageBase):
         if not self._closed:
             self._closed = True
             self.storage.close()
+
+
+def sealed_key_id(data: bytes) -> int | None:
+    """The id of the key the sealed record (or transaction metadata) ``data`` names in
+    its header, as the wrapped storage holds it; None if ``data`` is not sealed. The
+    header is not authenticated here (it is when the record is opened)."""
+    if not isinstance(data, bytes) or len(data) < _SEALED_MIN or data[:2] != MAGIC:
+        return None
+    return _HEADER.unpack_from(data)[3]
+
+
+def sealed_metadata(extension_bytes: bytes) -> bytes | None:
+    """The sealed metadata of a transaction, from its extension in the wrapped storage."""
+    sealed = _sealed_of(extension_bytes)
+    return sealed if isinstance(sealed, bytes) else None
 
 
 class _SealedTransaction(TransactionMetaData):
