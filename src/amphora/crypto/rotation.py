@@ -121,11 +121,14 @@ def _rotate_batch(storage: EncryptedStorage, oids: list[bytes], stats: RotationS
                   count_already: bool) -> None:
     """Re-store the revisions among ``oids`` not sealed with ``stats.key_id``, in one
     transaction; read again and retried when a writer changed one meanwhile."""
-    for attempt in range(_BATCH_ATTEMPTS):
+    pending: set[bytes] | None = None  # what is left to do, once looked at
+    for _ in range(_BATCH_ATTEMPTS):
         current = _current(storage.storage, oids)
         stale = {oid: tid for oid, (key_id, tid) in current.items() if key_id != stats.key_id}
-        if attempt == 0 and count_already:
-            stats.already += len(current) - len(stale)
+        if count_already:  # sealed with the key, and not by this rotation
+            looked_at = current.keys() if pending is None else pending
+            stats.already += sum(1 for oid in looked_at if oid in current and oid not in stale)
+        pending = set(stale)
         if not stale:
             return
         plain = storage.load_many(stale, maxtid)
@@ -150,6 +153,7 @@ def _rotate_batch(storage: EncryptedStorage, oids: list[bytes], stats: RotationS
                 raise
             stats.transactions += 1
             stats.resealed += len(unchanged)
+            pending.difference_update(unchanged)
         if len(unchanged) == len(stale):
             return
     raise ConflictError(f"key rotation: objects kept changing during {_BATCH_ATTEMPTS} "
