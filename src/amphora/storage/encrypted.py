@@ -43,6 +43,14 @@ opened, else made at the first commit. A storage that serves records of another 
 beside this one's is caught; one that serves a whole other database sealed with the same
 keys is not, unless ``database_id`` is given.
 
+**Keys.** A record's header names the data key that sealed it; new records are sealed
+with the keyring's current key, and records sealed with any key it holds open. Each commit
+first refreshes the keyring (a ``stat`` of its file, see
+:meth:`~amphora.crypto.keyring.Keyring.refresh`), so that a key another process added
+(``amphora keys rotate``) seals this process's next commit; a record naming a key the
+keyring does not hold makes it read the file again before the record is refused.
+:mod:`amphora.crypto.rotation` seals the stored records again with a new key.
+
 **Not caught here**: a storage that hides a newer revision and serves the previous one
 with its own tid (an object, or the whole database, rolled back); what the storage sees
 (oids, tids, record sizes, which records are read and written together).
