@@ -483,12 +483,15 @@ def _passphrase(args: argparse.Namespace, new: bool = False, confirm: bool = Fal
     option = "--new-passphrase" if new else "--passphrase"
     path, env = getattr(args, f"{prefix}passphrase_file"), getattr(args, f"{prefix}passphrase_env")
     if path is not None:
-        with open(path, encoding="utf-8") as file:
-            text = file.read()
+        if path == "-":  # a line of standard input (the old passphrase's, then the new's)
+            text = sys.stdin.readline()
+        else:
+            with open(path, encoding="utf-8") as file:
+                text = file.read()
         passphrase = text[:-1] if text.endswith("\n") else text
         passphrase = passphrase[:-1] if passphrase.endswith("\r") else passphrase
         if not passphrase:
-            raise CommandError(f"{option}-file {path}: the file is empty")
+            raise CommandError(f"{option}-file {path}: no passphrase in it (empty)")
         return passphrase
     if env is not None:
         passphrase = os.environ.get(env, "")
@@ -564,7 +567,12 @@ def cmd_keys_rotate(args: argparse.Namespace) -> int:
     started = time.monotonic()
     with _encrypted(args) as storage:
         with _count_progress("sealing again") as progress:
-            stats = rotate(storage, batch=args.batch, progress=progress)
+            try:
+                stats = rotate(storage, batch=args.batch, progress=progress)
+            except BaseException:
+                print("amphora: the rotation stopped; what it committed stays sealed with "
+                      "the new key, and running it again finishes it", file=sys.stderr)
+                raise
     elapsed = time.monotonic() - started
     how = (f"added key {stats.key_id}" if stats.added
            else f"finished the rotation to key {stats.key_id} (already current)")
@@ -827,7 +835,8 @@ def build_parser() -> argparse.ArgumentParser:
                             help=f"read {what} from the environment variable NAME "
                                  f"(default: {env} if it is set, else a prompt)")
         source.add_argument(f"--{prefix}passphrase-file", metavar="FILE",
-                            help=f"read {what} from FILE (one final newline is ignored)")
+                            help=f"read {what} from FILE (one final newline is ignored;"
+                                 " -: a line of standard input)")
 
     create = key_command("create", "a new keyring file with one random data key",
                          "Create a keyring file holding one new random data key, wrapped "

@@ -73,6 +73,18 @@ def test_the_passphrase_comes_from_an_environment_variable(tmp_path):
     amphora.Keyring.unlock(tmp_path / "b.keyring", "from the default variable")
 
 
+def test_passwd_reads_both_passphrases_from_standard_input(tmp_path):
+    created = amphora.Keyring.create(tmp_path / "app.keyring", PASSPHRASE, CHEAP)
+    done = subprocess.run(
+        [sys.executable, "-m", "amphora", "keys", "passwd", "app.keyring",
+         "--passphrase-file", "-", "--new-passphrase-file", "-"],
+        input=f"{PASSPHRASE}\nnew words\n", cwd=tmp_path, capture_output=True, text=True,
+        timeout=60, env=dict(os.environ, PYTHONPATH=str(SRC)))
+    assert done.returncode == 0, done.stderr
+    assert amphora.Keyring.unlock(tmp_path / "app.keyring", "new words").key(1) == \
+        created.key(1)
+
+
 def test_a_passphrase_is_never_taken_from_the_command_line(tmp_path):
     for args in (["--passphrase", PASSPHRASE], [f"--passphrase={PASSPHRASE}"]):
         line = error_line(keys("create", "app.keyring", *args, cwd=tmp_path))
