@@ -16,10 +16,13 @@ within a range holding about half of them, sorted, and reads an attribute of eac
                     catalog's prefetching: ``apply((lo, hi))`` then ``sort(..., limit=10)``,
                     each B-tree node loaded when the walk reaches it
 
-each with the server's read-ahead (the default: a load brings what the records loaded
-refer to, up to 2000 records) and without it (``LOAD_MANY`` only, as over a server that
-cannot read the records). Reported: read requests (round trips) and milliseconds, the
-median of ``--runs`` cold clients. A benchmark, not a test: nothing asserts a time.
+each in three settings: a plain database with the server's read-ahead (the default: a
+load brings what the records loaded refer to, up to 2000 records); the same without it
+(``LOAD_MANY`` only); and an encrypted database (a second file, every record sealed; the
+server runs without a keyring, and the client, which holds it, asks for no read-ahead:
+the server cannot see references in sealed records). Reported: read requests (round
+trips) and milliseconds, the median of ``--runs`` cold clients. A benchmark, not a test:
+nothing asserts a time.
 """
 from __future__ import annotations
 
@@ -52,8 +55,8 @@ Task.__module__ = "catalog_bench"  # pickled by reference; the server never unpi
 sys.modules["catalog_bench"] = sys.modules[__name__]
 
 
-def build(path: Path, objects: int) -> None:
-    db = amphora.open(f"sqlite:///{path}")
+def build(path: Path, objects: int, keyring: amphora.Keyring | None = None) -> None:
+    db = amphora.open(f"sqlite:///{path}", keyring=keyring)
     with db.transaction() as conn:
         catalog = Catalog.open(conn)
         catalog.add_field("points", class_=Task, attribute="points")
@@ -67,10 +70,11 @@ def build(path: Path, objects: int) -> None:
     db.close()
 
 
-def cold(address: str, read_ahead: bool, ask) -> tuple[int, float, list]:
-    db = amphora.open(f"amphora://{address}")
+def cold(address: str, read_ahead: bool, ask, keyring: amphora.Keyring | None = None
+         ) -> tuple[int, float, list]:
+    db = amphora.open(f"amphora://{address}", keyring=keyring)
     if not read_ahead:
-        db.storage._load_ahead = False
+        db.storage.read_ahead = False
     sent = record_requests(db)
     started = time.perf_counter()
     with db.transaction() as conn:
@@ -98,26 +102,33 @@ def main() -> None:
         return [conn.get(amphora.utils.p64(docid)).points for docid in docids]
 
     with tempfile.TemporaryDirectory() as directory:
-        path = Path(directory) / "catalog.db"
-        started = time.perf_counter()
-        build(path, args.objects)
-        print(f"{args.objects:,} tasks indexed in {time.perf_counter() - started:.1f} s")
-        server = ServerProcess(f"sqlite:///{path}")
-        try:
-            expected = None
-            print(f"{'query':<18} {'read-ahead':<11} {'round trips':>11} {'ms (median)':>12}")
-            for read_ahead in (True, False):
+        plain, sealed = Path(directory) / "catalog.db", Path(directory) / "sealed.db"
+        keyring = amphora.Keyring.create(Path(directory) / "sealed.keyring", "benchmark")
+        for path, keys in ((plain, None), (sealed, keyring)):
+            started = time.perf_counter()
+            build(path, args.objects, keys)
+            print(f"{args.objects:,} tasks indexed in {path.name} "
+                  f"in {time.perf_counter() - started:.1f} s")
+        settings = (("plain", plain, True, None), ("plain", plain, False, None),
+                    ("encrypted", sealed, False, keyring))
+        expected = None
+        print(f"{'query':<18} {'database':<10} {'read-ahead':<11} {'round trips':>11} "
+              f"{'ms (median)':>12}")
+        for database, path, read_ahead, keys in settings:
+            server = ServerProcess(f"sqlite:///{path}")  # never given the keyring
+            try:
                 for name, ask in (("catalog", by_catalog), ("zope.index walk", by_walk)):
-                    runs = [cold(server.address, read_ahead, ask) for _ in range(args.runs)]
+                    runs = [cold(server.address, read_ahead, ask, keys)
+                            for _ in range(args.runs)]
                     answers = {tuple(answer) for _, _, answer in runs}
                     expected = expected or answers
                     if answers != expected:
                         raise SystemExit(f"{name}: a different answer {answers} != {expected}")
-                    print(f"{name:<18} {'yes' if read_ahead else 'no':<11} "
+                    print(f"{name:<18} {database:<10} {'yes' if read_ahead else 'no':<11} "
                           f"{statistics.median(r for r, _, _ in runs):>11.0f} "
                           f"{statistics.median(ms for _, ms, _ in runs):>12.1f}")
-        finally:
-            server.stop()
+            finally:
+                server.stop()
 
 
 if __name__ == "__main__":

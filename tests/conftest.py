@@ -111,7 +111,8 @@ def _base_file(path: Path) -> Path:
 
 def _demo(changes: str) -> Callable[..., Any]:
     """Opens a DemoStorage over a read-only SQLite base, its changes in memory or in
-    SQLite (``changes``), optionally through a BeforeStorage (``before(sqlite)``)."""
+    SQLite (``changes``), optionally through a BeforeStorage (``before(sqlite)``) or with
+    the base's records sealed (``encrypted(sqlite)``)."""
     def open_demo(path: Path, read_only: bool = False, **options: Any) -> Any:
         from amphora.storage.before import BeforeStorage
         from amphora.storage.demo import DemoStorage
@@ -124,6 +125,9 @@ def _demo(changes: str) -> Callable[..., Any]:
             layer = MemoryStorage(read_only=read_only)
             if changes == "memory over before":
                 base = BeforeStorage(base)
+            elif changes == "memory over encrypted":
+                sqlite_base = base
+                base = _encrypted(lambda path: sqlite_base)(path)
         return DemoStorage(base, layer, **options)
     return open_demo
 
@@ -220,6 +224,9 @@ STORAGE_KINDS: list[StorageKind] = [
     StorageKind("demo(memory over before(sqlite))", _demo("memory over before"),
                 uri=_demo_uri("memory over before"), durable=False,
                 module="amphora.storage.before"),
+    # The staging recipe over an encrypted database: the changes stay in memory.
+    StorageKind("demo(memory over encrypted(sqlite))", _demo("memory over encrypted"),
+                uri=None, durable=False, module="amphora.storage.demo"),
     # A real `amphora serve` process per kind, for the session; each test its own storages.
     StorageKind("client->memory", _client("memory"), uri=_client_uri("memory"),
                 durable=False, module="amphora.storage.client"),

@@ -1,12 +1,15 @@
-"""The persistent classes the catalog tests index (importable, so that they pickle), and
-the indexes the tests declare over them."""
+"""The persistent classes the catalog tests index (importable, so that they pickle), the
+indexes the tests declare over them, and a keyring for their encrypted databases."""
 from __future__ import annotations
 
 import datetime
+from pathlib import Path
 
 from persistent import Persistent
 
+import amphora
 from amphora.catalog import Catalog
+from amphora.crypto.keyring import KdfParameters
 
 
 class Task(Persistent):
@@ -36,3 +39,9 @@ def declare(catalog: Catalog) -> None:
     catalog.add_field("points", class_=Task, attribute="points")
     catalog.add_keyword("tags", class_=Task, attribute="tags")
     catalog.add_text("text", class_=Task, attribute="text")
+
+
+def cheap_keyring(path: Path) -> amphora.Keyring:
+    """A keyring for an encrypted test database, with Argon2id at its cheapest (the data
+    keys are random either way)."""
+    return amphora.Keyring.create(path, "passphrase", KdfParameters(1, 1, 1024))

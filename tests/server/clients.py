@@ -69,9 +69,10 @@ def stale_counter(server: ServerProcess, kind: type) -> tuple:
 
 
 def record_requests(db) -> list[str]:
-    """The methods the client storage of ``db`` sends, from now on."""
+    """The methods the client storage of ``db`` sends, from now on (under an encryption
+    layer: its wrapped client's)."""
     sent: list[str] = []
-    storage = db.storage
+    storage = getattr(db.storage, "storage", db.storage)
     call = storage._call
     storage._call = lambda method, *args, **kwargs: (sent.append(method),
                                                      call(method, *args, **kwargs))[1]

@@ -125,6 +125,8 @@ class EncryptedStorage(StorageBase):
             # Its merges would read ciphertext: conflicts reach it with this wrapper's
             # resolver (see _SealedTransaction), or fail as conflicts, never merged there.
             storage._resolve_conflicts = False
+        if getattr(storage, "read_ahead", False):
+            storage.read_ahead = False  # a server finds no references in sealed records
         self.storage = storage
         self.keyring = keyring
         self.supports_history = getattr(storage, "supports_history", True)

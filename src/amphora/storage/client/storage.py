@@ -106,6 +106,9 @@ class ClientStorage(RemoteMirror, StorageBase):
 
     supports_undo = False
     is_remote = True
+    #: ask the server for the records that those loaded refer to (LOAD_AHEAD); turned off
+    #: over sealed records, whose references the server cannot see
+    read_ahead = True
 
     def __init__(self, host: str = "127.0.0.1", port: int = 8100, storage: str = "",
                  token: str | None = None, token_file: str | None = None, tls: bool = False,
@@ -426,7 +429,7 @@ class ClientStorage(RemoteMirror, StorageBase):
         latest = self._latest.get(oid)
         if latest is not None and latest[1] < tid and u64(tid) <= u64(ltid) + 1:
             return latest[0], latest[1], None
-        if self._load_ahead:
+        if self._load_ahead and self.read_ahead:
             found = self._take_ahead(oid, tid)
             if found is not None:
                 return found
@@ -482,7 +485,7 @@ class ClientStorage(RemoteMirror, StorageBase):
         oids = list(oids)
         if not oids:
             return {}
-        if not self._load_ahead:
+        if not (self._load_ahead and self.read_ahead):
             return {oid: (data, start, end)
                     for oid, data, start, end in self._call(p.LOAD_MANY, oids, before)}
         found = {}
