@@ -7,7 +7,7 @@ import os
 import pytest
 
 import amphora
-from amphora.storage.encrypted import (_HEADER, _NONCE_PREFIX, _TAG, FORMAT, MAGIC, RECORD,
+from amphora.storage.encrypted import (_HEADER, _TAG, FORMAT, MAGIC, RECORD,
                                        EncryptedStorage, padded_size)
 from amphora.storage.sqlite import SQLiteStorage
 from amphora.utils import maxtid, p64, z64
@@ -76,7 +76,7 @@ def test_an_authentic_record_without_padding_is_refused(keyring):
     header = _HEADER.pack(MAGIC, FORMAT, RECORD, keyring.current_key_id, storage.database_id,
                           p64(2), tid, z64, salt, 0)
     unpadded = header + storage._subkey(keyring.current_key_id, salt).encrypt(
-        _NONCE_PREFIX + bytes(4), record(100) + b"\x80\x00\x01", header)
+        salt[8:] + bytes(4), record(100) + b"\x80\x00\x01", header)
     with pytest.raises(amphora.TamperedRecordError, match="not padded"):
         storage._open(unpadded, RECORD, p64(2), tid)
     storage.close()

@@ -6,14 +6,14 @@ the objects and cannot change them unnoticed.
 opens it again on the way back. Records are sealed with AES-256-GCM under *subkeys* of a
 data key of the :class:`~amphora.crypto.keyring.Keyring`: each call that seals (one
 commit's records, a transaction's metadata, a merged conflict) draws a random 16-byte
-salt and derives a fresh subkey: BLAKE2b keyed with the data key, salted with the salt and
-personalized with a label (libsodium's key derivation); the records it seals are numbered from 0, and a record's
-nonce is its number (8 zero bytes, then the 4-byte number). A subkey never sees a nonce
-twice, by construction, and a data key's subkeys never repeat (two salts of 128 random
-bits do not meet), so no nonce is ever reused under a key, however many records a data
-key seals; no nonce is derived from an oid or a serial. Opening a record derives its
-subkey once: the ciphers of the last 4096 subkeys met are kept (a commit's records, read
-together, share one). Its layout::
+salt and derives a fresh subkey: BLAKE2b keyed with the data key, salted with the salt
+and personalized with a label (libsodium's key derivation); the records it seals are
+numbered from 0, and a record's nonce is the salt's last 8 bytes, then the 4-byte number.
+A subkey never sees a nonce twice, by construction, and a data key's subkeys never repeat
+(two salts of 128 random bits do not meet), so no nonce is ever reused under a key,
+however many records a data key seals; no nonce is derived from an oid or a serial.
+Opening a record derives its subkey once: the ciphers of the last 4096 subkeys met are
+kept (a commit's records, read together, share one). Its layout::
 
     magic (2 bytes: A7 5E) | format (1: 1) | kind (1: "R" record, "T" transaction)
     | key id (4, big-endian) | database id (16) | oid (8) | tid (8) | base serial (8)
@@ -129,6 +129,7 @@ SEALED_EXTENSION = "amphora.sealed"
 # magic, format, kind, key id, database id, oid, tid, base serial, salt, counter
 _HEADER = struct.Struct(">2sBcI16s8s8s8s16sI")
 _HEADER_START = struct.Struct(">2sBcI16s")  # the part common to one commit's records
+_HEADER_SIZE = _HEADER.size
 _SALT = 16
 # where the fields are in a sealed record
 _KEY_ID_AT, _DATABASE_AT, _OID_AT, _TID_AT, _BASE_AT, _SALT_AT, _COUNTER_AT = \
@@ -137,7 +138,7 @@ _FORMAT_AND_KIND = {kind: bytes([FORMAT]) + kind for kind in (b"R", b"T")}
 _TAG = 16
 _SEALED_MIN = _HEADER.size + _TAG
 _SUBKEY_PERSON = b"amphora subkey"  # BLAKE2b's personalization of a subkey's derivation
-_NONCE_PREFIX = bytes(8)  # a nonce: 8 zero bytes, then the record's counter
+_NONCE_AT = _COUNTER_AT - 8  # a nonce: the salt's last 8 bytes, then the record's number
 _SUBKEYS_KEPT = 4096  # the ciphers of subkeys met while opening, kept for the next records
 _META = struct.Struct(">II")  # lengths of user and description; the extension follows
 _TID_ATTEMPTS = 8  # commits retried when another writer took a later tid meanwhile
@@ -161,14 +162,6 @@ def _pad(plain: bytes) -> bytes:
     if padding > len(_PADDING):  # (records above 64 KiB)
         return b"".join((plain, _PADDING[:1], bytes(padding - 1)))
     return plain + _PADDING[:padding]
-
-
-def _unpad(padded: bytes) -> bytes | None:
-    """The plaintext ``_pad`` padded, or None if ``padded`` is not padded so."""
-    stripped = padded.rstrip(b"\0")
-    if stripped[-1:] != _PADDING[:1]:
-        return None
-    return stripped[:-1]
 
 
 class EncryptedStorage(StorageBase):
@@ -343,10 +336,15 @@ class EncryptedStorage(StorageBase):
             raise StorageError(f"{len(plains)} records in one commit: a commit seals fewer "
                                "than 2**32")
         sealed = {}
+        encrypt, padding = cipher.encrypt, _PADDING
         for counter, (oid, plain) in enumerate(plains.items()):
             count = counter.to_bytes(4, "big")
             header = b"".join((start, oid, tid, bases[oid], salt, count))
-            sealed[oid] = header + cipher.encrypt(_NONCE_PREFIX + count, _pad(plain), header)
+            size = len(plain) + 1  # (padded_size and _pad, inline: this runs per record)
+            step = _PAD_STEP if size <= 1024 else 1 << ((size - 1).bit_length() - 4)
+            pad = -(-size // step) * step - size + 1
+            padded = plain + padding[:pad] if pad <= len(padding) else _pad(plain)
+            sealed[oid] = header + encrypt(salt[8:] + count, padded, header)
         return sealed
 
     def _open(self, data: bytes, kind: bytes, oid: bytes | None, tid: bytes | None) -> bytes:
@@ -371,13 +369,15 @@ class EncryptedStorage(StorageBase):
                     raise _tampered(kind, oid, tid, f"names key {key_id}, which the keyring "
                                     f"does not hold: {exc}") from None
         try:  # (slices of bytes reach the cipher faster than a memoryview's)
-            padded = cipher.decrypt(_NONCE_PREFIX + data[_COUNTER_AT:_HEADER.size],
-                                    data[_HEADER.size:], data[:_HEADER.size])
+            padded = cipher.decrypt(data[_NONCE_AT:_HEADER_SIZE], data[_HEADER_SIZE:],
+                                    data[:_HEADER_SIZE])
         except InvalidTag:
             raise _tampered(kind, oid, tid, "failed authentication: changed or cut") from None
         # Authentic from here: the header says what the record truly is.
-        plain = _unpad(padded)
-        if plain is None:
+        plain = padded.rstrip(b"\0")  # (_unpad, inline)
+        if plain[-1:] == b"\x80":
+            plain = plain[:-1]
+        else:
             raise _tampered(kind, oid, tid, f"is authentic but not padded as format {FORMAT} "
                             "pads (no 0x80 then zeros at its end)")
         if data[2:4] != _FORMAT_AND_KIND[kind] or (
