@@ -22,6 +22,9 @@ from amphora.utils import p64, tid_repr
 
 from .conftest import PASSPHRASE
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "server"))
+from serverprocess import ServerProcess  # noqa: E402
+
 
 def commit(db: amphora.DB, **items: Any) -> bytes:
     """Set ``items`` in the root; the tid of that commit."""
@@ -78,6 +81,32 @@ def test_an_old_copy_of_the_database_is_refused(tmp_path, keyring):
     with db.transaction() as conn:
         assert conn.root.balance == 100
     db.close()
+
+
+def test_a_server_serving_an_old_copy_is_refused(tmp_path, keyring):
+    """The whole path through ``amphora serve`` (started without a keyring): a client
+    that committed through the server refuses the same server once it serves an older
+    copy of the file."""
+    path, old = tmp_path / "app.db", tmp_path / "old.db"
+    server = ServerProcess(f"sqlite:///{path}")
+    try:
+        db = amphora.open(f"amphora://{server.address}", keyring=keyring)
+        commit(db, balance=100)
+        backup(path, old)
+        newest = commit(db, balance=0)
+        db.close()
+    finally:
+        server.stop()
+    for leftover in (tmp_path / "app.db-wal", tmp_path / "app.db-shm"):
+        leftover.unlink(missing_ok=True)
+    old.replace(path)
+    server = ServerProcess(f"sqlite:///{path}")
+    try:
+        with pytest.raises(amphora.RollbackError) as raised:
+            amphora.open(f"amphora://{server.address}", keyring=keyring)
+        assert raised.value.seen == newest
+    finally:
+        server.stop()
 
 
 class RewindingStorage:
