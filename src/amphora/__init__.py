@@ -18,8 +18,8 @@ from amphora.errors import (AmphoraError, CatalogError, ClientDisconnected, Conf
                             ConnectionStateError, CorruptRecordError, InvalidQueryError,
                             InvalidURIError, KeyringError, MirrorError, ObjectNotFoundError,
                             POSKeyError, PostgreSQLConnectionError, ReadConflictError, ReadOnlyError,
-                            ReadOnlyHistoryError, StorageError, StorageFormatError,
-                            StorageTransactionError, TamperedRecordError, UndoError,
+                            ReadOnlyHistoryError, StaleReachableError, StorageError,
+                            StorageFormatError, StorageTransactionError, TamperedRecordError, UndoError,
                             Unsupported)
 from amphora.crypto.keyring import Keyring
 from amphora.feeds import Change, ResyncRequired
@@ -40,7 +40,8 @@ __all__ = [
     "EncryptedStorage", "InvalidQueryError", "InvalidURIError", "Keyring", "KeyringError",
     "MemoryStorage", "MirrorError",
     "ObjectNotFoundError", "POSKeyError", "PostgreSQLConnectionError", "ReadConflictError",
-    "ReadOnlyError", "ReadOnlyHistoryError", "ResyncRequired", "Storage", "StorageError",
+    "ReadOnlyError", "ReadOnlyHistoryError", "ResyncRequired", "StaleReachableError", "Storage",
+    "StorageError",
     "StorageFormatError", "StorageTransactionError", "TamperedRecordError",
     "TransactionMetaData", "UndoError",
     "Unsupported",

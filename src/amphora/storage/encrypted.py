@@ -47,10 +47,14 @@ keys is not, unless ``database_id`` is given.
 with its own tid (an object, or the whole database, rolled back); what the storage sees
 (oids, tids, record sizes, which records are read and written together).
 
-Pack with garbage collection works over a local storage: the references of each record
-are read after it is opened. Through a server it is :class:`~amphora.errors.Unsupported`
-(the server's collector cannot read sealed records); pack without it drops old revisions.
-The JSON mirror is refused (:class:`~amphora.errors.MirrorError`): it would be
+**Pack with garbage collection** is computed here, where the records open: this wrapper
+walks from the root (and from every object written after the pack time) through the
+references of the revisions the pack keeps, and tells the storage under it only the set
+of oids to keep, as computed through the last tid it read. The storage (through a server
+too, which holds no key and learns no reference) deletes the objects outside the set
+that existed at the pack time, under its commit lock, and only if no transaction was
+committed after that tid; else the walk adds the references of those transactions and
+asks again (see :mod:`amphora.storage._reachable`). The JSON mirror is refused (:class:`~amphora.errors.MirrorError`): it would be
 plaintext.
 """
 from __future__ import annotations
@@ -65,9 +69,9 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCMSIV
 
 from amphora.crypto.keyring import Keyring
 from amphora.errors import (ConflictError, KeyringError, MirrorError, ObjectNotFoundError,
-                            StorageError, StorageTransactionError, TamperedRecordError,
-                            Unsupported)
+                            StorageError, StorageTransactionError, TamperedRecordError)
 from amphora.serialize import references
+from amphora.storage._reachable import ReachableWalk
 from amphora.storage.base import (DataRecord, Storage, StorageBase, TransactionMetaData,
                                   TransactionRecord, decode_extension)
 from amphora.utils import maxtid, new_tid, oid_repr, p64, tid_repr, u64, z64
@@ -123,8 +127,7 @@ class EncryptedStorage(StorageBase):
         self.keyring = keyring
         self.supports_history = getattr(storage, "supports_history", True)
         self.is_remote = getattr(storage, "is_remote", False)
-        # A server packs with its own garbage collection, which cannot read sealed records.
-        self.supports_pack = getattr(storage, "supports_pack", True) and not self.is_remote
+        self.supports_pack = getattr(storage, "supports_pack", True)
         self._id_lock = threading.Lock()
         self._database_id = database_id
         self._plain: dict[bytes, bytes] = {}  # oid -> the plaintext stored (for conflicts)
@@ -382,16 +385,18 @@ class EncryptedStorage(StorageBase):
         return self._seal(merged, RECORD, oid, txn.tid, committed)
 
     # -- management -------------------------------------------------------------------
-    def pack(self, pack_time: float, referencesf: Callable | None = None, gc: bool = True) -> None:
-        """Pack the wrapped storage; garbage is found by reading the references of each
-        record once opened (``referencesf`` is not used: it reads plain records).
-        Through a server, only without ``gc``: the server would look for references in
-        sealed records, and this wrapper cannot hand it a way to read them."""
-        if gc and self.is_remote:
-            raise Unsupported(f"{self.__name__}: pack with garbage collection through a "
-                              "server cannot read sealed records; pack(gc=False) drops old "
-                              "revisions")
-        self.storage.pack(pack_time, self.references, gc)
+    def pack(self, pack_time: float | bytes, referencesf: Callable | None = None,
+             gc: bool = True, reachable: Iterable[bytes] | None = None,
+             through: bytes | None = None) -> None:
+        """Pack the wrapped storage. With ``gc``, what the root reaches is found here, with
+        the records opened, and the wrapped storage (a server's included) is told only
+        the oids to keep (see :mod:`amphora.storage._reachable`); ``referencesf`` is not
+        used (it reads plain records). Given ``reachable`` and ``through``, they are
+        passed on as they are."""
+        if reachable is not None or not gc:
+            self.storage.pack(pack_time, None, gc, reachable=reachable, through=through)
+            return
+        ReachableWalk.pack(self, self.storage, pack_time)
 
     def packed_through(self) -> bytes:
         packed = getattr(self.storage, "packed_through", None)
