@@ -137,6 +137,10 @@ class CommitRequests:
             self.send([p.ERROR, request_id, "StorageError", "the server is stopping", {}])
             return
         served = self.served
+        if method == p.PACK and served.writer is self and served.pack_hold is not None \
+                and served.pack_hold[0] is self:  # its refused pack kept the storage
+            served.pack(self, request_id, args)
+            return
         if method == p.COMMIT:
             self.commit_jobs += 1
             self.ahead = {}
@@ -348,6 +352,7 @@ class CommitRequests:
         """Let the next writer in, when commits are made in the event loop."""
         served = self.served
         if served is not None and served.writer is self:
+            served.end_pack_hold(self)
             served.writer = None
             served.next_writer()
 

@@ -130,7 +130,7 @@ class EncryptedStorage(StorageBase):
         self.supports_pack = getattr(storage, "supports_pack", True)
         self._id_lock = threading.Lock()
         self._database_id = database_id
-        self._plain: dict[bytes, bytes] = {}  # oid -> the plaintext stored (for conflicts)
+        self._plain: dict[bytes, bytes] = {}  # oid -> the plaintext stored (conflicts name it)
         self._inner_txn: _SealedTransaction | None = None
         if database_id is None:
             self._learn_database_id()
@@ -365,24 +365,33 @@ class EncryptedStorage(StorageBase):
         if txn is not None:
             self.storage.tpc_abort(txn)
 
-    def _resolve(self, txn: "_SealedTransaction", oid: bytes, committed: bytes, old: bytes,
-                 data: bytes, load_serial: Callable[[bytes, bytes], bytes]) -> bytes | None:
+    def _resolve(self, txn: "_SealedTransaction", oid: bytes, committed: bytes | None,
+                 old: bytes, data: bytes, load_serial: Callable[[bytes, bytes | None], bytes]
+                 ) -> bytes | None:
         """The wrapped storage's conflict on ``oid``, merged on the plain states and
-        sealed over the committed revision (or None: a conflict)."""
+        sealed over the committed revision (or None: a conflict). ``data`` is the sealed
+        record the storage would store (this commit's, or a merge of it already made);
+        ``committed`` None: a server asking ahead about a commit voted but not finished,
+        whose tid the committed record names in its sealed header."""
         resolve = getattr(self._transaction, "resolve_conflict", None)
         if resolve is None:
             if not self._resolve_conflicts:
                 return None
             from amphora.serialize import resolve_record as resolve
 
-        def plain_serial(oid: bytes, serial: bytes) -> bytes:
+        def plain_serial(oid: bytes, serial: bytes | None) -> bytes:
             return self._open(load_serial(oid, serial), RECORD, oid, serial)
 
-        merged = resolve(oid, committed, old, self._plain[oid], plain_serial)
+        base = committed
+        if base is None:
+            sealed = load_serial(oid, None)
+            self._open(sealed, RECORD, oid, None)  # authentic, whichever tid it names
+            base = _HEADER.unpack_from(sealed)[6]
+        merged = resolve(oid, committed, old, self._open(data, RECORD, oid, txn.tid),
+                         plain_serial)
         if merged is None:
             return None
-        self._plain[oid] = merged
-        return self._seal(merged, RECORD, oid, txn.tid, committed)
+        return self._seal(merged, RECORD, oid, txn.tid, base)
 
     # -- management -------------------------------------------------------------------
     def pack(self, pack_time: float | bytes, referencesf: Callable | None = None,
