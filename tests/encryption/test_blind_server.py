@@ -302,3 +302,129 @@ def test_a_merge_asked_ahead_of_the_vote_is_made_by_the_client(served, keyring):
         with db.transaction() as conn:
             assert conn.root.tally.total == 55
     first.close(), second.close()
+
+
+# -- what the server holds ------------------------------------------------------------------
+
+_CHUNK = 1 << 24
+
+
+def found_in_memory(pid: int, needles: list[bytes]) -> list[bytes]:
+    """The ``needles`` found in the readable memory of process ``pid`` (read through
+    ``/proc/PID/mem``, region by region of ``/proc/PID/maps``); skips the test, with the
+    reason, when that memory cannot be read."""
+    try:
+        maps = open(f"/proc/{pid}/maps").read().splitlines()
+        mem = open(f"/proc/{pid}/mem", "rb", 0)
+    except OSError as exc:
+        pytest.skip(f"cannot read the memory of process {pid}: {exc}")
+    overlap = max(map(len, needles)) - 1
+    found = set()
+    with mem:
+        for line in maps:
+            fields = line.split()
+            start, end = (int(bound, 16) for bound in fields[0].split("-"))
+            if not fields[1].startswith("r") or fields[-1] in ("[vvar]", "[vsyscall]"):
+                continue
+            tail = b""
+            for offset in range(start, end, _CHUNK):
+                try:
+                    mem.seek(offset)
+                    chunk = tail + mem.read(min(_CHUNK, end - offset))
+                except (OSError, ValueError, OverflowError):
+                    break
+                found.update(needle for needle in needles if needle in chunk)
+                tail = chunk[-overlap:]
+    return [needle for needle in needles if needle in found]
+
+
+def test_the_server_process_never_holds_a_key(served, keyring):
+    """After writes, reads, a merged conflict and a pack with gc through it, none of the
+    keyring's data keys is anywhere in the server's memory, while the same scan finds a
+    sealed record the server served (and, in this process, the keys)."""
+    server, name = served("sqlite")
+    db = open_db(server, name, keyring)
+    with db.transaction() as conn:
+        conn.root.ledger = ZanzibarLedger()
+        conn.root.count = Length(0)
+        conn.root.nodes = PersistentMapping({n: BlindNode(n) for n in range(20)})
+    one, two = (db.open(transaction.TransactionManager()) for _ in range(2))
+    one.root.count.change(1)
+    two.root.count.change(2)
+    one.transaction_manager.commit(), two.transaction_manager.commit()
+    one.close(), two.close()
+    with db.transaction() as conn:
+        del conn.root.nodes[3]
+        ledger = conn.root.ledger._p_oid
+    db.pack()
+    reader = open_db(server, name, keyring)
+    with reader.transaction() as conn:
+        assert conn.root.count() == 3
+        assert conn.root.ledger.quartermaster_notes == "the launch code is 0451"
+    raw = raw_client(server, name)
+    sealed = raw.loadBefore(ledger, maxtid)[0]
+    keys = [keyring.key(key_id) for key_id in keyring.key_ids]
+    assert found_in_memory(server.proc.pid, [*keys, sealed]) == [sealed]
+    assert found_in_memory(os.getpid(), keys) == keys
+    raw.close(), reader.close(), db.close()
+
+
+def postgresql_rows(schema: str) -> bytes:
+    """Every row of every table of ``schema``, as PostgreSQL's binary COPY writes them
+    (bytes as they are, text in UTF-8)."""
+    with pgserver.require().connect() as conn:
+        tables = [table for (table,) in conn.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = %s",
+            (schema,))]
+        assert "objects" in tables and "transactions" in tables
+        dump = b""
+        for table in tables:
+            with conn.cursor().copy(
+                    f'COPY "{schema}"."{table}" TO STDOUT (FORMAT binary)') as copy:
+                dump += b"".join(bytes(block) for block in copy)
+    return dump
+
+
+def write_secrets(db: amphora.DB) -> None:
+    with db.transaction() as conn:
+        conn.root.ledger = ZanzibarLedger()
+        conn.root.node = BlindNode(7)
+    with db.transaction() as conn:
+        conn.root.node.child = BlindNode(8)
+
+
+def test_postgresql_tables_hold_no_class_attribute_or_value(served, keyring, tmp_path):
+    server, schema = served("postgresql")
+    db = open_db(server, schema, keyring)
+    write_secrets(db)
+    db.pack()
+    with db.transaction() as conn:
+        assert conn.root.node.child.payload_of_node == "node value #8"
+    db.close()
+    dump = postgresql_rows(schema)
+    assert len(dump) > 1000
+    assert [secret for secret in SECRETS if secret in dump] == []
+    # The same objects through the same server, without encryption, show every one.
+    plain_schema = pgserver.schema_for(str(tmp_path / "plain"))
+    pgserver.require().remember_schema(plain_schema)
+    plain = amphora.DB(raw_client(server, plain_schema))
+    write_secrets(plain)
+    plain.close()
+    assert [secret for secret in SECRETS if secret not in postgresql_rows(plain_schema)] == []
+
+
+# -- the JSON mirror ------------------------------------------------------------------------
+
+def test_the_json_mirror_is_refused_through_the_server(served, keyring):
+    server, name = served("sqlite")
+    db = open_db(server, name, keyring)
+    write_secrets(db)
+    assert db.storage.storage.supports_mirror  # the served SQLite file could keep one
+    with pytest.raises(amphora.MirrorError, match="plaintext"):
+        db.create_mirror()
+    db.close()
+    keyless = amphora.DB(raw_client(server, name))  # asks the server itself
+    with pytest.raises(amphora.MirrorError, match="encrypted .its records are sealed"):
+        keyless.create_mirror()
+    assert not keyless.storage.has_mirror()
+    keyless.close()

@@ -76,7 +76,7 @@ from amphora.storage.base import (DataRecord, Storage, StorageBase, TransactionM
                                   TransactionRecord, decode_extension)
 from amphora.utils import maxtid, new_tid, oid_repr, p64, tid_repr, u64, z64
 
-__all__ = ["EncryptedStorage", "SEALED_EXTENSION"]
+__all__ = ["EncryptedStorage", "SEALED_EXTENSION", "is_sealed"]
 
 MAGIC = b"\xa7\x5e"
 FORMAT = 1
@@ -90,6 +90,11 @@ _TAG = 16
 _SEALED_MIN = _HEADER.size + _NONCE + _TAG
 _META = struct.Struct(">II")  # lengths of user and description; the extension follows
 _TID_ATTEMPTS = 8  # commits retried when another writer took a later tid meanwhile
+
+
+def is_sealed(data: bytes) -> bool:
+    """Whether ``data`` has the form of a sealed record (not whether it is authentic)."""
+    return len(data) >= _SEALED_MIN and data[:2] == MAGIC
 
 
 class EncryptedStorage(StorageBase):
