@@ -26,6 +26,8 @@ from amphora.storage.client import ClientStorage
 from amphora.storage.encrypted import EncryptedStorage
 from amphora.utils import maxtid
 
+from .test_encrypted_storage import files_of
+
 SECRETS = [b"ZanzibarLedger", b"quartermaster_notes", b"the launch code is 0451",
            b"BlindNode", b"payload_of_node", b"node value #"]
 
@@ -338,10 +340,11 @@ def found_in_memory(pid: int, needles: list[bytes]) -> list[bytes]:
     return [needle for needle in needles if needle in found]
 
 
-def test_the_server_process_never_holds_a_key(served, keyring):
+def test_the_server_process_never_holds_a_key(served, keyring, tmp_path):
     """After writes, reads, a merged conflict and a pack with gc through it, none of the
     keyring's data keys is anywhere in the server's memory, while the same scan finds a
-    sealed record the server served (and, in this process, the keys)."""
+    sealed record the server served (and, in this process, the keys). The file it wrote
+    holds no class name, attribute name or value."""
     server, name = served("sqlite")
     db = open_db(server, name, keyring)
     with db.transaction() as conn:
@@ -366,6 +369,9 @@ def test_the_server_process_never_holds_a_key(served, keyring):
     keys = [keyring.key(key_id) for key_id in keyring.key_ids]
     assert found_in_memory(server.proc.pid, [*keys, sealed]) == [sealed]
     assert found_in_memory(os.getpid(), keys) == keys
+    raw_file = files_of(tmp_path / f"{name}.db")
+    assert len(raw_file) > 4096
+    assert [secret for secret in SECRETS if secret in raw_file] == []
     raw.close(), reader.close(), db.close()
 
 

@@ -35,7 +35,10 @@ retried, a few times.
 **Conflicts** are resolved here, on the plain states: the storage is handed a transaction
 whose ``resolve_conflict`` opens the committed and the read revision, merges with the
 class's ``_p_resolveConflict`` and seals the merge over the committed revision. The
-storage never tries to merge ciphertext.
+storage never tries to merge ciphertext (a server's own merges, :mod:`amphora.symbolic`,
+find no class in a sealed record and ask the client). A server asking ahead, about a
+commit voted but not finished, names no committed tid: the committed record's sealed
+header does.
 
 **The database id** is 16 random bytes that every record carries: given as
 ``database_id``, else read from the root object's record, else from the first record
@@ -50,12 +53,15 @@ with its own tid (an object, or the whole database, rolled back); what the stora
 **Pack with garbage collection** is computed here, where the records open: this wrapper
 walks from the root (and from every object written after the pack time) through the
 references of the revisions the pack keeps, and tells the storage under it only the set
-of oids to keep, as computed through the last tid it read. The storage (through a server
-too, which holds no key and learns no reference) deletes the objects outside the set
-that existed at the pack time, under its commit lock, and only if no transaction was
-committed after that tid; else the walk adds the references of those transactions and
-asks again (see :mod:`amphora.storage._reachable`). The JSON mirror is refused (:class:`~amphora.errors.MirrorError`): it would be
-plaintext.
+of oids to keep, as computed through the last tid it read. The storage (through a
+server too, which holds no key: it learns which oids are live, not what refers to what)
+deletes the objects outside the set that existed at the pack time, under its commit
+lock, and only if no transaction was committed after that tid; else the walk adds the
+references of those transactions and asks again (see :mod:`amphora.storage._reachable`).
+
+**The JSON mirror** is refused (:class:`~amphora.errors.MirrorError`): it would be
+plaintext. The SQL storages also refuse to make one, to any client, once their root
+record is sealed.
 """
 from __future__ import annotations
 
@@ -407,10 +413,12 @@ class EncryptedStorage(StorageBase):
         the oids to keep (see :mod:`amphora.storage._reachable`); ``referencesf`` is not
         used (it reads plain records). Given ``reachable`` and ``through``, they are
         passed on as they are."""
-        if reachable is not None or not gc:
-            self.storage.pack(pack_time, None, gc, reachable=reachable, through=through)
-            return
-        ReachableWalk.pack(self, self.storage, pack_time)
+        if not gc:
+            self.storage.pack(pack_time, self.references, False)
+        elif reachable is not None:
+            self.storage.pack(pack_time, None, True, reachable=reachable, through=through)
+        else:
+            ReachableWalk.pack(self, self.storage, pack_time)
 
     def packed_through(self) -> bytes:
         packed = getattr(self.storage, "packed_through", None)
