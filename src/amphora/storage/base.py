@@ -63,6 +63,9 @@ class Storage(Protocol):
     supports_pack: bool      #: ``pack`` drops old revisions and garbage
     supports_mirror: bool    #: keeps JSON documents of its objects for SQL search
     is_remote: bool          #: records cross a network
+    #: ``pack`` reads references with the ``referencesf`` it is given (a client's server
+    #: reads them itself: an encrypted database tells it what to keep instead)
+    pack_uses_referencesf: bool
 
     # -- reading --------------------------------------------------------------------
     def loadBefore(self, oid: bytes, tid: bytes) -> tuple[bytes, bytes, bytes | None] | None:
@@ -342,6 +345,7 @@ class StorageBase:
     supports_mirror = False
     supports_pack = True
     is_remote = False
+    pack_uses_referencesf = True
     #: ``restore`` takes records without data (ZODB's deletion records): no amphora
     #: storage keeps those, so copies skip and count them
     restores_deletions = False

@@ -50,14 +50,15 @@ keys is not, unless ``database_id`` is given.
 with its own tid (an object, or the whole database, rolled back); what the storage sees
 (oids, tids, record sizes, which records are read and written together).
 
-**Pack with garbage collection** is computed here, where the records open: this wrapper
-walks from the root (and from every object written after the pack time) through the
-references of the revisions the pack keeps, and tells the storage under it only the set
-of oids to keep, as computed through the last tid it read. The storage (through a
-server too, which holds no key: it learns which oids are live, not what refers to what)
-deletes the objects outside the set that existed at the pack time, under its commit
-lock, and only if no transaction was committed after that tid; else the walk adds the
-references of those transactions and asks again (see :mod:`amphora.storage._reachable`).
+**Pack with garbage collection** over SQLite, PostgreSQL or memory reads the references
+of each record once opened. Through a server, which holds no key, it is computed here: this
+wrapper walks from the root (and from every object written after the pack time) through
+the references of the revisions the pack keeps, and tells the server only the set of
+oids to keep, as computed through the last tid it read (the server learns which oids are
+live, not what refers to what). The served storage deletes the objects outside the set
+that existed at the pack time, under its commit lock, and only if no transaction was
+committed after that tid; else the walk adds the references of those transactions and
+asks again (see :mod:`amphora.storage._reachable`).
 
 **The JSON mirror** is refused (:class:`~amphora.errors.MirrorError`): it would be
 plaintext. The SQL storages also refuse to make one, to any client, once their root
@@ -408,17 +409,20 @@ class EncryptedStorage(StorageBase):
     def pack(self, pack_time: float | bytes, referencesf: Callable | None = None,
              gc: bool = True, reachable: Iterable[bytes] | None = None,
              through: bytes | None = None) -> None:
-        """Pack the wrapped storage. With ``gc``, what the root reaches is found here, with
-        the records opened, and the wrapped storage (a server's included) is told only
-        the oids to keep (see :mod:`amphora.storage._reachable`); ``referencesf`` is not
-        used (it reads plain records). Given ``reachable`` and ``through``, they are
-        passed on as they are."""
-        if not gc:
-            self.storage.pack(pack_time, self.references, False)
-        elif reachable is not None:
+        """Pack the wrapped storage. With ``gc``, through a server (a storage whose pack
+        takes no ``referencesf``), what the root reaches is found here, with the records
+        opened, and the server is told only the oids to keep (see
+        :mod:`amphora.storage._reachable`). Any other storage finds it itself, reading
+        references through :meth:`references` (``referencesf`` is not used: it reads
+        plain records): its check of what commits made meanwhile link again runs under
+        its commit lock, which no stream of commits can starve. Given ``reachable`` and
+        ``through``, they are passed on as they are."""
+        if reachable is not None and gc:
             self.storage.pack(pack_time, None, True, reachable=reachable, through=through)
-        else:
+        elif gc and not getattr(self.storage, "pack_uses_referencesf", True):
             ReachableWalk.pack(self, self.storage, pack_time)
+        else:
+            self.storage.pack(pack_time, self.references, gc)
 
     def packed_through(self) -> bytes:
         packed = getattr(self.storage, "packed_through", None)

@@ -106,6 +106,7 @@ class ClientStorage(RemoteMirror, StorageBase):
 
     supports_undo = False
     is_remote = True
+    pack_uses_referencesf = False  # the server reads references itself
     #: ask the server for the records that those loaded refer to (LOAD_AHEAD); turned off
     #: over sealed records, whose references the server cannot see
     read_ahead = True
