@@ -1,6 +1,6 @@
 """What a pack with garbage collection keeps, computed by a reader of the records rather
-than by the storage: how an encrypted database packs (its storage, or the server
-serving it, cannot read a reference). Private; see :meth:`ReachableWalk.pack`.
+than by the storage: how an encrypted database packs through a server, which cannot read
+a reference. Private; see :meth:`ReachableWalk.pack`.
 
 The pack at ``cutoff`` keeps the revision of each object current at the cutoff and every
 revision after it. The objects to keep are those reached from the root by following the
@@ -14,7 +14,9 @@ The set is computed through a tid (the last one when the walk started). The stor
 deletes only if it has committed nothing after that tid, checked under its commit lock;
 otherwise (:class:`~amphora.errors.StaleReachableError`) the transactions committed
 since are read, their records followed like any revision after the cutoff, and the pack
-is asked again, up to a few times.
+is asked again, up to a few times. Meanwhile the server keeps its storage for this
+client (commits made through it wait, see :meth:`amphora.server.served.Served.pack`),
+so the second time succeeds unless another process wrote to the storage.
 """
 from __future__ import annotations
 
