@@ -18,6 +18,10 @@ Every database runs the *same* workload code through the ZODB-shaped API they sh
                        the default: fsync at every commit, as FileStorage)
 ``amphora-sqlite-normal`` the same with ``?synchronous=normal`` (the opt-in: fsync at
                        checkpoints only)
+``amphora-encrypted-sqlite`` ``amphora.open("sqlite:///<tmp>/bench.db", keyring=k)``:
+                       every record sealed (AES-256-GCM-SIV, padded), over the same
+                       storage as ``amphora-sqlite`` (``synchronous=full``); its
+                       reference is ``amphora-sqlite``: encryption's cost
 ``zodb-mapping``       ``ZODB.DB(MappingStorage())``
 ``zodb-filestorage``   ``ZODB.DB(FileStorage("<tmp>/Data.fs"))`` (the reference for ratios)
 ``relstorage-sqlite``  ``ZODB.DB(RelStorage(Sqlite3Adapter(data_dir=<tmp>)))``,
@@ -110,6 +114,9 @@ WORKLOADS = ["add", "update", "warm", "cold", "prefetch_cold", "hot", "steamin"]
 REFERENCE = "zodb-filestorage"
 HEADLINE_DB = "amphora-sqlite"
 TARGETS = {"add": 2.0, "update": 2.0, "cold": 1.3, "hot": 0.9}
+ENCRYPTED_DB = "amphora-encrypted-sqlite"
+#: encryption's cost: amphora-encrypted-sqlite's time at most 1.25x amphora-sqlite's
+ENCRYPTED_TARGETS = {"add": 1.25, "update": 1.25, "cold": 1.25}
 
 
 class Item(Persistent):
@@ -176,6 +183,23 @@ def _amphora_sqlite_normal(path: str, cache_size: int) -> Any:
     import amphora
     return amphora.open(f"sqlite:///{os.path.join(path, 'bench.db')}?synchronous=normal",
                         cache_size=cache_size)
+
+
+def _amphora_encrypted_sqlite(path: str, cache_size: int) -> Any:
+    """amphora-sqlite with every record sealed. The keyring is made once per database
+    with Argon2id at its cheapest (unlocking is not timed; the data key is random either
+    way) and kept unlocked, as an application does."""
+    import amphora
+    from amphora.crypto.keyring import KdfParameters
+    keyring = _KEYRINGS.get(path)
+    if keyring is None:
+        keyring = _KEYRINGS[path] = amphora.Keyring.create(
+            os.path.join(path, "bench.keyring"), "benchmark", KdfParameters(1, 1, 1024))
+    return amphora.open(f"sqlite:///{os.path.join(path, 'bench.db')}", keyring=keyring,
+                        cache_size=cache_size)
+
+
+_KEYRINGS: dict[str, Any] = {}  # the unlocked keyring of each database directory
 
 
 def _zodb_mapping(path: str, cache_size: int) -> Any:
@@ -342,6 +366,9 @@ def contenders(pg: PostgreSQLServer | None = None) -> list[Contender]:
         Contender("amphora-sqlite-normal", _amphora_sqlite_normal, _amphora_sqlite_normal,
                   f"DB {reopened}: as amphora-sqlite",
                   "WAL, synchronous=normal (opt-in): fsync at checkpoints only"),
+        Contender(ENCRYPTED_DB, _amphora_encrypted_sqlite, _amphora_encrypted_sqlite,
+                  f"DB {reopened}: as amphora-sqlite (the keyring stays unlocked)",
+                  "as amphora-sqlite; every record sealed (AES-256-GCM-SIV)"),
         Contender("zodb-mapping", _zodb_mapping, None,
                   "db.cacheMinimize() (a memory storage cannot be reopened; no storage cache)",
                   "none (memory)"),
@@ -613,6 +640,7 @@ def headline(results: dict, cs: list[Contender], workloads: list[str]) -> list[s
                                              "relstorage-sqlite", "zodb-mapping",
                                              *PG_CONTENDERS)]
     pairs.append(("amphora-postgresql", PG_REFERENCE))
+    pairs.append((ENCRYPTED_DB, HEADLINE_DB))
     for name, reference in pairs:
         c = by_name.get(name)
         if c is None or reference not in by_name:
@@ -643,6 +671,15 @@ def target_lines(results: dict, cs: list[Contender]) -> list[str]:
                 else " (not measured)")
             result = f"n/a{why}" if r is None else f"{fmt_ratio(r)} {verdict}"
             lines.append(f"target {db} {workload} >= {goal}x vs {reference}: {result}")
+    c, ref = by_name.get(ENCRYPTED_DB), by_name.get(HEADLINE_DB)
+    if c is not None and ref is not None:
+        for workload, most in ENCRYPTED_TARGETS.items():
+            r = (ratio(results, HEADLINE_DB, workload, ENCRYPTED_DB)
+                 if not c.unavailable and not ref.unavailable else None)
+            result = "n/a" if r is None else (
+                f"{r:.2f}x ({r - 1:+.0%}) {'PASS' if r <= most else 'MISS'}")
+            lines.append(f"target {ENCRYPTED_DB} {workload} <= {most}x the time of "
+                         f"{HEADLINE_DB}: {result}")
     return lines
 
 
@@ -830,6 +867,10 @@ def run_benchmark(args: argparse.Namespace, cs: list[Contender], base: str,
     if args.markdown:
         print()
         print(markdown_table(results, cs, args.workloads))
+        pair = [c for c in cs if c.name in (HEADLINE_DB, ENCRYPTED_DB)]
+        if len(pair) == 2:  # encryption's cost: speedups below 1, vs amphora-sqlite
+            print()
+            print(markdown_table(results, pair, args.workloads, HEADLINE_DB))
         pg_cs = [c for c in cs if c.name in PG_CONTENDERS]
         if any(c.name == PG_REFERENCE for c in pg_cs):
             print()

@@ -18,8 +18,9 @@ from amphora.errors import (AmphoraError, CatalogError, ClientDisconnected, Conf
                             ConnectionStateError, CorruptRecordError, InvalidQueryError,
                             InvalidURIError, KeyringError, MirrorError, ObjectNotFoundError,
                             POSKeyError, PostgreSQLConnectionError, ReadConflictError, ReadOnlyError,
-                            ReadOnlyHistoryError, StaleReachableError, StorageError,
-                            StorageFormatError, StorageTransactionError, TamperedRecordError, UndoError,
+                            ReadOnlyHistoryError, RollbackError, StaleReachableError,
+                            StorageError, StorageFormatError, StorageTransactionError,
+                            TamperedRecordError, UndoError,
                             Unsupported)
 from amphora.crypto.keyring import Keyring
 from amphora.feeds import Change, ResyncRequired
@@ -40,8 +41,8 @@ __all__ = [
     "EncryptedStorage", "InvalidQueryError", "InvalidURIError", "Keyring", "KeyringError",
     "MemoryStorage", "MirrorError",
     "ObjectNotFoundError", "POSKeyError", "PostgreSQLConnectionError", "ReadConflictError",
-    "ReadOnlyError", "ReadOnlyHistoryError", "ResyncRequired", "StaleReachableError", "Storage",
-    "StorageError",
+    "ReadOnlyError", "ReadOnlyHistoryError", "ResyncRequired", "RollbackError",
+    "StaleReachableError", "Storage", "StorageError",
     "StorageFormatError", "StorageTransactionError", "TamperedRecordError",
     "TransactionMetaData", "UndoError",
     "Unsupported",
@@ -49,19 +50,24 @@ __all__ = [
 ]
 
 
-def open(uri: str, keyring: Keyring | None = None, **options: Any) -> DB:
+def open(uri: str, keyring: Keyring | None = None, seen_file: Any = None,
+         **options: Any) -> DB:
     """A :class:`DB` on the storage ``uri`` names (``"sqlite:///app.db"``, ``"memory://"``).
 
     ``cache_size``, ``cache_size_bytes``, ``pool_size`` and ``record_cache_bytes`` go to
     the DB, as keyword arguments or in the URI's query string; every other option to the
     storage (see :func:`open_storage`). With a ``keyring``, the storage is wrapped in an
-    :class:`EncryptedStorage` sealed with its keys.
+    :class:`EncryptedStorage` sealed with its keys; ``seen_file`` is where it remembers
+    the newest transaction seen, to refuse a rolled-back storage (:class:`RollbackError`):
+    a path, None for beside the keyring (``<keyring>.seen``), False for nowhere.
     """
+    if seen_file is not None and keyring is None:
+        raise TypeError("seen_file is for an encrypted database: give a keyring too")
     db_options = {k: options.pop(k) for k in _DB_OPTIONS if k in options}
     storage, uri_db_options = _open_storage_for_db(uri, **options)
     if keyring is not None:
         try:
-            storage = EncryptedStorage(storage, keyring)
+            storage = EncryptedStorage(storage, keyring, seen_file=seen_file)
         except BaseException:
             storage.close()
             raise

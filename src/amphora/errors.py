@@ -17,6 +17,7 @@ Every error amphora raises derives from :class:`AmphoraError`::
      |    +-- StaleReachableError (TransientError)  a pack's set of objects to keep was
      |    |                            computed before the storage's last commit
      |    +-- TamperedRecordError      an encrypted record failed authentication
+     |    +-- RollbackError            an encrypted database older than one already seen
      +-- ObjectNotFoundError (KeyError)   no record for an oid (ZODB: POSKeyError)
      +-- ConflictError (TransientError)   another transaction changed what this one wrote
      |    +-- ReadConflictError        ... or what it read (``readCurrent``, vanished objects)
@@ -49,7 +50,7 @@ __all__ = [
     "ObjectNotFoundError", "POSKeyError", "ConflictError", "ReadConflictError",
     "UndoError", "ConnectionStateError", "InvalidURIError", "MirrorError", "InvalidQueryError",
     "PostgreSQLConnectionError", "ClientDisconnected", "KeyringError", "TamperedRecordError",
-    "CatalogError", "StaleReachableError",
+    "RollbackError", "CatalogError", "StaleReachableError",
 ]
 
 
@@ -234,3 +235,17 @@ class TamperedRecordError(StorageError):
     """A record of an encrypted storage failed authentication: it was changed, cut,
     stored in the clear, moved from another object, revision or database, or sealed
     with a key the keyring does not hold. Nothing of it was unpickled."""
+
+
+class RollbackError(StorageError):
+    """An encrypted storage's last transaction is older than one this client has already
+    seen of that database: the server serves an older copy (a rollback), or the database
+    was restored from a backup. ``last`` is the storage's tid, ``seen`` the newest one
+    remembered, ``path`` the file that remembers it (None: seen by this process only)."""
+
+    def __init__(self, message: str, last: bytes | None = None, seen: bytes | None = None,
+                 path: str | None = None):
+        super().__init__(message)
+        self.last = last
+        self.seen = seen
+        self.path = path

@@ -24,6 +24,9 @@ def test_the_python_examples_run(tmp_path):
 def test_the_documented_layout_is_the_code_s():
     assert encrypted.MAGIC == bytes.fromhex("".join("A7 5E".split()))
     assert f"format {encrypted.FORMAT}" in DOC
-    # magic, format, kind, key id, database id, oid, tid, base serial: 48 bytes
-    assert encrypted._HEADER.size == 2 + 1 + 1 + 4 + 16 + 8 + 8 + 8 == 48
-    assert "The 48 bytes before the nonce are the associated data" in DOC
+    # magic, format, kind, key id, database id, oid, tid, base serial, salt, number
+    assert encrypted._HEADER.size == 2 + 1 + 1 + 4 + 16 + 8 + 8 + 8 + 16 + 4 == 68
+    assert "The 68 bytes before the ciphertext are the associated data" in DOC
+    assert f"its bucket plus {encrypted._HEADER.size + encrypted._TAG} bytes" in DOC
+    assert [encrypted.padded_size(n) for n in (1, 63, 64, 1023, 1024, 1200)] == \
+        [64, 64, 128, 1024, 1152, 1280]

@@ -3,15 +3,32 @@ under it (a file, a PostgreSQL server, anyone who can read or write them) learns
 the objects and cannot change them unnoticed.
 
 ``EncryptedStorage(storage, keyring)`` seals every record before ``storage`` sees it and
-opens it again on the way back. A record is sealed with AES-256-GCM-SIV under a data key
-of the :class:`~amphora.crypto.keyring.Keyring`, with a fresh random 96-bit nonce
-(GCM-SIV also stays safe if a nonce ever repeats). Its layout::
+opens it again on the way back. Records are sealed with AES-256-GCM under *subkeys* of a
+data key of the :class:`~amphora.crypto.keyring.Keyring`: each call that seals (one
+commit's records, a transaction's metadata, a merged conflict) draws a random 16-byte
+salt and derives a fresh subkey: BLAKE2b keyed with the data key, salted with the salt and
+personalized with a label (libsodium's key derivation); the records it seals are numbered from 0, and a record's
+nonce is its number (8 zero bytes, then the 4-byte number). A subkey never sees a nonce
+twice, by construction, and a data key's subkeys never repeat (two salts of 128 random
+bits do not meet), so no nonce is ever reused under a key, however many records a data
+key seals; no nonce is derived from an oid or a serial. Opening a record derives its
+subkey once: the ciphers of the last 4096 subkeys met are kept (a commit's records, read
+together, share one). Its layout::
 
     magic (2 bytes: A7 5E) | format (1: 1) | kind (1: "R" record, "T" transaction)
     | key id (4, big-endian) | database id (16) | oid (8) | tid (8) | base serial (8)
-    | nonce (12) | ciphertext and tag (16)
+    | salt (16) | number (4, big-endian) | ciphertext of the padded plaintext | tag (16)
 
-The first 48 bytes, the header, are the associated data: the cipher authenticates them
+**Padding.** Before sealing, the plaintext is padded to a bucket, so that the storage sees
+only bucket sizes, never a record's exact size: a byte 0x80 is appended, then zeros up to
+the bucket (:func:`padded_size`): a multiple of 64 bytes up to 1 KiB (1 to 63 bytes of
+plaintext are sealed as 64, 64 to 127 as 128, ...), then eight buckets per doubling, each
+step an eighth of the power of two below (1152, 1280, ... 2048, 2304, 2560, ...), so that
+padding adds at most 64 bytes below 1 KiB and at most 12.5% above. The padding is inside
+the ciphertext: changing it fails authentication like any other byte; once opened, the
+last 0x80 and the zeros after it are cut off (a record without them is refused).
+
+The first 68 bytes, the header, are the associated data: the cipher authenticates them
 with the ciphertext, so none can be changed without the record failing to open. A record
 served as the revision ``tid`` of ``oid`` in the database ``id`` opens only if it was
 sealed as exactly that: this catches records swapped between objects, an old revision
@@ -46,9 +63,26 @@ opened, else made at the first commit. A storage that serves records of another 
 beside this one's is caught; one that serves a whole other database sealed with the same
 keys is not, unless ``database_id`` is given.
 
-**Not caught here**: a storage that hides a newer revision and serves the previous one
-with its own tid (an object, or the whole database, rolled back); what the storage sees
-(oids, tids, record sizes, which records are read and written together).
+**Rollback of the whole database.** Every record of an older copy of the database is
+authentic, so a storage could serve one (hiding newer commits). The client remembers the
+newest tid it has seen of each database, in a file (:mod:`amphora.crypto.seen`): by
+default beside the keyring (``<keyring>.seen``), else ``seen_file``; ``seen_file=False``
+keeps it in memory only. When this storage is opened, and each time it is asked for its
+last transaction (at each sync, so at every transaction boundary of a connection), a
+wrapped storage whose last tid is older than the one remembered is refused with
+:class:`~amphora.errors.RollbackError`, naming both tids and the file. The guarantee: a
+tid seen (reported by the wrapped storage, or committed here) is in the file within one
+second, and at :meth:`close`; a client that dies within that second may not catch a
+rollback to just before it. The check needs the database id: an empty database, or one
+opened without ``database_id`` whose records were all withheld, is not compared (pass
+``database_id`` to compare from the start). A database restored from a backup on purpose
+is opened after removing its entry from the file.
+
+**Not caught here**: a storage that hides a newer revision of one object and serves the
+previous one with its own tid (while the database's last tid moves on); a rollback to a
+point no client had seen yet. **What the storage sees**: oids, tids and transaction
+times, each record's size padded to its bucket, which records each client reads and
+writes and when, which records are written together, and each database's id.
 
 **Pack with garbage collection** over SQLite, PostgreSQL or memory reads the references
 of each record once opened. Through a server, which holds no key, it is computed here: this
@@ -68,15 +102,20 @@ from __future__ import annotations
 
 import os
 import struct
+import hashlib
 import threading
+import time
+from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCMSIV
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from amphora.crypto.keyring import Keyring
+from amphora.crypto.seen import SeenTids, seen_file_of
 from amphora.errors import (ConflictError, KeyringError, MirrorError, ObjectNotFoundError,
-                            StorageError, StorageTransactionError, TamperedRecordError)
+                            RollbackError, StorageError, StorageTransactionError,
+                            TamperedRecordError)
 from amphora.serialize import references
 from amphora.storage._reachable import ReachableWalk
 from amphora.storage.base import (DataRecord, Storage, StorageBase, TransactionMetaData,
@@ -91,12 +130,49 @@ RECORD, TRANSACTION = b"R", b"T"
 #: the one extension key of a transaction in the wrapped storage
 SEALED_EXTENSION = "amphora.sealed"
 
-_HEADER = struct.Struct(">2sBcI16s8s8s8s")  # magic, format, kind, key id, db, oid, tid, base
-_NONCE = 12
+# magic, format, kind, key id, database id, oid, tid, base serial, salt, counter
+_HEADER = struct.Struct(">2sBcI16s8s8s8s16sI")
+_HEADER_START = struct.Struct(">2sBcI16s")  # the part common to one commit's records
+_SALT = 16
+# where the fields are in a sealed record
+_KEY_ID_AT, _DATABASE_AT, _OID_AT, _TID_AT, _BASE_AT, _SALT_AT, _COUNTER_AT = \
+    4, 8, 24, 32, 40, 48, 64
+_FORMAT_AND_KIND = {kind: bytes([FORMAT]) + kind for kind in (b"R", b"T")}
 _TAG = 16
-_SEALED_MIN = _HEADER.size + _NONCE + _TAG
+_SEALED_MIN = _HEADER.size + _TAG
+_SUBKEY_PERSON = b"amphora subkey"  # BLAKE2b's personalization of a subkey's derivation
+_NONCE_PREFIX = bytes(8)  # a nonce: 8 zero bytes, then the record's counter
+_SUBKEYS_KEPT = 4096  # the ciphers of subkeys met while opening, kept for the next records
 _META = struct.Struct(">II")  # lengths of user and description; the extension follows
 _TID_ATTEMPTS = 8  # commits retried when another writer took a later tid meanwhile
+_CATCH_UP_SECONDS = 2.0  # a remote storage's time to deliver commits it has not pushed yet
+_PADDING = b"\x80" + bytes(8191)  # the mark, then zeros: sliced for each record
+_PAD_STEP = 64  # the buckets' smallest step (below 1 KiB every bucket is a multiple of it)
+
+
+def padded_size(size: int) -> int:
+    """The bucket of a plaintext of ``size`` bytes: the size it is padded to (the pad mark
+    included). Multiples of 64 bytes up to 1 KiB, then 8 buckets per doubling, each step
+    1/8 of the power of two below: 1152, 1280, ... 2048, 2304, ... (at most 12.5% more)."""
+    size += 1  # the mark
+    step = _PAD_STEP if size <= 1024 else 1 << ((size - 1).bit_length() - 4)
+    return -(-size // step) * step
+
+
+def _pad(plain: bytes) -> bytes:
+    size = len(plain)
+    padding = padded_size(size) - size
+    if padding > len(_PADDING):  # (records above 64 KiB)
+        return b"".join((plain, _PADDING[:1], bytes(padding - 1)))
+    return plain + _PADDING[:padding]
+
+
+def _unpad(padded: bytes) -> bytes | None:
+    """The plaintext ``_pad`` padded, or None if ``padded`` is not padded so."""
+    stripped = padded.rstrip(b"\0")
+    if stripped[-1:] != _PADDING[:1]:
+        return None
+    return stripped[:-1]
 
 
 def is_sealed(data: bytes) -> bool:
@@ -118,9 +194,14 @@ class EncryptedStorage(StorageBase):
     no_mirror_because = "the mirror would hold the objects in plaintext"
 
     def __init__(self, storage: Storage, keyring: Keyring, database_id: bytes | None = None,
-                 name: str | None = None, resolve_conflicts: bool = True):
+                 name: str | None = None, resolve_conflicts: bool = True,
+                 seen_file: str | os.PathLike | bool | None = None):
         if not isinstance(keyring, Keyring):
             raise TypeError(f"keyring must be an amphora.Keyring, not {type(keyring).__name__}")
+        if seen_file is True or not (seen_file is None or seen_file is False
+                                     or isinstance(seen_file, (str, os.PathLike))):
+            raise TypeError("seen_file is a path, None (beside the keyring) or False (no "
+                            f"file), not {seen_file!r}")
         if database_id is not None and (type(database_id) is not bytes or len(database_id) != 16):
             raise ValueError(f"a database id is 16 bytes, not {database_id!r}")
         has_mirror = getattr(storage, "has_mirror", None)
@@ -144,8 +225,17 @@ class EncryptedStorage(StorageBase):
         self._database_id = database_id
         self._plain: dict[bytes, bytes] = {}  # oid -> the plaintext stored (conflicts name it)
         self._inner_txn: _SealedTransaction | None = None
+        self._subkeys: dict[bytes, AESGCM] = {}  # salt -> the cipher of its subkey
+        self._seen_lock = threading.RLock()
+        self._seen = z64  # the newest tid seen of this database (the file's included)
+        self._seen_loaded = False  # the file's entry read (once the database id is known)
+        self.seen_tids = None if seen_file is False else SeenTids(
+            seen_file_of(keyring.path) if seen_file is None else Path(seen_file))
         if database_id is None:
             self._learn_database_id()
+        if self.seen_tids is not None and self._database_id is None:
+            self.seen_tids.entries()  # a damaged file is reported now, not at a commit
+        self.lastTransaction()  # a storage older than what was seen is refused now
 
     # -- the database id ----------------------------------------------------------------
     @property
@@ -162,61 +252,164 @@ class EncryptedStorage(StorageBase):
             self._open(found[0], RECORD, z64, found[1])
 
     def _id_for_sealing(self) -> bytes:
+        if self._database_id is not None:
+            return self._database_id
         with self._id_lock:
             if self._database_id is None:
                 self._database_id = os.urandom(16)
+                self._seen_loaded = True  # a new id: the file has nothing of it
             return self._database_id
 
+    # -- rollback -----------------------------------------------------------------------
+    def _load_seen(self) -> None:
+        """Raise ``_seen`` to the file's entry, once the database id is known."""
+        database_id = self._database_id
+        if self._seen_loaded or database_id is None:
+            return
+        self._seen_loaded = True
+        if self.seen_tids is None:
+            return
+        remembered = self.seen_tids.remembered(database_id)
+        if remembered is not None and remembered > self._seen:
+            self._seen = remembered
+        elif self._seen > z64:  # seen before the id was known
+            self.seen_tids.note(database_id, self._seen)
+
+    def _catch_up(self) -> bytes:
+        """The wrapped storage's last tid once it caught up with commits it may not have
+        heard of yet (another process's, which that process may have noted in the file
+        already): it syncs, and a remote storage is given a moment for pushes to come."""
+        sync = getattr(self.storage, "sync", None)
+        deadline = time.monotonic() + (_CATCH_UP_SECONDS if self.is_remote else 0.0)
+        while True:
+            if sync is not None:
+                sync()
+            last = self.storage.lastTransaction()
+            if last >= self._seen or time.monotonic() >= deadline:
+                return last
+            time.sleep(0.02)
+
+    def _saw(self, tid: bytes, check: bool = True) -> None:
+        """Note ``tid`` as seen (under ``_seen_lock``); with ``check``, a tid older than
+        one seen before (the file's entry included) raises RollbackError. Without, nothing
+        is read and nothing raised (a commit's own tid, after it committed)."""
+        if check:
+            self._load_seen()
+        database_id = self._database_id
+        if tid > self._seen:
+            self._seen = tid
+            if self.seen_tids is not None and database_id is not None:
+                self.seen_tids.note(database_id, tid)
+        elif check and tid < self._seen:
+            where = ("this process" if self.seen_tids is None
+                     else f"this client (remembered in {self.seen_tids.path})")
+            raise RollbackError(
+                f"{self.storage.getName()}'s last transaction is {tid_repr(tid)}, older than "
+                f"{tid_repr(self._seen)}, which {where} has already seen of the database "
+                f"{database_id.hex() if database_id else '(id unknown)'}: it serves an older "
+                "copy of the database (a rollback). If the database was restored from a "
+                "backup on purpose, remove its entry from that file.",
+                last=tid, seen=self._seen,
+                path=None if self.seen_tids is None else str(self.seen_tids.path))
+
     # -- sealing and opening ------------------------------------------------------------
+    def _subkey(self, key_id: int, salt: bytes) -> AESGCM:
+        """The cipher of the subkey ``salt`` names under the data key ``key_id``: BLAKE2b
+        keyed with the data key, with the salt and a personalization string, 32 bytes
+        out (libsodium's ``crypto_kdf`` construction); KeyringError if the keyring holds
+        no such key. Kept by salt alone (salts
+        are random, 128 bits): a record naming a kept salt under another key id fails
+        authentication all the same, since the key id is part of the associated data."""
+        found = self._subkeys.get(salt)
+        if found is None:
+            subkey = hashlib.blake2b(key=self.keyring.key(key_id), salt=salt,
+                                     person=_SUBKEY_PERSON, digest_size=32).digest()
+            found = AESGCM(subkey)
+            subkeys = self._subkeys
+            if len(subkeys) >= _SUBKEYS_KEPT:
+                try:
+                    del subkeys[next(iter(subkeys))]  # the oldest
+                except (KeyError, RuntimeError, StopIteration):  # (another thread's)
+                    pass
+            subkeys[salt] = found
+        return found
+
     def _seal(self, plain: bytes, kind: bytes, oid: bytes, tid: bytes, base: bytes) -> bytes:
+        return self._seal_many(kind, tid, {oid: plain}, {oid: base})[oid]
+
+    def _seal_many(self, kind: bytes, tid: bytes, plains: dict[bytes, bytes],
+                   bases: dict[bytes, bytes]) -> dict[bytes, bytes]:
+        """``{oid: sealed}`` of ``plains`` (``{oid: plaintext}``), as revisions ``tid``
+        over ``bases`` (``{oid: base serial}``). One commit's records are sealed at once:
+        the header's start, the cipher and the nonces (one read of the random source)
+        are made once for all."""
         key_id = self.keyring.current_key_id
-        header = _HEADER.pack(MAGIC, FORMAT, kind, key_id, self._id_for_sealing(), oid, tid,
-                              base)
-        nonce = os.urandom(_NONCE)
-        return header + nonce + AESGCMSIV(self.keyring.key(key_id)).encrypt(nonce, plain, header)
+        salt = os.urandom(_SALT)  # a new subkey for these records: never one used before
+        cipher = self._subkey(key_id, salt)
+        start = _HEADER_START.pack(MAGIC, FORMAT, kind, key_id, self._id_for_sealing())
+        if len(plains) >= 1 << 32:
+            raise StorageError(f"{len(plains)} records in one commit: a commit seals fewer "
+                               "than 2**32")
+        sealed = {}
+        for counter, (oid, plain) in enumerate(plains.items()):
+            count = counter.to_bytes(4, "big")
+            header = b"".join((start, oid, tid, bases[oid], salt, count))
+            sealed[oid] = header + cipher.encrypt(_NONCE_PREFIX + count, _pad(plain), header)
+        return sealed
 
     def _open(self, data: bytes, kind: bytes, oid: bytes | None, tid: bytes | None) -> bytes:
         """The plaintext of ``data`` served as the revision ``tid`` of ``oid`` (None: as
         whatever it names, for references in pack); else TamperedRecordError."""
-        what = "a transaction's metadata" if kind == TRANSACTION else (
-            "a record" if oid is None else f"the record of oid {oid_repr(oid)}")
-        if tid is not None:
-            what += f" at {tid_repr(tid)}"
         if len(data) < _SEALED_MIN or data[:2] != MAGIC:
-            raise TamperedRecordError(
-                f"{what} is not sealed ({len(data)} bytes"
-                f"{', too short' if len(data) < _SEALED_MIN else ', no seal header'}): "
-                "cut short, or stored in the clear")
-        magic, version, sealed_kind, key_id, database, sealed_oid, sealed_tid, _ = \
-            _HEADER.unpack_from(data)
-        header = data[:_HEADER.size]
-        try:
-            key = self.keyring.key(key_id)
-        except KeyringError:
-            raise TamperedRecordError(f"{what} names key {key_id}, which the keyring "
-                                      f"does not hold (it holds {self.keyring.key_ids})") from None
-        nonce = data[_HEADER.size:_HEADER.size + _NONCE]
-        try:
-            plain = AESGCMSIV(key).decrypt(nonce, data[_HEADER.size + _NONCE:], header)
+            raise _tampered(kind, oid, tid, f"is not sealed ({len(data)} bytes"
+                            f"{', too short' if len(data) < _SEALED_MIN else ', no seal header'}"
+                            "): cut short, or stored in the clear")
+        salt = data[_SALT_AT:_COUNTER_AT]
+        cipher = self._subkeys.get(salt)
+        if cipher is None:
+            key_id = int.from_bytes(data[_KEY_ID_AT:_KEY_ID_AT + 4], "big")
+            try:
+                cipher = self._subkey(key_id, salt)
+            except KeyringError:
+                raise _tampered(kind, oid, tid, f"names key {key_id}, which the keyring does "
+                                f"not hold (it holds {self.keyring.key_ids})") from None
+        try:  # (slices of bytes reach the cipher faster than a memoryview's)
+            padded = cipher.decrypt(_NONCE_PREFIX + data[_COUNTER_AT:_HEADER.size],
+                                    data[_HEADER.size:], data[:_HEADER.size])
         except InvalidTag:
-            raise TamperedRecordError(f"{what} failed authentication: changed or cut") from None
+            raise _tampered(kind, oid, tid, "failed authentication: changed or cut") from None
         # Authentic from here: the header says what the record truly is.
-        if version != FORMAT or sealed_kind != kind:
-            raise TamperedRecordError(f"{what} is a sealed {sealed_kind!r} of format "
-                                      f"{version}, not a {kind!r} of format {FORMAT}")
-        if oid is not None and sealed_oid != oid:
-            raise TamperedRecordError(f"{what} was sealed for oid {oid_repr(sealed_oid)}: "
-                                      "records swapped between objects")
-        if tid is not None and sealed_tid != tid:
-            raise TamperedRecordError(f"{what} was sealed as the revision {tid_repr(sealed_tid)}"
-                                      ": another revision served in its place")
-        with self._id_lock:
-            if self._database_id is None:
-                self._database_id = database
+        plain = _unpad(padded)
+        if plain is None:
+            raise _tampered(kind, oid, tid, f"is authentic but not padded as format {FORMAT} "
+                            "pads (no 0x80 then zeros at its end)")
+        if data[2:4] != _FORMAT_AND_KIND[kind] or (
+                oid is not None and data[_OID_AT:_TID_AT] != oid) or (
+                tid is not None and data[_TID_AT:_BASE_AT] != tid):
+            self._misplaced(data, kind, oid, tid)
+        database = data[_DATABASE_AT:_OID_AT]
         if database != self._database_id:
-            raise TamperedRecordError(f"{what} belongs to another database "
-                                      f"({database.hex()}, not {self._database_id.hex()})")
+            with self._id_lock:
+                if self._database_id is None:
+                    self._database_id = database
+            if database != self._database_id:
+                raise _tampered(kind, oid, tid, f"belongs to another database "
+                                f"({database.hex()}, not {self._database_id.hex()})")
         return plain
+
+    @staticmethod
+    def _misplaced(data: bytes, kind: bytes, oid: bytes | None, tid: bytes | None) -> None:
+        """Raise why an authentic record is not what it was served as."""
+        _, version, sealed_kind, _, _, sealed_oid, sealed_tid, _, _, _ = \
+            _HEADER.unpack_from(data)
+        if version != FORMAT or sealed_kind != kind:
+            raise _tampered(kind, oid, tid, f"is a sealed {sealed_kind!r} of format {version}, "
+                            f"not a {kind!r} of format {FORMAT}")
+        if oid is not None and sealed_oid != oid:
+            raise _tampered(kind, oid, tid, f"was sealed for oid {oid_repr(sealed_oid)}: "
+                            "records swapped between objects")
+        raise _tampered(kind, oid, tid, f"was sealed as the revision {tid_repr(sealed_tid)}: "
+                        "another revision served in its place")
 
     def _seal_metadata(self, meta: tuple[bytes, bytes, bytes], tid: bytes) -> bytes:
         user, description, extension = meta
@@ -241,7 +434,16 @@ class EncryptedStorage(StorageBase):
 
     # -- reading --------------------------------------------------------------------------
     def lastTransaction(self) -> bytes:
-        return self.storage.lastTransaction()
+        """The wrapped storage's last tid; RollbackError if it is older than a tid seen
+        before (by this storage object, or remembered in the file of tids seen)."""
+        with self._seen_lock:
+            last = self.storage.lastTransaction()
+            if last != self._seen:
+                self._load_seen()
+                if last < self._seen:
+                    last = self._catch_up()
+                self._saw(last)
+        return last
 
     def loadBefore(self, oid: bytes, tid: bytes) -> tuple[bytes, bytes, bytes | None] | None:
         found = self.storage.loadBefore(oid, tid)
@@ -263,7 +465,8 @@ class EncryptedStorage(StorageBase):
 
     def history(self, oid: bytes, size: int | None = 1) -> list[dict[str, Any]]:
         """The wrapped storage's history with each transaction's metadata opened;
-        ``size`` is the plain record's (sealing adds the same bytes to every record)."""
+        ``size`` is the plain record's (each revision is read and opened for it: the
+        wrapped storage knows only its padded size)."""
         entries = []
         for entry in self.storage.history(oid, size):
             tid = entry["tid"]
@@ -271,9 +474,15 @@ class EncryptedStorage(StorageBase):
                 tid, entry.get(SEALED_EXTENSION))
             plain = dict(decode_extension(extension))
             plain.update(time=entry["time"], tid=tid, serial=entry["serial"], user_name=user,
-                         description=description, size=max(entry["size"] - _SEALED_MIN, 0))
+                         description=description, size=self._plain_size(oid, entry))
             entries.append(plain)
         return entries
+
+    def _plain_size(self, oid: bytes, entry: dict[str, Any]) -> int:
+        if not entry["size"]:
+            return 0  # an undo's deletion record: nothing sealed
+        return len(self._open(self.storage.loadSerial(oid, entry["serial"]), RECORD, oid,
+                              entry["serial"]))
 
     def iterator(self, start: bytes | None = None, stop: bytes | None = None
                  ) -> Iterator[TransactionRecord]:
@@ -343,10 +552,10 @@ class EncryptedStorage(StorageBase):
         self._plain = dict(self._stores)
         txn = self._inner_txn = _SealedTransaction(self, tid)
         inner.tpc_begin(txn, tid)
-        sealed = {oid: self._seal(data, RECORD, oid, tid, self._serials[oid])
-                  for oid, data in self._stores.items()}
+        sealed = self._seal_many(RECORD, tid, self._stores, self._serials)
         restored = self._restored
-        plain_stores = {oid: data for oid, data in sealed.items() if oid not in restored}
+        plain_stores = sealed if not restored else {
+            oid: data for oid, data in sealed.items() if oid not in restored}
         if plain_stores:
             inner.store_many(plain_stores, {oid: self._serials[oid] for oid in plain_stores},
                              txn)
@@ -369,6 +578,8 @@ class EncryptedStorage(StorageBase):
         if tid != txn.tid:
             raise StorageError(f"{self.storage.getName()} committed as {tid_repr(tid)}, "
                                f"not as the tid {tid_repr(txn.tid)} its records were sealed with")
+        with self._seen_lock:
+            self._saw(tid, check=False)
         return tid
 
     def _abort(self) -> None:
@@ -433,14 +644,21 @@ class EncryptedStorage(StorageBase):
         self.storage.registerDB(_Relay(self, wrapper))
 
     def sync(self) -> None:
+        """Catch up with the wrapped storage; RollbackError if it went back in time."""
         sync = getattr(self.storage, "sync", None)
         if sync is not None:
             sync()
+        self.lastTransaction()
 
     def close(self) -> None:
+        """Close the wrapped storage, after writing the newest tid seen to the file."""
         if not self._closed:
             self._closed = True
-            self.storage.close()
+            try:
+                if self.seen_tids is not None:
+                    self.seen_tids.close()
+            finally:
+                self.storage.close()
 
 
 class _SealedTransaction(TransactionMetaData):
@@ -475,6 +693,16 @@ class _Relay:
 
     def references(self, record: bytes, oids: list[bytes] | None = None) -> list[bytes]:
         return self._storage.references(record, oids)
+
+
+def _tampered(kind: bytes, oid: bytes | None, tid: bytes | None,
+              reason: str) -> TamperedRecordError:
+    """The error for a record refused (the text is made only then: opening is hot)."""
+    what = "a transaction's metadata" if kind == TRANSACTION else (
+        "a record" if oid is None else f"the record of oid {oid_repr(oid)}")
+    if tid is not None:
+        what += f" at {tid_repr(tid)}"
+    return TamperedRecordError(f"{what} {reason}")
 
 
 def _sealed_of(extension_bytes: bytes) -> Any:
