@@ -467,6 +467,140 @@ def _copy_progress(source_last: bytes) -> Iterator[Any]:
         yield progress
 
 
+# ---------------------------------------------------------------------------------------
+# Keys: keyrings of encrypted databases and key rotation
+
+#: the environment variables a passphrase is read from when set (and no option names one)
+PASSPHRASE_ENV = "AMPHORA_PASSPHRASE"
+NEW_PASSPHRASE_ENV = "AMPHORA_NEW_PASSPHRASE"
+
+
+def _passphrase(args: argparse.Namespace, new: bool = False, confirm: bool = False) -> str:
+    """The passphrase, from ``--passphrase-file``, ``--passphrase-env`` (``--new-...``
+    with ``new``), the default environment variable, or a prompt (twice with
+    ``confirm``). Never from the command line itself."""
+    prefix, default_env = ("new_", NEW_PASSPHRASE_ENV) if new else ("", PASSPHRASE_ENV)
+    option = "--new-passphrase" if new else "--passphrase"
+    path, env = getattr(args, f"{prefix}passphrase_file"), getattr(args, f"{prefix}passphrase_env")
+    if path is not None:
+        if path == "-":  # a line of standard input (the old passphrase's, then the new's)
+            text = sys.stdin.readline()
+        else:
+            with open(path, encoding="utf-8") as file:
+                text = file.read()
+        passphrase = text[:-1] if text.endswith("\n") else text
+        passphrase = passphrase[:-1] if passphrase.endswith("\r") else passphrase
+        if not passphrase:
+            raise CommandError(f"{option}-file {path}: no passphrase in it (empty)")
+        return passphrase
+    if env is not None:
+        passphrase = os.environ.get(env, "")
+        if not passphrase:
+            raise CommandError(f"{option}-env {env}: the environment variable is not set "
+                               "or is empty")
+        return passphrase
+    if os.environ.get(default_env):
+        return os.environ[default_env]
+    if not sys.stdin.isatty():
+        raise CommandError(f"no {'new ' if new else ''}passphrase: give {option}-env NAME "
+                           f"or {option}-file FILE, set {default_env}, or run in a terminal "
+                           "to be asked")
+    import getpass
+    what = "new passphrase" if new else "passphrase"
+    passphrase = getpass.getpass(f"{what[0].upper()}{what[1:]} for {args.keyring}: ")
+    if not passphrase:
+        raise CommandError(f"the {what} is empty")
+    if confirm and getpass.getpass(f"The {what} again: ") != passphrase:
+        raise CommandError(f"the two {what}s differ; nothing was changed")
+    return passphrase
+
+
+def cmd_keys_create(args: argparse.Namespace) -> int:
+    from amphora.crypto.keyring import KdfParameters, Keyring
+    if os.path.exists(args.keyring):
+        raise CommandError(f"{args.keyring} already exists; a keyring is created once")
+    cost = KdfParameters(iterations=args.kdf_iterations, lanes=args.kdf_lanes,
+                         memory_cost=args.kdf_memory)
+    keyring = Keyring.create(args.keyring, _passphrase(args, confirm=True), cost)
+    print(f"created the keyring {args.keyring} with key {keyring.current_key_id}; keep the "
+          "passphrase and a copy of the file safe: without them the data cannot be read")
+    return 0
+
+
+def cmd_keys_passwd(args: argparse.Namespace) -> int:
+    from amphora.crypto.keyring import Keyring
+    old = _passphrase(args)
+    keyring = Keyring.unlock(args.keyring, old)
+    keyring.change_passphrase(old, _passphrase(args, new=True, confirm=True))
+    print(f"{args.keyring}: the keys are wrapped under the new passphrase (the keys, and "
+          "so the data, did not change)")
+    return 0
+
+
+def cmd_keys_info(args: argparse.Namespace) -> int:
+    from amphora.crypto.keyring import Keyring
+    summary = Keyring.summary(args.keyring)
+    cost = summary.cost
+    print(f"keyring:        {args.keyring}")
+    passes = f"{cost.iterations} pass{'' if cost.iterations == 1 else 'es'}"
+    print(f"key derivation: Argon2id, {passes}, {cost.memory_cost:,} KiB of memory, "
+          f"{_plural(cost.lanes, 'lane')}")
+    print(f"keys:           {len(summary.created)} (new records are sealed with the current one)")
+    for key_id, created in sorted(summary.created.items()):
+        mark = "  current" if key_id == summary.current else ""
+        print(f"  {key_id:>4}  created {created or 'at an unknown time'}{mark}")
+    return 0
+
+
+@contextlib.contextmanager
+def _encrypted(args: argparse.Namespace) -> Iterator[Any]:
+    """The storage ``args.uri`` sealed with the keyring ``args.keyring``."""
+    from amphora.crypto.keyring import Keyring
+    from amphora.storage.encrypted import EncryptedStorage
+    keyring = Keyring.unlock(args.keyring, _passphrase(args))
+    with opened(args.uri) as storage:
+        yield EncryptedStorage(storage, keyring)
+
+
+def cmd_keys_rotate(args: argparse.Namespace) -> int:
+    from amphora.crypto.rotation import rotate
+    started = time.monotonic()
+    with _encrypted(args) as storage:
+        with _count_progress("sealing again") as progress:
+            try:
+                stats = rotate(storage, batch=args.batch, progress=progress)
+            except BaseException:
+                print("amphora: the rotation stopped; what it committed stays sealed with "
+                      "the new key, and running it again finishes it", file=sys.stderr)
+                raise
+    elapsed = time.monotonic() - started
+    how = (f"added key {stats.key_id}" if stats.added
+           else f"finished the rotation to key {stats.key_id} (already current)")
+    print(f"{args.uri}: {how}; {_plural(stats.resealed, 'record')} sealed again in "
+          f"{_plural(stats.transactions, 'transaction')}, {stats.already:,} already sealed "
+          f"with it, {_plural(stats.conflicts, 'conflict')} with writers retried, "
+          f"{stats.objects:,} objects, in {elapsed:.2f} s")
+    if stats.remaining:
+        print(f"amphora: {_plural(stats.remaining, 'record')} still sealed with an older "
+              "key (a writer using another copy of the keyring?): run the rotation again",
+              file=sys.stderr)
+        return 1
+    if len(storage.keyring.key_ids) > 1:
+        print(f"older keys can be retired once no old revision needs them: amphora pack "
+              f"--no-gc {args.uri}, then amphora keys retire {args.uri} --keyring "
+              f"{args.keyring} --key ID")
+    return 0
+
+
+def cmd_keys_retire(args: argparse.Namespace) -> int:
+    from amphora.crypto.rotation import retire
+    with _encrypted(args) as storage:
+        retire(storage, args.key)
+    print(f"retired key {args.key} from {args.keyring}: records sealed with it no longer "
+          "open (copies of the keyring made before still hold it)")
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from amphora.server import serve
     host, _, port = args.listen.rpartition(":")
@@ -668,6 +802,95 @@ def build_parser() -> argparse.ArgumentParser:
                         help="seconds between looks for new commits (default: 0.5)")
     follow.set_defaults(func=cmd_follow)
 
+    keys = command("keys", "keyrings of encrypted databases: create, passwd, info, rotate, "
+                   "retire",
+                   "Manage the keyring of an encrypted database (amphora.Keyring): its data "
+                   "keys, wrapped under a passphrase. The passphrase is asked for at a "
+                   f"prompt, or read from an environment variable ({PASSPHRASE_ENV} if set, "
+                   "or --passphrase-env NAME) or a file (--passphrase-file FILE); never "
+                   "from the command line, where other users and the shell's history "
+                   "would see it.")
+    key_commands = keys.add_subparsers(title="commands", dest="keys_command",
+                                       metavar="COMMAND")
+    key_commands.required = True
+
+    def key_command(name: str, help: str, description: str, on_storage: bool = False
+                    ) -> argparse.ArgumentParser:
+        sub = key_commands.add_parser(name, help=help, description=description,
+                                      allow_abbrev=False,
+                                      epilog=STORAGE_FORMS if on_storage else None)
+        if on_storage:
+            sub.add_argument("uri", metavar="URI", help="the encrypted storage")
+            sub.add_argument("--keyring", metavar="FILE", required=True,
+                             help="the keyring its records are sealed with")
+        else:
+            sub.add_argument("keyring", metavar="FILE", help="the keyring file")
+        return sub
+
+    def passphrase_options(sub: argparse.ArgumentParser, new: bool = False) -> None:
+        prefix, env = ("new-", NEW_PASSPHRASE_ENV) if new else ("", PASSPHRASE_ENV)
+        what = "the new passphrase" if new else "the passphrase"
+        source = sub.add_mutually_exclusive_group()
+        source.add_argument(f"--{prefix}passphrase-env", metavar="NAME",
+                            help=f"read {what} from the environment variable NAME "
+                                 f"(default: {env} if it is set, else a prompt)")
+        source.add_argument(f"--{prefix}passphrase-file", metavar="FILE",
+                            help=f"read {what} from FILE (one final newline is ignored;"
+                                 " -: a line of standard input)")
+
+    create = key_command("create", "a new keyring file with one random data key",
+                         "Create a keyring file holding one new random data key, wrapped "
+                         "under a passphrase (asked twice at a prompt). The file is "
+                         "readable by its owner only and never holds a key in the clear.")
+    passphrase_options(create)
+    create.add_argument("--kdf-memory", metavar="KIB", type=_positive_int, default=64 * 1024,
+                        help="Argon2id's memory in KiB (default: 65536, 64 MiB)")
+    create.add_argument("--kdf-iterations", metavar="N", type=_positive_int, default=3,
+                        help="Argon2id's passes (default: 3)")
+    create.add_argument("--kdf-lanes", metavar="N", type=_positive_int, default=4,
+                        help="Argon2id's lanes (default: 4)")
+    create.set_defaults(func=cmd_keys_create)
+
+    passwd = key_command("passwd", "wrap the keys under a new passphrase",
+                         "Change a keyring's passphrase: the data keys are wrapped again "
+                         "under the new one (asked twice); they do not change, so nothing "
+                         "in the databases is re-encrypted. Processes that unlocked the "
+                         "keyring before must unlock it again to learn of later keys.")
+    passphrase_options(passwd)
+    passphrase_options(passwd, new=True)
+    passwd.set_defaults(func=cmd_keys_passwd)
+
+    keys_info = key_command("info", "the ids and dates of a keyring's keys (no passphrase)",
+                            "List a keyring's data keys: their ids, when each was made, "
+                            "which is current, and the cost of its key derivation. Needs "
+                            "no passphrase and never shows a key.")
+    keys_info.set_defaults(func=cmd_keys_info)
+
+    rotate = key_command("rotate", "seal every object with a new key, online",
+                         "Add a new data key to the keyring (the current one: every process "
+                         "using the keyring file seals with it from its next commit), then "
+                         "seal the current revision of every object again with it, in small "
+                         "transactions, while the database is in use; a progress bar on "
+                         "stderr when it is a terminal. Interrupted, run it again: it "
+                         "finishes the rotation to the current key instead of adding "
+                         "another. Old revisions keep their key until the database is "
+                         "packed; then 'amphora keys retire' removes the old key.",
+                         on_storage=True)
+    passphrase_options(rotate)
+    rotate.add_argument("--batch", metavar="N", type=_positive_int, default=100,
+                        help="objects sealed again per transaction (default: 100)")
+    rotate.set_defaults(func=cmd_keys_rotate)
+
+    retire = key_command("retire", "remove an old key no stored revision needs",
+                         "Remove an old data key from the keyring, once no revision and no "
+                         "transaction of the database is sealed with it (refused before: "
+                         "rotate, then pack to now). Other databases sealed with the same "
+                         "keyring are not checked.", on_storage=True)
+    passphrase_options(retire)
+    retire.add_argument("--key", metavar="ID", type=_positive_int, required=True,
+                        help="the id of the key to remove ('amphora keys info' lists them)")
+    retire.set_defaults(func=cmd_keys_retire)
+
     serve = command("serve", "serve a storage to amphora:// clients over the network",
                     "Serve a storage over TCP (TLS with --tls-cert and --tls-key) to "
                     "amphora://host:port clients, pushing every commit to every client. "
@@ -746,6 +969,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["kanban"]:
         return _kanban(argv[1:])
+    if argv[:1] == ["keys"] and any(arg.split("=")[0] in ("--passphrase", "--password")
+                                    for arg in argv):
+        print("amphora: error: a passphrase is never taken from the command line (other "
+              "users and the shell's history would see it): use the prompt, "
+              "--passphrase-env NAME or --passphrase-file FILE", file=sys.stderr)
+        return EXIT_ERROR
     args = build_parser().parse_args(argv)
     # Warnings from the storages' loggers (ZODB's FileStorage rebuilding an index, say)
     # are worth seeing, marked as ours.

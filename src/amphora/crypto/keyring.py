@@ -19,6 +19,22 @@ key moved to another id does not unwrap.
 
 A wrong passphrase fails to unwrap (the tag does not match) and raises
 :class:`~amphora.errors.KeyringError`; so does a file that is not a keyring.
+
+**Keys added by another process.** :meth:`Keyring.add_key` (run by ``amphora keys
+rotate``, say) writes the file whole and renames it over the old one. A running process
+keeps the key-encryption key in memory and learns of the change with :meth:`refresh`: a
+``stat`` of the file (inode, size, modification time) and, if it changed, a re-read that
+unwraps the keys again. :class:`~amphora.storage.encrypted.EncryptedStorage` refreshes at
+every commit, before sealing, so that its new records use the new current key, and when a
+record names a key it does not hold. A file re-wrapped under another passphrase
+(``change_passphrase`` in another process) cannot be read with the key-encryption key in
+memory: the process goes on with the keys it holds, and one that needs a key it does not
+hold says to unlock the keyring again.
+
+Changes to a keyring (:meth:`~Keyring.add_key`, :meth:`~Keyring.retire_key`,
+:meth:`~Keyring.change_passphrase`) re-read the file first, so that a key another process
+added is kept; two processes changing one keyring at the very same moment are not
+serialized (the last rename wins), so changes are made by one command at a time.
 """
 from __future__ import annotations
 
@@ -27,6 +43,7 @@ import datetime
 import json
 import os
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,7 +54,7 @@ from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
 
 from amphora.errors import KeyringError
 
-__all__ = ["Keyring", "KdfParameters"]
+__all__ = ["Keyring", "KdfParameters", "KeyringSummary"]
 
 FORMAT = "amphora-keyring"
 VERSION = 1
@@ -92,23 +109,41 @@ def _unwrap(kek: bytes, key_id: int, wrapped: str) -> bytes:
     return key
 
 
+@dataclass(frozen=True)
+class KeyringSummary:
+    """What a keyring file says without its passphrase: the ids of its keys and when
+    each was made (``created``: id -> ISO-8601 UTC time), the current one, the cost of
+    its key derivation. Never a key."""
+
+    path: Path
+    created: dict[int, str]
+    current: int
+    cost: KdfParameters
+
+
 class Keyring:
     """The unlocked data keys of one keyring file.
 
     Make one with :meth:`create` (a new file holding one new data key) or :meth:`unlock`
     (an existing file). ``current_key_id`` names the key new records are sealed with;
-    :meth:`key` gives any key by id.
+    :meth:`key` gives any key by id. :meth:`add_key` makes a new current key,
+    :meth:`retire_key` removes an old one, :meth:`refresh` learns of keys another process
+    added. Safe to share between threads.
     """
 
     def __init__(self, path: Path, keys: dict[int, bytes], current: int, kek: bytes,
                  salt: bytes, cost: KdfParameters, created: dict[int, str]):
-        self.path = path
+        self.path = Path(path).absolute()  # the same file after a change of directory
         self._keys = keys
         self._current = current
         self._kek = kek
         self._salt = salt
         self._cost = cost
         self._created = created
+        self._lock = threading.RLock()
+        self._stamp = _stamp(path)
+        #: why a change to the file could not be read (None: the keys are the file's)
+        self._stale: str | None = None
 
     def __repr__(self) -> str:  # never the keys
         return f"<Keyring {str(self.path)!r} keys={self.key_ids} current={self._current}>"
@@ -136,32 +171,18 @@ class Keyring:
         """The keyring kept at ``path``, its keys unwrapped with ``passphrase``; a wrong
         passphrase or a damaged file raises :class:`KeyringError`."""
         path = Path(path)
-        document = _read(path)
-        try:
-            kdf = document["kdf"]
-            if kdf.get("name") != "argon2id":
-                raise KeyringError(f"{path}: unknown key derivation {kdf.get('name')!r}")
-            cost = KdfParameters(int(kdf["iterations"]), int(kdf["lanes"]),
-                                 int(kdf["memory_cost"]))
-            salt = base64.b64decode(kdf["salt"], validate=True)
-            entries = {_key_id(entry["id"]): entry for entry in document["keys"]}
-            current = _key_id(document["current"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise KeyringError(f"{path} is not a readable keyring: {exc!r}") from None
-        if current not in entries:
-            raise KeyringError(f"{path}: the current key {current} is not in the keyring")
-        kek = _derive(passphrase, salt, cost)
-        keys = {}
-        for key_id, entry in entries.items():
-            try:
-                keys[key_id] = _unwrap(kek, key_id, entry["wrapped"])
-            except InvalidTag:
-                raise KeyringError(f"wrong passphrase for the keyring {path} (or the file "
-                                   "was altered)") from None
-            except (KeyError, TypeError, ValueError) as exc:
-                raise KeyringError(f"{path}: key {key_id} is unreadable: {exc!r}") from None
-        created = {key_id: str(entry.get("created", "")) for key_id, entry in entries.items()}
-        return cls(path, keys, current, kek, salt, cost, created)
+        parsed = _parse(path, _read(path))
+        kek = _derive(passphrase, parsed.salt, parsed.summary.cost)
+        keys = _unwrap_all(path, kek, parsed.wrapped)
+        return cls(path, keys, parsed.summary.current, kek, parsed.salt, parsed.summary.cost,
+                   parsed.summary.created)
+
+    @staticmethod
+    def summary(path: str | os.PathLike) -> KeyringSummary:
+        """What the keyring file at ``path`` says without being unlocked (no passphrase
+        is needed, no key is read)."""
+        path = Path(path)
+        return _parse(path, _read(path)).summary
 
     # -- keys -------------------------------------------------------------------------
     @property
@@ -178,19 +199,98 @@ class Keyring:
         try:
             return self._keys[key_id]
         except KeyError:
+            stale = f"; {self._stale}" if self._stale else ""
             raise KeyringError(f"the keyring {self.path} holds no key {key_id} "
-                               f"(it holds {self.key_ids})") from None
+                               f"(it holds {self.key_ids}){stale}") from None
+
+    def created(self, key_id: int) -> str:
+        """When the key ``key_id`` was made (ISO 8601, UTC; "" if the file does not say)."""
+        self.key(key_id)
+        return self._created.get(key_id, "")
+
+    def add_key(self) -> int:
+        """Make a new random data key, the current one from now on, and save the file
+        (atomically: the old file or the new one, whole). Returns its id, one more than
+        the highest id the keyring ever held (a retired id is not reused while a higher
+        one exists). Records sealed with the older keys still open."""
+        with self._lock:
+            self._reload(strict=True)
+            key_id = max(self._keys) + 1
+            if key_id > _MAX_KEY_ID:
+                raise KeyringError(f"{self.path}: no key id is left")
+            keys = dict(self._keys)
+            keys[key_id] = os.urandom(KEY_BYTES)
+            created = dict(self._created)
+            created[key_id] = _now()
+            self._keys, self._created, self._current = keys, created, key_id
+            self._save()
+            return key_id
+
+    def retire_key(self, key_id: int) -> None:
+        """Remove the key ``key_id`` from the keyring file (and this keyring): records
+        sealed with it no longer open anywhere. The current key is refused.
+
+        This does not look at any database: use
+        :func:`amphora.crypto.rotation.retire`, which first checks that no stored
+        revision is still sealed with the key."""
+        with self._lock:
+            self._reload(strict=True)
+            self.key(key_id)
+            if key_id == self._current:
+                raise KeyringError(f"key {key_id} is the current key of {self.path}: new "
+                                   "records are sealed with it (add a key first)")
+            keys = {i: key for i, key in self._keys.items() if i != key_id}
+            created = {i: when for i, when in self._created.items() if i != key_id}
+            self._keys, self._created = keys, created
+            self._save()
+
+    # -- changes made by other processes -------------------------------------------------
+    def refresh(self, force: bool = False) -> bool:
+        """Re-read the file if it changed since this keyring last read or wrote it (one
+        ``stat``; ``force``: whether or not). True if the keys or the current key
+        changed. A file this keyring cannot read any more (re-wrapped under another
+        passphrase, removed, damaged) leaves the keys as they are: the error is kept and
+        named when a key is missing (:meth:`key`)."""
+        stamp = _stamp(self.path)
+        if stamp == self._stamp and not force:
+            return False
+        with self._lock:
+            before = (self._current, self.key_ids)
+            try:
+                self._reload(strict=False)
+            except KeyringError as exc:
+                self._stale = f"its file changed and could not be read again: {exc}"
+                self._stamp = stamp  # not again at every commit; a new change retries
+                return False
+            return (self._current, self.key_ids) != before
+
+    def _reload(self, strict: bool) -> None:
+        """Take the file's keys and current key. Raises KeyringError if the file cannot
+        be read with the key-encryption key held (``strict``: also if it is missing)."""
+        stamp = _stamp(self.path)
+        if stamp is None and not strict:
+            raise KeyringError(f"{self.path} is gone")
+        parsed = _parse(self.path, _read(self.path))
+        if parsed.salt != self._salt or parsed.summary.cost != self._cost:
+            raise KeyringError(f"{self.path} was re-wrapped under another passphrase "
+                               "since it was unlocked here: unlock it again")
+        keys = _unwrap_all(self.path, self._kek, parsed.wrapped)
+        self._keys, self._created = keys, parsed.summary.created
+        self._current = parsed.summary.current
+        self._stamp, self._stale = stamp, None
 
     # -- the passphrase ---------------------------------------------------------------
     def change_passphrase(self, old: str | bytes, new: str | bytes) -> None:
         """Wrap the data keys under ``new`` (with a new salt) instead of ``old``. The
         keys themselves do not change, so nothing sealed with them needs re-sealing.
         ``old`` must be the passphrase the file is wrapped under now."""
-        if _derive(old, self._salt, self._cost) != self._kek:
-            raise KeyringError(f"wrong passphrase for the keyring {self.path}")
-        salt = os.urandom(16)
-        self._kek, self._salt = _derive(new, salt, self._cost), salt
-        self._save()
+        with self._lock:
+            if _derive(old, self._salt, self._cost) != self._kek:
+                raise KeyringError(f"wrong passphrase for the keyring {self.path}")
+            self._reload(strict=True)
+            salt = os.urandom(16)
+            self._kek, self._salt = _derive(new, salt, self._cost), salt
+            self._save()
 
     # -- the file ---------------------------------------------------------------------
     def _document(self) -> dict[str, Any]:
@@ -222,6 +322,7 @@ class Keyring:
                 os.unlink(temporary)
             else:
                 os.replace(temporary, self.path)
+            self._stamp = _stamp(self.path)
         except FileExistsError:
             os.unlink(temporary)
             raise KeyringError(f"{self.path} already exists") from None
@@ -229,6 +330,54 @@ class Keyring:
             if os.path.exists(temporary):
                 os.unlink(temporary)
             raise
+
+
+@dataclass(frozen=True)
+class _Parsed:
+    summary: KeyringSummary
+    salt: bytes
+    wrapped: dict[int, Any]  # id -> the wrapped key as the file has it
+
+
+def _parse(path: Path, document: dict[str, Any]) -> _Parsed:
+    try:
+        kdf = document["kdf"]
+        if kdf.get("name") != "argon2id":
+            raise KeyringError(f"{path}: unknown key derivation {kdf.get('name')!r}")
+        cost = KdfParameters(int(kdf["iterations"]), int(kdf["lanes"]),
+                             int(kdf["memory_cost"]))
+        salt = base64.b64decode(kdf["salt"], validate=True)
+        entries = {_key_id(entry["id"]): entry for entry in document["keys"]}
+        current = _key_id(document["current"])
+        wrapped = {key_id: entry["wrapped"] for key_id, entry in entries.items()}
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise KeyringError(f"{path} is not a readable keyring: {exc!r}") from None
+    if current not in entries:
+        raise KeyringError(f"{path}: the current key {current} is not in the keyring")
+    created = {key_id: str(entry.get("created", "")) for key_id, entry in entries.items()}
+    return _Parsed(KeyringSummary(path, created, current, cost), salt, wrapped)
+
+
+def _unwrap_all(path: Path, kek: bytes, wrapped: dict[int, Any]) -> dict[int, bytes]:
+    keys = {}
+    for key_id, blob in wrapped.items():
+        try:
+            keys[key_id] = _unwrap(kek, key_id, blob)
+        except InvalidTag:
+            raise KeyringError(f"wrong passphrase for the keyring {path} (or the file "
+                               "was altered)") from None
+        except (TypeError, ValueError) as exc:
+            raise KeyringError(f"{path}: key {key_id} is unreadable: {exc!r}") from None
+    return keys
+
+
+def _stamp(path: Path) -> tuple[int, int, int] | None:
+    """What tells that the file changed: a save renames a new file over it (a new inode)."""
+    try:
+        status = os.stat(path)
+    except OSError:
+        return None
+    return status.st_ino, status.st_size, status.st_mtime_ns
 
 
 def _key_id(value: Any) -> int:

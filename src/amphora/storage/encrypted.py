@@ -84,6 +84,14 @@ point no client had seen yet. **What the storage sees**: oids, tids and transact
 times, each record's size padded to its bucket, which records each client reads and
 writes and when, which records are written together, and each database's id.
 
+**Keys.** A record's header names the data key that sealed it; new records are sealed
+with the keyring's current key, and records sealed with any key it holds open. Each commit
+first refreshes the keyring (a ``stat`` of its file, see
+:meth:`~amphora.crypto.keyring.Keyring.refresh`), so that a key another process added
+(``amphora keys rotate``) seals this process's next commit; a record naming a key the
+keyring does not hold makes it read the file again before the record is refused.
+:mod:`amphora.crypto.rotation` seals the stored records again with a new key.
+
 **Pack with garbage collection** over SQLite, PostgreSQL or memory reads the references
 of each record once opened. Through a server, which holds no key, it is computed here: this
 wrapper walks from the root (and from every object written after the pack time) through
@@ -122,7 +130,8 @@ from amphora.storage.base import (DataRecord, Storage, StorageBase, TransactionM
                                   TransactionRecord, decode_extension)
 from amphora.utils import maxtid, new_tid, oid_repr, p64, tid_repr, u64, z64
 
-__all__ = ["EncryptedStorage", "SEALED_EXTENSION", "is_sealed"]
+__all__ = ["EncryptedStorage", "SEALED_EXTENSION", "is_sealed", "sealed_key_id",
+           "sealed_metadata"]
 
 MAGIC = b"\xa7\x5e"
 FORMAT = 1
@@ -371,8 +380,13 @@ class EncryptedStorage(StorageBase):
             try:
                 cipher = self._subkey(key_id, salt)
             except KeyringError:
-                raise _tampered(kind, oid, tid, f"names key {key_id}, which the keyring does "
-                                f"not hold (it holds {self.keyring.key_ids})") from None
+                # Perhaps a key another process added since: read the keyring file again.
+                self.keyring.refresh(force=True)
+                try:
+                    cipher = self._subkey(key_id, salt)
+                except KeyringError as exc:
+                    raise _tampered(kind, oid, tid, f"names key {key_id}, which the keyring "
+                                    f"does not hold: {exc}") from None
         try:  # (slices of bytes reach the cipher faster than a memoryview's)
             padded = cipher.decrypt(_NONCE_PREFIX + data[_COUNTER_AT:_HEADER.size],
                                     data[_HEADER.size:], data[:_HEADER.size])
@@ -531,7 +545,10 @@ class EncryptedStorage(StorageBase):
 
     def _vote(self) -> None:
         """Seal the commit with its tid and commit it to the wrapped storage, up to the
-        vote; another tid if another writer took a later one meanwhile."""
+        vote; another tid if another writer took a later one meanwhile. The keyring is
+        refreshed first (a ``stat`` of its file): a key added by another process (a
+        rotation) seals this commit's records."""
+        self.keyring.refresh()
         for attempt in range(_TID_ATTEMPTS):
             tid = self._tid or new_tid(self.storage.lastTransaction())
             try:
@@ -659,6 +676,21 @@ class EncryptedStorage(StorageBase):
                     self.seen_tids.close()
             finally:
                 self.storage.close()
+
+
+def sealed_key_id(data: bytes) -> int | None:
+    """The id of the key the sealed record (or transaction metadata) ``data`` names in
+    its header, as the wrapped storage holds it; None if ``data`` is not sealed. The
+    header is not authenticated here (it is when the record is opened)."""
+    if not isinstance(data, bytes) or len(data) < _SEALED_MIN or data[:2] != MAGIC:
+        return None
+    return _HEADER.unpack_from(data)[3]
+
+
+def sealed_metadata(extension_bytes: bytes) -> bytes | None:
+    """The sealed metadata of a transaction, from its extension in the wrapped storage."""
+    sealed = _sealed_of(extension_bytes)
+    return sealed if isinstance(sealed, bytes) else None
 
 
 class _SealedTransaction(TransactionMetaData):
