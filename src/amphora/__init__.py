@@ -18,8 +18,9 @@ from amphora.errors import (AmphoraError, CatalogError, ClientDisconnected, Conf
                             ConnectionStateError, CorruptRecordError, InvalidQueryError,
                             InvalidURIError, KeyringError, MirrorError, ObjectNotFoundError,
                             POSKeyError, PostgreSQLConnectionError, ReadConflictError, ReadOnlyError,
-                            ReadOnlyHistoryError, RollbackError, StorageError, StorageFormatError,
-                            StorageTransactionError, TamperedRecordError, UndoError,
+                            ReadOnlyHistoryError, RollbackError, StaleReachableError,
+                            StorageError, StorageFormatError, StorageTransactionError,
+                            TamperedRecordError, UndoError,
                             Unsupported)
 from amphora.crypto.keyring import Keyring
 from amphora.feeds import Change, ResyncRequired
@@ -40,7 +41,8 @@ __all__ = [
     "EncryptedStorage", "InvalidQueryError", "InvalidURIError", "Keyring", "KeyringError",
     "MemoryStorage", "MirrorError",
     "ObjectNotFoundError", "POSKeyError", "PostgreSQLConnectionError", "ReadConflictError",
-    "ReadOnlyError", "ReadOnlyHistoryError", "ResyncRequired", "RollbackError", "Storage", "StorageError",
+    "ReadOnlyError", "ReadOnlyHistoryError", "ResyncRequired", "RollbackError",
+    "StaleReachableError", "Storage", "StorageError",
     "StorageFormatError", "StorageTransactionError", "TamperedRecordError",
     "TransactionMetaData", "UndoError",
     "Unsupported",

@@ -14,6 +14,8 @@ Every error amphora raises derives from :class:`AmphoraError`::
      |    +-- Unsupported              the storage lacks the capability
      |    +-- PostgreSQLConnectionError  the PostgreSQL server cannot be reached or refused us
      |    +-- ClientDisconnected (TransientError)  the amphora server cannot be reached
+     |    +-- StaleReachableError (TransientError)  a pack's set of objects to keep was
+     |    |                            computed before the storage's last commit
      |    +-- TamperedRecordError      an encrypted record failed authentication
      |    +-- RollbackError            an encrypted database older than one already seen
      +-- ObjectNotFoundError (KeyError)   no record for an oid (ZODB: POSKeyError)
@@ -48,7 +50,7 @@ __all__ = [
     "ObjectNotFoundError", "POSKeyError", "ConflictError", "ReadConflictError",
     "UndoError", "ConnectionStateError", "InvalidURIError", "MirrorError", "InvalidQueryError",
     "PostgreSQLConnectionError", "ClientDisconnected", "KeyringError", "TamperedRecordError",
-    "RollbackError", "CatalogError",
+    "RollbackError", "CatalogError", "StaleReachableError",
 ]
 
 
@@ -99,6 +101,13 @@ class PostgreSQLConnectionError(StorageError):
 
 class ClientDisconnected(StorageError, TransientError):
     """The amphora server cannot be reached (retrying may succeed once it is back)."""
+
+
+class StaleReachableError(StorageError, TransientError):
+    """A pack with garbage collection was given the objects to keep as computed through a
+    tid, and the storage has committed transactions after it: they may refer to objects
+    outside the set. Nothing was deleted; compute the set again with those transactions
+    (see :meth:`amphora.storage.base.Storage.pack`)."""
 
 
 class ObjectNotFoundError(AmphoraError, *_zodb_bases("POSKeyError"), KeyError):

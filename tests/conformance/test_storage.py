@@ -12,7 +12,8 @@ import pytest
 from transaction.interfaces import TransientError
 
 from amphora import (AmphoraError, ConflictError, ObjectNotFoundError, ReadConflictError,
-                     ReadOnlyError, StorageTransactionError, TransactionMetaData)
+                     ReadOnlyError, StaleReachableError, StorageError,
+                     StorageTransactionError, TransactionMetaData)
 from amphora.serialize import references
 from amphora.utils import maxtid, p64, u64, z64
 
@@ -463,6 +464,50 @@ def test_pack_keeps_objects_created_after_the_pack_time(make_storage, storage):
     write(storage, late, record("not yet linked"))
     storage.pack(pack_time, references)
     assert storage.loadBefore(late, maxtid)[0] == record("not yet linked")
+
+
+def test_pack_given_the_objects_to_keep_deletes_exactly_the_others(make_storage, storage):
+    """``reachable`` replaces the storage's own walk: it reads no reference (the root
+    refers to the orphan, which is deleted all the same)."""
+    make_storage.require("pack", storage)
+    kept, orphan = storage.new_oid(), storage.new_oid()
+    t1 = commit(storage, {z64: (z64, record("root", [kept, orphan])),
+                          kept: (z64, record("kept")), orphan: (z64, record("orphan"))})
+    storage.pack(time.time(), references, reachable={z64, kept}, through=t1)
+    assert storage.loadBefore(kept, maxtid)[0] == record("kept")
+    with pytest.raises(ObjectNotFoundError):
+        storage.loadBefore(orphan, maxtid)
+
+
+def test_pack_given_objects_to_keep_computed_before_a_commit_refuses(make_storage, storage):
+    """A commit after the set was computed may refer to an object outside it: the pack
+    deletes nothing and raises StaleReachableError, a TransientError."""
+    make_storage.require("pack", storage)
+    orphan = storage.new_oid()
+    t1 = commit(storage, {z64: (z64, record("root")), orphan: (z64, record("orphan"))})
+    t2 = write(storage, z64, record("root again", [orphan]), t1)
+    with pytest.raises(StaleReachableError) as refused:
+        storage.pack(time.time(), references, reachable={z64}, through=t1)
+    assert isinstance(refused.value, TransientError)
+    assert storage.loadBefore(orphan, maxtid)[0] == record("orphan")
+    storage.pack(time.time(), references, reachable={z64, orphan}, through=t2)
+    assert storage.loadBefore(orphan, maxtid)[0] == record("orphan")
+
+
+@pytest.mark.parametrize("reachable, through, named", [
+    ({z64, b"short"}, "the last tid", "8-byte oids"),
+    ({z64}, None, "8-byte tid"),
+    ({z64}, "not a tid", "8-byte tid"),
+])
+def test_pack_given_bad_objects_to_keep_names_them_and_deletes_nothing(
+        make_storage, storage, reachable, through, named):
+    make_storage.require("pack", storage)
+    orphan = storage.new_oid()
+    tid = commit(storage, {z64: (z64, record("root")), orphan: (z64, record("orphan"))})
+    with pytest.raises(StorageError, match=named):
+        storage.pack(time.time(), references, reachable=reachable,
+                     through=tid if through == "the last tid" else through)
+    assert storage.loadBefore(orphan, maxtid)[0] == record("orphan")
 
 
 # -- closing ----------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from amphora.serialize import references
 from amphora.server import protocol as p
 from amphora.server.reads import check_oid
 from amphora.storage.base import TransactionMetaData
+from amphora.storage.sql.keys import _split
 
 __all__ = ["CommitRequests", "Commit", "MergeWanted", "PENDING", "REPLIED"]
 
@@ -136,6 +137,10 @@ class CommitRequests:
             self.send([p.ERROR, request_id, "StorageError", "the server is stopping", {}])
             return
         served = self.served
+        if method == p.PACK and served.writer is self and served.pack_hold is not None \
+                and served.pack_hold[0] is self:  # its refused pack kept the storage
+            served.pack(self, request_id, args)
+            return
         if method == p.COMMIT:
             self.commit_jobs += 1
             self.ahead = {}
@@ -347,6 +352,7 @@ class CommitRequests:
         """Let the next writer in, when commits are made in the event loop."""
         served = self.served
         if served is not None and served.writer is self:
+            served.end_pack_hold(self)
             served.writer = None
             served.next_writer()
 
@@ -394,8 +400,25 @@ class CommitRequests:
             self.replied(merging[0], p.COMMIT, error=errors.StorageTransactionError(
                 "the commit was aborted while its conflict was being merged"))
 
-    def do_pack(self, request_id: int, pack_time: float, gc: bool) -> None:
-        storage = self.served.storage
+    def do_pack(self, request_id: int, pack_time: float | bytes, gc: bool,
+                reachable: bytes | None = None, through: bytes | None = None) -> None:
+        """Pack the served storage; given ``reachable`` (the oids to keep, joined), with
+        no reading of references here (see :meth:`amphora.storage.base.Storage.pack`)."""
         from amphora.storage.base import pack_tid
-        storage.pack(pack_time, references, gc=gc)
+        storage = self.served.storage
+        if type(pack_time) is bytes:
+            check_oid(pack_time, "a pack time given as a tid")
+        elif type(pack_time) not in (int, float):
+            raise errors.StorageError(f"a pack time is seconds or a tid, not {pack_time!r:.40}")
+        if reachable is None:
+            storage.pack(pack_time, references, gc=bool(gc))
+        else:
+            if type(reachable) is not bytes or len(reachable) % 8:
+                raise errors.StorageError("pack's objects to keep are 8-byte oids joined, "
+                                          f"not {type(reachable).__name__} of "
+                                          f"{len(reachable) if type(reachable) is bytes else '?'}"
+                                          " bytes")
+            storage.pack(pack_time, None, gc=bool(gc), reachable=_split(reachable),
+                         through=check_oid(through, "the tid the objects to keep were "
+                                                    "computed through"))
         self.served.packed_to = max(self.served.packed_to, pack_tid(pack_time))

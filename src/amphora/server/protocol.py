@@ -10,8 +10,8 @@ A connection starts with a handshake. The client's first frame is
 ``[HELLO, {"protocol": VERSION, "token": str | None, "storage": name}]``; the server
 answers ``[WELCOME, {"protocol": VERSION, "name": ..., "read_only": ..., "last_tid": ...,
 "supports_history": ..., "supports_pack": ..., "feeds": ..., "mirror": ...,
-"server": ...}]`` (``feeds``: it answers :data:`TRANSACTION_LOG` and
-:data:`PACKED_THROUGH`; ``mirror``: the served storage can keep a JSON mirror and the
+"pack_reachable": ..., "server": ...}]`` (``feeds``: it answers :data:`TRANSACTION_LOG` and
+:data:`PACKED_THROUGH`; ``pack_reachable``: :data:`PACK` takes the objects to keep; ``mirror``: the served storage can keep a JSON mirror and the
 server answers :data:`SEARCH_METHODS`; servers without a key do not) or, for another protocol version or a bad token, ``[ERROR, 0, name, message, {}]``,
 and closes. Versions are never
 negotiated down: a server speaks exactly one version and names it when it refuses.
@@ -107,7 +107,11 @@ COMMIT = "commit"                  # (meta, tid, records, serials, checks[, fini
                                    #   conflict check), not stored
 FINISH = "finish"                  # () -> tid; the reply comes in commit order
 ABORT = "abort"                    # () -> None
-PACK = "pack"                      # (pack_time, gc) -> None
+PACK = "pack"                      # (pack_time, gc[, reachable, through]) -> None;
+                                   #   pack_time: seconds or a tid; reachable: the oids
+                                   #   to keep, 8 bytes each, joined, as computed through
+                                   #   the tid ``through`` (see Storage.pack; answered
+                                   #   when the welcome says "pack_reachable": true)
 TRANSACTION_LOG = "transaction_log"  # (after, limit) -> [[tid, user, description,
                                      #   extension, [oid, ...]], ...] (change feeds)
 PACKED_THROUGH = "packed_through"  # () -> tid: the newest transaction pack removed

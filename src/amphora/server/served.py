@@ -13,7 +13,7 @@ import collections
 import logging
 from typing import TYPE_CHECKING, Any
 
-from amphora import symbolic
+from amphora import errors, symbolic
 from amphora.server import protocol as p
 from amphora.server.commits import PENDING, Commit
 from amphora.server.reads import References
@@ -29,6 +29,7 @@ __all__ = ["Served"]
 log = logging.getLogger("amphora.server")
 
 _WATCH_INTERVAL = 0.1              # seconds between looks for other processes' commits
+_PACK_HOLD = 5.0                   # seconds a refused pack keeps the storage (see pack)
 
 
 class Served(RecordsAsStored):
@@ -49,6 +50,8 @@ class Served(RecordsAsStored):
         self.writer: Session | None = None
         self.waiting: collections.deque[tuple[Session, int, str, list]] = collections.deque()
         self._starting = False
+        #: (session, timer): a pack refused as stale keeps the storage for its session
+        self.pack_hold: tuple[Session, asyncio.TimerHandle] | None = None
         storage.registerDB(self)
         self.watcher = asyncio.get_running_loop().create_task(self.watch())
 
@@ -106,15 +109,40 @@ class Served(RecordsAsStored):
             session.send([p.RESOLVE, request_id, oid, None, read, committed, old])
 
     def pack(self, session: "Session", request_id: int, args: list) -> None:
-        """A pack, in the thread pool, while no commit begins."""
+        """A pack, in the thread pool, while no commit begins.
+
+        A pack given the objects to keep and refused because commits came after them
+        (StaleReachableError) keeps the storage for its session: commits made here wait
+        while its client reads those commits and asks again, up to :data:`_PACK_HOLD`
+        seconds, so that a stream of commits cannot keep refusing it."""
+        self.end_pack_hold(session)
         future = self.server.loop.run_in_executor(self.server.pool, session.do_pack,
                                                   request_id, *args)
 
         def done(future: asyncio.Future) -> None:
-            self.writer = None
+            stale = not future.cancelled() and isinstance(future.exception(),
+                                                          errors.StaleReachableError)
+            if stale and not session.closed:
+                self.pack_hold = (session, self.server.loop.call_later(
+                    _PACK_HOLD, self.end_pack_hold, session, True))
+            else:
+                self.writer = None
             session.answer(request_id, p.PACK, future)
-            self.next_writer()
+            if self.writer is None:
+                self.next_writer()
         future.add_done_callback(done)
+
+    def end_pack_hold(self, session: "Session", release: bool = False) -> None:
+        """``session``'s refused pack no longer keeps the storage (it packs again, or
+        its time is up: ``release`` lets the next writer in)."""
+        hold = self.pack_hold
+        if hold is None or hold[0] is not session:
+            return
+        self.pack_hold = None
+        hold[1].cancel()
+        if release and self.writer is session:
+            self.writer = None
+            self.next_writer()
 
     async def watch(self) -> None:
         """While clients are connected, have the storage look for commits other processes

@@ -344,7 +344,7 @@ class Session(CommitRequests, ReadRequests, SearchRequests, asyncio.Protocol):
             "supports_history": bool(getattr(storage, "supports_history", False)),
             "supports_pack": bool(getattr(storage, "supports_pack", False)),
             "mirror": bool(getattr(storage, "supports_mirror", False)),
-            "feeds": True, "load_ahead": True, "server": "amphora"}])
+            "feeds": True, "load_ahead": True, "pack_reachable": True, "server": "amphora"}])
         self.welcomed = True
         held, self.held = self.held, []
         for tid, frame in held:

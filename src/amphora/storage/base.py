@@ -37,7 +37,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Mapping, Protocol, runtime_checkable
 
 from amphora.errors import (ConflictError, ObjectNotFoundError, ReadConflictError,
-                            ReadOnlyError, StorageError, StorageTransactionError, Unsupported)
+                            ReadOnlyError, StaleReachableError, StorageError,
+                            StorageTransactionError, Unsupported)
 from amphora.serialize import references
 from amphora.storage.sql.keys import _split
 from amphora.utils import (maxtid, new_tid, oid_repr, p64, tid_from_datetime, tid_repr,
@@ -62,6 +63,9 @@ class Storage(Protocol):
     supports_pack: bool      #: ``pack`` drops old revisions and garbage
     supports_mirror: bool    #: keeps JSON documents of its objects for SQL search
     is_remote: bool          #: records cross a network
+    #: ``pack`` reads references with the ``referencesf`` it is given (a client's server
+    #: reads them itself: an encrypted database tells it what to keep instead)
+    pack_uses_referencesf: bool
 
     # -- reading --------------------------------------------------------------------
     def loadBefore(self, oid: bytes, tid: bytes) -> tuple[bytes, bytes, bytes | None] | None:
@@ -136,9 +140,24 @@ class Storage(Protocol):
         """Discard the transaction (no error if it is not the current one)."""
 
     # -- management -------------------------------------------------------------------
-    def pack(self, pack_time: float, referencesf: Callable | None = None, gc: bool = True) -> None:
-        """Drop revisions superseded before ``pack_time`` and, with ``gc``, objects no
-        longer reachable from the root."""
+    def pack(self, pack_time: float | bytes, referencesf: Callable | None = None,
+             gc: bool = True, reachable: Iterable[bytes] | None = None,
+             through: bytes | None = None) -> None:
+        """Drop revisions superseded before ``pack_time`` (seconds since the epoch, or a
+        tid) and, with ``gc``, objects no longer reachable from the root.
+
+        The storage finds what is reachable itself, reading references from records with
+        ``referencesf``, unless it is given ``reachable``: the oids to keep, computed by
+        someone who can read the records (an encrypted database's client, see
+        :mod:`amphora.storage.encrypted`) from every revision the pack keeps up to the
+        tid ``through``. The storage then deletes, under its commit lock, exactly the
+        objects outside ``reachable`` that existed at the pack time (objects created
+        after it always stay), and reads no record. If it committed any transaction
+        after ``through`` (one may refer to an object outside the set again), it deletes
+        nothing and raises :class:`~amphora.errors.StaleReachableError`: the caller adds
+        the references of those transactions and packs again. Old revisions may have
+        been dropped already (that part needs no set).
+        """
 
     def registerDB(self, wrapper: Any) -> None:
         """Remember ``wrapper`` (``invalidate(tid, oids)``, ``invalidateCache()``) to tell
@@ -326,6 +345,7 @@ class StorageBase:
     supports_mirror = False
     supports_pack = True
     is_remote = False
+    pack_uses_referencesf = True
     #: ``restore`` takes records without data (ZODB's deletion records): no amphora
     #: storage keeps those, so copies skip and count them
     restores_deletions = False
@@ -723,3 +743,27 @@ def reachable(roots: Iterable[bytes], references: Callable[[bytes], Iterable[byt
                 todo.append(ref)
     return seen
 
+
+
+def oids_to_keep(reachable: Iterable[bytes], through: bytes | None) -> set[bytes]:
+    """The ``reachable`` and ``through`` arguments of :meth:`Storage.pack`, checked:
+    a set of 8-byte oids (StorageError naming the first that is not one, or a missing
+    ``through``)."""
+    if type(through) is not bytes or len(through) != 8:
+        raise StorageError(f"pack given the objects to keep needs the 8-byte tid they were "
+                           f"computed through, not {through!r:.40}")
+    kept = set(reachable)
+    if set(map(type, kept)) - {bytes} or set(map(len, kept)) - {8}:
+        bad = next(oid for oid in kept if type(oid) is not bytes or len(oid) != 8)
+        raise StorageError(f"pack's objects to keep are 8-byte oids, not {bad!r:.40}")
+    return kept
+
+
+def refuse_stale(name: str, last: bytes, through: bytes) -> None:
+    """Raise :class:`~amphora.errors.StaleReachableError` if the storage ``name``
+    committed after ``through`` (its last tid is ``last``): called under its commit
+    lock, before deleting anything."""
+    if last > through:
+        raise StaleReachableError(
+            f"{name}: the objects to keep were computed through {tid_repr(through)}, and "
+            f"transactions up to {tid_repr(last)} were committed since")

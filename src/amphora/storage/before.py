@@ -186,7 +186,9 @@ class BeforeStorage(StorageBase):
     def checkCurrentSerialInTransaction(self, oid: bytes, serial: bytes, transaction: Any) -> None:
         raise ReadOnlyError(f"{self.__name__} is a read-only view of the past")
 
-    def pack(self, pack_time: float, referencesf: Callable | None = None, gc: bool = True) -> None:
+    def pack(self, pack_time: float | bytes, referencesf: Callable | None = None,
+             gc: bool = True, reachable: Iterable[bytes] | None = None,
+             through: bytes | None = None) -> None:
         raise ReadOnlyError(f"{self.__name__} is a read-only view of the past")
 
     # -- the rest -------------------------------------------------------------------

@@ -39,7 +39,8 @@ from typing import Any, Callable, Iterable, Iterator
 from amphora.errors import ObjectNotFoundError, StorageError, Unsupported
 from amphora.serialize import references as record_references
 from amphora.storage.base import (DataRecord, Storage, StorageBase, TransactionMetaData,
-                                  TransactionRecord, pack_tid, reachable)
+                                  TransactionRecord, oids_to_keep, pack_tid, reachable,
+                                  refuse_stale)
 from amphora.storage.memory import MemoryStorage
 from amphora.utils import maxtid, new_tid, p64, u64, z64
 
@@ -327,26 +328,34 @@ class DemoStorage(StorageBase):
         self.changes.tpc_abort(self._transaction)
 
     # -- management -----------------------------------------------------------------
-    def pack(self, pack_time: float, referencesf: Callable | None = None, gc: bool = True) -> None:
+    def pack(self, pack_time: float | bytes, referencesf: Callable | None = None,
+             gc: bool = True, reachable: Iterable[bytes] | None = None,
+             through: bytes | None = None) -> None:
         """Pack the layer: drop its revisions replaced before ``pack_time`` and, with
         ``gc``, delete (in the layer) every object of either layer that no kept revision
-        reaches from the root. Objects created after ``pack_time`` stay."""
+        reaches from the root, or, given ``reachable``, that is outside it (see
+        :meth:`amphora.storage.base.Storage.pack`). Objects created after ``pack_time``
+        stay."""
         self._check_writable()
         if not self.supports_pack:
             raise Unsupported(f"{self.changes.getName()} cannot be packed")
         refs_of = referencesf or record_references
+        kept = None if reachable is None or not gc else oids_to_keep(reachable, through)
         with self._commit_lock:
+            if kept is not None:
+                refuse_stale(self.__name__, self.lastTransaction(), through)
             cutoff = min(pack_tid(pack_time), self.lastTransaction())
             self.changes.pack(pack_time, refs_of, gc=False)
             self._packed = max(self._packed, cutoff)
             if gc:
-                garbage = self._garbage(cutoff, refs_of)
+                garbage = self._garbage(cutoff, refs_of, kept)
                 if garbage:
                     self._delete(garbage)
 
-    def _garbage(self, cutoff: bytes, refs_of: Callable) -> list[bytes]:
-        """The objects no revision kept by a pack at ``cutoff`` reaches from the root,
-        and that existed at ``cutoff``."""
+    def _garbage(self, cutoff: bytes, refs_of: Callable, kept: set[bytes] | None = None
+                 ) -> list[bytes]:
+        """The objects that existed at ``cutoff`` and that no revision kept by a pack at
+        ``cutoff`` reaches from the root (or, given ``kept``, that are not in it)."""
         first_tid: dict[bytes, bytes] = {}
         at_cutoff: dict[bytes, list[bytes]] = {}  # references of the revision current then
         later: dict[bytes, list[bytes]] = {}      # and of the revisions after it
@@ -355,14 +364,18 @@ class DemoStorage(StorageBase):
                 if record.data is None:
                     continue
                 first_tid.setdefault(record.oid, txn.tid)
+                if kept is not None:
+                    continue
                 found: list[bytes] = []
                 refs_of(record.data, found)
                 if txn.tid <= cutoff:
                     at_cutoff[record.oid] = found
                 else:
                     later.setdefault(record.oid, []).extend(found)
-        if z64 not in first_tid:
-            live: set[bytes] = set()
+        if kept is not None:
+            live = kept
+        elif z64 not in first_tid:
+            live = set()
         else:
             live = reachable([z64], lambda oid: at_cutoff.get(oid, []) + later.get(oid, []))
         return [oid for oid, first in first_tid.items() if first <= cutoff and oid not in live]

@@ -52,7 +52,10 @@ retried, a few times.
 **Conflicts** are resolved here, on the plain states: the storage is handed a transaction
 whose ``resolve_conflict`` opens the committed and the read revision, merges with the
 class's ``_p_resolveConflict`` and seals the merge over the committed revision. The
-storage never tries to merge ciphertext.
+storage never tries to merge ciphertext (a server's own merges, :mod:`amphora.symbolic`,
+find no class in a sealed record and ask the client). A server asking ahead, about a
+commit voted but not finished, names no committed tid: the committed record's sealed
+header does.
 
 **The database id** is 16 random bytes that every record carries: given as
 ``database_id``, else read from the root object's record, else from the first record
@@ -89,11 +92,19 @@ first refreshes the keyring (a ``stat`` of its file, see
 keyring does not hold makes it read the file again before the record is refused.
 :mod:`amphora.crypto.rotation` seals the stored records again with a new key.
 
-Pack with garbage collection works over a local storage: the references of each record
-are read after it is opened. Through a server it is :class:`~amphora.errors.Unsupported`
-(the server's collector cannot read sealed records); pack without it drops old revisions.
-The JSON mirror is refused (:class:`~amphora.errors.MirrorError`): it would be
-plaintext.
+**Pack with garbage collection** over SQLite, PostgreSQL or memory reads the references
+of each record once opened. Through a server, which holds no key, it is computed here: this
+wrapper walks from the root (and from every object written after the pack time) through
+the references of the revisions the pack keeps, and tells the server only the set of
+oids to keep, as computed through the last tid it read (the server learns which oids are
+live, not what refers to what). The served storage deletes the objects outside the set
+that existed at the pack time, under its commit lock, and only if no transaction was
+committed after that tid; else the walk adds the references of those transactions and
+asks again (see :mod:`amphora.storage._reachable`).
+
+**The JSON mirror** is refused (:class:`~amphora.errors.MirrorError`): it would be
+plaintext. The SQL storages also refuse to make one, to any client, once their root
+record is sealed.
 """
 from __future__ import annotations
 
@@ -112,13 +123,15 @@ from amphora.crypto.keyring import Keyring
 from amphora.crypto.seen import SeenTids, seen_file_of
 from amphora.errors import (ConflictError, KeyringError, MirrorError, ObjectNotFoundError,
                             RollbackError, StorageError, StorageTransactionError,
-                            TamperedRecordError, Unsupported)
+                            TamperedRecordError)
 from amphora.serialize import references
+from amphora.storage._reachable import ReachableWalk
 from amphora.storage.base import (DataRecord, Storage, StorageBase, TransactionMetaData,
                                   TransactionRecord, decode_extension)
 from amphora.utils import maxtid, new_tid, oid_repr, p64, tid_repr, u64, z64
 
-__all__ = ["EncryptedStorage", "SEALED_EXTENSION", "sealed_key_id", "sealed_metadata"]
+__all__ = ["EncryptedStorage", "SEALED_EXTENSION", "is_sealed", "sealed_key_id",
+           "sealed_metadata"]
 
 MAGIC = b"\xa7\x5e"
 FORMAT = 1
@@ -164,6 +177,11 @@ def _pad(plain: bytes) -> bytes:
     return plain + _PADDING[:padding]
 
 
+def is_sealed(data: bytes) -> bool:
+    """Whether ``data`` has the form of a sealed record (not whether it is authentic)."""
+    return len(data) >= _SEALED_MIN and data[:2] == MAGIC
+
+
 class EncryptedStorage(StorageBase):
     """``storage`` with every record and transaction sealed by ``keyring``'s keys.
 
@@ -204,11 +222,10 @@ class EncryptedStorage(StorageBase):
         self.keyring = keyring
         self.supports_history = getattr(storage, "supports_history", True)
         self.is_remote = getattr(storage, "is_remote", False)
-        # A server packs with its own garbage collection, which cannot read sealed records.
-        self.supports_pack = getattr(storage, "supports_pack", True) and not self.is_remote
+        self.supports_pack = getattr(storage, "supports_pack", True)
         self._id_lock = threading.Lock()
         self._database_id = database_id
-        self._plain: dict[bytes, bytes] = {}  # oid -> the plaintext stored (for conflicts)
+        self._plain: dict[bytes, bytes] = {}  # oid -> the plaintext stored (conflicts name it)
         self._inner_txn: _SealedTransaction | None = None
         self._subkeys: dict[bytes, AESGCM] = {}  # salt -> the cipher of its subkey
         self._seen_lock = threading.RLock()
@@ -374,7 +391,7 @@ class EncryptedStorage(StorageBase):
         except InvalidTag:
             raise _tampered(kind, oid, tid, "failed authentication: changed or cut") from None
         # Authentic from here: the header says what the record truly is.
-        plain = padded.rstrip(b"\0")  # (_unpad, inline)
+        plain = padded.rstrip(b"\0")  # unpadded: the mark and the zeros after it cut off
         if plain[-1:] == b"\x80":
             plain = plain[:-1]
         else:
@@ -588,36 +605,52 @@ class EncryptedStorage(StorageBase):
         if txn is not None:
             self.storage.tpc_abort(txn)
 
-    def _resolve(self, txn: "_SealedTransaction", oid: bytes, committed: bytes, old: bytes,
-                 data: bytes, load_serial: Callable[[bytes, bytes], bytes]) -> bytes | None:
+    def _resolve(self, txn: "_SealedTransaction", oid: bytes, committed: bytes | None,
+                 old: bytes, data: bytes, load_serial: Callable[[bytes, bytes | None], bytes]
+                 ) -> bytes | None:
         """The wrapped storage's conflict on ``oid``, merged on the plain states and
-        sealed over the committed revision (or None: a conflict)."""
+        sealed over the committed revision (or None: a conflict). ``data`` is the sealed
+        record the storage would store (this commit's, or a merge of it already made);
+        ``committed`` None: a server asking ahead about a commit voted but not finished,
+        whose tid the committed record names in its sealed header."""
         resolve = getattr(self._transaction, "resolve_conflict", None)
         if resolve is None:
             if not self._resolve_conflicts:
                 return None
             from amphora.serialize import resolve_record as resolve
 
-        def plain_serial(oid: bytes, serial: bytes) -> bytes:
+        def plain_serial(oid: bytes, serial: bytes | None) -> bytes:
             return self._open(load_serial(oid, serial), RECORD, oid, serial)
 
-        merged = resolve(oid, committed, old, self._plain[oid], plain_serial)
+        base = committed
+        if base is None:
+            sealed = load_serial(oid, None)
+            self._open(sealed, RECORD, oid, None)  # authentic, whichever tid it names
+            base = _HEADER.unpack_from(sealed)[6]
+        merged = resolve(oid, committed, old, self._open(data, RECORD, oid, txn.tid),
+                         plain_serial)
         if merged is None:
             return None
-        self._plain[oid] = merged
-        return self._seal(merged, RECORD, oid, txn.tid, committed)
+        return self._seal(merged, RECORD, oid, txn.tid, base)
 
     # -- management -------------------------------------------------------------------
-    def pack(self, pack_time: float, referencesf: Callable | None = None, gc: bool = True) -> None:
-        """Pack the wrapped storage; garbage is found by reading the references of each
-        record once opened (``referencesf`` is not used: it reads plain records).
-        Through a server, only without ``gc``: the server would look for references in
-        sealed records, and this wrapper cannot hand it a way to read them."""
-        if gc and self.is_remote:
-            raise Unsupported(f"{self.__name__}: pack with garbage collection through a "
-                              "server cannot read sealed records; pack(gc=False) drops old "
-                              "revisions")
-        self.storage.pack(pack_time, self.references, gc)
+    def pack(self, pack_time: float | bytes, referencesf: Callable | None = None,
+             gc: bool = True, reachable: Iterable[bytes] | None = None,
+             through: bytes | None = None) -> None:
+        """Pack the wrapped storage. With ``gc``, through a server (a storage whose pack
+        takes no ``referencesf``), what the root reaches is found here, with the records
+        opened, and the server is told only the oids to keep (see
+        :mod:`amphora.storage._reachable`). Any other storage finds it itself, reading
+        references through :meth:`references` (``referencesf`` is not used: it reads
+        plain records): its check of what commits made meanwhile link again runs under
+        its commit lock, which no stream of commits can starve. Given ``reachable`` and
+        ``through``, they are passed on as they are."""
+        if reachable is not None and gc:
+            self.storage.pack(pack_time, None, True, reachable=reachable, through=through)
+        elif gc and not getattr(self.storage, "pack_uses_referencesf", True):
+            ReachableWalk.pack(self, self.storage, pack_time)
+        else:
+            self.storage.pack(pack_time, self.references, gc)
 
     def packed_through(self) -> bytes:
         packed = getattr(self.storage, "packed_through", None)

@@ -14,7 +14,8 @@ from typing import Callable, Iterable, Iterator
 from amphora.errors import ObjectNotFoundError, StorageError
 from amphora.serialize import references as record_references
 from amphora.storage.base import (DataRecord, StorageBase, TransactionRecord, history_entry,
-                                  pack_tid, reachable)
+                                  oids_to_keep, pack_tid, refuse_stale)
+from amphora.storage.base import reachable as reachable_from
 from amphora.storage.undo import UndoMixin
 from amphora.utils import p64, u64, z64
 
@@ -171,12 +172,19 @@ class MemoryStorage(UndoMixin, StorageBase):
         pass
 
     # -- management -----------------------------------------------------------------
-    def pack(self, pack_time: float, referencesf: Callable | None = None, gc: bool = True) -> None:
+    def pack(self, pack_time: float | bytes, referencesf: Callable | None = None,
+             gc: bool = True, reachable: Iterable[bytes] | None = None,
+             through: bytes | None = None) -> None:
         """Drop revisions superseded at ``pack_time``; with ``gc``, drop objects that no
-        kept revision reaches from the root (objects created after ``pack_time`` stay)."""
+        kept revision reaches from the root (objects created after ``pack_time`` stay),
+        or, given ``reachable``, the objects outside it (see
+        :meth:`amphora.storage.base.Storage.pack`)."""
         cutoff = pack_tid(pack_time)
         refs_of = referencesf or record_references
+        kept = None if reachable is None or not gc else oids_to_keep(reachable, through)
         with self._commit_lock, self._lock:
+            if kept is not None:
+                refuse_stale(self.__name__, self._ltid, through)
             self._pack_cutoff = max(self._pack_cutoff, cutoff)
             for oid, (tids, datas) in self._revisions.items():
                 keep_from = bisect.bisect_right(tids, cutoff) - 1
@@ -189,7 +197,10 @@ class MemoryStorage(UndoMixin, StorageBase):
                         if data is not None:
                             refs_of(data, found)
                     return found
-                live = reachable([z64], refs) if z64 in self._revisions else set()
+                if kept is not None:
+                    live = kept
+                else:
+                    live = reachable_from([z64], refs) if z64 in self._revisions else set()
                 for oid in [oid for oid, (tids, _) in self._revisions.items()
                             if oid not in live and tids[0] <= cutoff]:
                     del self._revisions[oid]

@@ -69,7 +69,7 @@ from amphora.errors import (ClientDisconnected, ConflictError, InvalidURIError,
 from amphora.server import protocol as p
 from amphora.storage import _fork
 from amphora.storage.client.search import RemoteMirror
-from amphora.storage.base import DataRecord, StorageBase, TransactionRecord
+from amphora.storage.base import DataRecord, StorageBase, TransactionRecord, oids_to_keep
 from amphora.storage.client.wire import AuthenticationError, Protocol, io_loop, speaks_tls
 from amphora.utils import p64, u64, z64
 
@@ -106,6 +106,7 @@ class ClientStorage(RemoteMirror, StorageBase):
 
     supports_undo = False
     is_remote = True
+    pack_uses_referencesf = False  # the server reads references itself
     #: ask the server for the records that those loaded refer to (LOAD_AHEAD); turned off
     #: over sealed records, whose references the server cannot see
     read_ahead = True
@@ -150,6 +151,7 @@ class ClientStorage(RemoteMirror, StorageBase):
         self._finished_tid: bytes | None = None  # the commit finished in its vote
         self._feeds = False  # the server answers TRANSACTION_LOG and PACKED_THROUGH
         self._load_ahead = False  # the server answers LOAD_AHEAD
+        self._pack_reachable = False  # PACK takes the objects to keep
         self._ahead = threading.local()  # per thread: records read ahead (see loadBefore)
         #: oid -> (record, tid): its current record as of _ltid, pushed with a commit or
         #: stored by one of ours (see loadBefore); only the I/O thread changes it
@@ -217,6 +219,7 @@ class ClientStorage(RemoteMirror, StorageBase):
             self.supports_pack = bool(welcome.get("supports_pack"))
             self._feeds = bool(welcome.get("feeds"))
             self._load_ahead = bool(welcome.get("load_ahead"))
+            self._pack_reachable = bool(welcome.get("pack_reachable"))
             self.supports_mirror = bool(welcome.get("mirror"))  # searches: RemoteMirror
             return
         self._latest.clear()  # what changed while away is not known record by record
@@ -684,11 +687,23 @@ class ClientStorage(RemoteMirror, StorageBase):
                 pass  # the server aborts the commits of a client that left
 
     # -- management -------------------------------------------------------------------
-    def pack(self, pack_time: float, referencesf: Callable | None = None, gc: bool = True) -> None:
-        """Pack on the server (which finds references itself; ``referencesf`` is unused)."""
+    def pack(self, pack_time: float | bytes, referencesf: Callable | None = None,
+             gc: bool = True, reachable: Iterable[bytes] | None = None,
+             through: bytes | None = None) -> None:
+        """Pack on the server, which finds references itself (``referencesf`` is unused)
+        or is sent ``reachable``, the oids to keep, 8 bytes each (see
+        :meth:`amphora.storage.base.Storage.pack`)."""
         if self.isReadOnly():
             raise errors.ReadOnlyError(f"{self.__name__} is read-only")
-        self._call(p.PACK, float(pack_time), bool(gc))
+        pack_time = pack_time if type(pack_time) is bytes else float(pack_time)
+        if reachable is None or not gc:
+            self._call(p.PACK, pack_time, bool(gc))
+            return
+        if not self._pack_reachable:
+            raise errors.Unsupported(f"{self.__name__}: the server predates packs given the "
+                                     "objects to keep")
+        kept = oids_to_keep(reachable, through)
+        self._call(p.PACK, pack_time, True, b"".join(sorted(kept)), through)
 
     def close(self) -> None:
         """Close the connection (commits under way on the server are aborted there)."""

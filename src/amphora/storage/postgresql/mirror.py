@@ -282,6 +282,7 @@ class MirrorMixin(MirrorBase):
         """As :meth:`amphora.storage.sqlite.SQLiteStorage.create_mirror`."""
         check_mode(mode)
         self._check_writable()
+        self._refuse_sealed()
 
         def start(conn: Any) -> None:
             with conn.transaction():

@@ -7,16 +7,18 @@ Garbage collection reads no record: every record carries its references (``refs`
 at vote), so what the root reaches is one recursive query. Records whose references could
 not be read at vote (``refs`` is NULL: not a ZODB pickle) are scanned with the
 ``referencesf`` given to :meth:`~PackMixin.pack` first; if it fails, pack fails before
-deleting anything.
+deleting anything. Given the objects to keep instead (``reachable``: an encrypted
+database, whose records the server cannot read), they are copied into a temporary table
+under the commit lock and the others that existed at the pack time are deleted.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from amphora.serialize import references as record_references
-from amphora.storage.sql.keys import _u
+from amphora.storage.sql.keys import _pack, _u
 from amphora.storage.postgresql.schema import _LAST_TID
-from amphora.storage.base import pack_tid
+from amphora.storage.base import oids_to_keep, pack_tid, refuse_stale
 
 __all__ = ["PackMixin"]
 
@@ -41,6 +43,16 @@ WITH RECURSIVE live(oid) AS (
 )
 SELECT o.oid FROM objects AS o
 WHERE NOT EXISTS (SELECT 1 FROM live WHERE live.oid = o.oid)
+  AND least(o.tid, (SELECT min(r.tid) FROM revisions AS r WHERE r.oid = o.oid)) <= %s
+"""
+# Given the objects to keep (pack's ``reachable``), under the commit lock: the others
+# whose first kept revision is at or before the pack time (%s).
+_CREATE_KEPT = "CREATE TEMPORARY TABLE pack_kept (oid bigint PRIMARY KEY)"
+_COPY_KEPT = "COPY pack_kept (oid) FROM STDIN"
+_UNKEPT_GARBAGE = """
+CREATE TEMPORARY TABLE pack_garbage AS
+SELECT o.oid FROM objects AS o
+WHERE NOT EXISTS (SELECT 1 FROM pack_kept AS k WHERE k.oid = o.oid)
   AND least(o.tid, (SELECT min(r.tid) FROM revisions AS r WHERE r.oid = o.oid)) <= %s
 """
 # Under the commit lock: candidates that records committed since the walk (tid > %s)
@@ -87,16 +99,20 @@ class PackMixin:
     commit lock in a transaction) and ``_error(exc)``.
     """
 
-    def pack(self, pack_time: float, referencesf: Callable | None = None, gc: bool = True) -> None:
+    def pack(self, pack_time: float | bytes, referencesf: Callable | None = None,
+             gc: bool = True, reachable: Iterable[bytes] | None = None,
+             through: bytes | None = None) -> None:
         """Drop revisions replaced at or before ``pack_time`` and, with ``gc``, objects no
         kept revision reaches from the root (objects whose first kept revision is after
-        ``pack_time`` stay). Other threads and processes keep reading and committing:
-        the commit lock is held only while garbage is checked again and deleted.
-        Transaction rows left without records (before ``pack_time``, except the last) are
-        removed too."""
+        ``pack_time`` stay), or, given ``reachable``, the objects outside it (see
+        :meth:`amphora.storage.base.Storage.pack`). Other threads and processes keep
+        reading and committing: the commit lock is held only while garbage is checked
+        again and deleted. Transaction rows left without records (before ``pack_time``,
+        except the last) are removed too."""
         import psycopg
         self._check_writable()
         refs_of = referencesf or record_references
+        kept = None if reachable is None or not gc else oids_to_keep(reachable, through)
         conn = None
         try:
             conn = self._connect(autocommit=True)
@@ -105,7 +121,9 @@ class PackMixin:
             cutoff = min(_u(pack_tid(pack_time)), last)
             conn.execute(_DELETE_SUPERSEDED, (cutoff,))
             conn.execute(_DELETE_REPLACED_BEFORE, (cutoff,))  # history-free: the same rule
-            if gc:
+            if kept is not None:
+                self._delete_unreachable(conn, cutoff, kept, through)
+            elif gc:
                 self._scan_unscanned(conn, refs_of)
                 self._collect_garbage(conn, cutoff)
             packed = conn.execute(_TRIM_TRANSACTIONS, (min(cutoff, last),)).fetchone()[0]
@@ -116,6 +134,26 @@ class PackMixin:
         finally:
             if conn is not None:
                 conn.close()
+
+    def _delete_unreachable(self, conn: Any, cutoff: int, kept: set[bytes],
+                            through: bytes) -> None:
+        """Delete the objects outside ``kept`` that existed at ``cutoff``, under the commit
+        lock, unless a transaction after ``through`` was committed (StaleReachableError)."""
+        try:
+            with conn.transaction():
+                conn.execute(self._commit_lock_sql)
+                refuse_stale(self.__name__, _pack(conn.execute(_LAST_TID).fetchone()[0]),
+                             through)
+                conn.execute(_CREATE_KEPT)
+                with conn.cursor().copy(_COPY_KEPT) as copy:
+                    for oid in kept:
+                        copy.write_row((_u(oid),))
+                conn.execute(_UNKEPT_GARBAGE, (cutoff,))
+                for statement in _DELETE_GARBAGE:
+                    conn.execute(statement)
+        finally:
+            conn.execute("DROP TABLE IF EXISTS pack_garbage")
+            conn.execute("DROP TABLE IF EXISTS pack_kept")
 
     @staticmethod
     def _scan_unscanned(conn: Any, refs_of: Callable) -> None:

@@ -10,7 +10,8 @@ import re
 import time
 from typing import Any, Callable, Sequence
 
-from amphora.errors import InvalidQueryError, MirrorError
+from amphora.errors import InvalidQueryError, MirrorError, ObjectNotFoundError
+from amphora.utils import maxtid, z64
 
 __all__ = ["MODES", "MirrorBase", "QueryConnection", "check_fields", "class_filter",
            "placeholders", "check_before", "check_timeout", "timed_out"]
@@ -118,8 +119,8 @@ def class_filter(class_name: str | None, column: str = "class_name") -> str:
 
 class MirrorBase:
     """The mirror API over what each storage provides: ``mirror_mode()``,
-    ``mirror_watermark()``, ``create_mirror(progress, mode)``, ``_last_tid()`` and
-    ``_mirror_where`` (how error messages name the database)."""
+    ``mirror_watermark()``, ``create_mirror(progress, mode)``, ``_last_tid()``,
+    ``loadBefore`` and ``_mirror_where`` (how error messages name the database)."""
 
     _mirror_where: str
 
@@ -177,6 +178,19 @@ class MirrorBase:
             if until is not None and time.monotonic() >= until:
                 return done
             time.sleep(interval)
+
+    def _refuse_sealed(self) -> None:
+        """MirrorError if the database's records are sealed (an encrypted database, see
+        :mod:`amphora.storage.encrypted`), as its root record shows: no document could be
+        read from them, and one written by a client holding the keys would be plaintext."""
+        from amphora.storage.encrypted import is_sealed
+        try:
+            root = self.loadBefore(z64, maxtid)
+        except ObjectNotFoundError:
+            return
+        if root is not None and is_sealed(root[0]):
+            raise MirrorError(f"{self._mirror_where} is encrypted (its records are sealed): "
+                              "a JSON mirror would hold the objects in plaintext")
 
     def has_mirror(self) -> bool:
         """Whether the database keeps JSON documents of its objects."""

@@ -401,6 +401,7 @@ class MirrorMixin(MirrorBase):
         ``mode`` (``"sync"`` or ``"follow"``, see the module docstring)."""
         check_mode(mode)
         self._check_writable()
+        self._refuse_sealed()
         writer = self._connect(read_only=False)
         try:
             def start() -> None:

@@ -5,13 +5,13 @@ Private: a part of :class:`amphora.storage.sqlite.SQLiteStorage` (see :class:`Pa
 from __future__ import annotations
 
 import sqlite3
-from typing import Callable
+from typing import Callable, Iterable
 
 from amphora.serialize import references as record_references
-from amphora.storage.sql.keys import _split, _u
+from amphora.storage.sql.keys import _pack, _split, _u
 from amphora.storage.sqlite.statements import (_CHANGES_SINCE, _LAST_TID, _LOAD_CURRENT,
                                           _LOAD_SERIAL, _PRUNE_REPLACED)
-from amphora.storage.base import pack_tid, reachable
+from amphora.storage.base import oids_to_keep, pack_tid, reachable, refuse_stale
 
 __all__ = ["PackMixin"]
 
@@ -51,14 +51,19 @@ class PackMixin:
     amphora error for a driver error).
     """
 
-    def pack(self, pack_time: float, referencesf: Callable | None = None, gc: bool = True) -> None:
+    def pack(self, pack_time: float | bytes, referencesf: Callable | None = None,
+             gc: bool = True, reachable: Iterable[bytes] | None = None,
+             through: bytes | None = None) -> None:
         """Drop revisions replaced at or before ``pack_time`` and, with ``gc``, objects no
         kept revision reaches from the root (objects whose first kept revision is after
-        ``pack_time`` stay). Other threads and processes keep reading and committing:
-        the write lock is taken only for short deletes. Transaction rows left without
-        records (before ``pack_time``, except the last) are removed too."""
+        ``pack_time`` stay), or, given ``reachable``, the objects outside it (see
+        :meth:`amphora.storage.base.Storage.pack`). Other threads and processes keep
+        reading and committing: the write lock is taken only for short deletes.
+        Transaction rows left without records (before ``pack_time``, except the last) are
+        removed too."""
         self._check_writable()
         refs_of = referencesf or record_references
+        kept = None if reachable is None or not gc else oids_to_keep(reachable, through)
         reader = writer = None
         try:
             reader = self._connect(read_only=True)
@@ -69,7 +74,9 @@ class PackMixin:
             doomed = reader.execute(_SUPERSEDED, (cutoff,)).fetchall()
             self._delete_in_chunks(writer, _DELETE_REVISION, doomed)
             writer.execute(_PRUNE_REPLACED, (cutoff + 1,))  # history-free: the same rule
-            if gc:
+            if kept is not None:
+                self._delete_unreachable(writer, cutoff, kept, through)
+            elif gc:
                 self._collect_garbage(reader, writer, cutoff, refs_of)
             self._trim_transactions(reader, writer, min(cutoff, last))
             writer.execute(_SET_UNDO_HORIZON, (cutoff,))
@@ -162,14 +169,34 @@ class PackMixin:
                         referred.update(_u(ref) for ref in refs_of(data) if len(ref) == 8)
             garbage -= reachable(referred & garbage, lambda key: [
                 ref for ref in references(writer, key) if ref in garbage])
-            rows = [(key,) for key in garbage]
-            writer.executemany(_DELETE_OBJECT, rows)
-            writer.executemany(_DELETE_REVISIONS, rows)
-            writer.executemany(_DELETE_REPLACED, rows)
+            self._delete_objects(writer, [(key,) for key in garbage])
             writer.execute("COMMIT")
         except BaseException:
             writer.execute("ROLLBACK")
             raise
+
+    def _delete_unreachable(self, writer: sqlite3.Connection, cutoff: int,
+                            kept: set[bytes], through: bytes) -> None:
+        """Delete the objects outside ``kept`` that existed at ``cutoff``, under the write
+        lock, unless a transaction after ``through`` was committed (StaleReachableError)."""
+        live = {_u(oid) for oid in kept}
+        writer.execute("BEGIN IMMEDIATE")
+        try:
+            refuse_stale(self.__name__, _pack(writer.execute(_LAST_TID).fetchone()[0] or 0),
+                         through)
+            rows = [(key,) for key, first in writer.execute(_FIRST_TIDS)
+                    if first <= cutoff and key not in live]
+            self._delete_objects(writer, rows)
+            writer.execute("COMMIT")
+        except BaseException:
+            writer.execute("ROLLBACK")
+            raise
+
+    @staticmethod
+    def _delete_objects(writer: sqlite3.Connection, rows: list[tuple[int]]) -> None:
+        writer.executemany(_DELETE_OBJECT, rows)
+        writer.executemany(_DELETE_REVISIONS, rows)
+        writer.executemany(_DELETE_REPLACED, rows)
 
     def _trim_transactions(self, reader: sqlite3.Connection, writer: sqlite3.Connection,
                            before: int) -> None:
