@@ -275,8 +275,27 @@ def _class_name(data: bytes | None) -> str:
         return "?"
 
 
+def _is_encrypted(storage: Any) -> bool:
+    """Whether ``storage``'s root record is sealed (by an EncryptedStorage)."""
+    from amphora.storage.encrypted import is_sealed
+    try:
+        found = storage.loadBefore(z64, maxtid)
+    except ObjectNotFoundError:
+        return False
+    return found is not None and is_sealed(found[0])
+
+
 def cmd_pack(args: argparse.Namespace) -> int:
     with opened(args.uri) as storage:
+        packer = storage
+        if args.keyring is not None:  # an encrypted database: its references are sealed
+            from amphora.crypto.keyring import Keyring
+            from amphora.storage.encrypted import EncryptedStorage
+            packer = EncryptedStorage(storage, Keyring.unlock(args.keyring, _passphrase(args)))
+        elif not args.no_gc and _is_encrypted(storage):
+            raise CommandError(f"{args.uri} is encrypted: its records are sealed, so finding "
+                               "the unreachable objects needs the keys (--keyring FILE); "
+                               "--no-gc packs without them")
         # An SQLite file is measured with its write-ahead log copied in (checkpoint), so
         # that the log a pack writes is not counted as the database growing.
         checkpoint = getattr(storage, "checkpoint", None)
@@ -287,7 +306,7 @@ def cmd_pack(args: argparse.Namespace) -> int:
             checkpoint()
         size, objects = storage.getSize(), len(storage)
         started = time.monotonic()
-        storage.pack(time.time() - args.days * 86400, references, gc=not args.no_gc)
+        packer.pack(time.time() - args.days * 86400, references, gc=not args.no_gc)
         if args.vacuum:
             storage.vacuum()
         elif checkpoint is not None:
@@ -295,6 +314,8 @@ def cmd_pack(args: argparse.Namespace) -> int:
         elapsed = time.monotonic() - started
         new_size, new_objects = storage.getSize(), len(storage)
         free = storage.free_bytes() if hasattr(storage, "free_bytes") else 0
+        if packer is not storage:
+            packer.close()  # (it remembers the newest transaction seen, beside the keyring)
     since = "now" if not args.days else f"{args.days:g} days ago"
     gc = "; no garbage collection" if args.no_gc else ""
     print(f"packed {args.uri} (history kept since {since}{gc}) in {elapsed:.2f} s: "
@@ -552,6 +573,18 @@ def cmd_keys_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _passphrase_options(sub: argparse.ArgumentParser, new: bool = False) -> None:
+    prefix, env = ("new-", NEW_PASSPHRASE_ENV) if new else ("", PASSPHRASE_ENV)
+    what = "the new passphrase" if new else "the passphrase"
+    source = sub.add_mutually_exclusive_group()
+    source.add_argument(f"--{prefix}passphrase-env", metavar="NAME",
+                        help=f"read {what} from the environment variable NAME "
+                             f"(default: {env} if it is set, else a prompt)")
+    source.add_argument(f"--{prefix}passphrase-file", metavar="FILE",
+                        help=f"read {what} from FILE (one final newline is ignored;"
+                             " -: a line of standard input)")
+
+
 @contextlib.contextmanager
 def _encrypted(args: argparse.Namespace) -> Iterator[Any]:
     """The storage ``args.uri`` sealed with the keyring ``args.keyring``."""
@@ -711,6 +744,11 @@ def build_parser() -> argparse.ArgumentParser:
     pack.add_argument("--vacuum", action="store_true",
                       help="SQLite: then rewrite the file without its free pages, giving "
                       "the space back (commits wait meanwhile)")
+    pack.add_argument("--keyring", metavar="FILE",
+                      help="an encrypted database's keyring: its records are opened to find "
+                      "what they refer to (without it, an encrypted database packs with "
+                      "--no-gc only)")
+    _passphrase_options(pack)
     pack.set_defaults(func=cmd_pack)
 
     copy = command("copy", "copy every transaction from one storage to another",
@@ -827,16 +865,7 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument("keyring", metavar="FILE", help="the keyring file")
         return sub
 
-    def passphrase_options(sub: argparse.ArgumentParser, new: bool = False) -> None:
-        prefix, env = ("new-", NEW_PASSPHRASE_ENV) if new else ("", PASSPHRASE_ENV)
-        what = "the new passphrase" if new else "the passphrase"
-        source = sub.add_mutually_exclusive_group()
-        source.add_argument(f"--{prefix}passphrase-env", metavar="NAME",
-                            help=f"read {what} from the environment variable NAME "
-                                 f"(default: {env} if it is set, else a prompt)")
-        source.add_argument(f"--{prefix}passphrase-file", metavar="FILE",
-                            help=f"read {what} from FILE (one final newline is ignored;"
-                                 " -: a line of standard input)")
+    passphrase_options = _passphrase_options
 
     create = key_command("create", "a new keyring file with one random data key",
                          "Create a keyring file holding one new random data key, wrapped "

@@ -237,3 +237,41 @@ def test_two_different_passphrases_at_the_terminal_create_nothing(tmp_path):
                                   ["typed words", "typo words"], tmp_path)
     assert status == 2 and "the two passphrases differ" in shown
     assert not (tmp_path / "app.keyring").exists()
+
+
+def amphora_command(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """``amphora ARGS`` (any command) in ``cwd``, as :func:`keys` runs its own."""
+    environment = {name: value for name, value in os.environ.items()
+                   if not name.startswith("AMPHORA_")}
+    environment["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SRC),
+                                                             os.environ.get("PYTHONPATH")]))
+    return subprocess.run([sys.executable, "-m", "amphora", *args], cwd=cwd,
+                          env=environment, stdin=subprocess.DEVNULL, capture_output=True,
+                          text=True, timeout=60)
+
+
+def test_pack_collects_the_garbage_of_an_encrypted_database_with_its_keyring(
+        tmp_path, keyring, passphrase_file):
+    from persistent.mapping import PersistentMapping
+    db = amphora.open(f"sqlite:///{tmp_path / 'app.db'}", keyring=keyring)
+    with db.transaction() as conn:
+        conn.root.kept = PersistentMapping(name="kept")
+        conn.root.dropped = PersistentMapping(name="dropped")
+    with db.transaction() as conn:
+        del conn.root.dropped
+    db.close()
+    # Without the keys, garbage cannot be found: one clear error, nothing changed.
+    line = error_line(amphora_command("pack", "sqlite:///app.db", cwd=tmp_path))
+    assert "is encrypted" in line and "--keyring" in line and "--no-gc" in line
+    storage = amphora.open_storage(f"sqlite:///{tmp_path / 'app.db'}")
+    assert len(storage) == 3
+    storage.close()
+    done = amphora_command("pack", "sqlite:///app.db", "--keyring", str(keyring.path),
+                           "--passphrase-file", str(passphrase_file), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "objects 3 -> 2" in done.stdout
+    db = amphora.open(f"sqlite:///{tmp_path / 'app.db'}",
+                      keyring=amphora.Keyring.unlock(keyring.path, PASSPHRASE))
+    with db.transaction() as conn:
+        assert conn.root.kept["name"] == "kept" and not hasattr(conn.root, "dropped")
+    db.close()
