@@ -188,3 +188,24 @@ def test_the_json_mirror_is_refused(tmp_path, keyring):
 def test_a_keyring_must_be_a_keyring():
     with pytest.raises(TypeError, match="amphora.Keyring"):
         EncryptedStorage(amphora.MemoryStorage(), "passphrase")
+
+
+def test_a_view_of_the_past_over_an_encrypted_database(tmp_path, keyring):
+    """BeforeStorage over EncryptedStorage: the database as it was at a tid, its old
+    revisions opened with the keys; and db.open(at=...) on the same database."""
+    from amphora.storage.before import BeforeStorage
+    path = tmp_path / "app.db"
+    db = amphora.open(f"sqlite:///{path}", keyring=keyring)
+    with db.transaction() as conn:
+        conn.root.balance = 100
+    then = db.lastTransaction()
+    with db.transaction() as conn:
+        conn.root.balance = 40
+    with db.open(at=then) as conn:
+        assert conn.root.balance == 100
+    db.close()
+    view = amphora.DB(BeforeStorage(EncryptedStorage(SQLiteStorage(str(path), read_only=True),
+                                                     keyring), at=then))
+    with view.transaction() as conn:
+        assert conn.root.balance == 100
+    view.close()
