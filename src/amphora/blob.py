@@ -1,8 +1,8 @@
 """Blobs through amphora's Connection: ``amphora.Blob`` and what a connection does with one.
 
-``amphora.Blob`` is ZODB's ``ZODB.blob.Blob`` (ZODB, an optional extra, must be
-installed to use blobs): a persistent object whose data lives in a file, so that values
-of any size are streamed, never held in memory::
+``amphora.Blob`` is ZODB's ``ZODB.blob.Blob`` when ZODB is installed, else
+:class:`StandaloneBlob`, which writes the same records: a persistent object whose data
+lives in a file, so that values of any size are streamed, never held in memory::
 
     blob = amphora.Blob(b"first bytes")      # or Blob(), then blob.open("w")
     conn.root.report = blob
@@ -28,33 +28,192 @@ What a :class:`~amphora.connection.Connection` does, through :class:`BlobJar`:
 """
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import tempfile
+import weakref
 from typing import TYPE_CHECKING, Any
 
-from amphora.errors import Unsupported
+from persistent import Persistent
+
+from amphora.errors import AmphoraError, Unsupported
 from amphora.storage.blobs import blob_capable
 from amphora.utils import oid_repr
 
 if TYPE_CHECKING:
     from amphora.connection import Connection
 
+class BlobFile(io.FileIO):
+    """A file of a :class:`StandaloneBlob`, which it tells when it is closed."""
+
+    def __init__(self, name: str, mode: str, blob: Any):
+        super().__init__(name, mode + "b")
+        self.blob = blob
+
+    def close(self) -> None:
+        self.blob.closed(self)
+        super().close()
+
+    def __reduce__(self) -> Any:
+        raise TypeError("a blob's file cannot be pickled")
+
+
+class StandaloneBlob(Persistent):
+    """A blob for when ZODB is not installed (``amphora.Blob`` is ZODB's ``Blob`` when
+    it is): the same behaviour (``open`` in modes ``r``, ``w``, ``a``, ``r+``, ``c``;
+    ``committed()``; ``consumeFile``) and the same records: its class pickle names
+    ``ZODB.blob.Blob``, and amphora reads such records as this class when ZODB is
+    missing, so either class reads what the other wrote."""
+
+    _p_record_global = ("ZODB.blob", "Blob")  # the class its records name (see serialize)
+    _p_blob_uncommitted: str | None = None  # the file of data not committed yet
+    _p_blob_committed: str | None = None  # the committed file of the revision loaded
+    readers: list | None = None
+    writers: list | None = None
+
+    def __init__(self, data: bytes | None = None):
+        self.__setstate__()
+        if data is not None:
+            with self.open("w") as file:
+                file.write(data)
+
+    def __setstate__(self, state: Any = None) -> None:
+        self.readers, self.writers = [], []
+
+    def __getstate__(self) -> None:
+        return None
+
+    def _p_deactivate(self) -> None:
+        if not self.opened():  # an open blob stays loaded
+            super()._p_deactivate()
+
+    def _p_invalidate(self) -> None:
+        if self._p_changed is None:
+            return
+        for ref in (self.readers or []) + (self.writers or []):
+            file = ref()
+            if file is not None:
+                file.close()
+        if self._p_blob_uncommitted:
+            _remove(self._p_blob_uncommitted)
+        super()._p_invalidate()
+
+    def opened(self) -> bool:
+        return bool(self.readers or self.writers)
+
+    def closed(self, file: Any) -> None:
+        for refs in (self.readers or [], self.writers or []):
+            for ref in list(refs):
+                if ref() is file:
+                    refs.remove(ref)
+
+    def open(self, mode: str = "r") -> Any:
+        """A file of the blob's data: ``r`` reads, ``w`` replaces, ``a`` appends, ``r+``
+        updates; ``c`` reads the committed file (no uncommitted changes allowed)."""
+        if mode not in ("r", "w", "r+", "a", "c"):
+            raise ValueError(f"invalid mode {mode!r}")
+        if self.readers is None:
+            self.__setstate__()
+        if mode == "c":
+            return open(self.committed(), "rb")
+        if self.writers:
+            raise BlobError("Already opened for writing.")
+        if mode == "r":
+            name = self._p_blob_uncommitted or self._p_blob_committed
+            if name is None:
+                name = self._new_file()
+            file = BlobFile(name, "r", self)
+            self.readers.append(weakref.ref(file, _forget(self.readers)))
+            return file
+        if self.readers:
+            raise BlobError("Already opened for reading.")
+        if self._p_blob_uncommitted is None:
+            name = self._new_file()
+            if mode != "w" and self._p_blob_committed:
+                shutil.copyfile(self._p_blob_committed, name)
+        file = BlobFile(self._p_blob_uncommitted, mode, self)
+        if mode == "r+":
+            file.seek(0)
+        self.writers.append(weakref.ref(file, _forget(self.writers)))
+        self._p_changed = True
+        return file
+
+    def committed(self) -> str:
+        """The name of the committed file (read-only), for code that wants a file name."""
+        if self._p_blob_uncommitted or not self._p_blob_committed \
+                or self._p_blob_committed.endswith(".spb"):
+            raise BlobError("Uncommitted changes")
+        return self._p_blob_committed
+
+    def consumeFile(self, filename: str) -> None:
+        """Take the file ``filename`` (moved when possible) as the blob's data."""
+        if self.opened():
+            raise BlobError("Already opened.")
+        target = self._p_blob_uncommitted or self._new_file()
+        try:
+            os.replace(filename, target)
+        except OSError:
+            shutil.copyfile(filename, target)
+            os.remove(filename)
+        self._p_changed = True
+
+    def _new_file(self) -> str:
+        directory = (self._p_jar.db().storage.temporaryDirectory() if self._p_jar
+                     else tempfile.gettempdir())
+        fd, name = tempfile.mkstemp(dir=directory, prefix="BUC")
+        os.close(fd)
+        self._p_blob_uncommitted = name
+        self._v_cleanup = weakref.finalize(self, _remove, name)  # a blob dropped unsaved
+        return name
+
+    # what a connection calls (as it does on ZODB's Blob)
+    def _create_uncommitted_file(self) -> str:
+        return self._new_file()
+
+    def _uncommitted(self) -> str | None:
+        """The file of the new data, handed over: the blob no longer owns it."""
+        name = self._p_blob_uncommitted
+        if name is None and self._p_blob_committed is None:
+            name = self._new_file()
+        cleanup = getattr(self, "_v_cleanup", None)
+        if cleanup is not None:
+            cleanup.detach()
+        self._p_blob_uncommitted = None
+        return name
+
+
+def _remove(path: str) -> None:
+    try:
+        os.remove(path)
+    except FileNotFoundError:
+        pass
+
+
+def _forget(refs: list) -> Any:
+    def forget(ref: Any) -> None:
+        if ref in refs:
+            refs.remove(ref)
+    return forget
+
+
 try:
     from ZODB.blob import Blob
-except ImportError:  # blobs need ZODB: amphora.Blob then says so when used
-    class Blob:  # type: ignore[no-redef]
-        """Stands for ``ZODB.blob.Blob`` when ZODB is not installed."""
+    from ZODB.interfaces import BlobError
+except ImportError:  # amphora's own, with the same records
+    Blob = StandaloneBlob  # type: ignore[misc]
 
-        def __init__(self, *args: Any, **kwargs: Any):
-            raise Unsupported("blobs need ZODB: pip install ZODB (ZODB.blob.Blob is "
-                              "amphora.Blob)")
+    class BlobError(AmphoraError):  # type: ignore[no-redef]
+        """A blob cannot do that now (ZODB calls it ``BlobError``)."""
 
-__all__ = ["Blob", "BlobJar", "is_blob"]
+__all__ = ["Blob", "BlobError", "BlobFile", "BlobJar", "StandaloneBlob", "is_blob"]
+
+
+_BLOB_CLASSES = (Blob, StandaloneBlob)
 
 
 def is_blob(obj: Any) -> bool:
-    return isinstance(obj, Blob)
+    return isinstance(obj, _BLOB_CLASSES)
 
 
 class BlobJar:

@@ -249,3 +249,21 @@ def test_a_truncated_blob_file_is_an_error_naming_oid_and_tid(db):
     assert f"oid {oid_repr(oid)}" in message and tid_repr(serial) in message
     assert "truncated" in message and "4 bytes, committed with 10" in message
     conn.close()
+
+
+def test_zodb_and_amphora_read_each_others_blobs(tmp_path):
+    import ZODB
+    path = str(tmp_path / "shared.db")
+    zodb = ZODB.DB(SQLiteStorage(path))
+    with zodb.transaction() as conn:
+        conn.root.from_zodb = Blob(b"written by ZODB.DB")
+    zodb.close()
+    db = amphora.open(f"sqlite:///{path}")
+    with db.transaction() as conn:
+        assert read(conn.root.from_zodb) == b"written by ZODB.DB"
+        conn.root.from_amphora = Blob(b"written by amphora")
+    db.close()
+    zodb = ZODB.DB(SQLiteStorage(path))
+    with zodb.transaction() as conn:
+        assert read(conn.root.from_amphora) == b"written by amphora"
+    zodb.close()

@@ -418,10 +418,14 @@ class BlobStorageMixin:
         """The committed file of revision ``serial`` of ``oid``, open for reading (a
         ``ZODB.blob.BlobFile`` of ``blob`` when given)."""
         path = self.loadBlob(oid, serial)
-        if blob is None:
-            return open(path, "rb")
-        from ZODB.blob import BlobFile  # a blob object exists: ZODB is installed
-        return BlobFile(path, "r", blob)
+        if blob is not None:
+            try:
+                from ZODB.blob import BlobFile
+            except ImportError:  # amphora's StandaloneBlob opens its files itself
+                pass
+            else:
+                return BlobFile(path, "r", blob)
+        return open(path, "rb")
 
     # -- undo: an undone blob revision's file comes back -------------------------------
     def undo(self, transaction_id: Any, transaction: Any) -> Any:
