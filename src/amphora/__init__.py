@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from amphora.blob import Blob
 from amphora.connection import Connection
 from amphora.db import DB
 from amphora.errors import (AmphoraError, CatalogError, ClientDisconnected, ConflictError,
@@ -35,7 +36,7 @@ from amphora.uri import open_storage_for_db as _open_storage_for_db
 from amphora.uri import open_storage
 
 __all__ = [
-    "AmphoraError", "BeforeStorage", "Broken", "CatalogError", "Change", "ClientDisconnected",
+    "AmphoraError", "BeforeStorage", "Blob", "Broken", "CatalogError", "Change", "ClientDisconnected",
     "ConflictError",
     "Connection", "ConnectionStateError", "CorruptRecordError", "DB", "DemoStorage",
     "EncryptedStorage", "InvalidQueryError", "InvalidURIError", "Keyring", "KeyringError",

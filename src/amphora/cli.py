@@ -18,6 +18,7 @@ import logging
 import os
 import sys
 import time
+import urllib.parse
 from typing import Any, Iterator, Sequence
 
 from amphora.copy import CopyStats, DestinationNotEmptyError, copy_transactions
@@ -38,17 +39,27 @@ class CommandError(Exception):
 # ---------------------------------------------------------------------------------------
 # Opening storages
 
-def _filestorage_path(spec: str) -> str | None:
-    """The path of a ZODB FileStorage spec (``data.fs``, ``file://data.fs``,
-    ``file:///abs/data.fs``), or None if ``spec`` names something else."""
+def _filestorage_path(spec: str) -> tuple[str, str | None] | None:
+    """The path and blob directory of a ZODB FileStorage spec (``data.fs``,
+    ``file://data.fs``, ``file:///abs/data.fs``, with ``?blobstorage_dir=blobs`` for a
+    FileStorage with blobs, as zodburi writes it), or None if ``spec`` names something
+    else."""
     if spec.startswith("file://"):
-        return spec[len("file://"):]
+        path, _, query = spec[len("file://"):].partition("?")
+        options = urllib.parse.parse_qs(query, keep_blank_values=True)
+        unknown = sorted(set(options) - {"blobstorage_dir"})
+        if unknown:
+            raise CommandError(f"{spec}: unknown option {unknown[0]!r} (a FileStorage spec "
+                               "takes blobstorage_dir)")
+        blob_dir = options.get("blobstorage_dir", [None])[-1]
+        return path, blob_dir or None
     if "://" not in spec and spec.endswith(".fs"):
-        return spec
+        return spec, None
     return None
 
 
-def _open_filestorage(path: str, read_only: bool, must_exist: bool) -> Any:
+def _open_filestorage(path: str, read_only: bool, must_exist: bool,
+                      blob_dir: str | None = None) -> Any:
     try:
         from ZODB.FileStorage import FileStorage
     except ImportError:
@@ -59,7 +70,7 @@ def _open_filestorage(path: str, read_only: bool, must_exist: bool) -> Any:
         raise CommandError(f"{path}: no such file")
     from ZODB.FileStorage.FileStorage import FileStorageFormatError
     try:
-        return FileStorage(path, read_only=read_only)
+        return FileStorage(path, read_only=read_only, blob_dir=blob_dir)
     except FileStorageFormatError:
         raise CommandError(f"{path}: not a ZODB FileStorage file") from None
 
@@ -73,9 +84,9 @@ def opened(spec: str, read_only: bool = False, must_exist: bool = True,
     ``at``: a tid; the storage as it was then (a read-only
     :class:`~amphora.storage.before.BeforeStorage`).
     """
-    fs_path = _filestorage_path(spec)
-    if fs_path is not None:
-        storage = _open_filestorage(fs_path, read_only, must_exist)
+    fs_spec = _filestorage_path(spec)
+    if fs_spec is not None:
+        storage = _open_filestorage(fs_spec[0], read_only, must_exist, fs_spec[1])
     else:
         if "://" not in spec and os.path.exists(spec):
             how = ("(an absolute path: four slashes)" if os.path.isabs(spec)
@@ -191,6 +202,11 @@ def cmd_info(args: argparse.Namespace) -> int:
         ]
         if getattr(storage, "supports_mirror", False):
             rows.append(("JSON mirror", _mirror_state(storage)))
+        blob_directory = getattr(storage, "blob_directory", None)
+        if isinstance(blob_directory, str):
+            relative = os.path.relpath(blob_directory)
+            rows.append(("blob directory",
+                         blob_directory if relative.startswith("..") else relative))
     width = max(len(name) for name, _ in rows)
     for name, value in rows:
         print(f"{name + ':':<{width + 1}} {value}")

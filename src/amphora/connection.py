@@ -38,6 +38,7 @@ import transaction as transaction_module
 from persistent import Persistent, PickleCache
 from persistent.mapping import PersistentMapping
 
+from amphora.blob import BlobJar, is_blob
 from amphora.errors import (ConflictError, ConnectionStateError, CorruptRecordError,
                             ObjectNotFoundError, ReadConflictError, ReadOnlyHistoryError)
 from amphora.search import ConnectionSearch
@@ -125,6 +126,8 @@ class Connection(ConnectionSearch):
         # savepoints: states written at savepoints in this transaction
         self._sp_states: dict[bytes, bytes] = {}
         self._sp_serials: dict[bytes, bytes] = {}
+        self._blob_jar = BlobJar(self)  # blob files (see amphora.blob)
+        self._blobs: dict[bytes, str] = {}  # oid -> the file this commit gives the storage
         self._opened = False
 
     # -- public API -----------------------------------------------------------------
@@ -417,6 +420,8 @@ class Connection(ConnectionSearch):
                 siblings_of[oid] = siblings
         obj._p_serial = serial
         obj._p_estimated_size = len(data)
+        if is_blob(obj):
+            self._blob_jar.loaded(obj, serial)
 
     def register(self, obj: Any) -> None:
         """``obj`` changed: write it at the next commit."""
@@ -477,6 +482,7 @@ class Connection(ConnectionSearch):
         storage = self._storage
         records: dict[bytes, bytes] = {}  # what this transaction writes, by oid
         serials: dict[bytes, bytes] = {}  # the serial each of them was read at
+        blobs = self._blobs  # oid -> blob file, for blobs with new data
         self._written = records
         # objects written at savepoints and not changed since
         for oid, data in self._sp_states.items():
@@ -487,27 +493,36 @@ class Connection(ConnectionSearch):
                 continue  # changed again: written below
             records[oid] = data
             serials[oid] = self._sp_serials[oid]
-        self._store_objects(self._registered, records, serials)
-        storage.store_many(records, serials, meta)
+            if self._blob_jar.savepoint_files:
+                filename = self._blob_jar.take_savepoint_file(oid, obj)
+                if filename is not None:
+                    blobs[oid] = filename
+        self._store_objects(self._registered, records, serials, blobs)
+        plain = {oid: data for oid, data in records.items() if oid not in blobs} if blobs else records
+        storage.store_many(plain, {oid: serials[oid] for oid in plain} if blobs else serials, meta)
+        for oid, filename in blobs.items():  # a blob's record is stored with its file
+            storage.storeBlob(oid, serials[oid], records[oid], filename, "", meta)
         self._modified = list(records)
         for oid, serial in self._read_current.items():
             if oid not in records:  # a write checks its own serial, and may be resolved
                 storage.checkCurrentSerialInTransaction(oid, serial, meta)
 
     def _store_objects(self, objs: list[Any], records: dict[bytes, bytes],
-                       serials: dict[bytes, bytes]) -> None:
+                       serials: dict[bytes, bytes], blobs: dict[bytes, str] | None = None
+                       ) -> None:
         """Serialize ``objs`` and every new object they reach into ``records`` (and the
-        serial each was read at into ``serials``)."""
+        serial each was read at into ``serials``); the files of blobs go into ``blobs``
+        (None: at a savepoint, which sets them aside)."""
         queue = self._creating
         pending = list(objs)
         try:
-            self._store_pending(pending, records, serials)
+            self._store_pending(pending, records, serials, blobs)
         except BaseException:
             queue.extend(pending)  # new objects among them are detached by the abort
             raise
 
     def _store_pending(self, pending: list[Any], records: dict[bytes, bytes],
-                       serials: dict[bytes, bytes]) -> None:
+                       serials: dict[bytes, bytes], blobs: dict[bytes, str] | None) -> None:
         serialize = self._writer.serialize
         cache = self._cache
         queue = self._creating
@@ -524,6 +539,8 @@ class Connection(ConnectionSearch):
                 continue
             if obj._p_changed is None:
                 continue  # a ghost (invalidated after a savepoint rollback)
+            if is_blob(obj) and not self._blob_file(obj, blobs):
+                continue  # only _p_changed was set: nothing new to write
             try:
                 data = serialize(obj)
             except BaseException:
@@ -540,6 +557,19 @@ class Connection(ConnectionSearch):
                     cache[oid] = obj  # a new object joins the cache
             if added:
                 added.pop(oid, None)
+
+    def _blob_file(self, obj: Any, blobs: dict[bytes, str] | None) -> bool:
+        """Put the file of the blob ``obj``'s new data in ``blobs`` (or, at a savepoint,
+        set it aside); False if it has none."""
+        if blobs is None:
+            self._blob_jar.set_aside(obj)
+            return True
+        filename = self._blob_jar.take(obj)
+        if filename is None:
+            obj._p_changed = False
+            return False
+        blobs[obj._p_oid] = filename
+        return True
 
     def tpc_vote(self, txn: Any) -> None:
         meta = txn.data(self)
@@ -588,6 +618,8 @@ class Connection(ConnectionSearch):
             if obj is not None and obj._p_changed is not None:
                 obj._p_changed = False
                 obj._p_serial = serial
+        # A blob reloads with the committed file of the new revision as its data.
+        self._cache.invalidate([oid for oid in self._blobs if self._cache.get(oid) is not None])
         self._cleanup()
 
     def tpc_abort(self, txn: Any) -> None:
@@ -635,6 +667,8 @@ class Connection(ConnectionSearch):
         self._read_current = {}
         self._sp_states = {}
         self._sp_serials = {}
+        self._blobs = {}
+        self._blob_jar.end()
 
     # -- synchronizer protocol (transaction manager hooks) -----------------------------
     def beforeCompletion(self, txn: Any) -> None:
@@ -667,11 +701,16 @@ class Connection(ConnectionSearch):
             self._cache[obj._p_oid] = obj
         self._added = {}
         self._registered = []
-        return _Savepoint(self, dict(self._sp_states))
+        return _Savepoint(self, dict(self._sp_states), dict(self._blob_jar.savepoint_files))
 
-    def _rollback(self, states: dict[bytes, bytes]) -> None:
+    def _rollback(self, states: dict[bytes, bytes], blob_files: dict[bytes, str]) -> None:
         cache = self._cache
+        # a blob's state is always the same: its data set aside tells whether it changed
+        kept = self._blob_jar.savepoint_files
+        changed_blobs = [oid for oid in kept if blob_files.get(oid) != kept[oid]]
+        self._blob_jar.savepoint_files = dict(blob_files)
         changed = [obj._p_oid for obj in self._registered if obj._p_oid is not None]
+        changed += changed_blobs
         for obj in list(self._added.values()) + self._creating:
             if obj._p_oid is not None and cache.get(obj._p_oid) is obj:
                 del cache[obj._p_oid]
@@ -740,12 +779,14 @@ class _Siblings:
 class _Savepoint:
     """A point in the current transaction to roll back to."""
 
-    def __init__(self, conn: Connection, states: dict[bytes, bytes]):
+    def __init__(self, conn: Connection, states: dict[bytes, bytes],
+                 blob_files: dict[bytes, str]):
         self._conn = conn
         self._states = states
+        self._blob_files = blob_files
 
     def rollback(self) -> None:
-        self._conn._rollback(self._states)
+        self._conn._rollback(self._states, self._blob_files)
 
 
 

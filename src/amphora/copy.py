@@ -24,15 +24,23 @@ Rules:
   object then stays in the copy, unreachable, until a pack with garbage collection.
 - Each transaction is committed on its own: if the copy stops halfway, the destination
   holds a prefix of the source's history, never a partial transaction.
+- Blobs: a record of a blob (``ZODB.blob.Blob``) comes with its file, read from the
+  source's ``loadBlob`` and given to the destination's ``restoreBlob`` (or
+  ``storeBlob``), byte for byte. A destination that keeps no blobs refuses the copy with
+  :class:`~amphora.errors.Unsupported` naming it, before the transaction is committed.
 """
 from __future__ import annotations
 
 import dataclasses
+import os
+import shutil
+import tempfile
 from typing import Any, Callable, Iterable
 
-from amphora.errors import StorageError
+from amphora.errors import StorageError, Unsupported
+from amphora.storage.blobs import blob_capable, is_blob_record
 from amphora.storage.base import Storage, TransactionMetaData
-from amphora.utils import maxtid, p64, tid_repr, u64, z64
+from amphora.utils import maxtid, oid_repr, p64, tid_repr, u64, z64
 
 __all__ = ["CopyStats", "DestinationNotEmptyError", "copy_transactions", "restore_transactions"]
 
@@ -67,12 +75,12 @@ def copy_transactions(source: Storage, destination: Storage,
     """
     start = _start_tid(source, destination, incremental)
     return restore_transactions(source.iterator(start), destination, progress,
-                                look_up_serials=start is not None)
+                                look_up_serials=start is not None, source=source)
 
 
 def restore_transactions(transactions: Iterable[Any], destination: Storage,
                          progress: Callable[[CopyStats], None] | None = None,
-                         look_up_serials: bool = True) -> CopyStats:
+                         look_up_serials: bool = True, source: Any = None) -> CopyStats:
     """Commit each of ``transactions`` (what a storage's ``iterator()`` yields) to
     ``destination`` with its tid, user, description and extension, record for record:
     the copier behind :func:`copy_transactions` and every amphora storage's
@@ -81,6 +89,8 @@ def restore_transactions(transactions: Iterable[Any], destination: Storage,
     ``look_up_serials`` false promises that the destination held none of the oids before
     (it was empty), which spares a lookup per oid where ``restore`` is missing. Returns
     the :class:`CopyStats`; an error aborts the transaction being copied and propagates.
+    ``source`` is the storage the transactions come from: the files of its blob records
+    are read from its ``loadBlob``.
     """
     stats = CopyStats()
     # restore() is optional in ZODB's storage API (FileStorage has it); ZODB's own copy
@@ -104,7 +114,11 @@ def restore_transactions(transactions: Iterable[Any], destination: Storage,
                 if data is None and (restore is None or not _restores_deletions(destination)):
                     stats.skipped += 1
                     continue
-                if restore is not None:
+                if data is not None and is_blob_record(data):
+                    _copy_blob(source, destination, record, txn.tid, meta,
+                               restore is not None, current_serial)
+                    serials[record.oid] = txn.tid
+                elif restore is not None:
                     restore(record.oid, txn.tid, data, "", record.data_txn, meta)
                 else:
                     destination.store(record.oid, current_serial(record.oid), data, "", meta)
@@ -123,6 +137,37 @@ def restore_transactions(transactions: Iterable[Any], destination: Storage,
         if progress is not None:
             progress(stats)
     return stats
+
+
+def _copy_blob(source: Any, destination: Any, record: Any, tid: bytes, meta: Any,
+               restoring: bool, current_serial: Callable[[bytes], bytes]) -> None:
+    """Copy a blob's record and file (a copy of the source's: the destination takes the
+    file it is given)."""
+    if not blob_capable(destination):
+        why = getattr(destination, "no_blobs_reason", "it keeps no blob files")
+        raise Unsupported(f"{_name(destination)} cannot take the blob ({why}) "
+                          f"of oid {oid_repr(record.oid)} written by transaction {tid_repr(tid)}")
+    if source is None or not blob_capable(source):
+        raise Unsupported(f"the blob of oid {oid_repr(record.oid)} written by transaction "
+                          f"{tid_repr(tid)} has no file to copy: the source keeps no blobs")
+    original = source.loadBlob(record.oid, tid)
+    fd, copy = tempfile.mkstemp(dir=destination.temporaryDirectory(), prefix="copy-")
+    try:
+        with open(original, "rb") as file, os.fdopen(fd, "wb") as target:
+            shutil.copyfileobj(file, target, 1 << 20)
+        if restoring and hasattr(destination, "restoreBlob"):
+            destination.restoreBlob(record.oid, tid, record.data, copy, record.data_txn, meta)
+        else:
+            destination.storeBlob(record.oid, current_serial(record.oid), record.data, copy,
+                                  "", meta)
+    finally:
+        if os.path.exists(copy):
+            os.remove(copy)
+
+
+def _name(storage: Any) -> str:
+    get_name = getattr(storage, "getName", None)
+    return get_name() if callable(get_name) else type(storage).__name__
 
 
 def _start_tid(source: Storage, destination: Storage, incremental: bool) -> bytes | None:

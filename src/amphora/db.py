@@ -181,6 +181,16 @@ class DB(DatabaseSearch, RecordsAsStored):
                 conn._invalidate(tid, oids)
 
     # -- information and management -------------------------------------------------
+    # ZODB's ``Connection.db()`` is a method and its DB has ``_storage``: code written for
+    # ZODB (``ZODB.blob.Blob`` finds the storage's temporary directory so) calls
+    # ``conn.db()._storage``; amphora's ``conn.db`` is the DB, which answers both.
+    def __call__(self) -> "DB":
+        return self
+
+    @property
+    def _storage(self) -> Storage:
+        return self.storage
+
     def last_transaction(self) -> bytes:
         """The tid of the last committed transaction (``z64`` if none)."""
         return self.storage.lastTransaction()

@@ -107,6 +107,11 @@ class ObjectWriter:
                 class_pickle = None
                 if issubclass(klass, Broken):
                     class_pickle = _global_pickle(klass.__module__, klass.__name__)
+                elif hasattr(klass, "_p_record_global"):  # a stand-in for another class
+                    # as the pickler writes a class: the global, memoized
+                    module, name = klass._p_record_global
+                    class_pickle = (b"\x80\x03c" + f"{module}\n{name}\n".encode("utf-8")
+                                    + b"q\x00.")
                 elif not _has_newargs(klass):
                     pickler.clear_memo()
                     pickler.dump(klass)
@@ -201,7 +206,10 @@ _newargs: dict[type, bool] = {}
 def _has_newargs(klass: type) -> bool:
     found = _newargs.get(klass)
     if found is None:
-        found = _newargs[klass] = hasattr(klass, "__getnewargs__")
+        # A stand-in's class (``_p_record_global``) cannot be named in a reference: the
+        # references to its objects name no class, as to those with __getnewargs__
+        found = _newargs[klass] = (hasattr(klass, "__getnewargs__")
+                                   or hasattr(klass, "_p_record_global"))
     return found
 
 
@@ -333,6 +341,9 @@ def _split_meta(meta: Any, find_class: Callable[[str, str], Any]) -> tuple[type,
 
 
 _classes: dict[tuple[str, str], Any] = {}
+#: classes of optional packages that amphora reads as its own stand-ins when the package
+#: is not installed (the stand-in's records name the original: ``_p_record_global``)
+_STAND_INS = {("ZODB.blob", "Blob"): ("amphora.blob", "StandaloneBlob")}
 
 
 def _find_class(module: str, name: str) -> Any:
@@ -341,7 +352,13 @@ def _find_class(module: str, name: str) -> Any:
     found = _classes.get(key)
     if found is None:
         try:
-            mod = __import__(module, fromlist=[name])
+            try:
+                mod = __import__(module, fromlist=[name])
+            except ImportError:
+                if key not in _STAND_INS:
+                    raise
+                module, name = _STAND_INS[key]
+                mod = __import__(module, fromlist=[name])
             found = _classes[key] = getattr(mod, name)
         except (ImportError, AttributeError) as exc:
             raise StorageError(
@@ -379,7 +396,7 @@ class _TolerantUnpickler(_zpickle.Unpickler):
         try:
             return super().find_class(module, name)
         except (ImportError, AttributeError):
-            return _broken_class(module, name)
+            return find_global(module, name)  # a stand-in (see _STAND_INS), else Broken
 
 
 class Broken(Persistent):

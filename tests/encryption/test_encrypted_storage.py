@@ -3,6 +3,7 @@ client, commits racing for tids, and what an encrypted database refuses."""
 from __future__ import annotations
 
 import glob
+import os
 from typing import Any
 
 import pytest
@@ -28,9 +29,11 @@ class ZanzibarLedger(Persistent):
 
 
 def files_of(path) -> bytes:
-    """The SQLite file and whatever beside it SQLite writes (WAL, shared memory)."""
-    return b"".join(open(name, "rb").read() for name in sorted(glob.glob(f"{path}*"))
-                    if not name.endswith(".keyring"))
+    """The SQLite file and whatever beside it SQLite writes (WAL, shared memory), and
+    every file under the blob directory beside it."""
+    names = sorted(glob.glob(f"{path}*")) + sorted(glob.glob(f"{path}.blobs/**", recursive=True))
+    return b"".join(open(name, "rb").read() for name in names
+                    if os.path.isfile(name) and not name.endswith(".keyring"))
 
 
 def write_ledger(db: amphora.DB, **extension) -> None:

@@ -62,6 +62,7 @@ class Storage(Protocol):
     supports_undo: bool      #: ``undo``/``undoLog``/``undoInfo`` (see amphora.storage.undo)
     supports_pack: bool      #: ``pack`` drops old revisions and garbage
     supports_mirror: bool    #: keeps JSON documents of its objects for SQL search
+    supports_blobs: bool     #: ZODB's IBlobStorage: ``storeBlob``, ``loadBlob`` ...
     is_remote: bool          #: records cross a network
     #: ``pack`` reads references with the ``referencesf`` it is given (a client's server
     #: reads them itself: an encrypted database tells it what to keep instead)
@@ -344,6 +345,9 @@ class StorageBase:
     supports_undo = False
     supports_mirror = False
     supports_pack = True
+    #: blob files (see amphora.storage.blobs); ``no_blobs_reason`` says why not
+    supports_blobs = False
+    no_blobs_reason = "it keeps no blob files"
     is_remote = False
     pack_uses_referencesf = True
     #: ``restore`` takes records without data (ZODB's deletion records): no amphora
@@ -590,7 +594,7 @@ class StorageBase:
         it committed. Records without data (undone creations) are skipped with a logged
         warning (see :meth:`restore`). See :func:`amphora.copy.restore_transactions`."""
         from amphora.copy import restore_transactions  # the copier sits above the storages
-        stats = restore_transactions(other.iterator(), self)
+        stats = restore_transactions(other.iterator(), self, source=other)
         if stats.skipped:
             log.warning("%s: %d records without data (undone creations) were not copied: "
                         "amphora storages do not restore deletion records", self.__name__,

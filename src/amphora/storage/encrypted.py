@@ -192,6 +192,9 @@ class EncryptedStorage(StorageBase):
 
     supports_undo = False
     supports_mirror = False
+    #: not yet: the storage would keep each blob's file in the clear
+    no_blobs_reason = ("blob files would be kept in the clear, which an encrypted storage "
+                       "promises never to do")
     #: why :mod:`amphora.search` refuses to make a mirror here
     no_mirror_because = "the mirror would hold the objects in plaintext"
 

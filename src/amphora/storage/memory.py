@@ -4,15 +4,23 @@ Every revision of every object is kept (until pack) in two parallel lists per oi
 ascending, so ``loadBefore`` is one bisection. Data lives as long as the storage object.
 A revision whose data is None is a deletion record (an undone creation, see
 :mod:`amphora.storage.undo`): the object does not exist from its tid on.
+
+Blob files (see :mod:`amphora.storage.blobs`) live in a temporary directory the storage
+makes at its first use of blobs and removes when it is closed (or in ``blob_dir``, which
+it leaves in place).
 """
 from __future__ import annotations
 
 import bisect
+import shutil
+import tempfile
 import threading
+import weakref
 from typing import Callable, Iterable, Iterator
 
 from amphora.errors import ObjectNotFoundError, StorageError
 from amphora.serialize import references as record_references
+from amphora.storage.blobs import BlobDirectory, BlobStorageMixin
 from amphora.storage.base import (DataRecord, StorageBase, TransactionRecord, history_entry,
                                   oids_to_keep, pack_tid, refuse_stale)
 from amphora.storage.base import reachable as reachable_from
@@ -22,13 +30,18 @@ from amphora.utils import p64, u64, z64
 __all__ = ["MemoryStorage"]
 
 
-class MemoryStorage(UndoMixin, StorageBase):
+class MemoryStorage(BlobStorageMixin, UndoMixin, StorageBase):
     """Keeps records in dicts: ``oid -> ([tid, ...], [data, ...])`` and an ordered
     ``tid -> TransactionRecord`` (the record list holds oids and tids, data is looked up)."""
 
+    _blobs_durable = False  # nothing here survives the process
+
     def __init__(self, name: str = "memory", read_only: bool = False,
-                 resolve_conflicts: bool = True):
+                 resolve_conflicts: bool = True, blob_dir: str | None = None):
         super().__init__(name, read_only, resolve_conflicts)
+        self._blob_dir_asked = blob_dir
+        self._blob_sizes: dict[tuple[bytes, bytes], int] = {}  # (oid, tid) -> file size
+        self._voted_blob_sizes: dict[bytes, int] = {}
         self._revisions: dict[bytes, tuple[list[bytes], list[bytes]]] = {}
         self._transactions: dict[bytes, TransactionRecord] = {}
         self._packed_through = z64  # the largest tid of a transaction pack removed
@@ -36,6 +49,31 @@ class MemoryStorage(UndoMixin, StorageBase):
         self._ltid = z64
         self._last_oid = 0
         self._oid_lock = threading.Lock()
+
+    def _blobs(self) -> BlobDirectory:
+        """The blob directory, made at its first use."""
+        directory = self._blob_directory
+        if directory is None:
+            self._check_open()
+            with self._lock:
+                if self._blob_directory is None:
+                    path = self._blob_dir_asked
+                    if path is None:
+                        path = tempfile.mkdtemp(prefix="amphora-blobs-")
+                        weakref.finalize(self, shutil.rmtree, path, True)
+                    self._open_blobs(path)
+                directory = self._blob_directory
+        return directory
+
+    def _blob_size(self, oid: bytes, tid: bytes) -> int | None:
+        with self._lock:
+            return self._blob_sizes.get((oid, tid))
+
+    def close(self) -> None:
+        super().close()
+        directory = self._blob_directory
+        if directory is not None and self._blob_dir_asked is None:
+            shutil.rmtree(directory.path, ignore_errors=True)
 
     # -- reading --------------------------------------------------------------------
     def lastTransaction(self) -> bytes:
@@ -146,6 +184,7 @@ class MemoryStorage(UndoMixin, StorageBase):
             self._check_conflicts(committed, self.loadSerial)
             # chosen here, where failing is allowed; the commit lock keeps it valid
             self._vote_tid = self._next_tid(self._ltid)
+            self._voted_blob_sizes = self._place_blobs(self._vote_tid)
 
     def _finish(self, func: Callable[[bytes], None] | None) -> bytes:
         tid = self._vote_tid
@@ -161,6 +200,10 @@ class MemoryStorage(UndoMixin, StorageBase):
             datas.append(data)
             txn.records.append(DataRecord(oid, tid, None))
         self._transactions[tid] = txn
+        for oid, size in self._voted_blob_sizes.items():
+            self._blob_sizes[oid, tid] = size
+        self._voted_blob_sizes = {}
+        self._settle_blobs()
         try:
             if func is not None:
                 func(tid)
@@ -169,7 +212,8 @@ class MemoryStorage(UndoMixin, StorageBase):
         return tid
 
     def _abort(self) -> None:
-        pass
+        self._voted_blob_sizes = {}
+        self._discard_blobs()
 
     # -- management -----------------------------------------------------------------
     def pack(self, pack_time: float | bytes, referencesf: Callable | None = None,
@@ -210,6 +254,12 @@ class MemoryStorage(UndoMixin, StorageBase):
                 if not txn.records and tid < cutoff:
                     del self._transactions[tid]
                     self._packed_through = max(self._packed_through, tid)
+            if self._blob_directory is not None:
+                revisions = self._revisions
+                self._pack_blobs(lambda oid: set(revisions.get(oid, ((), ()))[0]), self._ltid)
+                self._blob_sizes = {(oid, tid): size for (oid, tid), size
+                                    in self._blob_sizes.items()
+                                    if tid in revisions.get(oid, ((), ()))[0]}
 
     def packed_through(self) -> bytes:
         """The largest tid of a transaction pack removed (``z64`` if none)."""

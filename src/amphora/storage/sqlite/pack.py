@@ -27,6 +27,15 @@ _DELETE_REVISIONS = "DELETE FROM revisions WHERE oid = ?"
 _DELETE_REPLACED = "DELETE FROM replaced WHERE oid = ?"
 _RECORD_EXISTS = ("SELECT 1 FROM objects WHERE oid = :oid AND tid = :tid"
                   " UNION ALL SELECT 1 FROM revisions WHERE oid = :oid AND tid = :tid LIMIT 1")
+_TIDS_OF = ("SELECT tid FROM objects WHERE oid = :oid UNION ALL SELECT tid FROM revisions"
+            " WHERE oid = :oid UNION ALL SELECT tid FROM replaced WHERE oid = :oid")
+_PRUNE_BLOB_SIZES = (
+    "DELETE FROM blob_sizes WHERE tid <= :last AND NOT EXISTS (SELECT 1 FROM objects AS o"
+    " WHERE o.oid = blob_sizes.oid AND o.tid = blob_sizes.tid) AND NOT EXISTS (SELECT 1"
+    " FROM revisions AS r WHERE r.oid = blob_sizes.oid AND r.tid = blob_sizes.tid)"
+    " AND NOT EXISTS (SELECT 1 FROM replaced AS p WHERE p.oid = blob_sizes.oid"
+    " AND p.tid = blob_sizes.tid)")
+_HAS_BLOB_SIZES = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'blob_sizes'"
 _OLD_TRANSACTIONS = "SELECT tid, oids FROM transactions WHERE tid < ? ORDER BY tid"
 _DELETE_TRANSACTION = "DELETE FROM transactions WHERE tid = ?"
 # transactions up to the last pack's cutoff cannot be undone (see amphora.storage.undo)
@@ -80,6 +89,11 @@ class PackMixin:
                 self._collect_garbage(reader, writer, cutoff, refs_of)
             self._trim_transactions(reader, writer, min(cutoff, last))
             writer.execute(_SET_UNDO_HORIZON, (cutoff,))
+            # the files of the revisions removed (the commits since `last` are left alone)
+            self._pack_blobs(lambda oid: {_pack(tid) for (tid,) in reader.execute(
+                _TIDS_OF, {"oid": _u(oid)})}, _pack(last))
+            if writer.execute(_HAS_BLOB_SIZES).fetchone():
+                writer.execute(_PRUNE_BLOB_SIZES, {"last": last})
         except sqlite3.Error as exc:
             raise self._error(exc) from exc
         finally:

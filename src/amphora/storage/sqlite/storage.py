@@ -23,6 +23,7 @@ from typing import Any, Callable, Iterable, Iterator
 from amphora.errors import (CorruptRecordError, InvalidURIError, ObjectNotFoundError,
                             ReadOnlyError, StorageError, StorageFormatError)
 from amphora.storage import _fork
+from amphora.storage.blobs import BlobStorageMixin
 from amphora.storage.sqlite.mirror import MirrorMixin
 from amphora.storage.sqlite.pack import PackMixin
 # FORMAT and SCHEMA_VERSION are importable from here too.
@@ -72,6 +73,7 @@ _UNDO_LOG = ("SELECT tid, user, description, extension FROM transactions WHERE t
              " ORDER BY tid DESC LIMIT ? OFFSET ?")
 _UNDO_HORIZON = "SELECT value FROM amphora_meta WHERE key = 'undo_horizon'"
 _TRANSACTION_OIDS = "SELECT oids FROM transactions WHERE tid = ?"
+_BLOB_SIZE = "SELECT size FROM blob_sizes WHERE oid = ? AND tid = ?"
 
 # -- writing --------------------------------------------------------------------------------
 _ARCHIVE_CURRENT = ("INSERT INTO revisions (oid, tid, end_tid, data)"
@@ -81,6 +83,12 @@ _RETAIN_CURRENT = ("INSERT INTO replaced (oid, tid, end_tid, data)"
 _UPSERT_OBJECTS = ("INSERT INTO objects (oid, tid, data) VALUES {values} ON CONFLICT (oid)"
                    " DO UPDATE SET tid = excluded.tid, data = excluded.data")
 _INSERT_OBJECTS = "INSERT INTO objects (oid, tid, data) VALUES {values}"
+# the size of each blob revision's file (see amphora.storage.blobs): a table made by the
+# first commit with a blob (a file without it has none)
+_CREATE_BLOB_SIZES = ("CREATE TABLE IF NOT EXISTS blob_sizes (oid INTEGER NOT NULL,"
+                      " tid INTEGER NOT NULL, size INTEGER NOT NULL, PRIMARY KEY (oid, tid))"
+                      " WITHOUT ROWID")
+_INSERT_BLOB_SIZE = "INSERT OR REPLACE INTO blob_sizes (oid, tid, size) VALUES (?, ?, ?)"
 _INSERT_TRANSACTION = ("INSERT INTO transactions (tid, user, description, extension, oids)"
                        " VALUES (?, ?, ?, ?, ?)")
 _NEXT_OID = "SELECT value FROM amphora_meta WHERE key = 'next_oid'"
@@ -163,8 +171,8 @@ class _Reader:
         self.started = 0.0
 
 
-class SQLiteStorage(SchemaMixin, PackMixin, MirrorMixin, TransactionLogMixin, UndoMixin,
-                    StorageBase):
+class SQLiteStorage(SchemaMixin, PackMixin, MirrorMixin, TransactionLogMixin, BlobStorageMixin,
+                    UndoMixin, StorageBase):
     """A storage in one SQLite file (WAL mode), shared safely by threads and processes.
 
     On-disk format (``schema_version`` 1)::
@@ -191,6 +199,14 @@ class SQLiteStorage(SchemaMixin, PackMixin, MirrorMixin, TransactionLogMixin, Un
 
     Oids and tids are the signed 64-bit integers with the same 8 bytes; ``data`` is the
     record exactly as stored.
+
+    Blob files (see :mod:`amphora.storage.blobs`) are kept in the directory ``blob_dir``,
+    by default the file's name with ``.blobs`` added (``app.db.blobs/``), made with the
+    file (or at the first writable opening of a file made before). A commit writes and
+    syncs its blob files before its records; the files of a commit a crash interrupted
+    are removed at the next writable opening. The first commit with a blob adds the table
+    ``blob_sizes(oid, tid, size)``: the size each file was committed with, checked when
+    it is read.
 
     Concurrency: reads use one connection per thread and never wait. A commit holds the
     storage's commit lock from ``tpc_begin``; ``tpc_vote`` takes SQLite's write lock
@@ -219,7 +235,8 @@ class SQLiteStorage(SchemaMixin, PackMixin, MirrorMixin, TransactionLogMixin, Un
 
     def __init__(self, path: str, read_only: bool = False, keep_history: bool | None = None,
                  resolve_conflicts: bool = True, synchronous: str = "full",
-                 busy_timeout: float = 60.0, create: bool = True, page_size: int = 8192):
+                 busy_timeout: float = 60.0, create: bool = True, page_size: int = 8192,
+                 blob_dir: str | None = None):
         super().__init__(str(path), read_only, resolve_conflicts)
         # Bad option values (often from a URI's query string) are InvalidURIError (a ValueError).
         if not isinstance(synchronous, str) or synchronous.lower() not in _SYNCHRONOUS:
@@ -269,6 +286,9 @@ class SQLiteStorage(SchemaMixin, PackMixin, MirrorMixin, TransactionLogMixin, Un
                 if "mirror" in meta:  # a mirror made before moves into objects' rows now
                     self._upgrade_mirror(self._writer)
             self._poller = self._connect(read_only=True)
+            self._open_blobs(self._path + ".blobs" if blob_dir is None else blob_dir, read_only)
+            if not read_only:
+                self._recover_blobs(self._writer)
             # data_version is read on the poller, which only sync() uses (under _lock),
             # never on the connection that commits: a statement of sync() running there
             # from another thread holds a read transaction on it, and SQLite then refuses
@@ -294,6 +314,24 @@ class SQLiteStorage(SchemaMixin, PackMixin, MirrorMixin, TransactionLogMixin, Un
                 reader.conn.execute(_LOAD_CURRENT, (-1,)).fetchall()
 
     # -- opening --------------------------------------------------------------------
+    @property
+    def _blobs_durable(self) -> bool:
+        return self._synchronous != "off"
+
+    def _recover_blobs(self, conn: sqlite3.Connection) -> None:
+        """Remove the blob files of commits a crash interrupted (journaled, never
+        committed), under the write lock: no commit of another process is between
+        placing its files and committing then."""
+        if not os.listdir(self._blobs().pending):
+            return
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            def committed(tid: bytes) -> bool:
+                return conn.execute(_TRANSACTION_OIDS, (_u(tid),)).fetchone() is not None
+            self._blobs().recover(committed)
+        finally:
+            conn.execute("COMMIT")
+
     def _connect(self, read_only: bool, create: bool = False) -> sqlite3.Connection:
         mode = "ro" if read_only else ("rwc" if create else "rw")
         conn = sqlite3.connect(f"{self._uri}?mode={mode}", uri=True, timeout=self._busy_timeout,
@@ -557,6 +595,17 @@ class SQLiteStorage(SchemaMixin, PackMixin, MirrorMixin, TransactionLogMixin, Un
         rows = self._query(_LOAD_CURRENT, (_u(oid),))
         return (_pack(rows[0][0]), rows[0][1] or None) if rows else None
 
+    def _blob_size(self, oid: bytes, tid: bytes) -> int | None:
+        if self._closed:
+            return None  # a closed storage still names its files (as ZODB's do)
+        try:
+            rows = self._query(_BLOB_SIZE, (_u(oid), _u(tid)))
+        except StorageError as exc:
+            if "no such table" in str(exc):
+                return None  # no blob committed yet (or by an older version)
+            raise
+        return rows[0][0] if rows else None
+
     def getSize(self) -> int:
         """The size in bytes of the file and its write-ahead log."""
         size = 0
@@ -687,6 +736,11 @@ class SQLiteStorage(SchemaMixin, PackMixin, MirrorMixin, TransactionLogMixin, Un
         self._check_conflicts(committed, load_serial, stale)
         tid = self._next_tid(max(_pack(last), self._ltid))
         tid_i = _u(tid)
+        sizes = self._place_blobs(tid)  # synced to disk before the records that refer to them
+        if sizes:
+            conn.execute(_CREATE_BLOB_SIZES)
+            conn.executemany(_INSERT_BLOB_SIZE,
+                             [(_u(oid), tid_i, size) for oid, size in sizes.items()])
         # in oid order: B-tree pages fill sequentially (denser file, less to write)
         # (None: an undo's deletion record, stored as empty data)
         replacing = sorted([(key, tid_i, data or b"") for key, read, data
@@ -751,6 +805,7 @@ class SQLiteStorage(SchemaMixin, PackMixin, MirrorMixin, TransactionLogMixin, Un
         except sqlite3.Error as exc:
             self._rollback()
             raise self._error(exc) from exc
+        self._settle_blobs()
         # The transaction is durable now: whatever happens below, the tid is published.
         self._generation += 1  # before anyone hears of it: snapshots must be renewed
         return self._publish(tid, func)
@@ -762,6 +817,7 @@ class SQLiteStorage(SchemaMixin, PackMixin, MirrorMixin, TransactionLogMixin, Un
 
     def _abort(self) -> None:
         self._rollback()
+        self._discard_blobs()
 
     # -- closing --------------------------------------------------------------------
     def _close_connections(self) -> None:

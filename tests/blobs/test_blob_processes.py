@@ -1,0 +1,144 @@
+"""Blobs in real processes on SQLite: a 200 MB blob streamed through a process whose
+memory stays far below its size, and a process killed (SIGKILL) in the middle of a
+commit with blobs, which leaves all of them or none."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+import amphora
+
+MIB = 1 << 20
+BIG_MIB = 200
+
+
+def run_child(code: str, *args: str, **kwargs) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", textwrap.dedent(code), *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            **kwargs)
+
+
+STREAM = """
+    import hashlib, json, resource, sys
+    import transaction, amphora
+    path, mib = sys.argv[1], int(sys.argv[2])
+    def chunk(i):  # 1 MiB, different for each i
+        return hashlib.sha256(i.to_bytes(4, "big")).digest() * 32768
+    db = amphora.open(f"sqlite:///{path}")
+    with db.transaction() as conn:
+        conn.root.big = amphora.Blob()
+        with conn.root.big.open("w") as file:
+            for i in range(mib):
+                file.write(chunk(i))
+    digest, size = hashlib.sha256(), 0
+    with db.transaction() as conn:
+        with conn.root.big.open("r") as file:
+            while True:
+                data = file.read(1 << 20)
+                if not data:
+                    break
+                digest.update(data)
+                size += len(data)
+    db.close()
+    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    print(json.dumps({"sha256": digest.hexdigest(), "size": size, "peak": peak_kib * 1024}))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"),
+                    reason="ru_maxrss is in KiB on Linux only")
+def test_a_200_mb_blob_is_streamed_not_held_in_memory(tmp_path):
+    child = run_child(STREAM, str(tmp_path / "big.db"), str(BIG_MIB))
+    out, err = child.communicate(timeout=240)
+    assert child.returncode == 0, err
+    found = json.loads(out)
+    expected = hashlib.sha256()
+    for i in range(BIG_MIB):
+        expected.update(hashlib.sha256(i.to_bytes(4, "big")).digest() * 32768)
+    assert found["size"] == BIG_MIB * MIB
+    assert found["sha256"] == expected.hexdigest()
+    # The whole process (Python, amphora, ZODB, SQLite's cache) stays well under half
+    # the blob's size: the blob went through in chunks.
+    assert found["peak"] < BIG_MIB * MIB // 2, found["peak"]
+
+
+# A child that commits 50 blobs and stops (to be killed) at a given point of the commit.
+KILLED = """
+    import sys, time
+    import amphora
+    from amphora.storage.sqlite import SQLiteStorage
+    path, stop_at = sys.argv[1], sys.argv[2]
+    db = amphora.open(f"sqlite:///{path}")
+    storage = db.storage
+    hook = getattr(storage, stop_at)
+    def stop(*args):
+        result = hook(*args)
+        print("stopped", flush=True)
+        time.sleep(120)
+        return result
+    setattr(storage, stop_at, stop)
+    with db.transaction() as conn:
+        conn.root.blobs = [amphora.Blob(b"blob %d" % i) for i in range(50)]
+"""
+
+
+def kill_at(path, stop_at: str) -> None:
+    """Run the committing child until it reaches ``stop_at`` and SIGKILL it there."""
+    child = run_child(KILLED, str(path), stop_at)
+    try:
+        line = child.stdout.readline()
+        assert line.strip() == "stopped", child.stderr.read()
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=30)
+    assert child.returncode == -signal.SIGKILL
+
+
+def blob_files(path) -> list[str]:
+    return sorted(os.path.join(root, name) for root, _, names in os.walk(f"{path}.blobs")
+                  for name in names if name.endswith(".blob"))
+
+
+def make_database(path) -> None:
+    db = amphora.open(f"sqlite:///{path}")
+    with db.transaction() as conn:
+        conn.root.before = amphora.Blob(b"committed before")
+    db.close()
+
+
+def test_killed_after_placing_the_files_but_before_committing_leaves_none(tmp_path):
+    path = tmp_path / "app.db"
+    make_database(path)
+    kill_at(path, "_place_blobs")
+    assert len(blob_files(path)) == 1 + 50  # the dead commit's files were placed ...
+    db = amphora.open(f"sqlite:///{path}")  # ... and the next opening removes them
+    assert len(blob_files(path)) == 1
+    assert os.listdir(f"{path}.blobs/pending") == []
+    with db.transaction() as conn:
+        assert "blobs" not in conn.root()
+        with conn.root.before.open() as file:
+            assert file.read() == b"committed before"
+    db.close()
+
+
+def test_killed_after_committing_leaves_all(tmp_path):
+    path = tmp_path / "app.db"
+    make_database(path)
+    kill_at(path, "_settle_blobs")  # committed; its journal not yet removed
+    db = amphora.open(f"sqlite:///{path}")
+    assert len(blob_files(path)) == 1 + 50
+    assert os.listdir(f"{path}.blobs/pending") == []
+    with db.transaction() as conn:
+        blobs = conn.root.blobs
+        assert len(blobs) == 50
+        for i, blob in enumerate(blobs):
+            with blob.open() as file:
+                assert file.read() == b"blob %d" % i
+    db.close()
