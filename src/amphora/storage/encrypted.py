@@ -12,7 +12,7 @@ numbered from 0, and a record's nonce is the salt's last 8 bytes, then the 4-byt
 A subkey never sees a nonce twice, by construction, and a data key's subkeys never repeat
 (two salts of 128 random bits do not meet), so no nonce is ever reused under a key,
 however many records a data key seals; no nonce is derived from an oid or a serial.
-Opening a record derives its subkey once: the ciphers of the last 4096 subkeys met are
+Opening a record derives its subkey once: the ciphers of up to 4096 subkeys met are
 kept (a commit's records, read together, share one). Its layout::
 
     magic (2 bytes: A7 5E) | format (1: 1) | kind (1: "R" record, "T" transaction)
@@ -322,9 +322,9 @@ class EncryptedStorage(StorageBase):
         """The cipher of the subkey ``salt`` names under the data key ``key_id``: BLAKE2b
         keyed with the data key, with the salt and a personalization string, 32 bytes
         out (libsodium's ``crypto_kdf`` construction); KeyringError if the keyring holds
-        no such key. Kept by salt alone (salts
-        are random, 128 bits): a record naming a kept salt under another key id fails
-        authentication all the same, since the key id is part of the associated data."""
+        no such key. Kept by salt alone (salts are random, 128 bits): a record naming a
+        kept salt under another key id fails authentication all the same, since the key
+        id is part of the associated data."""
         found = self._subkeys.get(salt)
         if found is None:
             subkey = hashlib.blake2b(key=self.keyring.key(key_id), salt=salt,
@@ -332,10 +332,7 @@ class EncryptedStorage(StorageBase):
             found = AESGCM(subkey)
             subkeys = self._subkeys
             if len(subkeys) >= _SUBKEYS_KEPT:
-                try:
-                    del subkeys[next(iter(subkeys))]  # the oldest
-                except (KeyError, RuntimeError, StopIteration):  # (another thread's)
-                    pass
+                subkeys.clear()  # (cheaper than dropping the oldest one by one)
             subkeys[salt] = found
         return found
 
@@ -345,9 +342,9 @@ class EncryptedStorage(StorageBase):
     def _seal_many(self, kind: bytes, tid: bytes, plains: dict[bytes, bytes],
                    bases: dict[bytes, bytes]) -> dict[bytes, bytes]:
         """``{oid: sealed}`` of ``plains`` (``{oid: plaintext}``), as revisions ``tid``
-        over ``bases`` (``{oid: base serial}``). One commit's records are sealed at once:
-        the header's start, the cipher and the nonces (one read of the random source)
-        are made once for all."""
+        over ``bases`` (``{oid: base serial}``), under one new subkey. One commit's records
+        are sealed at once: the salt, the subkey's cipher and the header's start are made
+        once for all."""
         key_id = self.keyring.current_key_id
         salt = os.urandom(_SALT)  # a new subkey for these records: never one used before
         cipher = self._subkey(key_id, salt)
@@ -356,15 +353,16 @@ class EncryptedStorage(StorageBase):
             raise StorageError(f"{len(plains)} records in one commit: a commit seals fewer "
                                "than 2**32")
         sealed = {}
-        encrypt, padding = cipher.encrypt, _PADDING
+        encrypt, padding, nonce_start = cipher.encrypt, _PADDING, salt[8:]
         for counter, (oid, plain) in enumerate(plains.items()):
             count = counter.to_bytes(4, "big")
             header = b"".join((start, oid, tid, bases[oid], salt, count))
-            size = len(plain) + 1  # (padded_size and _pad, inline: this runs per record)
-            step = _PAD_STEP if size <= 1024 else 1 << ((size - 1).bit_length() - 4)
-            pad = -(-size // step) * step - size + 1
-            padded = plain + padding[:pad] if pad <= len(padding) else _pad(plain)
-            sealed[oid] = header + encrypt(salt[8:] + count, padded, header)
+            size = len(plain)  # padded_size and _pad, inline: this runs per record
+            if size < 1023:
+                padded = plain + padding[:64 - size % 64]
+            else:
+                padded = _pad(plain)
+            sealed[oid] = header + encrypt(nonce_start + count, padded, header)
         return sealed
 
     def _open(self, data: bytes, kind: bytes, oid: bytes | None, tid: bytes | None) -> bytes:
