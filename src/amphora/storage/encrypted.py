@@ -469,8 +469,11 @@ class EncryptedStorage(StorageBase):
 
     def load_many(self, oids: Iterable[bytes], before: bytes
                   ) -> dict[bytes, tuple[bytes, bytes, bytes | None]]:
-        return {oid: (self._open(data, RECORD, oid, start), start, end)
-                for oid, (data, start, end) in self.storage.load_many(oids, before).items()}
+        found = self.storage.load_many(oids, before)
+        open_ = self._open
+        for oid, (data, start, end) in found.items():  # (in place: no second dict)
+            found[oid] = (open_(data, RECORD, oid, start), start, end)
+        return found
 
     def loadSerial(self, oid: bytes, serial: bytes) -> bytes:
         return self._open(self.storage.loadSerial(oid, serial), RECORD, oid, serial)
