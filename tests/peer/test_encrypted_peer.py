@@ -84,8 +84,10 @@ class EncryptedMemoryPeerTests(StorageTestBase.StorageTestBase, _NoUndo,
         self._storage = EncryptedStorage(MemoryStorage(), keyring())
 
 
-class EncryptedPostgreSQLPeerTests(_Sealed, postgresql_peer.PostgreSQLPeerTests):
-    """encrypted->postgresql, history-preserving."""
+class EncryptedPostgreSQLPeerTests(_Sealed, postgresql_peer.PostgreSQLOpening,
+                                   StorageTestBase.StorageTestBase, HistoryPreservingPeer):
+    """encrypted->postgresql, history-preserving (without undo: the encrypted storage
+    refuses it)."""
 
 
 class EncryptedPostgreSQLHistoryFreePeerTests(

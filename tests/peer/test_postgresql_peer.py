@@ -8,7 +8,7 @@ invalidations (``sync``), as they would from another process.
 import unittest
 
 import pgserver
-from peer_mixins import HistoryFreePeer, HistoryPreservingPeer
+from peer_mixins import HistoryFreePeer, HistoryPreservingPeer, UndoPeer
 from ZODB.tests import StorageTestBase
 
 from amphora.storage.postgresql import PostgreSQLStorage
@@ -24,7 +24,10 @@ def _server() -> pgserver.PostgresServer:
         raise unittest.SkipTest(f"no PostgreSQL server for the tests: {exc}") from exc
 
 
-class _PostgreSQLTestBase(StorageTestBase.StorageTestBase):
+class PostgreSQLOpening:
+    """Opens the storages of a ``StorageTestBase`` test (a mixin before it), each test in a
+    schema of its own."""
+
     keep_history = True
     use_extension_bytes = True  # extension bytes are stored verbatim
 
@@ -49,14 +52,14 @@ class _PostgreSQLTestBase(StorageTestBase.StorageTestBase):
                                  schema=self.schema)
 
 
-class PostgreSQLPeerTests(_PostgreSQLTestBase, HistoryPreservingPeer):
+class PostgreSQLPeerTests(PostgreSQLOpening, StorageTestBase.StorageTestBase, UndoPeer,
+                          HistoryPreservingPeer):
     """A history-preserving database."""
 
 
-class PostgreSQLHistoryFreePeerTests(_PostgreSQLTestBase, HistoryFreePeer):
+class PostgreSQLHistoryFreePeerTests(PostgreSQLOpening, StorageTestBase.StorageTestBase,
+                                     HistoryFreePeer):
     """A history-free database (``keep_history=False``)."""
 
     keep_history = False
 
-
-del _PostgreSQLTestBase  # not a test case of its own

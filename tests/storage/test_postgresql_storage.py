@@ -25,6 +25,7 @@ import amphora
 from amphora.errors import (ConflictError, InvalidURIError, ObjectNotFoundError,
                             ReadOnlyError, StorageError, StorageFormatError)
 from amphora.storage.base import TransactionMetaData
+from amphora.storage.undo import undo_id
 from amphora.storage.postgresql import (SCHEMA_VERSION, PostgreSQLConnectionError,
                                         PostgreSQLStorage)
 from amphora.utils import p64, u64, z64
@@ -699,3 +700,87 @@ def test_a_backfill_racing_commits_leaves_every_document_current(storage, sql):
     assert sql("SELECT count(*) FROM objects WHERE state IS NULL OR state_tid <> tid") == [(0,)]
     assert sql("SELECT count(*) FROM amphora_objects WHERE state->>'value' = 'changed'") == [
         (len(range(0, 3000, 7)),)]
+
+
+# -- undo (amphora.storage.undo): an undone creation is a deletion record -------------------
+
+def undo(storage, tid: bytes) -> bytes:
+    """Commit the undo of transaction ``tid``; its tid."""
+    txn = TransactionMetaData()
+    storage.tpc_begin(txn)
+    storage.undo(tid, txn)
+    storage.tpc_vote(txn)
+    return storage.tpc_finish(txn)
+
+
+def test_an_undone_creation_is_stored_as_empty_data_and_read_as_no_object(storage, sql):
+    commit(storage, {z64: record("root")})
+    created = commit(storage, {p64(1): record("one"), p64(2): record("two")})
+    assert len(storage) == 3
+    undone = undo(storage, created)
+    assert sql("SELECT oid, length(data) FROM objects WHERE oid > 0 ORDER BY oid") == [
+        (1, 0), (2, 0)]
+    assert len(storage) == 1
+    for oid, value in [(p64(1), "one"), (p64(2), "two")]:
+        with pytest.raises(ObjectNotFoundError):
+            storage.load(oid)
+        with pytest.raises(ObjectNotFoundError):
+            storage.loadSerial(oid, undone)
+        assert storage.loadBefore(oid, undone) == (record(value), created, undone)
+    assert storage.load_many([p64(1), z64], p64(u64(undone) + 1)).keys() == {z64}
+    records = {r.oid: r.data for t in storage.iterator(undone, undone) for r in t}
+    assert records == {p64(1): None, p64(2): None}
+    again = undo(storage, undone)  # the undo of the undo brings them back
+    assert storage.load(p64(1)) == (record("one"), again)
+    with pytest.raises(ObjectNotFoundError):  # the deletion record, before it
+        storage.loadBefore(p64(1), again)
+    assert len(storage) == 3
+
+
+@pytest.mark.parametrize("mode", ["sync", "follow"])
+def test_an_undone_creation_leaves_the_mirror_and_comes_back_with_its_undo(storage, sql, mode):
+    commit(storage, {z64: thing("root")})
+    storage.create_mirror(mode=mode)
+    # a class name holding chr(30) sends the documents as arrays rather than joined
+    odd = thing("odd").replace(b"cno_such_module", b"cno\x1esuch")
+    created = commit(storage, {p64(1): thing("one"), p64(2): odd})
+    undone = undo(storage, created)
+    if mode == "follow":
+        storage.follow_mirror()
+    values = "SELECT state->>'value' FROM amphora_objects ORDER BY oid"
+    assert storage.query_mirror(values) == [("root",)]
+    assert sql("SELECT count(*) FROM objects WHERE state IS NULL") == [(2,)]
+    # at a snapshot between the creation and its undo, the objects were there
+    assert storage.query_mirror(values, before=undone) == [("root",), ("one",), ("odd",)]
+    later = commit(storage, {z64: thing("new root")}, {z64: storage.load(z64)[1]})
+    assert storage.query_mirror(values, before=later) == [("root",)]  # not the deletions
+    undo(storage, undone)
+    if mode == "follow":
+        storage.follow_mirror()
+    assert storage.query_mirror(values) == [("new root",), ("one",), ("odd",)]
+
+
+def test_pack_makes_the_transactions_up_to_its_time_not_undoable(storage):
+    first = commit(storage, {z64: record("root")}, description="first")
+    second = commit(storage, {z64: record("changed")}, {z64: first}, description="second")
+    assert [entry["description"] for entry in storage.undoLog()] == [b"second", b"first"]
+    storage.pack(second, gc=False)
+    assert storage.undoLog() == []
+    txn = TransactionMetaData()
+    storage.tpc_begin(txn)
+    with pytest.raises(amphora.UndoError, match="not in the database"):
+        storage.undo(second, txn)
+    storage.tpc_abort(txn)
+    third = commit(storage, {z64: record("third")}, {z64: second}, description="third")
+    assert [entry["id"] for entry in storage.undoLog()] == [undo_id(third)]
+
+
+def test_a_history_free_schema_refuses_undo(open_storage):
+    storage = open_storage(keep_history=False)
+    tid = commit(storage, {z64: record("root")})
+    assert not storage.supports_undo and storage.undoLog() == []
+    txn = TransactionMetaData()
+    storage.tpc_begin(txn)
+    with pytest.raises(amphora.Unsupported):
+        storage.undo(tid, txn)
+    storage.tpc_abort(txn)

@@ -47,7 +47,7 @@ from amphora.storage.sql.mirror import (MODES, NO_MIRROR, MirrorBase, QueryConne
 from amphora.storage.sql.keys import _ints
 from amphora.storage.postgresql.schema import _LAST_TID
 
-__all__ = ["MirrorMixin", "check_role"]
+__all__ = ["MirrorMixin", "check_role", "documents_of"]
 
 # A row with its document is about twice as long as without (a small object's record of
 # 300 bytes has a jsonb document of 440); fillfactor 60 leaves room on each page for the
@@ -122,8 +122,8 @@ _SET_DOCUMENTS = (
 # Class names and documents travel as two strings cut apart in the server (a text array
 # costs the driver an escaped element each: several times slower for a commit's worth),
 # each element preceded by chr(30), which JSON text never holds raw; a class name that
-# holds it sends both as arrays.
-_JOINED = "(string_to_array(%s, chr(30)))[2:], (string_to_array(%s, chr(30)))[2:]"
+# holds it sends both as arrays. An empty state is NULL: a deletion record's (no document).
+_JOINED = "(string_to_array(%s, chr(30)))[2:], (string_to_array(%s, chr(30), ''))[2:]"
 _SET_JOINED_DOCUMENTS = _SET_DOCUMENTS.format(texts=_JOINED)
 _SET_DOCUMENT_ARRAYS = _SET_DOCUMENTS.format(texts="%s::text[], %s::text[]")
 _SEPARATOR = "\x1e"
@@ -152,21 +152,32 @@ _NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}\Z")
 _ROLE = _NAME
 
 
+def documents_of(datas: Sequence[bytes]) -> list[tuple[str, str | None]]:
+    """``(class name, JSON state)`` of each record; ``("", None)`` for a deletion record
+    (empty: an undone creation, see :mod:`amphora.storage.undo`), which has no document
+    and so leaves the mirror."""
+    from amphora.jsonpickle import records_to_json
+    if all(datas):
+        return records_to_json(list(datas))
+    documents = iter(records_to_json([data for data in datas if data]))
+    return [next(documents) if data else ("", None) for data in datas]
+
+
 def _documents(datas: Sequence[bytes]) -> tuple[str, Any, Any]:
     """The class names and JSON states of records, and how they travel (see _travelling)."""
-    from amphora.jsonpickle import records_to_json
-    return _travelling(records_to_json(datas))
+    return _travelling(documents_of(datas))
 
 
-def _travelling(documents: Sequence[tuple[str, str]]) -> tuple[str, Any, Any]:
+def _travelling(documents: Sequence[tuple[str, str | None]]) -> tuple[str, Any, Any]:
     """``(class name, JSON state)`` documents as they travel: ``"joined"`` (two strings,
-    every element preceded by chr(30)) or ``"arrays"`` (two lists)."""
-    # jsonpickle never writes \u0000, which jsonb refuses
+    every element preceded by chr(30), a missing state empty) or ``"arrays"`` (two
+    lists)."""
+    # jsonpickle never writes \u0000, which jsonb refuses, nor an empty state
     classes, states = map(list, zip(*documents))
     joined = _SEPARATOR + _SEPARATOR.join(classes)
     if joined.count(_SEPARATOR) != len(classes):  # a class name holding chr(30)
         return "arrays", classes, states
-    return "joined", joined, _SEPARATOR + _SEPARATOR.join(states)
+    return "joined", joined, _SEPARATOR + _SEPARATOR.join([state or "" for state in states])
 
 
 def _set_documents(conn: Any, rows: Sequence[tuple[int, int, bytes]]) -> None:
@@ -516,6 +527,7 @@ class MirrorMixin(MirrorBase):
                                                           binary=True).fetchall()
                           for key in _ints(bytes(oids))})
         rows = conn.execute(_SNAPSHOT_RECORDS, (changed, before), binary=True).fetchall()
+        rows = [row for row in rows if row[2]]  # a deletion record: no object then
         snapshot = sql.SQL(_NO_SNAPSHOT)
         if rows:
             documents = records_to_json([bytes(row[2]) for row in rows])

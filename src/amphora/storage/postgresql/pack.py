@@ -87,6 +87,10 @@ WITH gone AS (
 )
 SELECT coalesce(max(tid) FILTER (WHERE size > 0), 0) FROM gone
 """
+# transactions up to the last pack's cutoff cannot be undone (see amphora.storage.undo)
+_SET_UNDO_HORIZON = ("INSERT INTO amphora_meta (key, value) VALUES ('undo_horizon', %s::text)"
+                     " ON CONFLICT (key) DO UPDATE SET value = greatest("
+                     "amphora_meta.value::bigint, excluded.value::bigint)::text")
 _SET_PACKED_THROUGH = ("UPDATE amphora_meta SET value = %s::text WHERE key = 'packed_through'"
                        " AND value::bigint < %s")
 
@@ -129,6 +133,7 @@ class PackMixin:
             packed = conn.execute(_TRIM_TRANSACTIONS, (min(cutoff, last),)).fetchone()[0]
             if packed:  # instances that had not seen these cannot learn their oids any more
                 conn.execute(_SET_PACKED_THROUGH, (packed, packed))
+            conn.execute(_SET_UNDO_HORIZON, (cutoff,))
         except psycopg.Error as exc:
             raise self._error(exc) from exc
         finally:
@@ -160,7 +165,8 @@ class PackMixin:
         """Fill ``refs`` of records written without them, with ``refs_of``."""
         rows = conn.execute(_UNSCANNED, binary=True).fetchall()
         for table, oid, tid, data in rows:
-            refs = [_u(ref) for ref in refs_of(bytes(data)) if len(ref) == 8]
+            # (a deletion record refers to nothing)
+            refs = [_u(ref) for ref in refs_of(bytes(data)) if len(ref) == 8] if data else []
             sql = _SET_OBJECT_REFS if table == "o" else _SET_REVISION_REFS
             conn.execute(sql, (refs, oid, tid))
 

@@ -21,13 +21,15 @@ from amphora.errors import (CorruptRecordError, InvalidURIError, ObjectNotFoundE
                             StorageFormatError)
 from amphora.serialize import references as record_references
 from amphora.storage import _fork
-from amphora.storage.postgresql.mirror import _MIRROR_KEY, MirrorMixin, check_role
+from amphora.storage.postgresql.mirror import (_MIRROR_KEY, MirrorMixin, check_role,
+                                               documents_of)
 from amphora.storage.postgresql.pack import PackMixin
 # FORMAT and SCHEMA_VERSION are importable from here too.
 from amphora.storage.sql.keys import _ints, _pack, _split, _u, _unpack
 from amphora.storage.postgresql.schema import FORMAT, SCHEMA_VERSION, SchemaMixin  # noqa: F401
 from amphora.storage.postgresql.schema import _LAST_TID
 from amphora.storage.sql.log import TransactionLogMixin
+from amphora.storage.undo import UndoMixin
 from amphora.storage.base import (DataRecord, StorageBase, history_entry,
                                   pack_tid)
 from amphora.utils import tid_time, z64
@@ -82,7 +84,15 @@ _TRANSACTIONS = ("SELECT tid, username, description, extension, oids FROM transa
 _RECORDS_OF = """
 SELECT oid, data FROM objects WHERE oid = ANY(%(o)s::bigint[]) AND tid = %(t)s
 UNION ALL SELECT oid, data FROM revisions WHERE oid = ANY(%(o)s::bigint[]) AND tid = %(t)s"""
-_COUNT_OBJECTS = "SELECT count(*) FROM objects"
+_COUNT_OBJECTS = "SELECT count(*) FROM objects WHERE length(data) > 0"  # not deletions
+# -- undo (see amphora.storage.undo): transactions up to the last pack's cutoff are not
+# undoable (the revisions before them may be gone)
+_UNDO_HORIZON = ("coalesce((SELECT value::bigint FROM amphora_meta"
+                 " WHERE key = 'undo_horizon'), 0)")
+_UNDO_LOG = ("SELECT tid, username, description, extension FROM transactions"
+             f" WHERE tid > {_UNDO_HORIZON} ORDER BY tid DESC LIMIT %s OFFSET %s")
+_UNDO_OIDS = f"SELECT oids FROM transactions WHERE tid = %s AND tid > {_UNDO_HORIZON}"
+_CURRENT_RECORD = "SELECT tid, data FROM objects WHERE oid = %s"
 _SIZE = ("SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0)::bigint FROM pg_class AS c"
          " JOIN pg_namespace AS n ON n.oid = c.relnamespace"
          " WHERE n.nspname = current_schema() AND c.relkind = 'r'")
@@ -120,7 +130,7 @@ _PLAIN_ROWS = _ROWS.format(texts="", names="", documents="")
 _DOCUMENTED = {"names": ", class_name, state",
                "documents": ", u.class_name, u.state::jsonb, %(tid)s"}
 _DOCUMENTED_ROWS = _ROWS.format(texts=", (string_to_array(%(classes)s, chr(30)))[2:],"
-                                      " (string_to_array(%(states)s, chr(30)))[2:]",
+                                      " (string_to_array(%(states)s, chr(30), ''))[2:]",
                                 **_DOCUMENTED)
 _DOCUMENTED_ARRAY_ROWS = _ROWS.format(texts=", %(classes)s::text[], %(states)s::text[]",
                                       **_DOCUMENTED)
@@ -160,7 +170,10 @@ _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}\Z")
 
 
 def _refs_literal(data: bytes) -> str:
-    """The references of a record as a PostgreSQL array literal ("N": not a pickle)."""
+    """The references of a record as a PostgreSQL array literal ("N": not a pickle; none
+    for a deletion record)."""
+    if not data:
+        return "{}"
     try:
         refs = record_references(data)
     except CorruptRecordError:
@@ -177,21 +190,19 @@ class _Made:
     conflict made) is done when asked for."""
 
     def __init__(self, datas: list[bytes], documents: bool):
-        from amphora.jsonpickle import records_to_json
         self._datas = datas
         keys = list(map(id, datas))
         self._refs = dict(zip(keys, map(_refs_literal, datas)))
-        self._documents = dict(zip(keys, records_to_json(datas))) if documents else {}
+        self._documents = dict(zip(keys, documents_of(datas))) if documents else {}
 
     def references(self, datas: list[bytes]) -> list[str]:
         refs = self._refs
         return [refs.get(id(data)) or _refs_literal(data) for data in datas]
 
-    def documents(self, datas: list[bytes]) -> list[tuple[str, str]]:
-        from amphora.jsonpickle import records_to_json
+    def documents(self, datas: list[bytes]) -> list[tuple[str, str | None]]:
         found = [self._documents.get(id(data)) for data in datas]
         missing = [i for i, document in enumerate(found) if document is None]
-        for i, document in zip(missing, records_to_json([datas[i] for i in missing])):
+        for i, document in zip(missing, documents_of([datas[i] for i in missing])):
             found[i] = document
         return found  # type: ignore[return-value]
 
@@ -224,7 +235,8 @@ def require_psycopg() -> Any:
     return psycopg
 
 
-class PostgreSQLStorage(SchemaMixin, PackMixin, MirrorMixin, TransactionLogMixin, StorageBase):
+class PostgreSQLStorage(SchemaMixin, PackMixin, MirrorMixin, TransactionLogMixin, UndoMixin,
+                        StorageBase):
     """A storage in a PostgreSQL database, shared by any number of processes.
 
     Tables (``schema_version`` 1), in the schema ``schema`` (``public`` by default; every
@@ -232,7 +244,8 @@ class PostgreSQLStorage(SchemaMixin, PackMixin, MirrorMixin, TransactionLogMixin
 
         amphora_meta(key text PRIMARY KEY, value text)
             format='amphora-postgresql', schema_version=1, keep_history=1|0,
-            packed_through=<largest tid of a transaction row removed by pack>
+            packed_through=<largest tid of a transaction row removed by pack>,
+            undo_horizon=<the last pack's cutoff: transactions up to it are not undoable>
         objects(oid bigint PRIMARY KEY, tid bigint, data bytea, refs bigint[])
             the current revision of every object; ``refs`` are the oids its record
             refers to (NULL for a record that is not a ZODB pickle), for pack. A JSON
@@ -240,7 +253,9 @@ class PostgreSQLStorage(SchemaMixin, PackMixin, MirrorMixin, TransactionLogMixin
             ``amphora_objects`` (see :mod:`amphora.storage.postgresql.mirror`)
         revisions(oid, tid, end_tid, data, refs), PRIMARY KEY (oid, tid)
             history-preserving mode: replaced revisions, kept until pack; ``end_tid`` is
-            the tid of the revision that replaced it
+            the tid of the revision that replaced it. Empty ``data`` (here and in
+            ``objects``) is a deletion record: an undone creation (see
+            :mod:`amphora.storage.undo`)
         replaced(oid, tid, end_tid, data), PRIMARY KEY (oid, tid)
             history-free mode: replaced revisions, kept ``conflict_window`` seconds for
             conflict resolution only (``loadSerial``; never ``loadBefore``)
@@ -276,7 +291,6 @@ class PostgreSQLStorage(SchemaMixin, PackMixin, MirrorMixin, TransactionLogMixin
     every search's SQL runs under (``SET LOCAL ROLE``; see ``query_mirror``).
     """
 
-    supports_undo = False
     supports_pack = True
     is_remote = True
     #: history-free mode: seconds a replaced revision stays readable by ``loadSerial``, so
@@ -334,7 +348,7 @@ class PostgreSQLStorage(SchemaMixin, PackMixin, MirrorMixin, TransactionLogMixin
         try:
             meta = self._open(create, True if keep_history is None else bool(keep_history))
             self.keep_history = self._check_meta(meta, keep_history)
-            self.supports_history = self.keep_history
+            self.supports_history = self.supports_undo = self.keep_history
             self._poller = self._connect(autocommit=True)
             if "mirror" in meta and not read_only:  # a mirror made before moves now
                 self._upgrade_mirror(self._poller)
@@ -431,9 +445,13 @@ class PostgreSQLStorage(SchemaMixin, PackMixin, MirrorMixin, TransactionLogMixin
             raise ObjectNotFoundError(oid)
         current, data, start, end, old = rows[0]
         if data is not None:
+            if not data:  # a deletion record
+                raise ObjectNotFoundError(oid)
             return data, _pack(current), None
         if start is None:
             return None
+        if not old:  # a deletion record
+            raise ObjectNotFoundError(oid)
         return old, _pack(start), _pack(end)
 
     def load_many(self, oids: Iterable[bytes], before: bytes
@@ -463,12 +481,15 @@ class PostgreSQLStorage(SchemaMixin, PackMixin, MirrorMixin, TransactionLogMixin
                                             "x": parent_keys if i == 0 else [],
                                             "n": _AHEAD}, binary=True)
             ahead = []
+            # (empty data: a deletion record, no object)
             for key, current, data, start, end, old, is_ahead, refers in rows:
                 if is_ahead:
-                    ahead.append((_pack(key), ((data, _pack(current), None), refers)))
+                    if data:
+                        ahead.append((_pack(key), ((data, _pack(current), None), refers)))
                 elif data is not None:
-                    found[wanted[key]] = (data, _pack(current), None)
-                elif start is not None:
+                    if data:
+                        found[wanted[key]] = (data, _pack(current), None)
+                elif old:
                     found[wanted[key]] = (old, _pack(start), _pack(end))
             if ahead:
                 if reader.ahead_generation != generation or reader.ahead_before != before_i \
@@ -510,7 +531,7 @@ class PostgreSQLStorage(SchemaMixin, PackMixin, MirrorMixin, TransactionLogMixin
 
     def loadSerial(self, oid: bytes, serial: bytes) -> bytes:
         rows = self._query(_LOAD_SERIAL, {"o": _u(oid), "t": _u(serial)}, binary=True)
-        if not rows:
+        if not rows or not rows[0][0]:  # none, or a deletion record
             raise ObjectNotFoundError(oid)
         return rows[0][0]
 
@@ -542,7 +563,7 @@ class PostgreSQLStorage(SchemaMixin, PackMixin, MirrorMixin, TransactionLogMixin
             datas.update(self._query(_RECORDS_OF, {"o": keys[i:i + _BATCH], "t": tid},
                                      binary=True))
         tid_bytes = _pack(tid)
-        return [DataRecord(oid, tid_bytes, datas[key])
+        return [DataRecord(oid, tid_bytes, datas[key] or None)  # None: a deletion record
                 for oid, key in zip(wanted, keys) if key in datas]
 
     def __len__(self) -> int:
@@ -551,6 +572,20 @@ class PostgreSQLStorage(SchemaMixin, PackMixin, MirrorMixin, TransactionLogMixin
     def getSize(self) -> int:
         """The size in bytes of the storage's tables and their indexes."""
         return self._query(_SIZE)[0][0]
+
+    # -- undo (see amphora.storage.undo) ------------------------------------------------
+    def _undo_log_rows(self, offset: int, limit: int) -> list[tuple[bytes, bytes, bytes, bytes]]:
+        rows = self._query(_UNDO_LOG, (limit, offset), binary=True)
+        return [(_pack(tid), user, description, extension)
+                for tid, user, description, extension in rows]
+
+    def _undo_oids(self, tid: bytes) -> list[bytes] | None:
+        rows = self._query(_UNDO_OIDS, (_u(tid),), binary=True)
+        return _split(bytes(rows[0][0])) if rows else None
+
+    def _undo_current(self, oid: bytes) -> tuple[bytes, bytes | None] | None:
+        rows = self._query(_CURRENT_RECORD, (_u(oid),), binary=True)
+        return (_pack(rows[0][0]), rows[0][1] or None) if rows else None
 
     # -- invalidations --------------------------------------------------------------
     def sync(self) -> None:
@@ -658,8 +693,9 @@ class PostgreSQLStorage(SchemaMixin, PackMixin, MirrorMixin, TransactionLogMixin
             mirror = conn.execute(_MIRROR_KEY)  # under the lock, in the same round trip
             # While the server takes the lock (or waits for it): each record's references
             # and, if the last commit wrote documents, its document, by id() of the record
-            # (one replaced by a resolved conflict gets its own below).
-            made = _Made(list(stores.values()), self._mirror_synced)
+            # (one replaced by a resolved conflict gets its own below). An undo's deletion
+            # record (None) is stored as empty data.
+            made = _Made([data or b"" for data in stores.values()], self._mirror_synced)
         rows = cursor.fetchall()
         last = rows[0][1]
         current = dict(rows[1:])
@@ -679,7 +715,7 @@ class PostgreSQLStorage(SchemaMixin, PackMixin, MirrorMixin, TransactionLogMixin
         self._check_conflicts(committed, load_serial, stale)
         tid = self._next_tid(max(_pack(last), self._ltid))
         tid_i = _u(tid)
-        datas = list(stores.values())  # resolved conflicts replaced some
+        datas = [data or b"" for data in stores.values()]  # resolved conflicts replaced some
         replacing = sorted([(key, data) for key, read, data in zip(keys, reads, datas) if read])
         creating = sorted([(key, data) for key, read, data in zip(keys, reads, datas) if not read])
         user, description, extension = self._meta
