@@ -8,7 +8,7 @@ from ZODB.tests import (BasicStorage, ConflictResolution, HistoryStorage, Iterat
                         MTStorage, PackableStorage, PersistentStorage, ReadOnlyStorage,
                         RevisionStorage, Synchronization, TransactionalUndoStorage)
 
-UNDO = "needs undo, which amphora storages do not support"
+UNDO = "needs undo, which this storage refuses (supports_undo is False)"
 NO_UNDO = "needs undo, which a history-free storage cannot do"
 DATA_TXN = ("an undo writes its records with their data; the iterator does not report "
             "them as back pointers (data_txn) to the transaction that wrote the data first")

@@ -21,7 +21,7 @@ from amphora.storage.client import ClientStorage
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "server"))
 from serverprocess import shared_server  # noqa: E402
 
-UNDO = "needs undo, which amphora storages do not support"
+UNDO = "needs undo, which the amphora:// client does not do yet"
 
 
 class _ClientTestBase(StorageTestBase.StorageTestBase):

@@ -16,7 +16,7 @@ from amphora.storage.demo import DemoStorage
 from amphora.storage.memory import MemoryStorage
 from amphora.storage.sqlite import SQLiteStorage
 
-UNDO = "needs undo, which amphora storages do not support"
+UNDO = "needs undo, which DemoStorage does not do"
 
 
 def _base(path="Base.sqlite"):

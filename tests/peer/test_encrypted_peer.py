@@ -21,7 +21,7 @@ from amphora.storage.memory import MemoryStorage
 from amphora.storage.sqlite import SQLiteStorage
 
 KEYRING = "Data.keyring"
-UNDO = "needs undo, which amphora storages do not support"
+UNDO = "needs undo, which the encrypted storage refuses"
 
 
 def keyring() -> Keyring:
