@@ -573,6 +573,24 @@ def _persistent_id(obj: Any) -> Any:
     return obj.data if type(obj) is PersistentReference else None
 
 
+def resolvable(data: bytes) -> bool:
+    """Whether :func:`resolve_record` may merge a conflict on ``data``: its class, read
+    from the record's class pickle alone (the state is not read), has a
+    ``_p_resolveConflict``. False when the class cannot be found or the record is not
+    a pickle."""
+    try:
+        meta = Unpickler(data, _no_reference, _find_class).load()
+        klass, _ = _split_meta(meta, _find_class)
+    except Exception:  # noqa: BLE001 - whatever it is, resolve_record would not merge it
+        return False
+    return klass not in _unresolvable and \
+        getattr(klass, "_p_resolveConflict", None) is not None
+
+
+def _no_reference(ref: Any) -> Any:
+    raise CorruptRecordError("a class pickle holds a persistent reference")
+
+
 def resolve_record(oid: bytes, committed_serial: bytes, old_serial: bytes, new_data: bytes,
                    load_serial: Callable[[bytes, bytes], bytes]) -> bytes | None:
     """The merged record, or None when the conflict cannot be resolved.

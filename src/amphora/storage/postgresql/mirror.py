@@ -241,7 +241,7 @@ class MirrorMixin(MirrorBase):
 
     Uses these attributes of the storage: ``_connect(autocommit)``, ``_error(exc)``,
     ``_psycopg``, ``_local``, ``_where``, ``_check_writable()``, ``_closed``,
-    ``_commit_lock_sql``; ``_write`` calls :meth:`_mirror_documented` and
+    ``_commit_lock_sql``, ``_ddl_lock_sql``; ``_write`` calls :meth:`_mirror_documented` and
     :meth:`_commit_documents`, opening for writing :meth:`_upgrade_mirror`, and
     ``_close_connections`` :meth:`_close_mirror_connections`.
     """
@@ -297,7 +297,7 @@ class MirrorMixin(MirrorBase):
 
         def start(conn: Any) -> None:
             with conn.transaction():
-                conn.execute(self._commit_lock_sql)  # no commit writes meanwhile
+                conn.execute(self._ddl_lock_sql)  # no commit writes meanwhile
                 self._move_old_mirror(conn)
                 for statement in _CREATE_MIRROR:
                     conn.execute(statement)
@@ -317,7 +317,7 @@ class MirrorMixin(MirrorBase):
 
         def drop(conn: Any) -> None:
             with conn.transaction():
-                conn.execute(self._commit_lock_sql)  # a commit writing documents ends first
+                conn.execute(self._ddl_lock_sql)  # a commit writing documents ends first
                 if self._old_mirror(conn):
                     for statement in _DROP_OLD_TABLE:
                         conn.execute(statement)
@@ -331,7 +331,7 @@ class MirrorMixin(MirrorBase):
         if not self._old_mirror(conn):
             return
         with conn.transaction():
-            conn.execute(self._commit_lock_sql)
+            conn.execute(self._ddl_lock_sql)
             self._move_old_mirror(conn)
 
     @staticmethod

@@ -11,15 +11,17 @@ on the socket the parent still uses), and opens sessions of its own as it needs 
 from __future__ import annotations
 
 import re
+import time
 import threading
 import weakref
 from itertools import accumulate
 from typing import Any, Callable, Iterable
 
-from amphora.errors import (CorruptRecordError, InvalidURIError, ObjectNotFoundError,
-                            PostgreSQLConnectionError, ReadOnlyError, StorageError,
-                            StorageFormatError)
+from amphora.errors import (ConflictError, CorruptRecordError, InvalidURIError,
+                            ObjectNotFoundError, PostgreSQLConnectionError, ReadOnlyError,
+                            StorageError, StorageFormatError)
 from amphora.serialize import references as record_references
+from amphora.serialize import resolvable, resolve_record
 from amphora.storage import _fork
 from amphora.storage.postgresql.mirror import (_MIRROR_KEY, MirrorMixin, check_role,
                                                documents_of)
@@ -101,6 +103,14 @@ _SIZE = ("SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0)::bigint FROM pg
 _COMMIT_LOCK = "SELECT pg_advisory_xact_lock(hashtext('amphora-commit:' || current_schema()))"
 # Run after the lock (its own statement, so it sees every commit made before the lock):
 # the last tid (oid NULL), then the committed serial of each oid asked for.
+_OBJECTS_SHARED = "LOCK TABLE objects IN ACCESS SHARE MODE"
+_OBJECTS_EXCLUSIVE = "LOCK TABLE objects IN ACCESS EXCLUSIVE MODE"
+# The commit lock, taken only if every record this transaction read is still current
+# (else no row): a transaction that lost a race learns it without queueing for the lock.
+_COMMIT_LOCK_IF_CURRENT = (
+    f"{_COMMIT_LOCK} WHERE NOT EXISTS (SELECT FROM unnest(%s::bigint[], %s::bigint[])"
+    " AS r(oid, tid) LEFT JOIN objects AS o ON o.oid = r.oid"
+    " WHERE o.tid IS DISTINCT FROM r.tid)")
 _LAST_AND_SERIALS = ("SELECT NULL::bigint, coalesce(max(tid), 0) FROM transactions"
                      " UNION ALL SELECT oid, tid FROM objects WHERE oid = ANY(%s::bigint[])")
 _CURRENT_SERIALS = "SELECT oid, tid FROM objects WHERE oid = ANY(%s::bigint[])"
@@ -153,6 +163,14 @@ _WRITES = {
                f"{_DOCUMENTED_COLUMNS} {_NEW}".format(rows=_DOCUMENTED_ROWS)),
     "arrays": (f"{_DOCUMENTED_COLUMNS} {_SET_DOCUMENTED}".format(rows=_DOCUMENTED_ARRAY_ROWS),
                f"{_DOCUMENTED_COLUMNS} {_NEW}".format(rows=_DOCUMENTED_ARRAY_ROWS)),
+}
+# New objects in a commit finished by its vote: a row that exists already fails the
+# statement (and with it the commit, which then cannot have been made) instead of
+# being skipped, since no row count can be looked at before the COMMIT that follows
+_WRITES_STRICT = {
+    None: f"{_COLUMNS}".format(rows=_PLAIN_ROWS),
+    "joined": f"{_DOCUMENTED_COLUMNS}".format(rows=_DOCUMENTED_ROWS),
+    "arrays": f"{_DOCUMENTED_COLUMNS}".format(rows=_DOCUMENTED_ARRAY_ROWS),
 }
 _INSERT_TRANSACTION = ("INSERT INTO transactions (tid, username, description, extension, oids)"
                        " VALUES (%s, %s, %s, %s, %s)")
@@ -293,6 +311,9 @@ class PostgreSQLStorage(SchemaMixin, PackMixin, MirrorMixin, TransactionLogMixin
 
     supports_pack = True
     is_remote = True
+    #: commit in the vote for a transaction's only data manager (``finish_with_vote``);
+    #: False commits in ``tpc_finish`` always (benchmarks compare the two)
+    finish_in_vote = True
     #: history-free mode: seconds a replaced revision stays readable by ``loadSerial``, so
     #: that a transaction that read it can still have its conflicts resolved
     conflict_window = 60.0
@@ -335,6 +356,13 @@ class PostgreSQLStorage(SchemaMixin, PackMixin, MirrorMixin, TransactionLogMixin
         self._pending: list[tuple[int, bytes]] = []  # others' commits found at vote
         self._pending_packed = 0
         self._voted_tid: bytes | None = None
+        self._finished_tid: bytes | None = None  # committed by its vote (finish_with_vote)
+        self._lock_taken: float | None = None  # perf_counter() when the commit lock was seen
+        #: commits (and failed votes) that held the commit lock, and the seconds they held
+        #: it as this process sees it: from the reply that shows the lock taken to the
+        #: reply to COMMIT or ROLLBACK (benchmarks read them)
+        self.lock_holds = 0
+        self.lock_held = 0.0
         self._top_oid = -1
         self._ltid = z64
         self._writer: Any = None
@@ -364,7 +392,19 @@ class PostgreSQLStorage(SchemaMixin, PackMixin, MirrorMixin, TransactionLogMixin
     # -- connections and errors --------------------------------------------------------
     @property
     def _commit_lock_sql(self) -> str:
-        return _COMMIT_LOCK
+        """What pack and the mirror's making take the commit lock with, in a transaction
+        (statements without parameters): first a lock on ``objects`` (ACCESS SHARE),
+        then the commit lock. Commits lock ``objects`` before the commit lock too (their
+        vote reads it in the statement that takes the lock): in the same order, no
+        deadlock. See :attr:`_ddl_lock_sql` for a transaction that alters ``objects``."""
+        return f"{_OBJECTS_SHARED}; {_COMMIT_LOCK}"
+
+    @property
+    def _ddl_lock_sql(self) -> str:
+        """:attr:`_commit_lock_sql` for a transaction that alters ``objects`` (ACCESS
+        EXCLUSIVE first: taking it after the commit lock, it would wait for a commit
+        that holds ACCESS SHARE and waits for the commit lock)."""
+        return f"{_OBJECTS_EXCLUSIVE}; {_COMMIT_LOCK}"
 
     def _connect(self, autocommit: bool) -> Any:
         """A new connection whose ``search_path`` is the storage's schema, and whose
@@ -661,21 +701,72 @@ class PostgreSQLStorage(SchemaMixin, PackMixin, MirrorMixin, TransactionLogMixin
         self._oid_block = min(self._oid_block * 2, _OID_BLOCK_MAX)
 
     def _vote(self) -> None:
+        """Write the commit (see :meth:`_write`). With ``finish_with_vote`` (amphora's
+        connection, when it is its transaction's only data manager) the same round trip
+        commits, so the commit lock is released a round trip and the return to the
+        transaction manager earlier; ``finish_with_vote`` is then called here, as
+        :meth:`_finish` calls ``func``."""
         psycopg = self._psycopg
+        then = getattr(self._transaction, "finish_with_vote", None) \
+            if self.finish_in_vote else None
         try:
             if self._writer is None:
                 self._writer = self._connect(autocommit=False)
             conn = self._writer
-            self._write(conn)
+            self._write(conn, then is not None)
+        except psycopg.errors.UniqueViolation as exc:
+            # a strict insert of a new object found its row made meanwhile: a conflict
+            self._rollback()
+            if then is None:
+                raise self._error(exc) from exc
+            self._new_object_conflict()
+            raise self._error(exc) from exc
         except psycopg.Error as exc:
             self._rollback()
             raise self._error(exc) from exc
         except BaseException:
             self._rollback()
             raise
+        if then is not None:  # committed: durable, published as tpc_finish would
+            self._held()
+            tid = self._finished_tid = self._voted_tid
+            self._ahead_generation += 1
+            self._publish(tid, lambda tid: then(tid, list(self._resolved)))
 
-    def _write(self, conn: Any) -> None:
-        """Check conflicts and write the transaction, inside one database transaction."""
+    def _held(self) -> None:
+        """The commit lock is released (COMMIT or ROLLBACK answered): count its hold."""
+        if self._lock_taken is not None:
+            self.lock_holds += 1
+            self.lock_held += time.perf_counter() - self._lock_taken
+            self._lock_taken = None
+
+    def _mergeable(self, stale: list[bytes]) -> bool:
+        """Whether conflicts on ``stale`` (and no read conflict) may be merged: not if a
+        read check failed, there is no resolver, or the storage's own resolver would
+        find a record's class without ``_p_resolveConflict``. (A transaction's own
+        resolver, the server asking its client, is assumed able to.)"""
+        resolve = self._conflict_resolver()
+        if resolve is None or not stale:
+            return False
+        if resolve is not resolve_record:
+            return True
+        stores = self._stores
+        return all(stores[oid] is not None and resolvable(stores[oid]) for oid in stale)
+
+    def _new_object_conflict(self) -> None:
+        """Raise the ConflictError of new objects whose rows another commit made (read
+        after the failed commit's rollback)."""
+        creating = [oid for oid, read in self._serials.items() if read == z64]
+        rows = self._query(_CURRENT_SERIALS, (_ints(b"".join(creating)),))
+        found = {_pack(key): _pack(tid) for key, tid in rows}
+        for oid in creating:
+            if oid in found:
+                raise ConflictError(oid=oid, serials=(found[oid], z64),
+                                    data=self._stores.get(oid))
+
+    def _write(self, conn: Any, finish: bool = False) -> None:
+        """Check conflicts and write the transaction, inside one database transaction;
+        with ``finish``, commit it in the same round trip as the writes."""
         stores = self._stores
         oids = list(stores)
         keys = _ints(b"".join(oids))
@@ -686,25 +777,19 @@ class PostgreSQLStorage(SchemaMixin, PackMixin, MirrorMixin, TransactionLogMixin
         # made before the lock) the last tid and the committed serials of what was read.
         # Objects new in this transaction (read as z64) are not looked up: an insert
         # finds a row some other transaction made with the same oid.
+        read_keys = [key for key, read in zip(keys, reads) if read]
+        check_reads = _ints(b"".join(map(self._checks.__getitem__, check_oids)))
+        current_keys = read_keys + [key for key, read in zip(check_keys, check_reads) if read]
+        current_tids = [read for read in reads if read] + [read for read in check_reads if read]
         with conn.pipeline():
-            conn.execute(_COMMIT_LOCK)
-            cursor = conn.execute(_LAST_AND_SERIALS, (
-                [key for key, read in zip(keys, reads) if read] + check_keys,))
+            locking = conn.execute(_COMMIT_LOCK_IF_CURRENT, (current_keys, current_tids))
+            cursor = conn.execute(_LAST_AND_SERIALS, (read_keys + check_keys,))
             mirror = conn.execute(_MIRROR_KEY)  # under the lock, in the same round trip
             # While the server takes the lock (or waits for it): each record's references
             # and, if the last commit wrote documents, its document, by id() of the record
             # (one replaced by a resolved conflict gets its own below). An undo's deletion
             # record (None) is stored as empty data.
             made = _Made([data or b"" for data in stores.values()], self._mirror_synced)
-        rows = cursor.fetchall()
-        last = rows[0][1]
-        current = dict(rows[1:])
-        committed_tid = current.get
-        stale = [oid for oid, key, read in zip(oids, keys, reads)
-                 if read and committed_tid(key, 0) != read]  # usually none
-        committed = {oid: _pack(current[key])
-                     for oid, key in zip(stale + check_oids, _ints(b"".join(stale)) + check_keys)
-                     if key in current}
 
         def load_serial(oid: bytes, serial: bytes) -> bytes:  # in this write transaction
             found = conn.execute(_LOAD_SERIAL, {"o": _u(oid), "t": _u(serial)},
@@ -712,6 +797,32 @@ class PostgreSQLStorage(SchemaMixin, PackMixin, MirrorMixin, TransactionLogMixin
             if not found:
                 raise ObjectNotFoundError(oid)
             return found[0][0]
+
+        def conflicts(rows: list) -> tuple[dict[bytes, bytes], list[bytes]]:
+            current = dict(rows[1:])
+            committed_tid = current.get
+            stale = [oid for oid, key, read in zip(oids, keys, reads)
+                     if read and committed_tid(key, 0) != read]  # usually none
+            committed = {oid: _pack(current[key]) for oid, key in
+                         zip(stale + check_oids, _ints(b"".join(stale)) + check_keys)
+                         if key in current}
+            return committed, stale
+
+        if not locking.fetchall():
+            # Something read was replaced before this commit could take the lock. Unless
+            # the conflicts may be merged (which happens under the lock, against what is
+            # committed then), they are raised now, without waiting for the lock.
+            committed, stale = conflicts(cursor.fetchall())
+            if not self._mergeable(stale):
+                self._check_conflicts(committed, load_serial, stale)  # raises
+            with conn.pipeline():
+                conn.execute(_COMMIT_LOCK)
+                cursor = conn.execute(_LAST_AND_SERIALS, (read_keys + check_keys,))
+                mirror = conn.execute(_MIRROR_KEY)
+        self._lock_taken = time.perf_counter()
+        rows = cursor.fetchall()
+        last = rows[0][1]
+        committed, stale = conflicts(rows)
         self._check_conflicts(committed, load_serial, stale)
         tid = self._next_tid(max(_pack(last), self._ltid))
         tid_i = _u(tid)
@@ -736,7 +847,10 @@ class PostgreSQLStorage(SchemaMixin, PackMixin, MirrorMixin, TransactionLogMixin
             inserted = None
             if creating:
                 how, params = self._row_params(tid_i, creating, mirrored, made)
-                inserted = conn.execute(_WRITES[how][1], params)
+                if finish:
+                    conn.execute(_WRITES_STRICT[how], params)
+                else:
+                    inserted = conn.execute(_WRITES[how][1], params)
             conn.execute(_INSERT_TRANSACTION, (tid_i, user, description, extension,
                                                b"".join(oids)))
             conn.execute(_NOTIFY, (self._channel, str(tid_i)))
@@ -747,6 +861,9 @@ class PostgreSQLStorage(SchemaMixin, PackMixin, MirrorMixin, TransactionLogMixin
             ltid = _u(self._ltid)
             pending = conn.execute(_CHANGES_SINCE, (ltid,), binary=True) if last > ltid else None
             packed = conn.execute(_PACKED_THROUGH) if last > ltid else None
+            if finish:
+                self._voted_tid = tid  # (before the COMMIT: a failed one is not retried)
+                conn.commit()  # queued behind the writes: one round trip for all
         if inserted is not None and inserted.rowcount != len(creating):
             made = {oid for (oid,) in inserted.fetchall()}
             taken = [key for key, _ in creating if key not in made]
@@ -779,11 +896,15 @@ class PostgreSQLStorage(SchemaMixin, PackMixin, MirrorMixin, TransactionLogMixin
                 conn.rollback()
             except self._psycopg.Error:
                 pass  # a failed rollback leaves nothing committed either
+            self._held()
             if conn.broken:
                 self._writer = None
                 conn.close()
 
     def _finish(self, func: Callable[[bytes], None] | None) -> bytes:
+        if self._finished_tid is not None:  # committed by its vote, func's work done there
+            tid, self._finished_tid = self._finished_tid, None
+            return tid
         tid = self._voted_tid
         conn = self._writer
         if conn is None or tid is None:
@@ -793,6 +914,7 @@ class PostgreSQLStorage(SchemaMixin, PackMixin, MirrorMixin, TransactionLogMixin
         except self._psycopg.Error as exc:
             self._rollback()
             raise self._error(exc) from exc
+        self._held()
         # The transaction is durable now: whatever happens below, the tid is published.
         self._ahead_generation += 1
         return self._publish(tid, func)
@@ -803,6 +925,9 @@ class PostgreSQLStorage(SchemaMixin, PackMixin, MirrorMixin, TransactionLogMixin
                 self._oids = [oid for oid in self._oids if oid > top]
 
     def _abort(self) -> None:
+        if self._finished_tid is not None:  # committed by its vote: nothing to undo
+            self._finished_tid = None
+            return
         self._rollback()
 
     # -- closing --------------------------------------------------------------------
@@ -850,7 +975,7 @@ class PostgreSQLStorage(SchemaMixin, PackMixin, MirrorMixin, TransactionLogMixin
         self._oids = []
         self._oid_block = _OID_BLOCK
         self._pending = []
-        self._voted_tid = None
+        self._voted_tid = self._finished_tid = self._lock_taken = None
         self._ahead_generation += 1
         self._forget_commit_after_fork()
 
