@@ -784,3 +784,121 @@ def test_a_history_free_schema_refuses_undo(open_storage):
     with pytest.raises(amphora.Unsupported):
         storage.undo(tid, txn)
     storage.tpc_abort(txn)
+
+
+# -- commits under contention: the vote's round trips and the commit lock --------------------
+
+def two_databases(open_storage, value):
+    """Two ``amphora.DB`` over two storage objects on one schema (two processes' view),
+    the root's ``"x"`` set to ``value`` by the first; an open connection of each."""
+    import transaction
+    dbs = [amphora.DB(open_storage()), amphora.DB(open_storage())]
+    managers = [transaction.TransactionManager(), transaction.TransactionManager()]
+    conns = [db.open(tm) for db, tm in zip(dbs, managers)]
+    conns[0].root()["x"] = value
+    managers[0].commit()
+    managers[1].begin()
+    return dbs, managers, conns
+
+
+def statements_of(monkeypatch, storage) -> list[str]:
+    """The statements ``storage``'s writing connection executes from now on."""
+    sent: list[str] = []
+    if storage._writer is None:  # (made at a storage's first vote)
+        storage._writer = storage._connect(autocommit=False)
+    conn = storage._writer
+    execute = conn.execute
+    monkeypatch.setattr(conn, "execute", lambda statement, *args, **kwargs:
+                        sent.append(str(statement)) or execute(statement, *args, **kwargs))
+    return sent
+
+
+def test_a_commit_of_a_connections_only_transaction_is_finished_by_its_vote(open_storage,
+                                                                               monkeypatch):
+    """amphora's connection, its transaction's only data manager, asks to finish in the
+    vote: the COMMIT travels with the writes, and tpc_finish sends nothing."""
+    from persistent.mapping import PersistentMapping
+    dbs, managers, conns = two_databases(open_storage, PersistentMapping())
+    storage = dbs[0].storage
+    statements_of(monkeypatch, storage)  # (the writing connection made)
+    events = []
+    commit_ = storage._writer.commit
+    monkeypatch.setattr(storage._writer, "commit",
+                        lambda *args: events.append("COMMIT") or commit_(*args))
+    finish = storage.tpc_finish
+    monkeypatch.setattr(storage, "tpc_finish",
+                        lambda *args: events.append("tpc_finish") or finish(*args))
+    holds = storage.lock_holds
+    conns[0].root()["x"]["a"] = 1
+    managers[0].commit()
+    assert events == ["COMMIT", "tpc_finish"]
+    assert storage.lock_holds == holds + 1
+    managers[1].begin()
+    assert conns[1].root()["x"]["a"] == 1  # durable and seen by the other process
+    storage.finish_in_vote = False  # as before: the COMMIT in tpc_finish
+    conns[0].root()["x"]["a"] = 2
+    managers[0].commit()
+    assert events[2:] == ["tpc_finish", "COMMIT"]
+    for db in dbs:
+        db.close()
+
+
+def test_a_conflict_found_before_the_lock_is_raised_without_waiting_for_it(open_storage):
+    """A transaction whose read was replaced before it could take the commit lock learns
+    of the conflict from the statement that would take the lock, and never holds it."""
+    from persistent.mapping import PersistentMapping
+    from amphora.errors import ConflictError as Conflict
+    dbs, managers, conns = two_databases(open_storage, PersistentMapping())
+    conns[1].root()["x"]["late"] = 1  # read before the other's commit
+    conns[0].root()["x"]["early"] = 1
+    managers[0].commit()
+    holds = dbs[1].storage.lock_holds
+    with pytest.raises(Conflict):
+        managers[1].commit()
+    assert dbs[1].storage.lock_holds == holds  # refused without the lock
+    managers[1].abort()
+    managers[1].begin()
+    assert dict(conns[1].root()["x"]) == {"early": 1}
+    for db in dbs:
+        db.close()
+
+
+def test_a_mergeable_conflict_reads_its_states_with_the_lock(open_storage, monkeypatch):
+    """A conflict found before the lock on a class that merges (BTrees.Length) takes the
+    lock and reads the states to merge in the same round trip: no state is loaded one
+    by one under the lock, and the merge counts both increments."""
+    from BTrees.Length import Length
+    dbs, managers, conns = two_databases(open_storage, Length(10))
+    conns[1].root()["x"].change(5)  # read at 10
+    conns[0].root()["x"].change(1)
+    managers[0].commit()
+    sent = statements_of(monkeypatch, dbs[1].storage)
+    managers[1].commit()
+    assert not [statement for statement in sent if "LIMIT 1" in statement]  # no _LOAD_SERIAL
+    managers[0].begin()
+    assert conns[0].root()["x"]() == 16
+    for db in dbs:
+        db.close()
+
+
+def test_a_new_objects_row_made_meanwhile_fails_a_commit_finished_by_its_vote(storage,
+                                                                               open_storage):
+    """Finishing in the vote, new rows are inserted strictly: a row another commit made
+    meanwhile (a restore, say) fails the whole commit with a ConflictError, and nothing
+    of it is committed."""
+    commit(storage, {z64: record("root")})
+    other = open_storage()
+    commit(other, {p64(7000): record("theirs")})
+    txn = TransactionMetaData()
+    finished = []
+    txn.finish_with_vote = lambda tid, resolved: finished.append(tid)
+    storage.tpc_begin(txn)
+    storage.store(p64(7001), z64, record("mine"), "", txn)
+    storage.store(p64(7000), z64, record("mine too"), "", txn)
+    with pytest.raises(ConflictError) as raised:
+        storage.tpc_vote(txn)
+    storage.tpc_abort(txn)
+    assert raised.value.oid == p64(7000) and finished == []
+    with pytest.raises(ObjectNotFoundError):
+        storage.load(p64(7001))
+    assert storage.load(p64(7000))[0] == record("theirs")

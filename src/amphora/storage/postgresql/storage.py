@@ -74,6 +74,13 @@ _LOAD_SERIAL = """
 SELECT data FROM objects WHERE oid = %(o)s AND tid = %(t)s
 UNION ALL SELECT data FROM revisions WHERE oid = %(o)s AND tid = %(t)s
 UNION ALL SELECT data FROM replaced WHERE oid = %(o)s AND tid = %(t)s LIMIT 1"""
+# The states a merge reads, under the commit lock, fetched with the lock's round trip:
+# the revisions the writers started from (oid, tid pairs) and the current ones
+_STATES = """
+WITH r(oid, tid) AS (SELECT * FROM unnest(%(o)s::bigint[], %(t)s::bigint[]))
+SELECT oid, tid, data FROM objects WHERE oid = ANY(%(o)s::bigint[])
+UNION ALL SELECT oid, tid, data FROM revisions WHERE (oid, tid) IN (SELECT oid, tid FROM r)
+UNION ALL SELECT oid, tid, data FROM replaced WHERE (oid, tid) IN (SELECT oid, tid FROM r)"""
 _HISTORY = """
 SELECT x.tid, length(x.data), t.username, t.description, t.extension FROM
  (SELECT tid, data FROM objects WHERE oid = %(o)s
@@ -791,7 +798,12 @@ class PostgreSQLStorage(SchemaMixin, PackMixin, MirrorMixin, TransactionLogMixin
             # record (None) is stored as empty data.
             made = _Made([data or b"" for data in stores.values()], self._mirror_synced)
 
+        states: dict[tuple[bytes, bytes], bytes] = {}  # fetched ahead for merges
+
         def load_serial(oid: bytes, serial: bytes) -> bytes:  # in this write transaction
+            state = states.get((oid, serial))
+            if state is not None:
+                return state
             found = conn.execute(_LOAD_SERIAL, {"o": _u(oid), "t": _u(serial)},
                                  binary=True).fetchall()
             if not found:
@@ -815,10 +827,17 @@ class PostgreSQLStorage(SchemaMixin, PackMixin, MirrorMixin, TransactionLogMixin
             committed, stale = conflicts(cursor.fetchall())
             if not self._mergeable(stale):
                 self._check_conflicts(committed, load_serial, stale)  # raises
+            # The merges read the states their writers started from and the current
+            # ones: fetched in the lock's round trip, not one by one under it.
+            merging = {"o": _ints(b"".join(stale)),
+                       "t": _ints(b"".join(map(self._serials.__getitem__, stale)))}
             with conn.pipeline():
                 conn.execute(_COMMIT_LOCK)
                 cursor = conn.execute(_LAST_AND_SERIALS, (read_keys + check_keys,))
                 mirror = conn.execute(_MIRROR_KEY)
+                fetched = conn.execute(_STATES, merging, binary=True)
+            states.update(((_pack(oid), _pack(tid)), data)
+                          for oid, tid, data in fetched.fetchall())
         self._lock_taken = time.perf_counter()
         rows = cursor.fetchall()
         last = rows[0][1]
