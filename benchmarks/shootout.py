@@ -19,8 +19,9 @@ Every database runs the *same* workload code through the ZODB-shaped API they sh
 ``amphora-sqlite-normal`` the same with ``?synchronous=normal`` (the opt-in: fsync at
                        checkpoints only)
 ``amphora-encrypted-sqlite`` ``amphora.open("sqlite:///<tmp>/bench.db", keyring=k)``:
-                       every record sealed (AES-256-GCM-SIV, padded), over the same
-                       storage as ``amphora-sqlite`` (``synchronous=full``); its
+                       every record sealed (AES-256-GCM under per-commit subkeys,
+                       padded), over the same storage as ``amphora-sqlite``
+                       (``synchronous=full``); its
                        reference is ``amphora-sqlite``: encryption's cost
 ``zodb-mapping``       ``ZODB.DB(MappingStorage())``
 ``zodb-filestorage``   ``ZODB.DB(FileStorage("<tmp>/Data.fs"))`` (the reference for ratios)
@@ -368,7 +369,7 @@ def contenders(pg: PostgreSQLServer | None = None) -> list[Contender]:
                   "WAL, synchronous=normal (opt-in): fsync at checkpoints only"),
         Contender(ENCRYPTED_DB, _amphora_encrypted_sqlite, _amphora_encrypted_sqlite,
                   f"DB {reopened}: as amphora-sqlite (the keyring stays unlocked)",
-                  "as amphora-sqlite; every record sealed (AES-256-GCM-SIV)"),
+                  "as amphora-sqlite; every record sealed (AES-256-GCM, per-commit subkeys)"),
         Contender("zodb-mapping", _zodb_mapping, None,
                   "db.cacheMinimize() (a memory storage cannot be reopened; no storage cache)",
                   "none (memory)"),
