@@ -305,9 +305,8 @@ def cmd_pack(args: argparse.Namespace) -> int:
     with opened(args.uri) as storage:
         packer = storage
         if args.keyring is not None:  # an encrypted database: its references are sealed
-            from amphora.crypto.keyring import Keyring
             from amphora.storage.encrypted import EncryptedStorage
-            packer = EncryptedStorage(storage, Keyring.unlock(args.keyring, _passphrase(args)))
+            packer = EncryptedStorage(storage, _unlocked(args))
         elif not args.no_gc and _is_encrypted(storage):
             raise CommandError(f"{args.uri} is encrypted: its records are sealed, so finding "
                                "the unreachable objects needs the keys (--keyring FILE); "
@@ -601,12 +600,17 @@ def _passphrase_options(sub: argparse.ArgumentParser, new: bool = False) -> None
                              " -: a line of standard input)")
 
 
+def _unlocked(args: argparse.Namespace) -> Any:
+    """The keyring ``args.keyring``, unlocked with the passphrase the options name."""
+    from amphora.crypto.keyring import Keyring
+    return Keyring.unlock(args.keyring, _passphrase(args))
+
+
 @contextlib.contextmanager
 def _encrypted(args: argparse.Namespace) -> Iterator[Any]:
     """The storage ``args.uri`` sealed with the keyring ``args.keyring``."""
-    from amphora.crypto.keyring import Keyring
     from amphora.storage.encrypted import EncryptedStorage
-    keyring = Keyring.unlock(args.keyring, _passphrase(args))
+    keyring = _unlocked(args)
     with opened(args.uri) as storage:
         yield EncryptedStorage(storage, keyring)
 
@@ -881,13 +885,11 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument("keyring", metavar="FILE", help="the keyring file")
         return sub
 
-    passphrase_options = _passphrase_options
-
     create = key_command("create", "a new keyring file with one random data key",
                          "Create a keyring file holding one new random data key, wrapped "
                          "under a passphrase (asked twice at a prompt). The file is "
                          "readable by its owner only and never holds a key in the clear.")
-    passphrase_options(create)
+    _passphrase_options(create)
     create.add_argument("--kdf-memory", metavar="KIB", type=_positive_int, default=64 * 1024,
                         help="Argon2id's memory in KiB (default: 65536, 64 MiB)")
     create.add_argument("--kdf-iterations", metavar="N", type=_positive_int, default=3,
@@ -901,8 +903,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "under the new one (asked twice); they do not change, so nothing "
                          "in the databases is re-encrypted. Processes that unlocked the "
                          "keyring before must unlock it again to learn of later keys.")
-    passphrase_options(passwd)
-    passphrase_options(passwd, new=True)
+    _passphrase_options(passwd)
+    _passphrase_options(passwd, new=True)
     passwd.set_defaults(func=cmd_keys_passwd)
 
     keys_info = key_command("info", "the ids and dates of a keyring's keys (no passphrase)",
@@ -921,7 +923,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "another. Old revisions keep their key until the database is "
                          "packed; then 'amphora keys retire' removes the old key.",
                          on_storage=True)
-    passphrase_options(rotate)
+    _passphrase_options(rotate)
     rotate.add_argument("--batch", metavar="N", type=_positive_int, default=100,
                         help="objects sealed again per transaction (default: 100)")
     rotate.set_defaults(func=cmd_keys_rotate)
@@ -931,7 +933,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "transaction of the database is sealed with it (refused before: "
                          "rotate, then pack to now). Other databases sealed with the same "
                          "keyring are not checked.", on_storage=True)
-    passphrase_options(retire)
+    _passphrase_options(retire)
     retire.add_argument("--key", metavar="ID", type=_positive_int, required=True,
                         help="the id of the key to remove ('amphora keys info' lists them)")
     retire.set_defaults(func=cmd_keys_retire)

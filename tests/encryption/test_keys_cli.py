@@ -25,14 +25,20 @@ CHEAP_OPTIONS = ("--kdf-memory", str(CHEAP.memory_cost), "--kdf-iterations",
 
 def keys(*args: str, cwd: Path, env: dict[str, str] | None = None
          ) -> subprocess.CompletedProcess:
-    """``amphora keys ARGS`` in ``cwd``, with no terminal and only the environment
-    variables given beside the usual ones (no AMPHORA_PASSPHRASE unless given)."""
+    """``amphora keys ARGS`` in ``cwd`` (see :func:`amphora_command`)."""
+    return amphora_command("keys", *args, cwd=cwd, env=env)
+
+
+def amphora_command(*args: str, cwd: Path, env: dict[str, str] | None = None
+                    ) -> subprocess.CompletedProcess:
+    """``amphora ARGS`` in ``cwd``, with no terminal and only the environment variables
+    given beside the usual ones (no AMPHORA_PASSPHRASE unless given)."""
     environment = {name: value for name, value in os.environ.items()
                    if not name.startswith("AMPHORA_")}
     environment["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SRC),
                                                              os.environ.get("PYTHONPATH")]))
     environment.update(env or {})
-    return subprocess.run([sys.executable, "-m", "amphora", "keys", *args], cwd=cwd,
+    return subprocess.run([sys.executable, "-m", "amphora", *args], cwd=cwd,
                           env=environment, stdin=subprocess.DEVNULL, capture_output=True,
                           text=True, timeout=60)
 
@@ -237,17 +243,6 @@ def test_two_different_passphrases_at_the_terminal_create_nothing(tmp_path):
                                   ["typed words", "typo words"], tmp_path)
     assert status == 2 and "the two passphrases differ" in shown
     assert not (tmp_path / "app.keyring").exists()
-
-
-def amphora_command(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    """``amphora ARGS`` (any command) in ``cwd``, as :func:`keys` runs its own."""
-    environment = {name: value for name, value in os.environ.items()
-                   if not name.startswith("AMPHORA_")}
-    environment["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SRC),
-                                                             os.environ.get("PYTHONPATH")]))
-    return subprocess.run([sys.executable, "-m", "amphora", *args], cwd=cwd,
-                          env=environment, stdin=subprocess.DEVNULL, capture_output=True,
-                          text=True, timeout=60)
 
 
 def test_pack_collects_the_garbage_of_an_encrypted_database_with_its_keyring(

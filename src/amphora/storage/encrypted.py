@@ -702,7 +702,7 @@ def sealed_key_id(data: bytes) -> int | None:
     """The id of the key the sealed record (or transaction metadata) ``data`` names in
     its header, as the wrapped storage holds it; None if ``data`` is not sealed. The
     header is not authenticated here (it is when the record is opened)."""
-    if not isinstance(data, bytes) or len(data) < _SEALED_MIN or data[:2] != MAGIC:
+    if not isinstance(data, bytes) or not is_sealed(data):
         return None
     return _HEADER.unpack_from(data)[3]
 
