@@ -231,6 +231,9 @@ class EncryptedStorage(StorageBase):
         self._plain: dict[bytes, bytes] = {}  # oid -> the plaintext stored (conflicts name it)
         self._inner_txn: _SealedTransaction | None = None
         self._subkeys: dict[bytes, AESGCM] = {}  # salt -> the cipher of its subkey
+        # salt -> (its cipher, the first 40 bytes of a record it opened: format, kind,
+        # key id and this database's id), for load_many's common case
+        self._records_opened: dict[bytes, tuple[AESGCM, bytes]] = {}
         self._seen_lock = threading.RLock()
         self._seen = z64  # the newest tid seen of this database (the file's included)
         self._seen_loaded = False  # the file's entry read (once the database id is known)
@@ -470,25 +473,33 @@ class EncryptedStorage(StorageBase):
     def load_many(self, oids: Iterable[bytes], before: bytes
                   ) -> dict[bytes, tuple[bytes, bytes, bytes | None]]:
         found = self.storage.load_many(oids, before)
-        open_, subkey, database = self._open, self._subkeys.get, self._database_id
-        head = MAGIC + _FORMAT_AND_KIND[RECORD]
+        open_, known = self._open, self._records_opened
         for oid, (data, start, end) in found.items():  # (in place: no second dict)
-            # The common case first, in line: a record of a subkey met before, whose
-            # header says what it is served as (the cipher then authenticates the header);
-            # anything else goes through _open, which says what is wrong.
-            cipher = subkey(data[_SALT_AT:_COUNTER_AT]) if database is not None else None
-            if (cipher is not None and data[:4] == head
-                    and data[_DATABASE_AT:_TID_AT] == database + oid
-                    and data[_TID_AT:_BASE_AT] == start):
+            # The common case first, in line: a record whose subkey opened a record of
+            # this database before, whose header starts as that record's did (format,
+            # kind, key id, database id) and names the oid and revision it is served as.
+            # The cipher then authenticates the whole header; an authentic record's
+            # plaintext ends with the padding's mark and zeros, so its last 0x80 is the
+            # mark. Anything else goes through _open, which says what is wrong.
+            salt = data[_SALT_AT:_COUNTER_AT]
+            seen = known.get(salt)
+            if (seen is not None and data[:_OID_AT] == seen[1]
+                    and data[_OID_AT:_BASE_AT] == oid + start):
                 try:
-                    plain = cipher.decrypt(data[_NONCE_AT:_HEADER_SIZE], data[_HEADER_SIZE:],
-                                           data[:_HEADER_SIZE]).rstrip(b"\0")
+                    padded = seen[0].decrypt(data[_NONCE_AT:_HEADER_SIZE],
+                                             data[_HEADER_SIZE:], data[:_HEADER_SIZE])
                 except InvalidTag:
-                    plain = b""
-                if plain[-1:] == b"\x80":
-                    found[oid] = (plain[:-1], start, end)
+                    padded = b""
+                mark = padded.rfind(b"\x80")
+                if mark >= 0:
+                    found[oid] = (padded[:mark], start, end)
                     continue
             found[oid] = (open_(data, RECORD, oid, start), start, end)
+            cipher = self._subkeys.get(salt)  # (kept by _open, unless cleared meanwhile)
+            if cipher is not None:
+                if len(known) >= _SUBKEYS_KEPT:
+                    known.clear()
+                known[salt] = (cipher, data[:_OID_AT])
         return found
 
     def loadSerial(self, oid: bytes, serial: bytes) -> bytes:
