@@ -72,3 +72,69 @@ def _dump_closed(storage: Any) -> list[tuple]:
         return dump(storage)
     finally:
         storage.close()
+
+
+def write_blob_filestorage(path: Path, blob_dir: Path, commits: int = 2, start: int = 0) -> None:
+    """Commit ``commits`` transactions with blobs to the FileStorage at ``path`` with its
+    blob directory ``blob_dir``, through ``ZODB.DB``: each adds blobs of 0, 1 and 100,000
+    bytes and rewrites the first blob of the commit before, beside a plain object."""
+    import ZODB
+    from ZODB.blob import Blob
+    from ZODB.FileStorage import FileStorage
+    db = ZODB.DB(FileStorage(str(path), blob_dir=str(blob_dir)))
+    try:
+        manager = transaction.TransactionManager()
+        for number in range(start, start + commits):
+            txn = manager.begin()
+            txn.user = f"user {number}"
+            txn.note(f"blobs {number}")
+            conn = db.open(manager)
+            blobs = conn.root().setdefault("blobs", PersistentMapping())
+            if number - 1 in blobs:
+                with blobs[number - 1][0].open("w") as file:
+                    file.write(b"rewritten by commit %d" % number)
+            blobs[number] = [Blob(b""), Blob(b"%d" % (number % 10)),
+                             Blob(bytes(range(256)) * 390 + b"%d" % number)]
+            manager.commit()
+            conn.close()
+    finally:
+        db.close()
+
+
+def dump_with_blobs(storage: Any) -> list[tuple]:
+    """:func:`dump` of ``storage`` with each blob record's file read: records are
+    ``(oid, data, blob bytes or None)``."""
+    from amphora.storage.blobs import is_blob_record
+
+    def blob_of(oid: bytes, tid: bytes, data: bytes | None) -> bytes | None:
+        if not is_blob_record(data):
+            return None
+        with open(storage.loadBlob(oid, tid), "rb") as file:
+            return file.read()
+    return [(txn.tid, txn.user, txn.description, dict(txn.extension),
+             sorted((record.oid, record.data, blob_of(record.oid, txn.tid, record.data))
+                    for record in txn))
+            for txn in storage.iterator()]
+
+
+def blob_count(history: list[tuple]) -> int:
+    """How many blob revisions a :func:`dump_with_blobs` holds."""
+    return sum(blob is not None for *_, records in history for _, _, blob in records)
+
+
+def dump_file_with_blobs(path: Path, blob_dir: Path) -> list[tuple]:
+    from ZODB.FileStorage import FileStorage
+    storage = FileStorage(str(path), read_only=True, blob_dir=str(blob_dir))
+    try:
+        return dump_with_blobs(storage)
+    finally:
+        storage.close()
+
+
+def dump_uri_with_blobs(uri: str) -> list[tuple]:
+    import amphora
+    storage = amphora.open_storage(uri, read_only=True)
+    try:
+        return dump_with_blobs(storage)
+    finally:
+        storage.close()
