@@ -132,6 +132,19 @@ def _move(source: str, target: str) -> None:
         os.remove(source)
 
 
+def _take_into(directory: str, filename: str, prefix: str) -> str:
+    """Move ``filename`` to a new name in ``directory`` (copy and remove it across file
+    systems); returns the new name."""
+    fd, taken = tempfile.mkstemp(dir=directory, prefix=prefix)
+    os.close(fd)
+    try:
+        _move(filename, taken)
+    except BaseException:
+        os.remove(taken)
+        raise
+    return taken
+
+
 class BlobDirectory:
     """The files of one blob directory (see the module docstring for the layout)."""
 
@@ -205,14 +218,7 @@ class BlobDirectory:
     def stage(self, filename: str) -> str:
         """Take ``filename`` (moved, or copied and removed from another file system) into
         the temporary directory; returns its new name."""
-        fd, staged = tempfile.mkstemp(dir=self.temporary, prefix="staged-")
-        os.close(fd)
-        try:
-            _move(filename, staged)
-        except BaseException:
-            os.remove(staged)
-            raise
-        return staged
+        return _take_into(self.temporary, filename, "staged-")
 
     def stage_link(self, oid: bytes, tid: bytes) -> str:
         """A staged copy (a hard link when possible) of the committed file of ``tid``."""
@@ -555,13 +561,7 @@ class BlobLayerMixin:
                               f"{getattr(self, 'no_blobs_reason', 'it keeps no blob files')}")
 
     def _take_blob_file(self, oid: bytes, filename: str) -> None:
-        fd, taken = tempfile.mkstemp(dir=self.temporaryDirectory(), prefix="layer-")
-        os.close(fd)
-        try:
-            _move(filename, taken)
-        except BaseException:
-            os.remove(taken)
-            raise
+        taken = _take_into(self.temporaryDirectory(), filename, "layer-")
         files = self.__dict__.setdefault("_blob_files", {})
         previous = files.get(oid)
         files[oid] = taken
