@@ -1,5 +1,5 @@
 """Blobs copied between every pair of amphora storages that keep them (memory, SQLite,
-history-free SQLite, a DemoStorage): a FileStorage with a blob directory, written by ZODB,
+history-free SQLite, a DemoStorage, an encrypted SQLite file): a FileStorage with a blob directory, written by ZODB,
 is copied into the first, from it into the second and from there into a new FileStorage;
 every record and every blob's bytes come through (``amphora.copy``, and
 ``copyTransactionsFrom`` for the second copy) (a history-free storage keeps the
@@ -12,6 +12,8 @@ import pytest
 from ZODB.FileStorage import FileStorage
 
 from amphora.copy import copy_transactions
+from amphora.crypto.keyring import KdfParameters, Keyring
+from amphora.storage.encrypted import EncryptedStorage
 from amphora.storage.demo import DemoStorage
 from amphora.storage.memory import MemoryStorage
 from amphora.storage.sqlite import SQLiteStorage
@@ -19,10 +21,14 @@ from amphora.storage.sqlite import SQLiteStorage
 from restore_support import (blob_count, dump_file_with_blobs, dump_with_blobs,
                              write_blob_filestorage)
 
-KINDS = ["memory", "sqlite", "sqlite-history-free", "demo"]
+KINDS = ["memory", "sqlite", "sqlite-history-free", "demo", "encrypted-sqlite"]
+CHEAP = KdfParameters(iterations=1, lanes=1, memory_cost=1024)  # keys made in milliseconds
 
 
 def _storage(kind: str, path: Path):
+    if kind == "encrypted-sqlite":
+        keyring = Keyring.create(f"{path}.keyring", "passphrase", CHEAP)
+        return EncryptedStorage(SQLiteStorage(str(path)), keyring, seen_file=False)
     if kind == "memory":
         return MemoryStorage(kind)
     if kind == "sqlite":
