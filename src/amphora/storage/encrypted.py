@@ -107,8 +107,9 @@ in 64 KiB chunks as it is read, never whole in memory (see :mod:`amphora.crypto.
 for the layout), and the wrapped storage keeps the sealed file as the blob's; the blob's
 record is sealed like any other. Uncommitted blob files, and each revision's file once
 opened (read from the wrapped storage's sealed file, checked whole, and kept to be read
-again), live in this storage's own temporary directory (``blob_cache_dir``, or a new
-directory removed at :meth:`close`): plaintext stays on the client's machine.
+again), live in this storage's own temporary directory (``blob_cache_dir``, a directory
+for this database alone, or a new directory removed at :meth:`close`): plaintext stays on
+the client's machine.
 
 **The JSON mirror** is refused (:class:`~amphora.errors.MirrorError`): it would be
 plaintext. The SQL storages also refuse to make one, to any client, once their root
