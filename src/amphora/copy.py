@@ -147,10 +147,7 @@ def _copy_blob(source: Any, destination: Any, record: Any, tid: bytes, meta: Any
         why = getattr(destination, "no_blobs_reason", "it keeps no blob files")
         raise Unsupported(f"{_name(destination)} cannot take the blob ({why}) "
                           f"of oid {oid_repr(record.oid)} written by transaction {tid_repr(tid)}")
-    if source is None or not blob_capable(source):
-        raise Unsupported(f"the blob of oid {oid_repr(record.oid)} written by transaction "
-                          f"{tid_repr(tid)} has no file to copy: the source keeps no blobs")
-    original = source.loadBlob(record.oid, tid)
+    original = _source_blob_file(source, record.oid, tid)
     fd, copy = tempfile.mkstemp(dir=destination.temporaryDirectory(), prefix="copy-")
     try:
         with open(original, "rb") as file, os.fdopen(fd, "wb") as target:
@@ -163,6 +160,23 @@ def _copy_blob(source: Any, destination: Any, record: Any, tid: bytes, meta: Any
     finally:
         if os.path.exists(copy):
             os.remove(copy)
+
+
+def _source_blob_file(source: Any, oid: bytes, tid: bytes) -> str:
+    """The file of the blob revision the source holds. A wrapper that does not declare
+    ZODB's ``IBlobStorage`` but passes ``loadBlob`` on (``zodbconvert --incremental``
+    wraps its source so) is asked all the same."""
+    load_blob = getattr(source, "loadBlob", None)
+    if load_blob is not None and blob_capable(source):
+        return load_blob(oid, tid)
+    problem = ""
+    if load_blob is not None:
+        try:
+            return load_blob(oid, tid)
+        except Exception as exc:  # a storage without blob files (a FileStorage without
+            problem = f" ({exc})"  # a blob directory) fails in its own way
+    raise Unsupported(f"the blob of oid {oid_repr(oid)} written by transaction "
+                      f"{tid_repr(tid)} has no file to copy: the source keeps no blobs{problem}")
 
 
 def _name(storage: Any) -> str:

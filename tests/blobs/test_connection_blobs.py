@@ -217,18 +217,18 @@ def test_a_missing_blob_file_is_an_error_naming_oid_and_tid(db):
     conn.close()
 
 
-def test_an_encrypted_storage_refuses_blobs_saying_why(tmp_path):
-    # (every storage that keeps no blobs refuses them: tests/conformance/test_blobs.py)
+def test_an_encrypted_storage_keeps_blobs_sealed(tmp_path):
+    # (sealing, tampering and the blob suite: tests/encryption/test_encrypted_blobs.py)
     keyring = amphora.Keyring.create(tmp_path / "app.keyring", "passphrase", CHEAP)
     db = amphora.open("memory://", keyring=keyring)
     try:
-        tm = transaction.TransactionManager()
-        conn = db.open(transaction_manager=tm)
-        conn.root.blob = Blob(b"secret")
-        with pytest.raises(amphora.Unsupported, match="in the clear"):
-            tm.commit()
-        tm.abort()
-        conn.close()
+        with db.transaction() as conn:
+            conn.root.blob = Blob(b"secret")
+        with db.transaction() as conn:
+            assert read(conn.root.blob) == b"secret"
+            oid, tid = conn.root.blob._p_oid, conn.root.blob._p_serial
+        with open(db.storage.storage.loadBlob(oid, tid), "rb") as file:
+            assert b"secret" not in file.read()
     finally:
         db.close()
 

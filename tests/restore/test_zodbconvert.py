@@ -13,7 +13,8 @@ import pgserver
 import pytest
 import serverprocess
 
-from restore_support import dump_file, dump_uri, write_filestorage
+from restore_support import (blob_count, dump_file, dump_file_with_blobs, dump_uri,
+                             dump_uri_with_blobs, write_blob_filestorage, write_filestorage)
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -92,3 +93,50 @@ def test_amphora_copy_into_amphora_and_back_whole_and_incremental(kind, tmp_path
     back = tmp_path / "Back.fs"
     _run(amphora_cli, "copy", uri, str(back), cwd=tmp_path)
     assert dump_file(back) == dump_file(original)
+
+
+def _filestorage_with_blobs(name: str, path: Path, blob_dir: Path) -> str:
+    return f"<filestorage {name}>\n  path {path}\n  blob-dir {blob_dir}\n</filestorage>"
+
+
+def test_zodbconvert_with_blobs_into_sqlite_and_back_whole_and_incremental(tmp_path):
+    original, blobs = tmp_path / "Data.fs", tmp_path / "blobs"
+    back, back_blobs = tmp_path / "Back.fs", tmp_path / "back-blobs"
+    write_blob_filestorage(original, blobs)
+    uri = f"sqlite:///{tmp_path / 'converted.db'}"
+    source = _filestorage_with_blobs("source", original, blobs)
+    into, out_of = _amphora("destination", uri), _amphora("source", uri)
+    into_back = _filestorage_with_blobs("destination", back, back_blobs)
+    zodbconvert(tmp_path, source, into)
+    expected = dump_file_with_blobs(original, blobs)
+    assert blob_count(expected) == 7
+    assert dump_uri_with_blobs(uri) == expected
+    zodbconvert(tmp_path, out_of, into_back)
+    assert dump_file_with_blobs(back, back_blobs) == expected
+    # More blobs in the source: incremental conversions copy those, files included
+    write_blob_filestorage(original, blobs, commits=2, start=2)
+    assert "Resuming ZODB copy" in zodbconvert(tmp_path, source, into, "--incremental")
+    expected = dump_file_with_blobs(original, blobs)
+    assert blob_count(expected) == 15
+    assert dump_uri_with_blobs(uri) == expected
+    assert "Resuming ZODB copy" in zodbconvert(tmp_path, out_of, into_back, "--incremental")
+    assert dump_file_with_blobs(back, back_blobs) == expected
+
+
+def test_amphora_copy_with_blobs_into_sqlite_and_back_whole_and_incremental(tmp_path):
+    original, blobs = tmp_path / "Data.fs", tmp_path / "blobs"
+    write_blob_filestorage(original, blobs)
+    source = f"file://{original}?blobstorage_dir={blobs}"
+    uri = f"sqlite:///{tmp_path / 'copied.db'}"
+    amphora_cli = _script("amphora")
+    _run(amphora_cli, "copy", source, uri, cwd=tmp_path)
+    assert dump_uri_with_blobs(uri) == dump_file_with_blobs(original, blobs)
+    write_blob_filestorage(original, blobs, commits=2, start=2)
+    _run(amphora_cli, "copy", "--incremental", source, uri, cwd=tmp_path)
+    expected = dump_file_with_blobs(original, blobs)
+    assert blob_count(expected) == 15
+    assert dump_uri_with_blobs(uri) == expected
+    back = tmp_path / "Back.fs"
+    _run(amphora_cli, "copy", uri, f"file://{back}?blobstorage_dir={tmp_path / 'back-blobs'}",
+         cwd=tmp_path)
+    assert dump_file_with_blobs(back, tmp_path / "back-blobs") == expected

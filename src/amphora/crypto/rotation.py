@@ -4,7 +4,8 @@
 sealing with that keyring file uses it from its next commit, see
 :meth:`~amphora.crypto.keyring.Keyring.refresh`), then re-stores the current revision of
 every object still sealed with an older key: the same plaintext, sealed with the new key,
-committed in small transactions beside the application's writers. A writer that changed
+committed in small transactions beside the application's writers. A blob's current
+revision is re-stored with its file, which is sealed again with the new key too. A writer that changed
 an object meanwhile makes that batch a conflict; the batch is read again and retried (the
 writer's revision is already sealed with the new key, and is then left alone). Nothing is
 merged: a rotation never runs an application's conflict resolution.
@@ -29,11 +30,15 @@ client have; its cost is a read of the whole log.
 """
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 from amphora.errors import ConflictError, KeyringError, ReadOnlyError
 from amphora.storage.base import TransactionMetaData
+from amphora.storage.blobs import is_blob_record
 from amphora.storage.encrypted import EncryptedStorage, sealed_key_id, sealed_metadata
 from amphora.utils import maxtid, p64, u64, z64
 
@@ -141,7 +146,11 @@ def _rotate_batch(storage: EncryptedStorage, oids: list[bytes], stats: RotationS
             storage.tpc_begin(txn)
             try:
                 for oid, data in unchanged.items():
-                    storage.store(oid, stale[oid], data, "", txn)
+                    if is_blob_record(data):  # its file is sealed again too
+                        storage.storeBlob(oid, stale[oid], data,
+                                          _blob_copy(storage, oid, stale[oid]), "", txn)
+                    else:
+                        storage.store(oid, stale[oid], data, "", txn)
                 storage.tpc_vote(txn)
                 storage.tpc_finish(txn)
             except ConflictError:
@@ -158,6 +167,14 @@ def _rotate_batch(storage: EncryptedStorage, oids: list[bytes], stats: RotationS
             return
     raise ConflictError(f"key rotation: objects kept changing during {_BATCH_ATTEMPTS} "
                         "attempts to seal them again; run the rotation again")
+
+
+def _blob_copy(storage: EncryptedStorage, oid: bytes, tid: bytes) -> str:
+    """A copy of the opened file of blob revision ``tid`` of ``oid``, for storeBlob."""
+    fd, copy = tempfile.mkstemp(dir=storage.temporaryDirectory(), prefix="rotation-")
+    with open(storage.loadBlob(oid, tid), "rb") as source, os.fdopen(fd, "wb") as target:
+        shutil.copyfileobj(source, target, 1 << 20)
+    return copy
 
 
 def _current(inner: Any, oids: list[bytes]) -> dict[bytes, tuple[int | None, bytes]]:

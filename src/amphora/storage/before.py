@@ -15,6 +15,9 @@ future would change as commits arrive. Only a history-preserving storage can sho
 moment; over a history-free one a view of a past moment is
 :class:`~amphora.errors.Unsupported`.
 
+Over a storage that keeps blobs, the view serves the blob files of its revisions
+(``loadBlob``, read-only like the rest).
+
 ``db.open(at=...)`` gives the same view to one connection; a BeforeStorage gives it to a
 whole database, to tools (``amphora at URI MOMENT info``) and to other wrappers.
 """
@@ -25,6 +28,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 from amphora.errors import ObjectNotFoundError, ReadOnlyError, Unsupported
 from amphora.storage.base import Storage, StorageBase, TransactionRecord
+from amphora.storage.blobs import blob_capable, declare_blob_storage, open_committed
 from amphora.utils import p64, tid_from_datetime, tid_repr, tid_time, u64, z64
 
 __all__ = ["BeforeStorage", "moment_tid"]
@@ -98,6 +102,9 @@ class BeforeStorage(StorageBase):
         super().__init__(name or f"before({storage.getName()}, {bound.hex()})", read_only=True)
         self._ltid = _last_tid_before(storage, bound)
         self._census: tuple[int, int] | None = None  # (objects, bytes), see _counted
+        self.supports_blobs = blob_capable(storage)
+        if self.supports_blobs:
+            declare_blob_storage(self)
 
     # -- reading --------------------------------------------------------------------
     def lastTransaction(self) -> bytes:
@@ -135,6 +142,21 @@ class BeforeStorage(StorageBase):
         if not entries:
             raise ObjectNotFoundError(oid)
         return entries if size is None else entries[:max(size, 1)]
+
+    def loadBlob(self, oid: bytes, serial: bytes) -> str:
+        """The wrapped storage's file of blob revision ``serial`` of ``oid``, if that
+        revision is inside the view."""
+        if serial >= self.before or not self.supports_blobs:
+            raise ObjectNotFoundError(oid)
+        return self.storage.loadBlob(oid, serial)
+
+    def openCommittedBlobFile(self, oid: bytes, serial: bytes, blob: Any = None) -> Any:
+        return open_committed(self.loadBlob(oid, serial), blob)
+
+    def temporaryDirectory(self) -> str:
+        """The wrapped storage's (a blob read into a connection's savepoint is copied
+        there)."""
+        return self.storage.temporaryDirectory()
 
     def iterator(self, start: bytes | None = None, stop: bytes | None = None
                  ) -> Iterator[TransactionRecord]:
@@ -190,6 +212,11 @@ class BeforeStorage(StorageBase):
              gc: bool = True, reachable: Iterable[bytes] | None = None,
              through: bytes | None = None) -> None:
         raise ReadOnlyError(f"{self.__name__} is a read-only view of the past")
+
+    def storeBlob(self, *args: Any) -> None:
+        raise ReadOnlyError(f"{self.__name__} is a read-only view of the past")
+
+    restoreBlob = storeBlob
 
     # -- the rest -------------------------------------------------------------------
     def registerDB(self, wrapper: Any) -> None:

@@ -42,8 +42,8 @@ from typing import Any, Callable, Iterable
 from amphora.errors import ObjectNotFoundError, StorageError, StorageFormatError
 from amphora.utils import oid_repr, tid_repr, u64
 
-__all__ = ["BlobDirectory", "BlobStorageMixin", "BlobFileError", "is_blob_record",
-           "blob_capable"]
+__all__ = ["BlobDirectory", "BlobStorageMixin", "BlobFileError", "BlobLayerMixin",
+           "is_blob_record", "blob_capable", "declare_blob_storage", "open_committed"]
 
 MARKER = ".amphora-blobs"
 _MARKER_TEXT = "amphora blob directory, layout 1: <oid hex>/<tid hex>.blob\n"
@@ -132,6 +132,19 @@ def _move(source: str, target: str) -> None:
         os.remove(source)
 
 
+def _take_into(directory: str, filename: str, prefix: str) -> str:
+    """Move ``filename`` to a new name in ``directory`` (copy and remove it across file
+    systems); returns the new name."""
+    fd, taken = tempfile.mkstemp(dir=directory, prefix=prefix)
+    os.close(fd)
+    try:
+        _move(filename, taken)
+    except BaseException:
+        os.remove(taken)
+        raise
+    return taken
+
+
 class BlobDirectory:
     """The files of one blob directory (see the module docstring for the layout)."""
 
@@ -187,27 +200,25 @@ class BlobDirectory:
                 oid = bytes.fromhex(name)
             except ValueError:
                 continue
-            tids = []
-            for file in os.listdir(os.path.join(self.path, name)):
-                if file.endswith(_SUFFIX) and len(file) == 16 + len(_SUFFIX):
-                    try:
-                        tids.append(bytes.fromhex(file[:16]))
-                    except ValueError:
-                        pass
-            yield oid, tids
+            yield oid, self.tids_of(oid)
+
+    def tids_of(self, oid: bytes) -> list[bytes]:
+        """The tids of the revisions of ``oid`` that have a file."""
+        directory = self.oid_directory(oid)
+        tids = []
+        for file in os.listdir(directory) if os.path.isdir(directory) else ():
+            if file.endswith(_SUFFIX) and len(file) == 16 + len(_SUFFIX):
+                try:
+                    tids.append(bytes.fromhex(file[:16]))
+                except ValueError:
+                    pass
+        return tids
 
     # -- a commit's files -------------------------------------------------------------
     def stage(self, filename: str) -> str:
         """Take ``filename`` (moved, or copied and removed from another file system) into
         the temporary directory; returns its new name."""
-        fd, staged = tempfile.mkstemp(dir=self.temporary, prefix="staged-")
-        os.close(fd)
-        try:
-            _move(filename, staged)
-        except BaseException:
-            os.remove(staged)
-            raise
-        return staged
+        return _take_into(self.temporary, filename, "staged-")
 
     def stage_link(self, oid: bytes, tid: bytes) -> str:
         """A staged copy (a hard link when possible) of the committed file of ``tid``."""
@@ -417,15 +428,7 @@ class BlobStorageMixin:
     def openCommittedBlobFile(self, oid: bytes, serial: bytes, blob: Any = None) -> Any:
         """The committed file of revision ``serial`` of ``oid``, open for reading (a
         ``ZODB.blob.BlobFile`` of ``blob`` when given)."""
-        path = self.loadBlob(oid, serial)
-        if blob is not None:
-            try:
-                from ZODB.blob import BlobFile
-            except ImportError:  # amphora's StandaloneBlob opens its files itself
-                pass
-            else:
-                return BlobFile(path, "r", blob)
-        return open(path, "rb")
+        return open_committed(self.loadBlob(oid, serial), blob)
 
     # -- undo: an undone blob revision's file comes back -------------------------------
     def undo(self, transaction_id: Any, transaction: Any) -> Any:
@@ -440,6 +443,16 @@ class BlobStorageMixin:
             if found is not None:
                 self._stage_blob(oid, self._blobs().stage_link(oid, found[1]))
         return result
+
+    def remove_blob_files(self, oids: Iterable[bytes]) -> int:
+        """Remove every blob file of ``oids``: objects a layer above this storage deleted
+        (a DemoStorage's pack), none of whose revisions is read again. Returns how many
+        files went."""
+        directory = self._blob_directory
+        if directory is None:
+            return 0
+        return sum(directory.remove_file(directory.file_of(oid, tid))
+                   for oid in oids for tid in directory.tids_of(oid))
 
     # -- the commit's hooks -------------------------------------------------------------
     def _stage_blob(self, oid: bytes, staged: str) -> None:
@@ -485,6 +498,115 @@ class BlobStorageMixin:
     def _pack_blobs(self, kept: Callable[[bytes], set[bytes]], last: bytes) -> int:
         directory = self._blob_directory
         return 0 if directory is None else directory.remove_unreferenced(kept, last)
+
+
+def open_committed(path: str, blob: Any = None) -> Any:
+    """The committed blob file ``path``, open for reading (a ``ZODB.blob.BlobFile`` of
+    ``blob`` when given): ``openCommittedBlobFile`` of every blob storage."""
+    if blob is not None:
+        try:
+            from ZODB.blob import BlobFile
+        except ImportError:  # amphora's StandaloneBlob opens its files itself
+            pass
+        else:
+            return BlobFile(path, "r", blob)
+    return open(path, "rb")
+
+
+class BlobLayerMixin:
+    """``IBlobStorage`` for a storage layered over others (a DemoStorage, an
+    EncryptedStorage) built on :class:`~amphora.storage.base.StorageBase`: it keeps no
+    blob directory of its own but hands each blob file, at its vote, to the storage it
+    writes to.
+
+    ``storeBlob`` and ``restoreBlob`` buffer the record as ``store``/``restore`` do and
+    take the file (moved into :meth:`temporaryDirectory`); the vote passes each file of
+    ``_blobs_stored`` (oid -> file) on (``storeBlob`` or ``restoreBlob`` of the storage
+    under it, which moves it away). An abort removes the files left. The storage provides ``loadBlob`` and ``temporaryDirectory``, and says whether
+    it keeps blobs (``supports_blobs``, and :func:`declare_blob_storage` for ZODB).
+    """
+
+    _blob_files: dict[bytes, str]
+
+    def temporaryDirectory(self) -> str:
+        raise NotImplementedError
+
+    def storeBlob(self, oid: bytes, oldserial: bytes | None, data: bytes, blobfilename: str,
+                  version: str, transaction: Any) -> None:
+        """``store`` the record of a blob and take the file ``blobfilename`` (moved away)."""
+        if isinstance(oldserial, str):  # some of ZODB's tests pass '\0' * 8
+            oldserial = oldserial.encode("latin-1")
+        self._refuse_blobs_unless_kept()
+        self.store(oid, oldserial, data, version, transaction)
+        self._take_blob_file(oid, blobfilename)
+
+    def restoreBlob(self, oid: bytes, serial: bytes, data: bytes, blobfilename: str,
+                    prev_txn: bytes | None, transaction: Any) -> None:
+        """``restore`` the record of a blob with the file ``blobfilename`` (moved away)."""
+        self._refuse_blobs_unless_kept()
+        self.restore(oid, serial, data, "", prev_txn, transaction)
+        self._take_blob_file(oid, blobfilename)
+
+    def openCommittedBlobFile(self, oid: bytes, serial: bytes, blob: Any = None) -> Any:
+        """The committed file of revision ``serial`` of ``oid``, open for reading."""
+        return open_committed(self.loadBlob(oid, serial), blob)
+
+    def loadBlob(self, oid: bytes, serial: bytes) -> str:
+        raise NotImplementedError
+
+    def _refuse_blobs_unless_kept(self) -> None:
+        if not getattr(self, "supports_blobs", False):
+            from amphora.errors import Unsupported
+            raise Unsupported(f"{self.getName()} cannot keep a blob: "  # type: ignore[attr-defined]
+                              f"{getattr(self, 'no_blobs_reason', 'it keeps no blob files')}")
+
+    def _take_blob_file(self, oid: bytes, filename: str) -> None:
+        taken = _take_into(self.temporaryDirectory(), filename, "layer-")
+        files = self.__dict__.setdefault("_blob_files", {})
+        previous = files.get(oid)
+        files[oid] = taken
+        if previous is not None:
+            _remove_quietly(previous)
+
+    @property
+    def _blobs_stored(self) -> dict[bytes, str]:
+        """The commit's blob files by oid (each moved away once passed on: an abort
+        removes those left)."""
+        return self.__dict__.get("_blob_files") or {}
+
+    def tpc_abort(self, transaction: Any) -> None:
+        files = self._blobs_stored
+        try:
+            super().tpc_abort(transaction)  # type: ignore[misc]
+        finally:
+            if files is not self._blobs_stored:  # (this commit's: it ended)
+                for path in files.values():
+                    _remove_quietly(path)
+
+    def _clear_writes(self) -> None:
+        # forgotten only (as in a forked child, where they are the parent's); an abort
+        # removes them
+        super()._clear_writes()  # type: ignore[misc]
+        self._blob_files = {}
+
+
+def _remove_quietly(path: str) -> None:
+    try:
+        os.remove(path)
+    except FileNotFoundError:
+        pass
+
+
+def declare_blob_storage(storage: Any) -> None:
+    """Declare that the storage object ``storage`` provides ZODB's ``IBlobStorage`` (and
+    ``IBlobStorageRestoreable``): for layers, which keep blobs when the storages under
+    them do, so each object says so itself."""
+    try:
+        from zope.interface import alsoProvides
+        from ZODB.interfaces import IBlobStorage, IBlobStorageRestoreable
+    except ImportError:
+        return
+    alsoProvides(storage, IBlobStorage, IBlobStorageRestoreable)
 
 
 def _declare_zodb_interfaces() -> None:

@@ -21,6 +21,11 @@ The layered view keeps the storage contract exactly:
   skipping any oid either layer holds, so new objects never collide with the base's.
 - ``iterator`` yields the base's transactions, then the layer's.
 
+Blobs pass through when the layer keeps them (a memory storage does, and SQLite): a blob
+written goes to the layer's blob directory with its record, and a blob revision the layer
+does not have is read from the base's (``loadBlob``). A layer that keeps no blobs refuses
+them with :class:`~amphora.errors.Unsupported` naming it.
+
 Pack packs the layer only; the base is never written. Garbage collection works on the
 whole view (reachability from the root through both layers), and an object of the base
 that is no longer reachable is deleted *in the layer*: the layer stores a *deletion
@@ -38,11 +43,13 @@ from typing import Any, Callable, Iterable, Iterator
 
 from amphora.errors import ObjectNotFoundError, StorageError, Unsupported
 from amphora.serialize import references as record_references
+from amphora.storage.blobs import (BlobFileError, BlobLayerMixin, blob_capable,
+                                   declare_blob_storage)
 from amphora.storage.base import (DataRecord, Storage, StorageBase, TransactionMetaData,
                                   TransactionRecord, oids_to_keep, pack_tid, reachable,
                                   refuse_stale)
 from amphora.storage.memory import MemoryStorage
-from amphora.utils import maxtid, new_tid, p64, u64, z64
+from amphora.utils import maxtid, new_tid, oid_repr, p64, tid_repr, u64, z64
 
 __all__ = ["DemoStorage", "DELETED"]
 
@@ -54,7 +61,7 @@ DELETED = b""
 _OID_LOW, _OID_HIGH = 1 << 48, 1 << 62
 
 
-class DemoStorage(StorageBase):
+class DemoStorage(BlobLayerMixin, StorageBase):
     """Reads from ``changes`` then ``base``; writes to ``changes`` only.
 
     ``base`` defaults to an empty memory storage, ``changes`` to a new memory storage.
@@ -83,6 +90,12 @@ class DemoStorage(StorageBase):
         self._oid_lock = threading.Lock()
         self._oid_next = self._oid_end = 0
         self._random = random.Random()
+        self.supports_blobs = blob_capable(self.changes)
+        if self.supports_blobs:
+            declare_blob_storage(self)
+        else:
+            self.no_blobs_reason = (f"its changes storage {self.changes.getName()} keeps no "
+                                    "blob files")
 
     # -- layers ---------------------------------------------------------------------
     def push(self, changes: Storage | None = None) -> "DemoStorage":
@@ -225,6 +238,35 @@ class DemoStorage(StorageBase):
                 raise ObjectNotFoundError(oid)
         return entries if size is None else entries[:max(size, 1)]
 
+    def loadBlob(self, oid: bytes, serial: bytes) -> str:
+        """The file of blob revision ``serial`` of ``oid``: the layer's if the layer wrote
+        that revision, else the base's (unless the layer deleted the object)."""
+        try:
+            return self.changes.loadBlob(oid, serial)
+        except BlobFileError:
+            raise
+        except ObjectNotFoundError:
+            pass  # not a revision the layer wrote (or not a blob's)
+        layer = self._in_layer(oid)
+        if layer is not None and layer[1]:
+            raise ObjectNotFoundError(oid)
+        if not blob_capable(self.base):
+            raise ObjectNotFoundError(oid, f"no blob revision {tid_repr(serial)} of oid "
+                                           f"{oid_repr(oid)}: {self.base.getName()} keeps "
+                                           "no blobs")
+        return self.base.loadBlob(oid, serial)
+
+    @property
+    def fshelper(self) -> Any:
+        """The layer's blob directory (ZODB's blob tests find file names through it)."""
+        return self.changes.fshelper
+
+    def temporaryDirectory(self) -> str:
+        """The layer's: where blob files are made before they are committed there."""
+        if not self.supports_blobs:
+            self._refuse_blobs_unless_kept()
+        return self.changes.temporaryDirectory()
+
     def iterator(self, start: bytes | None = None, stop: bytes | None = None
                  ) -> Iterator[TransactionRecord]:
         """The base's transactions, then the layer's, leaving out records of objects
@@ -317,8 +359,13 @@ class DemoStorage(StorageBase):
                              for oid, record in self.base.load_many(rest, maxtid).items())
         self._check_conflicts(committed, self.loadSerial)
         # The layer checks its own serials: those it holds, z64 for objects new to it.
-        changes.store_many(self._stores, {oid: in_layer[oid][1] if oid in in_layer else z64
-                                          for oid in self._stores}, transaction)
+        serials = {oid: in_layer[oid][1] if oid in in_layer else z64 for oid in self._stores}
+        blobs = self._blobs_stored
+        records = self._stores if not blobs else {
+            oid: data for oid, data in self._stores.items() if oid not in blobs}
+        changes.store_many(records, {oid: serials[oid] for oid in records}, transaction)
+        for oid, filename in blobs.items():
+            changes.storeBlob(oid, serials[oid], self._stores[oid], filename, "", transaction)
         changes.tpc_vote(transaction)
 
     def _finish(self, func: Callable[[bytes], None] | None) -> bytes:
@@ -401,6 +448,9 @@ class DemoStorage(StorageBase):
                 wrapper.invalidate(tid, oids)
         with self._lock:
             changes.tpc_finish(meta, invalidate)
+        remove_blob_files = getattr(changes, "remove_blob_files", None)
+        if remove_blob_files is not None:  # gone at every tid: no revision's file is read
+            remove_blob_files(oids)
 
     def registerDB(self, wrapper: Any) -> None:
         self._wrapper = wrapper

@@ -102,6 +102,15 @@ that existed at the pack time, under its commit lock, and only if no transaction
 committed after that tid; else the walk adds the references of those transactions and
 asks again (see :mod:`amphora.storage._reachable`).
 
+**Blobs** are sealed too, when the wrapped storage keeps blobs: each blob file is sealed
+in 64 KiB chunks as it is read, never whole in memory (see :mod:`amphora.crypto.sealed_blobs`
+for the layout), and the wrapped storage keeps the sealed file as the blob's; the blob's
+record is sealed like any other. Uncommitted blob files, and each revision's file once
+opened (read from the wrapped storage's sealed file, checked whole, and kept to be read
+again), live in this storage's own temporary directory (``blob_cache_dir``, a directory
+for this database alone, or a new directory removed at :meth:`close`): plaintext stays on
+the client's machine.
+
 **The JSON mirror** is refused (:class:`~amphora.errors.MirrorError`): it would be
 plaintext. The SQL storages also refuse to make one, to any client, once their root
 record is sealed.
@@ -109,8 +118,11 @@ record is sealed.
 from __future__ import annotations
 
 import os
+import shutil
+import stat
 import struct
 import hashlib
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -120,6 +132,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from amphora.crypto.keyring import Keyring
+from amphora.crypto.sealed_blobs import open_blob_file, seal_blob_file
 from amphora.crypto.seen import SeenTids, seen_file_of
 from amphora.errors import (ConflictError, KeyringError, MirrorError, ObjectNotFoundError,
                             RollbackError, StorageError, StorageTransactionError,
@@ -128,6 +141,7 @@ from amphora.serialize import references
 from amphora.storage._reachable import ReachableWalk
 from amphora.storage.base import (DataRecord, Storage, StorageBase, TransactionMetaData,
                                   TransactionRecord, decode_extension)
+from amphora.storage.blobs import BlobLayerMixin, blob_capable, declare_blob_storage
 from amphora.utils import maxtid, new_tid, oid_repr, p64, tid_repr, u64, z64
 
 __all__ = ["EncryptedStorage", "SEALED_EXTENSION", "is_sealed", "sealed_key_id",
@@ -182,7 +196,7 @@ def is_sealed(data: bytes) -> bool:
     return len(data) >= _SEALED_MIN and data[:2] == MAGIC
 
 
-class EncryptedStorage(StorageBase):
+class EncryptedStorage(BlobLayerMixin, StorageBase):
     """``storage`` with every record and transaction sealed by ``keyring``'s keys.
 
     New records are sealed with ``keyring.current_key_id``; records sealed with any key
@@ -192,15 +206,13 @@ class EncryptedStorage(StorageBase):
 
     supports_undo = False
     supports_mirror = False
-    #: not yet: the storage would keep each blob's file in the clear
-    no_blobs_reason = ("blob files would be kept in the clear, which an encrypted storage "
-                       "promises never to do")
     #: why :mod:`amphora.search` refuses to make a mirror here
     no_mirror_because = "the mirror would hold the objects in plaintext"
 
     def __init__(self, storage: Storage, keyring: Keyring, database_id: bytes | None = None,
                  name: str | None = None, resolve_conflicts: bool = True,
-                 seen_file: str | os.PathLike | bool | None = None):
+                 seen_file: str | os.PathLike | bool | None = None,
+                 blob_cache_dir: str | os.PathLike | None = None):
         if not isinstance(keyring, Keyring):
             raise TypeError(f"keyring must be an amphora.Keyring, not {type(keyring).__name__}")
         if seen_file is True or not (seen_file is None or seen_file is False
@@ -239,6 +251,14 @@ class EncryptedStorage(StorageBase):
         self._seen_loaded = False  # the file's entry read (once the database id is known)
         self.seen_tids = None if seen_file is False else SeenTids(
             seen_file_of(keyring.path) if seen_file is None else Path(seen_file))
+        self.supports_blobs = blob_capable(storage)
+        if self.supports_blobs:
+            declare_blob_storage(self)
+        else:
+            self.no_blobs_reason = f"{storage.getName()} keeps no blob files"
+        self._blob_cache_asked = (None if blob_cache_dir is None
+                                  else os.path.abspath(os.fspath(blob_cache_dir)))
+        self._blob_cache: str | None = None  # made at its first use
         if database_id is None:
             self._learn_database_id()
         if self.seen_tids is not None and self._database_id is None:
@@ -541,6 +561,91 @@ class EncryptedStorage(StorageBase):
                        for record in txn]
             yield TransactionRecord(txn.tid, txn.status, user, description, extension, records)
 
+    # -- blobs ------------------------------------------------------------------------------
+    def _blob_cache_directory(self) -> str:
+        """This storage's own directory: ``tmp/`` for uncommitted blob files, and the
+        opened files of committed revisions (``<oid>-<tid>.blob``)."""
+        directory = self._blob_cache
+        if directory is None:
+            self._refuse_blobs_unless_kept()
+            with self._id_lock:
+                if self._blob_cache is None:
+                    if self._blob_cache_asked is None:
+                        made = tempfile.mkdtemp(prefix="amphora-encrypted-blobs-")
+                    else:
+                        made = self._blob_cache_asked
+                    os.makedirs(os.path.join(made, "tmp"), mode=0o700, exist_ok=True)
+                    self._blob_cache = made
+                directory = self._blob_cache
+        return directory
+
+    def temporaryDirectory(self) -> str:
+        """Where uncommitted blob files are made: this storage's own directory (their
+        plaintext never reaches the wrapped storage)."""
+        return os.path.join(self._blob_cache_directory(), "tmp")
+
+    @property
+    def fshelper(self) -> Any:
+        """The wrapped storage's blob directory, of sealed files (ZODB's blob tests find
+        file names through it)."""
+        return self.storage.fshelper
+
+    def _opened_blob(self, oid: bytes, tid: bytes) -> str:
+        return os.path.join(self._blob_cache_directory(), f"{oid.hex()}-{tid.hex()}.blob")
+
+    def loadBlob(self, oid: bytes, serial: bytes) -> str:
+        """The opened file of blob revision ``serial`` of ``oid``: the wrapped storage's
+        sealed file, opened (checked whole) into this storage's directory once, and read
+        from there after. TamperedRecordError when the sealed file is not authentic."""
+        opened = self._opened_blob(oid, serial)
+        if os.path.exists(opened):
+            return opened
+        sealed = self.storage.loadBlob(oid, serial)
+        fd, partial = tempfile.mkstemp(dir=self.temporaryDirectory(), prefix="opening-")
+        os.close(fd)
+        try:
+            database = open_blob_file(sealed, partial, self._blob_cipher, self._database_id,
+                                      oid, serial)
+            if self._database_id is None:
+                with self._id_lock:
+                    if self._database_id is None:
+                        self._database_id = database
+            self._make_opened(partial, opened)
+        except BaseException:
+            if os.path.exists(partial):
+                os.remove(partial)
+            raise
+        return opened
+
+    def _make_opened(self, path: str, opened: str) -> None:
+        """Move ``path`` to ``opened``, read-only, readable by whom its directory is."""
+        readable = os.stat(os.path.dirname(opened)).st_mode & (
+            stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
+        os.chmod(path, readable)
+        os.replace(path, opened)
+
+    def _blob_cipher(self, key_id: int, salt: bytes) -> AESGCM:
+        try:
+            return self._subkey(key_id, salt)
+        except KeyringError:
+            self.keyring.refresh(force=True)  # perhaps a key another process added since
+            return self._subkey(key_id, salt)
+
+    def _seal_blob(self, oid: bytes, tid: bytes, plain: str, directory: str) -> str:
+        """A new file in ``directory`` (the wrapped storage's temporary directory): the
+        file ``plain`` sealed as blob revision ``tid`` of ``oid``."""
+        key_id = self.keyring.current_key_id
+        salt = os.urandom(_SALT)
+        fd, sealed = tempfile.mkstemp(dir=directory, prefix="sealed-")
+        os.close(fd)
+        try:
+            seal_blob_file(plain, sealed, self._subkey(key_id, salt), key_id, salt,
+                           self._id_for_sealing(), oid, tid)
+        except BaseException:
+            os.remove(sealed)
+            raise
+        return sealed
+
     def transaction_log(self, after: bytes, limit: int) -> list[tuple]:
         """The transaction log of the change feed (:mod:`amphora.feeds`): ``(tid, user,
         description, extension_bytes, oids)`` of up to ``limit`` transactions after
@@ -601,14 +706,25 @@ class EncryptedStorage(StorageBase):
         txn = self._inner_txn = _SealedTransaction(self, tid)
         inner.tpc_begin(txn, tid)
         sealed = self._seal_many(RECORD, tid, self._stores, self._serials)
-        restored = self._restored
-        plain_stores = sealed if not restored else {
-            oid: data for oid, data in sealed.items() if oid not in restored}
+        restored, blobs = self._restored, self._blobs_stored
+        plain_stores = sealed if not restored and not blobs else {
+            oid: data for oid, data in sealed.items() if oid not in restored and oid not in blobs}
         if plain_stores:
             inner.store_many(plain_stores, {oid: self._serials[oid] for oid in plain_stores},
                              txn)
         for oid in restored:
-            inner.restore(oid, tid, sealed[oid], "", None, txn)
+            if oid not in blobs:
+                inner.restore(oid, tid, sealed[oid], "", None, txn)
+        for oid, plain in blobs.items():  # the plaintext file stays here (see _finish)
+            sealed_file = self._seal_blob(oid, tid, plain, inner.temporaryDirectory())
+            try:
+                if oid in restored:
+                    inner.restoreBlob(oid, tid, sealed[oid], sealed_file, None, txn)
+                else:
+                    inner.storeBlob(oid, self._serials[oid], sealed[oid], sealed_file, "", txn)
+            finally:
+                if os.path.exists(sealed_file):  # (not taken: the store failed)
+                    os.remove(sealed_file)
         for oid, serial in self._checks.items():
             inner.checkCurrentSerialInTransaction(oid, serial, txn)
         try:
@@ -628,6 +744,8 @@ class EncryptedStorage(StorageBase):
                                f"not as the tid {tid_repr(txn.tid)} its records were sealed with")
         with self._seen_lock:
             self._saw(tid, check=False)
+        for oid, plain in self._blobs_stored.items():  # committed: kept as opened files
+            self._make_opened(plain, self._opened_blob(oid, tid))
         return tid
 
     def _abort(self) -> None:
@@ -706,7 +824,11 @@ class EncryptedStorage(StorageBase):
                 if self.seen_tids is not None:
                     self.seen_tids.close()
             finally:
-                self.storage.close()
+                try:
+                    self.storage.close()
+                finally:
+                    if self._blob_cache is not None and self._blob_cache_asked is None:
+                        shutil.rmtree(self._blob_cache, ignore_errors=True)
 
 
 def sealed_key_id(data: bytes) -> int | None:
