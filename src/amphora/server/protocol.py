@@ -10,7 +10,10 @@ A connection starts with a handshake. The client's first frame is
 ``[HELLO, {"protocol": VERSION, "token": str | None, "storage": name}]``; the server
 answers ``[WELCOME, {"protocol": VERSION, "name": ..., "read_only": ..., "last_tid": ...,
 "supports_history": ..., "supports_pack": ..., "feeds": ..., "mirror": ...,
-"pack_reachable": ..., "server": ...}]`` (``feeds``: it answers :data:`TRANSACTION_LOG` and
+"pack_reachable": ..., "undo": ..., "blobs": ..., "no_blobs_reason": ...,
+"server": ...}]`` (``undo``: the served storage undoes, and the server answers
+:data:`UNDO_LOG` and :data:`UNDO_OIDS`; ``blobs``: it keeps blobs, and the server answers
+:data:`BLOB_WRITE` and :data:`BLOB_READ`, else ``no_blobs_reason`` says why not; ``feeds``: it answers :data:`TRANSACTION_LOG` and
 :data:`PACKED_THROUGH`; ``pack_reachable``: :data:`PACK` takes the objects to keep; ``mirror``: the served storage can keep a JSON mirror and the
 server answers :data:`SEARCH_METHODS`; servers without a key do not) or, for another protocol version or a bad token, ``[ERROR, 0, name, message, {}]``,
 and closes. Versions are never
@@ -99,12 +102,18 @@ SYNC = "sync"                      # () -> tid, after pushes of everything commi
 SIZE = "size"                      # () -> [object count, bytes]
 NEW_OIDS = "new_oids"              # (count) -> [oid, ...]
 COMMIT = "commit"                  # (meta, tid, records, serials, checks[, finish[,
-                                   #   restored]]) -> None: voted (RESOLVE messages about
+                                   #   restored[, more]]]) -> None: voted (RESOLVE messages about
                                    #   it may come first); with finish true: -> tid, voted
                                    #   and finished at once, the reply in commit order (no
                                    #   FINISH follows). ``restored``: the oids of records
                                    #   that are restored (as ``tid`` wrote them, no
-                                   #   conflict check), not stored
+                                   #   conflict check), not stored. ``more``: {"undo":
+                                   #   [tid, ...] undone first (storage.undo),
+                                   #   "undo_merges": [[oid, committed serial, merged
+                                   #   record], ...] the client made of UNDO_OIDS' states,
+                                   #   "blobs":
+                                   #   {oid: [upload, size]}: records stored with the
+                                   #   file uploaded (BLOB_WRITE) as their blob}
 FINISH = "finish"                  # () -> tid; the reply comes in commit order
 ABORT = "abort"                    # () -> None
 PACK = "pack"                      # (pack_time, gc[, reachable, through]) -> None;
@@ -115,6 +124,22 @@ PACK = "pack"                      # (pack_time, gc[, reachable, through]) -> No
 TRANSACTION_LOG = "transaction_log"  # (after, limit) -> [[tid, user, description,
                                      #   extension, [oid, ...]], ...] (change feeds)
 PACKED_THROUGH = "packed_through"  # () -> tid: the newest transaction pack removed
+UNDO_LOG = "undo_log"              # (offset, limit) -> [entry, ...]: the storage's
+                                   #   undoLog(offset, offset + limit), unfiltered,
+                                   #   newest first (values MessagePack has no type for
+                                   #   left out)
+UNDO_OIDS = "undo_oids"            # (tid) -> [[oid, states], ...]: what undoing
+                                   #   ``tid`` writes; ``states`` for an object changed
+                                   #   since, whose undo is a merge: [committed serial,
+                                   #   committed record, tid's record, the one before]
+                                   #   (else None); UndoError if ``tid`` is not stored
+BLOB_WRITE = "blob_write"          # (upload, offset, data) -> None: ``data`` written at
+                                   #   ``offset`` of the session's file ``upload`` (an int
+                                   #   the client chose), in the served storage's
+                                   #   temporary directory; a COMMIT's "blobs" take them
+BLOB_READ = "blob_read"            # (oid, serial, offset, length) -> [size, data]: up
+                                   #   to ``length`` bytes of the committed blob file at
+                                   #   ``offset``, and the file's whole size
 LOAD_AHEAD = "load_ahead"          # (oids, before, limit) -> [[oid, data, start, end,
                                    #   partial], ...]: load_many and what they refer to
 
@@ -143,9 +168,10 @@ MIRROR_WRITE_METHODS = frozenset({CREATE_MIRROR, REBUILD_MIRROR, FOLLOW_MIRROR, 
 #: every request method a server answers
 METHODS = frozenset({LOAD_BEFORE, LOAD_MANY, LOAD_SERIAL, HISTORY, ITERATE, CHANGES_SINCE,
                      LAST_TRANSACTION, SYNC, SIZE, NEW_OIDS, COMMIT, FINISH, ABORT, PACK,
-                     TRANSACTION_LOG, PACKED_THROUGH, LOAD_AHEAD}) | SEARCH_METHODS
+                     TRANSACTION_LOG, PACKED_THROUGH, LOAD_AHEAD, UNDO_LOG, UNDO_OIDS,
+                     BLOB_WRITE, BLOB_READ}) | SEARCH_METHODS
 #: the methods a read-only server (or a client with a read-only token) is refused
-WRITE_METHODS = frozenset({NEW_OIDS, COMMIT, FINISH, PACK}) | MIRROR_WRITE_METHODS
+WRITE_METHODS = frozenset({NEW_OIDS, COMMIT, FINISH, PACK, BLOB_WRITE}) | MIRROR_WRITE_METHODS
 
 # -- pushes -------------------------------------------------------------------------------
 #: ``{"tid", "oids", "user", "description", "extension", "records"}``: one committed
