@@ -5,17 +5,14 @@ size limit, a commit whose server restarted between its storeBlob and its vote, 
 big blob that neither process holds in memory."""
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
 import pytest
 import transaction
+from test_blob_processes import stream
 
 import amphora
 from amphora.errors import StorageError
@@ -171,30 +168,6 @@ def test_an_aborted_commit_leaves_no_files_on_either_side(server, tmp_path):
 
 
 BIG_MIB = 150
-STREAM = """
-    import hashlib, json, resource, sys
-    import amphora
-    address, mib = sys.argv[1], int(sys.argv[2])
-    def chunk(i):  # 1 MiB, different for each i
-        return hashlib.sha256(i.to_bytes(4, "big")).digest() * 32768
-    db = amphora.open(f"amphora://{address}")
-    with db.transaction() as conn:
-        conn.root.big = amphora.Blob()
-        with conn.root.big.open("w") as file:
-            for i in range(mib):
-                file.write(chunk(i))
-    db.close()
-    db = amphora.open(f"amphora://{address}")  # a new cache: fetched from the server
-    digest, size = hashlib.sha256(), 0
-    with db.transaction() as conn:
-        with conn.root.big.open("r") as file:
-            while data := file.read(1 << 20):
-                digest.update(data)
-                size += len(data)
-    db.close()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
-    print(json.dumps({"sha256": digest.hexdigest(), "size": size, "peak": peak}))
-"""
 
 
 def _peak_of(pid: int) -> int:
@@ -208,16 +181,9 @@ def _peak_of(pid: int) -> int:
 @pytest.mark.skipif(not sys.platform.startswith("linux"),
                     reason="peak memory is read from /proc and ru_maxrss (KiB) on Linux")
 def test_a_big_blob_goes_through_the_server_in_chunks(server):
-    child = subprocess.run([sys.executable, "-c", textwrap.dedent(STREAM), server.address,
-                            str(BIG_MIB)], capture_output=True, text=True, timeout=240)
-    assert child.returncode == 0, child.stderr
-    found = json.loads(child.stdout)
-    expected = hashlib.sha256()
-    for i in range(BIG_MIB):
-        expected.update(hashlib.sha256(i.to_bytes(4, "big")).digest() * 32768)
-    assert (found["size"], found["sha256"]) == (BIG_MIB * MIB, expected.hexdigest())
+    peak = stream(f"amphora://{server.address}", BIG_MIB)
     # Each process stays well under the blob's size, which one holding the blob whole
     # would exceed (see test_blob_processes.py for the margin).
-    assert found["peak"] < BIG_MIB * MIB * 3 // 4, found["peak"]
+    assert peak < BIG_MIB * MIB * 3 // 4, peak
     server_peak = _peak_of(server.proc.pid)
     assert server_peak < BIG_MIB * MIB * 3 // 4, server_peak
