@@ -6,6 +6,7 @@ big blob that neither process holds in memory."""
 from __future__ import annotations
 
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -15,7 +16,7 @@ import transaction
 from test_blob_processes import stream
 
 import amphora
-from amphora.errors import StorageError
+from amphora.errors import StorageError, Unsupported
 from amphora.storage.base import TransactionMetaData
 from amphora.storage.client import ClientStorage
 from amphora.utils import z64
@@ -187,3 +188,22 @@ def test_a_big_blob_goes_through_the_server_in_chunks(server):
     assert peak < BIG_MIB * MIB * 3 // 4, peak
     server_peak = _peak_of(server.proc.pid)
     assert server_peak < BIG_MIB * MIB * 3 // 4, server_peak
+
+
+def test_a_served_storage_without_blobs_makes_the_client_refuse_them(tmp_path):
+    server = ServerProcess("demo://")  # a DemoStorage keeps no blob files
+    try:
+        client = ClientStorage(server.host, server.port)
+        assert not client.supports_blobs
+        with pytest.raises(Unsupported, match=re.escape(
+                f"{client.getName()} keeps no blobs: it keeps no blob files")):
+            client.temporaryDirectory()
+        db = amphora.DB(client)
+        with pytest.raises(Unsupported, match="keeps no blob files"):
+            with db.transaction() as conn:
+                conn.root.doc = amphora.Blob(b"refused")
+        with db.transaction() as conn:  # nothing was stored
+            assert "doc" not in conn.root()
+        db.close()
+    finally:
+        server.stop()

@@ -218,10 +218,34 @@ def _ext_hook(code: int, data: bytes) -> Any:
     return decode(data.decode("ascii"))
 
 
+_LARGE = 64 * 1024  # bytes that end a message and are copied once, not packed
+
+
 def encode(message: list) -> bytes:
-    """One frame: the length prefix and the MessagePack of ``message``."""
+    """One frame: the length prefix and the MessagePack of ``message``.
+
+    A message whose last element is a list ending with large bytes (a blob chunk's
+    request or reply) is the same MessagePack, made around the bytes: they are copied
+    once, into the frame, instead of through the packer's buffer."""
+    tail = message[-1]
+    if type(tail) is list and tail and type(tail[-1]) is bytes \
+            and _LARGE <= len(tail[-1]) and len(message) < 16 and len(tail) < 16:
+        return _encode_around(message[:-1], tail[:-1], tail[-1])
     body = msgpack.packb(message, use_bin_type=True, default=extended)
     return HEADER.pack(len(body)) + body
+
+
+def _encode_around(outer: list, inner: list, data: bytes) -> bytes:
+    """The frame of ``[*outer, [*inner, data]]`` (fewer than 16 elements each)."""
+    def pack(value: Any) -> bytes:
+        return msgpack.packb(value, use_bin_type=True, default=extended)
+    size = len(data)
+    bin_header = (b"\xc4" + size.to_bytes(1, "big") if size < 1 << 8 else
+                  b"\xc5" + size.to_bytes(2, "big") if size < 1 << 16 else
+                  b"\xc6" + size.to_bytes(4, "big"))
+    head = b"".join([bytes([0x90 | (len(outer) + 1)]), *map(pack, outer),
+                     bytes([0x90 | (len(inner) + 1)]), *map(pack, inner), bin_header])
+    return b"".join([HEADER.pack(len(head) + size), head, data])
 
 
 class FrameDecoder:
@@ -246,10 +270,10 @@ class FrameDecoder:
             end = start + size + length
             if len(buffer) < end:
                 break
-            try:
-                message = msgpack.unpackb(bytes(buffer[start + size:end]), raw=False,
-                                          use_list=True, strict_map_key=False,
-                                          ext_hook=_ext_hook)
+            try:  # read in place: a blob chunk's frame is not copied twice first
+                with memoryview(buffer) as view, view[start + size:end] as frame:
+                    message = msgpack.unpackb(frame, raw=False, use_list=True,
+                                              strict_map_key=False, ext_hook=_ext_hook)
             except Exception as exc:
                 raise ProtocolError(f"a frame that is not MessagePack ({exc})") from None
             if not isinstance(message, list) or not message or not isinstance(message[0], str):

@@ -1021,6 +1021,7 @@ class ClientStorage(RemoteMirror, UndoMixin, StorageBase):
         self._marks = threading.local()
         self._advanced = threading.Condition()
         self._restart_lock = threading.Lock()
+        self._blob_files = {}  # the parent's files: not removed here
         self._forget_commit_after_fork()
 
     def _restart_after_fork(self) -> None:
