@@ -121,8 +121,18 @@ class BlobRequests:
 
     def do_blob_read(self, request_id: int, oid: bytes, serial: bytes, offset: int,
                      length: int) -> list:
-        path = self._blob_storage().loadBlob(check_oid(oid), check_oid(serial, "a tid"))
-        with open(path, "rb") as file:
+        key = (check_oid(oid), check_oid(serial, "a tid"))
+        found = getattr(self, "_last_blob", None)  # a file's chunks come one after another
+        path = found[1] if found is not None and found[0] == key else None
+        try:
+            file = open(path, "rb") if path is not None else None
+        except FileNotFoundError:  # packed away since: the storage says how
+            file = None
+        if file is None:
+            path = self._blob_storage().loadBlob(*key)
+            self._last_blob = (key, path)
+            file = open(path, "rb")
+        with file:
             size = os.fstat(file.fileno()).st_size
             file.seek(max(0, int(offset)))
             return [size, file.read(max(0, min(int(length), MAX_CHUNK)))]
