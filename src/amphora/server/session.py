@@ -57,6 +57,9 @@ def _error_message(exc: BaseException, request_id: int) -> list:
     if isinstance(exc, errors.ConflictError):
         details = {"oid": exc.oid, "serials": list(exc.serials) if exc.serials else None}
         message = exc.message
+    elif isinstance(exc, errors.UndoError):
+        details = {"oid": exc.oid}
+        message = exc.reason
     elif isinstance(exc, errors.ObjectNotFoundError):
         details = {"oid": exc.args[0] if exc.args else None}
         message = str(exc)
