@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -207,3 +208,26 @@ def test_a_served_storage_without_blobs_makes_the_client_refuse_them(tmp_path):
         db.close()
     finally:
         server.stop()
+
+
+def test_amphora_copy_restores_blobs_into_a_served_storage(server, tmp_path):
+    source = amphora.open(f"sqlite:///{tmp_path}/source.db")
+    with source.transaction() as conn:
+        conn.root.doc = amphora.Blob(b"first")
+    with source.transaction() as conn:
+        with conn.root.doc.open("w") as file:
+            file.write(b"second")
+        conn.root.big = amphora.Blob(b"x" * (2 * MIB + 1))
+    source.close()
+    done = subprocess.run([sys.executable, "-m", "amphora", "copy",
+                           f"sqlite:///{tmp_path}/source.db", f"amphora://{server.address}"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    copy = amphora.open(f"amphora://{server.address}")
+    with copy.transaction() as conn:
+        assert _read(conn.root.doc) == b"second"
+        assert _read(conn.root.big) == b"x" * (2 * MIB + 1)
+        first = conn.root.doc._p_oid, copy.storage.history(conn.root.doc._p_oid, 2)[1]["tid"]
+    with open(copy.storage.loadBlob(*first), "rb") as file:  # the older revision too
+        assert file.read() == b"first"
+    copy.close()
