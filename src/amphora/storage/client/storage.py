@@ -29,8 +29,8 @@ Guarantees:
 - Undo: when the served storage undoes (``supports_undo``, from the server's welcome),
   ``undoLog``/``undoInfo`` page through its undo log and ``undo`` names the transaction
   to undo in the commit, where the server undoes it (ZODB's semantics: see
-  :mod:`amphora.storage.undo`; a later change to an object is merged only for the
-  classes the server merges itself, :mod:`amphora.symbolic`, else ``UndoError``).
+  :mod:`amphora.storage.undo`; an object changed since is merged here, from the records
+  the server sends with the undo's oids, else ``UndoError``).
 - Blobs: when the served storage keeps blobs (``supports_blobs``), ``storeBlob`` streams
   the file to the server in chunks (kept here until the commit ends, and sent again if
   the connection was lost meanwhile) and ``loadBlob`` fetches a committed file in chunks
@@ -64,13 +64,13 @@ oids reserved and commit in progress stay the parent's.
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import itertools
 import logging
+import os
 import socket
 import ssl
-import collections
-import os
 import threading
 from typing import Any, Callable, Iterable, Iterator
 
