@@ -145,8 +145,11 @@ def test_undo_through_zodb_db(make_storage, storage, db):
         conn.root.item.value = 2
     with db.transaction("second") as conn:
         conn.root.other.value = "y"
-    db.close() if make_storage.durable or make_storage.supports("remote") else None
-    zodb_storage = storage if not make_storage.durable else make_storage()
+    if make_storage.durable:
+        db.close()
+    # a served memory storage lives while a client has it open: a second client, then
+    zodb_storage = make_storage() if make_storage.durable or make_storage.supports(
+        "remote") else storage
     zdb = ZODB.DB(zodb_storage)
     try:
         assert zdb.supportsUndo()

@@ -24,6 +24,7 @@ from typing import Any, Callable
 from amphora import errors, symbolic
 from amphora.serialize import references
 from amphora.server import protocol as p
+from amphora.server.blobs import remove_files
 from amphora.server.reads import check_oid
 from amphora.storage.base import TransactionMetaData
 from amphora.storage.sql.keys import _split
@@ -76,14 +77,37 @@ class Commit(TransactionMetaData):
         #: oid -> [committed record, merge or PENDING]: merges asked ahead, while the
         #: commit before this one was finishing (see Served.ask_ahead)
         self.ahead = ahead if ahead is not None else {}
+        #: the oids the undos of this commit write (their records are the storage's)
+        self.undone: list[bytes] = []
+        #: an undo is computing its records: a later change it meets is merged by the
+        #: client beforehand (``undo_merges``, by (oid, committed serial)) or here
+        #: (:mod:`amphora.symbolic`), or not at all
+        self.undoing = False
+        self.undo_merges: dict[tuple[bytes, bytes], bytes] = {}
 
-    def final(self, oid: bytes) -> bytes:
-        """The record of ``oid`` this commit stores (once voted)."""
-        return self.merged.get(oid) or self.records[oid]
+    def final(self, oid: bytes) -> bytes | None:
+        """The record of ``oid`` this commit stores (once voted; None for an undo's)."""
+        return self.merged.get(oid) or self.records.get(oid)
+
+    def undo_merge(self, key: tuple[bytes, bytes], old: bytes, data: bytes,
+                   load_serial: Callable[[bytes, bytes], bytes]) -> bytes | None:
+        """An undo's merge with the later change to ``key[0]``: the client's, made when
+        it asked what the undo writes (UNDO_OIDS), or the server's own."""
+        merged = self.undo_merges.get(key)
+        if merged is None:
+            try:
+                merged = symbolic.merge(load_serial(key[0], old), load_serial(*key), data)
+            except Exception:
+                merged = None
+        if merged is not None:
+            self.merged[key[0]] = merged
+        return merged
 
     def resolve_conflict(self, oid: bytes, committed: bytes, old: bytes, data: bytes,
                          load_serial: Callable[[bytes, bytes], bytes]) -> bytes | None:
         key = (oid, committed)
+        if self.undoing:
+            return self.undo_merge(key, old, data, load_serial)
         if key in self.merges:
             merged = self.merges[key]
         else:
@@ -95,6 +119,8 @@ class Commit(TransactionMetaData):
             merged = symbolic.merge(states[1], states[0], data)
             if merged is not None:  # a class whose merge is known: no round trip
                 self.merges[key] = self.told[oid] = merged
+            elif self.undoing:
+                return None
             else:
                 guess = self.ahead.get(oid)
                 # A merge asked ahead is the client's answer for these very three records
@@ -275,7 +301,8 @@ class CommitRequests:
         raise errors.ConflictError("conflicts kept coming while resolving them")
 
     def begin_commit(self, meta: list, tid: bytes | None, records: dict, serials: dict,
-                     checks: dict, finish: bool = False, restored: list = ()) -> Commit:
+                     checks: dict, finish: bool = False, restored: list = (),
+                     more: dict | None = None) -> Commit:
         storage = self.served.storage
         if self.txn is not None:  # a commit the client gave up on
             storage.tpc_abort(self.txn)
@@ -289,21 +316,45 @@ class CommitRequests:
         else:
             storage.tpc_begin(txn, check_oid(tid, "a tid"))
         self.txn = txn
+        more = more if isinstance(more, dict) else {}
+        blobs: dict[bytes, str] = {}
         try:
-            stored, serials = self.restore_records(txn, tid, records, serials, restored)
-            storage.store_many(stored, serials, txn)
+            for oid, committed, merged in more.get("undo_merges") or ():
+                txn.undo_merges[check_oid(oid), check_oid(committed, "a tid")] = merged
+            for undone in more.get("undo") or ():
+                txn.undoing = True
+                try:
+                    txn.undone.extend(storage.undo(check_oid(undone, "a tid"), txn)[1])
+                finally:
+                    txn.undoing = False
+            blobs = self.take_uploads(more.get("blobs") or {})
+            missing = blobs.keys() - records.keys()
+            if missing:
+                raise errors.StorageError(
+                    f"the blob of oid {min(missing).hex()} has no record in the commit")
+            stored, serials = self.restore_records(txn, tid, records, serials, restored,
+                                                   blobs)
+            storage.store_many({oid: data for oid, data in stored.items()
+                                if oid not in blobs},
+                               {oid: serial for oid, serial in serials.items()
+                                if oid not in blobs}, txn)
+            for oid in blobs.keys() & stored.keys():
+                storage.storeBlob(oid, serials.get(oid), stored[oid], blobs[oid], "", txn)
             for oid, serial in checks.items():
                 storage.checkCurrentSerialInTransaction(oid, serial, txn)
         except BaseException:
+            remove_files(blobs.values())  # those not taken by the storage
             self.abort_commit()
             raise
-        txn.set_data(self, (user, description, extension, list(records)))
+        txn.set_data(self, (user, description, extension,
+                            list(dict.fromkeys([*txn.undone, *records]))))
         return txn
 
     def restore_records(self, txn: Commit, tid: bytes | None, records: dict, serials: dict,
-                        restored: list) -> tuple[dict, dict]:
+                        restored: list, blobs: dict[bytes, str]) -> tuple[dict, dict]:
         """Restore the records of ``restored`` oids (a copy's, as transaction ``tid`` wrote
-        them); the records and serials left to store."""
+        them; with their file in ``blobs``, if any); the records and serials left to
+        store."""
         if not restored:
             return records, serials
         restored = {check_oid(oid) for oid in restored}
@@ -311,8 +362,12 @@ class CommitRequests:
         if missing:
             raise errors.StorageError(
                 f"restored oid {min(missing).hex()} has no record in the commit")
+        storage = self.served.storage
         for oid in restored:
-            self.served.storage.restore(oid, tid, records[oid], "", None, txn)
+            if oid in blobs:
+                storage.restoreBlob(oid, tid, records[oid], blobs[oid], None, txn)
+            else:
+                storage.restore(oid, tid, records[oid], "", None, txn)
         stored = {oid: data for oid, data in records.items() if oid not in restored}
         return stored, {oid: serials[oid] for oid in stored}
 
@@ -370,7 +425,7 @@ class CommitRequests:
         small = {}  # pushed with the commit: a client's next load of them is local
         for oid in oids if len(served.sessions) > 1 else ():
             data = txn.final(oid)
-            if len(data) <= _PUSH_RECORD:
+            if data is not None and len(data) <= _PUSH_RECORD:
                 small[oid] = data
                 if len(small) == _PUSH_RECORDS:
                     break

@@ -10,7 +10,10 @@ A connection starts with a handshake. The client's first frame is
 ``[HELLO, {"protocol": VERSION, "token": str | None, "storage": name}]``; the server
 answers ``[WELCOME, {"protocol": VERSION, "name": ..., "read_only": ..., "last_tid": ...,
 "supports_history": ..., "supports_pack": ..., "feeds": ..., "mirror": ...,
-"pack_reachable": ..., "server": ...}]`` (``feeds``: it answers :data:`TRANSACTION_LOG` and
+"pack_reachable": ..., "undo": ..., "blobs": ..., "no_blobs_reason": ...,
+"server": ...}]`` (``undo``: the served storage undoes, and the server answers
+:data:`UNDO_LOG` and :data:`UNDO_OIDS`; ``blobs``: it keeps blobs, and the server answers
+:data:`BLOB_WRITE` and :data:`BLOB_READ`, else ``no_blobs_reason`` says why not; ``feeds``: it answers :data:`TRANSACTION_LOG` and
 :data:`PACKED_THROUGH`; ``pack_reachable``: :data:`PACK` takes the objects to keep; ``mirror``: the served storage can keep a JSON mirror and the
 server answers :data:`SEARCH_METHODS`; servers without a key do not) or, for another protocol version or a bad token, ``[ERROR, 0, name, message, {}]``,
 and closes. Versions are never
@@ -99,12 +102,18 @@ SYNC = "sync"                      # () -> tid, after pushes of everything commi
 SIZE = "size"                      # () -> [object count, bytes]
 NEW_OIDS = "new_oids"              # (count) -> [oid, ...]
 COMMIT = "commit"                  # (meta, tid, records, serials, checks[, finish[,
-                                   #   restored]]) -> None: voted (RESOLVE messages about
+                                   #   restored[, more]]]) -> None: voted (RESOLVE messages about
                                    #   it may come first); with finish true: -> tid, voted
                                    #   and finished at once, the reply in commit order (no
                                    #   FINISH follows). ``restored``: the oids of records
                                    #   that are restored (as ``tid`` wrote them, no
-                                   #   conflict check), not stored
+                                   #   conflict check), not stored. ``more``: {"undo":
+                                   #   [tid, ...] undone first (storage.undo),
+                                   #   "undo_merges": [[oid, committed serial, merged
+                                   #   record], ...] the client made of UNDO_OIDS' states,
+                                   #   "blobs":
+                                   #   {oid: [upload, size]}: records stored with the
+                                   #   file uploaded (BLOB_WRITE) as their blob}
 FINISH = "finish"                  # () -> tid; the reply comes in commit order
 ABORT = "abort"                    # () -> None
 PACK = "pack"                      # (pack_time, gc[, reachable, through]) -> None;
@@ -115,6 +124,22 @@ PACK = "pack"                      # (pack_time, gc[, reachable, through]) -> No
 TRANSACTION_LOG = "transaction_log"  # (after, limit) -> [[tid, user, description,
                                      #   extension, [oid, ...]], ...] (change feeds)
 PACKED_THROUGH = "packed_through"  # () -> tid: the newest transaction pack removed
+UNDO_LOG = "undo_log"              # (offset, limit) -> [entry, ...]: the storage's
+                                   #   undoLog(offset, offset + limit), unfiltered,
+                                   #   newest first (values MessagePack has no type for
+                                   #   left out)
+UNDO_OIDS = "undo_oids"            # (tid) -> [[oid, states], ...]: what undoing
+                                   #   ``tid`` writes; ``states`` for an object changed
+                                   #   since, whose undo is a merge: [committed serial,
+                                   #   committed record, tid's record, the one before]
+                                   #   (else None); UndoError if ``tid`` is not stored
+BLOB_WRITE = "blob_write"          # (upload, offset, data) -> None: ``data`` written at
+                                   #   ``offset`` of the session's file ``upload`` (an int
+                                   #   the client chose), in the served storage's
+                                   #   temporary directory; a COMMIT's "blobs" take them
+BLOB_READ = "blob_read"            # (oid, serial, offset, length) -> [size, data]: up
+                                   #   to ``length`` bytes of the committed blob file at
+                                   #   ``offset``, and the file's whole size
 LOAD_AHEAD = "load_ahead"          # (oids, before, limit) -> [[oid, data, start, end,
                                    #   partial], ...]: load_many and what they refer to
 
@@ -143,9 +168,10 @@ MIRROR_WRITE_METHODS = frozenset({CREATE_MIRROR, REBUILD_MIRROR, FOLLOW_MIRROR, 
 #: every request method a server answers
 METHODS = frozenset({LOAD_BEFORE, LOAD_MANY, LOAD_SERIAL, HISTORY, ITERATE, CHANGES_SINCE,
                      LAST_TRANSACTION, SYNC, SIZE, NEW_OIDS, COMMIT, FINISH, ABORT, PACK,
-                     TRANSACTION_LOG, PACKED_THROUGH, LOAD_AHEAD}) | SEARCH_METHODS
+                     TRANSACTION_LOG, PACKED_THROUGH, LOAD_AHEAD, UNDO_LOG, UNDO_OIDS,
+                     BLOB_WRITE, BLOB_READ}) | SEARCH_METHODS
 #: the methods a read-only server (or a client with a read-only token) is refused
-WRITE_METHODS = frozenset({NEW_OIDS, COMMIT, FINISH, PACK}) | MIRROR_WRITE_METHODS
+WRITE_METHODS = frozenset({NEW_OIDS, COMMIT, FINISH, PACK, BLOB_WRITE}) | MIRROR_WRITE_METHODS
 
 # -- pushes -------------------------------------------------------------------------------
 #: ``{"tid", "oids", "user", "description", "extension", "records"}``: one committed
@@ -192,10 +218,34 @@ def _ext_hook(code: int, data: bytes) -> Any:
     return decode(data.decode("ascii"))
 
 
+_LARGE = 64 * 1024  # bytes that end a message and are copied once, not packed
+
+
 def encode(message: list) -> bytes:
-    """One frame: the length prefix and the MessagePack of ``message``."""
+    """One frame: the length prefix and the MessagePack of ``message``.
+
+    A message whose last element is a list ending with large bytes (a blob chunk's
+    request or reply) is the same MessagePack, made around the bytes: they are copied
+    once, into the frame, instead of through the packer's buffer."""
+    tail = message[-1]
+    if type(tail) is list and tail and type(tail[-1]) is bytes \
+            and _LARGE <= len(tail[-1]) and len(message) < 16 and len(tail) < 16:
+        return _encode_around(message[:-1], tail[:-1], tail[-1])
     body = msgpack.packb(message, use_bin_type=True, default=extended)
     return HEADER.pack(len(body)) + body
+
+
+def _encode_around(outer: list, inner: list, data: bytes) -> bytes:
+    """The frame of ``[*outer, [*inner, data]]`` (fewer than 16 elements each)."""
+    def pack(value: Any) -> bytes:
+        return msgpack.packb(value, use_bin_type=True, default=extended)
+    size = len(data)
+    bin_header = (b"\xc4" + size.to_bytes(1, "big") if size < 1 << 8 else
+                  b"\xc5" + size.to_bytes(2, "big") if size < 1 << 16 else
+                  b"\xc6" + size.to_bytes(4, "big"))
+    head = b"".join([bytes([0x90 | (len(outer) + 1)]), *map(pack, outer),
+                     bytes([0x90 | (len(inner) + 1)]), *map(pack, inner), bin_header])
+    return b"".join([HEADER.pack(len(head) + size), head, data])
 
 
 class FrameDecoder:
@@ -220,10 +270,10 @@ class FrameDecoder:
             end = start + size + length
             if len(buffer) < end:
                 break
-            try:
-                message = msgpack.unpackb(bytes(buffer[start + size:end]), raw=False,
-                                          use_list=True, strict_map_key=False,
-                                          ext_hook=_ext_hook)
+            try:  # read in place: a blob chunk's frame is not copied twice first
+                with memoryview(buffer) as view, view[start + size:end] as frame:
+                    message = msgpack.unpackb(frame, raw=False, use_list=True,
+                                              strict_map_key=False, ext_hook=_ext_hook)
             except Exception as exc:
                 raise ProtocolError(f"a frame that is not MessagePack ({exc})") from None
             if not isinstance(message, list) or not message or not isinstance(message[0], str):

@@ -5,7 +5,8 @@ requests: in the event loop, to the thread pool, the search pool or its commit t
 to the served storage's queue of writers (see :mod:`amphora.server.server` for which).
 
 The handlers are mixed in: :class:`~amphora.server.commits.CommitRequests`,
-:class:`~amphora.server.reads.ReadRequests` and
+:class:`~amphora.server.reads.ReadRequests`,
+:class:`~amphora.server.blobs.BlobRequests` and
 :class:`~amphora.server.search.SearchRequests`.
 """
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from amphora import errors
 from amphora.server import protocol as p
+from amphora.server.blobs import BlobRequests, blob_welcome
 from amphora.server.commits import REPLIED, Commit, CommitRequests, MergeWanted
 from amphora.server.reads import ReadRequests
 from amphora.server.search import SearchRequests
@@ -55,6 +57,9 @@ def _error_message(exc: BaseException, request_id: int) -> list:
     if isinstance(exc, errors.ConflictError):
         details = {"oid": exc.oid, "serials": list(exc.serials) if exc.serials else None}
         message = exc.message
+    elif isinstance(exc, errors.UndoError):
+        details = {"oid": exc.oid}
+        message = exc.reason
     elif isinstance(exc, errors.ObjectNotFoundError):
         details = {"oid": exc.args[0] if exc.args else None}
         message = str(exc)
@@ -66,7 +71,7 @@ def _error_message(exc: BaseException, request_id: int) -> list:
     return [p.ERROR, request_id, name, message, details]
 
 
-class Session(CommitRequests, ReadRequests, SearchRequests, asyncio.Protocol):
+class Session(CommitRequests, ReadRequests, BlobRequests, SearchRequests, asyncio.Protocol):
     """One client connection."""
 
     def __init__(self, server: "Server"):
@@ -167,6 +172,7 @@ class Session(CommitRequests, ReadRequests, SearchRequests, asyncio.Protocol):
             if self.txn is not None or served.writer is self:
                 self.abort_commit()
             self.server.commit_done()
+        self.drop_uploads()
         if served is not None:
             await self.server.release(served)
 
@@ -344,7 +350,8 @@ class Session(CommitRequests, ReadRequests, SearchRequests, asyncio.Protocol):
             "supports_history": bool(getattr(storage, "supports_history", False)),
             "supports_pack": bool(getattr(storage, "supports_pack", False)),
             "mirror": bool(getattr(storage, "supports_mirror", False)),
-            "feeds": True, "load_ahead": True, "pack_reachable": True, "server": "amphora"}])
+            "feeds": True, "load_ahead": True, "pack_reachable": True, "server": "amphora",
+            **blob_welcome(storage)}])
         self.welcomed = True
         held, self.held = self.held, []
         for tid, frame in held:

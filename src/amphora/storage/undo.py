@@ -32,10 +32,11 @@ from amphora.errors import ObjectNotFoundError, ReadOnlyError, UndoError, Unsupp
 from amphora.storage.base import decode_extension
 from amphora.utils import tid_repr, tid_time
 
-__all__ = ["UndoMixin", "undo_id", "undo_tid"]
+__all__ = ["UndoMixin", "undo_id", "undo_tid", "UNDO_PENDING"]
 
 _LOG_CHUNK = 100  # transactions read per query while listing
-_PENDING = b"pending!"  # stands for the data this commit writes already, as a serial
+#: stands for the record this commit writes already, as the serial an undo replaces
+UNDO_PENDING = _PENDING = b"pending!"
 
 
 def undo_id(tid: bytes) -> bytes:

@@ -26,6 +26,16 @@ Guarantees:
 - Searches: when the served storage keeps a JSON mirror, so does this client
   (``supports_mirror``): queries, text queries and the mirror's management are requests
   answered by the served storage (see :mod:`amphora.storage.client.search`).
+- Undo: when the served storage undoes (``supports_undo``, from the server's welcome),
+  ``undoLog``/``undoInfo`` page through its undo log and ``undo`` names the transaction
+  to undo in the commit, where the server undoes it (ZODB's semantics: see
+  :mod:`amphora.storage.undo`; an object changed since is merged here, from the records
+  the server sends with the undo's oids, else ``UndoError``).
+- Blobs: when the served storage keeps blobs (``supports_blobs``), ``storeBlob`` streams
+  the file to the server in chunks (kept here until the commit ends, and sent again if
+  the connection was lost meanwhile) and ``loadBlob`` fetches a committed file in chunks
+  into the blob cache (``blob_cache_dir``, up to ``blob_cache_size`` bytes: see
+  :mod:`amphora.storage.client.blobcache`); neither side holds a whole file in memory.
 - Conflicts are resolved here, not on the server: while a commit votes, the server sends
   each write conflict with the two states (committed meanwhile, and read), this client
   merges them (``_p_resolveConflict``) and answers; the vote goes on with the merged
@@ -54,14 +64,15 @@ oids reserved and commit in progress stay the parent's.
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import itertools
 import logging
+import os
 import socket
 import ssl
 import threading
 from typing import Any, Callable, Iterable, Iterator
-
 
 from amphora import errors
 from amphora.errors import (ClientDisconnected, ConflictError, InvalidURIError,
@@ -70,6 +81,9 @@ from amphora.server import protocol as p
 from amphora.storage import _fork
 from amphora.storage.client.search import RemoteMirror
 from amphora.storage.base import DataRecord, StorageBase, TransactionRecord, oids_to_keep
+from amphora.storage.blobs import _move
+from amphora.storage.client.blobcache import BlobCache
+from amphora.storage.undo import UNDO_PENDING, UndoMixin, undo_tid
 from amphora.storage.client.wire import AuthenticationError, Protocol, io_loop, speaks_tls
 from amphora.utils import p64, u64, z64
 
@@ -84,6 +98,10 @@ _LATEST = 10000          # current records kept from pushes and merges (see load
 _KEPT_RECORD = 4096      # each of at most this size (pushed ones are smaller)
 _MAX_RESOLUTIONS = 1000  # conflicts resolved in one vote before giving up
 _AHEAD = 2000            # records read ahead per round trip
+_BLOB_CHUNK = 1024 * 1024  # bytes of a blob file per request
+_BLOB_WINDOW = 8           # blob chunks in flight at once
+_BLOB_CACHE_SIZE = 1024 ** 3  # the blob cache's default size
+_UNDO_PAGE = 100         # undo log entries per round trip
 
 
 def _references(data: bytes) -> list[bytes]:
@@ -95,16 +113,20 @@ def _references(data: bytes) -> list[bytes]:
         return []
 
 
-class ClientStorage(RemoteMirror, StorageBase):
+class ClientStorage(RemoteMirror, UndoMixin, StorageBase):
     """A storage served by ``amphora serve`` at ``host:port`` (see the module docstring).
 
     ``storage`` names the storage on a server that serves one per name. ``token`` or
     ``token_file``: the server's secret. ``tls``: connect with TLS, checking the server's
     certificate against ``ca_file`` (default: the system's authorities).
     ``wait_timeout``: seconds a call waits for an unreachable server.
+    ``blob_cache_dir``: where committed blob files fetched are kept (default: a temporary
+    directory removed at close), up to ``blob_cache_size`` bytes.
     """
 
-    supports_undo = False
+    supports_undo = False  # the served storage's, once welcomed
+    supports_blobs = False  # the served storage's, once welcomed
+    no_blobs_reason = "the server keeps no blobs"
     is_remote = True
     pack_uses_referencesf = False  # the server reads references itself
     #: ask the server for the records that those loaded refer to (LOAD_AHEAD); turned off
@@ -115,7 +137,8 @@ class ClientStorage(RemoteMirror, StorageBase):
                  token: str | None = None, token_file: str | None = None, tls: bool = False,
                  ca_file: str | None = None, read_only: bool = False,
                  wait_timeout: float = 30.0, name: str | None = None,
-                 server_sync: bool = True):
+                 server_sync: bool = True, blob_cache_dir: str | None = None,
+                 blob_cache_size: int = _BLOB_CACHE_SIZE):
         if not isinstance(server_sync, bool):
             raise InvalidURIError(f"server_sync must be true or false, not {server_sync!r}")
         super().__init__(name or f"{host}:{port}/{storage}", read_only)
@@ -133,6 +156,18 @@ class ClientStorage(RemoteMirror, StorageBase):
                                    f"({getattr(exc, 'strerror', None) or exc})") from exc
         self.wait_timeout = wait_timeout
         self._server_sync = server_sync
+        if not isinstance(blob_cache_size, int) or blob_cache_size < 0:
+            raise InvalidURIError(f"blob_cache_size is a number of bytes, not "
+                                  f"{blob_cache_size!r}")
+        self._blob_cache_dir, self._blob_cache_size = blob_cache_dir, blob_cache_size
+        self._blob_cache: BlobCache | None = None  # made at the first use of blobs
+        self._blob_lock = threading.Lock()
+        self._undos: list[bytes] = []  # the tids this commit undoes
+        self._undone: list[bytes] = []  # the oids those undos write
+        self._undo_merges: list[list] = []  # [oid, committed, merged] made for them
+        #: oid -> [its file (ours until the commit ends), size, connection, upload id]
+        self._blob_files: dict[bytes, list] = {}
+        self._uploads = itertools.count(1)
         self._ltid = z64
         self._welcomed_once = False
         self._server_read_only = False
@@ -221,6 +256,13 @@ class ClientStorage(RemoteMirror, StorageBase):
             self._load_ahead = bool(welcome.get("load_ahead"))
             self._pack_reachable = bool(welcome.get("pack_reachable"))
             self.supports_mirror = bool(welcome.get("mirror"))  # searches: RemoteMirror
+            self.supports_undo = bool(welcome.get("undo"))
+            self.supports_blobs = bool(welcome.get("blobs"))
+            if self.supports_blobs:
+                _provide_zodb_blob_interfaces(self)
+            else:
+                self.no_blobs_reason = str(welcome.get("no_blobs_reason")
+                                           or "the server predates blobs")
             return
         self._latest.clear()  # what changed while away is not known record by record
         wrapper = self._wrapper
@@ -330,7 +372,8 @@ class ClientStorage(RemoteMirror, StorageBase):
         """Our commit ``tid`` is durable (in the I/O thread, in commit order): keep the
         records merged for it, drop those kept of the others it wrote, ``report()``,
         then show the tid."""
-        self._keep_latest(tid, self._stores, self._final)
+        self._keep_latest(tid, [*self._undone, *self._stores], self._final)
+        self._cache_committed_blobs(tid)
         try:
             report()
         finally:
@@ -375,6 +418,11 @@ class ClientStorage(RemoteMirror, StorageBase):
         """Send one request and wait for its answer; ``handler(result)`` runs in the I/O
         thread, in order with the pushes, before the caller gets the result;
         ``questions(*question)`` answers, in the I/O thread, what the server asks first."""
+        return self._submit(method, *args, handler=handler, questions=questions).result()
+
+    def _submit(self, method: str, *args: Any, handler: Callable | None = None,
+                questions: Callable[..., Any] | None = None) -> concurrent.futures.Future:
+        """Send one request; its answer's future (see :meth:`_call`)."""
         if self._forks != _fork.forks:
             self._restart_after_fork()
         if self._closed:
@@ -388,7 +436,7 @@ class ClientStorage(RemoteMirror, StorageBase):
         if connection is None or connection.sock is None:
             self._loop.call_soon_threadsafe(self._send, request_id, method, list(args),
                                             future, handler, questions)
-            return future.result()
+            return future
         with self._requests_lock:
             if connection.lost:
                 raise ClientDisconnected("not connected to the server")
@@ -399,7 +447,7 @@ class ClientStorage(RemoteMirror, StorageBase):
         except OSError as exc:
             self._requests.pop(request_id, None)
             raise ClientDisconnected(f"sending to the server failed: {exc}") from exc
-        return future.result()
+        return future
 
     # -- reading --------------------------------------------------------------------
     def lastTransaction(self) -> bytes:
@@ -602,6 +650,212 @@ class ClientStorage(RemoteMirror, StorageBase):
         self._finished_tid = None
         self._final = {}
 
+    def _clear_writes(self) -> None:
+        super()._clear_writes()
+        self._undos, self._undone, self._undo_merges = [], [], []
+        files, self._blob_files = getattr(self, "_blob_files", {}), {}
+        for entry in files.values():  # a commit that did not happen: the files are ours
+            try:
+                os.remove(entry[0])
+            except FileNotFoundError:
+                pass
+
+    def _commit_more(self) -> dict:
+        """A commit's undos and blobs, for COMMIT (blob files uploaded on a connection
+        that broke since are uploaded again, on this one)."""
+        more: dict[str, Any] = {}
+        if self._undos:
+            more["undo"] = list(self._undos)
+            more["undo_merges"] = list(self._undo_merges)
+        if self._blob_files:
+            for oid, entry in self._blob_files.items():
+                if entry[2] is not self._connection or entry[2] is None:
+                    self._upload(entry)
+            more["blobs"] = {oid: [entry[3], entry[1]]
+                             for oid, entry in self._blob_files.items()}
+        return more
+
+    # -- undo -------------------------------------------------------------------------
+    def _undo_entries(self) -> Iterator[dict[str, Any]]:
+        """The served storage's undo log, newest first, a page per round trip."""
+        offset = 0
+        while True:
+            entries = self._call(p.UNDO_LOG, offset, _UNDO_PAGE)
+            yield from entries
+            if len(entries) < _UNDO_PAGE:
+                return
+            offset += len(entries)
+
+    def undo(self, transaction_id: bytes | str, transaction: Any
+             ) -> tuple[None, list[bytes]]:
+        """Within the two-phase commit of ``transaction``: undo transaction
+        ``transaction_id`` (an ``undoLog`` id or a tid) with this commit; returns
+        ``(None, oids)``, the oids the undo writes. The undo is made on the server when
+        this commit votes; :class:`~amphora.errors.UndoError` comes from ``tpc_vote``
+        when a later change cannot be merged, from here when the transaction is not
+        stored."""
+        self._check_writable()
+        if not self.supports_undo:
+            raise errors.Unsupported(f"{self.__name__}: the served storage keeps no "
+                                     "history: it cannot undo")
+        self._check_current(transaction)
+        tid = undo_tid(transaction_id)
+        rows = self._call(p.UNDO_OIDS, tid)
+        resolve = self._conflict_resolver()
+        written = {oid: merged for oid, _, merged in self._undo_merges}
+        for oid, states in rows:
+            if states is None or resolve is None:
+                continue  # (an unmerged change: the server's undo says UndoError)
+            committed, committed_data, undone, before = states
+            if oid in written:  # an earlier undo of this commit wrote it: merged with that
+                committed, committed_data = UNDO_PENDING, written[oid]
+            elif oid in self._undone:
+                continue
+            records = {committed: committed_data, tid: undone}
+            merged = resolve(oid, committed, tid, before, lambda _, serial: records[serial])
+            if merged is not None:
+                self._undo_merges.append([oid, committed, merged])
+        oids = [oid for oid, _ in rows]
+        self._undos.append(tid)
+        self._undone.extend(oid for oid in oids if oid not in self._undone)
+        return None, oids
+
+    # -- blobs ------------------------------------------------------------------------
+    def _blobs(self) -> BlobCache:
+        if not self.supports_blobs:
+            raise errors.Unsupported(f"{self.__name__} keeps no blobs: "
+                                     f"{self.no_blobs_reason}")
+        cache = self._blob_cache
+        if cache is None:
+            with self._blob_lock:
+                if self._blob_cache is None:
+                    self._blob_cache = BlobCache(self._blob_cache_dir, self._blob_cache_size)
+                cache = self._blob_cache
+        return cache
+
+    @property
+    def blob_cache(self) -> BlobCache:
+        """The blob cache (see :mod:`amphora.storage.client.blobcache`)."""
+        return self._blobs()
+
+    def temporaryDirectory(self) -> str:
+        """Where uncommitted blob files are made (the blob cache's ``tmp/``)."""
+        return self._blobs().temporary
+
+    def storeBlob(self, oid: bytes, oldserial: bytes | None, data: bytes, blobfilename: str,
+                  version: str, transaction: Any) -> None:
+        """``store`` the record of a blob and stream the file ``blobfilename`` (taken:
+        moved into the blob cache's ``tmp/`` until the commit ends) to the server."""
+        cache = self._blobs()
+        if isinstance(oldserial, str):  # some of ZODB's tests pass '\0' * 8
+            oldserial = oldserial.encode("latin-1")
+        self.store(oid, oldserial, data, version, transaction)
+        self._keep_blob_file(oid, blobfilename, cache)
+
+    def restoreBlob(self, oid: bytes, serial: bytes, data: bytes, blobfilename: str,
+                    prev_txn: bytes | None, transaction: Any) -> None:
+        """``restore`` the record of a blob with the file ``blobfilename`` (taken)."""
+        cache = self._blobs()
+        self.restore(oid, serial, data, "", prev_txn, transaction)
+        self._keep_blob_file(oid, blobfilename, cache)
+
+    def _keep_blob_file(self, oid: bytes, filename: str, cache: BlobCache) -> None:
+        fd, kept = cache.new_file()
+        os.close(fd)
+        _move(filename, kept)
+        previous = self._blob_files.pop(oid, None)
+        if previous is not None:
+            os.remove(previous[0])
+        entry = self._blob_files[oid] = [kept, os.path.getsize(kept), None, None]
+        try:
+            self._upload(entry)
+        except ClientDisconnected:  # sent again, on the next connection, by the vote
+            entry[2] = None
+
+    def _upload(self, entry: list) -> None:
+        """Stream the file of ``entry`` to the server, :data:`_BLOB_WINDOW` chunks in
+        flight at once; ``entry`` then names the connection and the upload."""
+        connection = None
+        upload = next(self._uploads)
+        pending: collections.deque[concurrent.futures.Future] = collections.deque()
+        with open(entry[0], "rb") as file:
+            offset = 0
+            while True:
+                chunk = file.read(_BLOB_CHUNK)
+                if not chunk and offset:
+                    break
+                pending.append(self._submit(p.BLOB_WRITE, upload, offset, chunk))
+                if connection is None:
+                    connection = self._connection  # (the request waited for one)
+                offset += len(chunk)
+                if len(pending) >= _BLOB_WINDOW:
+                    pending.popleft().result()
+                if len(chunk) < _BLOB_CHUNK:
+                    break
+        while pending:
+            pending.popleft().result()
+        if connection is None or connection is not self._connection:
+            raise ClientDisconnected("the connection to the server broke during an upload")
+        entry[2], entry[3] = connection, upload
+
+    def loadBlob(self, oid: bytes, serial: bytes) -> str:
+        """The name of the committed file of revision ``serial`` of ``oid``, in the blob
+        cache (fetched from the server in chunks if not there; read-only). Raises what
+        the served storage's ``loadBlob`` raises (:class:`~amphora.errors.
+        ObjectNotFoundError`, ``BlobFileError``)."""
+        cache = self._blobs()
+        found = cache.hit(oid, serial)
+        if found is not None:
+            return found
+        size, data = self._call(p.BLOB_READ, oid, serial, 0, _BLOB_CHUNK)
+        fd, fetched = cache.new_file()
+        try:
+            try:
+                os.write(fd, data)
+                pending: collections.deque = collections.deque()
+                offset = len(data)
+                while offset < size or pending:
+                    while offset < size and len(pending) < _BLOB_WINDOW:
+                        pending.append((offset, self._submit(p.BLOB_READ, oid, serial,
+                                                             offset, _BLOB_CHUNK)))
+                        offset += _BLOB_CHUNK
+                    at, future = pending.popleft()
+                    total, chunk = future.result()
+                    if total != size or len(chunk) != min(_BLOB_CHUNK, size - at):
+                        raise StorageError(f"the blob of oid {oid.hex()} changed while "
+                                           "it was fetched")
+                    os.pwrite(fd, chunk, at)
+            finally:
+                os.close(fd)
+            return cache.add(oid, serial, fetched)
+        except BaseException:
+            try:
+                os.remove(fetched)
+            except FileNotFoundError:
+                pass
+            raise
+
+    def openCommittedBlobFile(self, oid: bytes, serial: bytes, blob: Any = None) -> Any:
+        """The committed file of revision ``serial`` of ``oid``, open for reading (a
+        ``ZODB.blob.BlobFile`` of ``blob`` when given)."""
+        path = self.loadBlob(oid, serial)
+        if blob is not None:
+            try:
+                from ZODB.blob import BlobFile
+            except ImportError:
+                pass
+            else:
+                return BlobFile(path, "r", blob)
+        return open(path, "rb")
+
+    def _cache_committed_blobs(self, tid: bytes) -> None:
+        """Our commit ``tid`` is durable: its blob files become cached revisions."""
+        files, self._blob_files = self._blob_files, {}
+        cache = self._blob_cache
+        for oid, entry in files.items():
+            if cache is not None:
+                cache.add(oid, tid, entry[0])
+
     def _vote(self) -> None:
         """Send the whole transaction, merging the conflicts the server asks about while it
         votes; a conflict reported without being asked (a served storage that cannot ask)
@@ -637,6 +891,9 @@ class ClientStorage(RemoteMirror, StorageBase):
         # Restored records (a copy's) are named only when there are some, so that plain
         # commits stay what servers before restore understand.
         restored = (sorted(self._restored),) if self._restored else ()
+        more = self._commit_more()
+        if more:
+            restored = (sorted(self._restored), more)
         for attempt in range(_MAX_RESOLUTIONS):
             try:
                 self._call(p.COMMIT, list(self._meta), self._tid, records, serials,
@@ -710,6 +967,8 @@ class ClientStorage(RemoteMirror, StorageBase):
         if self._closed:
             return
         self._closed = True
+        if self._blob_cache is not None and self._forks == _fork.forks:
+            self._blob_cache.close()
         self._ready.set()  # callers waiting for a connection find it closed
         with self._advanced:
             self._advanced.notify_all()  # and pollers stop waiting
@@ -762,6 +1021,7 @@ class ClientStorage(RemoteMirror, StorageBase):
         self._marks = threading.local()
         self._advanced = threading.Condition()
         self._restart_lock = threading.Lock()
+        self._blob_files = {}  # the parent's files: not removed here
         self._forget_commit_after_fork()
 
     def _restart_after_fork(self) -> None:
@@ -777,3 +1037,14 @@ class ClientStorage(RemoteMirror, StorageBase):
                 self._reconnector = asyncio.run_coroutine_threadsafe(self._keep_connected(),
                                                                      self._loop)
             self._forks = _fork.forks
+
+
+def _provide_zodb_blob_interfaces(client: ClientStorage) -> None:
+    """ZODB's Connection stores a blob only in a storage that *provides* ZODB's
+    ``IBlobStorage``: declared on a client whose served storage keeps blobs."""
+    try:
+        from zope.interface import alsoProvides
+        from ZODB.interfaces import IBlobStorage, IBlobStorageRestoreable
+    except ImportError:
+        return
+    alsoProvides(client, IBlobStorage, IBlobStorageRestoreable)

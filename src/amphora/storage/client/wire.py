@@ -40,6 +40,9 @@ def remote_error(name: str, message: str, details: Any) -> Exception:
         serials = details.get("serials")
         return klass(message, oid=details.get("oid"),
                      serials=tuple(serials) if serials else None)
+    if issubclass(klass, errors.UndoError):
+        oid = details.get("oid")
+        return klass(message, oid if type(oid) is bytes else None)
     if issubclass(klass, errors.ObjectNotFoundError):
         return klass(details.get("oid"))
     return klass(message)
