@@ -11,7 +11,8 @@ RelStorage). Run from the repository root::
 
 The script writes one ZConfig file naming every database (each in a new temporary
 directory), runs ``zodbshootout`` once over it (one process, ``--object-counts``
-objects, ``--values`` timed values per workload after ``--warmups``), reads its JSON
+objects, ``--values`` timed values per workload after ``--warmups``; zodbshootout's
+``MappingStorage`` too, the floor: ``ZODB.DB``'s own cost), reads its JSON
 results, and prints the median time of each workload per database and the ratios the
 targets are stated in: FileStorage's time over amphora's (``> 1``: amphora is faster), and
 the same against RelStorage.
@@ -52,6 +53,9 @@ _ROOT = Path(__file__).resolve().parents[1]
 
 WORKLOADS = ["add", "update", "cold", "warm", "hot"]
 REFERENCE = "filestorage"
+#: zodbshootout's own in-memory database (``--include-mapping``): what ZODB.DB costs over a
+#: storage that costs nothing, the floor under every storage's time
+FLOOR = "MappingStorage"
 #: amphora SQLite's targets against FileStorage (its time over amphora's)
 TARGETS = {"add": 2.0, "update": 2.0, "cold": 1.5, "warm": 1.5, "hot": 1.2}
 #: zodbshootout's benchmark names (after "<database>: ") for the workloads, of N objects
@@ -118,7 +122,7 @@ def run_shootout(config: Path, args: argparse.Namespace, output: Path) -> None:
     command = [sys.executable, "-m", "zodbshootout", "-p", "1", "-c", "1", "-l", "1",
                "-n", str(args.values),
                "-w", str(args.warmups), "--object-counts", str(args.objects),
-               "--zap", "force", "--include-mapping", "no", "-q", "-o", str(output)]
+               "--zap", "force", "--include-mapping", "no" if args.no_floor else "yes", "-q", "-o", str(output)]
     if args.profile:
         command += ["--profile", str(Path(args.profile).resolve())]
     command += [str(config), *args.workloads]
@@ -153,16 +157,19 @@ def report(found: dict[str, dict[str, float]], workloads: list[str], objects: in
         print(f"{workload:10}" + "".join(f"{c * 1000:20.2f}" if c else f"{'-':>20}"
                                          for c in cells))
     pairs = [(a, b) for a, b in PAIRS if a in found and b in found]
+    if FLOOR in found and REFERENCE in found:
+        pairs.append((FLOOR, REFERENCE))  # the ceiling: no storage beats FileStorage by more
     if not pairs:
         return
-    print("\nratios (the other's time over amphora's; > 1: amphora is faster)")
+    print("\nratios (the other's time over amphora's; > 1: amphora is faster; "
+          f"{FLOOR} / {REFERENCE}: the most any storage can gain on {REFERENCE})")
     print(f"{'workload':10}" + "".join(f"{a + ' / ' + b:>40}" for a, b in pairs))
     for workload in workloads:
         cells = []
         for a, b in pairs:
             mine, theirs = found[a].get(workload), found[b].get(workload)
             if mine and theirs:
-                goal = TARGETS.get(workload) if b == REFERENCE else 1.0
+                goal = None if a == FLOOR else TARGETS.get(workload) if b == REFERENCE else 1.0
                 mark = "" if goal is None else (" ok" if theirs / mine >= goal else " MISS")
                 cells.append(f"{theirs / mine:.2f}x{mark}")
             else:
@@ -182,6 +189,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--json", help="also write the medians here")
     parser.add_argument("--profile", help="a directory for zodbshootout's cProfile output")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    parser.add_argument("--no-floor", action="store_true",
+                        help="leave out zodbshootout's MappingStorage (the floor: ZODB.DB's own "
+                             "cost over a storage that costs nothing)")
     args = parser.parse_args(argv)
     only = [item for item in args.only.split(",") if item]
     unknown = [item for item in only if item not in DATABASES and item not in _NAMES]
@@ -201,7 +211,8 @@ def main(argv: list[str] | None = None) -> int:
         config = write_config(tmp, args.names)
         output = tmp / "results.json"
         run_shootout(config, args, output)
-        found = medians(output, args.names, args.workloads, args.objects)
+        names = args.names if args.no_floor else [FLOOR, *args.names]
+        found = medians(output, names, args.workloads, args.objects)
     finally:
         if args.keep:
             print(f"kept {tmp}")
