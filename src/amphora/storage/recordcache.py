@@ -113,7 +113,7 @@ class CachedRecordsMixin:
         return found
 
     def _read_ahead_of(self, oid: bytes, record: tuple[bytes, bytes, bytes | None],
-                before: bytes) -> None:
+                       before: bytes) -> None:
         """Read and keep the records ``record`` (of ``oid``) refers to that the cache
         lacks, once per revision: a container's items, loaded next."""
         followed = self._followed
@@ -132,7 +132,7 @@ class CachedRecordsMixin:
         if not refs:
             return
         entry_of = self.record_cache.entry
-        missing = [oid for oid in dict.fromkeys(refs) if entry_of(oid, before) is None]
+        missing = [ref for ref in dict.fromkeys(refs) if entry_of(ref, before) is None]
         if missing:
             self._load_and_keep(missing[:self.read_ahead], before)
 
