@@ -61,6 +61,14 @@ class RecordCache:
                 return data, start
         return None
 
+    def entry(self, oid: bytes, before: bytes) -> tuple[bytes, bytes, bytes | None] | None:
+        """``(data, start, end)`` of the revision of ``oid`` visible before ``before``, if
+        known (``end`` None: current as far as the invalidations seen tell)."""
+        entry = self._entries.get(oid)
+        if entry is not None and entry[1] < before and (entry[2] is None or before <= entry[2]):
+            return entry
+        return None
+
     def put(self, oid: bytes, data: bytes, start: bytes, end: bytes | None,
             generation: int) -> None:
         """Remember a record read from the storage after :meth:`generation` returned

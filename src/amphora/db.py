@@ -46,13 +46,22 @@ class DB(DatabaseSearch, RecordsAsStored):
     limit by count), ``cache_size_bytes`` its target in estimated bytes (0: no limit);
     ``pool_size`` is how many closed connections are kept for reuse;
     ``record_cache_bytes`` the size of the record cache all connections share (see
-    :mod:`amphora.cache`; 0 turns it off).
+    :mod:`amphora.cache`; 0 turns it off). A storage with a record cache of its own
+    (``storage.record_cache``, see :mod:`amphora.storage.recordcache`) lends it: the
+    database uses it, sized ``record_cache_bytes``, and the storage keeps it up to date.
     """
 
     def __init__(self, storage: Storage, cache_size: int = 10000, cache_size_bytes: int = 0,
                  pool_size: int = 7, record_cache_bytes: int = 64 * 1024 * 1024):
         self.storage = storage
-        self.records = RecordCache(record_cache_bytes)
+        lent = getattr(storage, "record_cache", None)
+        #: the storage keeps the record cache up to date (its commits, the others')
+        self._storage_keeps_records = isinstance(lent, RecordCache)
+        if self._storage_keeps_records:
+            lent.max_bytes = record_cache_bytes
+            self.records = lent
+        else:
+            self.records = RecordCache(record_cache_bytes)
         self.cache_size = cache_size
         self.cache_size_bytes = cache_size_bytes
         self.pool_size = pool_size
@@ -160,7 +169,8 @@ class DB(DatabaseSearch, RecordsAsStored):
 
     def invalidateCache(self) -> None:
         """Changes happened elsewhere that cannot be enumerated: flush every cache."""
-        self.records.clear()
+        if not self._storage_keeps_records:
+            self.records.clear()
         with self._lock:
             conns = list(self._connections)
         for conn in conns:
@@ -170,7 +180,9 @@ class DB(DatabaseSearch, RecordsAsStored):
                     written: dict[bytes, bytes] | None = None) -> None:
         """Transaction ``tid`` changed ``oids``; ``written`` holds the records it wrote,
         when it was committed here (the record cache keeps them)."""
-        if written is None:
+        if self._storage_keeps_records:
+            pass  # told before this call (see amphora.storage.recordcache)
+        elif written is None:
             self.records.invalidate(tid, oids)
         else:
             self.records.committed(tid, written, [oid for oid in oids if oid not in written])

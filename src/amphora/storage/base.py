@@ -403,6 +403,10 @@ class StorageBase:
         if not rows:
             return
         self._others_committed()
+        if packed_through > ltid:
+            self._records_unknown()
+        for tid, oids in rows:
+            self._records_invalidated(p64(tid), _split(oids))
         wrapper = self._wrapper
         if wrapper is not None:
             if packed_through > ltid:
@@ -416,6 +420,16 @@ class StorageBase:
     def _others_committed(self) -> None:
         """Hook: :meth:`_deliver` is about to report commits made elsewhere."""
 
+    # Hooks of a storage that caches records (see amphora.storage.recordcache)
+    def _records_committed(self, tid: bytes, stores: dict[bytes, bytes | None]) -> None:
+        """Hook: this storage committed ``stores`` as ``tid`` (before anyone hears of it)."""
+
+    def _records_invalidated(self, tid: bytes, oids: list[bytes]) -> None:
+        """Hook: another process or storage object committed ``oids`` as ``tid``."""
+
+    def _records_unknown(self) -> None:
+        """Hook: commits happened that cannot be enumerated (pack removed them)."""
+
     def _publish(self, tid: bytes, func: Callable[[bytes], None] | None) -> bytes:
         """Once commit ``tid`` is durable (SQL storages): report the others' commits its
         vote found (``_pending``, before ``tid``), pass the oids it stored
@@ -425,6 +439,7 @@ class StorageBase:
             pending, self._pending = self._pending, []
             self._deliver([row for row in pending if row[0] < u64(tid)], self._pending_packed)
             self._stored_oids_up_to(self._top_oid)
+            self._records_committed(tid, self._stores)
             if func is not None:
                 func(tid)
         finally:

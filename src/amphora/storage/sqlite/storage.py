@@ -32,6 +32,7 @@ from amphora.storage.sql.keys import _ints, _pack, _split, _u, _unpack
 from amphora.storage.sqlite.statements import (_CHANGES_SINCE, _LAST_TID, _LOAD_CURRENT,
                                           _LOAD_SERIAL, _PRUNE_REPLACED, _ROWS_PER_STATEMENT)
 from amphora.storage.sql.log import TransactionLogMixin
+from amphora.storage.recordcache import CachedRecordsMixin
 from amphora.storage.undo import UndoMixin
 from amphora.storage.base import (DataRecord, StorageBase, history_entry,
                                   pack_tid)
@@ -171,7 +172,7 @@ class _Reader:
         self.started = 0.0
 
 
-class SQLiteStorage(SchemaMixin, PackMixin, MirrorMixin, TransactionLogMixin, BlobStorageMixin,
+class SQLiteStorage(CachedRecordsMixin, SchemaMixin, PackMixin, MirrorMixin, TransactionLogMixin, BlobStorageMixin,
                     UndoMixin, StorageBase):
     """A storage in one SQLite file (WAL mode), shared safely by threads and processes.
 
@@ -263,6 +264,7 @@ class SQLiteStorage(SchemaMixin, PackMixin, MirrorMixin, TransactionLogMixin, Bl
         self._sweeper: threading.Timer | None = None
         self._sweeper_lock = threading.Lock()
         self._oid_lock = threading.Lock()
+        self._init_record_cache()
         self._oid_next = self._oid_end = 0
         self._oid_block = _OID_BLOCK
         self._oid_conn: sqlite3.Connection | None = None
@@ -458,7 +460,8 @@ class SQLiteStorage(SchemaMixin, PackMixin, MirrorMixin, TransactionLogMixin, Bl
         with self._lock:
             return self._ltid
 
-    def loadBefore(self, oid: bytes, tid: bytes) -> tuple[bytes, bytes, bytes | None] | None:
+    def _load_before(self, oid: bytes, tid: bytes) -> tuple[bytes, bytes, bytes | None] | None:
+        """``loadBefore`` from the file (the record cache's, see CachedRecordsMixin)."""
         try:
             reader = self._local.reader
         except AttributeError:
@@ -672,6 +675,11 @@ class SQLiteStorage(SchemaMixin, PackMixin, MirrorMixin, TransactionLogMixin, Bl
         try:
             if self._oid_conn is None:
                 self._oid_conn = self._connect(read_only=False)
+                if self._synchronous in ("full", "extra"):
+                    # A reservation needs no sync of its own: a commit that uses its oids
+                    # comes later in the write-ahead log, and syncing it syncs the log up
+                    # to there; a reservation lost with no such commit lost no oid in use.
+                    self._oid_conn.execute("PRAGMA synchronous=normal")
             conn = self._oid_conn
             conn.execute("BEGIN IMMEDIATE")
             try:
@@ -865,6 +873,7 @@ class SQLiteStorage(SchemaMixin, PackMixin, MirrorMixin, TransactionLogMixin, Bl
         self._pending = []
         self._voted_tid = None
         self._generation += 1
+        self._record_cache_forked()
         self._forget_commit_after_fork()
         if self._closed:
             return
