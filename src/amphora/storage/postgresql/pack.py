@@ -130,6 +130,7 @@ class PackMixin:
             elif gc:
                 self._scan_unscanned(conn, refs_of)
                 self._collect_garbage(conn, cutoff)
+            self._pack_blob_chunks(conn, cutoff)
             packed = conn.execute(_TRIM_TRANSACTIONS, (min(cutoff, last),)).fetchone()[0]
             if packed:  # instances that had not seen these cannot learn their oids any more
                 conn.execute(_SET_PACKED_THROUGH, (packed, packed))
