@@ -318,3 +318,26 @@ def test_a_database_made_before_blobs_gains_their_table_when_opened_for_writing(
         conn.root.blob = Blob(b"the first blob")
     with open_db().transaction() as conn:
         assert read(conn.root.blob) == b"the first blob"
+
+
+def test_a_missing_middle_chunk_is_an_error_naming_oid_and_tid(open_db, sql):
+    from amphora.storage.blobs import BlobFileError
+    from amphora.utils import oid_repr, tid_repr
+    db = open_db()
+    with db.transaction() as conn:
+        conn.root.blob = Blob(data_of(3 * CHUNK))
+        conn.root.small = Blob(b"intact")
+    with db.transaction() as conn:
+        oid, serial = conn.root.blob._p_oid, conn.root.blob._p_serial
+    sql("DELETE FROM blob_chunk WHERE oid = %s AND chunk_num = 1",
+        (int.from_bytes(oid, "big"),))
+    reader = open_db()  # a cache of its own: reads the chunks
+    with pytest.raises(BlobFileError) as caught:
+        reader.storage.loadBlob(oid, serial)
+    message = str(caught.value)
+    assert f"oid {oid_repr(oid)}" in message and tid_repr(serial) in message
+    assert f"truncated or damaged: {CHUNK:,} bytes, committed with {3 * CHUNK:,}" in message
+    assert "blob_chunk" in message
+    assert os.listdir(reader.storage.temporaryDirectory()) == []  # the partial file is gone
+    with reader.transaction() as conn:  # the session goes on reading
+        assert read(conn.root.small) == b"intact"

@@ -266,9 +266,9 @@ class ChunkedBlobMixin(BlobStorageMixin):
         written = 0
         with cache.new_file() as file:
             try:
+                rows = self._reader().cursor(binary=True).stream(
+                    _CHUNKS, {"o": _u(oid), "t": _u(serial)})
                 try:
-                    rows = self._reader().cursor(binary=True).stream(
-                        _CHUNKS, {"o": _u(oid), "t": _u(serial)})
                     for chunk_num, size, data in rows:
                         if chunk_num != (expected or 0):
                             break  # a chunk is missing
@@ -278,6 +278,8 @@ class ChunkedBlobMixin(BlobStorageMixin):
                 except self._psycopg.Error as exc:
                     self._drop_broken_reader()
                     raise self._error(exc) from exc
+                finally:
+                    rows.close()  # (cancels the query if the loop stopped early)
                 if expected is None:
                     self._no_blob_chunks(oid, serial, where)
                 if written != size:
