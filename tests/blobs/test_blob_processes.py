@@ -53,23 +53,14 @@ STREAM = """
 """
 
 
-def postgresql_uri(path) -> str:
-    """The URI of a PostgreSQL storage in a schema of its own for ``path``."""
-    server = pgserver.require()
-    schema = pgserver.schema_for(str(path))
-    server.remember_schema(schema)
-    return server.uri(schema=schema)
-
-
 def chunk_count(uri: str) -> int:
     """How many rows the PostgreSQL storage of ``uri`` has in ``blob_chunk``."""
     schema = uri.rsplit("schema=", 1)[1]
-    with pgserver.require().connect() as conn:
-        return conn.execute(f"SELECT count(*) FROM {schema}.blob_chunk").fetchone()[0]
+    return pgserver.require().sql(schema, "SELECT count(*) FROM blob_chunk")[0][0]
 
 
 def uri_of(kind: str, path) -> str:
-    return f"sqlite:///{path}" if kind == "sqlite" else postgresql_uri(path)
+    return f"sqlite:///{path}" if kind == "sqlite" else pgserver.schema_uri(str(path))
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"),
@@ -174,7 +165,7 @@ def all_fifty_are_there(db) -> None:
 
 def test_killed_on_postgresql_after_writing_the_chunks_but_before_committing_leaves_none(
         tmp_path):
-    uri = postgresql_uri(tmp_path / "app")
+    uri = pgserver.schema_uri(str(tmp_path / "app"))
     make_database(uri)
     kill_at(uri, "_write_blobs")  # the chunks are written in the uncommitted transaction
     assert chunk_count(uri) == 1  # rolled back by the server when the session died
@@ -188,7 +179,7 @@ def test_killed_on_postgresql_after_writing_the_chunks_but_before_committing_lea
 
 
 def test_killed_on_postgresql_after_committing_leaves_all(tmp_path):
-    uri = postgresql_uri(tmp_path / "app")
+    uri = pgserver.schema_uri(str(tmp_path / "app"))
     make_database(uri)
     kill_at(uri, "_settle_blobs")  # committed, the files not yet kept in the cache
     assert chunk_count(uri) == 1 + 50

@@ -15,7 +15,7 @@ from amphora.crypto.keyring import KdfParameters
 from amphora.storage.blobs import BlobFileError
 from amphora.storage.memory import MemoryStorage
 from amphora.storage.sqlite import SQLiteStorage
-from amphora.utils import oid_repr, tid_repr
+from amphora.utils import oid_repr, tid_repr, u64
 
 
 CHEAP = KdfParameters(iterations=1, lanes=1, memory_cost=1024)  # keys made in milliseconds
@@ -24,10 +24,8 @@ CHEAP = KdfParameters(iterations=1, lanes=1, memory_cost=1024)  # keys made in m
 def postgresql_storage(path, **options):
     """A PostgreSQL storage in a schema of its own for ``path`` (dropped after the test)."""
     from amphora.storage.postgresql import PostgreSQLStorage
-    server = pgserver.require()
-    schema = pgserver.schema_for(str(path))
-    server.remember_schema(schema)
-    return PostgreSQLStorage(server.dsn(), schema=schema, **options)
+    return PostgreSQLStorage(pgserver.require().dsn(), schema=pgserver.claim_schema(str(path)),
+                             **options)
 
 
 @pytest.fixture(params=["memory", "sqlite", "postgresql"])
@@ -56,10 +54,9 @@ def remove_blob(db, oid, serial, path) -> str:
     os.remove(path)
     if not hasattr(db.storage, "blob_cache"):
         return path
-    with pgserver.require().connect() as conn:
-        conn.execute(f"DELETE FROM {db.storage.schema}.blob_chunk WHERE oid = %s AND tid = %s",
-                     (int.from_bytes(oid, "big", signed=True),
-                      int.from_bytes(serial, "big", signed=True)))
+    pgserver.require().sql(db.storage.schema,
+                           "DELETE FROM blob_chunk WHERE oid = %s AND tid = %s",
+                           (u64(oid), u64(serial)))
     return "table blob_chunk"
 
 
@@ -72,11 +69,9 @@ def truncate_blob(db, oid, serial, path, size: int) -> None:
             file.truncate(size)
         return
     os.remove(path)
-    with pgserver.require().connect() as conn:
-        conn.execute(f"UPDATE {db.storage.schema}.blob_chunk SET data = substr(data, 1, %s)"
-                     " WHERE oid = %s AND tid = %s",
-                     (size, int.from_bytes(oid, "big", signed=True),
-                      int.from_bytes(serial, "big", signed=True)))
+    pgserver.require().sql(db.storage.schema,
+                           "UPDATE blob_chunk SET data = substr(data, 1, %s)"
+                           " WHERE oid = %s AND tid = %s", (size, u64(oid), u64(serial)))
 
 
 @pytest.fixture

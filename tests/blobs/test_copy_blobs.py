@@ -61,16 +61,11 @@ def records_and_blobs(storage) -> list[tuple]:
     return found
 
 
-def postgresql_uri(path: Path) -> str:
-    """The URI of a PostgreSQL storage in a schema of its own for ``path``."""
-    return pgserver.schema_uri(str(path))
-
-
 @pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
 def test_a_filestorage_with_blobs_copies_into_an_amphora_storage_and_back(tmp_path, kind):
     make_filestorage(tmp_path)
     uri = (f"sqlite:///{tmp_path / 'app.db'}" if kind == "sqlite"
-           else postgresql_uri(tmp_path / "app"))
+           else pgserver.schema_uri(str(tmp_path / "app")))
     amphora_command("copy", "file://Data.fs?blobstorage_dir=blobs", uri, cwd=tmp_path)
     amphora_command("copy", uri, "file://Back.fs?blobstorage_dir=back-blobs", cwd=tmp_path)
     original = FileStorage(str(tmp_path / "Data.fs"), read_only=True,

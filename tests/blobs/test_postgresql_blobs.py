@@ -4,6 +4,7 @@ files and its size limit; pack, undo and history-free commits removing or copyin
 in SQL; a database made before blobs gaining their table."""
 from __future__ import annotations
 
+import functools
 import os
 
 import pgserver
@@ -25,23 +26,14 @@ def server() -> pgserver.PostgresServer:
 
 
 @pytest.fixture
-def schema(server, request) -> str:
-    name = pgserver.schema_for(request.node.nodeid)
-    server.remember_schema(name)
-    return name
+def schema(request) -> str:
+    return pgserver.claim_schema(request.node.nodeid)
 
 
 @pytest.fixture
 def sql(server, schema):
-    """Run SQL in the test's schema (as another client of the database would)."""
-    conn = server.connect()
-
-    def run(statement: str, params=()):
-        conn.execute(f"SET search_path = {schema}")
-        cursor = conn.execute(statement, params)
-        return cursor.fetchall() if cursor.description else None
-    yield run
-    conn.close()
+    """``sql(statement, params)``: its rows, run in the test's schema by another client."""
+    return functools.partial(server.sql, schema)
 
 
 @pytest.fixture
@@ -280,12 +272,12 @@ def test_a_history_free_commit_forgets_the_chunks_of_what_it_replaced(open_db, s
 def test_undo_copies_the_chunks_of_the_revision_it_brings_back(open_db, sql):
     db = open_db()
     first = data_of(CHUNK + 10, 1)
-    with db.transaction("first") as conn:
+    with db.transaction() as conn:
         conn.root.blob = Blob(first)
-    with db.transaction("second") as conn:
-        with conn.root.blob.open("w") as file:
-            file.write(b"second")
-    db.undo(db.undoLog(0, 1)[0]["id"])
+    with db.transaction() as conn:
+        with conn.root.blob.open("a") as file:
+            file.write(b"appended")
+    db.undo(db.last_transaction())  # (a tid is an undo id too)
     transaction.commit()
     with db.transaction() as conn:
         assert read(conn.root.blob) == first

@@ -55,10 +55,9 @@ def _postgresql(keep_history: bool):
     ``blob_dir``."""
     def open_postgresql(name: str, blob_dir: str) -> Any:
         from amphora.storage.postgresql import PostgreSQLStorage
-        server = pgserver.require()
-        schema = pgserver.schema_for(os.path.abspath(name))
-        server.remember_schema(schema)
-        return PostgreSQLStorage(server.dsn(), schema=schema, keep_history=keep_history,
+        return PostgreSQLStorage(pgserver.require().dsn(),
+                                 schema=pgserver.claim_schema(os.path.abspath(name)),
+                                 keep_history=keep_history,
                                  blob_cache_dir=os.path.abspath(blob_dir))
     return open_postgresql
 

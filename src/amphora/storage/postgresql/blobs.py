@@ -26,7 +26,8 @@ import time
 from typing import Any
 
 from amphora.errors import InvalidURIError, StorageError
-from amphora.storage.blobs import BlobFileError, BlobStorageMixin, is_blob_record
+from amphora.storage.blobs import (BlobDirectory, BlobFileError, BlobStorageMixin,
+                                   is_blob_record)
 from amphora.storage.sql.keys import _pack, _u
 
 __all__ = ["BlobCache", "ChunkedBlobMixin", "CHUNK"]
@@ -51,12 +52,13 @@ WITH gone AS (
     AND NOT EXISTS (SELECT 1 FROM replaced AS p WHERE p.oid = c.oid AND p.tid = c.tid)
   RETURNING c.oid, c.tid)
 SELECT DISTINCT oid, tid FROM gone"""
-_MARKER = ".amphora-blob-cache"
 
 
-class BlobCache:
-    """Local copies of committed blob revisions, ``<oid hex>/<tid hex>.blob`` (read-only),
-    and ``tmp/`` for files not committed yet.
+class BlobCache(BlobDirectory):
+    """Local copies of committed blob revisions, laid out as a blob directory's files,
+    ``<oid hex>/<tid hex>.blob`` (read-only), and ``tmp/`` for files not committed yet;
+    no journal (the database commits the bytes) and no marker of a blob directory (the
+    files are copies, removable at any time).
 
     With ``size`` (bytes), the least recently used files beyond it are removed after each
     file added. Several storages and processes may share one directory: a file appears
@@ -66,38 +68,14 @@ class BlobCache:
     removed between finding and opening it again).
     """
 
-    def __init__(self, path: str, size: int | None = None):
+    def __init__(self, path: str, size: int | None = None):  # (not BlobDirectory's)
         self.path = os.path.abspath(path)
         self.size = size
         self.temporary = os.path.join(self.path, "tmp")
         if os.path.exists(self.path) and not os.path.isdir(self.path):
             raise StorageError(f"{self.path}: the blob cache is not a directory")
         os.makedirs(self.temporary, exist_ok=True)
-        marker = os.path.join(self.path, _MARKER)
-        if not os.path.exists(marker):
-            with open(marker, "w") as file:
-                file.write("amphora blob cache: <oid hex>/<tid hex>.blob, removable\n")
         self._used = self._total()  # an estimate between scans: the files this one added
-
-    def file_of(self, oid: bytes, tid: bytes) -> str:
-        return os.path.join(self.path, oid.hex(), tid.hex() + ".blob")
-
-    getBlobFilename = file_of  # the name ZODB's blob tests ask a storage's fshelper for
-
-    def stage(self, filename: str) -> str:
-        """Take ``filename`` (moved, or copied across file systems) into ``tmp/``."""
-        fd, staged = tempfile.mkstemp(dir=self.temporary, prefix="staged-")
-        os.close(fd)
-        try:
-            try:
-                os.replace(filename, staged)
-            except OSError:
-                shutil.copyfile(filename, staged)
-                os.remove(filename)
-        except BaseException:
-            os.remove(staged)
-            raise
-        return staged
 
     def found(self, oid: bytes, tid: bytes) -> str | None:
         """The cached file of revision ``tid`` of ``oid``, marked as just used; None if
@@ -127,21 +105,8 @@ class BlobCache:
             self.evict(keep=target)
         return target
 
-    def remove_file(self, path: str) -> int:
-        try:
-            os.remove(path)
-        except FileNotFoundError:
-            return 0
-        directory = os.path.dirname(path)
-        if directory != self.temporary:
-            try:
-                os.rmdir(directory)
-            except OSError:
-                pass  # other revisions remain
-        return 1
-
-    def _files(self) -> list[tuple[float, int, str]]:
-        """(last use, size, path) of every cached file."""
+    def _files(self) -> list[tuple[int, int, str]]:
+        """(last use in nanoseconds, size, path) of every cached file."""
         found = []
         for directory in os.scandir(self.path):
             if len(directory.name) != 16 or not directory.is_dir():
