@@ -333,3 +333,14 @@ def test_a_missing_middle_chunk_is_an_error_naming_oid_and_tid(open_db, sql):
     assert os.listdir(reader.storage.temporaryDirectory()) == []  # the partial file is gone
     with reader.transaction() as conn:  # the session goes on reading
         assert read(conn.root.small) == b"intact"
+
+
+def test_amphora_info_says_the_blobs_are_in_the_database(server, schema, open_db):
+    import subprocess
+    import sys
+    open_db().close()
+    done = subprocess.run([sys.executable, "-m", "amphora", "info", server.uri(schema=schema)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "blobs:" in done.stdout and "in the database, table blob_chunk" in done.stdout
+    assert "blob directory" not in done.stdout

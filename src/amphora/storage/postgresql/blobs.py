@@ -162,6 +162,7 @@ class ChunkedBlobMixin(BlobStorageMixin):
     :meth:`_discard_blobs` after its commit and abort.
     """
 
+    blob_table = "blob_chunk"  #: where the blobs' bytes are (``amphora info`` says it)
     _blob_cache_dir: str | None = None
     _blob_cache_size: int | None = None
     _blob_cache_made: tuple[str, int] | None = None  # (directory, pid) made here
