@@ -344,3 +344,23 @@ def test_amphora_info_says_the_blobs_are_in_the_database(server, schema, open_db
     assert done.returncode == 0, done.stderr
     assert "blobs:" in done.stdout and "in the database, table blob_chunk" in done.stdout
     assert "blob directory" not in done.stdout
+
+
+def test_a_blob_stored_twice_in_one_commit_keeps_the_second_file(open_db, sql, tmp_path):
+    from amphora.storage.base import TransactionMetaData
+    storage = open_db().storage
+    oid = storage.new_oid()
+    blob_record = b"\x80\x03cZODB.blob\nBlob\nq\x00.\x80\x03N."  # ZODB's, for a Blob
+    txn = TransactionMetaData()
+    storage.tpc_begin(txn)
+    for i, data in enumerate([data_of(CHUNK + 1), b"the second file"]):
+        path = tmp_path / f"file{i}"
+        path.write_bytes(data)
+        storage.storeBlob(oid, None, blob_record, str(path), "", txn)
+        assert not path.exists()  # taken by the storage
+    storage.tpc_vote(txn)
+    tid = storage.tpc_finish(txn)
+    assert sql("SELECT tid, chunk_num, length(data) FROM blob_chunk") == [
+        (int.from_bytes(tid, "big"), 0, len(b"the second file"))]
+    with open(open_db().storage.loadBlob(oid, tid), "rb") as file:
+        assert file.read() == b"the second file"

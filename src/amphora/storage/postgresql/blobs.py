@@ -5,10 +5,12 @@ Private: a part of :class:`amphora.storage.postgresql.PostgreSQLStorage` (see
 
 A blob revision's bytes are rows of ``blob_chunk(oid, tid, chunk_num, blob_size, data)``,
 chunks of up to :data:`CHUNK` bytes (see .schema for why rows and not large objects).
-``storeBlob`` takes the file into the storage's temporary directory; the vote, once the
-tid is known and in the same database transaction as the records, streams each file into
-chunks with one binary ``COPY`` (a chunk in memory at a time), so a blob is committed
-with its record or not at all. Undo of a blob revision copies the chunks of the revision
+``storeBlob`` takes the file into the storage's temporary directory and streams it into
+chunks at once, with a binary ``COPY`` (a chunk in memory at a time), in the database
+transaction the vote then writes the records in: the chunks carry a provisional tid
+until the vote, under the commit lock, gives them the commit's. So a blob is committed
+with its record or not at all, and the commit lock is not held while a large blob goes
+up. Undo of a blob revision copies the chunks of the revision
 it brings back with ``INSERT ... SELECT`` (in the server). Pack deletes the chunks of the
 revisions it removes; a history-free commit those of the replaced revisions it forgets.
 
@@ -19,6 +21,7 @@ is kept there at once.
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import stat
 import tempfile
@@ -37,6 +40,11 @@ CHUNK = 1 << 20  #: bytes per row of blob_chunk (the last row of a blob may hold
 _COPY_CHUNKS = ("COPY blob_chunk (oid, tid, chunk_num, blob_size, data)"
                 " FROM STDIN (FORMAT BINARY)")
 _CHUNK_TYPES = ("int8", "int8", "int4", "int8", "bytea")
+# A commit's chunks are sent under a provisional tid (negative: never a real one, and
+# random: commits in progress never share one); the vote gives them the commit's tid.
+_FORGET_PROVISIONAL = "DELETE FROM blob_chunk WHERE oid = %(o)s AND tid = %(p)s"
+_SET_TID = ("UPDATE blob_chunk SET tid = %(t)s"
+            " WHERE oid = ANY(%(o)s::bigint[]) AND tid = %(p)s")
 _COPY_REVISION = ("INSERT INTO blob_chunk (oid, tid, chunk_num, blob_size, data)"
                   " SELECT oid, %(new)s, chunk_num, blob_size, data FROM blob_chunk"
                   " WHERE oid = %(o)s AND tid = %(old)s")
@@ -157,9 +165,10 @@ class ChunkedBlobMixin(BlobStorageMixin):
 
     Uses these attributes of the storage: ``_query``, ``_reader()``,
     ``_drop_broken_reader()``, ``_error``, ``_psycopg``, ``_where``, ``schema``,
-    ``_read_only``, ``loadSerial``; calls :meth:`_write_blobs` in its vote (with the
-    write transaction's connection and the tid) and :meth:`_settle_blobs`,
-    :meth:`_discard_blobs` after its commit and abort.
+    ``_read_only``, ``loadSerial``, ``_writing_connection()`` (the commit's database
+    transaction) and ``_rollback()``; calls :meth:`_write_blobs` in its vote (with that
+    connection and the tid) and :meth:`_settle_blobs`, :meth:`_discard_blobs` after its
+    commit and abort.
     """
 
     blob_table = "blob_chunk"  #: where the blobs' bytes are (``amphora info`` says it)
@@ -266,8 +275,25 @@ class ChunkedBlobMixin(BlobStorageMixin):
 
     # -- writing --------------------------------------------------------------------
     def _stage_blob(self, oid: bytes, staged: str) -> None:
+        """Keep the file for the cache, and send it to the database at once (``storeBlob``
+        and ``restoreBlob`` come here): into the commit's database transaction, under a
+        provisional tid, so that the commit lock is not held while it goes up."""
         self._copied_blobs.pop(oid, None)
+        again = oid in self._staged_blobs
         super()._stage_blob(oid, staged)
+        psycopg = self._psycopg
+        try:
+            conn = self._writing_connection()
+            if self._provisional is None:
+                self._provisional = -1 - secrets.randbits(62)
+            if again:
+                conn.execute(_FORGET_PROVISIONAL, {"o": _u(oid), "p": self._provisional})
+            with conn.cursor(binary=True).copy(_COPY_CHUNKS) as copy:
+                copy.set_types(_CHUNK_TYPES)
+                self._copy_file(copy, _u(oid), self._provisional, staged)
+        except psycopg.Error as exc:
+            self._rollback()
+            raise self._error(exc) from exc
 
     def _stage_undone_blob(self, oid: bytes, tid: bytes) -> None:
         previous = self._staged_blobs.pop(oid, None)
@@ -276,14 +302,14 @@ class ChunkedBlobMixin(BlobStorageMixin):
         self._copied_blobs[oid] = tid
 
     def _write_blobs(self, conn: Any, tid: int) -> None:
-        """In the vote's database transaction: the chunks of the files staged (one
-        ``COPY``, a chunk read at a time) and of the revisions undo brings back."""
+        """In the vote's database transaction, once the tid is known: the chunks sent
+        under the provisional tid get the real one (their rows are rewritten, not their
+        data: it is stored apart, and PostgreSQL keeps a value an update does not
+        change), and the revisions undo brings back are copied."""
         staged = self._staged_blobs
         if staged:
-            with conn.cursor(binary=True).copy(_COPY_CHUNKS) as copy:
-                copy.set_types(_CHUNK_TYPES)
-                for oid, path in staged.items():
-                    self._copy_file(copy, _u(oid), tid, path)
+            conn.execute(_SET_TID, {"t": tid, "p": self._provisional,
+                                    "o": [_u(oid) for oid in staged]})
             self._uploaded = (_pack(tid), staged)
             self._staged_blobs = {}
         for oid, old in self._copied_blobs.items():
@@ -294,6 +320,7 @@ class ChunkedBlobMixin(BlobStorageMixin):
 
     @staticmethod
     def _copy_file(copy: Any, oid: int, tid: int, path: str) -> None:
+        """Send the file ``path`` as the chunks of ``oid`` at ``tid``, a chunk at a time."""
         with open(path, "rb") as file:
             size = os.fstat(file.fileno()).st_size
             chunk_num = written = 0
@@ -338,6 +365,7 @@ class ChunkedBlobMixin(BlobStorageMixin):
         super()._clear_writes()
         self._copied_blobs = {}
         self._uploaded = None
+        self._provisional: int | None = None  # the tid of this commit's chunks until the vote
 
     # -- pack -----------------------------------------------------------------------
     def _pack_blob_chunks(self, conn: Any, cutoff: int) -> int:

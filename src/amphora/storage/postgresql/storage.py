@@ -678,13 +678,17 @@ class PostgreSQLStorage(SchemaMixin, PackMixin, MirrorMixin, TransactionLogMixin
         # unused oids of a block are simply never used.
         self._oid_block = min(self._oid_block * 2, _OID_BLOCK_MAX)
 
+    def _writing_connection(self) -> Any:
+        """The connection of the commit's database transaction (which blobs start before
+        the vote)."""
+        if self._writer is None:
+            self._writer = self._connect(autocommit=False)
+        return self._writer
+
     def _vote(self) -> None:
         psycopg = self._psycopg
         try:
-            if self._writer is None:
-                self._writer = self._connect(autocommit=False)
-            conn = self._writer
-            self._write(conn)
+            self._write(self._writing_connection())
         except psycopg.Error as exc:
             self._rollback()
             raise self._error(exc) from exc
