@@ -186,6 +186,7 @@ class ChunkedBlobMixin(BlobStorageMixin):
         self._blob_cache_size = size
         self._copied_blobs: dict[bytes, bytes] = {}  # oid -> the revision undo brings back
         self._uploaded: tuple[bytes, dict[bytes, str]] | None = None  # (tid, staged files)
+        self._provisional: int | None = None  # the tid of this commit's chunks until the vote
 
     def _blobs(self) -> BlobCache:  # type: ignore[override]
         """The cache, made at its first use (a temporary directory unless
@@ -297,8 +298,14 @@ class ChunkedBlobMixin(BlobStorageMixin):
 
     def _stage_undone_blob(self, oid: bytes, tid: bytes) -> None:
         previous = self._staged_blobs.pop(oid, None)
-        if previous is not None:
+        if previous is not None:  # stored earlier in this commit: its chunks go
             self._blobs().remove_file(previous)
+            try:
+                self._writing_connection().execute(
+                    _FORGET_PROVISIONAL, {"o": _u(oid), "p": self._provisional})
+            except self._psycopg.Error as exc:
+                self._rollback()
+                raise self._error(exc) from exc
         self._copied_blobs[oid] = tid
 
     def _write_blobs(self, conn: Any, tid: int) -> None:
@@ -365,7 +372,7 @@ class ChunkedBlobMixin(BlobStorageMixin):
         super()._clear_writes()
         self._copied_blobs = {}
         self._uploaded = None
-        self._provisional: int | None = None  # the tid of this commit's chunks until the vote
+        self._provisional = None
 
     # -- pack -----------------------------------------------------------------------
     def _pack_blob_chunks(self, conn: Any, cutoff: int) -> int:
