@@ -29,7 +29,7 @@ import threading
 from pathlib import Path
 
 __all__ = ["PostgresServer", "PostgresUnavailable", "server", "require", "started", "stop",
-           "find_bindir", "schema_for", "in_ci", "schema_uri"]
+           "find_bindir", "schema_for", "in_ci", "schema_uri", "claim_schema"]
 
 DATABASE = "amphora_test"
 USER = "postgres"
@@ -146,6 +146,14 @@ class PostgresServer:
         import psycopg
         return psycopg.connect(self.dsn(database), autocommit=True)
 
+    def sql(self, schema: str, statement: str, params: object = ()) -> list | None:
+        """Run ``statement`` in ``schema`` on a session of its own (as another client of
+        the database would); its rows, or None for a statement that returns none."""
+        with self.connect() as conn:
+            conn.execute(f'SET search_path = "{schema}"')
+            cursor = conn.execute(statement, params)
+            return cursor.fetchall() if cursor.description else None
+
     def remember_schema(self, schema: str) -> None:
         """Note that a test uses ``schema`` (dropped by :meth:`drop_schemas`)."""
         with self._lock:
@@ -223,10 +231,15 @@ def stop() -> None:
         current.stop()
 
 
+def claim_schema(key: str) -> str:
+    """For a pytest test: the schema of ``key`` (a test's id, a storage's path) in the
+    session's server, one per test and key, dropped after the test."""
+    schema = schema_for(key)
+    require().remember_schema(schema)
+    return schema
+
+
 def schema_uri(path: str, **query: object) -> str:
     """For a pytest test: the URI of the schema of ``path`` in the session's server (one
     per test and path, dropped after the test), with ``query`` options."""
-    server = require()
-    schema = schema_for(str(path))
-    server.remember_schema(schema)
-    return server.uri(schema=schema, **query)
+    return require().uri(schema=claim_schema(str(path)), **query)

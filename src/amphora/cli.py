@@ -202,8 +202,12 @@ def cmd_info(args: argparse.Namespace) -> int:
         ]
         if getattr(storage, "supports_mirror", False):
             rows.append(("JSON mirror", _mirror_state(storage)))
-        blob_directory = getattr(storage, "blob_directory", None)
-        if isinstance(blob_directory, str):
+        blob_table = getattr(storage, "blob_table", None)
+        # (a PostgreSQL storage's blob_directory is only a cache of this process)
+        blob_directory = None if blob_table else getattr(storage, "blob_directory", None)
+        if blob_table:
+            rows.append(("blobs", f"in the database, table {blob_table}"))
+        elif isinstance(blob_directory, str):
             relative = os.path.relpath(blob_directory)
             rows.append(("blob directory",
                          blob_directory if relative.startswith("..") else relative))

@@ -1,10 +1,11 @@
-"""Blobs through amphora's own Connection and DB, on the storages that keep them (memory
-and SQLite): sizes, many per commit, MVCC, history, undo, pack, conflicts, savepoints,
-and the errors for what cannot work."""
+"""Blobs through amphora's own Connection and DB, on the storages that keep them (memory,
+SQLite and PostgreSQL): sizes, many per commit, MVCC, history, undo, pack, conflicts,
+savepoints, and the errors for what cannot work."""
 from __future__ import annotations
 
 import os
 
+import pgserver
 import pytest
 import transaction
 
@@ -14,27 +15,63 @@ from amphora.crypto.keyring import KdfParameters
 from amphora.storage.blobs import BlobFileError
 from amphora.storage.memory import MemoryStorage
 from amphora.storage.sqlite import SQLiteStorage
-from amphora.utils import oid_repr, tid_repr
+from amphora.utils import oid_repr, tid_repr, u64
 
 
 CHEAP = KdfParameters(iterations=1, lanes=1, memory_cost=1024)  # keys made in milliseconds
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+def postgresql_storage(path, **options):
+    """A PostgreSQL storage in a schema of its own for ``path`` (dropped after the test)."""
+    from amphora.storage.postgresql import PostgreSQLStorage
+    return PostgreSQLStorage(pgserver.require().dsn(), schema=pgserver.claim_schema(str(path)),
+                             **options)
+
+
+@pytest.fixture(params=["memory", "sqlite", "postgresql"])
 def make_db(request, tmp_path):
     dbs = []
 
     def make(**options):
         if request.param == "memory":
             storage = MemoryStorage(**options)
-        else:
+        elif request.param == "sqlite":
             storage = SQLiteStorage(str(tmp_path / "app.db"), **options)
+        else:
+            storage = postgresql_storage(tmp_path / "app", **options)
         db = amphora.DB(storage)
         dbs.append(db)
         return db
     yield make
     for db in dbs:
         db.close()
+
+
+def remove_blob(db, oid, serial, path) -> str:
+    """Remove the stored bytes of a blob revision whose committed file is ``path``; where
+    they were (which the error names)."""
+    os.chmod(path, 0o600)
+    os.remove(path)
+    if not hasattr(db.storage, "blob_cache"):
+        return path
+    pgserver.require().sql(db.storage.schema,
+                           "DELETE FROM blob_chunk WHERE oid = %s AND tid = %s",
+                           (u64(oid), u64(serial)))
+    return "table blob_chunk"
+
+
+def truncate_blob(db, oid, serial, path, size: int) -> None:
+    """Cut the stored bytes of a blob revision whose committed file is ``path`` to
+    ``size``."""
+    os.chmod(path, 0o600)
+    if not hasattr(db.storage, "blob_cache"):
+        with open(path, "r+b") as file:
+            file.truncate(size)
+        return
+    os.remove(path)
+    pgserver.require().sql(db.storage.schema,
+                           "UPDATE blob_chunk SET data = substr(data, 1, %s)"
+                           " WHERE oid = %s AND tid = %s", (size, u64(oid), u64(serial)))
 
 
 @pytest.fixture
@@ -203,15 +240,14 @@ def test_a_missing_blob_file_is_an_error_naming_oid_and_tid(db):
     with db.transaction() as conn:
         path = conn.root.blob.committed()
         oid, serial = conn.root.blob._p_oid, conn.root.blob._p_serial
-    os.chmod(path, 0o600)
-    os.remove(path)
+    where = remove_blob(db, oid, serial, path)
     conn = db.open()
     with pytest.raises(BlobFileError) as caught:
         conn.root.blob.open("r")
     message = str(caught.value)
     assert f"oid {oid_repr(oid)}" in message and tid_repr(serial) in message
     assert caught.value.oid == oid and caught.value.tid == serial
-    assert "missing" in message and path in message
+    assert "missing" in message and where in message
     assert isinstance(caught.value, amphora.POSKeyError)
     assert conn.root.other == 1  # the rest of the database is readable
     conn.close()
@@ -239,9 +275,7 @@ def test_a_truncated_blob_file_is_an_error_naming_oid_and_tid(db):
     with db.transaction() as conn:
         path = conn.root.blob.committed()
         oid, serial = conn.root.blob._p_oid, conn.root.blob._p_serial
-    os.chmod(path, 0o600)
-    with open(path, "r+b") as file:
-        file.truncate(4)
+    truncate_blob(db, oid, serial, path, 4)
     conn = db.open()
     with pytest.raises(BlobFileError) as caught:
         conn.root.blob.open("r")

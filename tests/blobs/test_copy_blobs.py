@@ -1,5 +1,6 @@
 """``amphora copy`` with blobs: a FileStorage with a blob directory (made by ZODB here)
-copied into each amphora storage that keeps blobs and back, record for record and blob
+copied into each amphora storage that keeps blobs (SQLite and PostgreSQL by the command,
+memory in the process) and back, record for record and blob
 byte for byte; and a clear refusal where the destination keeps no blobs."""
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pgserver
 import pytest
 import transaction
 import ZODB
@@ -58,27 +60,28 @@ def records_and_blobs(storage) -> list[tuple]:
     return found
 
 
-def test_a_filestorage_with_blobs_copies_into_sqlite_and_back(tmp_path):
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_a_filestorage_with_blobs_copies_into_an_amphora_storage_and_back(tmp_path, kind):
     make_filestorage(tmp_path)
-    amphora_command("copy", "file://Data.fs?blobstorage_dir=blobs", "sqlite:///app.db",
-                    cwd=tmp_path)
-    amphora_command("copy", "sqlite:///app.db", "file://Back.fs?blobstorage_dir=back-blobs",
-                    cwd=tmp_path)
+    uri = (f"sqlite:///{tmp_path / 'app.db'}" if kind == "sqlite"
+           else pgserver.schema_uri(str(tmp_path / "app")))
+    amphora_command("copy", "file://Data.fs?blobstorage_dir=blobs", uri, cwd=tmp_path)
+    amphora_command("copy", uri, "file://Back.fs?blobstorage_dir=back-blobs", cwd=tmp_path)
     original = FileStorage(str(tmp_path / "Data.fs"), read_only=True,
                            blob_dir=str(tmp_path / "blobs"))
-    sqlite = amphora.open_storage(f"sqlite:///{tmp_path / 'app.db'}", read_only=True)
+    copied = amphora.open_storage(uri, read_only=True)
     back = FileStorage(str(tmp_path / "Back.fs"), read_only=True,
                        blob_dir=str(tmp_path / "back-blobs"))
     try:
         expected = records_and_blobs(original)
         assert sum(blob is not None for *_, records in expected
                    for *_, blob in records) == 2 + 21 + 1
-        assert records_and_blobs(sqlite) == expected
+        assert records_and_blobs(copied) == expected
         assert records_and_blobs(back) == expected
     finally:
-        for storage in (original, sqlite, back):
+        for storage in (original, copied, back):
             storage.close()
-    db = amphora.open(f"sqlite:///{tmp_path / 'app.db'}")
+    db = amphora.open(uri)
     with db.transaction() as conn:
         with conn.root.one.open() as file:
             assert file.read() == b"one, again"

@@ -95,8 +95,8 @@ def test_a_new_schema_says_what_it_is(storage, sql, server, schema):
     assert dict(sql("SELECT key, value FROM amphora_meta")) == {
         "format": "amphora-postgresql", "schema_version": str(SCHEMA_VERSION),
         "keep_history": "1", "packed_through": "0"}
-    assert tables(server, schema) == ["amphora_meta", "objects", "oid_seq", "replaced",
-                                      "revisions", "transactions"]
+    assert tables(server, schema) == ["amphora_meta", "blob_chunk", "objects", "oid_seq",
+                                      "replaced", "revisions", "transactions"]
 
 
 def test_oids_and_tids_are_stored_as_bigint_and_records_verbatim(storage, sql):

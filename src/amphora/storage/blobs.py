@@ -423,6 +423,10 @@ class BlobStorageMixin:
                                            f"{oid_repr(oid)}") from None
         if is_blob_record(record):
             raise BlobFileError(oid, serial, path, "the file is missing")
+        self._not_a_blob(oid)
+
+    @staticmethod
+    def _not_a_blob(oid: bytes) -> None:
         raise ObjectNotFoundError(oid, f"oid {oid_repr(oid)} is not a blob")
 
     def openCommittedBlobFile(self, oid: bytes, serial: bytes, blob: Any = None) -> Any:
@@ -441,7 +445,7 @@ class BlobStorageMixin:
                 continue
             found = self.loadBefore(oid, undone)  # the revision the undo brings back
             if found is not None:
-                self._stage_blob(oid, self._blobs().stage_link(oid, found[1]))
+                self._stage_undone_blob(oid, found[1])
         return result
 
     def remove_blob_files(self, oids: Iterable[bytes]) -> int:
@@ -453,6 +457,10 @@ class BlobStorageMixin:
             return 0
         return sum(directory.remove_file(directory.file_of(oid, tid))
                    for oid in oids for tid in directory.tids_of(oid))
+
+    def _stage_undone_blob(self, oid: bytes, tid: bytes) -> None:
+        """Stage, for the undo's new revision of ``oid``, the file of revision ``tid``."""
+        self._stage_blob(oid, self._blobs().stage_link(oid, tid))
 
     # -- the commit's hooks -------------------------------------------------------------
     def _stage_blob(self, oid: bytes, staged: str) -> None:

@@ -112,7 +112,8 @@ class PackMixin:
         :meth:`amphora.storage.base.Storage.pack`). Other threads and processes keep
         reading and committing: the commit lock is held only while garbage is checked
         again and deleted. Transaction rows left without records (before ``pack_time``,
-        except the last) are removed too."""
+        except the last) are removed too, and so are the blob chunks of the revisions
+        removed (with this storage's cached files of them)."""
         import psycopg
         self._check_writable()
         refs_of = referencesf or record_references
@@ -130,6 +131,7 @@ class PackMixin:
             elif gc:
                 self._scan_unscanned(conn, refs_of)
                 self._collect_garbage(conn, cutoff)
+            self._pack_blob_chunks(conn, cutoff)
             packed = conn.execute(_TRIM_TRANSACTIONS, (min(cutoff, last),)).fetchone()[0]
             if packed:  # instances that had not seen these cannot learn their oids any more
                 conn.execute(_SET_PACKED_THROUGH, (packed, packed))

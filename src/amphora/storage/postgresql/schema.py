@@ -37,6 +37,23 @@ _CREATE_SCHEMA = (
     " description bytea NOT NULL, extension bytea NOT NULL, oids bytea NOT NULL)",
     "CREATE SEQUENCE oid_seq MINVALUE 0 START WITH 1",
 )
+# Blob revisions (see .blobs): each one's bytes in chunks of up to 1 MiB, rows of an
+# ordinary table rather than large objects, because rows belong to the storage's schema
+# (dropped with it, copied by INSERT ... SELECT, deleted by pack with the records in one
+# statement, governed by the table's privileges), while large objects live in the
+# database-wide pg_largeobject, outlive their rows unless unlinked one by one and need
+# privileges of their own. 1 MiB chunks stream in and out in constant memory, and each
+# is a single TOAST value. Stored uncompressed (EXTERNAL): blobs are mostly compressed
+# already (images, archives), and compressing them again costs CPU for nothing.
+# Every chunk carries the blob's whole size, so that a missing or truncated chunk shows.
+# Added to a database made before blobs when it is opened for writing.
+_CREATE_BLOB_CHUNK = (
+    "CREATE TABLE blob_chunk (oid bigint NOT NULL, tid bigint NOT NULL,"
+    " chunk_num integer NOT NULL, blob_size bigint NOT NULL, data bytea NOT NULL,"
+    " PRIMARY KEY (oid, tid, chunk_num))",
+    "ALTER TABLE blob_chunk ALTER COLUMN data SET STORAGE EXTERNAL",
+)
+_HAS_BLOB_CHUNK = "SELECT to_regclass('blob_chunk') IS NOT NULL"
 _INSERT_META = "INSERT INTO amphora_meta (key, value) VALUES (%s, %s)"
 _SELECT_META = "SELECT key, value FROM amphora_meta"
 _INIT_LOCK = "SELECT pg_advisory_xact_lock(hashtext('amphora-schema:' || %s))"
@@ -95,12 +112,25 @@ class SchemaMixin:
     def _initialize(self, conn: Any, keep_history: bool) -> None:
         from psycopg import sql
         conn.execute(sql.SQL(_CREATE_NAMESPACE).format(sql.Identifier(self.schema)))
-        for statement in _CREATE_SCHEMA:
+        for statement in _CREATE_SCHEMA + _CREATE_BLOB_CHUNK:
             conn.execute(statement)
         with conn.cursor() as cursor:
             cursor.executemany(_INSERT_META, [
                 ("format", FORMAT), ("schema_version", str(SCHEMA_VERSION)),
                 ("keep_history", str(int(keep_history))), ("packed_through", "0")])
+
+    def _add_blob_chunk(self, conn: Any) -> None:
+        """Give a database made before blobs (its meta checked already) the
+        ``blob_chunk`` table, on the autocommit connection ``conn``. Looked up first: a
+        role allowed to write rows but not to create tables opens a database that has
+        it."""
+        if conn.execute(_HAS_BLOB_CHUNK).fetchone()[0]:
+            return
+        with conn.transaction():
+            conn.execute(_INIT_LOCK, (self.schema,))  # processes opening at once wait
+            if not conn.execute(_HAS_BLOB_CHUNK).fetchone()[0]:
+                for statement in _CREATE_BLOB_CHUNK:
+                    conn.execute(statement)
 
     def _check_meta(self, meta: dict[str, Any], keep_history: bool | None) -> bool:
         """The history mode, after checking the schema is one this version can use."""

@@ -23,6 +23,7 @@ from amphora.errors import (ConflictError, CorruptRecordError, InvalidURIError,
 from amphora.serialize import references as record_references
 from amphora.serialize import resolvable, resolve_record
 from amphora.storage import _fork
+from amphora.storage.postgresql.blobs import ChunkedBlobMixin
 from amphora.storage.postgresql.mirror import (_MIRROR_KEY, MirrorMixin, check_role,
                                                documents_of)
 from amphora.storage.postgresql.pack import PackMixin
@@ -125,7 +126,10 @@ _ARCHIVE_CURRENT = ("INSERT INTO revisions (oid, tid, end_tid, data, refs)"
                     " SELECT oid, tid, %s, data, refs FROM objects WHERE oid = ANY(%s::bigint[])")
 _RETAIN_CURRENT = ("INSERT INTO replaced (oid, tid, end_tid, data)"
                    " SELECT oid, tid, %s, data FROM objects WHERE oid = ANY(%s::bigint[])")
-_PRUNE_REPLACED = "DELETE FROM replaced WHERE end_tid < %s"
+# (with the chunks of the blob revisions forgotten: see .blobs)
+_PRUNE_REPLACED = ("WITH gone AS (DELETE FROM replaced WHERE end_tid < %s RETURNING oid, tid)"
+                   " DELETE FROM blob_chunk AS c USING gone"
+                   " WHERE c.oid = gone.oid AND c.tid = gone.tid")
 # The rows of a write travel as a few values, not arrays of a thousand (which the driver
 # would convert element by element): the oids as one string of 8-byte big-endian oids,
 # the records joined into one bytea with their lengths and offsets as text, and the
@@ -260,8 +264,8 @@ def require_psycopg() -> Any:
     return psycopg
 
 
-class PostgreSQLStorage(SchemaMixin, PackMixin, MirrorMixin, TransactionLogMixin, UndoMixin,
-                        StorageBase):
+class PostgreSQLStorage(SchemaMixin, PackMixin, MirrorMixin, TransactionLogMixin,
+                        ChunkedBlobMixin, UndoMixin, StorageBase):
     """A storage in a PostgreSQL database, shared by any number of processes.
 
     Tables (``schema_version`` 1), in the schema ``schema`` (``public`` by default; every
@@ -291,6 +295,11 @@ class PostgreSQLStorage(SchemaMixin, PackMixin, MirrorMixin, TransactionLogMixin
             without records (never the last one).
         oid_seq
             the sequence oids are handed out from (in blocks)
+        blob_chunk(oid, tid, chunk_num integer, blob_size bigint, data bytea),
+                   PRIMARY KEY (oid, tid, chunk_num)
+            the bytes of each blob revision, in chunks of up to 1 MiB numbered from 0
+            (one empty chunk for an empty blob); ``blob_size`` is the whole blob's size.
+            Added when a database made before blobs is opened for writing
 
     Oids and tids are the signed 64-bit integers with the same 8 bytes; ``data`` is the
     record exactly as stored.
@@ -314,6 +323,11 @@ class PostgreSQLStorage(SchemaMixin, PackMixin, MirrorMixin, TransactionLogMixin
     untouched). A server that cannot be reached, or refuses the connection, raises
     :class:`PostgreSQLConnectionError`. ``search_role`` (``?search_role=NAME``): the role
     every search's SQL runs under (``SET LOCAL ROLE``; see ``query_mirror``).
+
+    Blobs (:mod:`amphora.storage.postgresql.blobs`) are read through local files in
+    ``blob_cache_dir`` (by default a temporary directory removed at close), which keeps
+    at most ``blob_cache_size`` bytes (no limit by default), the least recently used
+    files removed first.
     """
 
     supports_pack = True
@@ -327,7 +341,8 @@ class PostgreSQLStorage(SchemaMixin, PackMixin, MirrorMixin, TransactionLogMixin
 
     def __init__(self, dsn: str = "", read_only: bool = False, keep_history: bool | None = None,
                  schema: str = "public", resolve_conflicts: bool = True, create: bool = True,
-                 connect_timeout: float = 10.0, search_role: str | None = None):
+                 connect_timeout: float = 10.0, search_role: str | None = None,
+                 blob_cache_dir: str | None = None, blob_cache_size: int | None = None):
         if keep_history not in (None, True, False):
             raise InvalidURIError(f"keep_history must be true or false, not {keep_history!r}")
         if not isinstance(schema, str) or not _SCHEMA_NAME.match(schema):
@@ -353,6 +368,7 @@ class PostgreSQLStorage(SchemaMixin, PackMixin, MirrorMixin, TransactionLogMixin
                          r" -c default_transaction_isolation=read\ committed")
         self._where = _describe(params)
         super().__init__(f"{self._where}?schema={schema}", read_only, resolve_conflicts)
+        self._setup_blob_cache(blob_cache_dir, blob_cache_size)
         self._channel = f"amphora_{schema}"[:63]
         self._local = threading.local()
         self._readers: weakref.WeakSet[_Reader] = weakref.WeakSet()
@@ -385,6 +401,8 @@ class PostgreSQLStorage(SchemaMixin, PackMixin, MirrorMixin, TransactionLogMixin
             self.keep_history = self._check_meta(meta, keep_history)
             self.supports_history = self.supports_undo = self.keep_history
             self._poller = self._connect(autocommit=True)
+            if not read_only:
+                self._add_blob_chunk(self._poller)
             if "mirror" in meta and not read_only:  # a mirror made before moves now
                 self._upgrade_mirror(self._poller)
             last = self._poller.execute(_LAST_TID).fetchone()[0]
@@ -707,6 +725,13 @@ class PostgreSQLStorage(SchemaMixin, PackMixin, MirrorMixin, TransactionLogMixin
         # unused oids of a block are simply never used.
         self._oid_block = min(self._oid_block * 2, _OID_BLOCK_MAX)
 
+    def _writing_connection(self) -> Any:
+        """The connection of the commit's database transaction (which blobs start before
+        the vote)."""
+        if self._writer is None:
+            self._writer = self._connect(autocommit=False)
+        return self._writer
+
     def _vote(self) -> None:
         """Write the commit (see :meth:`_write`). With ``finish_with_vote`` (amphora's
         connection, when it is its transaction's only data manager) the same round trip
@@ -714,13 +739,12 @@ class PostgreSQLStorage(SchemaMixin, PackMixin, MirrorMixin, TransactionLogMixin
         transaction manager earlier; ``finish_with_vote`` is then called here, as
         :meth:`_finish` calls ``func``."""
         psycopg = self._psycopg
+        # (not with blobs: their chunks get the tid after the writes, see _write_blobs)
         then = getattr(self._transaction, "finish_with_vote", None) \
-            if self.finish_in_vote else None
+            if self.finish_in_vote and not (self._staged_blobs or self._copied_blobs) \
+            else None
         try:
-            if self._writer is None:
-                self._writer = self._connect(autocommit=False)
-            conn = self._writer
-            self._write(conn, then is not None)
+            self._write(self._writing_connection(), then is not None)
         except psycopg.errors.UniqueViolation as exc:
             # a strict insert of a new object found its row made meanwhile: a conflict
             self._rollback()
@@ -736,6 +760,7 @@ class PostgreSQLStorage(SchemaMixin, PackMixin, MirrorMixin, TransactionLogMixin
             raise
         if then is not None:  # committed: durable, published as tpc_finish would
             self._held()
+            self._settle_blobs()
             tid = self._finished_tid = self._voted_tid
             self._ahead_generation += 1
             self._publish(tid, lambda tid: then(tid, list(self._resolved)))
@@ -893,6 +918,7 @@ class PostgreSQLStorage(SchemaMixin, PackMixin, MirrorMixin, TransactionLogMixin
             raise StorageError("a new object's row exists, but no conflict was found")
         self._pending = pending.fetchall() if pending is not None else []
         self._pending_packed = packed.fetchone()[0] if packed is not None else 0
+        self._write_blobs(conn, tid_i)  # in this transaction: committed with the records
         self._voted_tid = tid
 
     def _row_params(self, tid: int, rows: list[tuple[int, bytes]], mirrored: bool,
@@ -934,6 +960,7 @@ class PostgreSQLStorage(SchemaMixin, PackMixin, MirrorMixin, TransactionLogMixin
             self._rollback()
             raise self._error(exc) from exc
         self._held()
+        self._settle_blobs()
         # The transaction is durable now: whatever happens below, the tid is published.
         self._ahead_generation += 1
         return self._publish(tid, func)
@@ -948,10 +975,12 @@ class PostgreSQLStorage(SchemaMixin, PackMixin, MirrorMixin, TransactionLogMixin
             self._finished_tid = None
             return
         self._rollback()
+        self._discard_blobs()
 
     # -- closing --------------------------------------------------------------------
     def _close_connections(self) -> None:
         self._close_mirror_connections()
+        self._close_blob_cache()
         with self._readers_lock:
             readers, self._readers = list(self._readers), weakref.WeakSet()
         conns = [reader.conn for reader in readers]
