@@ -348,6 +348,9 @@ class Follower(Recipe):
             "follow", self.settings["storage"], "--interval", str(self.settings["interval"])),
             self.directory)
 
+    def address(self) -> str:
+        return "follows " + self.settings["storage"].partition("?")[0]
+
 
 class Kanban(Recipe):
     def program(self) -> Program | None:
