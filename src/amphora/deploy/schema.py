@@ -110,6 +110,14 @@ def _uri(schemes: tuple[str, ...]) -> Callable[[Any], str]:
     return check
 
 
+class _Refused(ValueError):
+    """A computed value refused: ``key`` names the setting at fault."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(message)
+        self.key = key
+
+
 @dataclass(frozen=True)
 class Setting:
     """One setting of a part: its type (a function that checks a value and returns it, or
@@ -190,8 +198,8 @@ def _storage_uri(directory: Path, settings: dict[str, Any]) -> str:
     scheme, path, options = parse_uri(settings["uri"])
     if scheme == "sqlite":
         if settings["local"]:
-            raise ValueError("local = true runs a PostgreSQL cluster: it needs a "
-                             "postgresql:// URI")
+            raise _Refused("local", "local = true runs a PostgreSQL cluster: it needs a "
+                           "postgresql:// URI")
         query = settings["uri"].partition("?")[2]
         file = absolute(directory, path[1:] if path.startswith("/") else path)
         return f"sqlite:///{file}" + (f"?{query}" if query else "")
@@ -199,10 +207,11 @@ def _storage_uri(directory: Path, settings: dict[str, Any]) -> str:
         return settings["uri"]
     host = local_host_port(settings["uri"])[0]
     if host not in LOCAL_HOSTS:
-        raise ValueError(f"a local cluster listens on this machine: the URI's host must be "
+        raise _Refused("uri", f"a local cluster listens on this machine: the URI's host must be "
                          f"one of {', '.join(LOCAL_HOSTS)}, not {host!r}")
     if "password" in options or "passfile" in options or ":" in path.partition("@")[0]:
-        raise ValueError("a local cluster's password is generated: the URI must not give one")
+        raise _Refused("uri", "a local cluster's password is generated: the URI must not "
+                       "give one")
     separator = "&" if "?" in settings["uri"] else "?"
     return f"{settings['uri']}{separator}passfile={directory / 'var' / 'secrets' / 'pgpass'}"
 
@@ -216,7 +225,8 @@ def local_host_port(uri: str) -> tuple[str, int]:
 @_computes("server", "uri")
 def _server_uri(directory: Path, settings: dict[str, Any]) -> str:
     if bool(settings["tls_cert"]) != bool(settings["tls_key"]):
-        raise ValueError("TLS needs both tls_cert and tls_key")
+        raise _Refused("tls_key" if settings["tls_cert"] else "tls_cert",
+                       "TLS needs both tls_cert and tls_key")
     host, _, port = settings["listen"].rpartition(":")
     host = "127.0.0.1" if host in ("0.0.0.0", "") else "::1" if host == "::" else host
     host = f"[{host.strip('[]')}]" if _is_ipv6(host.strip("[]")) else host
@@ -378,8 +388,10 @@ class _Resolver:
             try:
                 result[key] = compute(self.directory, settings)
             except ValueError as exc:
-                raise ConfigError(f"{self.where(name, key if key in self.data.get(name, {}) else None)}"
-                                  f": [{name}] {exc}") from None
+                at_fault = getattr(exc, "key", key)
+                line = self.where(name, at_fault if at_fault in self.data.get(name, {})
+                                  else None)
+                raise ConfigError(f"{line}: [{name}] {exc}") from None
         self.computed[name] = result
         return result
 
