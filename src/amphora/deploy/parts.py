@@ -60,6 +60,10 @@ class Record:
 class Recipe:
     """A part's lifecycle; the base is a part with nothing to install and no process."""
 
+    #: whether ready() really looks (a server answers...): then the part is ready as soon
+    #: as it says so; otherwise once supervisord counts its process as started
+    checks_readiness = False
+
     def __init__(self, part: Part, directory: Path):
         self.part = part
         self.settings = part.settings
@@ -139,6 +143,8 @@ class SQLiteStorage(Recipe):
 
 
 class ExternalPostgreSQL(Recipe):
+    checks_readiness = True
+
     def ready(self) -> str | None:
         from amphora.uri import open_storage
         try:
@@ -166,6 +172,8 @@ def find_postgres_bindir() -> Path | None:
 
 class LocalPostgreSQL(Recipe):
     """A PostgreSQL cluster of the deployment's own, under ``var/postgresql``."""
+    checks_readiness = True
+
 
     @property
     def home(self) -> Path:
@@ -281,6 +289,8 @@ def _ensure_user(name: str) -> pwd.struct_passwd:
 # -- server, follower, kanban ---------------------------------------------------------------
 
 class Server(Recipe):
+    checks_readiness = True
+
     def _token_file(self) -> Path:
         return absolute(self.directory, self.settings["token_file"])
 
@@ -353,6 +363,8 @@ class Follower(Recipe):
 
 
 class Kanban(Recipe):
+    checks_readiness = True
+
     def program(self) -> Program | None:
         command = self._amphora("kanban", "serve", self.settings["storage"],
                                 "--listen", self.settings["listen"],

@@ -127,7 +127,8 @@ class Stack:
                 status = (self.supervisor.info(name) or {}).get("statename", "UNKNOWN")
                 if status == "FATAL":
                     self._fail(recipe, "it exited at every start (supervisord gave up)")
-                if status != "RUNNING":
+                if status != "RUNNING" and not (status == "STARTING"
+                                                and recipe.checks_readiness):
                     why = f"its process is {status}"
             why = why or recipe.ready()
             if why is None:
@@ -193,7 +194,7 @@ class Stack:
             info = self.supervisor.info(name) if running else None
             has_process = recipe.program() is not None
             status = (info or {}).get("statename", "STOPPED") if has_process else "NO PROCESS"
-            up = status == "RUNNING"
+            up = status in ("RUNNING", "STARTING")
             health = recipe.ready() if up or not has_process else "not running"
             rows.append({
                 "part": name, "state": status,

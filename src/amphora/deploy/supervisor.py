@@ -3,9 +3,10 @@
 Everything lives under the deployment's ``var/``: ``var/deploy/supervisord.conf`` (the
 daemon's settings: its unix socket, pid file and log), one file per program in
 ``var/deploy/programs/`` (included by the first), and each program's log in
-``var/log/PART.log``. A program restarts when it exits unexpectedly; supervisord waits
-longer after each failed start (1 s, 2 s, ...) and gives up after
-:data:`START_RETRIES` (state ``FATAL``). Logs rotate at :data:`LOG_BYTES` and keep
+``var/log/PART.log``. A program restarts when it exits; one that exits within
+:data:`STARTSECS` of its start has failed to start, and supervisord waits longer after
+each such failure (1 s, 2 s, ...) and gives up after :data:`START_RETRIES` (state
+``FATAL``). Logs rotate at :data:`LOG_BYTES` and keep
 :data:`LOG_BACKUPS` old files.
 
 Programs are added with ``autostart=false``: ``amphora deploy up`` starts them itself, one
@@ -32,6 +33,7 @@ from amphora.deploy.errors import DeployError
 __all__ = ["Program", "Supervisor", "START_RETRIES", "LOG_BYTES", "LOG_BACKUPS"]
 
 START_RETRIES = 5
+STARTSECS = 3
 LOG_BYTES = "10MB"
 LOG_BACKUPS = 5
 #: the longest path a unix socket may have (108 bytes with the final NUL on Linux)
@@ -69,7 +71,7 @@ command = {command}
 directory = {directory}
 autostart = false
 autorestart = true
-startsecs = 1
+startsecs = {startsecs}
 startretries = {retries}
 stopsignal = {stopsignal}
 stopwaitsecs = 20
@@ -91,6 +93,9 @@ class Program:
     directory: Path
     user: str | None = None          # run as this user (supervisord runs as root)
     stopsignal: str = "TERM"
+    # how long the process must stay up to count as started: a process that exits sooner
+    # is started again after a growing delay; one that exits later, at once
+    startsecs: int = STARTSECS
     environment: dict[str, str] = field(default_factory=dict)
 
     def config(self, log: Path) -> str:
@@ -98,6 +103,7 @@ class Program:
         text = PROGRAM_CONFIG.format(
             name=self.name, command=_escape(shlex.join(self.command)),
             directory=_escape(str(self.directory)), retries=START_RETRIES,
+            startsecs=self.startsecs,
             stopsignal=self.stopsignal, log=_escape(str(log)), log_bytes=LOG_BYTES,
             log_backups=LOG_BACKUPS,
             environment=",".join(f'{key}="{_escape(value)}"'
