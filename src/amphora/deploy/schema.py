@@ -101,11 +101,13 @@ def _uri(schemes: tuple[str, ...]) -> Callable[[Any], str]:
             raise ValueError(f"{text!r} is not a URI of {', '.join(s + '://' for s in schemes)}")
         if scheme == "sqlite" and path.strip("/") == "":
             raise ValueError(f"{text!r} names no file: sqlite:///path/to/file.db")
-        if scheme != "sqlite":
-            location = path.partition("/")[0].rpartition("@")[2]
-            port = location.rpartition("]")[2].rpartition(":")[2] if ":" in location else ""
-            if not location or (port and not port.isdigit()):
-                raise ValueError(f"{text!r} has no HOST:PORT a client can reach")
+        try:
+            split = urllib.parse.urlsplit(text.partition("?")[0])
+            split.port  # raises ValueError for a port that is not a number
+        except ValueError as exc:
+            raise ValueError(f"{text!r}: {exc}") from None
+        if scheme in ("amphora", "amphoras") and not split.hostname:
+            raise ValueError(f"{text!r} names no server: {scheme}://HOST:PORT")
         return text
     return check
 
@@ -298,13 +300,15 @@ def loads(text: str, file: Path) -> Deployment:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{file.name}: not valid TOML: {exc}") from None
     lines = _key_lines(text)
-    where = lambda part, key=None: f"{file.name}:{lines.get((part, key), lines.get((part, None), 1))}"
+    def where(part: str, key: str | None = None) -> str:
+        """FILE:LINE of a setting (of the part's table when the key is not written)."""
+        return f"{file.name}:{lines.get((part, key), lines.get((part, None), 1))}"
+
     for part, table in data.items():
+        if not isinstance(table, dict):
+            raise ConfigError(f"{where(part, part)}: {part!r} is outside any part; settings "
+                              f"go in a part ([{'], ['.join(PART_NAMES)}])")
         if part not in SCHEMA:
-            if not isinstance(table, dict):
-                raise ConfigError(f"{where(part, part) if (part, part) in lines else file.name}"
-                                  f": {part!r} is outside any part; settings go in a part "
-                                  f"([{'], ['.join(PART_NAMES)}])")
             raise ConfigError(f"{where(part)}: unknown part [{part}]; the parts are "
                               f"{', '.join(f'[{name}]' for name in PART_NAMES)}")
         known = [setting.name for setting in SCHEMA[part]]
