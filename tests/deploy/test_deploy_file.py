@@ -127,6 +127,9 @@ def test_a_part_not_ready_in_time_fails_up_with_its_log_and_leaves_the_others(de
     assert any("kanban: error" in line and str(closed) in line for line in rest), rest
     running = pids(deployment_dir)
     assert running["kanban"] is None and alive(running["server"])
+    logs = deploy(deployment_dir, "logs", "kanban", "--lines", "2").stdout.splitlines()
+    assert 1 <= len(logs) <= 2 and all(line.startswith("kanban: error") for line in logs), logs
+    assert "no such part" in deploy(deployment_dir, "logs", "web", ok=False).stderr
 
 
 def test_destroy_asks_for_confirmation_and_refuses_a_part_others_need(deployment_dir):
