@@ -971,6 +971,9 @@ def build_parser() -> argparse.ArgumentParser:
                                  add_help=False)
     kanban.add_argument("args", nargs=argparse.REMAINDER)
     kanban.set_defaults(func=cmd_kanban)
+
+    from amphora.deploy.cli import add_command as add_deploy_command
+    add_deploy_command(commands)
     return parser
 
 
