@@ -31,10 +31,18 @@ With ``--served``, blobs through a server process instead, in the same run::
                    directory; clients ``ZEO.ClientStorage`` with ``shared_blob_dir=False``
                    and a ``blob_dir`` cache of their own (nothing shared with the server)
 
+With ``--embedded``, the same sets in one process, no server::
+
+    .venv/bin/python benchmarks/blobs_bench.py --embedded
+
+``amphora-sqlite``  ``amphora.open("sqlite:///<tmp>/bench.db")`` (``--synchronous``, as
+                    above), its blob files in ``bench.db.blobs/``
+``filestorage``     ``ZODB.DB(FileStorage("<tmp>/Data.fs", blob_dir="<tmp>/blobs"))``
+
 ``--small`` blobs of ``--small-size`` bytes (default 1,000 of 100 KB), ten per
 transaction, and ``--big`` of ``--big-size`` (default 10 of 50 MB), one per transaction,
 are written by one client, then read whole by a second client with an empty cache (every
-byte crosses the network). Reported: seconds to write and to read each set, and ZEO's
+byte crosses the network; embedded, by a second database object on the same files). Reported: seconds to write and to read each set, and ZEO's
 time over amphora's (above 1: amphora is faster). A benchmark, not a test: nothing
 asserts a time.
 """
@@ -155,6 +163,35 @@ def _read_blobs(db: Any, key: str, count: int, size: int) -> None:
     conn.close()
 
 
+def _embedded(kind: str, directory: str, synchronous: str) -> Any:
+    if kind == "amphora-sqlite":
+        return amphora.open(f"sqlite:///{directory}/bench.db?synchronous={synchronous}")
+    import ZODB
+    from ZODB.FileStorage import FileStorage
+    return ZODB.DB(FileStorage(os.path.join(directory, "Data.fs"),
+                               blob_dir=os.path.join(directory, "blobs")))
+
+
+def run_embedded(kind: str, sets: list[tuple[str, int, int, int]], synchronous: str
+                 ) -> dict[str, tuple[float, float]]:
+    """As :func:`run_served`, in this process: the reader a database opened anew."""
+    times = {}
+    with tempfile.TemporaryDirectory() as directory:
+        writer = _embedded(kind, directory, synchronous)
+        for key, count, size, per_transaction in sets:
+            started = time.perf_counter()
+            _write_blobs(writer, key, count, size, per_transaction)
+            write = time.perf_counter() - started
+            writer.close()
+            reader = _embedded(kind, directory, synchronous)
+            started = time.perf_counter()
+            _read_blobs(reader, key, count, size)
+            times[key] = (write, time.perf_counter() - started)
+            writer = reader
+        writer.close()
+    return times
+
+
 def run_served(kind: str, sets: list[tuple[str, int, int, int]], synchronous: str
                ) -> dict[str, tuple[float, float]]:
     """Seconds to write and to read each set ``(key, count, size, per transaction)``."""
@@ -183,18 +220,25 @@ def main_served(args: argparse.Namespace) -> None:
     from importlib.metadata import version
     sets = [("small", args.small, args.small_size, PER_TRANSACTION),
             ("big", args.big, args.big_size, 1)]
-    print(f"blobs through a server: amphora {version('amphora')} (SQLite, synchronous="
-          f"{args.synchronous}) vs ZEO {version('ZEO')} (FileStorage, shared_blob_dir=False)",
-          flush=True)
-    results = {kind: run_served(kind, sets, args.synchronous)
-               for kind in ("amphora-serve", "zeo")}
-    print(f"{'set':<22} {'amphora write s':>15} {'zeo write s':>12} {'ratio':>6} "
-          f"{'amphora read s':>15} {'zeo read s':>11} {'ratio':>6}")
+    if args.embedded:
+        kinds, run_kind = ("amphora-sqlite", "filestorage"), run_embedded
+        print(f"blobs in one process: amphora {version('amphora')} (SQLite, synchronous="
+              f"{args.synchronous}) vs ZODB {version('ZODB')} (FileStorage, blob_dir)",
+              flush=True)
+    else:
+        kinds, run_kind = ("amphora-serve", "zeo"), run_served
+        print(f"blobs through a server: amphora {version('amphora')} (SQLite, synchronous="
+              f"{args.synchronous}) vs ZEO {version('ZEO')} (FileStorage, "
+              "shared_blob_dir=False)", flush=True)
+    results = {kind: run_kind(kind, sets, args.synchronous) for kind in kinds}
+    other = kinds[1]
+    print(f"{'set':<22} {'amphora write s':>15} {other + ' write s':>17} {'ratio':>6} "
+          f"{'amphora read s':>15} {other + ' read s':>16} {'ratio':>6}")
     for key, count, size, _ in sets:
-        (aw, ar), (zw, zr) = results["amphora-serve"][key], results["zeo"][key]
+        (aw, ar), (zw, zr) = results[kinds[0]][key], results[other][key]
         label = f"{count:,} x {size:,} B"
-        print(f"{label:<22} {aw:>15.2f} {zw:>12.2f} {zw / aw:>6.2f} "
-              f"{ar:>15.2f} {zr:>11.2f} {zr / ar:>6.2f}")
+        print(f"{label:<22} {aw:>15.2f} {zw:>17.2f} {zw / aw:>6.2f} "
+              f"{ar:>15.2f} {zr:>16.2f} {zr / ar:>6.2f}")
 
 
 def main() -> None:
@@ -203,6 +247,9 @@ def main() -> None:
     parser.add_argument("--sizes", default="100,10240,1048576,10485760")
     parser.add_argument("--served", action="store_true",
                         help="amphora serve against ZEO instead (see the module docstring)")
+    parser.add_argument("--embedded", action="store_true",
+                        help="amphora's SQLite storage against a FileStorage with a blob "
+                             "directory, in one process (the sets of --served)")
     parser.add_argument("--small", type=int, default=1000, help="with --served: small blobs")
     parser.add_argument("--small-size", type=int, default=100_000)
     parser.add_argument("--big", type=int, default=10, help="with --served: big blobs")
@@ -210,7 +257,7 @@ def main() -> None:
     parser.add_argument("--synchronous", default="full", choices=["full", "normal", "off"],
                         help="with --served: the served SQLite file's synchronous")
     args = parser.parse_args()
-    if args.served:
+    if args.served or args.embedded:
         main_served(args)
         return
     print(f"{'size':>10}  {'kind':<12} {'commit ms/value':>16} {'read ms/value':>14}")

@@ -28,7 +28,8 @@ _history_free: dict[str, ServerProcess] = {}
 def _client(server_of):
     def factory(name: str, blob_dir: str) -> ClientStorage:
         server = server_of()
-        return ClientStorage(server.host, server.port, storage=uuid.uuid4().hex,
+        # (a name that is also a PostgreSQL schema's: a letter first)
+        return ClientStorage(server.host, server.port, storage=f"b{uuid.uuid4().hex}",
                              blob_cache_dir=blob_dir)
     return factory
 
@@ -47,6 +48,15 @@ def history_free_server():
     "Client", _client(lambda: shared_server("sqlite")), skip=SKIP, test_packing=True,
     test_undo=True))
 def test_client_over_sqlite(layer, test):
+    run_blob_suite_test(layer, test)
+
+
+@pytest.mark.parametrize("layer,test", blob_suite_tests(
+    "ClientPostgreSQL", _client(lambda: shared_server("postgresql")), skip=SKIP,
+    test_packing=True, test_undo=True))
+def test_client_over_postgresql(layer, test):
+    """The client of a served PostgreSQL schema: blobs kept in the database, streamed
+    to the client through the server's blob cache."""
     run_blob_suite_test(layer, test)
 
 
