@@ -191,8 +191,24 @@ def test_a_big_blob_goes_through_the_server_in_chunks(server):
     assert server_peak < BIG_MIB * MIB * 3 // 4, server_peak
 
 
+# ``amphora serve`` with one more scheme, ``noblobs://``: a memory storage that keeps no
+# blob files (every storage amphora opens by URI keeps them now)
+SERVE_WITHOUT_BLOBS = """
+import sys
+from amphora import cli, uri
+from amphora.storage.memory import MemoryStorage
+
+class NoBlobs(MemoryStorage):
+    supports_blobs = False
+    no_blobs_reason = "it keeps no blob files"
+
+uri.SCHEMES["noblobs"] = lambda path, **options: (NoBlobs, options)
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
 def test_a_served_storage_without_blobs_makes_the_client_refuse_them(tmp_path):
-    server = ServerProcess("demo://")  # a DemoStorage keeps no blob files
+    server = ServerProcess("noblobs://", program=[sys.executable, "-c", SERVE_WITHOUT_BLOBS])
     try:
         client = ClientStorage(server.host, server.port)
         assert not client.supports_blobs
