@@ -34,12 +34,20 @@ _TAG = re.compile(r"<[^>]*>")
 
 
 def setup_search(db: amphora.DB) -> bool:
-    """Give ``db`` a JSON mirror and the cards' text index when its storage can keep a
-    mirror and has none yet; whether it did."""
-    if not getattr(db.storage, "supports_mirror", False) or db.has_mirror():
+    """Give ``db`` a JSON mirror, when its storage can keep one and has none yet, and the
+    cards' text index, when the mirror lacks it (a mirror made before, by ``amphora
+    mirror`` or a deployment's follower, has none); whether it made either."""
+    if not getattr(db.storage, "supports_mirror", False):
         return False
-    db.create_mirror()
-    db.create_text_index(TEXT_INDEX, ["title", "description"], class_name=CARD_CLASS)
+    made = not db.has_mirror()
+    if made:
+        db.create_mirror()
+    try:
+        db.create_text_index(TEXT_INDEX, ["title", "description"], class_name=CARD_CLASS)
+    except amphora.InvalidQueryError as exc:
+        if "already exists" not in str(exc):  # (SQLite's and PostgreSQL's words)
+            raise
+        return made
     return True
 
 

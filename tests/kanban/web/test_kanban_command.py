@@ -195,3 +195,15 @@ def test_the_database_holds_no_usable_session_token_or_password(tmp_path):
     with amphora.open(f"sqlite:///{tmp_path}/kanban.db") as db, db.transaction() as conn:
         user = conn.root()["kanban"].user_by_email(ADMIN_EMAIL)
         assert user.password_hash.startswith("$argon2id$")
+
+
+def test_a_mirror_made_before_the_app_gets_the_text_index(tmp_path):
+    from amphora_kanban.web.archive import TEXT_INDEX, setup_search
+
+    uri = f"sqlite:///{tmp_path}/kanban.db"
+    with amphora.open(uri) as db:
+        db.create_mirror()  # as `amphora mirror URI` or a deployment's follower makes it
+        assert setup_search(db) is True  # no mirror to make, but the index
+        assert setup_search(db) is False  # both there: nothing made, no error
+        with db.transaction() as conn:
+            assert list(conn.search_text(TEXT_INDEX, '"anything"')) == []
