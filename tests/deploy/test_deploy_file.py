@@ -170,3 +170,18 @@ def test_systemd_units_run_the_same_commands(deployment_dir):
     assert "Requires=amphora-server.service\n" in kanban
     assert "After=network.target amphora-server.service\n" in kanban
     assert "-m amphora kanban serve amphora://127.0.0.1:9100?token_file=" in kanban
+
+
+def test_restarts_are_counted_across_rotated_supervisor_logs(tmp_path):
+    from amphora.deploy.supervisor import Supervisor
+
+    supervisor = Supervisor(tmp_path)
+    supervisor.logs.mkdir(parents=True)
+    line = "2026-12-06 10:00:00,000 INFO spawned: '{}' with pid {}\n"
+    supervisor.log.write_text(line.format("kanban", 3) + line.format("server", 4))
+    (supervisor.logs / "supervisord.log.1").write_text(line.format("kanban", 2))
+    (supervisor.logs / "supervisord.log.2").write_text(line.format("kanban", 1))
+    (supervisor.logs / "kanban.log.1").write_text(line.format("kanban", 9))  # not its log
+    assert supervisor.spawns("kanban") == 3
+    assert supervisor.spawns("server") == 1
+    assert supervisor.spawns("follower") == 0

@@ -242,12 +242,17 @@ class Supervisor:
                     raise
 
     def spawns(self, name: str) -> int:
-        """How many times supervisord started ``name``, by its log (current file)."""
-        try:
-            text = self.log.read_text(errors="replace")
-        except FileNotFoundError:
-            return 0
-        return text.count(f"spawned: '{name}' with pid")
+        """How many times supervisord started ``name``, by its log: the current file and
+        the rotated ones beside it (``supervisord.log.1``, ...), so that a rotation does
+        not reset the count (until the oldest backup is dropped)."""
+        mark = f"spawned: '{name}' with pid"
+        count = 0
+        for path in [self.log, *self.log.parent.glob(f"{self.log.name}.[0-9]*")]:
+            try:
+                count += path.read_text(errors="replace").count(mark)
+            except FileNotFoundError:  # (rotated away meanwhile)
+                continue
+        return count
 
 
 def _alive(pid: int) -> bool:
