@@ -414,7 +414,8 @@ def test_a_commit_reports_earlier_commits_of_others_first(path, storage):
 class _PausedAfterFirstRow:
     """The connection ``sync`` reads ``PRAGMA data_version`` on, whose statements wait,
     stepped to their first row and so still running (holding a read transaction open on
-    that connection), until ``resume`` is set: the moment a thread switch can leave them."""
+    that connection), until ``resume`` is set: the moment a thread switch can leave them.
+    At most two seconds: a commit that waits for the sync (its lock) goes on after them."""
 
     def __init__(self, conn: sqlite3.Connection):
         self._conn = conn
@@ -424,7 +425,7 @@ class _PausedAfterFirstRow:
     def execute(self, sql: str, params=()) -> sqlite3.Cursor:
         cursor = self._conn.execute(sql, params)
         self.paused.set()
-        self.resume.wait(60)
+        self.resume.wait(2)
         return cursor
 
 
