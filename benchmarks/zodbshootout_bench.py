@@ -4,9 +4,10 @@ them in (a ZConfig file with ``%import amphora`` and an ``<amphora>`` section).
 Needs the ``bench`` extra (``pip install -e '.[bench]'``: zodbshootout, ``pyperf<2``,
 RelStorage). Run from the repository root::
 
-    .venv/bin/python benchmarks/zodbshootout_bench.py                 # about 2 minutes
+    .venv/bin/python benchmarks/zodbshootout_bench.py                 # about 4 minutes
     .venv/bin/python benchmarks/zodbshootout_bench.py --values 5 --json out.json
     .venv/bin/python benchmarks/zodbshootout_bench.py --only amphora-sqlite,filestorage
+    .venv/bin/python benchmarks/zodbshootout_bench.py --only postgresql   # a pair (or: served)
     .venv/bin/python benchmarks/zodbshootout_bench.py --profile prof/  # cProfile per workload
 
 The script writes one ZConfig file naming every database (each in a new temporary
@@ -19,17 +20,28 @@ the same against RelStorage.
 
 Databases (``DATABASES``; each a function giving its ZConfig section):
 
-======================  ===============================================================
-``filestorage``         ``<filestorage>``: the reference of the ratios
-``relstorage-sqlite``   ``<relstorage>`` over ``<sqlite3>``, history-preserving, its
-                        default local cache
-``amphora-sqlite``      ``<amphora> uri sqlite:///...`` (history-preserving, durable)
-======================  ===============================================================
+=========================  ============================================================
+``filestorage``            ``<filestorage>``: the reference of the ratios
+``relstorage-sqlite``      ``<relstorage>`` over ``<sqlite3>``, history-preserving, its
+                           default local cache
+``amphora-sqlite``         ``<amphora> uri sqlite:///...`` (history-preserving, durable)
+``amphora-postgresql``     ``<amphora> uri postgresql://...``: a database of its own on a
+                           private PostgreSQL server the script starts (``shootout.py``'s:
+                           ``tests/pgserver.py``, restarted with PostgreSQL's durable
+                           defaults), history-preserving
+``relstorage-postgresql``  ``<relstorage>`` over ``<postgresql>`` (psycopg2), another
+                           database on the same server, history-preserving, its default
+                           local cache
+``amphora-serve``          ``<amphora> uri amphora://...``: a client of an ``amphora
+                           serve sqlite:///...`` process (``server_bench.py``'s)
+``zeo``                    ``<zeoclient>``: a client of a ``runzeo`` process over a
+                           FileStorage (``server_bench.py``'s), ZEO's defaults
+=========================  ============================================================
 
-More pairs go into ``DATABASES`` and ``PAIRS`` (amphora PostgreSQL against RelStorage
-PostgreSQL, ``amphora serve`` against ZEO): a database is a name and a function of the
-run's temporary directory returning ``(section, imports)``; a pair names the amphora
-database and the database it is compared with.
+A database is a name and a function of the run's temporary directory and its
+:class:`Services` (the servers, started on first use) returning ``(section, imports)``;
+a pair (``PAIRS``) names the amphora database and the database it is compared with.
+``--only postgresql`` and ``--only served`` name a pair.
 
 Workloads (zodbshootout's): ``add`` (1000 new objects in one commit), ``update`` (change
 all, one commit), ``cold`` (a new ``ZODB.DB`` and storage, read all), ``warm`` (write all
@@ -47,9 +59,10 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 _ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # shootout, server_bench
 
 WORKLOADS = ["add", "update", "cold", "warm", "hot"]
 REFERENCE = "filestorage"
@@ -65,27 +78,91 @@ _NAMES = {"add": "add {n} objects", "update": "update {n} objects",
           "prefetch_cold": "read {n} cold prefeteched objects"}
 
 
-def filestorage(tmp: Path) -> tuple[str, list[str]]:
+class Services:
+    """The servers some databases need, each started on first use in the run's temporary
+    directory; :meth:`stop` stops them all."""
+
+    def __init__(self, tmp: Path):
+        self.tmp = tmp
+        self._postgresql: Any = None
+        self._servers: list[Any] = []
+
+    def postgresql_database(self, name: str) -> tuple[str, str]:
+        """``(uri, dsn)`` of a new database ``name`` on the private PostgreSQL server."""
+        from shootout import PostgreSQLServer
+        if self._postgresql is None:
+            self._postgresql = PostgreSQLServer(durable=True)
+        path = str(self.tmp / name)
+        self._postgresql.drop(path)
+        database = self._postgresql.create(path)
+        return self._postgresql.uri(database), self._postgresql.dsn(database)
+
+    def server(self, kind: str) -> Any:
+        """A running server of ``server_bench.SERVERS[kind]`` on a directory of its own."""
+        from server_bench import SERVERS
+        directory = self.tmp / kind
+        directory.mkdir(exist_ok=True)
+        server = SERVERS[kind](str(directory))
+        self._servers.append(server)
+        return server
+
+    def stop(self) -> None:
+        for server in self._servers:
+            server.stop()
+        if self._postgresql is not None:
+            self._postgresql.stop()
+
+
+def filestorage(tmp: Path, services: Services) -> tuple[str, list[str]]:
     return (f"<filestorage>\n  path {tmp / 'fs' / 'Data.fs'}\n</filestorage>", [])
 
 
-def relstorage_sqlite(tmp: Path) -> tuple[str, list[str]]:
+def relstorage_sqlite(tmp: Path, services: Services) -> tuple[str, list[str]]:
     return ("<relstorage>\n  keep-history true\n  <sqlite3>\n"
             f"    data-dir {tmp / 'relstorage'}\n  </sqlite3>\n</relstorage>", ["relstorage"])
 
 
-def amphora_sqlite(tmp: Path) -> tuple[str, list[str]]:
+def amphora_sqlite(tmp: Path, services: Services) -> tuple[str, list[str]]:
     return (f"<amphora>\n  uri sqlite:///{tmp / 'amphora' / 'data.db'}\n</amphora>", ["amphora"])
 
 
-DATABASES: dict[str, Callable[[Path], tuple[str, list[str]]]] = {
+def amphora_postgresql(tmp: Path, services: Services) -> tuple[str, list[str]]:
+    uri, _ = services.postgresql_database("amphora")
+    return f"<amphora>\n  uri {uri}\n</amphora>", ["amphora"]
+
+
+def relstorage_postgresql(tmp: Path, services: Services) -> tuple[str, list[str]]:
+    _, dsn = services.postgresql_database("relstorage")
+    return ("<relstorage>\n  keep-history true\n  <postgresql>\n"
+            f"    dsn {dsn}\n  </postgresql>\n</relstorage>", ["relstorage"])
+
+
+def amphora_serve(tmp: Path, services: Services) -> tuple[str, list[str]]:
+    server = services.server("amphora-server")
+    return f"<amphora>\n  uri {server.uri()}\n</amphora>", ["amphora"]
+
+
+def zeo(tmp: Path, services: Services) -> tuple[str, list[str]]:
+    server = services.server("zeo-filestorage")
+    return f"<zeoclient>\n  server 127.0.0.1:{server.port}\n</zeoclient>", []
+
+
+DATABASES: dict[str, Callable[[Path, Services], tuple[str, list[str]]]] = {
     "filestorage": filestorage,
     "relstorage-sqlite": relstorage_sqlite,
     "amphora-sqlite": amphora_sqlite,
-    # later: "amphora-postgresql", "relstorage-postgresql", "amphora-serve", "zeo"
+    "amphora-postgresql": amphora_postgresql,
+    "relstorage-postgresql": relstorage_postgresql,
+    "amphora-serve": amphora_serve,
+    "zeo": zeo,
 }
 #: (amphora's database, what it is compared with)
-PAIRS = [("amphora-sqlite", "filestorage"), ("amphora-sqlite", "relstorage-sqlite")]
+PAIRS = [("amphora-sqlite", "filestorage"), ("amphora-sqlite", "relstorage-sqlite"),
+         ("amphora-postgresql", "relstorage-postgresql"), ("amphora-serve", "zeo")]
+#: names --only takes for a pair of databases
+GROUPS = {"postgresql": ["amphora-postgresql", "relstorage-postgresql"],
+          "served": ["amphora-serve", "zeo"],
+          "sqlite": ["filestorage", "relstorage-sqlite", "amphora-sqlite"]}
 
 
 def check_installed() -> None:
@@ -101,12 +178,12 @@ def check_installed() -> None:
                  "extra (pip install -e '.[bench]')")
 
 
-def write_config(tmp: Path, names: list[str]) -> Path:
+def write_config(tmp: Path, names: list[str], services: Services) -> Path:
     """The ZConfig file naming a ``<zodb>`` per database of ``names``."""
     imports: list[str] = []
     sections = []
     for name in names:
-        section, needs = DATABASES[name](tmp)
+        section, needs = DATABASES[name](tmp, services)
         for directory in ("fs", "relstorage", "amphora"):
             (tmp / directory).mkdir(exist_ok=True)
         imports += [module for module in needs if module not in imports]
@@ -122,7 +199,9 @@ def run_shootout(config: Path, args: argparse.Namespace, output: Path) -> None:
     command = [sys.executable, "-m", "zodbshootout", "-p", "1", "-c", "1", "-l", "1",
                "-n", str(args.values),
                "-w", str(args.warmups), "--object-counts", str(args.objects),
-               "--zap", "force", "--include-mapping", "no" if args.no_floor else "yes", "-q", "-o", str(output)]
+               "--include-mapping", "no" if args.no_floor else "yes", "-q", "-o", str(output)]
+    if "add" in args.workloads:  # (zodbshootout zaps only a run that adds)
+        command += ["--zap", "force"]
     if args.profile:
         command += ["--profile", str(Path(args.profile).resolve())]
     command += [str(config), *args.workloads]
@@ -193,11 +272,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="leave out zodbshootout's MappingStorage (the floor: ZODB.DB's own "
                              "cost over a storage that costs nothing)")
     args = parser.parse_args(argv)
-    only = [item for item in args.only.split(",") if item]
+    only = [name for item in args.only.split(",") if item
+            for name in GROUPS.get(item, [item])]
     unknown = [item for item in only if item not in DATABASES and item not in _NAMES]
     if unknown:
         parser.error(f"--only: unknown {', '.join(unknown)} (databases: "
-                     f"{', '.join(DATABASES)}; workloads: {', '.join(_NAMES)})")
+                     f"{', '.join(DATABASES)}; pairs: {', '.join(GROUPS)}; "
+                     f"workloads: {', '.join(_NAMES)})")
     args.names = [name for name in DATABASES if name in only] or list(DATABASES)
     args.workloads = [w for w in _NAMES if w in only] or WORKLOADS
     return args
@@ -207,13 +288,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     check_installed()
     tmp = Path(tempfile.mkdtemp(prefix="zodbshootout-"))
+    services = Services(tmp)
     try:
-        config = write_config(tmp, args.names)
+        config = write_config(tmp, args.names, services)
         output = tmp / "results.json"
         run_shootout(config, args, output)
         names = args.names if args.no_floor else [FLOOR, *args.names]
         found = medians(output, names, args.workloads, args.objects)
     finally:
+        services.stop()
         if args.keep:
             print(f"kept {tmp}")
         else:

@@ -97,9 +97,13 @@ class RecordCache:
             self.invalidate(tid, other_oids)
         with self._lock:
             self._generation += 1
-            if self.max_bytes <= 0:
-                return
             entries = self._entries
+            if self.max_bytes <= 0:  # keeps none now: drop what it kept of them before
+                for oid in records:
+                    entry = entries.pop(oid, None)
+                    if entry is not None:
+                        self._bytes -= len(entry[0]) + _OVERHEAD
+                return
             # C loops only: this runs for every record of every commit
             replaced = list(filter(None, map(entries.get, records)))
             self._bytes += (sum(map(len, records.values())) - sum(map(len, map(_data, replaced)))
@@ -121,6 +125,11 @@ class RecordCache:
                     else:  # cannot happen in order; be safe
                         del entries[oid]
                         self._bytes -= len(entry[0]) + _OVERHEAD
+
+    def items(self) -> list[tuple[bytes, tuple[bytes, bytes, bytes | None]]]:
+        """``(oid, (data, start, end))`` of every record kept, oldest first (a copy)."""
+        with self._lock:
+            return list(self._entries.items())
 
     def clear(self) -> None:
         with self._lock:

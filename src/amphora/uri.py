@@ -231,8 +231,10 @@ def parse_uri(uri: str) -> tuple[str, str, dict[str, str]]:
 
 
 def open_storage(uri: str, read_only: bool = False, **options: Any):
-    """The storage a URI names (see the module docstring for the forms)."""
-    storage, db_options = open_storage_for_db(uri, read_only, **options)
+    """The storage a URI names (see the module docstring for the forms). A database
+    option the storage takes as well (``record_cache_bytes`` of an ``amphora://``
+    client: the size of its record cache) goes to the storage."""
+    storage, db_options = _open(uri, read_only, options, for_db=False)
     if db_options:
         storage.close()
         raise InvalidURIError(
@@ -245,6 +247,11 @@ def open_storage_for_db(uri: str, read_only: bool = False, **options: Any
                         ) -> tuple[Any, dict[str, Any]]:
     """The storage a URI names, and the database options (``cache_size``...) its query
     string gave, converted, for :func:`amphora.open`."""
+    return _open(uri, read_only, options, for_db=True)
+
+
+def _open(uri: str, read_only: bool, options: dict[str, Any], for_db: bool
+          ) -> tuple[Any, dict[str, Any]]:
     from amphora.db import DB
     scheme, path, query = parse_uri(uri)
     factory = SCHEMES.get(scheme)
@@ -275,6 +282,9 @@ def open_storage_for_db(uri: str, read_only: bool = False, **options: Any
     for key in from_query & set(kwargs):
         if isinstance(kwargs[key], str):
             kwargs[key] = _coerce(key, kwargs[key], accepted[key])
+    if not for_db:
+        for key in [key for key in db_options if key in accepted]:
+            kwargs[key] = db_options.pop(key)
     return klass(**kwargs), db_options
 
 

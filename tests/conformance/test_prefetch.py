@@ -54,9 +54,11 @@ def counting(storage):
 
 
 @pytest.fixture
-def items_db(storage):
+def items_db(storage, db):
     """A DB (no shared record cache, so every read reaches the storage) whose root holds
-    ``items``: a list of 30 Items with values 0..29."""
+    ``items``: a list of 30 Items with values 0..29. Made after the suite's ``db`` on the
+    same storage (which ``connect`` uses): a storage that lends its record cache to its
+    databases takes the size the last one gives, 0 here."""
     db = amphora.DB(counting(storage), record_cache_bytes=0)
     with db.transaction() as conn:
         conn.root.items = PersistentList(Item(n) for n in range(30))

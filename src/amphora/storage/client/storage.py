@@ -12,9 +12,14 @@ Guarantees:
   every transaction start) is a round trip after which every transaction committed
   before it was sent is known; with ``server_sync=False`` it sends nothing, and a
   transaction starts from what the server has pushed so far (ZEO's default).
-- Small records (up to 512 bytes, 32 per commit) come with the push of their commit and
-  are kept as the current record of their objects until a later commit replaces them:
-  loading one for a snapshot at or after that commit asks nothing of the server.
+- A record cache (:mod:`amphora.storage.recordcache`; ``record_cache_bytes``, 64 MiB by
+  default) shared by every thread and connection of the client, as ZEO's client cache:
+  a load it answers asks nothing of the server. It holds what loads brought, what the
+  server read ahead along references with them (LOAD_AHEAD), the records of this
+  client's commits (when a database is registered) and the small records (up to 512
+  bytes, 32 per commit) that come with the push of another client's commit. Each push
+  closes the records its commit replaced; a reconnection that cannot enumerate what
+  changed, or a pack, empties it.
 - Never stale after a reconnection: the client tells the server the last tid it knew; the
   server sends the transactions committed since (the client invalidates exactly those),
   or says it cannot know (packed away, another database, too many), and the client then
@@ -83,6 +88,8 @@ from amphora.storage.client.search import RemoteMirror
 from amphora.storage.base import DataRecord, StorageBase, TransactionRecord, oids_to_keep
 from amphora.storage.blobs import _move
 from amphora.storage.client.blobcache import BlobCache
+from amphora.storage.client.cachefile import read_cache_file, write_cache_file
+from amphora.storage.recordcache import CachedRecordsMixin
 from amphora.storage.undo import UNDO_PENDING, UndoMixin, undo_tid
 from amphora.storage.client.wire import AuthenticationError, Protocol, io_loop, speaks_tls
 from amphora.utils import p64, u64, z64
@@ -94,8 +101,6 @@ log = logging.getLogger("amphora.client")
 _OID_BLOCK = 32          # oids first asked for at once ...
 _OID_BLOCK_MAX = 4096    # ... doubling up to this
 _ITERATE_PAGE = 100      # transactions per iterator round trip
-_LATEST = 10000          # current records kept from pushes and merges (see loadBefore),
-_KEPT_RECORD = 4096      # each of at most this size (pushed ones are smaller)
 _MAX_RESOLUTIONS = 1000  # conflicts resolved in one vote before giving up
 _AHEAD = 2000            # records read ahead per round trip
 _BLOB_CHUNK = 1024 * 1024  # bytes of a blob file per request
@@ -104,16 +109,7 @@ _BLOB_CACHE_SIZE = 1024 ** 3  # the blob cache's default size
 _UNDO_PAGE = 100         # undo log entries per round trip
 
 
-def _references(data: bytes) -> list[bytes]:
-    """The oids record ``data`` refers to (none for bytes that are not a pickle)."""
-    from amphora.serialize import references
-    try:
-        return references(data)
-    except errors.CorruptRecordError:
-        return []
-
-
-class ClientStorage(RemoteMirror, UndoMixin, StorageBase):
+class ClientStorage(CachedRecordsMixin, RemoteMirror, UndoMixin, StorageBase):
     """A storage served by ``amphora serve`` at ``host:port`` (see the module docstring).
 
     ``storage`` names the storage on a server that serves one per name. ``token`` or
@@ -122,6 +118,10 @@ class ClientStorage(RemoteMirror, UndoMixin, StorageBase):
     ``wait_timeout``: seconds a call waits for an unreachable server.
     ``blob_cache_dir``: where committed blob files fetched are kept (default: a temporary
     directory removed at close), up to ``blob_cache_size`` bytes.
+    ``record_cache_bytes``: the size of the record cache (default 64 MiB; 0: none; a URI
+    takes it too: ``amphora://host:port?record_cache_bytes=N``). ``cache_file``: a file
+    the record cache is written to at close and read back at the next start, kept if the
+    server can tell what changed since (see :mod:`amphora.storage.client.cachefile`).
     """
 
     supports_undo = False  # the served storage's, once welcomed
@@ -129,19 +129,35 @@ class ClientStorage(RemoteMirror, UndoMixin, StorageBase):
     no_blobs_reason = "the server keeps no blobs"
     is_remote = True
     pack_uses_referencesf = False  # the server reads references itself
-    #: ask the server for the records that those loaded refer to (LOAD_AHEAD); turned off
+    #: ask the server for the records that those loaded refer to (LOAD_AHEAD), up to this
+    #: many per round trip, for the record cache; 0 (False) turns read-ahead off, as
     #: over sealed records, whose references the server cannot see
-    read_ahead = True
+    read_ahead = _AHEAD
 
     def __init__(self, host: str = "127.0.0.1", port: int = 8100, storage: str = "",
                  token: str | None = None, token_file: str | None = None, tls: bool = False,
                  ca_file: str | None = None, read_only: bool = False,
                  wait_timeout: float = 30.0, name: str | None = None,
                  server_sync: bool = True, blob_cache_dir: str | None = None,
-                 blob_cache_size: int = _BLOB_CACHE_SIZE):
+                 blob_cache_size: int = _BLOB_CACHE_SIZE, record_cache_bytes: int | None = None,
+                 cache_file: str | None = None):
         if not isinstance(server_sync, bool):
             raise InvalidURIError(f"server_sync must be true or false, not {server_sync!r}")
+        if record_cache_bytes is not None and (
+                isinstance(record_cache_bytes, bool) or not isinstance(record_cache_bytes, int)
+                or record_cache_bytes < 0):
+            raise InvalidURIError(f"record_cache_bytes is a number of bytes, not "
+                                  f"{record_cache_bytes!r}")
+        if cache_file is not None and (not isinstance(cache_file, str) or not cache_file):
+            raise InvalidURIError(f"cache_file is a file name, not {cache_file!r}")
         super().__init__(name or f"{host}:{port}/{storage}", read_only)
+        self._init_record_cache(record_cache_bytes)
+        self._cache_file = cache_file
+        self._cache_file_pid = os.getpid()  # the process that writes it (not a child)
+        #: the tid the records read from the cache file are valid for, until verified
+        self._cache_file_tid: bytes | None = None
+        if cache_file is not None:
+            self._read_cache_file(cache_file)
         if token is None and token_file is not None:
             with open(token_file, encoding="utf-8") as file:
                 token = file.read().strip()
@@ -187,10 +203,6 @@ class ClientStorage(RemoteMirror, UndoMixin, StorageBase):
         self._feeds = False  # the server answers TRANSACTION_LOG and PACKED_THROUGH
         self._load_ahead = False  # the server answers LOAD_AHEAD
         self._pack_reachable = False  # PACK takes the objects to keep
-        self._ahead = threading.local()  # per thread: records read ahead (see loadBefore)
-        #: oid -> (record, tid): its current record as of _ltid, pushed with a commit or
-        #: stored by one of ours (see loadBefore); only the I/O thread changes it
-        self._latest: dict[bytes, tuple[bytes, bytes]] = {}
         #: oid -> the record the commit in flight stores instead of ours (merged)
         self._final: dict[bytes, bytes] = {}
         self._advanced = threading.Condition()  # notified whenever _ltid moves
@@ -222,7 +234,7 @@ class ClientStorage(RemoteMirror, UndoMixin, StorageBase):
                 f"cannot connect to {self._host}:{self._port}: {exc}") from exc
         proto.transport.write(p.encode([p.HELLO, {
             "protocol": p.VERSION, "token": self._token, "storage": self._storage_name,
-            "last_tid": self._ltid if self._welcomed_once else None}]))
+            "last_tid": self._ltid if self._welcomed_once else self._cache_file_tid}]))
         try:
             await asyncio.wait_for(asyncio.shield(proto.welcome), self.wait_timeout)
         except ClientDisconnected:
@@ -263,20 +275,61 @@ class ClientStorage(RemoteMirror, UndoMixin, StorageBase):
             else:
                 self.no_blobs_reason = str(welcome.get("no_blobs_reason")
                                            or "the server predates blobs")
+            if self._cache_file_tid is not None:
+                self._verify_cache_file(welcome.get("changes"))
             return
-        self._latest.clear()  # what changed while away is not known record by record
         wrapper = self._wrapper
         changes = welcome.get("changes")
         if changes is None:
             log.info("reconnected to %s: changes cannot be enumerated, caches flushed",
                      self.__name__)
+            self._records_unknown()
             if wrapper is not None:
                 wrapper.invalidateCache()
-        elif wrapper is not None:
+        else:
             for tid, oids in changes:
                 if tid > self._ltid:
-                    wrapper.invalidate(tid, oids)
+                    self._records_invalidated(tid, oids)
+                    if wrapper is not None:
+                        wrapper.invalidate(tid, oids)
         self._set_ltid(last)
+
+    # -- the record cache's file (see amphora.storage.client.cachefile) ---------------
+    def _read_cache_file(self, path: str) -> None:
+        """Fill the record cache from ``path``; the handshake names its tid, and
+        :meth:`_verify_cache_file` keeps or drops the records by the answer."""
+        found = read_cache_file(path)
+        if found is None:
+            return
+        tid, records = found
+        cache = self.record_cache
+        generation = cache.generation()
+        for oid, data, start, end in records:
+            cache.put(oid, data, start, end, generation)
+        self._cache_file_tid = tid
+
+    def _verify_cache_file(self, changes: list | None) -> None:
+        """The server's answer to the cache file's tid: the transactions committed
+        since (their records are closed), or None: the records are dropped."""
+        since, self._cache_file_tid = self._cache_file_tid, None
+        if changes is None:
+            log.info("%s: the record cache file is outdated (the server cannot tell what "
+                     "changed since), dropped", self.__name__)
+            self._records_unknown()
+            return
+        for tid, oids in changes:
+            if tid > since:
+                self._records_invalidated(tid, oids)
+
+    def _write_cache_file(self) -> None:
+        """At close, in the process that opened the file: the records, valid as of the
+        last transaction heard of (no push can come any more)."""
+        if self._cache_file is None or os.getpid() != self._cache_file_pid \
+                or not self._welcomed_once:
+            return
+        write_cache_file(self._cache_file, self._ltid,
+                         [(oid, data, start, end) for oid, (data, start, end)
+                          in self.record_cache.items()])
 
     def _set_ltid(self, tid: bytes) -> None:
         """``lastTransaction()`` is ``tid`` now: wake :meth:`poll`."""
@@ -339,21 +392,16 @@ class ClientStorage(RemoteMirror, UndoMixin, StorageBase):
                 wrapper.invalidate(tid, payload["oids"])
             self._set_ltid(tid)
         elif kind == p.PUSH_RESET:
-            self._latest.clear()
+            self._records_unknown()
             if wrapper is not None:
                 wrapper.invalidateCache()
 
     def _keep_latest(self, tid: bytes, oids: Iterable[bytes], records: dict) -> None:
-        """Transaction ``tid`` stored ``oids``; ``records`` has some of their records.
-        Called in commit order, before ``_ltid`` moves to ``tid``."""
-        latest = self._latest
-        for oid in oids:
-            latest.pop(oid, None)  # (a kept one goes to the end: the newest)
-            data = records.get(oid)
-            if type(data) is bytes and len(data) <= _KEPT_RECORD:
-                latest[oid] = (data, tid)
-        while len(latest) > _LATEST:
-            del latest[next(iter(latest))]
+        """Another client's transaction ``tid`` stored ``oids``; ``records`` (pushed with
+        it) has some of their records, kept in the record cache as current. Called in
+        commit order, before ``_ltid`` moves to ``tid``."""
+        kept = {oid: data for oid, data in records.items() if type(data) is bytes}
+        self.record_cache.committed(tid, kept, [oid for oid in oids if oid not in kept])
 
     def _merged(self, request_id: int, oid: bytes, data: bytes) -> None:
         """The server merged a conflict of commit ``request_id`` itself: it stores
@@ -369,10 +417,15 @@ class ClientStorage(RemoteMirror, UndoMixin, StorageBase):
             self._resolved.append(oid)
 
     def _committed_here(self, tid: bytes, report: Callable[[], None]) -> None:
-        """Our commit ``tid`` is durable (in the I/O thread, in commit order): keep the
-        records merged for it, drop those kept of the others it wrote, ``report()``,
-        then show the tid."""
-        self._keep_latest(tid, [*self._undone, *self._stores], self._final)
+        """Our commit ``tid`` is durable (in the I/O thread, in commit order): tell the
+        record cache what it stored (the records merged for it where there were
+        conflicts; an undo's records, made by the server, are only invalidated),
+        ``report()``, then show the tid."""
+        if self._undone:
+            self._records_invalidated(tid, self._undone)
+        final = self._final
+        self._records_committed(tid, {oid: final.get(oid, data)
+                                      for oid, data in self._stores.items()})
         self._cache_committed_blobs(tid)
         try:
             report()
@@ -465,74 +518,46 @@ class ClientStorage(RemoteMirror, UndoMixin, StorageBase):
         if self._server_sync:
             self._call(p.SYNC)
 
-    def loadBefore(self, oid: bytes, tid: bytes) -> tuple[bytes, bytes, bytes | None] | None:
-        """One round trip that also brings the records this one refers to, and theirs
-        (up to 2000), kept for this thread: walking a BTree asks for them next.
-
-        A kept record is exactly what the server's ``loadBefore(oid, tid)`` returned for
-        the same ``tid``; it is used once, only for that ``tid`` and only while this
-        client has heard of no commit since it was asked for (else it might have been
-        replaced: a record cache that took it as current is told of the commit that
-        replaced it, as after any load). One kept record whose references were left out
-        brings them (one round trip) when it is used.
-        """
-        ltid = self._ltid  # first: the record kept then is current up to ltid at least
-        latest = self._latest.get(oid)
-        if latest is not None and latest[1] < tid and u64(tid) <= u64(ltid) + 1:
-            return latest[0], latest[1], None
+    def _load_before(self, oid: bytes, tid: bytes) -> tuple[bytes, bytes, bytes | None] | None:
+        """``loadBefore`` from the server (the record cache's misses, see
+        :mod:`amphora.storage.recordcache`): one round trip that also brings the records
+        this one refers to, and theirs (up to ``read_ahead``), into the record cache:
+        walking a BTree asks for them next."""
         if self._load_ahead and self.read_ahead:
-            found = self._take_ahead(oid, tid)
+            found = self._load_ahead_of([oid], tid).get(oid)
             if found is not None:
                 return found
-            found = self._read_ahead([oid], tid).get(oid)
-            if found is not None:  # the answer, as a load_before now would give it
-                return self._take_ahead(oid, tid) or found
         found = self._call(p.LOAD_BEFORE, oid, tid)
         return None if found is None else tuple(found)
 
-    def _read_ahead(self, oids: list[bytes], tid: bytes
-                    ) -> dict[bytes, tuple[bytes, bytes, bytes | None]]:
-        """Keep what a LOAD_AHEAD of ``oids`` brings; returns the records of ``oids``."""
-        generation = self._ltid  # before the call: a commit heard of meanwhile drops them
-        rows = self._call(p.LOAD_AHEAD, oids, tid, _AHEAD)
-        ahead = self._ahead
-        if getattr(ahead, "tid", None) != tid or ahead.generation != generation \
-                or len(ahead.kept) > 4 * _AHEAD:
-            ahead.kept = {}
-        ahead.tid, ahead.generation = tid, generation
-        kept = ahead.kept
-        for oid, data, start, end, partial in rows:
-            kept[oid] = ((data, start, end), partial)
-        return {oid: kept[oid][0] for oid in oids if oid in kept}
+    def _load_ahead_of(self, oids: list[bytes], tid: bytes
+                       ) -> dict[bytes, tuple[bytes, bytes, bytes | None]]:
+        """The records of ``oids`` before ``tid`` (one LOAD_AHEAD); what the server read
+        ahead with them goes to the record cache.
 
-    def _take_ahead(self, oid: bytes, tid: bytes) -> tuple[bytes, bytes, bytes | None] | None:
-        ahead = self._ahead
-        kept = getattr(ahead, "kept", None)
-        if not kept:
-            return None
-        if ahead.tid != tid or ahead.generation != self._ltid:
-            ahead.kept = {}
-            return None
-        entry = kept.pop(oid, None)
-        if entry is None:
-            return None
-        record, partial = entry
-        if partial:  # bring what it and its kept siblings refer to before they are walked
-            missing = [ref for ref in _references(record[0]) if ref not in kept]
-            for other, (data, more) in list(kept.items()):
-                if len(missing) >= _AHEAD:
-                    break
-                if more:
-                    missing.extend(ref for ref in _references(data[0]) if ref not in kept)
-                    kept[other] = (data, False)
-            if missing:
-                self._read_ahead(list(dict.fromkeys(missing))[:_AHEAD], tid)
-        return record
+        Each row is what the server's ``loadBefore(oid, tid)`` returns; the cache takes one
+        that is current only if it heard of no commit while the request was out (its
+        generation), so a commit that replaces it later closes it as any cached record.
+        A row whose references the server left out (a bucket whose values did not fit) is
+        not kept: the reader asks for it, and that request brings what it refers to (kept,
+        such a container would leave its items to be read a few at a time)."""
+        cache = self.record_cache
+        generation = cache.generation()  # before the call: see RecordCache.put
+        rows = self._call(p.LOAD_AHEAD, oids, tid, int(self.read_ahead))
+        asked = set(oids)
+        found = {}
+        put = cache.put
+        for oid, data, start, end, partial in rows:
+            if oid in asked:
+                found[oid] = (data, start, end)
+            elif not partial:
+                put(oid, data, start, end, generation)
+        return found
 
     def load_many(self, oids: Iterable[bytes], before: bytes
                   ) -> dict[bytes, tuple[bytes, bytes, bytes | None]]:
-        """The records read ahead (see :meth:`loadBefore`) and, in one round trip per
-        2000, the others, with what they refer to read ahead."""
+        """``loadBefore`` for many oids from the server, one round trip per 2000, with
+        what they refer to read ahead into the record cache."""
         oids = list(oids)
         if not oids:
             return {}
@@ -540,20 +565,8 @@ class ClientStorage(RemoteMirror, UndoMixin, StorageBase):
             return {oid: (data, start, end)
                     for oid, data, start, end in self._call(p.LOAD_MANY, oids, before)}
         found = {}
-        missing = []
-        for oid in oids:
-            record = self._take_ahead(oid, before)
-            if record is None:
-                missing.append(oid)
-            else:
-                found[oid] = record
-        for start in range(0, len(missing), _AHEAD):
-            chunk = missing[start:start + _AHEAD]
-            answers = self._read_ahead(chunk, before)
-            for oid in chunk:  # the answers, as a load_many now would give them
-                record = self._take_ahead(oid, before) or answers.get(oid)
-                if record is not None:
-                    found[oid] = record
+        for start in range(0, len(oids), _AHEAD):
+            found.update(self._load_ahead_of(oids[start:start + _AHEAD], before))
         return found
 
     def loadSerial(self, oid: bytes, serial: bytes) -> bytes:
@@ -953,14 +966,17 @@ class ClientStorage(RemoteMirror, UndoMixin, StorageBase):
         if self.isReadOnly():
             raise errors.ReadOnlyError(f"{self.__name__} is read-only")
         pack_time = pack_time if type(pack_time) is bytes else float(pack_time)
-        if reachable is None or not gc:
-            self._call(p.PACK, pack_time, bool(gc))
-            return
-        if not self._pack_reachable:
+        if reachable is not None and gc and not self._pack_reachable:
             raise errors.Unsupported(f"{self.__name__}: the server predates packs given the "
                                      "objects to keep")
-        kept = oids_to_keep(reachable, through)
-        self._call(p.PACK, pack_time, True, b"".join(sorted(kept)), through)
+        try:
+            if reachable is None or not gc:
+                self._call(p.PACK, pack_time, bool(gc))
+            else:
+                kept = oids_to_keep(reachable, through)
+                self._call(p.PACK, pack_time, True, b"".join(sorted(kept)), through)
+        finally:
+            self._records_unknown()  # the records of what it removed are gone
 
     def close(self) -> None:
         """Close the connection (commits under way on the server are aborted there)."""
@@ -990,6 +1006,7 @@ class ClientStorage(RemoteMirror, UndoMixin, StorageBase):
                 done.set_result(None)
         self._loop.call_soon_threadsafe(run)
         done.result(5)
+        self._write_cache_file()
 
     # -- after a fork -----------------------------------------------------------------
     def _forked(self, kept: list) -> None:
@@ -1017,7 +1034,7 @@ class ClientStorage(RemoteMirror, UndoMixin, StorageBase):
         self._voted = False
         self._finished_tid = None
         self._final = {}
-        self._ahead = threading.local()
+        self._record_cache_forked()
         self._marks = threading.local()
         self._advanced = threading.Condition()
         self._restart_lock = threading.Lock()

@@ -32,6 +32,7 @@ from amphora.storage.sql.keys import _ints, _pack, _split, _u, _unpack
 from amphora.storage.postgresql.schema import FORMAT, SCHEMA_VERSION, SchemaMixin  # noqa: F401
 from amphora.storage.postgresql.schema import _LAST_TID
 from amphora.storage.sql.log import TransactionLogMixin
+from amphora.storage.recordcache import CachedRecordsMixin
 from amphora.storage.undo import UndoMixin
 from amphora.storage.base import (DataRecord, StorageBase, history_entry,
                                   pack_tid)
@@ -49,28 +50,26 @@ FROM objects AS o LEFT JOIN LATERAL (
   WHERE oid = o.oid AND tid < %(b)s AND o.tid >= %(b)s ORDER BY tid DESC LIMIT 1
 ) AS r ON true
 WHERE o.oid = %(o)s"""
-# ... and, in the same round trip, the current records that the asked ones and the ones
-# served from the read-ahead (%(x)s) refer to: up to %(n)s of them, not asked for,
-# unchanged since before %(b)s. These are what a reader of a container asks for next (a
-# BTree's buckets, then the buckets' values); they come back with "ahead" true, and
-# whether they refer to others, and wait in the thread's read-ahead (see load_many).
+# ... and, in the same round trip, the current records that the asked ones refer to and
+# that refer to none (up to %(n)s of them, not asked for, unchanged since before %(b)s):
+# the items a reader of a container asks for next, the values of a BTree's buckets. They
+# come back with "ahead" true and go to the record cache (see load_many). A record that
+# refers to others (a bucket, a sub-container) is not read ahead: the reader asks for it,
+# and that query brings what it refers to.
 _LOAD_MANY = """
-WITH asked AS (SELECT oid, tid, data, refs FROM objects WHERE oid = ANY(%(o)s::bigint[])),
-parents AS (SELECT refs FROM asked WHERE tid < %(b)s
-            UNION ALL SELECT refs FROM objects
-            WHERE oid = ANY(%(x)s::bigint[]) AND tid < %(b)s)
+WITH asked AS (SELECT oid, tid, data, refs FROM objects WHERE oid = ANY(%(o)s::bigint[]))
 SELECT a.oid, a.tid, CASE WHEN a.tid < %(b)s THEN a.data END, r.tid, r.end_tid, r.data,
-       false AS ahead, false AS refers
+       false AS ahead
 FROM asked AS a LEFT JOIN LATERAL (
   SELECT tid, end_tid, data FROM revisions
   WHERE oid = a.oid AND tid < %(b)s AND a.tid >= %(b)s ORDER BY tid DESC LIMIT 1
 ) AS r ON true
 UNION ALL
-SELECT e.oid, e.tid, e.data, NULL, NULL, NULL, true, coalesce(cardinality(e.refs) > 0, false)
+SELECT e.oid, e.tid, e.data, NULL, NULL, NULL, true
 FROM objects AS e
-WHERE e.oid = ANY((SELECT (array_agg(ref))[1:%(n)s] FROM parents, unnest(parents.refs) AS ref)
-                  ::bigint[])
-  AND e.tid < %(b)s AND e.oid <> ALL(%(o)s::bigint[]) AND e.oid <> ALL(%(x)s::bigint[])"""
+WHERE e.oid = ANY((SELECT (array_agg(ref))[1:%(n)s]
+                   FROM asked, unnest(asked.refs) AS ref WHERE asked.tid < %(b)s)::bigint[])
+  AND e.tid < %(b)s AND e.oid <> ALL(%(o)s::bigint[]) AND coalesce(cardinality(e.refs), 0) = 0"""
 _LOAD_SERIAL = """
 SELECT data FROM objects WHERE oid = %(o)s AND tid = %(t)s
 UNION ALL SELECT data FROM revisions WHERE oid = %(o)s AND tid = %(t)s
@@ -192,7 +191,6 @@ _PASS_OID = "SELECT setval('oid_seq', %s) FROM oid_seq WHERE last_value < %s"
 
 _BATCH = 1000                        # oids per statement in batched reads
 _AHEAD = 2000                        # referenced records read along by one load_many
-_AHEAD_MAX = 8192                    # records a thread's read-ahead holds at most
 _OID_BLOCK = 64                      # oids first reserved per round trip to the sequence
 _OID_BLOCK_MAX = 4096                # ... doubling with each reservation up to this
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}\Z")
@@ -237,20 +235,12 @@ class _Made:
 
 
 class _Reader:
-    """One thread's autocommit connection: each read is one statement, one snapshot.
+    """One thread's autocommit connection: each read is one statement, one snapshot."""
 
-    ``ahead`` holds records read along with others (see ``load_many``) and whether they
-    refer to other records, valid for reads before ``ahead_before`` while the storage's
-    ``_ahead_generation`` is ``ahead_generation``.
-    """
-
-    __slots__ = ("conn", "ahead", "ahead_before", "ahead_generation", "__weakref__")
+    __slots__ = ("conn", "__weakref__")
 
     def __init__(self, conn: Any):
         self.conn = conn
-        self.ahead: dict[bytes, tuple[tuple[bytes, bytes, None], bool]] = {}
-        self.ahead_before = -1
-        self.ahead_generation = -1
 
 
 def require_psycopg() -> Any:
@@ -264,8 +254,8 @@ def require_psycopg() -> Any:
     return psycopg
 
 
-class PostgreSQLStorage(SchemaMixin, PackMixin, MirrorMixin, TransactionLogMixin,
-                        ChunkedBlobMixin, UndoMixin, StorageBase):
+class PostgreSQLStorage(CachedRecordsMixin, SchemaMixin, PackMixin, MirrorMixin,
+                        TransactionLogMixin, ChunkedBlobMixin, UndoMixin, StorageBase):
     """A storage in a PostgreSQL database, shared by any number of processes.
 
     Tables (``schema_version`` 1), in the schema ``schema`` (``public`` by default; every
@@ -305,9 +295,12 @@ class PostgreSQLStorage(SchemaMixin, PackMixin, MirrorMixin, TransactionLogMixin
     record exactly as stored.
 
     Concurrency: reads use one autocommit connection per thread; each load is one
-    statement, so it sees one consistent snapshot and never waits (records that
-    ``load_many`` read ahead along references are served later to the same thread for the
-    same tid, until the storage learns of a commit). A commit holds the
+    statement, so it sees one consistent snapshot and never waits. Loads are answered
+    from the record cache (:mod:`amphora.storage.recordcache`, ``record_cache_bytes``)
+    that every thread and connection of the storage object shares when they can; what
+    ``load_many`` reads ahead along references goes there too. The cache learns of every
+    commit as ``sync()`` (or a vote) reports it, and forgets everything on pack or when
+    a pack elsewhere removed commits unseen. A commit holds the
     storage's commit lock from ``tpc_begin``; ``tpc_vote`` opens a transaction, takes an
     advisory lock (``pg_advisory_xact_lock``) that serializes writers of this schema
     across processes, checks conflicts against what is committed under it, picks a tid
@@ -332,6 +325,8 @@ class PostgreSQLStorage(SchemaMixin, PackMixin, MirrorMixin, TransactionLogMixin
 
     supports_pack = True
     is_remote = True
+    #: records read ahead along references per query (see load_many and the record cache)
+    read_ahead = _AHEAD
     #: commit in the vote for a transaction's only data manager (``finish_with_vote``);
     #: False commits in ``tpc_finish`` always (benchmarks compare the two)
     finish_in_vote = True
@@ -392,9 +387,10 @@ class PostgreSQLStorage(SchemaMixin, PackMixin, MirrorMixin, TransactionLogMixin
         self._poller: Any = None
         self._waiter: Any = None
         self._waiter_lock = threading.Lock()
-        # Bumped whenever this storage learns of a commit (its own or another's): records
-        # read ahead before that may have been replaced since, so they are dropped.
+        # Commits of this storage (bumped by the commit path); reads rely on the record
+        # cache's generation instead, which every commit learnt of bumps
         self._ahead_generation = 0
+        self._init_record_cache()
         _fork.track(self)
         try:
             meta = self._open(create, True if keep_history is None else bool(keep_history))
@@ -500,10 +496,9 @@ class PostgreSQLStorage(SchemaMixin, PackMixin, MirrorMixin, TransactionLogMixin
         with self._lock:
             return self._ltid
 
-    def loadBefore(self, oid: bytes, tid: bytes) -> tuple[bytes, bytes, bytes | None] | None:
-        found, _ = self._read_ahead(tid, [oid])
-        if found:
-            return found[oid]
+    def _load_before(self, oid: bytes, tid: bytes) -> tuple[bytes, bytes, bytes | None] | None:
+        """``loadBefore`` from the database (the record cache's misses; see
+        :mod:`amphora.storage.recordcache`)."""
         rows = self._query(_LOAD_BEFORE, {"o": _unpack(oid)[0], "b": _unpack(tid)[0]},
                            binary=True)
         if not rows:
@@ -521,78 +516,40 @@ class PostgreSQLStorage(SchemaMixin, PackMixin, MirrorMixin, TransactionLogMixin
 
     def load_many(self, oids: Iterable[bytes], before: bytes
                   ) -> dict[bytes, tuple[bytes, bytes, bytes | None]]:
-        """``loadBefore`` for many oids, one query per thousand.
+        """``loadBefore`` for many oids, one query per thousand, from the database.
 
-        Each query also reads (up to ``_AHEAD``) the current records that the records
-        asked for refer to, and keeps them for this thread: a reader that asks for a
-        BTree's buckets asks for their values next, and finds them without a round trip.
-        Records served from that read-ahead bring the records they refer to in turn (one
-        query, when any of them refers to others). Kept records are used only for reads
-        before the same tid, and are dropped when the storage learns of any commit (they
-        might have been replaced), when another tid is asked for, or when there are too
-        many. What is returned is exactly what ``loadBefore`` would return for each oid
-        asked for.
+        Each query also reads (up to ``read_ahead``) the current records that the records
+        asked for refer to and that refer to none, and puts them in the record cache
+        (which every thread and connection shares): a reader that asks for a BTree's
+        buckets asks for their values next, and finds them there. Such a record was
+        current, and older than ``before``, when the query ran; the cache takes it only if
+        it learnt of no commit meanwhile (its generation), so a commit that replaces it
+        later closes it as any cached record. What is returned is exactly what
+        ``loadBefore`` would return for each oid asked for.
         """
         oids = list(oids)
-        found, parents = self._read_ahead(before, oids)
+        found: dict[bytes, tuple[bytes, bytes, bytes | None]] = {}
         before_i = _unpack(before)[0]
-        wanted = {_unpack(oid)[0]: oid for oid in oids if oid not in found}
+        wanted = {_unpack(oid)[0]: oid for oid in oids}
         keys = list(wanted)
-        parent_keys = _ints(b"".join(parents))[:_BATCH]
-        for i in range(0, max(len(keys), 1 if parent_keys else 0), _BATCH):
-            reader = self._thread_reader()
-            generation = self._ahead_generation  # before the query: see _read_ahead
+        cache = self.record_cache
+        ahead = int(self.read_ahead) if cache.max_bytes > 0 else 0
+        put = cache.put
+        for i in range(0, len(keys), _BATCH):
+            generation = cache.generation()  # before the query: see RecordCache.put
             rows = self._query(_LOAD_MANY, {"o": keys[i:i + _BATCH], "b": before_i,
-                                            "x": parent_keys if i == 0 else [],
-                                            "n": _AHEAD}, binary=True)
-            ahead = []
+                                            "n": ahead}, binary=True)
             # (empty data: a deletion record, no object)
-            for key, current, data, start, end, old, is_ahead, refers in rows:
+            for key, current, data, start, end, old, is_ahead in rows:
                 if is_ahead:
                     if data:
-                        ahead.append((_pack(key), ((data, _pack(current), None), refers)))
+                        put(_pack(key), data, _pack(current), None, generation)
                 elif data is not None:
                     if data:
                         found[wanted[key]] = (data, _pack(current), None)
                 elif old:
                     found[wanted[key]] = (old, _pack(start), _pack(end))
-            if ahead:
-                if reader.ahead_generation != generation or reader.ahead_before != before_i \
-                        or len(reader.ahead) + len(ahead) > _AHEAD_MAX:
-                    reader.ahead = {}
-                    reader.ahead_before = before_i
-                    reader.ahead_generation = generation
-                reader.ahead.update(ahead)
         return found
-
-    def _read_ahead(self, before: bytes, oids: list[bytes]
-                    ) -> tuple[dict[bytes, tuple[bytes, bytes, bytes | None]], list[bytes]]:
-        """The records of ``oids`` this thread read ahead for reads before ``before``
-        (each taken out: a reader asks once), and the oids of those that refer to others.
-
-        A kept record was current, and older than ``before``, when it was read; it is used
-        only while the storage has learnt of no commit since (the generation taken before
-        the query), so it is what a query would return now, or what a query returned to a
-        reader that had not yet been told of a newer commit: a record cache that takes it
-        as current is told of the commit that replaced it, as after any load.
-        """
-        reader = getattr(self._local, "reader", None)
-        if reader is None or not reader.ahead:
-            return {}, []
-        if reader.ahead_generation != self._ahead_generation \
-                or reader.ahead_before != _unpack(before)[0]:
-            reader.ahead = {}
-            return {}, []
-        take = reader.ahead.pop
-        found = {}
-        parents = []
-        for oid in oids:
-            kept = take(oid, None)
-            if kept is not None:
-                found[oid] = kept[0]
-                if kept[1]:
-                    parents.append(oid)
-        return found, parents
 
     def loadSerial(self, oid: bytes, serial: bytes) -> bytes:
         rows = self._query(_LOAD_SERIAL, {"o": _u(oid), "t": _u(serial)}, binary=True)
@@ -700,9 +657,6 @@ class PostgreSQLStorage(SchemaMixin, PackMixin, MirrorMixin, TransactionLogMixin
                 raise self._error(exc) from exc
         self.sync()
         return self.lastTransaction() != before
-
-    def _others_committed(self) -> None:
-        self._ahead_generation += 1  # records read ahead may be stale now
 
     # -- writing --------------------------------------------------------------------
     def new_oid(self) -> bytes:
@@ -1024,7 +978,7 @@ class PostgreSQLStorage(SchemaMixin, PackMixin, MirrorMixin, TransactionLogMixin
         self._oid_block = _OID_BLOCK
         self._pending = []
         self._voted_tid = self._finished_tid = self._lock_taken = None
-        self._ahead_generation += 1
+        self._record_cache_forked()
         self._forget_commit_after_fork()
 
 
