@@ -864,11 +864,18 @@ def test_a_conflict_found_before_the_lock_is_raised_without_waiting_for_it(open_
         db.close()
 
 
-def test_a_mergeable_conflict_reads_its_states_with_the_lock(open_storage, monkeypatch):
-    """A conflict found before the lock on a class that merges (BTrees.Length) takes the
-    lock and reads the states to merge in the same round trip: no state is loaded one
-    by one under the lock, and the merge counts both increments."""
+@pytest.mark.parametrize("merges_before_lock", [2, 0])
+def test_a_mergeable_conflict_is_merged_before_the_lock(open_storage, monkeypatch,
+                                                        merges_before_lock):
+    """A conflict found before the lock on a class that merges (BTrees.Length) reads the
+    states to merge in one round trip (no state is loaded one by one) and is merged
+    before the lock: the lock is then taken by the statement that finds the merged
+    record still current. With no merge allowed before the lock (or after that many
+    lost races), the lock is taken with the states' round trip and the merge done under
+    it. Either way the merge counts both increments."""
     from BTrees.Length import Length
+    from amphora.storage.postgresql import storage as module
+    monkeypatch.setattr(module, "_MERGES_BEFORE_LOCK", merges_before_lock)
     dbs, managers, conns = two_databases(open_storage, Length(10))
     conns[1].root()["x"].change(5)  # read at 10
     conns[0].root()["x"].change(1)
@@ -876,6 +883,9 @@ def test_a_mergeable_conflict_reads_its_states_with_the_lock(open_storage, monke
     sent = statements_of(monkeypatch, dbs[1].storage)
     managers[1].commit()
     assert not [statement for statement in sent if "LIMIT 1" in statement]  # no _LOAD_SERIAL
+    plain_locks = [statement for statement in sent
+                   if statement.startswith("SELECT pg_advisory_xact_lock")]
+    assert len(plain_locks) == (0 if merges_before_lock else 1)
     managers[0].begin()
     assert conns[0].root()["x"]() == 16
     for db in dbs:

@@ -201,6 +201,9 @@ _PASS_OID = "SELECT setval('oid_seq', %s) FROM oid_seq WHERE last_value < %s"
 _BATCH = 1000                        # oids per statement in batched reads
 _AHEAD = 2000                        # referenced records read along by one load_many
 _AHEAD_MAX = 8192                    # records a thread's read-ahead holds at most
+#: conflicts merged before taking the commit lock (each against the state committed then)
+#: before a commit takes the lock and merges under it
+_MERGES_BEFORE_LOCK = 2
 _OID_BLOCK = 64                      # oids first reserved per round trip to the sequence
 _OID_BLOCK_MAX = 4096                # ... doubling with each reservation up to this
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}\Z")
@@ -869,24 +872,13 @@ class PostgreSQLStorage(SchemaMixin, PackMixin, MirrorMixin, TransactionLogMixin
         of the mirror's key (read under the lock), the written records' references and
         documents (made while the server takes the lock) and the ``load_serial`` of
         conflict resolution (in this transaction). Others' commits since the last sync
-        are left in ``_pending``, to be reported before this one."""
-        # What was read, by oid key: the stores' serials (not the new objects': an insert
-        # finds a row made meanwhile) and the read checks'.
-        read = {key: serial for key, serial in zip(keys, reads) if serial}
-        read.update(zip(_ints(b"".join(self._checks)), _ints(b"".join(self._checks.values()))))
-        ltid = _u(self._ltid)
-        with conn.pipeline():
-            locking = conn.execute(_COMMIT_LOCK_IF_CURRENT, (list(read), list(read.values())))
-            changes = conn.execute(_CHANGES_SINCE, (ltid,), binary=True)
-            mirror = conn.execute(_MIRROR_KEY)  # under the lock, in the same round trip
-            # While the server takes the lock (or waits for it): each record's references
-            # and, if the last commit wrote documents, its document, by id() of the record
-            # (one replaced by a resolved conflict gets its own below). An undo's deletion
-            # record (None) is stored as empty data.
-            made = _Made([data or b"" for data in self._stores.values()], self._mirror_synced)
-        checked = locking.fetchall()
-        seen, locked = next((tid, lock) for key, tid, lock in checked if key is None)
-        committed = {key: tid or 0 for key, tid, _ in checked if key is not None}  # 0: gone
+        are left in ``_pending``, to be reported before this one.
+
+        Conflicts that may be merged are merged before the lock, against the states
+        committed then, up to ``_MERGES_BEFORE_LOCK`` times (each merge makes its record
+        read at the state it merged); the lock is then taken only if those are still
+        current, so that it is not held while Python merges. After that many, the lock
+        is taken anyway and the merge done under it."""
         states: dict[tuple[bytes, bytes], bytes] = {}  # fetched ahead for merges
 
         def load_serial(oid: bytes, serial: bytes) -> bytes:
@@ -899,24 +891,50 @@ class PostgreSQLStorage(SchemaMixin, PackMixin, MirrorMixin, TransactionLogMixin
                 raise ObjectNotFoundError(oid)
             return found[0][0]
 
-        if not locked:
+        ltid = _u(self._ltid)
+        made = None
+        for merges in range(_MERGES_BEFORE_LOCK + 1):
+            # What was read, by oid key: the stores' serials (not the new objects': an
+            # insert finds a row made meanwhile) and the read checks'.
+            read = {key: serial for key, serial in zip(keys, reads) if serial}
+            read.update(zip(_ints(b"".join(self._checks)),
+                            _ints(b"".join(self._checks.values()))))
+            with conn.pipeline():
+                locking = conn.execute(_COMMIT_LOCK_IF_CURRENT, (list(read), list(read.values())))
+                changes = conn.execute(_CHANGES_SINCE, (ltid,), binary=True)
+                mirror = conn.execute(_MIRROR_KEY)  # under the lock, in the same round trip
+                # While the server takes the lock (or waits for it): each record's
+                # references and, if the last commit wrote documents, its document, by
+                # id() of the record (one replaced by a merge gets its own later). An
+                # undo's deletion record (None) is stored as empty data.
+                if made is None:
+                    made = _Made([data or b"" for data in self._stores.values()],
+                                 self._mirror_synced)
+            checked = locking.fetchall()
+            seen, locked = next((tid, lock) for key, tid, lock in checked if key is None)
+            committed = {key: tid or 0 for key, tid, _ in checked if key is not None}  # 0: gone
+            if locked:
+                break
             # Something read was replaced before this commit could take the lock. Unless
-            # the conflicts may be merged (which happens under the lock, against what is
-            # committed then), they are raised now, without waiting for the lock.
+            # the conflicts may be merged, they are raised now, without waiting for it.
             serials, stale = self._committed_serials(oids, keys, reads, committed)
             if not self._mergeable(stale):
                 self._check_conflicts(serials, load_serial, stale)  # raises
-            # The merges read the states their writers started from and the current
-            # ones: fetched in the lock's round trip, not one by one under it.
+            # The merges read the states their writers started from and the current ones,
+            # in one round trip
             merging = {"o": _ints(b"".join(stale)),
                        "t": _ints(b"".join(map(self._serials.__getitem__, stale)))}
-            with conn.pipeline():
-                conn.execute(_COMMIT_LOCK)
-                changes = conn.execute(_CHANGES_SINCE, (ltid,), binary=True)
-                mirror = conn.execute(_MIRROR_KEY)
-                fetched = conn.execute(_STATES, merging, binary=True)
-            states.update(((_pack(oid), _pack(tid)), data)
-                          for oid, tid, data in fetched.fetchall())
+            if merges == _MERGES_BEFORE_LOCK:  # merged under the lock, in its round trip
+                with conn.pipeline():
+                    conn.execute(_COMMIT_LOCK)
+                    changes = conn.execute(_CHANGES_SINCE, (ltid,), binary=True)
+                    mirror = conn.execute(_MIRROR_KEY)
+                    fetched = conn.execute(_STATES, merging, binary=True)
+                states.update(((_pack(oid), _pack(tid)), data)
+                              for oid, tid, data in fetched.fetchall())
+                break
+            reads = self._merge_unlocked(conn, oids, keys, reads, merging, states,
+                                         load_serial)
         self._lock_taken = time.perf_counter()
         # What the commits after the check wrote (usually none): its snapshot missed them.
         pending = changes.fetchall()
@@ -927,6 +945,29 @@ class PostgreSQLStorage(SchemaMixin, PackMixin, MirrorMixin, TransactionLogMixin
         self._check_conflicts(serials, load_serial, stale)
         self._pending = pending
         return max(seen, pending[-1][0] if pending else 0), mirror, made, load_serial
+
+    def _merge_unlocked(self, conn: Any, oids: list[bytes], keys: list[int], reads: list[int],
+                        merging: dict[str, list[int]],
+                        states: dict[tuple[bytes, bytes], bytes],
+                        load_serial: Callable[[bytes, bytes], bytes]) -> list[int]:
+        """Merge the stale stores ``merging`` (their oids and the serials read) against the
+        states committed now, without the lock; each merged record is then read at the
+        state it merged (the new ``reads``, returned). Raises the conflicts that do not
+        merge."""
+        fetched = conn.execute(_STATES, merging, binary=True).fetchall()
+        states.update(((_pack(oid), _pack(tid)), data) for oid, tid, data in fetched)
+        newest: dict[int, int] = {}
+        for oid, tid, _ in fetched:  # the current row's tid, above the revision read
+            newest[oid] = max(tid, newest.get(oid, 0))
+        started = dict(zip(merging["o"], merging["t"]))
+        # (an object whose current row is gone has only the revision read: no merge)
+        committed = {key: 0 if newest.get(key, read) == read else newest[key]
+                     for key, read in started.items()}
+        serials, stale = self._committed_serials(oids, keys, reads, committed)
+        self._check_conflicts(serials, load_serial, stale)
+        for oid in stale:  # merged: based on the committed state now
+            self._serials[oid] = serials[oid]
+        return _ints(b"".join(map(self._serials.__getitem__, oids)))
 
     def _committed_serials(self, oids: list[bytes], keys: list[int], reads: list[int],
                            committed: dict[int, int]) -> tuple[dict[bytes, bytes], list[bytes]]:
