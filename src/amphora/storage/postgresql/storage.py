@@ -130,10 +130,16 @@ SELECT NULL::bigint, coalesce(max(tid), 0),
 FROM transactions
 UNION ALL SELECT oid, tid, NULL FROM stale"""
 _CURRENT_SERIALS = "SELECT oid, tid FROM objects WHERE oid = ANY(%s::bigint[])"
-_ARCHIVE_CURRENT = ("INSERT INTO revisions (oid, tid, end_tid, data, refs)"
-                    " SELECT oid, tid, %s, data, refs FROM objects WHERE oid = ANY(%s::bigint[])")
-_RETAIN_CURRENT = ("INSERT INTO replaced (oid, tid, end_tid, data)"
-                   " SELECT oid, tid, %s, data FROM objects WHERE oid = ANY(%s::bigint[])")
+# Prefixed to the statement that replaces the rows (see _WRITES): the revisions replaced,
+# archived by the same statement (its parts all read the rows as they were before it)
+_ARCHIVING = {
+    True: ("WITH archived AS (INSERT INTO revisions (oid, tid, end_tid, data, refs)"
+           " SELECT oid, tid, %(tid)s::bigint, data, refs FROM objects"
+           " WHERE oid = ANY(%(replaced)s::bigint[])) "),
+    False: ("WITH retained AS (INSERT INTO replaced (oid, tid, end_tid, data)"  # history-free
+            " SELECT oid, tid, %(tid)s::bigint, data FROM objects"
+            " WHERE oid = ANY(%(replaced)s::bigint[])) "),
+}
 # (with the chunks of the blob revisions forgotten: see .blobs)
 _PRUNE_REPLACED = ("WITH gone AS (DELETE FROM replaced WHERE end_tid < %s RETURNING oid, tid)"
                    " DELETE FROM blob_chunk AS c USING gone"
@@ -191,9 +197,11 @@ _WRITES_STRICT = {
     "joined": f"{_DOCUMENTED_COLUMNS}".format(rows=_DOCUMENTED_ROWS),
     "arrays": f"{_DOCUMENTED_COLUMNS}".format(rows=_DOCUMENTED_ARRAY_ROWS),
 }
-_INSERT_TRANSACTION = ("INSERT INTO transactions (tid, username, description, extension, oids)"
-                       " VALUES (%s, %s, %s, %s, %s)")
-_NOTIFY = "SELECT pg_notify(%s, %s)"
+# the transaction's row, and the notification of its tid (sent at COMMIT)
+_INSERT_TRANSACTION = ("WITH t AS (INSERT INTO transactions"
+                       " (tid, username, description, extension, oids)"
+                       " VALUES (%s, %s, %s, %s, %s) RETURNING tid)"
+                       " SELECT pg_notify(%s, tid::text) FROM t")
 _NEXT_OIDS = "SELECT nextval('oid_seq') FROM generate_series(1, %s)"
 # oids stored without new_oid (the root, restores) are never handed out
 _PASS_OID = "SELECT setval('oid_seq', %s) FROM oid_seq WHERE last_value < %s"
@@ -824,14 +832,10 @@ class PostgreSQLStorage(SchemaMixin, PackMixin, MirrorMixin, TransactionLogMixin
         # With a sync mirror, each row carries its document (written by the same statement)
         mirrored = self._mirror_synced = self._mirror_documented(mirror.fetchone())
         with conn.pipeline():
-            if replacing:
-                replaced_keys = [key for key, _ in replacing]
-                if self.keep_history:
-                    conn.execute(_ARCHIVE_CURRENT, (tid_i, replaced_keys))
-                else:  # replaced revisions stay only while they may resolve conflicts
-                    conn.execute(_RETAIN_CURRENT, (tid_i, replaced_keys))
+            if replacing:  # (history-free: replaced revisions stay while they may merge)
                 how, params = self._row_params(tid_i, replacing, mirrored, made)
-                conn.execute(_WRITES[how][0], params)
+                params["replaced"] = [key for key, _ in replacing]
+                conn.execute(_ARCHIVING[self.keep_history] + _WRITES[how][0], params)
             if not self.keep_history:
                 horizon = pack_tid(max(tid_time(tid) - self.conflict_window, 0))
                 conn.execute(_PRUNE_REPLACED, (_u(horizon),))
@@ -843,9 +847,11 @@ class PostgreSQLStorage(SchemaMixin, PackMixin, MirrorMixin, TransactionLogMixin
                 else:
                     inserted = conn.execute(_WRITES[how][1], params)
             conn.execute(_INSERT_TRANSACTION, (tid_i, user, description, extension,
-                                               b"".join(oids)))
-            conn.execute(_NOTIFY, (self._channel, str(tid_i)))
-            self._top_oid = max(keys) if keys else -1
+                                               b"".join(oids), self._channel))
+            # New oids, stored without new_oid or not (a replaced object's was passed
+            # when it was made; a restored one may be new, though read at its tid)
+            self._top_oid = max([key for key, _ in creating]
+                                + [_u(oid) for oid in self._restored], default=-1)
             if self._top_oid >= 0:
                 conn.execute(_PASS_OID, (self._top_oid, self._top_oid))
             # Commits by others since our last sync (_pending): reported before ours
