@@ -854,8 +854,6 @@ class PostgreSQLStorage(SchemaMixin, PackMixin, MirrorMixin, TransactionLogMixin
                                 + [_u(oid) for oid in self._restored], default=-1)
             if self._top_oid >= 0:
                 conn.execute(_PASS_OID, (self._top_oid, self._top_oid))
-            # Commits by others since our last sync (_pending): reported before ours
-            packed = conn.execute(_PACKED_THROUGH) if self._pending else None
             if finish:
                 self._voted_tid = tid  # (before the COMMIT: a failed one is not retried)
                 conn.commit()  # queued behind the writes: one round trip for all
@@ -867,7 +865,6 @@ class PostgreSQLStorage(SchemaMixin, PackMixin, MirrorMixin, TransactionLogMixin
             self._check_conflicts({oid: _pack(found[_u(oid)]) for oid in stale},
                                   load_serial, stale)
             raise StorageError("a new object's row exists, but no conflict was found")
-        self._pending_packed = packed.fetchone()[0] if packed is not None else 0
         self._write_blobs(conn, tid_i)  # in this transaction: committed with the records
         self._voted_tid = tid
 
@@ -878,7 +875,8 @@ class PostgreSQLStorage(SchemaMixin, PackMixin, MirrorMixin, TransactionLogMixin
         of the mirror's key (read under the lock), the written records' references and
         documents (made while the server takes the lock) and the ``load_serial`` of
         conflict resolution (in this transaction). Others' commits since the last sync
-        are left in ``_pending``, to be reported before this one.
+        are left in ``_pending`` (and pack's ``_pending_packed``), to be reported before
+        this one.
 
         Conflicts that may be merged are merged before the lock, against the states
         committed then, up to ``_MERGES_BEFORE_LOCK`` times (each merge makes its record
@@ -907,8 +905,10 @@ class PostgreSQLStorage(SchemaMixin, PackMixin, MirrorMixin, TransactionLogMixin
                             _ints(b"".join(self._checks.values()))))
             with conn.pipeline():
                 locking = conn.execute(_COMMIT_LOCK_IF_CURRENT, (list(read), list(read.values())))
+                # under the lock, in the same round trip
                 changes = conn.execute(_CHANGES_SINCE, (ltid,), binary=True)
-                mirror = conn.execute(_MIRROR_KEY)  # under the lock, in the same round trip
+                packed = conn.execute(_PACKED_THROUGH)
+                mirror = conn.execute(_MIRROR_KEY)
                 # While the server takes the lock (or waits for it): each record's
                 # references and, if the last commit wrote documents, its document, by
                 # id() of the record (one replaced by a merge gets its own later). An
@@ -934,6 +934,7 @@ class PostgreSQLStorage(SchemaMixin, PackMixin, MirrorMixin, TransactionLogMixin
                 with conn.pipeline():
                     conn.execute(_COMMIT_LOCK)
                     changes = conn.execute(_CHANGES_SINCE, (ltid,), binary=True)
+                    packed = conn.execute(_PACKED_THROUGH)
                     mirror = conn.execute(_MIRROR_KEY)
                     fetched = conn.execute(_STATES, merging, binary=True)
                 states.update(((_pack(oid), _pack(tid)), data)
@@ -950,6 +951,7 @@ class PostgreSQLStorage(SchemaMixin, PackMixin, MirrorMixin, TransactionLogMixin
         serials, stale = self._committed_serials(oids, keys, reads, committed)
         self._check_conflicts(serials, load_serial, stale)
         self._pending = pending
+        self._pending_packed = packed.fetchone()[0]
         return max(seen, pending[-1][0] if pending else 0), mirror, made, load_serial
 
     def _merge_unlocked(self, conn: Any, oids: list[bytes], keys: list[int], reads: list[int],
