@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import time
 import threading
 
 import pgserver
@@ -863,11 +864,18 @@ def test_a_conflict_found_before_the_lock_is_raised_without_waiting_for_it(open_
         db.close()
 
 
-def test_a_mergeable_conflict_reads_its_states_with_the_lock(open_storage, monkeypatch):
-    """A conflict found before the lock on a class that merges (BTrees.Length) takes the
-    lock and reads the states to merge in the same round trip: no state is loaded one
-    by one under the lock, and the merge counts both increments."""
+@pytest.mark.parametrize("merges_before_lock", [2, 0])
+def test_a_mergeable_conflict_is_merged_before_the_lock(open_storage, monkeypatch,
+                                                        merges_before_lock):
+    """A conflict found before the lock on a class that merges (BTrees.Length) reads the
+    states to merge in one round trip (no state is loaded one by one) and is merged
+    before the lock: the lock is then taken by the statement that finds the merged
+    record still current. With no merge allowed before the lock (or after that many
+    lost races), the lock is taken with the states' round trip and the merge done under
+    it. Either way the merge counts both increments."""
     from BTrees.Length import Length
+    from amphora.storage.postgresql import storage as module
+    monkeypatch.setattr(module, "_MERGES_BEFORE_LOCK", merges_before_lock)
     dbs, managers, conns = two_databases(open_storage, Length(10))
     conns[1].root()["x"].change(5)  # read at 10
     conns[0].root()["x"].change(1)
@@ -875,6 +883,9 @@ def test_a_mergeable_conflict_reads_its_states_with_the_lock(open_storage, monke
     sent = statements_of(monkeypatch, dbs[1].storage)
     managers[1].commit()
     assert not [statement for statement in sent if "LIMIT 1" in statement]  # no _LOAD_SERIAL
+    plain_locks = [statement for statement in sent
+                   if statement.startswith("SELECT pg_advisory_xact_lock")]
+    assert len(plain_locks) == (0 if merges_before_lock else 1)
     managers[0].begin()
     assert conns[0].root()["x"]() == 16
     for db in dbs:
@@ -902,3 +913,61 @@ def test_a_new_objects_row_made_meanwhile_fails_a_commit_finished_by_its_vote(st
     with pytest.raises(ObjectNotFoundError):
         storage.load(p64(7001))
     assert storage.load(p64(7000))[0] == record("theirs")
+
+
+def test_a_commit_reads_the_serials_it_checks_once(storage, monkeypatch):
+    """The conflict check before the lock reads the committed serial of each record the
+    commit replaces; under the lock only the commits made since that check are looked at
+    (none here): no statement reads those serials a second time."""
+    oids = [p64(n) for n in range(1, 201)]
+    tid = commit(storage, dict.fromkeys([z64, *oids], record("first")))
+    sent = statements_of(monkeypatch, storage)
+    commit(storage, dict.fromkeys(oids, record("second")), dict.fromkeys(oids, tid))
+    reading = [statement for statement in sent
+               if " objects " in statement and "INSERT INTO" not in statement]
+    assert len(reading) == 1 and "pg_advisory_xact_lock" in reading[0]
+    assert storage.load(oids[-1])[0] == record("second")
+
+
+def waiting_for_the_commit_lock(server, count: int = 1) -> None:
+    """Return once ``count`` sessions wait for an advisory lock (the commit lock)."""
+    with server.connect() as conn:
+        for _ in range(500):
+            waiting = conn.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"
+                                   " AND NOT granted").fetchone()[0]
+            if waiting >= count:
+                return
+            time.sleep(0.01)
+    raise AssertionError("no session waits for the commit lock")
+
+
+def test_a_commit_made_while_another_waits_for_the_lock_is_its_conflict(open_storage, server):
+    """The check before the lock passes while another commit holds the lock, voted but not
+    yet finished; that commit replaces the record. The waiting commit, once it has the
+    lock, finds the change among the commits made since its check: a ConflictError, and
+    nothing of it is written."""
+    first, second = open_storage(), open_storage()
+    tid = commit(first, {z64: record("root"), p64(1): record(0)})
+    held = TransactionMetaData()  # (no finish_with_vote: the lock is held until tpc_finish)
+    first.tpc_begin(held)
+    first.store(p64(1), tid, record(1), "", held)
+    first.tpc_vote(held)
+    raised: list[BaseException] = []
+
+    def late():
+        txn = TransactionMetaData()
+        second.tpc_begin(txn)
+        second.store(p64(1), tid, record(2), "", txn)
+        try:
+            second.tpc_vote(txn)
+        except BaseException as exc:  # noqa: BLE001 - checked below
+            raised.append(exc)
+        second.tpc_abort(txn)
+    thread = threading.Thread(target=late)
+    thread.start()
+    waiting_for_the_commit_lock(server)
+    won = first.tpc_finish(held)
+    thread.join(30)
+    assert len(raised) == 1 and isinstance(raised[0], ConflictError)
+    assert raised[0].serials == (won, tid)
+    assert second.load(p64(1)) == (record(1), won)

@@ -107,24 +107,38 @@ _SIZE = ("SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0)::bigint FROM pg
          " WHERE n.nspname = current_schema() AND c.relkind = 'r'")
 
 # -- writing --------------------------------------------------------------------------------
-_COMMIT_LOCK = "SELECT pg_advisory_xact_lock(hashtext('amphora-commit:' || current_schema()))"
-# Run after the lock (its own statement, so it sees every commit made before the lock):
-# the last tid (oid NULL), then the committed serial of each oid asked for.
+_TAKE_COMMIT_LOCK = "pg_advisory_xact_lock(hashtext('amphora-commit:' || current_schema()))"
+_COMMIT_LOCK = f"SELECT {_TAKE_COMMIT_LOCK}"
 _OBJECTS_SHARED = "LOCK TABLE objects IN ACCESS SHARE MODE"
 _OBJECTS_EXCLUSIVE = "LOCK TABLE objects IN ACCESS EXCLUSIVE MODE"
-# The commit lock, taken only if every record this transaction read is still current
-# (else no row): a transaction that lost a race learns it without queueing for the lock.
-_COMMIT_LOCK_IF_CURRENT = (
-    f"{_COMMIT_LOCK} WHERE NOT EXISTS (SELECT FROM unnest(%s::bigint[], %s::bigint[])"
-    " AS r(oid, tid) LEFT JOIN objects AS o ON o.oid = r.oid"
-    " WHERE o.tid IS DISTINCT FROM r.tid)")
-_LAST_AND_SERIALS = ("SELECT NULL::bigint, coalesce(max(tid), 0) FROM transactions"
-                     " UNION ALL SELECT oid, tid FROM objects WHERE oid = ANY(%s::bigint[])")
+# The conflict check before the lock, in one statement (one snapshot): the last tid then
+# (oid NULL) and whether the commit lock was taken, which it is only if every record this
+# transaction read (an oid and the tid read, 0 for none) is still current, then each
+# record that is not, with its committed tid (NULL: gone). A transaction that lost a race
+# learns it without queueing for the lock. Under the lock, only the commits after that
+# last tid are looked at (their rows in ``transactions`` name what they wrote): no serial
+# is read twice. (An object pack deletes while this commit waits for the lock is not
+# seen: it was garbage, and the commit's write of it makes it a current record again.)
+_COMMIT_LOCK_IF_CURRENT = f"""
+WITH stale AS MATERIALIZED (
+  SELECT r.oid, o.tid FROM unnest(%s::bigint[], %s::bigint[]) AS r(oid, tid)
+  LEFT JOIN objects AS o ON o.oid = r.oid WHERE o.tid IS DISTINCT FROM nullif(r.tid, 0))
+SELECT NULL::bigint, coalesce(max(tid), 0),
+       (SELECT {_TAKE_COMMIT_LOCK}::text
+        WHERE NOT EXISTS (SELECT FROM stale)) IS NOT NULL
+FROM transactions
+UNION ALL SELECT oid, tid, NULL FROM stale"""
 _CURRENT_SERIALS = "SELECT oid, tid FROM objects WHERE oid = ANY(%s::bigint[])"
-_ARCHIVE_CURRENT = ("INSERT INTO revisions (oid, tid, end_tid, data, refs)"
-                    " SELECT oid, tid, %s, data, refs FROM objects WHERE oid = ANY(%s::bigint[])")
-_RETAIN_CURRENT = ("INSERT INTO replaced (oid, tid, end_tid, data)"
-                   " SELECT oid, tid, %s, data FROM objects WHERE oid = ANY(%s::bigint[])")
+# Prefixed to the statement that replaces the rows (see _WRITES): the revisions replaced,
+# archived by the same statement (its parts all read the rows as they were before it)
+_ARCHIVING = {
+    True: ("WITH archived AS (INSERT INTO revisions (oid, tid, end_tid, data, refs)"
+           " SELECT oid, tid, %(tid)s::bigint, data, refs FROM objects"
+           " WHERE oid = ANY(%(replaced)s::bigint[])) "),
+    False: ("WITH retained AS (INSERT INTO replaced (oid, tid, end_tid, data)"  # history-free
+            " SELECT oid, tid, %(tid)s::bigint, data FROM objects"
+            " WHERE oid = ANY(%(replaced)s::bigint[])) "),
+}
 # (with the chunks of the blob revisions forgotten: see .blobs)
 _PRUNE_REPLACED = ("WITH gone AS (DELETE FROM replaced WHERE end_tid < %s RETURNING oid, tid)"
                    " DELETE FROM blob_chunk AS c USING gone"
@@ -182,15 +196,20 @@ _WRITES_STRICT = {
     "joined": f"{_DOCUMENTED_COLUMNS}".format(rows=_DOCUMENTED_ROWS),
     "arrays": f"{_DOCUMENTED_COLUMNS}".format(rows=_DOCUMENTED_ARRAY_ROWS),
 }
-_INSERT_TRANSACTION = ("INSERT INTO transactions (tid, username, description, extension, oids)"
-                       " VALUES (%s, %s, %s, %s, %s)")
-_NOTIFY = "SELECT pg_notify(%s, %s)"
+# the transaction's row, and the notification of its tid (sent at COMMIT)
+_INSERT_TRANSACTION = ("WITH t AS (INSERT INTO transactions"
+                       " (tid, username, description, extension, oids)"
+                       " VALUES (%s, %s, %s, %s, %s) RETURNING tid)"
+                       " SELECT pg_notify(%s, tid::text) FROM t")
 _NEXT_OIDS = "SELECT nextval('oid_seq') FROM generate_series(1, %s)"
 # oids stored without new_oid (the root, restores) are never handed out
 _PASS_OID = "SELECT setval('oid_seq', %s) FROM oid_seq WHERE last_value < %s"
 
 _BATCH = 1000                        # oids per statement in batched reads
 _AHEAD = 2000                        # referenced records read along by one load_many
+#: conflicts merged before taking the commit lock (each against the state committed then)
+#: before a commit takes the lock and merges under it
+_MERGES_BEFORE_LOCK = 2
 _OID_BLOCK = 64                      # oids first reserved per round trip to the sequence
 _OID_BLOCK_MAX = 4096                # ... doubling with each reservation up to this
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}\Z")
@@ -387,9 +406,6 @@ class PostgreSQLStorage(CachedRecordsMixin, SchemaMixin, PackMixin, MirrorMixin,
         self._poller: Any = None
         self._waiter: Any = None
         self._waiter_lock = threading.Lock()
-        # Commits of this storage (bumped by the commit path); reads rely on the record
-        # cache's generation instead, which every commit learnt of bumps
-        self._ahead_generation = 0
         self._init_record_cache()
         _fork.track(self)
         try:
@@ -716,7 +732,6 @@ class PostgreSQLStorage(CachedRecordsMixin, SchemaMixin, PackMixin, MirrorMixin,
             self._held()
             self._settle_blobs()
             tid = self._finished_tid = self._voted_tid
-            self._ahead_generation += 1
             self._publish(tid, lambda tid: then(tid, list(self._resolved)))
 
     def _held(self) -> None:
@@ -757,71 +772,7 @@ class PostgreSQLStorage(CachedRecordsMixin, SchemaMixin, PackMixin, MirrorMixin,
         oids = list(stores)
         keys = _ints(b"".join(oids))
         reads = _ints(b"".join(map(self._serials.__getitem__, oids)))
-        check_oids = list(self._checks)
-        check_keys = _ints(b"".join(check_oids))
-        # The commit lock, then (a statement of its own, so that it sees every commit
-        # made before the lock) the last tid and the committed serials of what was read.
-        # Objects new in this transaction (read as z64) are not looked up: an insert
-        # finds a row some other transaction made with the same oid.
-        read_keys = [key for key, read in zip(keys, reads) if read]
-        check_reads = _ints(b"".join(map(self._checks.__getitem__, check_oids)))
-        current_keys = read_keys + [key for key, read in zip(check_keys, check_reads) if read]
-        current_tids = [read for read in reads if read] + [read for read in check_reads if read]
-        with conn.pipeline():
-            locking = conn.execute(_COMMIT_LOCK_IF_CURRENT, (current_keys, current_tids))
-            cursor = conn.execute(_LAST_AND_SERIALS, (read_keys + check_keys,))
-            mirror = conn.execute(_MIRROR_KEY)  # under the lock, in the same round trip
-            # While the server takes the lock (or waits for it): each record's references
-            # and, if the last commit wrote documents, its document, by id() of the record
-            # (one replaced by a resolved conflict gets its own below). An undo's deletion
-            # record (None) is stored as empty data.
-            made = _Made([data or b"" for data in stores.values()], self._mirror_synced)
-
-        states: dict[tuple[bytes, bytes], bytes] = {}  # fetched ahead for merges
-
-        def load_serial(oid: bytes, serial: bytes) -> bytes:  # in this write transaction
-            state = states.get((oid, serial))
-            if state is not None:
-                return state
-            found = conn.execute(_LOAD_SERIAL, {"o": _u(oid), "t": _u(serial)},
-                                 binary=True).fetchall()
-            if not found:
-                raise ObjectNotFoundError(oid)
-            return found[0][0]
-
-        def conflicts(rows: list) -> tuple[dict[bytes, bytes], list[bytes]]:
-            current = dict(rows[1:])
-            committed_tid = current.get
-            stale = [oid for oid, key, read in zip(oids, keys, reads)
-                     if read and committed_tid(key, 0) != read]  # usually none
-            committed = {oid: _pack(current[key]) for oid, key in
-                         zip(stale + check_oids, _ints(b"".join(stale)) + check_keys)
-                         if key in current}
-            return committed, stale
-
-        if not locking.fetchall():
-            # Something read was replaced before this commit could take the lock. Unless
-            # the conflicts may be merged (which happens under the lock, against what is
-            # committed then), they are raised now, without waiting for the lock.
-            committed, stale = conflicts(cursor.fetchall())
-            if not self._mergeable(stale):
-                self._check_conflicts(committed, load_serial, stale)  # raises
-            # The merges read the states their writers started from and the current
-            # ones: fetched in the lock's round trip, not one by one under it.
-            merging = {"o": _ints(b"".join(stale)),
-                       "t": _ints(b"".join(map(self._serials.__getitem__, stale)))}
-            with conn.pipeline():
-                conn.execute(_COMMIT_LOCK)
-                cursor = conn.execute(_LAST_AND_SERIALS, (read_keys + check_keys,))
-                mirror = conn.execute(_MIRROR_KEY)
-                fetched = conn.execute(_STATES, merging, binary=True)
-            states.update(((_pack(oid), _pack(tid)), data)
-                          for oid, tid, data in fetched.fetchall())
-        self._lock_taken = time.perf_counter()
-        rows = cursor.fetchall()
-        last = rows[0][1]
-        committed, stale = conflicts(rows)
-        self._check_conflicts(committed, load_serial, stale)
+        last, mirror, made, load_serial = self._lock_and_check(conn, oids, keys, reads)
         tid = self._next_tid(max(_pack(last), self._ltid))
         tid_i = _u(tid)
         datas = [data or b"" for data in stores.values()]  # resolved conflicts replaced some
@@ -831,14 +782,10 @@ class PostgreSQLStorage(CachedRecordsMixin, SchemaMixin, PackMixin, MirrorMixin,
         # With a sync mirror, each row carries its document (written by the same statement)
         mirrored = self._mirror_synced = self._mirror_documented(mirror.fetchone())
         with conn.pipeline():
-            if replacing:
-                replaced_keys = [key for key, _ in replacing]
-                if self.keep_history:
-                    conn.execute(_ARCHIVE_CURRENT, (tid_i, replaced_keys))
-                else:  # replaced revisions stay only while they may resolve conflicts
-                    conn.execute(_RETAIN_CURRENT, (tid_i, replaced_keys))
+            if replacing:  # (history-free: replaced revisions stay while they may merge)
                 how, params = self._row_params(tid_i, replacing, mirrored, made)
-                conn.execute(_WRITES[how][0], params)
+                params["replaced"] = [key for key, _ in replacing]
+                conn.execute(_ARCHIVING[self.keep_history] + _WRITES[how][0], params)
             if not self.keep_history:
                 horizon = pack_tid(max(tid_time(tid) - self.conflict_window, 0))
                 conn.execute(_PRUNE_REPLACED, (_u(horizon),))
@@ -850,15 +797,13 @@ class PostgreSQLStorage(CachedRecordsMixin, SchemaMixin, PackMixin, MirrorMixin,
                 else:
                     inserted = conn.execute(_WRITES[how][1], params)
             conn.execute(_INSERT_TRANSACTION, (tid_i, user, description, extension,
-                                               b"".join(oids)))
-            conn.execute(_NOTIFY, (self._channel, str(tid_i)))
-            self._top_oid = max(keys) if keys else -1
+                                               b"".join(oids), self._channel))
+            # New oids, stored without new_oid or not (a replaced object's was passed
+            # when it was made; a restored one may be new, though read at its tid)
+            self._top_oid = max([key for key, _ in creating]
+                                + [_u(oid) for oid in self._restored], default=-1)
             if self._top_oid >= 0:
                 conn.execute(_PASS_OID, (self._top_oid, self._top_oid))
-            # Commits by others since our last sync: reported before ours, in tid order.
-            ltid = _u(self._ltid)
-            pending = conn.execute(_CHANGES_SINCE, (ltid,), binary=True) if last > ltid else None
-            packed = conn.execute(_PACKED_THROUGH) if last > ltid else None
             if finish:
                 self._voted_tid = tid  # (before the COMMIT: a failed one is not retried)
                 conn.commit()  # queued behind the writes: one round trip for all
@@ -870,10 +815,133 @@ class PostgreSQLStorage(CachedRecordsMixin, SchemaMixin, PackMixin, MirrorMixin,
             self._check_conflicts({oid: _pack(found[_u(oid)]) for oid in stale},
                                   load_serial, stale)
             raise StorageError("a new object's row exists, but no conflict was found")
-        self._pending = pending.fetchall() if pending is not None else []
-        self._pending_packed = packed.fetchone()[0] if packed is not None else 0
         self._write_blobs(conn, tid_i)  # in this transaction: committed with the records
         self._voted_tid = tid
+
+    def _lock_and_check(self, conn: Any, oids: list[bytes], keys: list[int], reads: list[int]
+                        ) -> tuple[int, Any, _Made, Callable[[bytes, bytes], bytes]]:
+        """Take the commit lock and check the transaction's conflicts under it: those that
+        may be merged are, the others raised. Returns the last committed tid, the cursor
+        of the mirror's key (read under the lock), the written records' references and
+        documents (made while the server takes the lock) and the ``load_serial`` of
+        conflict resolution (in this transaction). Others' commits since the last sync
+        are left in ``_pending`` (and pack's ``_pending_packed``), to be reported before
+        this one.
+
+        Conflicts that may be merged are merged before the lock, against the states
+        committed then, up to ``_MERGES_BEFORE_LOCK`` times (each merge makes its record
+        read at the state it merged); the lock is then taken only if those are still
+        current, so that it is not held while Python merges. After that many, the lock
+        is taken anyway and the merge done under it."""
+        states: dict[tuple[bytes, bytes], bytes] = {}  # fetched ahead for merges
+
+        def load_serial(oid: bytes, serial: bytes) -> bytes:
+            state = states.get((oid, serial))
+            if state is not None:
+                return state
+            found = conn.execute(_LOAD_SERIAL, {"o": _u(oid), "t": _u(serial)},
+                                 binary=True).fetchall()
+            if not found:
+                raise ObjectNotFoundError(oid)
+            return found[0][0]
+
+        ltid = _u(self._ltid)
+        made = None
+        for merges in range(_MERGES_BEFORE_LOCK + 1):
+            # What was read, by oid key: the stores' serials (not the new objects': an
+            # insert finds a row made meanwhile) and the read checks'.
+            read = {key: serial for key, serial in zip(keys, reads) if serial}
+            read.update(zip(_ints(b"".join(self._checks)),
+                            _ints(b"".join(self._checks.values()))))
+            with conn.pipeline():
+                locking = conn.execute(_COMMIT_LOCK_IF_CURRENT, (list(read), list(read.values())))
+                # under the lock, in the same round trip
+                changes = conn.execute(_CHANGES_SINCE, (ltid,), binary=True)
+                packed = conn.execute(_PACKED_THROUGH)
+                mirror = conn.execute(_MIRROR_KEY)
+                # While the server takes the lock (or waits for it): each record's
+                # references and, if the last commit wrote documents, its document, by
+                # id() of the record (one replaced by a merge gets its own later). An
+                # undo's deletion record (None) is stored as empty data.
+                if made is None:
+                    made = _Made([data or b"" for data in self._stores.values()],
+                                 self._mirror_synced)
+            checked = locking.fetchall()
+            seen, locked = next((tid, lock) for key, tid, lock in checked if key is None)
+            committed = {key: tid or 0 for key, tid, _ in checked if key is not None}  # 0: gone
+            if locked:
+                break
+            # Something read was replaced before this commit could take the lock. Unless
+            # the conflicts may be merged, they are raised now, without waiting for it.
+            serials, stale = self._committed_serials(oids, keys, reads, committed)
+            if not self._mergeable(stale):
+                self._check_conflicts(serials, load_serial, stale)  # raises
+            # The merges read the states their writers started from and the current ones,
+            # in one round trip
+            merging = {"o": _ints(b"".join(stale)),
+                       "t": _ints(b"".join(map(self._serials.__getitem__, stale)))}
+            if merges == _MERGES_BEFORE_LOCK:  # merged under the lock, in its round trip
+                with conn.pipeline():
+                    conn.execute(_COMMIT_LOCK)
+                    changes = conn.execute(_CHANGES_SINCE, (ltid,), binary=True)
+                    packed = conn.execute(_PACKED_THROUGH)
+                    mirror = conn.execute(_MIRROR_KEY)
+                    fetched = conn.execute(_STATES, merging, binary=True)
+                states.update(((_pack(oid), _pack(tid)), data)
+                              for oid, tid, data in fetched.fetchall())
+                break
+            reads = self._merge_unlocked(conn, oids, keys, reads, merging, states,
+                                         load_serial)
+        self._lock_taken = time.perf_counter()
+        # What the commits after the check wrote (usually none): its snapshot missed them.
+        pending = changes.fetchall()
+        for tid, written in pending:
+            if tid > seen:
+                committed.update((key, tid) for key in _ints(written) if key in read)
+        serials, stale = self._committed_serials(oids, keys, reads, committed)
+        self._check_conflicts(serials, load_serial, stale)
+        self._pending = pending
+        self._pending_packed = packed.fetchone()[0]
+        return max(seen, pending[-1][0] if pending else 0), mirror, made, load_serial
+
+    def _merge_unlocked(self, conn: Any, oids: list[bytes], keys: list[int], reads: list[int],
+                        merging: dict[str, list[int]],
+                        states: dict[tuple[bytes, bytes], bytes],
+                        load_serial: Callable[[bytes, bytes], bytes]) -> list[int]:
+        """Merge the stale stores ``merging`` (their oids and the serials read) against the
+        states committed now, without the lock; each merged record is then read at the
+        state it merged (the new ``reads``, returned). Raises the conflicts that do not
+        merge."""
+        fetched = conn.execute(_STATES, merging, binary=True).fetchall()
+        states.update(((_pack(oid), _pack(tid)), data) for oid, tid, data in fetched)
+        newest: dict[int, int] = {}
+        for oid, tid, _ in fetched:  # the current row's tid, above the revision read
+            newest[oid] = max(tid, newest.get(oid, 0))
+        started = dict(zip(merging["o"], merging["t"]))
+        # (an object whose current row is gone has only the revision read: no merge)
+        committed = {key: 0 if newest.get(key, read) == read else newest[key]
+                     for key, read in started.items()}
+        serials, stale = self._committed_serials(oids, keys, reads, committed)
+        self._check_conflicts(serials, load_serial, stale)
+        for oid in stale:  # merged: based on the committed state now
+            self._serials[oid] = serials[oid]
+        return _ints(b"".join(map(self._serials.__getitem__, oids)))
+
+    def _committed_serials(self, oids: list[bytes], keys: list[int], reads: list[int],
+                           committed: dict[int, int]) -> tuple[dict[bytes, bytes], list[bytes]]:
+        """What :meth:`_check_conflicts` takes: the committed serials of the stale stores
+        and of the read checks, and the stale stores, given the ``committed`` tid of each
+        oid key read that changed (0: deleted)."""
+        serials: dict[bytes, bytes] = {}
+        stale = []
+        for oid, key, read in zip(oids, keys, reads):
+            if read and committed.get(key, read) != read:  # usually none
+                stale.append(oid)
+                serials[oid] = _pack(committed[key])
+        for oid, serial in self._checks.items():
+            key = _u(oid)
+            serials[oid] = _pack(committed[key]) if key in committed else serial
+        return serials, stale
 
     def _row_params(self, tid: int, rows: list[tuple[int, bytes]], mirrored: bool,
                     made: _Made) -> tuple[str | None, dict[str, Any]]:
@@ -916,7 +984,6 @@ class PostgreSQLStorage(CachedRecordsMixin, SchemaMixin, PackMixin, MirrorMixin,
         self._held()
         self._settle_blobs()
         # The transaction is durable now: whatever happens below, the tid is published.
-        self._ahead_generation += 1
         return self._publish(tid, func)
 
     def _stored_oids_up_to(self, top: int) -> None:
