@@ -199,6 +199,7 @@ def run_shootout(config: Path, args: argparse.Namespace, output: Path) -> None:
     command = [sys.executable, "-m", "zodbshootout", "-p", "1", "-c", "1", "-l", "1",
                "-n", str(args.values),
                "-w", str(args.warmups), "--object-counts", str(args.objects),
+               "-s", str(args.object_size),
                "--include-mapping", "no" if args.no_floor else "yes", "-q", "-o", str(output)]
     if "add" in args.workloads:  # (zodbshootout zaps only a run that adds)
         command += ["--zap", "force"]
@@ -260,6 +261,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--objects", type=int, default=1000, help="objects per transaction")
+    parser.add_argument("--object-size", type=int, default=300,
+                        help="bytes of each object, estimated (zodbshootout -s; its default)")
     parser.add_argument("--values", type=int, default=3,
                         help="timed values per workload and database (zodbshootout -n)")
     parser.add_argument("--warmups", type=int, default=1, help="untimed values first (-w)")
