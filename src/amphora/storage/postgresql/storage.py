@@ -846,6 +846,13 @@ class PostgreSQLStorage(CachedRecordsMixin, SchemaMixin, PackMixin, MirrorMixin,
             return found[0][0]
 
         ltid = _u(self._ltid)
+
+        def under_lock() -> tuple[Any, Any, Any]:
+            """Queued after the lock, in its round trip: others' commits since the last
+            sync, the pack marker and the mirror's key."""
+            return (conn.execute(_CHANGES_SINCE, (ltid,), binary=True),
+                    conn.execute(_PACKED_THROUGH), conn.execute(_MIRROR_KEY))
+
         made = None
         for merges in range(_MERGES_BEFORE_LOCK + 1):
             # What was read, by oid key: the stores' serials (not the new objects': an
@@ -855,10 +862,7 @@ class PostgreSQLStorage(CachedRecordsMixin, SchemaMixin, PackMixin, MirrorMixin,
                             _ints(b"".join(self._checks.values()))))
             with conn.pipeline():
                 locking = conn.execute(_COMMIT_LOCK_IF_CURRENT, (list(read), list(read.values())))
-                # under the lock, in the same round trip
-                changes = conn.execute(_CHANGES_SINCE, (ltid,), binary=True)
-                packed = conn.execute(_PACKED_THROUGH)
-                mirror = conn.execute(_MIRROR_KEY)
+                changes, packed, mirror = under_lock()
                 # While the server takes the lock (or waits for it): each record's
                 # references and, if the last commit wrote documents, its document, by
                 # id() of the record (one replaced by a merge gets its own later). An
@@ -883,9 +887,7 @@ class PostgreSQLStorage(CachedRecordsMixin, SchemaMixin, PackMixin, MirrorMixin,
             if merges == _MERGES_BEFORE_LOCK:  # merged under the lock, in its round trip
                 with conn.pipeline():
                     conn.execute(_COMMIT_LOCK)
-                    changes = conn.execute(_CHANGES_SINCE, (ltid,), binary=True)
-                    packed = conn.execute(_PACKED_THROUGH)
-                    mirror = conn.execute(_MIRROR_KEY)
+                    changes, packed, mirror = under_lock()
                     fetched = conn.execute(_STATES, merging, binary=True)
                 states.update(((_pack(oid), _pack(tid)), data)
                               for oid, tid, data in fetched.fetchall())
