@@ -335,6 +335,17 @@ def test_a_client_takes_its_cache_size_from_the_uri(tmp_path):
         database.close_all()
 
 
+def test_amphora_open_sizes_the_clients_cache_from_the_uri(tmp_path):
+    database = Database("client", tmp_path / "data")
+    try:
+        database.open()  # (serves the database)
+        with amphora.open(f"{database.uri}?record_cache_bytes=23456") as db:
+            assert db.records is db.storage.record_cache
+            assert db.storage.record_cache.max_bytes == 23456
+    finally:
+        database.close_all()
+
+
 # -- the client's cache file -------------------------------------------------------------
 @pytest.fixture
 def served(tmp_path):
