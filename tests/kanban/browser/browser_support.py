@@ -97,11 +97,23 @@ def sign_in(context: Any, account: Account) -> BoardApi:
 
 def drag(card: Any, target: Any, **options: Any) -> Any:
     """Drags ``card`` (a locator) onto ``target`` and waits for the server's answer to
-    the move (the page shows a dropped card at once, before the server has it)."""
-    with card.page.expect_response(lambda response: response.url.endswith("/move"),
-                                   timeout=20_000) as answer:
-        card.drag_to(target, **options)
-    return answer.value
+    the move (the page shows a dropped card at once, before the server has it).
+
+    A drag whose drop sent no move within a few seconds is made again, up to three
+    times: a live update that re-renders the board while the mouse is down (after a
+    quick-add, say) ends the browser's drag without a drop. A move that was sent is
+    never sent twice: its answer is awaited instead."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+    for attempt in range(3):
+        try:
+            with card.page.expect_request(lambda request: request.url.endswith("/move"),
+                                          timeout=7_000) as sent:
+                card.drag_to(target, **options)
+        except PlaywrightTimeout:
+            if attempt == 2:
+                raise
+            continue
+        return sent.value.response()
 
 
 DAY = 86400
