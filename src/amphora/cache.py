@@ -99,6 +99,8 @@ class RecordCache:
             self._generation += 1
             entries = self._entries
             if self.max_bytes <= 0:  # keeps none now: drop what it kept of them before
+                if not entries:
+                    return
                 for oid in records:
                     entry = entries.pop(oid, None)
                     if entry is not None:

@@ -14,7 +14,7 @@ from persistent import Persistent
 from persistent.mapping import PersistentMapping
 
 import amphora
-from amphora.storage.encrypted import EncryptedStorage
+from amphora.storage.encrypted import EncryptedStorage, is_sealed
 from amphora.storage.sqlite import SQLiteStorage
 
 from .conftest import CHEAP
@@ -212,3 +212,31 @@ def test_a_view_of_the_past_over_an_encrypted_database(tmp_path, keyring):
     with view.transaction() as conn:
         assert conn.root.balance == 100
     view.close()
+
+
+def test_one_record_cache_under_amphora_db_the_sealed_one_under_zodb_db(tmp_path, keyring):
+    """amphora.DB keeps the opened records in its own cache, so the wrapped storage's
+    cache of sealed ones is turned off (it was written at every commit and read by no
+    one); under ZODB.DB, which keeps no records, the sealed cache is the only one."""
+    import ZODB
+
+    ours = EncryptedStorage(SQLiteStorage(str(tmp_path / "ours.db")), keyring)
+    db = amphora.DB(ours)
+    with db.transaction() as conn:
+        conn.root()["counter"] = PersistentMapping(value=1)
+    assert ours.storage.record_cache.max_bytes == 0
+    assert len(ours.storage.record_cache) == 0
+    opened = [data for _, (data, _, _) in db.records.items()]
+    assert opened and not any(is_sealed(data) for data in opened)
+    db.close()
+
+    theirs = EncryptedStorage(SQLiteStorage(str(tmp_path / "theirs.db")), keyring)
+    zdb = ZODB.DB(theirs)
+    conn = zdb.open()
+    conn.root()["counter"] = PersistentMapping(value=1)
+    transaction.commit()
+    cached = [data for _, (data, _, _) in theirs.storage.record_cache.items()]
+    assert theirs.storage.record_cache.max_bytes > 0
+    assert cached and all(is_sealed(data) for data in cached)
+    conn.close()
+    zdb.close()

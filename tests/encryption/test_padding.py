@@ -80,3 +80,18 @@ def test_an_authentic_record_without_padding_is_refused(keyring):
     with pytest.raises(amphora.TamperedRecordError, match="not padded"):
         storage._open(unpadded, RECORD, p64(2), tid)
     storage.close()
+
+
+def test_every_record_of_a_large_commit_has_its_own_number(keyring):
+    """The numbers of a commit's records (the nonce's last 4 bytes under its subkey) are
+    made ahead for 16,384 records; a larger commit numbers the rest as it goes."""
+    storage = EncryptedStorage(amphora.MemoryStorage(), keyring, seen_file=False)
+    records = {p64(n): record(n % 90) for n in range(1, 20_001)}
+    write(storage, records)
+    sealed = [storage.storage.loadBefore(oid, maxtid)[0] for oid in records]
+    numbers = [_HEADER.unpack_from(data)[9] for data in sealed]
+    assert sorted(numbers) == list(range(len(records)))
+    assert len({data[48:64] for data in sealed}) == 1  # one salt: one subkey for the commit
+    for oid, data in records.items():
+        assert storage.loadBefore(oid, maxtid)[0] == data
+    storage.close()

@@ -131,6 +131,7 @@ from typing import Any, Callable, Iterable, Iterator
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from amphora.cache import RecordCache
 from amphora.crypto.keyring import Keyring
 from amphora.crypto.sealed_blobs import open_blob_file, seal_blob_file
 from amphora.crypto.seen import SeenTids, seen_file_of
@@ -172,6 +173,8 @@ _TID_ATTEMPTS = 8  # commits retried when another writer took a later tid meanwh
 _CATCH_UP_SECONDS = 2.0  # a remote storage's time to deliver commits it has not pushed yet
 _PADDING = b"\x80" + bytes(8191)  # the mark, then zeros: sliced for each record
 _PAD_STEP = 64  # the buckets' smallest step (below 1 KiB every bucket is a multiple of it)
+_PADS = tuple(_PADDING[:_PAD_STEP - size] for size in range(_PAD_STEP))  # by size % 64
+_COUNTS = tuple(number.to_bytes(4, "big") for number in range(1 << 14))  # records' numbers
 
 
 def padded_size(size: int) -> int:
@@ -375,18 +378,18 @@ class EncryptedStorage(BlobLayerMixin, StorageBase):
         if len(plains) >= 1 << 32:
             raise StorageError(f"{len(plains)} records in one commit: a commit seals fewer "
                                "than 2**32")
-        sealed = {}
-        encrypt, padding, nonce_start = cipher.encrypt, _PADDING, salt[8:]
-        for counter, (oid, plain) in enumerate(plains.items()):
-            count = counter.to_bytes(4, "big")
-            header = b"".join((start, oid, tid, bases[oid], salt, count))
-            size = len(plain)  # padded_size and _pad, inline: this runs per record
-            if size < 1023:
-                padded = plain + padding[:64 - size % 64]
-            else:
-                padded = _pad(plain)
-            sealed[oid] = header + encrypt(nonce_start + count, padded, header)
-        return sealed
+        # Per record: header, padding (padded_size and _pad in line below 1 KiB), nonce,
+        # then the cipher. A list comprehension each: this runs for every record.
+        counts = _COUNTS if len(plains) <= len(_COUNTS) else [
+            number.to_bytes(4, "big") for number in range(len(plains))]
+        headers = [b"".join((start, oid, tid, base, salt, count)) for oid, base, count
+                   in zip(plains, map(bases.__getitem__, plains), counts)]
+        pads = _PADS
+        padded = [plain + pads[len(plain) % 64] if len(plain) < 1023 else _pad(plain)
+                  for plain in plains.values()]
+        encrypt, nonce_start = cipher.encrypt, salt[8:]
+        return dict(zip(plains, [header + encrypt(nonce_start + count, plain, header)
+                                 for header, count, plain in zip(headers, counts, padded)]))
 
     def _open(self, data: bytes, kind: bytes, oid: bytes | None, tid: bytes | None) -> bytes:
         """The plaintext of ``data`` served as the revision ``tid`` of ``oid`` (None: as
@@ -710,8 +713,9 @@ class EncryptedStorage(BlobLayerMixin, StorageBase):
         plain_stores = sealed if not restored and not blobs else {
             oid: data for oid, data in sealed.items() if oid not in restored and oid not in blobs}
         if plain_stores:
-            inner.store_many(plain_stores, {oid: self._serials[oid] for oid in plain_stores},
-                             txn)
+            serials = self._serials if plain_stores is sealed else {
+                oid: self._serials[oid] for oid in plain_stores}
+            inner.store_many(plain_stores, serials, txn)
         for oid in restored:
             if oid not in blobs:
                 inner.restore(oid, tid, sealed[oid], "", None, txn)
@@ -806,7 +810,17 @@ class EncryptedStorage(BlobLayerMixin, StorageBase):
         return z64 if packed is None else packed()
 
     def registerDB(self, wrapper: Any) -> None:
+        """Relay the wrapped storage's invalidations to ``wrapper``. A database that keeps
+        the opened records in a cache of its own (``amphora.DB``'s ``records``) turns off
+        the wrapped storage's cache of sealed ones (see :mod:`amphora.storage.recordcache`):
+        every commit would write into it what the database's cache already holds opened.
+        Under ``ZODB.DB`` it stays: a hit there saves a read of the wrapped storage."""
         self._wrapper = wrapper
+        sealed_cache = getattr(self.storage, "record_cache", None)
+        if (isinstance(getattr(wrapper, "records", None), RecordCache)
+                and isinstance(sealed_cache, RecordCache)):
+            sealed_cache.max_bytes = 0
+            sealed_cache.clear()
         self.storage.registerDB(_Relay(self, wrapper))
 
     def sync(self) -> None:
