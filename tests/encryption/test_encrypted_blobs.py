@@ -12,6 +12,7 @@ import pytest
 import amphora
 from amphora import Blob
 from amphora.crypto.rotation import rotate
+from amphora.crypto.padding import padded_size
 from amphora.crypto.sealed_blobs import CHUNK, open_blob_file
 from amphora.storage.blobs import BlobFileError
 from amphora.storage.encrypted import EncryptedStorage
@@ -63,8 +64,9 @@ def test_a_blob_is_sealed_in_chunks_and_read_back(size, tmp_path, keyring):
     _, _, sealed = stored(tmp_path, keyring, data)
     with open(sealed, "rb") as file:
         content = file.read()
-    chunks = size // CHUNK + 1
-    assert len(content) == _HEADER + size + chunks * _TAG
+    padded = padded_size(size)  # the blob, the mark 0x80, zeros up to its bucket
+    chunks = -(-padded // CHUNK)
+    assert len(content) == _HEADER + padded + chunks * _TAG
     assert b"PLAINTEXT-MARKER" not in content and b"MARKER" not in content
     assert read_back(tmp_path, keyring) == data
 
@@ -188,5 +190,76 @@ def test_a_rotation_seals_the_current_blobs_with_the_new_key(tmp_path, keyring):
         first = storage.history(oid, None)[-1]["tid"]
         with open(storage.loadBlob(oid, first), "rb") as file:
             assert file.read() == pattern(CHUNK + 1)
+    finally:
+        storage.close()
+
+
+def test_blob_sizes_are_padded_to_buckets(tmp_path, keyring):
+    """The storage sees the bucket of a blob's size, not the size: blobs of 70,000 and
+    73,000 bytes have sealed files of one size; one of 74,000 bytes is a bucket above."""
+    db = encrypted_db(tmp_path, keyring)
+    sizes = (70_000, 73_000, 74_000)
+    with db.transaction() as conn:
+        conn.root.blobs = [Blob(pattern(size)) for size in sizes]
+    with db.transaction() as conn:
+        files = [db.storage.storage.loadBlob(blob._p_oid, blob._p_serial)
+                 for blob in conn.root.blobs]
+    sealed = [os.path.getsize(path) for path in files]
+    assert sealed[0] == sealed[1] < sealed[2]
+    assert sealed[0] == _HEADER + padded_size(73_000) + 2 * _TAG  # 73,728 bytes in 2 chunks
+    with db.transaction() as conn:
+        assert [len(blob.open("r").read()) for blob in conn.root.blobs] == list(sizes)
+    db.close()
+
+
+ENDINGS = {
+    "zeros across chunks": bytes(2 * CHUNK + 3),
+    "its own 0x80 and zeros": b"data" + b"\x80" + bytes(10),
+    "0x80 last": pattern(CHUNK - 1) + b"\x80",
+    "a chunk exactly": pattern(CHUNK),
+}
+
+
+@pytest.mark.parametrize("data", ENDINGS.values(), ids=ENDINGS.keys())
+def test_a_blob_ending_like_padding_opens_whole(data, tmp_path, keyring):
+    stored(tmp_path, keyring, data)
+    assert read_back(tmp_path, keyring) == data
+
+
+def _seal_by_hand(storage: EncryptedStorage, oid: bytes, tid: bytes, version: int,
+                  plain: bytes, path: str) -> None:
+    """A sealed blob file of format ``version`` holding ``plain`` as it is (no padding
+    added), in chunks as sealed_blobs cuts them."""
+    from amphora.crypto.sealed_blobs import _HEADER as HEADER
+    salt = os.urandom(16)
+    key_id = storage.keyring.current_key_id
+    cipher = storage._subkey(key_id, salt)
+    header = HEADER.pack(b"\xa7\x5e", version, b"B", key_id, storage.database_id, oid, tid,
+                         salt)
+    chunks = [plain[start:start + CHUNK] for start in range(0, len(plain), CHUNK)] or [b""]
+    with open(path, "wb") as file:
+        file.write(header)
+        for number, chunk in enumerate(chunks):
+            count = number.to_bytes(4, "big")
+            final = b"\x01" if number == len(chunks) - 1 else b"\x00"
+            file.write(cipher.encrypt(salt[8:] + count, chunk, header + count + final))
+
+
+def test_a_file_sealed_before_padding_opens_and_one_without_its_padding_is_refused(
+        tmp_path, keyring):
+    oid, tid, _ = stored(tmp_path, keyring, b"x")
+    storage = EncryptedStorage(SQLiteStorage(str(tmp_path / "app.db")), keyring,
+                               seen_file=False)
+    data = pattern(CHUNK + 100)
+    try:
+        _seal_by_hand(storage, oid, tid, 1, data, str(tmp_path / "format1"))
+        open_blob_file(str(tmp_path / "format1"), str(tmp_path / "opened1"),
+                       storage._blob_cipher, storage.database_id, oid, tid)
+        assert (tmp_path / "opened1").read_bytes() == data  # format 1: not padded
+        _seal_by_hand(storage, oid, tid, 2, data, str(tmp_path / "unpadded"))
+        with pytest.raises(amphora.TamperedRecordError, match="not padded"):
+            open_blob_file(str(tmp_path / "unpadded"), str(tmp_path / "opened2"),
+                           storage._blob_cipher, storage.database_id, oid, tid)
+        assert not (tmp_path / "opened2").exists()
     finally:
         storage.close()

@@ -21,7 +21,7 @@ kept (a commit's records, read together, share one). Its layout::
 
 **Padding.** Before sealing, the plaintext is padded to a bucket, so that the storage sees
 only bucket sizes, never a record's exact size: a byte 0x80 is appended, then zeros up to
-the bucket (:func:`padded_size`): a multiple of 64 bytes up to 1 KiB (1 to 63 bytes of
+the bucket (:func:`~amphora.crypto.padding.padded_size`): a multiple of 64 bytes up to 1 KiB (1 to 63 bytes of
 plaintext are sealed as 64, 64 to 127 as 128, ...), then eight buckets per doubling, each
 step an eighth of the power of two below (1152, 1280, ... 2048, 2304, 2560, ...), so that
 padding adds at most 64 bytes below 1 KiB and at most 12.5% above. The padding is inside
@@ -81,8 +81,8 @@ is opened after removing its entry from the file.
 **Not caught here**: a storage that hides a newer revision of one object and serves the
 previous one with its own tid (while the database's last tid moves on); a rollback to a
 point no client had seen yet. **What the storage sees**: oids, tids and transaction
-times, each record's size padded to its bucket, which records each client reads and
-writes and when, which records are written together, and each database's id.
+times, each record's and blob's size padded to its bucket, which records each client
+reads and writes and when, which records are written together, and each database's id.
 
 **Keys.** A record's header names the data key that sealed it; new records are sealed
 with the keyring's current key, and records sealed with any key it holds open. Each commit
@@ -102,9 +102,9 @@ that existed at the pack time, under its commit lock, and only if no transaction
 committed after that tid; else the walk adds the references of those transactions and
 asks again (see :mod:`amphora.storage._reachable`).
 
-**Blobs** are sealed too, when the wrapped storage keeps blobs: each blob file is sealed
-in 64 KiB chunks as it is read, never whole in memory (see :mod:`amphora.crypto.sealed_blobs`
-for the layout), and the wrapped storage keeps the sealed file as the blob's; the blob's
+**Blobs** are sealed too, when the wrapped storage keeps blobs: each blob file is padded
+to a bucket like a record and sealed in 64 KiB chunks as it is read, never whole in
+memory (see :mod:`amphora.crypto.sealed_blobs` for the layout), and the wrapped storage keeps the sealed file as the blob's; the blob's
 record is sealed like any other. Uncommitted blob files, and each revision's file once
 opened (read from the wrapped storage's sealed file, checked whole, and kept to be read
 again), live in this storage's own temporary directory (``blob_cache_dir``, a directory
@@ -133,6 +133,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from amphora.cache import RecordCache
 from amphora.crypto.keyring import Keyring
+from amphora.crypto.padding import PAD_STEP, padded_size
 from amphora.crypto.sealed_blobs import open_blob_file, seal_blob_file
 from amphora.crypto.seen import SeenTids, seen_file_of
 from amphora.errors import (ConflictError, KeyringError, MirrorError, ObjectNotFoundError,
@@ -172,18 +173,8 @@ _META = struct.Struct(">II")  # lengths of user and description; the extension f
 _TID_ATTEMPTS = 8  # commits retried when another writer took a later tid meanwhile
 _CATCH_UP_SECONDS = 2.0  # a remote storage's time to deliver commits it has not pushed yet
 _PADDING = b"\x80" + bytes(8191)  # the mark, then zeros: sliced for each record
-_PAD_STEP = 64  # the buckets' smallest step (below 1 KiB every bucket is a multiple of it)
-_PADS = tuple(_PADDING[:_PAD_STEP - size] for size in range(_PAD_STEP))  # by size % 64
+_PADS = tuple(_PADDING[:PAD_STEP - size] for size in range(PAD_STEP))  # by size % 64
 _COUNTS = tuple(number.to_bytes(4, "big") for number in range(1 << 14))  # records' numbers
-
-
-def padded_size(size: int) -> int:
-    """The bucket of a plaintext of ``size`` bytes: the size it is padded to (the pad mark
-    included). Multiples of 64 bytes up to 1 KiB, then 8 buckets per doubling, each step
-    1/8 of the power of two below: 1152, 1280, ... 2048, 2304, ... (at most 12.5% more)."""
-    size += 1  # the mark
-    step = _PAD_STEP if size <= 1024 else 1 << ((size - 1).bit_length() - 4)
-    return -(-size // step) * step
 
 
 def _pad(plain: bytes) -> bytes:
