@@ -201,6 +201,27 @@ def test_a_file_open_for_reading_survives_its_eviction(open_db):
             assert file.read() == data_of(MIB, 0)[10:]
 
 
+def test_an_append_after_its_file_was_evicted_fails_then_works_once_reloaded(open_db):
+    """What docs/blobs.md says of the one case a size limit does not cover: ZODB's
+    open("a") copies the file named when the blob was loaded; evicted since, the open
+    fails and the blob opens once reloaded; the database kept every byte."""
+    writer = open_db()
+    with writer.transaction() as conn:
+        conn.root.blobs = [Blob(data_of(MIB, seed)) for seed in range(2)]
+    reader = open_db(blob_cache_size=MIB)
+    with reader.transaction() as conn:
+        first, second = conn.root.blobs
+        first._p_activate()  # loaded: its file named
+        read(second)  # more than the cache's size used since: the first one's file goes
+        with pytest.raises(FileNotFoundError):
+            first.open("a")
+        first._p_invalidate()
+        with first.open("a") as file:
+            file.write(b"appended")
+    with reader.transaction() as conn:
+        assert read(conn.root.blobs[0]) == data_of(MIB, 0) + b"appended"
+
+
 @pytest.mark.parametrize("options, complaint", [
     ({"blob_cache_size": -1}, "blob_cache_size"),
     ({"blob_cache_size": "big"}, "blob_cache_size"),
