@@ -917,15 +917,18 @@ def test_a_new_objects_row_made_meanwhile_fails_a_commit_finished_by_its_vote(st
 
 def test_a_commit_reads_the_serials_it_checks_once(storage, monkeypatch):
     """The conflict check before the lock reads the committed serial of each record the
-    commit replaces; under the lock only the commits made since that check are looked at
-    (none here): no statement reads those serials a second time."""
+    commit replaces; under the lock only the commits made since the last sync are looked
+    at (none here), and only the records they changed are read (for the states a merge
+    would read): no statement reads those serials a second time."""
+    from amphora.storage.postgresql import storage as module
     oids = [p64(n) for n in range(1, 201)]
     tid = commit(storage, dict.fromkeys([z64, *oids], record("first")))
     sent = statements_of(monkeypatch, storage)
     commit(storage, dict.fromkeys(oids, record("second")), dict.fromkeys(oids, tid))
     reading = [statement for statement in sent
                if " objects " in statement and "INSERT INTO" not in statement]
-    assert len(reading) == 1 and "pg_advisory_xact_lock" in reading[0]
+    assert len(reading) == 2 and "pg_advisory_xact_lock" in reading[0]
+    assert reading[1] == module._UNDER_LOCK
     assert storage.load(oids[-1])[0] == record("second")
 
 
@@ -939,6 +942,44 @@ def waiting_for_the_commit_lock(server, count: int = 1) -> None:
                 return
             time.sleep(0.01)
     raise AssertionError("no session waits for the commit lock")
+
+
+def test_a_merge_under_the_lock_reads_no_state_one_by_one(open_storage, server,
+                                                             monkeypatch):
+    """A commit whose check passed while another held the lock finds, once it has the
+    lock, that the other replaced a record it read: a conflict that merges
+    (BTrees.Length). The states to merge came with the lock's round trip (the committed
+    one and the one read), so no state is loaded one by one while the lock is held; the
+    merge counts both increments."""
+    from BTrees.Length import Length
+    dbs, managers, conns = two_databases(open_storage, Length(10))
+    dbs[0].storage.finish_in_vote = False  # (the lock held from the vote to tpc_finish)
+    voted, finish = threading.Event(), threading.Event()
+    tpc_finish = dbs[0].storage.tpc_finish
+
+    def held_finish(*args):
+        voted.set()
+        finish.wait(30)
+        return tpc_finish(*args)
+    monkeypatch.setattr(dbs[0].storage, "tpc_finish", held_finish)
+    conns[1].root()["x"].change(5)  # read at 10
+    sent = statements_of(monkeypatch, dbs[1].storage)
+    conns[0].root()["x"].change(1)
+    first = threading.Thread(target=managers[0].commit)
+    first.start()
+    voted.wait(30)
+    second = threading.Thread(target=managers[1].commit)
+    second.start()
+    waiting_for_the_commit_lock(server)
+    finish.set()
+    first.join(30)
+    second.join(30)
+    assert not [statement for statement in sent if "LIMIT 1" in statement]  # no _LOAD_SERIAL
+    assert dbs[1].storage.lock_holds == 1
+    managers[0].begin()
+    assert conns[0].root()["x"]() == 16
+    for db in dbs:
+        db.close()
 
 
 def test_a_commit_made_while_another_waits_for_the_lock_is_its_conflict(open_storage, server):
