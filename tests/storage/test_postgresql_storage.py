@@ -917,18 +917,15 @@ def test_a_new_objects_row_made_meanwhile_fails_a_commit_finished_by_its_vote(st
 
 def test_a_commit_reads_the_serials_it_checks_once(storage, monkeypatch):
     """The conflict check before the lock reads the committed serial of each record the
-    commit replaces; under the lock only the commits made since the last sync are looked
-    at (none here), and only the records they changed are read (for the states a merge
-    would read): no statement reads those serials a second time."""
-    from amphora.storage.postgresql import storage as module
+    commit replaces; under the lock only the commits made since that check are looked at
+    (none here): no statement reads those serials a second time."""
     oids = [p64(n) for n in range(1, 201)]
     tid = commit(storage, dict.fromkeys([z64, *oids], record("first")))
     sent = statements_of(monkeypatch, storage)
     commit(storage, dict.fromkeys(oids, record("second")), dict.fromkeys(oids, tid))
     reading = [statement for statement in sent
                if " objects " in statement and "INSERT INTO" not in statement]
-    assert len(reading) == 2 and "pg_advisory_xact_lock" in reading[0]
-    assert reading[1] == module._UNDER_LOCK
+    assert len(reading) == 1 and "pg_advisory_xact_lock" in reading[0]
     assert storage.load(oids[-1])[0] == record("second")
 
 
@@ -948,9 +945,9 @@ def test_a_merge_under_the_lock_reads_no_state_one_by_one(open_storage, server,
                                                              monkeypatch):
     """A commit whose check passed while another held the lock finds, once it has the
     lock, that the other replaced a record it read: a conflict that merges
-    (BTrees.Length). The states to merge came with the lock's round trip (the committed
-    one and the one read), so no state is loaded one by one while the lock is held; the
-    merge counts both increments."""
+    (BTrees.Length). The states to merge (the committed one and the one read) are read in
+    one round trip, not loaded one by one while the lock is held; the merge counts both
+    increments."""
     from BTrees.Length import Length
     dbs, managers, conns = two_databases(open_storage, Length(10))
     dbs[0].storage.finish_in_vote = False  # (the lock held from the vote to tpc_finish)

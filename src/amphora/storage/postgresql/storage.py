@@ -123,53 +123,30 @@ _OBJECTS_EXCLUSIVE = "LOCK TABLE objects IN ACCESS EXCLUSIVE MODE"
 # is read twice. (An object pack deletes while this commit waits for the lock is not
 # seen: it was garbage, and the commit's write of it makes it a current record again.)
 # A stale record comes with the states a merge reads: the committed one and the one its
-# writer started from (no round trip more for a conflict that merges).
-_COMMIT_LOCK_IF_CURRENT = f"""
+# writer started from (from ``revisions``, or ``replaced`` in history-free mode; by mode),
+# so that a conflict that merges costs no round trip more.
+_COMMIT_LOCK_IF_CURRENT = {keep_history: f"""
 WITH stale AS MATERIALIZED (
-  SELECT r.oid, r.tid AS read, o.tid, o.data FROM unnest(%s::bigint[], %s::bigint[]) AS r(oid, tid)
-  LEFT JOIN objects AS o ON o.oid = r.oid WHERE o.tid IS DISTINCT FROM nullif(r.tid, 0))
+  SELECT r.oid, o.tid, o.data, v.data AS old
+  FROM unnest(%s::bigint[], %s::bigint[]) AS r(oid, tid)
+  LEFT JOIN objects AS o ON o.oid = r.oid
+  LEFT JOIN {table} AS v ON v.oid = r.oid AND v.tid = r.tid
+  WHERE o.tid IS DISTINCT FROM nullif(r.tid, 0))
 SELECT NULL::bigint, coalesce(max(tid), 0),
        (SELECT {_TAKE_COMMIT_LOCK}::text
         WHERE NOT EXISTS (SELECT FROM stale)) IS NOT NULL, NULL::bytea, NULL::bytea
 FROM transactions
-UNION ALL SELECT s.oid, s.tid, NULL, s.data,
-                 coalesce((SELECT data FROM revisions WHERE oid = s.oid AND tid = s.read),
-                          (SELECT data FROM replaced WHERE oid = s.oid AND tid = s.read))
-FROM stale AS s"""
+UNION ALL SELECT oid, tid, NULL, data, old FROM stale""" for keep_history, table in (
+    (True, "revisions"), (False, "replaced"))}
 _CURRENT_SERIALS = "SELECT oid, tid FROM objects WHERE oid = ANY(%s::bigint[])"
 
-# 8-byte big-endian integers in a bytea, one per row (n: 0, 1, ...)
-def _bigint_at(value: str, n: str) -> str:
-    return f"('x' || encode(substr({value}, 8 * {n} + 1, 8), 'hex'))::bit(64)::bigint"
-
-
-# Read once the lock is taken, in its round trip and one statement, by kind:
-# 0: the pack marker (in oid) and the mirror's key, one row
-# 1: the commits since the last sync (tid, oids written), in tid order
-# 2: the states a merge under the lock reads (oid, tid, data), fetched ahead: of each
-#    record the commit replaces (%(o)s, the 8-byte oids, read at %(t)s, their tids) that
-#    a commit since the last sync changed, the committed state and the one read. (Which
-#    records conflict is decided from the commits, in Python; a state not fetched here is
-#    loaded when the merge asks for it.)
+# Read once the lock is taken, in its round trip and one statement: the pack marker and
+# the mirror's key (first row, tid NULL), then the commits since the last sync (%s), in
+# order
 _UNDER_LOCK = f"""
-WITH since AS MATERIALIZED (SELECT tid, oids FROM transactions WHERE tid > %(l)s),
-read AS MATERIALIZED (
-  SELECT {_bigint_at("%(o)s", "g")} AS oid, {_bigint_at("%(t)s", "g")} AS tid
-  FROM generate_series(0, CASE WHEN EXISTS (SELECT FROM since)
-                               THEN length(%(o)s) / 8 - 1 ELSE -1 END) AS g),
-changed AS MATERIALIZED (
-  SELECT * FROM read WHERE oid IN (
-    SELECT {_bigint_at("c.oids", "g")} FROM since AS c,
-           generate_series(0, length(c.oids) / 8 - 1) AS g))
-SELECT 0 AS kind, NULL::bigint AS tid, NULL::bytea, ({_PACKED_THROUGH}), ({_MIRROR_KEY})
-UNION ALL SELECT 1, tid, oids, NULL, NULL FROM since
-UNION ALL SELECT 2, o.tid, o.data, o.oid, NULL FROM changed AS r
-  JOIN objects AS o ON o.oid = r.oid AND o.tid <> r.tid
-UNION ALL SELECT 2, v.tid, v.data, v.oid, NULL FROM changed AS r
-  JOIN revisions AS v ON v.oid = r.oid AND v.tid = r.tid
-UNION ALL SELECT 2, v.tid, v.data, v.oid, NULL FROM changed AS r
-  JOIN replaced AS v ON v.oid = r.oid AND v.tid = r.tid
-ORDER BY kind, tid"""
+SELECT NULL::bigint AS tid, NULL::bytea, ({_PACKED_THROUGH}), ({_MIRROR_KEY})
+UNION ALL SELECT tid, oids, NULL, NULL FROM transactions WHERE tid > %s
+ORDER BY tid NULLS FIRST"""
 # Prefixed (in a WITH) to the statement that replaces the rows (see _WRITES): the
 # revisions replaced, archived by the same statement (its parts all read the rows as they
 # were before it)
@@ -899,16 +876,11 @@ class PostgreSQLStorage(CachedRecordsMixin, SchemaMixin, PackMixin, MirrorMixin,
             return found[0][0]
 
         ltid = _u(self._ltid)
-        merges = self._conflict_resolver() is not None
 
         def under_lock() -> Any:
-            """Queued after the lock, in its round trip: the pack marker, the mirror's key,
-            others' commits since the last sync and the states a merge would read (see
-            _UNDER_LOCK)."""
-            return conn.execute(_UNDER_LOCK, {
-                "l": ltid, "o": b"".join(oids) if merges else b"",
-                "t": b"".join(map(self._serials.__getitem__, oids)) if merges else b""},
-                binary=True)
+            """Queued after the lock, in its round trip: the pack marker, the mirror's key
+            and others' commits since the last sync (see _UNDER_LOCK)."""
+            return conn.execute(_UNDER_LOCK, (ltid,), binary=True)
 
         made = None
         for lost in range(_MERGES_BEFORE_LOCK + 1):
@@ -918,8 +890,8 @@ class PostgreSQLStorage(CachedRecordsMixin, SchemaMixin, PackMixin, MirrorMixin,
             read.update(zip(_ints(b"".join(self._checks)),
                             _ints(b"".join(self._checks.values()))))
             with conn.pipeline():
-                locking = conn.execute(_COMMIT_LOCK_IF_CURRENT, (list(read), list(read.values())),
-                                       binary=True)
+                locking = conn.execute(_COMMIT_LOCK_IF_CURRENT[self.keep_history],
+                                       (list(read), list(read.values())), binary=True)
                 changes = under_lock()
                 # While the server takes the lock (or waits for it): each record's
                 # references and, if the last commit wrote documents, its document, by
@@ -959,14 +931,22 @@ class PostgreSQLStorage(CachedRecordsMixin, SchemaMixin, PackMixin, MirrorMixin,
                                          load_serial)
         self._lock_taken = time.perf_counter()
         # What the commits after the check wrote (usually none): its snapshot missed them.
-        (_, _, _, packed, mirror), *rows = changes.fetchall()
-        pending = [(tid, written) for kind, tid, written, _, _ in rows if kind == 1]
-        states.update(((_pack(oid), _pack(tid)), data)
-                      for kind, tid, data, oid, _ in rows if kind == 2)
+        (_, _, packed, mirror), *pending = changes.fetchall()
+        pending = [(tid, written) for tid, written, _, _ in pending]
         for tid, written in pending:
             if tid > seen:
                 committed.update((key, tid) for key in _ints(written) if key in read)
         serials, stale = self._committed_serials(oids, keys, reads, committed)
+        if stale and self._mergeable(stale):
+            # Replaced while this commit waited for the lock (a hot spot's usual race):
+            # the states the merges read, in one round trip
+            missing = [oid for oid in stale if (oid, serials[oid]) not in states]
+            if missing:
+                fetched = conn.execute(_STATES, {
+                    "o": _ints(b"".join(missing)),
+                    "t": _ints(b"".join(map(self._serials.__getitem__, missing)))},
+                    binary=True).fetchall()
+                states.update(((_pack(oid), _pack(tid)), data) for oid, tid, data in fetched)
         self._check_conflicts(serials, load_serial, stale)
         self._pending = pending
         self._pending_packed = packed or 0
