@@ -201,52 +201,13 @@ def test_another_storage_objects_commit_closes_the_cached_record(zodb, database)
     new_tid = storage.lastTransaction()
     closed = storage.record_cache.entry(oid, next_snapshot(old_tid))
     pushed = storage.record_cache.entry(oid, next_snapshot(new_tid))
-    if database.kind in ("client", "postgresql"):
-        # the (small) new record came with the commit: pushed by the server, or read by
-        # PostgreSQL's sync with the commits since
+    if database.kind == "client":  # the server pushed the (small) new record with its commit
         assert closed is None and pushed[1:] == (new_tid, None)
     else:  # the others' commits are oids and a tid
         assert closed[1:] == (old_tid, new_tid) and pushed is None
     assert item["value"] == 700  # read, and cached as current
     assert storage.record_cache.entry(oid, next_snapshot(new_tid))[1:] == (new_tid, None)
     conn.close()
-
-
-def test_postgresql_sync_reads_the_records_of_small_commits_only(tmp_path):
-    """PostgreSQL's sync reads, with the commits since, the records of a commit of up to
-    a few objects that are still current, and keeps those of objects its cache holds: a
-    hot spot's next load needs no query. A bigger commit's records are not read: they
-    are loaded when asked for."""
-    from amphora.storage.postgresql import storage as module
-    database = Database("postgresql", tmp_path / "data")
-    try:
-        populate(database)
-        storage = database.open()
-        db = ZODB.DB(storage)
-        manager, conn, item = open_item(db, 7)
-        assert item["value"] == 7
-        assert conn.root()["items"][8]["value"] == 8
-        other = ZODB.DB(database.open())
-        other_manager = transaction.TransactionManager()
-        items = other.open(other_manager).root()["items"]
-        items[7]["value"] = 70
-        other_manager.commit()  # one object: read by the sync
-        for key in range(10, 10 + module._PUSHED + 1):
-            items[key]["value"] = -key
-        items[8]["value"] = 80
-        other_manager.commit()  # more objects than a sync reads
-        other.close()
-        with Reads(storage) as reads:
-            manager.begin()
-            assert item["value"] == 70
-        assert reads == []  # read with the commits, not loaded
-        with Reads(storage) as reads:
-            assert conn.root()["items"][8]["value"] == 80
-        assert reads == [("loadBefore", 1)]
-        conn.close()
-        db.close()
-    finally:
-        database.close_all()
 
 
 def test_an_old_snapshot_never_gets_a_newer_record(zodb, database):

@@ -87,18 +87,10 @@ SELECT x.tid, length(x.data), t.username, t.description, t.extension FROM
   UNION ALL SELECT tid, data FROM revisions WHERE oid = %(o)s) AS x
  LEFT JOIN transactions AS t ON t.tid = x.tid ORDER BY x.tid DESC LIMIT %(n)s"""
 _PACKED_THROUGH = "SELECT value::bigint FROM amphora_meta WHERE key = 'packed_through'"
-# What sync reads, in one statement: the commits since the last one seen (%(l)s), each
-# with the pack marker (read once: an initplan) and, for a commit of up to %(n)s objects
-# (a hot spot's), the records it wrote that are still current, one row each (oid, data)
-_CHANGES_SINCE = f"""
-SELECT t.tid, t.oids, ({_PACKED_THROUGH}), o.oid, o.data FROM transactions AS t
-LEFT JOIN LATERAL (
-  SELECT o.oid, o.data FROM generate_series(0, length(t.oids) / 8 - 1) AS g
-  JOIN objects AS o
-    ON o.oid = ('x' || encode(substr(t.oids, 8 * g + 1, 8), 'hex'))::bit(64)::bigint
-  WHERE length(t.oids) <= 8 * %(n)s AND o.tid = t.tid
-) AS o ON true
-WHERE t.tid > %(l)s ORDER BY t.tid"""
+# What sync reads, in one statement: the commits since the last one seen, each with the
+# pack marker (read once: an initplan)
+_CHANGES_SINCE = (f"SELECT tid, oids, ({_PACKED_THROUGH}) FROM transactions"
+                  " WHERE tid > %s ORDER BY tid")
 _TRANSACTIONS = ("SELECT tid, username, description, extension, oids FROM transactions"
                  " WHERE tid >= %s AND tid <= %s ORDER BY tid LIMIT %s")
 _RECORDS_OF = """
@@ -237,7 +229,6 @@ _NEXT_OIDS = "SELECT nextval('oid_seq') FROM generate_series(1, %s)"
 _PASS_OID = "SELECT setval('oid_seq', %s) FROM oid_seq WHERE last_value < %s"
 
 _BATCH = 1000                        # oids per statement in batched reads
-_PUSHED = 16                         # sync reads the records of commits of up to this many
 _AHEAD = 2000                        # referenced records read along by one load_many
 #: conflicts merged before taking the commit lock (each against the state committed then)
 #: before a commit takes the lock and merges under it
@@ -424,7 +415,6 @@ class PostgreSQLStorage(CachedRecordsMixin, SchemaMixin, PackMixin, MirrorMixin,
         self._oid_block = _OID_BLOCK
         self._pending: list[tuple[int, bytes]] = []  # others' commits found at vote
         self._pending_packed = 0
-        self._pushed: dict[int, dict[bytes, bytes]] = {}  # records sync read, by commit
         self._voted_tid: bytes | None = None
         self._finished_tid: bytes | None = None  # committed by its vote (finish_with_vote)
         self._lock_taken: float | None = None  # perf_counter() when the commit lock was seen
@@ -666,11 +656,6 @@ class PostgreSQLStorage(CachedRecordsMixin, SchemaMixin, PackMixin, MirrorMixin,
         ``lastTransaction()`` returns it; if pack removed some of them unseen,
         ``wrapper.invalidateCache()`` is called first. Costs one indexed query (one round
         trip) that returns no row when nothing changed.
-
-        The query also reads the records of small commits (up to ``_PUSHED`` objects)
-        that are still current: those of objects the record cache holds replace the
-        revision it holds (not only close it), so that the next load of an object
-        another process changed (a hot spot's) needs no query.
         """
         with self._lock:
             if self._closed:
@@ -679,33 +664,12 @@ class PostgreSQLStorage(CachedRecordsMixin, SchemaMixin, PackMixin, MirrorMixin,
                 conn = self._poller
                 if conn is None:  # a forked child's first sync
                     conn = self._poller = self._connect(autocommit=True)
-                rows = conn.execute(_CHANGES_SINCE, {"l": _u(self._ltid), "n": _PUSHED},
-                                    binary=True).fetchall()
+                rows = conn.execute(_CHANGES_SINCE, (_u(self._ltid),), binary=True).fetchall()
             except self._psycopg.Error as exc:
                 if conn.broken:  # the next sync reconnects
                     self._poller = self._connect(autocommit=True)
                 raise self._error(exc) from exc
-            commits: dict[int, bytes] = {}  # (the rows of a commit's records repeat it)
-            pushed = self._pushed
-            # (only records of objects the cache holds now are kept)
-            entry, now = self.record_cache.entry, _pack(_u(self._ltid) + 1)
-            for tid, oids, _, key, data in rows:
-                commits[tid] = oids
-                if data and entry(_pack(key), now) is not None:  # (empty: a deletion)
-                    pushed.setdefault(tid, {})[_pack(key)] = data
-            try:
-                self._deliver(list(commits.items()), rows[0][2] or 0 if rows else 0)
-            finally:
-                pushed.clear()
-
-    def _records_invalidated(self, tid: bytes, oids: list[bytes]) -> None:
-        """Another process or storage object committed ``oids`` as ``tid``: the records
-        of it that sync read replace the revisions the cache held (kept only for a
-        database's connections, as the storage's own commits); the others are closed."""
-        pushed = self._pushed.pop(_u(tid), None)
-        if not pushed or self._wrapper is None:
-            return super()._records_invalidated(tid, oids)
-        self.record_cache.committed(tid, pushed, [oid for oid in oids if oid not in pushed])
+            self._deliver([(tid, oids) for tid, oids, _ in rows], rows[0][2] or 0 if rows else 0)
 
     def poll(self, timeout: float | None = None) -> bool:
         """Wait up to ``timeout`` seconds (None: no limit) until another process or storage
@@ -790,8 +754,7 @@ class PostgreSQLStorage(CachedRecordsMixin, SchemaMixin, PackMixin, MirrorMixin,
             self._held()
             self._settle_blobs()
             tid = self._finished_tid = self._voted_tid
-            with self._lock:  # (as tpc_finish: never while sync delivers others' commits)
-                self._publish(tid, lambda tid: then(tid, list(self._resolved)))
+            self._publish(tid, lambda tid: then(tid, list(self._resolved)))
 
     def _held(self) -> None:
         """The commit lock is released (COMMIT or ROLLBACK answered): count its hold."""
@@ -1127,7 +1090,6 @@ class PostgreSQLStorage(CachedRecordsMixin, SchemaMixin, PackMixin, MirrorMixin,
         self._oids = []
         self._oid_block = _OID_BLOCK
         self._pending = []
-        self._pushed = {}
         self._voted_tid = self._finished_tid = self._lock_taken = None
         self._record_cache_forked()
         self._forget_commit_after_fork()
