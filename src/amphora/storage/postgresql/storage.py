@@ -74,8 +74,9 @@ _LOAD_SERIAL = """
 SELECT data FROM objects WHERE oid = %(o)s AND tid = %(t)s
 UNION ALL SELECT data FROM revisions WHERE oid = %(o)s AND tid = %(t)s
 UNION ALL SELECT data FROM replaced WHERE oid = %(o)s AND tid = %(t)s LIMIT 1"""
-# The states a merge reads, under the commit lock, fetched with the lock's round trip:
-# the revisions the writers started from (oid, tid pairs) and the current ones
+# The states a merge under the commit lock reads, in one round trip (with the lock's, or
+# after it for records replaced while the commit waited for it): the revisions the
+# writers started from (oid, tid pairs) and the current ones
 _STATES = """
 WITH r(oid, tid) AS (SELECT * FROM unnest(%(o)s::bigint[], %(t)s::bigint[]))
 SELECT oid, tid, data FROM objects WHERE oid = ANY(%(o)s::bigint[])
