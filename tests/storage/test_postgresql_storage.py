@@ -941,6 +941,44 @@ def waiting_for_the_commit_lock(server, count: int = 1) -> None:
     raise AssertionError("no session waits for the commit lock")
 
 
+def test_a_merge_under_the_lock_reads_no_state_one_by_one(open_storage, server,
+                                                             monkeypatch):
+    """A commit whose check passed while another held the lock finds, once it has the
+    lock, that the other replaced a record it read: a conflict that merges
+    (BTrees.Length). The states to merge (the committed one and the one read) are read in
+    one round trip, not loaded one by one while the lock is held; the merge counts both
+    increments."""
+    from BTrees.Length import Length
+    dbs, managers, conns = two_databases(open_storage, Length(10))
+    dbs[0].storage.finish_in_vote = False  # (the lock held from the vote to tpc_finish)
+    voted, finish = threading.Event(), threading.Event()
+    tpc_finish = dbs[0].storage.tpc_finish
+
+    def held_finish(*args):
+        voted.set()
+        finish.wait(30)
+        return tpc_finish(*args)
+    monkeypatch.setattr(dbs[0].storage, "tpc_finish", held_finish)
+    conns[1].root()["x"].change(5)  # read at 10
+    sent = statements_of(monkeypatch, dbs[1].storage)
+    conns[0].root()["x"].change(1)
+    first = threading.Thread(target=managers[0].commit)
+    first.start()
+    voted.wait(30)
+    second = threading.Thread(target=managers[1].commit)
+    second.start()
+    waiting_for_the_commit_lock(server)
+    finish.set()
+    first.join(30)
+    second.join(30)
+    assert not [statement for statement in sent if "LIMIT 1" in statement]  # no _LOAD_SERIAL
+    assert dbs[1].storage.lock_holds == 1
+    managers[0].begin()
+    assert conns[0].root()["x"]() == 16
+    for db in dbs:
+        db.close()
+
+
 def test_a_commit_made_while_another_waits_for_the_lock_is_its_conflict(open_storage, server):
     """The check before the lock passes while another commit holds the lock, voted but not
     yet finished; that commit replaces the record. The waiting commit, once it has the

@@ -273,10 +273,10 @@ class MirrorMixin(MirrorBase):
             return conn.execute(query).fetchone()[0] or 0
         return self._mirror_read(read)
 
-    def _mirror_documented(self, found: tuple | None) -> bool:
+    def _mirror_documented(self, found: str | None) -> bool:
         """Inside a commit, under the commit lock: whether the rows it writes carry their
-        documents (``found`` is the row of the ``mirror`` key the commit read, or None)."""
-        return found is not None and found[0] == "sync"
+        documents (``found`` is the value of the ``mirror`` key the commit read, or None)."""
+        return found == "sync"
 
     _mirror_synced = False  # the last commit wrote documents: the next one likely will
 

@@ -74,8 +74,9 @@ _LOAD_SERIAL = """
 SELECT data FROM objects WHERE oid = %(o)s AND tid = %(t)s
 UNION ALL SELECT data FROM revisions WHERE oid = %(o)s AND tid = %(t)s
 UNION ALL SELECT data FROM replaced WHERE oid = %(o)s AND tid = %(t)s LIMIT 1"""
-# The states a merge reads, under the commit lock, fetched with the lock's round trip:
-# the revisions the writers started from (oid, tid pairs) and the current ones
+# The states a merge under the commit lock reads, in one round trip (with the lock's, or
+# after it for records replaced while the commit waited for it): the revisions the
+# writers started from (oid, tid pairs) and the current ones
 _STATES = """
 WITH r(oid, tid) AS (SELECT * FROM unnest(%(o)s::bigint[], %(t)s::bigint[]))
 SELECT oid, tid, data FROM objects WHERE oid = ANY(%(o)s::bigint[])
@@ -86,8 +87,11 @@ SELECT x.tid, length(x.data), t.username, t.description, t.extension FROM
  (SELECT tid, data FROM objects WHERE oid = %(o)s
   UNION ALL SELECT tid, data FROM revisions WHERE oid = %(o)s) AS x
  LEFT JOIN transactions AS t ON t.tid = x.tid ORDER BY x.tid DESC LIMIT %(n)s"""
-_CHANGES_SINCE = "SELECT tid, oids FROM transactions WHERE tid > %s ORDER BY tid"
 _PACKED_THROUGH = "SELECT value::bigint FROM amphora_meta WHERE key = 'packed_through'"
+# What sync reads, in one statement: the commits since the last one seen, each with the
+# pack marker (read once: an initplan)
+_CHANGES_SINCE = (f"SELECT tid, oids, ({_PACKED_THROUGH}) FROM transactions"
+                  " WHERE tid > %s ORDER BY tid")
 _TRANSACTIONS = ("SELECT tid, username, description, extension, oids FROM transactions"
                  " WHERE tid >= %s AND tid <= %s ORDER BY tid LIMIT %s")
 _RECORDS_OF = """
@@ -119,25 +123,41 @@ _OBJECTS_EXCLUSIVE = "LOCK TABLE objects IN ACCESS EXCLUSIVE MODE"
 # last tid are looked at (their rows in ``transactions`` name what they wrote): no serial
 # is read twice. (An object pack deletes while this commit waits for the lock is not
 # seen: it was garbage, and the commit's write of it makes it a current record again.)
-_COMMIT_LOCK_IF_CURRENT = f"""
+# A stale record comes with the states a merge reads: the committed one and the one its
+# writer started from (from ``revisions``, or ``replaced`` in history-free mode; by mode),
+# so that a conflict that merges costs no round trip more.
+_COMMIT_LOCK_IF_CURRENT = {keep_history: f"""
 WITH stale AS MATERIALIZED (
-  SELECT r.oid, o.tid FROM unnest(%s::bigint[], %s::bigint[]) AS r(oid, tid)
-  LEFT JOIN objects AS o ON o.oid = r.oid WHERE o.tid IS DISTINCT FROM nullif(r.tid, 0))
+  SELECT r.oid, o.tid, o.data, v.data AS old
+  FROM unnest(%s::bigint[], %s::bigint[]) AS r(oid, tid)
+  LEFT JOIN objects AS o ON o.oid = r.oid
+  LEFT JOIN {table} AS v ON v.oid = r.oid AND v.tid = r.tid
+  WHERE o.tid IS DISTINCT FROM nullif(r.tid, 0))
 SELECT NULL::bigint, coalesce(max(tid), 0),
        (SELECT {_TAKE_COMMIT_LOCK}::text
-        WHERE NOT EXISTS (SELECT FROM stale)) IS NOT NULL
+        WHERE NOT EXISTS (SELECT FROM stale)) IS NOT NULL, NULL::bytea, NULL::bytea
 FROM transactions
-UNION ALL SELECT oid, tid, NULL FROM stale"""
+UNION ALL SELECT oid, tid, NULL, data, old FROM stale""" for keep_history, table in (
+    (True, "revisions"), (False, "replaced"))}
 _CURRENT_SERIALS = "SELECT oid, tid FROM objects WHERE oid = ANY(%s::bigint[])"
-# Prefixed to the statement that replaces the rows (see _WRITES): the revisions replaced,
-# archived by the same statement (its parts all read the rows as they were before it)
+
+# Read once the lock is taken, in its round trip and one statement: the pack marker and
+# the mirror's key (first row, tid NULL), then the commits since the last sync (%s), in
+# order
+_UNDER_LOCK = f"""
+SELECT NULL::bigint AS tid, NULL::bytea, ({_PACKED_THROUGH}), ({_MIRROR_KEY})
+UNION ALL SELECT tid, oids, NULL, NULL FROM transactions WHERE tid > %s
+ORDER BY tid NULLS FIRST"""
+# Prefixed (in a WITH) to the statement that replaces the rows (see _WRITES): the
+# revisions replaced, archived by the same statement (its parts all read the rows as they
+# were before it)
 _ARCHIVING = {
-    True: ("WITH archived AS (INSERT INTO revisions (oid, tid, end_tid, data, refs)"
+    True: ("archived AS (INSERT INTO revisions (oid, tid, end_tid, data, refs)"
            " SELECT oid, tid, %(tid)s::bigint, data, refs FROM objects"
-           " WHERE oid = ANY(%(replaced)s::bigint[])) "),
-    False: ("WITH retained AS (INSERT INTO replaced (oid, tid, end_tid, data)"  # history-free
+           " WHERE oid = ANY(%(replaced)s::bigint[]))"),
+    False: ("retained AS (INSERT INTO replaced (oid, tid, end_tid, data)"  # history-free
             " SELECT oid, tid, %(tid)s::bigint, data FROM objects"
-            " WHERE oid = ANY(%(replaced)s::bigint[])) "),
+            " WHERE oid = ANY(%(replaced)s::bigint[]))"),
 }
 # (with the chunks of the blob revisions forgotten: see .blobs)
 _PRUNE_REPLACED = ("WITH gone AS (DELETE FROM replaced WHERE end_tid < %s RETURNING oid, tid)"
@@ -196,11 +216,15 @@ _WRITES_STRICT = {
     "joined": f"{_DOCUMENTED_COLUMNS}".format(rows=_DOCUMENTED_ROWS),
     "arrays": f"{_DOCUMENTED_COLUMNS}".format(rows=_DOCUMENTED_ARRAY_ROWS),
 }
-# the transaction's row, and the notification of its tid (sent at COMMIT)
-_INSERT_TRANSACTION = ("WITH t AS (INSERT INTO transactions"
-                       " (tid, username, description, extension, oids)"
-                       " VALUES (%s, %s, %s, %s, %s) RETURNING tid)"
-                       " SELECT pg_notify(%s, tid::text) FROM t")
+# The transaction's row and the notification of its tid (sent at COMMIT), prefixed (in a
+# WITH) to the commit's first write, or alone in a commit that writes no record. (A
+# data-modifying WITH query runs to completion, its RETURNING list too, whether or not the
+# statement reads it.)
+_TRANSACTION_ROW = ("committed AS (INSERT INTO transactions"
+                    " (tid, username, description, extension, oids) VALUES (%(tid)s::bigint,"
+                    " %(user)s, %(description)s, %(extension)s, %(written)s)"
+                    " RETURNING pg_notify(%(channel)s, tid::text))")
+_INSERT_TRANSACTION = f"WITH {_TRANSACTION_ROW} SELECT"
 _NEXT_OIDS = "SELECT nextval('oid_seq') FROM generate_series(1, %s)"
 # oids stored without new_oid (the root, restores) are never handed out
 _PASS_OID = "SELECT setval('oid_seq', %s) FROM oid_seq WHERE last_value < %s"
@@ -631,8 +655,8 @@ class PostgreSQLStorage(CachedRecordsMixin, SchemaMixin, PackMixin, MirrorMixin,
 
         Each goes to ``wrapper.invalidate(tid, oids)`` in tid order before
         ``lastTransaction()`` returns it; if pack removed some of them unseen,
-        ``wrapper.invalidateCache()`` is called first. Costs one indexed query that
-        returns no row when nothing changed.
+        ``wrapper.invalidateCache()`` is called first. Costs one indexed query (one round
+        trip) that returns no row when nothing changed.
         """
         with self._lock:
             if self._closed:
@@ -642,12 +666,11 @@ class PostgreSQLStorage(CachedRecordsMixin, SchemaMixin, PackMixin, MirrorMixin,
                 if conn is None:  # a forked child's first sync
                     conn = self._poller = self._connect(autocommit=True)
                 rows = conn.execute(_CHANGES_SINCE, (_u(self._ltid),), binary=True).fetchall()
-                packed = conn.execute(_PACKED_THROUGH).fetchone()[0] if rows else 0
             except self._psycopg.Error as exc:
                 if conn.broken:  # the next sync reconnects
                     self._poller = self._connect(autocommit=True)
                 raise self._error(exc) from exc
-            self._deliver(rows, packed)
+            self._deliver([(tid, oids) for tid, oids, _ in rows], rows[0][2] or 0 if rows else 0)
 
     def poll(self, timeout: float | None = None) -> bool:
         """Wait up to ``timeout`` seconds (None: no limit) until another process or storage
@@ -780,24 +803,32 @@ class PostgreSQLStorage(CachedRecordsMixin, SchemaMixin, PackMixin, MirrorMixin,
         creating = sorted([(key, data) for key, read, data in zip(keys, reads, datas) if not read])
         user, description, extension = self._meta
         # With a sync mirror, each row carries its document (written by the same statement)
-        mirrored = self._mirror_synced = self._mirror_documented(mirror.fetchone())
+        mirrored = self._mirror_synced = self._mirror_documented(mirror)
+        # The transaction's row goes with the first write (see _TRANSACTION_ROW)
+        row = {"tid": tid_i, "user": user, "description": description,
+               "extension": extension, "written": b"".join(oids), "channel": self._channel}
         with conn.pipeline():
             if replacing:  # (history-free: replaced revisions stay while they may merge)
                 how, params = self._row_params(tid_i, replacing, mirrored, made)
                 params["replaced"] = [key for key, _ in replacing]
-                conn.execute(_ARCHIVING[self.keep_history] + _WRITES[how][0], params)
+                params.update(row)
+                conn.execute(f"WITH {_TRANSACTION_ROW}, {_ARCHIVING[self.keep_history]} "
+                             f"{_WRITES[how][0]}", params)
+                row = None
             if not self.keep_history:
                 horizon = pack_tid(max(tid_time(tid) - self.conflict_window, 0))
                 conn.execute(_PRUNE_REPLACED, (_u(horizon),))
             inserted = None
             if creating:
                 how, params = self._row_params(tid_i, creating, mirrored, made)
-                if finish:
-                    conn.execute(_WRITES_STRICT[how], params)
-                else:
-                    inserted = conn.execute(_WRITES[how][1], params)
-            conn.execute(_INSERT_TRANSACTION, (tid_i, user, description, extension,
-                                               b"".join(oids), self._channel))
+                insert = _WRITES_STRICT[how] if finish else _WRITES[how][1]
+                if row is not None:
+                    params.update(row)
+                    insert = f"WITH {_TRANSACTION_ROW} {insert}"
+                    row = None
+                inserted = conn.execute(insert, params)
+            if row is not None:  # no record written (an empty commit)
+                conn.execute(_INSERT_TRANSACTION, row)
             # New oids, stored without new_oid or not (a replaced object's was passed
             # when it was made; a restored one may be new, though read at its tid)
             self._top_oid = max([key for key, _ in creating]
@@ -819,9 +850,9 @@ class PostgreSQLStorage(CachedRecordsMixin, SchemaMixin, PackMixin, MirrorMixin,
         self._voted_tid = tid
 
     def _lock_and_check(self, conn: Any, oids: list[bytes], keys: list[int], reads: list[int]
-                        ) -> tuple[int, Any, _Made, Callable[[bytes, bytes], bytes]]:
+                        ) -> tuple[int, str | None, _Made, Callable[[bytes, bytes], bytes]]:
         """Take the commit lock and check the transaction's conflicts under it: those that
-        may be merged are, the others raised. Returns the last committed tid, the cursor
+        may be merged are, the others raised. Returns the last committed tid, the value
         of the mirror's key (read under the lock), the written records' references and
         documents (made while the server takes the lock) and the ``load_serial`` of
         conflict resolution (in this transaction). Others' commits since the last sync
@@ -847,22 +878,22 @@ class PostgreSQLStorage(CachedRecordsMixin, SchemaMixin, PackMixin, MirrorMixin,
 
         ltid = _u(self._ltid)
 
-        def under_lock() -> tuple[Any, Any, Any]:
-            """Queued after the lock, in its round trip: others' commits since the last
-            sync, the pack marker and the mirror's key."""
-            return (conn.execute(_CHANGES_SINCE, (ltid,), binary=True),
-                    conn.execute(_PACKED_THROUGH), conn.execute(_MIRROR_KEY))
+        def under_lock() -> Any:
+            """Queued after the lock, in its round trip: the pack marker, the mirror's key
+            and others' commits since the last sync (see _UNDER_LOCK)."""
+            return conn.execute(_UNDER_LOCK, (ltid,), binary=True)
 
         made = None
-        for merges in range(_MERGES_BEFORE_LOCK + 1):
+        for lost in range(_MERGES_BEFORE_LOCK + 1):
             # What was read, by oid key: the stores' serials (not the new objects': an
             # insert finds a row made meanwhile) and the read checks'.
             read = {key: serial for key, serial in zip(keys, reads) if serial}
             read.update(zip(_ints(b"".join(self._checks)),
                             _ints(b"".join(self._checks.values()))))
             with conn.pipeline():
-                locking = conn.execute(_COMMIT_LOCK_IF_CURRENT, (list(read), list(read.values())))
-                changes, packed, mirror = under_lock()
+                locking = conn.execute(_COMMIT_LOCK_IF_CURRENT[self.keep_history],
+                                       (list(read), list(read.values())), binary=True)
+                changes = under_lock()
                 # While the server takes the lock (or waits for it): each record's
                 # references and, if the last commit wrote documents, its document, by
                 # id() of the record (one replaced by a merge gets its own later). An
@@ -871,8 +902,9 @@ class PostgreSQLStorage(CachedRecordsMixin, SchemaMixin, PackMixin, MirrorMixin,
                     made = _Made([data or b"" for data in self._stores.values()],
                                  self._mirror_synced)
             checked = locking.fetchall()
-            seen, locked = next((tid, lock) for key, tid, lock in checked if key is None)
-            committed = {key: tid or 0 for key, tid, _ in checked if key is not None}  # 0: gone
+            seen, locked = next((tid, lock) for key, tid, lock, _, _ in checked if key is None)
+            # (0: gone)
+            committed = {key: tid or 0 for key, tid, _, _, _ in checked if key is not None}
             if locked:
                 break
             # Something read was replaced before this commit could take the lock. Unless
@@ -880,46 +912,59 @@ class PostgreSQLStorage(CachedRecordsMixin, SchemaMixin, PackMixin, MirrorMixin,
             serials, stale = self._committed_serials(oids, keys, reads, committed)
             if not self._mergeable(stale):
                 self._check_conflicts(serials, load_serial, stale)  # raises
-            # The merges read the states their writers started from and the current ones,
-            # in one round trip
             merging = {"o": _ints(b"".join(stale)),
                        "t": _ints(b"".join(map(self._serials.__getitem__, stale)))}
-            if merges == _MERGES_BEFORE_LOCK:  # merged under the lock, in its round trip
+            if lost == _MERGES_BEFORE_LOCK:  # merged under the lock, in its round trip
                 with conn.pipeline():
                     conn.execute(_COMMIT_LOCK)
-                    changes, packed, mirror = under_lock()
+                    changes = under_lock()
                     fetched = conn.execute(_STATES, merging, binary=True)
                 states.update(((_pack(oid), _pack(tid)), data)
                               for oid, tid, data in fetched.fetchall())
                 break
-            reads = self._merge_unlocked(conn, oids, keys, reads, merging, states,
+            # The states the merges read came with the check: the committed ones and the
+            # ones read (by the serials read)
+            started = dict(zip(merging["o"], merging["t"]))
+            found = [(key, tid, data) for key, tid, _, data, _ in checked if data is not None]
+            found += [(key, started[key], old) for key, _, _, _, old in checked
+                      if old is not None and key in started]
+            reads = self._merge_unlocked(oids, keys, reads, started, found, states,
                                          load_serial)
         self._lock_taken = time.perf_counter()
         # What the commits after the check wrote (usually none): its snapshot missed them.
-        pending = changes.fetchall()
+        (_, _, packed, mirror), *pending = changes.fetchall()
+        pending = [(tid, written) for tid, written, _, _ in pending]
         for tid, written in pending:
             if tid > seen:
                 committed.update((key, tid) for key in _ints(written) if key in read)
         serials, stale = self._committed_serials(oids, keys, reads, committed)
+        if stale and self._mergeable(stale):
+            # Replaced while this commit waited for the lock (a hot spot's usual race):
+            # the states the merges read, in one round trip
+            missing = [oid for oid in stale if (oid, serials[oid]) not in states]
+            if missing:
+                fetched = conn.execute(_STATES, {
+                    "o": _ints(b"".join(missing)),
+                    "t": _ints(b"".join(map(self._serials.__getitem__, missing)))},
+                    binary=True).fetchall()
+                states.update(((_pack(oid), _pack(tid)), data) for oid, tid, data in fetched)
         self._check_conflicts(serials, load_serial, stale)
         self._pending = pending
-        self._pending_packed = packed.fetchone()[0]
+        self._pending_packed = packed or 0
         return max(seen, pending[-1][0] if pending else 0), mirror, made, load_serial
 
-    def _merge_unlocked(self, conn: Any, oids: list[bytes], keys: list[int], reads: list[int],
-                        merging: dict[str, list[int]],
+    def _merge_unlocked(self, oids: list[bytes], keys: list[int], reads: list[int],
+                        started: dict[int, int], fetched: list[tuple[int, int, bytes]],
                         states: dict[tuple[bytes, bytes], bytes],
                         load_serial: Callable[[bytes, bytes], bytes]) -> list[int]:
-        """Merge the stale stores ``merging`` (their oids and the serials read) against the
-        states committed now, without the lock; each merged record is then read at the
-        state it merged (the new ``reads``, returned). Raises the conflicts that do not
-        merge."""
-        fetched = conn.execute(_STATES, merging, binary=True).fetchall()
+        """Merge the stale stores ``started`` (the serial read, by oid key) against the
+        states committed now, ``fetched`` (oid key, tid, data: the committed states and the
+        ones read), without the lock; each merged record is then read at the state it
+        merged (the new ``reads``, returned). Raises the conflicts that do not merge."""
         states.update(((_pack(oid), _pack(tid)), data) for oid, tid, data in fetched)
         newest: dict[int, int] = {}
         for oid, tid, _ in fetched:  # the current row's tid, above the revision read
             newest[oid] = max(tid, newest.get(oid, 0))
-        started = dict(zip(merging["o"], merging["t"]))
         # (an object whose current row is gone has only the revision read: no merge)
         committed = {key: 0 if newest.get(key, read) == read else newest[key]
                      for key, read in started.items()}
