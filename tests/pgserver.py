@@ -22,6 +22,7 @@ import hashlib
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -124,9 +125,17 @@ class PostgresServer:
             conn.execute(f"CREATE DATABASE {DATABASE}")
 
     def stop(self) -> None:
+        """Stop the server and delete its directory. If ``pg_ctl stop`` fails, the
+        postmaster named in ``postmaster.pid`` is sent SIGQUIT (PostgreSQL's immediate
+        shutdown) before the directory goes: never a server left running without it."""
+        pid_file = self.data / "postmaster.pid"
         try:
-            if (self.data / "postmaster.pid").exists():
-                self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop")
+            if pid_file.exists():
+                try:
+                    self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop")
+                except PostgresUnavailable:
+                    _quit_postmaster(pid_file)
+                    raise
         finally:
             shutil.rmtree(self.directory, ignore_errors=True)
 
@@ -215,6 +224,15 @@ def require() -> PostgresServer:
         if in_ci():
             pytest.fail(f"PostgreSQL is required under CI: {exc}", pytrace=False)
         pytest.skip(f"no PostgreSQL server for the tests: {exc}")
+
+
+def _quit_postmaster(pid_file: Path) -> None:
+    """SIGQUIT to the postmaster whose pid is the first line of ``pid_file``."""
+    try:
+        pid = int(pid_file.read_text().split("\n", 1)[0])
+        os.kill(pid, signal.SIGQUIT)
+    except (OSError, ValueError):
+        pass  # gone already, or no pid to read
 
 
 def started() -> PostgresServer | None:
