@@ -670,7 +670,8 @@ class PostgreSQLStorage(CachedRecordsMixin, SchemaMixin, PackMixin, MirrorMixin,
                 if conn.broken:  # the next sync reconnects
                     self._poller = self._connect(autocommit=True)
                 raise self._error(exc) from exc
-            self._deliver([(tid, oids) for tid, oids, _ in rows], rows[0][2] or 0 if rows else 0)
+            packed = (rows[0][2] or 0) if rows else 0  # (the same in every row)
+            self._deliver([(tid, oids) for tid, oids, _ in rows], packed)
 
     def poll(self, timeout: float | None = None) -> bool:
         """Wait up to ``timeout`` seconds (None: no limit) until another process or storage
@@ -912,15 +913,13 @@ class PostgreSQLStorage(CachedRecordsMixin, SchemaMixin, PackMixin, MirrorMixin,
             serials, stale = self._committed_serials(oids, keys, reads, committed)
             if not self._mergeable(stale):
                 self._check_conflicts(serials, load_serial, stale)  # raises
-            merging = {"o": _ints(b"".join(stale)),
-                       "t": _ints(b"".join(map(self._serials.__getitem__, stale)))}
+            merging = self._states_asked(stale)
             if lost == _MERGES_BEFORE_LOCK:  # merged under the lock, in its round trip
                 with conn.pipeline():
                     conn.execute(_COMMIT_LOCK)
                     changes = under_lock()
                     fetched = conn.execute(_STATES, merging, binary=True)
-                states.update(((_pack(oid), _pack(tid)), data)
-                              for oid, tid, data in fetched.fetchall())
+                _keep_states(states, fetched.fetchall())
                 break
             # The states the merges read came with the check: the committed ones and the
             # ones read (by the serials read)
@@ -943,11 +942,8 @@ class PostgreSQLStorage(CachedRecordsMixin, SchemaMixin, PackMixin, MirrorMixin,
             # the states the merges read, in one round trip
             missing = [oid for oid in stale if (oid, serials[oid]) not in states]
             if missing:
-                fetched = conn.execute(_STATES, {
-                    "o": _ints(b"".join(missing)),
-                    "t": _ints(b"".join(map(self._serials.__getitem__, missing)))},
-                    binary=True).fetchall()
-                states.update(((_pack(oid), _pack(tid)), data) for oid, tid, data in fetched)
+                _keep_states(states, conn.execute(_STATES, self._states_asked(missing),
+                                                  binary=True).fetchall())
         self._check_conflicts(serials, load_serial, stale)
         self._pending = pending
         self._pending_packed = packed or 0
@@ -961,7 +957,7 @@ class PostgreSQLStorage(CachedRecordsMixin, SchemaMixin, PackMixin, MirrorMixin,
         states committed now, ``fetched`` (oid key, tid, data: the committed states and the
         ones read), without the lock; each merged record is then read at the state it
         merged (the new ``reads``, returned). Raises the conflicts that do not merge."""
-        states.update(((_pack(oid), _pack(tid)), data) for oid, tid, data in fetched)
+        _keep_states(states, fetched)
         newest: dict[int, int] = {}
         for oid, tid, _ in fetched:  # the current row's tid, above the revision read
             newest[oid] = max(tid, newest.get(oid, 0))
@@ -973,6 +969,12 @@ class PostgreSQLStorage(CachedRecordsMixin, SchemaMixin, PackMixin, MirrorMixin,
         for oid in stale:  # merged: based on the committed state now
             self._serials[oid] = serials[oid]
         return _ints(b"".join(map(self._serials.__getitem__, oids)))
+
+    def _states_asked(self, stale: list[bytes]) -> dict[str, list[int]]:
+        """The parameters of _STATES for the merges of ``stale``: their oids and the
+        serials their writers read."""
+        return {"o": _ints(b"".join(stale)),
+                "t": _ints(b"".join(map(self._serials.__getitem__, stale)))}
 
     def _committed_serials(self, oids: list[bytes], keys: list[int], reads: list[int],
                            committed: dict[int, int]) -> tuple[dict[bytes, bytes], list[bytes]]:
@@ -1119,3 +1121,9 @@ def _describe(params: dict[str, Any]) -> str:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _keep_states(states: dict[tuple[bytes, bytes], bytes],
+                 rows: list[tuple[int, int, bytes]]) -> None:
+    """Keep the rows of _STATES (oid, tid, data) in ``states``, by (oid, tid) bytes."""
+    states.update(((_pack(oid), _pack(tid)), data) for oid, tid, data in rows)
