@@ -802,15 +802,21 @@ def two_databases(open_storage, value):
     return dbs, managers, conns
 
 
-def statements_of(monkeypatch, storage) -> list[str]:
-    """The statements ``storage``'s writing connection executes from now on."""
+def statements_of(monkeypatch, storage, params: list | None = None) -> list[str]:
+    """The statements ``storage``'s writing connection executes from now on (and their
+    parameters, appended to ``params`` if given)."""
     sent: list[str] = []
     if storage._writer is None:  # (made at a storage's first vote)
         storage._writer = storage._connect(autocommit=False)
     conn = storage._writer
     execute = conn.execute
-    monkeypatch.setattr(conn, "execute", lambda statement, *args, **kwargs:
-                        sent.append(str(statement)) or execute(statement, *args, **kwargs))
+
+    def recorded(statement, *args, **kwargs):
+        sent.append(str(statement))
+        if params is not None:
+            params.append(args[0] if args else kwargs.get("params"))
+        return execute(statement, *args, **kwargs)
+    monkeypatch.setattr(conn, "execute", recorded)
     return sent
 
 
@@ -846,7 +852,8 @@ def test_a_commit_of_a_connections_only_transaction_is_finished_by_its_vote(open
 
 def test_a_conflict_found_before_the_lock_is_raised_without_waiting_for_it(open_storage):
     """A transaction whose read was replaced before it could take the commit lock learns
-    of the conflict from the statement that would take the lock, and never holds it."""
+    of the conflict from the statement that would take the lock, and never holds it (a
+    small commit too: its record's class does not merge)."""
     from persistent.mapping import PersistentMapping
     from amphora.errors import ConflictError as Conflict
     dbs, managers, conns = two_databases(open_storage, PersistentMapping())
@@ -864,18 +871,23 @@ def test_a_conflict_found_before_the_lock_is_raised_without_waiting_for_it(open_
         db.close()
 
 
-@pytest.mark.parametrize("merges_before_lock", [2, 0])
+@pytest.mark.parametrize("merges_before_lock,states_with_lock,round_trips", [
+    (2, 64, 1), (2, 0, 2), (0, 0, 2)])
 def test_a_mergeable_conflict_is_merged_before_the_lock(open_storage, monkeypatch,
-                                                        merges_before_lock):
-    """A conflict found before the lock on a class that merges (BTrees.Length) reads the
-    states to merge in one round trip (no state is loaded one by one) and is merged
-    before the lock: the lock is then taken by the statement that finds the merged
-    record still current. With no merge allowed before the lock (or after that many
-    lost races), the lock is taken with the states' round trip and the merge done under
-    it. Either way the merge counts both increments."""
+                                                        merges_before_lock, states_with_lock,
+                                                        round_trips):
+    """A conflict on a class that merges (BTrees.Length), in a small commit: the statement
+    that checks before the lock takes it anyway, and the merge is done under it with the
+    states read in the lock's own round trip. In a larger commit, the check finds the
+    conflict and reads the states to merge in its round trip (no state is loaded one by
+    one); the merge is done before the lock, which is then taken by the statement that
+    finds the merged record still current. With no merge allowed before the lock (or
+    after that many lost races), the lock is taken with the states' round trip and the
+    merge done under it. Every way, the merge counts both increments."""
     from BTrees.Length import Length
     from amphora.storage.postgresql import storage as module
     monkeypatch.setattr(module, "_MERGES_BEFORE_LOCK", merges_before_lock)
+    monkeypatch.setattr(module, "_STATES_WITH_LOCK", states_with_lock)
     dbs, managers, conns = two_databases(open_storage, Length(10))
     conns[1].root()["x"].change(5)  # read at 10
     conns[0].root()["x"].change(1)
@@ -883,36 +895,15 @@ def test_a_mergeable_conflict_is_merged_before_the_lock(open_storage, monkeypatc
     sent = statements_of(monkeypatch, dbs[1].storage)
     managers[1].commit()
     assert not [statement for statement in sent if "LIMIT 1" in statement]  # no _LOAD_SERIAL
+    checks = [statement for statement in sent if "WITH stale AS" in statement]
     plain_locks = [statement for statement in sent
                    if statement.startswith("SELECT pg_advisory_xact_lock")]
+    assert len(checks) + len(plain_locks) == round_trips  # (each in a round trip of its own)
     assert len(plain_locks) == (0 if merges_before_lock else 1)
     managers[0].begin()
     assert conns[0].root()["x"]() == 16
     for db in dbs:
         db.close()
-
-
-def test_a_new_objects_row_made_meanwhile_fails_a_commit_finished_by_its_vote(storage,
-                                                                               open_storage):
-    """Finishing in the vote, new rows are inserted strictly: a row another commit made
-    meanwhile (a restore, say) fails the whole commit with a ConflictError, and nothing
-    of it is committed."""
-    commit(storage, {z64: record("root")})
-    other = open_storage()
-    commit(other, {p64(7000): record("theirs")})
-    txn = TransactionMetaData()
-    finished = []
-    txn.finish_with_vote = lambda tid, resolved: finished.append(tid)
-    storage.tpc_begin(txn)
-    storage.store(p64(7001), z64, record("mine"), "", txn)
-    storage.store(p64(7000), z64, record("mine too"), "", txn)
-    with pytest.raises(ConflictError) as raised:
-        storage.tpc_vote(txn)
-    storage.tpc_abort(txn)
-    assert raised.value.oid == p64(7000) and finished == []
-    with pytest.raises(ObjectNotFoundError):
-        storage.load(p64(7001))
-    assert storage.load(p64(7000))[0] == record("theirs")
 
 
 def test_a_commit_reads_the_serials_it_checks_once(storage, monkeypatch):
@@ -921,11 +912,16 @@ def test_a_commit_reads_the_serials_it_checks_once(storage, monkeypatch):
     (none here): no statement reads those serials a second time."""
     oids = [p64(n) for n in range(1, 201)]
     tid = commit(storage, dict.fromkeys([z64, *oids], record("first")))
-    sent = statements_of(monkeypatch, storage)
+    params: list = []
+    sent = statements_of(monkeypatch, storage, params)
     commit(storage, dict.fromkeys(oids, record("second")), dict.fromkeys(oids, tid))
-    reading = [statement for statement in sent
+    reading = [(statement, values) for statement, values in zip(sent, params)
                if " objects " in statement and "INSERT INTO" not in statement]
-    assert len(reading) == 1 and "pg_advisory_xact_lock" in reading[0]
+    # the lock's check, and the statement under the lock (which reads the records of a
+    # small commit replaced meanwhile, and is given none of a commit of 200)
+    assert len(reading) == 2 and "pg_advisory_xact_lock" in reading[0][0]
+    assert "FROM transactions WHERE tid >" in reading[1][0]
+    assert reading[1][1][1:] == ("{}", "{}")
     assert storage.load(oids[-1])[0] == record("second")
 
 
@@ -947,7 +943,8 @@ def test_a_merge_under_the_lock_reads_no_state_one_by_one(open_storage, server,
     lock, that the other replaced a record it read: a conflict that merges
     (BTrees.Length). The states to merge (the committed one and the one read) are read in
     one round trip, not loaded one by one while the lock is held; the merge counts both
-    increments."""
+    increments. They come in the lock's own round trip (with the statement read under
+    it): no statement more is sent while the lock is held."""
     from BTrees.Length import Length
     dbs, managers, conns = two_databases(open_storage, Length(10))
     dbs[0].storage.finish_in_vote = False  # (the lock held from the vote to tpc_finish)
@@ -972,6 +969,7 @@ def test_a_merge_under_the_lock_reads_no_state_one_by_one(open_storage, server,
     first.join(30)
     second.join(30)
     assert not [statement for statement in sent if "LIMIT 1" in statement]  # no _LOAD_SERIAL
+    assert not [statement for statement in sent if "WITH r(oid, tid)" in statement]  # _STATES
     assert dbs[1].storage.lock_holds == 1
     managers[0].begin()
     assert conns[0].root()["x"]() == 16

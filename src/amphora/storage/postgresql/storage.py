@@ -126,16 +126,21 @@ _OBJECTS_EXCLUSIVE = "LOCK TABLE objects IN ACCESS EXCLUSIVE MODE"
 # A stale record comes with the states a merge reads: the committed one and the one its
 # writer started from (from ``revisions``, or ``replaced`` in history-free mode; by mode),
 # so that a conflict that merges costs no round trip more.
+# A record marked as one that merges (the third array: a small commit's stores of a class
+# with ``_p_resolveConflict``) does not keep the lock from being taken when it is stale:
+# its merge is then done under the lock, with the states read under it (_UNDER_LOCK), a
+# round trip earlier than a merge before the lock and a second check would take.
 _COMMIT_LOCK_IF_CURRENT = {keep_history: f"""
 WITH stale AS MATERIALIZED (
-  SELECT r.oid, o.tid, o.data, v.data AS old
-  FROM unnest(%s::bigint[], %s::bigint[]) AS r(oid, tid)
+  SELECT r.oid, o.tid, o.data, v.data AS old, r.merges
+  FROM unnest(%s::bigint[], %s::bigint[], %s::boolean[]) AS r(oid, tid, merges)
   LEFT JOIN objects AS o ON o.oid = r.oid
   LEFT JOIN {table} AS v ON v.oid = r.oid AND v.tid = r.tid
   WHERE o.tid IS DISTINCT FROM nullif(r.tid, 0))
 SELECT NULL::bigint, coalesce(max(tid), 0),
        (SELECT {_TAKE_COMMIT_LOCK}::text
-        WHERE NOT EXISTS (SELECT FROM stale)) IS NOT NULL, NULL::bytea, NULL::bytea
+        WHERE NOT EXISTS (SELECT FROM stale WHERE NOT merges)) IS NOT NULL,
+       NULL::bytea, NULL::bytea
 FROM transactions
 UNION ALL SELECT oid, tid, NULL, data, old FROM stale""" for keep_history, table in (
     (True, "revisions"), (False, "replaced"))}
@@ -143,11 +148,21 @@ _CURRENT_SERIALS = "SELECT oid, tid FROM objects WHERE oid = ANY(%s::bigint[])"
 
 # Read once the lock is taken, in its round trip and one statement: the pack marker and
 # the mirror's key (first row, tid NULL), then the commits since the last sync (%s), in
-# order
-_UNDER_LOCK = f"""
-SELECT NULL::bigint AS tid, NULL::bytea, ({_PACKED_THROUGH}), ({_MIRROR_KEY})
-UNION ALL SELECT tid, oids, NULL, NULL FROM transactions WHERE tid > %s
-ORDER BY tid NULLS FIRST"""
+# order, then (oid not NULL) each record of a small commit (the oids and serials read,
+# %s and %s) replaced while the commit waited for the lock, with the states its merge
+# reads: the committed one and the one its writer started from. A hot spot's commit,
+# which usually finds its record replaced by the commit ahead of it in the lock's queue,
+# merges with no round trip more while it holds the lock.
+_UNDER_LOCK = {keep_history: f"""
+SELECT NULL::bigint AS tid, NULL::bytea AS oids, ({_PACKED_THROUGH}), ({_MIRROR_KEY}),
+       NULL::bigint AS oid, NULL::bytea, NULL::bigint, NULL::bytea
+UNION ALL SELECT tid, oids, NULL, NULL, NULL, NULL, NULL, NULL FROM transactions WHERE tid > %s
+UNION ALL SELECT o.tid, NULL, NULL, NULL, r.oid, o.data, r.tid, v.data
+FROM unnest(%s::bigint[], %s::bigint[]) AS r(oid, tid)
+JOIN objects AS o ON o.oid = r.oid AND o.tid <> r.tid
+LEFT JOIN {table} AS v ON v.oid = r.oid AND v.tid = r.tid
+ORDER BY oid NULLS FIRST, tid NULLS FIRST""" for keep_history, table in (
+    (True, "revisions"), (False, "replaced"))}
 # Prefixed (in a WITH) to the statement that replaces the rows (see _WRITES): the
 # revisions replaced, archived by the same statement (its parts all read the rows as they
 # were before it)
@@ -234,6 +249,9 @@ _AHEAD = 2000                        # referenced records read along by one load
 #: conflicts merged before taking the commit lock (each against the state committed then)
 #: before a commit takes the lock and merges under it
 _MERGES_BEFORE_LOCK = 2
+#: commits of up to this many records get the states of those replaced while they waited
+#: for the commit lock with the lock (see _UNDER_LOCK); larger ones ask if they need them
+_STATES_WITH_LOCK = 64
 _OID_BLOCK = 64                      # oids first reserved per round trip to the sequence
 _OID_BLOCK_MAX = 4096                # ... doubling with each reservation up to this
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}\Z")
@@ -416,6 +434,7 @@ class PostgreSQLStorage(CachedRecordsMixin, SchemaMixin, PackMixin, MirrorMixin,
         self._oid_block = _OID_BLOCK
         self._pending: list[tuple[int, bytes]] = []  # others' commits found at vote
         self._pending_packed = 0
+        self._resolvable: dict[bytes, bool] = {}  # by class pickle (see _merge_hints)
         self._voted_tid: bytes | None = None
         self._finished_tid: bytes | None = None  # committed by its vote (finish_with_vote)
         self._lock_taken: float | None = None  # perf_counter() when the commit lock was seen
@@ -811,7 +830,7 @@ class PostgreSQLStorage(CachedRecordsMixin, SchemaMixin, PackMixin, MirrorMixin,
         with conn.pipeline():
             if replacing:  # (history-free: replaced revisions stay while they may merge)
                 how, params = self._row_params(tid_i, replacing, mirrored, made)
-                params["replaced"] = [key for key, _ in replacing]
+                params["replaced"] = _array([key for key, _ in replacing])
                 params.update(row)
                 conn.execute(f"WITH {_TRANSACTION_ROW}, {_ARCHIVING[self.keep_history]} "
                              f"{_WRITES[how][0]}", params)
@@ -878,12 +897,21 @@ class PostgreSQLStorage(CachedRecordsMixin, SchemaMixin, PackMixin, MirrorMixin,
             return found[0][0]
 
         ltid = _u(self._ltid)
+        small = len(keys) <= _STATES_WITH_LOCK
 
         def under_lock() -> Any:
-            """Queued after the lock, in its round trip: the pack marker, the mirror's key
-            and others' commits since the last sync (see _UNDER_LOCK)."""
-            return conn.execute(_UNDER_LOCK, (ltid,), binary=True)
+            """Queued after the lock, in its round trip: the pack marker, the mirror's key,
+            others' commits since the last sync and, for a small commit, the states of
+            its records replaced meanwhile (see _UNDER_LOCK)."""
+            replacing = [(key, read) for key, read in zip(keys, reads) if read] if small else ()
+            return conn.execute(_UNDER_LOCK[self.keep_history],
+                                (ltid, _array([key for key, _ in replacing]),
+                                 _array([read for _, read in replacing])), binary=True)
 
+        # The stores of a small commit whose conflicts merge, by oid key (see
+        # _COMMIT_LOCK_IF_CURRENT): a hint, since their merge is tried under the lock
+        # whatever it says
+        merges = self._merge_hints(oids, keys) if small else {}
         made = None
         for lost in range(_MERGES_BEFORE_LOCK + 1):
             # What was read, by oid key: the stores' serials (not the new objects': an
@@ -891,9 +919,11 @@ class PostgreSQLStorage(CachedRecordsMixin, SchemaMixin, PackMixin, MirrorMixin,
             read = {key: serial for key, serial in zip(keys, reads) if serial}
             read.update(zip(_ints(b"".join(self._checks)),
                             _ints(b"".join(self._checks.values()))))
+            flags = ",".join(["t" if merges.get(key) else "f" for key in read])
             with conn.pipeline():
                 locking = conn.execute(_COMMIT_LOCK_IF_CURRENT[self.keep_history],
-                                       (list(read), list(read.values())), binary=True)
+                                       (_array(read), _array(read.values()), f"{{{flags}}}"),
+                                       binary=True)
                 changes = under_lock()
                 # While the server takes the lock (or waits for it): each record's
                 # references and, if the last commit wrote documents, its document, by
@@ -917,9 +947,10 @@ class PostgreSQLStorage(CachedRecordsMixin, SchemaMixin, PackMixin, MirrorMixin,
             if lost == _MERGES_BEFORE_LOCK:  # merged under the lock, in its round trip
                 with conn.pipeline():
                     conn.execute(_COMMIT_LOCK)
-                    changes = under_lock()
-                    fetched = conn.execute(_STATES, merging, binary=True)
-                _keep_states(states, fetched.fetchall())
+                    changes = under_lock()  # (with the states, for a small commit)
+                    fetched = None if small else conn.execute(_STATES, merging, binary=True)
+                if fetched is not None:
+                    _keep_states(states, fetched.fetchall())
                 break
             # The states the merges read came with the check: the committed ones and the
             # ones read (by the serials read)
@@ -931,8 +962,12 @@ class PostgreSQLStorage(CachedRecordsMixin, SchemaMixin, PackMixin, MirrorMixin,
                                          load_serial)
         self._lock_taken = time.perf_counter()
         # What the commits after the check wrote (usually none): its snapshot missed them.
-        (_, _, packed, mirror), *pending = changes.fetchall()
-        pending = [(tid, written) for tid, written, _, _ in pending]
+        (_, _, packed, mirror, *_), *rows = changes.fetchall()
+        pending = [(tid, written) for tid, written, _, _, oid, *_ in rows if oid is None]
+        _keep_states(states, [(oid, tid, data) for tid, _, _, _, oid, data, _, _ in rows
+                              if oid is not None])
+        _keep_states(states, [(oid, read, old) for _, _, _, _, oid, _, read, old in rows
+                              if old is not None])
         for tid, written in pending:
             if tid > seen:
                 committed.update((key, tid) for key in _ints(written) if key in read)
@@ -948,6 +983,33 @@ class PostgreSQLStorage(CachedRecordsMixin, SchemaMixin, PackMixin, MirrorMixin,
         self._pending = pending
         self._pending_packed = packed or 0
         return max(seen, pending[-1][0] if pending else 0), mirror, made, load_serial
+
+    def _merge_hints(self, oids: list[bytes], keys: list[int]) -> dict[int, bool]:
+        """Which stores' conflicts the storage's own resolver would try to merge, by oid
+        key (none with another resolver: the server's asks its client, which is not done
+        while the lock is held). Each record's class is looked up once per class pickle:
+        the prefix of a protocol 3 record up to its class's ``GLOBAL`` (module and name,
+        each ended by a newline)."""
+        if self._conflict_resolver() is not resolve_record:
+            return {}
+        known = self._resolvable
+        hints = {}
+        for oid, key in zip(oids, keys):
+            data = self._stores[oid]
+            if data is None or oid in self._checks:
+                continue
+            end = data.find(b"\n", data.find(b"\n") + 1)
+            if end < 0:
+                hints[key] = resolvable(data)
+                continue
+            prefix = data[:end]
+            hint = known.get(prefix)
+            if hint is None:
+                if len(known) >= 256:
+                    known.clear()
+                hint = known[prefix] = resolvable(data)
+            hints[key] = hint
+        return hints
 
     def _merge_unlocked(self, oids: list[bytes], keys: list[int], reads: list[int],
                         started: dict[int, int], fetched: list[tuple[int, int, bytes]],
@@ -1121,6 +1183,12 @@ def _describe(params: dict[str, Any]) -> str:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _array(ints: Iterable[int]) -> str:
+    """An array literal of integers: sent as one text value (cast by the statement),
+    cheaper for the driver than a list it adapts element by element."""
+    return "{" + ",".join(map(str, ints)) + "}"
 
 
 def _keep_states(states: dict[tuple[bytes, bytes], bytes],
