@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Callable, Iterator
 
 from amphora.errors import AmphoraError
+from amphora.storage import _fork
 from amphora.storage.base import decode_extension
 from amphora.utils import p64, tid_to_datetime, u64, z64
 
@@ -126,7 +127,10 @@ class ChangeFeed:
         poll = getattr(self.storage, "poll", None)
         step = _POLL_SLICE if poll is not None else _INTERVAL
         deadline = None if timeout is None else time.monotonic() + timeout
-        while not self.has_new():
+        while True:
+            with _fork.quiet():  # (a fork waits for the look, see amphora.storage._fork)
+                if self.has_new():
+                    return
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
                 return
@@ -245,9 +249,10 @@ class Subscriptions:
                 if not subscribers:
                     return
                 oldest = min(s.position for s in subscribers)
-                if feed is None or feed.position > oldest:
-                    feed = ChangeFeed(self.storage, oldest)  # a subscriber joined behind
-                changes = feed.read()
+                with _fork.quiet():  # (a fork waits for the reads, see amphora.storage._fork)
+                    if feed is None or feed.position > oldest:
+                        feed = ChangeFeed(self.storage, oldest)  # a subscriber joined behind
+                    changes = feed.read()
                 if not changes:
                     feed.wait(0.5)
                     continue

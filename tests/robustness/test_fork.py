@@ -23,6 +23,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 import traceback
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -271,6 +272,36 @@ def test_change_feeds_in_the_child(shared_uri, tmp_path):
 def increment_copy(db: amphora.DB, times: int, start: int) -> None:
     increment(db, times)
     assert count(db) == start + times  # its own copy: no other child's increments
+
+
+def test_a_fork_waits_for_a_background_threads_database_call(tmp_path):
+    """amphora's background threads (the change feed's) do their database work inside
+    ``_fork.quiet()``: a fork made meanwhile waits until it ends. (SQLite allocates
+    under a process-wide mutex; a child forked while another thread held it hung at its
+    first SQLite call, about one fork in a hundred with a subscription running.)"""
+    from amphora.storage import _fork
+    inside, finished = threading.Event(), tmp_path / "finished"
+
+    def call() -> None:
+        with _fork.quiet():
+            inside.set()
+            time.sleep(0.5)
+            finished.write_text("the call ended")
+    thread = threading.Thread(target=call)
+    thread.start()
+    inside.wait(10)
+    child = _forked_check(finished)
+    thread.join(10)
+    assert child == 0, "the child was forked while the call was under way"
+
+
+def _forked_check(finished: Path) -> int:
+    """Fork; the child exits 0 if ``finished`` exists (else 3). The child's exit status."""
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0 if finished.exists() else 3)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)
 
 
 def test_memory_children_work_on_their_copies(tmp_path):

@@ -445,7 +445,8 @@ class SQLiteStorage(CachedRecordsMixin, SchemaMixin, PackMixin, MirrorMixin, Tra
                 if reader.conn.in_transaction:
                     if now - reader.started >= self.snapshot_age:
                         reader.generation = -1
-                        reader.conn.execute("COMMIT")
+                        with _fork.quiet():  # (a thread of ours: see _fork)
+                            reader.conn.execute("COMMIT")
                     else:
                         pinned = True
             except sqlite3.Error:
