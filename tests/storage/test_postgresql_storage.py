@@ -802,21 +802,15 @@ def two_databases(open_storage, value):
     return dbs, managers, conns
 
 
-def statements_of(monkeypatch, storage, params: list | None = None) -> list[str]:
-    """The statements ``storage``'s writing connection executes from now on (and their
-    parameters, appended to ``params`` if given)."""
+def statements_of(monkeypatch, storage) -> list[str]:
+    """The statements ``storage``'s writing connection executes from now on."""
     sent: list[str] = []
     if storage._writer is None:  # (made at a storage's first vote)
         storage._writer = storage._connect(autocommit=False)
     conn = storage._writer
     execute = conn.execute
-
-    def recorded(statement, *args, **kwargs):
-        sent.append(str(statement))
-        if params is not None:
-            params.append(args[0] if args else kwargs.get("params"))
-        return execute(statement, *args, **kwargs)
-    monkeypatch.setattr(conn, "execute", recorded)
+    monkeypatch.setattr(conn, "execute", lambda statement, *args, **kwargs:
+                        sent.append(str(statement)) or execute(statement, *args, **kwargs))
     return sent
 
 
@@ -906,22 +900,41 @@ def test_a_mergeable_conflict_is_merged_before_the_lock(open_storage, monkeypatc
         db.close()
 
 
+@pytest.mark.parametrize("value,asks", [("Length", True), ("PersistentMapping", False)])
+def test_only_a_commit_that_may_merge_asks_for_states_with_the_lock(open_storage, monkeypatch,
+                                                                    value, asks):
+    """The statement read under the lock carries the states of the records replaced
+    meanwhile only for a small commit whose records merge (a Length); a commit of a
+    class that does not merge sends the cheaper statement."""
+    from BTrees.Length import Length
+    from persistent.mapping import PersistentMapping
+    dbs, managers, conns = two_databases(open_storage, {"Length": Length,
+                                                        "PersistentMapping":
+                                                        PersistentMapping}[value]())
+    if value == "Length":
+        conns[1].root()["x"].change(1)
+    else:
+        conns[1].root()["x"]["a"] = 1
+    sent = statements_of(monkeypatch, dbs[1].storage)
+    managers[1].commit()
+    states = [statement for statement in sent if "AS r(oid, tid)\nJOIN objects" in statement]
+    assert len(states) == (1 if asks else 0)
+    assert [statement for statement in sent if "FROM transactions WHERE tid >" in statement]
+    for db in dbs:
+        db.close()
+
+
 def test_a_commit_reads_the_serials_it_checks_once(storage, monkeypatch):
     """The conflict check before the lock reads the committed serial of each record the
     commit replaces; under the lock only the commits made since that check are looked at
     (none here): no statement reads those serials a second time."""
     oids = [p64(n) for n in range(1, 201)]
     tid = commit(storage, dict.fromkeys([z64, *oids], record("first")))
-    params: list = []
-    sent = statements_of(monkeypatch, storage, params)
+    sent = statements_of(monkeypatch, storage)
     commit(storage, dict.fromkeys(oids, record("second")), dict.fromkeys(oids, tid))
-    reading = [(statement, values) for statement, values in zip(sent, params)
+    reading = [statement for statement in sent
                if " objects " in statement and "INSERT INTO" not in statement]
-    # the lock's check, and the statement under the lock (which reads the records of a
-    # small commit replaced meanwhile, and is given none of a commit of 200)
-    assert len(reading) == 2 and "pg_advisory_xact_lock" in reading[0][0]
-    assert "FROM transactions WHERE tid >" in reading[1][0]
-    assert reading[1][1][1:] == ("{}", "{}")
+    assert len(reading) == 1 and "pg_advisory_xact_lock" in reading[0]
     assert storage.load(oids[-1])[0] == record("second")
 
 
