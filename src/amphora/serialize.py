@@ -573,16 +573,34 @@ def _persistent_id(obj: Any) -> Any:
     return obj.data if type(obj) is PersistentReference else None
 
 
+# The classes of records, by the start of their class pickle when it opens with the
+# class's GLOBAL (protocol 3: PROTO, then "c" module newline name newline): looked up
+# once per class, not once per record (a commit's merge hints ask for every record)
+_CLASS_PICKLE = b"\x80\x03c"
+_classes: dict[bytes, Any] = {}
+_CLASSES_MAX = 256
+
+
 def resolvable(data: bytes) -> bool:
     """Whether :func:`resolve_record` may merge a conflict on ``data``: its class, read
     from the record's class pickle alone (the state is not read), has a
     ``_p_resolveConflict``. False when the class cannot be found or the record is not
     a pickle."""
-    try:
-        meta = Unpickler(data, _no_reference, _find_class).load()
-        klass, _ = _split_meta(meta, _find_class)
-    except Exception:  # noqa: BLE001 - whatever it is, resolve_record would not merge it
-        return False
+    key = None
+    if data.startswith(_CLASS_PICKLE):
+        end = data.find(b"\n", data.find(b"\n", 3) + 1)
+        key = data[:end] if end > 0 else None
+    klass = _classes.get(key) if key is not None else None
+    if klass is None:
+        try:
+            meta = Unpickler(data, _no_reference, _find_class).load()
+            klass, _ = _split_meta(meta, _find_class)
+        except Exception:  # noqa: BLE001 - whatever it is, resolve_record would not merge it
+            return False
+        if key is not None:
+            if len(_classes) >= _CLASSES_MAX:
+                _classes.clear()
+            _classes[key] = klass
     return klass not in _unresolvable and \
         getattr(klass, "_p_resolveConflict", None) is not None
 

@@ -441,7 +441,6 @@ class PostgreSQLStorage(CachedRecordsMixin, SchemaMixin, PackMixin, MirrorMixin,
         self._oid_block = _OID_BLOCK
         self._pending: list[tuple[int, bytes]] = []  # others' commits found at vote
         self._pending_packed = 0
-        self._resolvable: dict[bytes, bool] = {}  # by class pickle (see _merge_hints)
         self._voted_tid: bytes | None = None
         self._finished_tid: bytes | None = None  # committed by its vote (finish_with_vote)
         self._lock_taken: float | None = None  # perf_counter() when the commit lock was seen
@@ -998,29 +997,12 @@ class PostgreSQLStorage(CachedRecordsMixin, SchemaMixin, PackMixin, MirrorMixin,
     def _merge_hints(self, oids: list[bytes], keys: list[int]) -> dict[int, bool]:
         """Which stores' conflicts the storage's own resolver would try to merge, by oid
         key (none with another resolver: the server's asks its client, which is not done
-        while the lock is held). Each record's class is looked up once per class pickle:
-        the prefix of a protocol 3 record up to its class's ``GLOBAL`` (module and name,
-        each ended by a newline)."""
+        while the lock is held)."""
         if self._conflict_resolver() is not resolve_record:
             return {}
-        known = self._resolvable
-        hints = {}
-        for oid, key in zip(oids, keys):
-            data = self._stores[oid]
-            if data is None or oid in self._checks:
-                continue
-            end = data.find(b"\n", data.find(b"\n") + 1)
-            if end < 0:
-                hints[key] = resolvable(data)
-                continue
-            prefix = data[:end]
-            hint = known.get(prefix)
-            if hint is None:
-                if len(known) >= 256:
-                    known.clear()
-                hint = known[prefix] = resolvable(data)
-            hints[key] = hint
-        return hints
+        stores, checks = self._stores, self._checks
+        return {key: resolvable(stores[oid]) for oid, key in zip(oids, keys)
+                if stores[oid] is not None and oid not in checks}
 
     def _merge_unlocked(self, oids: list[bytes], keys: list[int], reads: list[int],
                         started: dict[int, int], fetched: list[tuple[int, int, bytes]],
