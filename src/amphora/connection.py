@@ -368,18 +368,28 @@ class Connection(ConnectionSearch):
 
     def _read_ahead(self, oid: bytes, siblings: "_Siblings") -> None:
         """Load ``oid`` together with the ghosts that follow it among its siblings (met in
-        the same container's state), in one batch: containers are mostly read in order."""
+        the same container's state), in one batch: containers are mostly read in order.
+
+        A batch holds ``_READ_AHEAD`` ghosts, and up to half as many again when no more
+        are found near them: a small tail would cost a round trip of its own. After the
+        last sibling come the first ones: a BTree's ``values()`` looks at its last bucket
+        before it walks from the first."""
         cache = self._cache
         siblings_of = self._siblings
         prefetched = self._prefetched
-        oids = [oid]
+        oids, tail = [oid], []
         for other in siblings.following(oid, 2 * _READ_AHEAD):
-            if len(oids) >= _READ_AHEAD:
-                break
             obj = cache.get(other)
             if obj is not None and obj._p_changed is None and other not in prefetched \
                     and other not in self._sp_states:
-                oids.append(other)
+                if len(oids) < _READ_AHEAD:
+                    oids.append(other)
+                elif len(tail) < _READ_AHEAD // 2:
+                    tail.append(other)
+                else:
+                    tail = []  # more than a tail: left for the next batch
+                    break
+        oids += tail
         for one in oids:
             siblings_of.pop(one, None)
         self._fetch(oids)
@@ -769,11 +779,14 @@ class _Siblings:
         self.position: dict[bytes, int] | None = None  # made when first needed
 
     def following(self, oid: bytes, limit: int) -> list[bytes]:
-        """Up to ``limit`` siblings after ``oid``."""
+        """Up to ``limit`` siblings after ``oid``, then from the first one on."""
         if self.position is None:
             self.position = {one: i for i, one in enumerate(self.oids)}
         start = self.position[oid] + 1
-        return self.oids[start:start + limit]
+        after = self.oids[start:start + limit]
+        if len(after) < limit:
+            after += self.oids[:min(limit - len(after), start - 1)]
+        return after
 
 
 class _Savepoint:

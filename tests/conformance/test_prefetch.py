@@ -149,3 +149,49 @@ def test_prefetch_takes_any_iterable_of_objects_such_as_a_btrees_values(storage,
     assert db.storage.load_counts == {"load_many": 1}
     conn.close()
     db.close()
+
+
+@pytest.mark.parametrize("count, batches", [(64, 1), (96, 1), (97, 2), (130, 2)])
+def test_reading_a_containers_ghosts_in_order_loads_them_in_batches(storage, connect, count,
+                                                                    batches):
+    """Without prefetch, the ghosts met in one container's state load 64 at a time, and a
+    tail of at most 32 more loads with the batch before it, not in a round trip of its own."""
+    db = amphora.DB(counting(storage), record_cache_bytes=0)
+    writer = connect(db)
+    writer.root.items = PersistentList(Item(n) for n in range(count))
+    writer.transaction_manager.commit()
+    reader = connect(db)  # a second connection: nothing of the items in its cache
+    items = reader.root.items
+    items._p_activate()
+    db.storage.load_counts.clear()
+    assert sum(item.value for item in items) == sum(range(count))
+    assert db.storage.load_counts == {"load_many": batches}
+    reader.close()
+    writer.close()
+    db.close()
+
+
+def test_reading_a_btrees_values_loads_its_buckets_in_one_batch(storage, connect):
+    """``values()`` looks at a BTree's last bucket before it walks from the first: the
+    batch that the last bucket starts goes on from the first one."""
+    from BTrees.OOBTree import OOBTree
+    db = amphora.DB(counting(storage), record_cache_bytes=0)
+    writer = connect(db)
+    writer.root.tree = tree = OOBTree()
+    for n in range(600):  # keys in order: buckets half full, about 40 of them
+        tree[n] = n
+    writer.transaction_manager.commit()
+    buckets = 0
+    bucket = tree._firstbucket
+    while bucket is not None:
+        buckets, bucket = buckets + 1, bucket._next
+    assert 33 <= buckets <= 64, buckets  # one batch of them, with no tail
+    reader = connect(db)
+    tree = reader.root.tree
+    tree._p_activate()
+    db.storage.load_counts.clear()
+    assert sum(tree.values()) == sum(range(600))
+    assert db.storage.load_counts == {"load_many": 1}
+    reader.close()
+    writer.close()
+    db.close()
