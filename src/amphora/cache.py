@@ -88,6 +88,30 @@ class RecordCache:
             if self._bytes > self.max_bytes:
                 self._evict()
 
+    def put_many(self, records: Iterable[tuple[bytes, bytes, bytes, bytes | None]],
+                 generation: int) -> None:
+        """:meth:`put` of each ``(oid, data, start, end)`` of ``records``, under one
+        acquisition of the lock (a read-ahead brings up to thousands)."""
+        if self.max_bytes <= 0:
+            return
+        with self._lock:
+            superseded = generation != self._generation
+            entries = self._entries
+            size = self._bytes
+            for oid, data, start, end in records:
+                if end is None and superseded:
+                    continue
+                current = entries.get(oid)
+                if current is not None:
+                    if current[2] is None and end is not None:
+                        continue
+                    size -= len(current[0]) + _OVERHEAD
+                entries[oid] = (data, start, end)
+                size += len(data) + _OVERHEAD
+            self._bytes = size
+            if size > self.max_bytes:
+                self._evict()
+
     def committed(self, tid: bytes, records: dict[bytes, bytes],
                   other_oids: Iterable[bytes] = ()) -> None:
         """A transaction ``tid`` committed here wrote ``records`` (and changed

@@ -399,9 +399,10 @@ class Connection(ConnectionSearch):
         records = self._records
         generation = records.generation()
         prefetched = self._prefetched
-        for oid, (data, start, end) in self._storage.load_many(oids, self._start).items():
+        found = self._storage.load_many(oids, self._start)
+        for oid, (data, start, end) in found.items():
             prefetched[oid] = (data, start)
-            records.put(oid, data, start, end, generation)
+        records.put_many([(oid, *record) for oid, record in found.items()], generation)
 
     def setstate(self, obj: Any) -> None:
         """Load the state of the ghost ``obj``."""

@@ -107,9 +107,7 @@ class CachedRecordsMixin:
         cache = self.record_cache
         generation = cache.generation()
         found = self.load_many(oids, before)
-        put = cache.put
-        for oid, (data, start, end) in found.items():
-            put(oid, data, start, end, generation)
+        cache.put_many([(oid, *record) for oid, record in found.items()], generation)
         return found
 
     def _read_ahead_of(self, oid: bytes, record: tuple[bytes, bytes, bytes | None],

@@ -303,9 +303,7 @@ class ClientStorage(CachedRecordsMixin, RemoteMirror, UndoMixin, StorageBase):
             return
         tid, records = found
         cache = self.record_cache
-        generation = cache.generation()
-        for oid, data, start, end in records:
-            cache.put(oid, data, start, end, generation)
+        cache.put_many(records, cache.generation())
         self._cache_file_tid = tid
 
     def _verify_cache_file(self, changes: list | None) -> None:
@@ -546,12 +544,13 @@ class ClientStorage(CachedRecordsMixin, RemoteMirror, UndoMixin, StorageBase):
         rows = self._call(p.LOAD_AHEAD, oids, tid, int(self.read_ahead))
         asked = set(oids)
         found = {}
-        put = cache.put
+        ahead = []
         for oid, data, start, end, partial in rows:
             if oid in asked:
                 found[oid] = (data, start, end)
             elif not partial:
-                put(oid, data, start, end, generation)
+                ahead.append((oid, data, start, end))
+        cache.put_many(ahead, generation)
         return found
 
     def load_many(self, oids: Iterable[bytes], before: bytes

@@ -599,21 +599,22 @@ class PostgreSQLStorage(CachedRecordsMixin, SchemaMixin, PackMixin, MirrorMixin,
         keys = list(wanted)
         cache = self.record_cache
         ahead = int(self.read_ahead) if cache.max_bytes > 0 else 0
-        put = cache.put
         for i in range(0, len(keys), _BATCH):
             generation = cache.generation()  # before the query: see RecordCache.put
             rows = self._query(_LOAD_MANY, {"o": keys[i:i + _BATCH], "b": before_i,
                                             "n": ahead}, binary=True)
+            read_ahead = []
             # (empty data: a deletion record, no object)
             for key, current, data, start, end, old, is_ahead in rows:
                 if is_ahead:
                     if data:
-                        put(_pack(key), data, _pack(current), None, generation)
+                        read_ahead.append((_pack(key), data, _pack(current), None))
                 elif data is not None:
                     if data:
                         found[wanted[key]] = (data, _pack(current), None)
                 elif old:
                     found[wanted[key]] = (old, _pack(start), _pack(end))
+            cache.put_many(read_ahead, generation)
         return found
 
     def loadSerial(self, oid: bytes, serial: bytes) -> bytes:
