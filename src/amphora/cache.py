@@ -73,20 +73,7 @@ class RecordCache:
             generation: int) -> None:
         """Remember a record read from the storage after :meth:`generation` returned
         ``generation``."""
-        if self.max_bytes <= 0:
-            return
-        with self._lock:
-            if end is None and generation != self._generation:
-                return  # an invalidation may have superseded it while it was read
-            current = self._entries.get(oid)
-            if current is not None:
-                if current[2] is None and end is not None:
-                    return  # keep the current revision rather than an older one
-                self._bytes -= len(current[0]) + _OVERHEAD
-            self._entries[oid] = (data, start, end)
-            self._bytes += len(data) + _OVERHEAD
-            if self._bytes > self.max_bytes:
-                self._evict()
+        self.put_many(((oid, data, start, end),), generation)
 
     def put_many(self, records: Iterable[tuple[bytes, bytes, bytes, bytes | None]],
                  generation: int) -> None:
@@ -95,6 +82,7 @@ class RecordCache:
         if self.max_bytes <= 0:
             return
         with self._lock:
+            # a current record read while an invalidation arrived may be superseded
             superseded = generation != self._generation
             entries = self._entries
             size = self._bytes
@@ -104,7 +92,7 @@ class RecordCache:
                 current = entries.get(oid)
                 if current is not None:
                     if current[2] is None and end is not None:
-                        continue
+                        continue  # keep the current revision rather than an older one
                     size -= len(current[0]) + _OVERHEAD
                 entries[oid] = (data, start, end)
                 size += len(data) + _OVERHEAD
