@@ -61,6 +61,10 @@ class RecordCache:
                 return data, start
         return None
 
+    def holds(self, oid: bytes) -> bool:
+        """Whether a revision of ``oid`` is kept (of any snapshot)."""
+        return oid in self._entries
+
     def entry(self, oid: bytes, before: bytes) -> tuple[bytes, bytes, bytes | None] | None:
         """``(data, start, end)`` of the revision of ``oid`` visible before ``before``, if
         known (``end`` None: current as far as the invalidations seen tell)."""

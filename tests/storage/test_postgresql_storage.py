@@ -273,6 +273,55 @@ def test_sync_reports_commits_of_another_storage_object_in_order(open_storage):
     assert len(recorder.events) == 3
 
 
+def counted_loads(monkeypatch, storage) -> list[bytes]:
+    """The oids ``storage`` reads from the server for ``loadBefore`` from now on (the
+    record cache's misses)."""
+    loads: list[bytes] = []
+    load_before = storage._load_before
+    monkeypatch.setattr(storage, "_load_before",
+                        lambda oid, tid: loads.append(oid) or load_before(oid, tid))
+    return loads
+
+
+def test_sync_brings_the_new_records_of_small_commits_to_the_cache(open_storage, monkeypatch):
+    """Another process's commit of a few small records: the sync that reports it brings
+    those of them the cache held, so that the next load asks nothing (a hot spot's
+    counter); the others are not kept. Each stays right for older snapshots."""
+    mine, theirs = open_storage(), open_storage()
+    mine.registerDB(Recorder(mine))
+    first = commit(theirs, {p64(1): record(1), p64(2): record(2)})
+    mine.sync()
+    assert mine.loadBefore(p64(1), p64(u64(first) + 1)) == (record(1), first, None)
+    second = commit(theirs, {p64(1): record(10), p64(2): record(20)},
+                    {p64(1): first, p64(2): first})
+    third = commit(theirs, {p64(1): record(11)}, {p64(1): second})
+    loads = counted_loads(monkeypatch, mine)
+    mine.sync()
+    now = p64(u64(third) + 1)
+    assert mine.loadBefore(p64(1), now) == (record(11), third, None)
+    assert loads == []
+    assert mine.loadBefore(p64(2), now) == (record(20), second, None)
+    assert mine.loadBefore(p64(1), third) == (record(10), second, third)
+    assert loads == [p64(2), p64(1)]  # (one revision of each is kept: the newest)
+
+
+@pytest.mark.parametrize("change", ["many objects", "a large record"])
+def test_sync_leaves_the_records_of_large_commits_to_the_loads(open_storage, monkeypatch,
+                                                               change):
+    mine, theirs = open_storage(), open_storage()
+    mine.registerDB(Recorder(mine))
+    first = commit(theirs, {p64(1): record(1)})
+    mine.sync()
+    assert mine.loadBefore(p64(1), p64(u64(first) + 1)) == (record(1), first, None)
+    new = record("x" * 5000) if change == "a large record" else record(2)
+    others = {p64(n): record(n) for n in range(100, 140)} if change == "many objects" else {}
+    second = commit(theirs, {p64(1): new, **others}, {p64(1): first})
+    loads = counted_loads(monkeypatch, mine)
+    mine.sync()
+    assert mine.loadBefore(p64(1), p64(u64(second) + 1)) == (new, second, None)
+    assert loads == [p64(1)]
+
+
 def test_a_commit_reports_earlier_commits_of_others_first(open_storage):
     mine, theirs = open_storage(), open_storage()
     recorder = Recorder(mine)
@@ -802,15 +851,31 @@ def two_databases(open_storage, value):
     return dbs, managers, conns
 
 
-def statements_of(monkeypatch, storage) -> list[str]:
-    """The statements ``storage``'s writing connection executes from now on."""
+def statements_of(monkeypatch, storage, events: list[str] | None = None) -> list[str]:
+    """The statements ``storage``'s writing connection executes from now on, through
+    psycopg or the wire (see amphora.storage.postgresql.wire); a COMMIT also goes to
+    ``events``, if given."""
+    from amphora.storage.postgresql import storage as module
     sent: list[str] = []
-    if storage._writer is None:  # (made at a storage's first vote)
-        storage._writer = storage._connect(autocommit=False)
-    conn = storage._writer
-    execute = conn.execute
+    events = [] if events is None else events
+    conn = storage._writing_connection()  # (made at a storage's first vote)
+    execute, commit_, send = conn.execute, conn.commit, module.wire.send
+
+    def noted(statement):
+        sent.append(str(statement))
+        if str(statement) == "COMMIT":
+            events.append("COMMIT")
+
+    def sending(connection, statements, *args, **options):
+        statements = list(statements)
+        if connection is conn:
+            for statement, _ in statements:
+                noted(statement)
+        return send(connection, statements, *args, **options)
     monkeypatch.setattr(conn, "execute", lambda statement, *args, **kwargs:
-                        sent.append(str(statement)) or execute(statement, *args, **kwargs))
+                        noted(statement) or execute(statement, *args, **kwargs))
+    monkeypatch.setattr(conn, "commit", lambda: noted("COMMIT") or commit_())
+    monkeypatch.setattr(module.wire, "send", sending)
     return sent
 
 
@@ -821,11 +886,8 @@ def test_a_commit_of_a_connections_only_transaction_is_finished_by_its_vote(open
     from persistent.mapping import PersistentMapping
     dbs, managers, conns = two_databases(open_storage, PersistentMapping())
     storage = dbs[0].storage
-    statements_of(monkeypatch, storage)  # (the writing connection made)
     events = []
-    commit_ = storage._writer.commit
-    monkeypatch.setattr(storage._writer, "commit",
-                        lambda *args: events.append("COMMIT") or commit_(*args))
+    statements_of(monkeypatch, storage, events)
     finish = storage.tpc_finish
     monkeypatch.setattr(storage, "tpc_finish",
                         lambda *args: events.append("tpc_finish") or finish(*args))

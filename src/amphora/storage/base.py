@@ -393,11 +393,13 @@ class StorageBase:
     def sync(self) -> None:
         """Nothing to catch up with for a storage no one else writes to."""
 
-    def _deliver(self, rows: list[tuple[int, bytes]], packed_through: int) -> None:
+    def _deliver(self, rows: list[tuple[int, bytes]], packed_through: int,
+                 records: dict[int, dict[bytes, bytes]] | None = None) -> None:
         """Tell the wrapper about others' commits ``rows`` (``(tid, joined oids)`` with
         tids as integers) newer than ``_ltid``, in order, then publish them; holding
         ``_lock``. ``packed_through`` above ``_ltid`` means pack removed commits unseen:
-        the wrapper flushes its caches first."""
+        the wrapper flushes its caches first. ``records``: some of the records those
+        commits wrote (``{oid: data}`` by tid), read with them, for the record cache."""
         ltid = u64(self._ltid)
         rows = [row for row in rows if row[0] > ltid]
         if not rows:
@@ -406,7 +408,7 @@ class StorageBase:
         if packed_through > ltid:
             self._records_unknown()
         for tid, oids in rows:
-            self._records_invalidated(p64(tid), _split(oids))
+            self._records_invalidated(p64(tid), _split(oids), records and records.get(tid))
         wrapper = self._wrapper
         if wrapper is not None:
             if packed_through > ltid:
@@ -424,8 +426,10 @@ class StorageBase:
     def _records_committed(self, tid: bytes, stores: dict[bytes, bytes | None]) -> None:
         """Hook: this storage committed ``stores`` as ``tid`` (before anyone hears of it)."""
 
-    def _records_invalidated(self, tid: bytes, oids: list[bytes]) -> None:
-        """Hook: another process or storage object committed ``oids`` as ``tid``."""
+    def _records_invalidated(self, tid: bytes, oids: list[bytes],
+                             records: dict[bytes, bytes] | None = None) -> None:
+        """Hook: another process or storage object committed ``oids`` as ``tid``
+        (``records``: the data of some of them, when known)."""
 
     def _records_unknown(self) -> None:
         """Hook: commits happened that cannot be enumerated (pack removed them)."""

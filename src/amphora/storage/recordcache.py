@@ -148,9 +148,14 @@ class CachedRecordsMixin:
         else:
             self.record_cache.committed(tid, stores)
 
-    def _records_invalidated(self, tid: bytes, oids: list[bytes]) -> None:
-        """Another process or storage object committed ``oids`` as ``tid``."""
-        self.record_cache.invalidate(tid, oids)
+    def _records_invalidated(self, tid: bytes, oids: list[bytes],
+                             records: dict[bytes, bytes] | None = None) -> None:
+        """Another process or storage object committed ``oids`` as ``tid``; ``records``
+        (when known, read with the news of the commit) become the current ones."""
+        if records:
+            self.record_cache.committed(tid, records, [o for o in oids if o not in records])
+        else:
+            self.record_cache.invalidate(tid, oids)
 
     def _records_unknown(self) -> None:
         """Changes happened that cannot be enumerated (a pack): forget every record."""

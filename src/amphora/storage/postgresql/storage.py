@@ -27,6 +27,7 @@ from amphora.storage.postgresql.blobs import ChunkedBlobMixin
 from amphora.storage.postgresql.mirror import (_MIRROR_KEY, MirrorMixin, check_role,
                                                documents_of)
 from amphora.storage.postgresql.pack import PackMixin
+from amphora.storage.postgresql import wire
 # FORMAT and SCHEMA_VERSION are importable from here too.
 from amphora.storage.sql.keys import _ints, _pack, _split, _u, _unpack
 from amphora.storage.postgresql.schema import FORMAT, SCHEMA_VERSION, SchemaMixin  # noqa: F401
@@ -89,9 +90,24 @@ SELECT x.tid, length(x.data), t.username, t.description, t.extension FROM
  LEFT JOIN transactions AS t ON t.tid = x.tid ORDER BY x.tid DESC LIMIT %(n)s"""
 _PACKED_THROUGH = "SELECT value::bigint FROM amphora_meta WHERE key = 'packed_through'"
 # What sync reads, in one statement: the commits since the last one seen, each with the
-# pack marker (read once: an initplan)
-_CHANGES_SINCE = (f"SELECT tid, oids, ({_PACKED_THROUGH}) FROM transactions"
-                  " WHERE tid > %s ORDER BY tid")
+# pack marker (read once: an initplan), and, when those commits wrote few records
+# (%(k)s bytes of oids at most), the current records they wrote that are small (%(s)s
+# bytes at most): rows with an oid. A hot spot's counter, replaced by another process,
+# then needs no load of its own after the sync (see sync).
+_CHANGES_SINCE = f"""
+WITH t AS (SELECT tid, oids FROM transactions WHERE tid > %(l)s)
+SELECT tid, oids, ({_PACKED_THROUGH}), NULL::bigint FROM t
+UNION ALL
+SELECT o.tid, o.data, NULL, o.oid FROM objects AS o
+WHERE o.oid = ANY(ARRAY(
+    SELECT ('x' || encode(substring(t.oids FROM n * 8 + 1 FOR 8), 'hex'))::bit(64)::bigint
+    FROM t, generate_series(0, length(t.oids) / 8 - 1) AS n
+    WHERE (SELECT sum(length(oids)) FROM t) <= %(k)s))
+  AND length(o.data) BETWEEN 1 AND %(s)s"""
+#: sync brings the new records of others' commits when they changed at most this many
+#: objects, those of at most _SYNCED_BYTES bytes (and keeps those the cache held)
+_SYNCED_OIDS = 32
+_SYNCED_BYTES = 4096
 _TRANSACTIONS = ("SELECT tid, username, description, extension, oids FROM transactions"
                  " WHERE tid >= %s AND tid <= %s ORDER BY tid LIMIT %s")
 _RECORDS_OF = """
@@ -682,7 +698,9 @@ class PostgreSQLStorage(CachedRecordsMixin, SchemaMixin, PackMixin, MirrorMixin,
         Each goes to ``wrapper.invalidate(tid, oids)`` in tid order before
         ``lastTransaction()`` returns it; if pack removed some of them unseen,
         ``wrapper.invalidateCache()`` is called first. Costs one indexed query (one round
-        trip) that returns no row when nothing changed.
+        trip) that returns no row when nothing changed. When those commits changed few
+        objects, it brings their new records too, and the record cache keeps the small
+        ones it held an older revision of: a hot spot's next load needs no round trip.
         """
         with self._lock:
             if self._closed:
@@ -691,13 +709,22 @@ class PostgreSQLStorage(CachedRecordsMixin, SchemaMixin, PackMixin, MirrorMixin,
                 conn = self._poller
                 if conn is None:  # a forked child's first sync
                     conn = self._poller = self._connect(autocommit=True)
-                rows = conn.execute(_CHANGES_SINCE, (_u(self._ltid),), binary=True).fetchall()
+                rows = wire.run(conn, [(_CHANGES_SINCE, {"l": _u(self._ltid),
+                                                         "k": 8 * _SYNCED_OIDS,
+                                                         "s": _SYNCED_BYTES})])[0].rows
             except self._psycopg.Error as exc:
                 if conn.broken:  # the next sync reconnects
                     self._poller = self._connect(autocommit=True)
                 raise self._error(exc) from exc
-            packed = (rows[0][2] or 0) if rows else 0  # (the same in every row)
-            self._deliver([(tid, oids) for tid, oids, _ in rows], packed)
+            commits = sorted([(tid, oids) for tid, oids, _, key in rows if key is None])
+            packed = next((packed or 0 for _, _, packed, key in rows if key is None), 0)
+            # The new records of objects the cache holds, by the tid that wrote them
+            held = self.record_cache.holds
+            records: dict[int, dict[bytes, bytes]] = {}
+            for tid, data, _, key in rows:
+                if key is not None and held(oid := _pack(key)):
+                    records.setdefault(tid, {})[oid] = data
+            self._deliver(commits, packed, records)
 
     def poll(self, timeout: float | None = None) -> bool:
         """Wait up to ``timeout`` seconds (None: no limit) until another process or storage
@@ -749,7 +776,7 @@ class PostgreSQLStorage(CachedRecordsMixin, SchemaMixin, PackMixin, MirrorMixin,
         """The connection of the commit's database transaction (which blobs start before
         the vote)."""
         if self._writer is None:
-            self._writer = self._connect(autocommit=False)
+            self._writer = wire.adopt(self._connect(autocommit=False))
         return self._writer
 
     def _vote(self) -> None:
@@ -834,37 +861,42 @@ class PostgreSQLStorage(CachedRecordsMixin, SchemaMixin, PackMixin, MirrorMixin,
         # The transaction's row goes with the first write (see _TRANSACTION_ROW)
         row = {"tid": tid_i, "user": user, "description": description,
                "extension": extension, "written": b"".join(oids), "channel": self._channel}
-        with conn.pipeline():
-            if replacing:  # (history-free: replaced revisions stay while they may merge)
-                how, params = self._row_params(tid_i, replacing, mirrored, made)
-                params["replaced"] = _array([key for key, _ in replacing])
+        # One round trip: BEGIN (when blobs did not start the transaction), the writes
+        # and, with ``finish``, the COMMIT
+        statements: list[tuple[str, Any]] = []
+        if replacing:  # (history-free: replaced revisions stay while they may merge)
+            how, params = self._row_params(tid_i, replacing, mirrored, made)
+            params["replaced"] = _array([key for key, _ in replacing])
+            params.update(row)
+            statements.append((f"WITH {_TRANSACTION_ROW}, {_ARCHIVING[self.keep_history]} "
+                               f"{_WRITES[how][0]}", params))
+            row = None
+        if not self.keep_history:
+            horizon = pack_tid(max(tid_time(tid) - self.conflict_window, 0))
+            statements.append((_PRUNE_REPLACED, (_u(horizon),)))
+        inserting = None
+        if creating:
+            how, params = self._row_params(tid_i, creating, mirrored, made)
+            insert = _WRITES_STRICT[how] if finish else _WRITES[how][1]
+            if row is not None:
                 params.update(row)
-                conn.execute(f"WITH {_TRANSACTION_ROW}, {_ARCHIVING[self.keep_history]} "
-                             f"{_WRITES[how][0]}", params)
+                insert = f"WITH {_TRANSACTION_ROW} {insert}"
                 row = None
-            if not self.keep_history:
-                horizon = pack_tid(max(tid_time(tid) - self.conflict_window, 0))
-                conn.execute(_PRUNE_REPLACED, (_u(horizon),))
-            inserted = None
-            if creating:
-                how, params = self._row_params(tid_i, creating, mirrored, made)
-                insert = _WRITES_STRICT[how] if finish else _WRITES[how][1]
-                if row is not None:
-                    params.update(row)
-                    insert = f"WITH {_TRANSACTION_ROW} {insert}"
-                    row = None
-                inserted = conn.execute(insert, params)
-            if row is not None:  # no record written (an empty commit)
-                conn.execute(_INSERT_TRANSACTION, row)
-            # New oids, stored without new_oid or not (a replaced object's was passed
-            # when it was made; a restored one may be new, though read at its tid)
-            self._top_oid = max([key for key, _ in creating]
-                                + [_u(oid) for oid in self._restored], default=-1)
-            if self._top_oid >= 0:
-                conn.execute(_PASS_OID, (self._top_oid, self._top_oid))
-            if finish:
-                self._voted_tid = tid  # (before the COMMIT: a failed one is not retried)
-                conn.commit()  # queued behind the writes: one round trip for all
+            inserting = len(statements)
+            statements.append((insert, params))
+        if row is not None:  # no record written (an empty commit)
+            statements.append((_INSERT_TRANSACTION, row))
+        # New oids, stored without new_oid or not (a replaced object's was passed when it
+        # was made; a restored one may be new, though read at its tid)
+        self._top_oid = max([key for key, _ in creating]
+                            + [_u(oid) for oid in self._restored], default=-1)
+        if self._top_oid >= 0:
+            statements.append((_PASS_OID, (self._top_oid, self._top_oid)))
+        if finish:
+            self._voted_tid = tid  # (before the COMMIT: a failed one is not retried)
+            statements.append(("COMMIT", ()))
+        results = wire.run(conn, statements, begin=True)
+        inserted = None if inserting is None else results[inserting]
         if inserted is not None and inserted.rowcount != len(creating):
             made = {oid for (oid,) in inserted.fetchall()}
             taken = [key for key, _ in creating if key not in made]
@@ -910,16 +942,16 @@ class PostgreSQLStorage(CachedRecordsMixin, SchemaMixin, PackMixin, MirrorMixin,
         merges = self._merge_hints(oids, keys) if len(keys) <= _STATES_WITH_LOCK else {}
         with_states = any(merges.values())
 
-        def under_lock() -> Any:
-            """Queued after the lock, in its round trip: the pack marker, the mirror's key,
+        def under_lock() -> tuple[str, Any]:
+            """Sent after the lock, in its round trip: the pack marker, the mirror's key,
             others' commits since the last sync and, for a small commit that may merge,
             the states of its records replaced meanwhile (see _UNDER_LOCK)."""
             if not with_states:
-                return conn.execute(_UNDER_LOCK, (ltid,), binary=True)
+                return _UNDER_LOCK, (ltid,)
             replacing = [(key, read) for key, read in zip(keys, reads) if merges.get(key)]
-            return conn.execute(_UNDER_LOCK_WITH_STATES[self.keep_history],
-                                (ltid, _array([key for key, _ in replacing]),
-                                 _array([read for _, read in replacing])), binary=True)
+            return (_UNDER_LOCK_WITH_STATES[self.keep_history],
+                    (ltid, _array([key for key, _ in replacing]),
+                     _array([read for _, read in replacing])))
         made = None
         for lost in range(_MERGES_BEFORE_LOCK + 1):
             # What was read, by oid key: the stores' serials (not the new objects': an
@@ -928,19 +960,19 @@ class PostgreSQLStorage(CachedRecordsMixin, SchemaMixin, PackMixin, MirrorMixin,
             read.update(zip(_ints(b"".join(self._checks)),
                             _ints(b"".join(self._checks.values()))))
             flags = ",".join(["t" if merges.get(key) else "f" for key in read])
-            with conn.pipeline():
-                locking = conn.execute(_COMMIT_LOCK_IF_CURRENT[self.keep_history],
-                                       (_array(read), _array(read.values()), f"{{{flags}}}"),
-                                       binary=True)
-                changes = under_lock()
-                # While the server takes the lock (or waits for it): each record's
-                # references and, if the last commit wrote documents, its document, by
-                # id() of the record (one replaced by a merge gets its own later). An
-                # undo's deletion record (None) is stored as empty data.
-                if made is None:
-                    made = _Made([data or b"" for data in self._stores.values()],
-                                 self._mirror_synced)
-            checked = locking.fetchall()
+            answers = wire.send(conn, [
+                (_COMMIT_LOCK_IF_CURRENT[self.keep_history],
+                 (_array(read), _array(read.values()), f"{{{flags}}}")),
+                under_lock()], begin=True)
+            # While the server takes the lock (or waits for it): each record's
+            # references and, if the last commit wrote documents, its document, by
+            # id() of the record (one replaced by a merge gets its own later). An
+            # undo's deletion record (None) is stored as empty data.
+            if made is None:
+                made = _Made([data or b"" for data in self._stores.values()],
+                             self._mirror_synced)
+            locking, changes = answers.receive()
+            checked = locking.rows
             seen, locked = next((tid, lock) for key, tid, lock, _, _ in checked if key is None)
             # (0: gone)
             committed = {key: tid or 0 for key, tid, _, _, _ in checked if key is not None}
@@ -953,13 +985,12 @@ class PostgreSQLStorage(CachedRecordsMixin, SchemaMixin, PackMixin, MirrorMixin,
                 self._check_conflicts(serials, load_serial, stale)  # raises
             merging = self._states_asked(stale)
             if lost == _MERGES_BEFORE_LOCK:  # merged under the lock, in its round trip
-                with conn.pipeline():
-                    conn.execute(_COMMIT_LOCK)
-                    changes = under_lock()  # (with the states, for a small commit)
-                    fetched = None if with_states else conn.execute(_STATES, merging,
-                                                                    binary=True)
-                if fetched is not None:
-                    _keep_states(states, fetched.fetchall())
+                asked = [(_COMMIT_LOCK, ()), under_lock()]  # (with states, if small)
+                if not with_states:
+                    asked.append((_STATES, merging))
+                _, changes, *fetched = wire.run(conn, asked, begin=True)
+                if fetched:
+                    _keep_states(states, fetched[0].rows)
                 break
             # The states the merges read came with the check: the committed ones and the
             # ones read (by the serials read)
@@ -971,7 +1002,7 @@ class PostgreSQLStorage(CachedRecordsMixin, SchemaMixin, PackMixin, MirrorMixin,
                                          load_serial)
         self._lock_taken = time.perf_counter()
         # What the commits after the check wrote (usually none): its snapshot missed them.
-        (_, _, packed, mirror, *_), *rows = changes.fetchall()
+        (_, _, packed, mirror, *_), *rows = changes.rows
         if with_states:
             _keep_states(states, [(oid, tid, data) for tid, _, _, _, oid, data, _, _ in rows
                                   if oid is not None])
