@@ -32,15 +32,16 @@ import select
 import weakref
 from typing import Any, Iterable, Sequence
 
-from psycopg import errors, pq
-
 __all__ = ["Answers", "Result", "adopt", "send"]
 
 _PLACEHOLDER = re.compile(r"%\((\w+)\)s|%s|%%")
-_OK = {pq.ExecStatus.COMMAND_OK, pq.ExecStatus.TUPLES_OK}
-_FATAL = pq.ExecStatus.FATAL_ERROR
-_SYNC = pq.ExecStatus.PIPELINE_SYNC
-_ABORTED = pq.ExecStatus.PIPELINE_ABORTED
+# libpq's ExecStatusType and PGTransactionStatusType values (psycopg is imported by the
+# storage when opened, not with this module)
+_OK = {1, 2}  # COMMAND_OK, TUPLES_OK
+_FATAL = 7
+_SYNC = 10  # PIPELINE_SYNC
+_ABORTED = 11  # PIPELINE_ABORTED
+_IDLE = 0
 
 
 def _signed(value: bytes) -> int:
@@ -153,6 +154,7 @@ def _rows(result: Any) -> list[tuple]:
     for col in range(fields):
         decode = _DECODE.get(result.ftype(col))
         if decode is None:
+            from psycopg import errors
             raise errors.InterfaceError(f"a statement returned a column of type oid "
                                         f"{result.ftype(col)}, which the wire does not read")
         decoders.append(decode)
@@ -215,6 +217,7 @@ class Answers:
                 if status in _OK:
                     answer = Result(_rows(result), result.command_tuples or 0)
                 elif status != _ABORTED and error is None:
+                    from psycopg import errors
                     error = (errors.error_from_result(result, conn.info.encoding)
                              if status == _FATAL else errors.InterfaceError(
                                  f"unexpected result status {status!r}"))
@@ -265,7 +268,7 @@ def send(conn: Any, statements: Iterable[tuple[str, Any]], begin: bool = False) 
     made: list[tuple[bytes, tuple[int, ...]]] = []
     try:
         pgconn.enter_pipeline_mode()
-        if begin and pgconn.transaction_status == pq.TransactionStatus.IDLE:
+        if begin and pgconn.transaction_status == _IDLE:
             pgconn.send_query_params(b"BEGIN", None)
             kept.append(False)
         for text, values, types, formats in encoded:
