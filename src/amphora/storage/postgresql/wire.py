@@ -215,7 +215,10 @@ class Answers:
                     break
                 answer = Result([], 0)
                 if status in _OK:
-                    answer = Result(_rows(result), result.command_tuples or 0)
+                    try:
+                        answer = Result(_rows(result), result.command_tuples or 0)
+                    except Exception as exc:  # noqa: BLE001  (raised once all is read)
+                        error = error or exc
                 elif status != _ABORTED and error is None:
                     from psycopg import errors
                     error = (errors.error_from_result(result, conn.info.encoding)
