@@ -851,12 +851,20 @@ def two_databases(open_storage, value):
     return dbs, managers, conns
 
 
+class Sent(list):
+    """Statements sent (and ``params``: those sent on the wire, with their parameters)."""
+
+    def __init__(self):
+        super().__init__()
+        self.params: list[tuple[str, object]] = []
+
+
 def statements_of(monkeypatch, storage, events: list[str] | None = None) -> list[str]:
     """The statements ``storage``'s writing connection executes from now on, through
     psycopg or the wire (see amphora.storage.postgresql.wire); a COMMIT also goes to
     ``events``, if given."""
     from amphora.storage.postgresql import storage as module
-    sent: list[str] = []
+    sent = Sent()
     events = [] if events is None else events
     conn = storage._writing_connection()  # (made at a storage's first vote)
     execute, commit_, send = conn.execute, conn.commit, module.wire.send
@@ -869,8 +877,9 @@ def statements_of(monkeypatch, storage, events: list[str] | None = None) -> list
     def sending(connection, statements, *args, **options):
         statements = list(statements)
         if connection is conn:
-            for statement, _ in statements:
+            for statement, params in statements:
                 noted(statement)
+                sent.params.append((str(statement), params))
         return send(connection, statements, *args, **options)
     monkeypatch.setattr(conn, "execute", lambda statement, *args, **kwargs:
                         noted(statement) or execute(statement, *args, **kwargs))
@@ -953,7 +962,7 @@ def test_a_mergeable_conflict_is_merged_before_the_lock(open_storage, monkeypatc
     assert not [statement for statement in sent if "LIMIT 1" in statement]  # no _LOAD_SERIAL
     checks = [statement for statement in sent if "WITH stale AS" in statement]
     plain_locks = [statement for statement in sent
-                   if statement.startswith("SELECT pg_advisory_xact_lock")]
+                   if statement.startswith("SELECT concat(pg_advisory_lock")]
     assert len(checks) + len(plain_locks) == round_trips  # (each in a round trip of its own)
     assert len(plain_locks) == (0 if merges_before_lock else 1)
     managers[0].begin()
@@ -989,14 +998,17 @@ def test_only_a_commit_that_may_merge_asks_for_states_with_the_lock(open_storage
 def test_a_commit_reads_the_serials_it_checks_once(storage, monkeypatch):
     """The conflict check before the lock reads the committed serial of each record the
     commit replaces; under the lock only the commits made since that check are looked at
-    (none here): no statement reads those serials a second time."""
+    (none here): no statement reads those serials a second time. (A small commit's are:
+    it gives the lock back at once if one was replaced meanwhile, see _GIVE_BACK.)"""
     oids = [p64(n) for n in range(1, 201)]
     tid = commit(storage, dict.fromkeys([z64, *oids], record("first")))
     sent = statements_of(monkeypatch, storage)
     commit(storage, dict.fromkeys(oids, record("second")), dict.fromkeys(oids, tid))
     reading = [statement for statement in sent
                if " objects " in statement and "INSERT INTO" not in statement]
-    assert len(reading) == 1 and "pg_advisory_xact_lock" in reading[0]
+    assert len(reading) == 2 and "pg_advisory_lock" in reading[0]
+    (under_lock,) = [params for statement, params in sent.params if statement == reading[1]]
+    assert under_lock["o"] == "{}"  # (no oid to read again)
     assert storage.load(oids[-1])[0] == record("second")
 
 
@@ -1074,6 +1086,18 @@ def test_a_commit_made_while_another_waits_for_the_lock_is_its_conflict(open_sto
         except BaseException as exc:  # noqa: BLE001 - checked below
             raised.append(exc)
         second.tpc_abort(txn)
+    # What the loser's session holds when it rolls back: nothing, the lock given back
+    # by the statement that found the conflict (a round trip before the ROLLBACK)
+    holding: list[int] = []
+    rollback = second._rollback
+
+    def noting_rollback():
+        pid = second._writer.info.backend_pid
+        with server.connect() as other:
+            holding.append(other.execute("SELECT count(*) FROM pg_locks WHERE pid = %s AND"
+                                         " locktype = 'advisory'", (pid,)).fetchone()[0])
+        rollback()
+    second._rollback = noting_rollback
     thread = threading.Thread(target=late)
     thread.start()
     waiting_for_the_commit_lock(server)
@@ -1081,4 +1105,6 @@ def test_a_commit_made_while_another_waits_for_the_lock_is_its_conflict(open_sto
     thread.join(30)
     assert len(raised) == 1 and isinstance(raised[0], ConflictError)
     assert raised[0].serials == (won, tid)
+    assert holding[0] == 0  # (the vote's rollback; tpc_abort's comes after)
+    assert second.lock_holds == 0  # (never held for the commit)
     assert second.load(p64(1)) == (record(1), won)

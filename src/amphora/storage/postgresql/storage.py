@@ -127,8 +127,20 @@ _SIZE = ("SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0)::bigint FROM pg
          " WHERE n.nspname = current_schema() AND c.relkind = 'r'")
 
 # -- writing --------------------------------------------------------------------------------
-_TAKE_COMMIT_LOCK = "pg_advisory_xact_lock(hashtext('amphora-commit:' || current_schema()))"
-_COMMIT_LOCK = f"SELECT {_TAKE_COMMIT_LOCK}"
+_COMMIT_LOCK_KEY = "hashtext('amphora-commit:' || current_schema())"
+# Pack's and the mirror's changes hold the commit lock to the end of their transaction
+_COMMIT_LOCK = f"SELECT pg_advisory_xact_lock({_COMMIT_LOCK_KEY})"
+# A commit holds it as a session lock, released by the statement sent after its COMMIT
+# or ROLLBACK (_UNLOCK): a commit that learns, once it has the lock, that it lost a race
+# gives the lock back in the statement that finds it (see _GIVE_BACK), not a round trip
+# later with its ROLLBACK. (Where many queue for a hot spot, every loser in the queue
+# used to hold the lock for that round trip.) amphora.locked says, until the end of the
+# transaction, that the lock was taken.
+_TAKE_COMMIT_LOCK = (f"concat(pg_advisory_lock({_COMMIT_LOCK_KEY}),"
+                     " set_config('amphora.locked', 'on', true))")
+_TAKE_COMMIT_LOCK_NOW = f"SELECT {_TAKE_COMMIT_LOCK}"
+_UNLOCK = "SELECT pg_advisory_unlock_all()"
+_KEEPS = {"o": "{}", "t": "{}", "m": "{}"}  # (_GIVE_BACK's parameters: never given back)
 _OBJECTS_SHARED = "LOCK TABLE objects IN ACCESS SHARE MODE"
 _OBJECTS_EXCLUSIVE = "LOCK TABLE objects IN ACCESS EXCLUSIVE MODE"
 # The conflict check before the lock, in one statement (one snapshot): the last tid then
@@ -162,15 +174,24 @@ UNION ALL SELECT oid, tid, NULL, data, old FROM stale""" for keep_history, table
     (True, "revisions"), (False, "replaced"))}
 _CURRENT_SERIALS = "SELECT oid, tid FROM objects WHERE oid = ANY(%s::bigint[])"
 
-# Read once the lock is taken, in its round trip and one statement: the pack marker and
-# the mirror's key (first row, tid NULL), then the commits since the last sync (%s), in
-# order
+# Under the lock, with a snapshot taken once it is held: if a record the commit read (the
+# oids, tids and merge flags of _COMMIT_LOCK_IF_CURRENT: %(o)s, %(t)s, %(m)s) was replaced
+# meanwhile and does not merge, the lock is given back (true; NULL otherwise): the commit
+# has lost, and raises its ConflictError.
+_GIVE_BACK = f"""(SELECT pg_advisory_unlock({_COMMIT_LOCK_KEY})
+ WHERE current_setting('amphora.locked', true) = 'on' AND EXISTS (
+  SELECT FROM unnest(%(o)s::bigint[], %(t)s::bigint[], %(m)s::boolean[]) AS r(oid, tid, merges)
+  LEFT JOIN objects AS o ON o.oid = r.oid
+  WHERE NOT r.merges AND o.tid IS DISTINCT FROM nullif(r.tid, 0)))"""
+# Read once the lock is taken, in its round trip and one statement: the pack marker, the
+# mirror's key and whether the lock was given back (first row, tid NULL), then the commits
+# since the last sync (%(l)s), in order
 _UNDER_LOCK = f"""
-SELECT NULL::bigint AS tid, NULL::bytea, ({_PACKED_THROUGH}), ({_MIRROR_KEY})
-UNION ALL SELECT tid, oids, NULL, NULL FROM transactions WHERE tid > %s
+SELECT NULL::bigint AS tid, NULL::bytea, ({_PACKED_THROUGH}), ({_MIRROR_KEY}), {_GIVE_BACK}
+UNION ALL SELECT tid, oids, NULL, NULL, NULL FROM transactions WHERE tid > %(l)s
 ORDER BY tid NULLS FIRST"""
 # ... and after these (oid not NULL), for a small commit with records that merge, each
-# of those (the oids and serials read, %s and %s) replaced while the commit waited for
+# of those (the oids and serials read, %(mo)s and %(mt)s) replaced while the commit waited for
 # the lock, with the states its merge reads: the committed one and the one its writer
 # started from. A hot spot's commit, which usually finds its record replaced by the
 # commit ahead of it in the lock's queue, merges with no round trip more while it holds
@@ -178,10 +199,11 @@ ORDER BY tid NULLS FIRST"""
 # asked for by commits that would not merge.)
 _UNDER_LOCK_WITH_STATES = {keep_history: f"""
 SELECT NULL::bigint AS tid, NULL::bytea AS oids, ({_PACKED_THROUGH}), ({_MIRROR_KEY}),
-       NULL::bigint AS oid, NULL::bytea, NULL::bigint, NULL::bytea
-UNION ALL SELECT tid, oids, NULL, NULL, NULL, NULL, NULL, NULL FROM transactions WHERE tid > %s
-UNION ALL SELECT o.tid, NULL, NULL, NULL, r.oid, o.data, r.tid, v.data
-FROM unnest(%s::bigint[], %s::bigint[]) AS r(oid, tid)
+       NULL::bigint AS oid, NULL::bytea, NULL::bigint, NULL::bytea, {_GIVE_BACK}
+UNION ALL SELECT tid, oids, NULL, NULL, NULL, NULL, NULL, NULL, NULL
+FROM transactions WHERE tid > %(l)s
+UNION ALL SELECT o.tid, NULL, NULL, NULL, r.oid, o.data, r.tid, v.data, NULL
+FROM unnest(%(mo)s::bigint[], %(mt)s::bigint[]) AS r(oid, tid)
 JOIN objects AS o ON o.oid = r.oid AND o.tid <> r.tid
 LEFT JOIN {table} AS v ON v.oid = r.oid AND v.tid = r.tid
 ORDER BY oid NULLS FIRST, tid NULLS FIRST""" for keep_history, table in (
@@ -386,7 +408,8 @@ class PostgreSQLStorage(CachedRecordsMixin, SchemaMixin, PackMixin, MirrorMixin,
     commit as ``sync()`` (or a vote) reports it, and forgets everything on pack or when
     a pack elsewhere removed commits unseen. A commit holds the
     storage's commit lock from ``tpc_begin``; ``tpc_vote`` opens a transaction, takes an
-    advisory lock (``pg_advisory_xact_lock``) that serializes writers of this schema
+    advisory lock (``pg_advisory_lock``, released after COMMIT or ROLLBACK, or given back
+    by a commit that finds it lost a race) that serializes writers of this schema
     across processes, checks conflicts against what is committed under it, picks a tid
     above every committed tid and writes; ``tpc_finish`` commits, which is the
     durability point, and the commit sends ``NOTIFY amphora_<schema>`` with its tid.
@@ -894,7 +917,7 @@ class PostgreSQLStorage(CachedRecordsMixin, SchemaMixin, PackMixin, MirrorMixin,
             statements.append((_PASS_OID, (self._top_oid, self._top_oid)))
         if finish:
             self._voted_tid = tid  # (before the COMMIT: a failed one is not retried)
-            statements.append(("COMMIT", ()))
+            statements += [("COMMIT", ()), (_UNLOCK, ())]
         results = wire.run(conn, statements, begin=True)
         inserted = None if inserting is None else results[inserting]
         if inserted is not None and inserted.rowcount != len(creating):
@@ -941,17 +964,23 @@ class PostgreSQLStorage(CachedRecordsMixin, SchemaMixin, PackMixin, MirrorMixin,
         # whatever it says
         merges = self._merge_hints(oids, keys) if len(keys) <= _STATES_WITH_LOCK else {}
         with_states = any(merges.values())
+        # Whether the lock may be given back under it (see _GIVE_BACK): for a small commit
+        # whose merge flags are the storage's own resolver's (or that merges nothing). A
+        # large one's serials are not read a second time under the lock.
+        gives_back = len(keys) <= _STATES_WITH_LOCK and \
+            self._conflict_resolver() in (resolve_record, None)
 
-        def under_lock() -> tuple[str, Any]:
+        def under_lock(checked: dict[str, str]) -> tuple[str, Any]:
             """Sent after the lock, in its round trip: the pack marker, the mirror's key,
-            others' commits since the last sync and, for a small commit that may merge,
-            the states of its records replaced meanwhile (see _UNDER_LOCK)."""
+            whether the lock was given back (a record of ``checked`` replaced that does not
+            merge), others' commits since the last sync and, for a small commit that may
+            merge, the states of its records replaced meanwhile (see _UNDER_LOCK)."""
             if not with_states:
-                return _UNDER_LOCK, (ltid,)
+                return _UNDER_LOCK, {"l": ltid, **checked}
             replacing = [(key, read) for key, read in zip(keys, reads) if merges.get(key)]
             return (_UNDER_LOCK_WITH_STATES[self.keep_history],
-                    (ltid, _array([key for key, _ in replacing]),
-                     _array([read for _, read in replacing])))
+                    {"l": ltid, "mo": _array([key for key, _ in replacing]),
+                     "mt": _array([read for _, read in replacing]), **checked})
         made = None
         for lost in range(_MERGES_BEFORE_LOCK + 1):
             # What was read, by oid key: the stores' serials (not the new objects': an
@@ -960,10 +989,11 @@ class PostgreSQLStorage(CachedRecordsMixin, SchemaMixin, PackMixin, MirrorMixin,
             read.update(zip(_ints(b"".join(self._checks)),
                             _ints(b"".join(self._checks.values()))))
             flags = ",".join(["t" if merges.get(key) else "f" for key in read])
+            checking = {"o": _array(read), "t": _array(read.values()), "m": f"{{{flags}}}"}
             answers = wire.send(conn, [
                 (_COMMIT_LOCK_IF_CURRENT[self.keep_history],
-                 (_array(read), _array(read.values()), f"{{{flags}}}")),
-                under_lock()], begin=True)
+                 (checking["o"], checking["t"], checking["m"])),
+                under_lock(checking if gives_back else _KEEPS)], begin=True)
             # While the server takes the lock (or waits for it): each record's
             # references and, if the last commit wrote documents, its document, by
             # id() of the record (one replaced by a merge gets its own later). An
@@ -985,7 +1015,8 @@ class PostgreSQLStorage(CachedRecordsMixin, SchemaMixin, PackMixin, MirrorMixin,
                 self._check_conflicts(serials, load_serial, stale)  # raises
             merging = self._states_asked(stale)
             if lost == _MERGES_BEFORE_LOCK:  # merged under the lock, in its round trip
-                asked = [(_COMMIT_LOCK, ()), under_lock()]  # (with states, if small)
+                asked = [(_TAKE_COMMIT_LOCK_NOW, ()),
+                         under_lock(_KEEPS)]  # (with states, if small)
                 if not with_states:
                     asked.append((_STATES, merging))
                 _, changes, *fetched = wire.run(conn, asked, begin=True)
@@ -1000,14 +1031,15 @@ class PostgreSQLStorage(CachedRecordsMixin, SchemaMixin, PackMixin, MirrorMixin,
                       if old is not None and key in started]
             reads = self._merge_unlocked(oids, keys, reads, started, found, states,
                                          load_serial)
-        self._lock_taken = time.perf_counter()
         # What the commits after the check wrote (usually none): its snapshot missed them.
-        (_, _, packed, mirror, *_), *rows = changes.rows
+        (_, _, packed, mirror, *_, given_back), *rows = changes.rows
+        if not given_back:
+            self._lock_taken = time.perf_counter()
         if with_states:
-            _keep_states(states, [(oid, tid, data) for tid, _, _, _, oid, data, _, _ in rows
-                                  if oid is not None])
-            _keep_states(states, [(oid, read, old) for _, _, _, _, oid, _, read, old in rows
-                                  if old is not None])
+            _keep_states(states, [(oid, tid, data) for tid, _, _, _, oid, data, _, _, _
+                                  in rows if oid is not None])
+            _keep_states(states, [(oid, read, old) for _, _, _, _, oid, _, read, old, _
+                                  in rows if old is not None])
             rows = [row for row in rows if row[4] is None]
         pending = [(tid, written) for tid, written, *_ in rows]
         for tid, written in pending:
@@ -1022,6 +1054,8 @@ class PostgreSQLStorage(CachedRecordsMixin, SchemaMixin, PackMixin, MirrorMixin,
                 _keep_states(states, conn.execute(_STATES, self._states_asked(missing),
                                                   binary=True).fetchall())
         self._check_conflicts(serials, load_serial, stale)
+        if given_back:  # (the server found a conflict that the check above must raise)
+            raise StorageError("the commit lock was given back, yet no conflict was found")
         self._pending = pending
         self._pending_packed = packed or 0
         return max(seen, pending[-1][0] if pending else 0), mirror, made, load_serial
@@ -1096,9 +1130,12 @@ class PostgreSQLStorage(CachedRecordsMixin, SchemaMixin, PackMixin, MirrorMixin,
         self._pending = []
         if conn is not None:
             try:
-                conn.rollback()
+                # (and the commit lock, if this vote took it and did not give it back)
+                wire.run(conn, [("ROLLBACK", ())] * (conn.pgconn.transaction_status != 0)
+                         + [(_UNLOCK, ())])
             except self._psycopg.Error:
-                pass  # a failed rollback leaves nothing committed either
+                pass  # a failed rollback leaves nothing committed either (and a broken
+                # session holds no lock)
             self._held()
             if conn.broken:
                 self._writer = None
@@ -1113,7 +1150,7 @@ class PostgreSQLStorage(CachedRecordsMixin, SchemaMixin, PackMixin, MirrorMixin,
         if conn is None or tid is None:
             raise StorageError(f"{self.__name__} is closed")
         try:
-            conn.commit()  # the durability point
+            wire.run(conn, [("COMMIT", ()), (_UNLOCK, ())])  # the durability point
         except self._psycopg.Error as exc:
             self._rollback()
             raise self._error(exc) from exc
