@@ -199,6 +199,7 @@ class Answers:
         kept = iter(self._kept)
         results: list[Result] = []
         error: Exception | None = None
+        ended = False  # (a result of None ends a statement's results; two, the answers)
         try:
             while True:
                 if pgconn.is_busy():
@@ -209,7 +210,13 @@ class Answers:
                         pgconn.consume_input()
                 result = pgconn.get_result()
                 if result is None:
-                    continue  # (the end of one message's results)
+                    if ended:
+                        from psycopg import errors
+                        raise errors.OperationalError("the session ended before the "
+                                                      "answers to a batch came")
+                    ended = True
+                    continue
+                ended = False
                 status = result.status
                 if status == _SYNC:
                     break
