@@ -1064,6 +1064,28 @@ def test_a_merge_under_the_lock_reads_no_state_one_by_one(open_storage, server,
         db.close()
 
 
+def test_a_lost_race_ends_in_one_round_trip_and_tpc_abort_sends_nothing(open_storage,
+                                                                         monkeypatch):
+    """A commit that finds, before the lock, that it lost a race rolls back with one batch
+    (the ROLLBACK and the release of a commit lock it may hold); the tpc_abort that
+    follows has nothing left to send."""
+    from amphora.storage.postgresql.storage import _UNLOCK
+    first, second = open_storage(), open_storage()
+    tid = commit(first, {z64: record("root"), p64(1): record(0)})
+    commit(first, {p64(1): record(1)}, {p64(1): tid})
+    sent = statements_of(monkeypatch, second)
+    txn = TransactionMetaData()
+    second.tpc_begin(txn)
+    second.store(p64(1), tid, record(2), "", txn)
+    with pytest.raises(ConflictError):
+        second.tpc_vote(txn)
+    assert sent[-2:] == ["ROLLBACK", _UNLOCK]
+    voted = len(sent)
+    second.tpc_abort(txn)
+    assert len(sent) == voted
+    assert second.lock_holds == 0
+
+
 def test_a_commit_made_while_another_waits_for_the_lock_is_its_conflict(open_storage, server):
     """The check before the lock passes while another commit holds the lock, voted but not
     yet finished; that commit replaces the record. The waiting commit, once it has the

@@ -483,6 +483,7 @@ class PostgreSQLStorage(CachedRecordsMixin, SchemaMixin, PackMixin, MirrorMixin,
         self._voted_tid: bytes | None = None
         self._finished_tid: bytes | None = None  # committed by its vote (finish_with_vote)
         self._lock_taken: float | None = None  # perf_counter() when the commit lock was seen
+        self._lock_asked = False  # the commit lock asked for and not yet released
         #: commits (and failed votes) that held the commit lock, and the seconds they held
         #: it as this process sees it: from the reply that shows the lock taken to the
         #: reply to COMMIT or ROLLBACK (benchmarks read them)
@@ -919,6 +920,7 @@ class PostgreSQLStorage(CachedRecordsMixin, SchemaMixin, PackMixin, MirrorMixin,
             self._voted_tid = tid  # (before the COMMIT: a failed one is not retried)
             statements += [("COMMIT", ()), (_UNLOCK, ())]
         results = wire.run(conn, statements, begin=True)
+        self._lock_asked = self._lock_asked and not finish
         inserted = None if inserting is None else results[inserting]
         if inserted is not None and inserted.rowcount != len(creating):
             made = {oid for (oid,) in inserted.fetchall()}
@@ -990,6 +992,7 @@ class PostgreSQLStorage(CachedRecordsMixin, SchemaMixin, PackMixin, MirrorMixin,
                             _ints(b"".join(self._checks.values()))))
             flags = ",".join(["t" if merges.get(key) else "f" for key in read])
             checking = {"o": _array(read), "t": _array(read.values()), "m": f"{{{flags}}}"}
+            self._lock_asked = True
             answers = wire.send(conn, [
                 (_COMMIT_LOCK_IF_CURRENT[self.keep_history],
                  (checking["o"], checking["t"], checking["m"])),
@@ -1019,6 +1022,7 @@ class PostgreSQLStorage(CachedRecordsMixin, SchemaMixin, PackMixin, MirrorMixin,
                          under_lock(_KEEPS)]  # (with states, if small)
                 if not with_states:
                     asked.append((_STATES, merging))
+                self._lock_asked = True
                 _, changes, *fetched = wire.run(conn, asked, begin=True)
                 if fetched:
                     _keep_states(states, fetched[0].rows)
@@ -1129,15 +1133,19 @@ class PostgreSQLStorage(CachedRecordsMixin, SchemaMixin, PackMixin, MirrorMixin,
         conn = self._writer
         self._pending = []
         if conn is not None:
+            # (and the commit lock, if this vote took it and did not give it back)
+            ending = [("ROLLBACK", ())] * (conn.pgconn.transaction_status != 0) \
+                + [(_UNLOCK, ())] * self._lock_asked
             try:
-                # (and the commit lock, if this vote took it and did not give it back)
-                wire.run(conn, [("ROLLBACK", ())] * (conn.pgconn.transaction_status != 0)
-                         + [(_UNLOCK, ())])
+                if ending:
+                    wire.run(conn, ending)
+                self._lock_asked = False
             except self._psycopg.Error:
                 pass  # a failed rollback leaves nothing committed either (and a broken
-                # session holds no lock)
+                # session, replaced below, holds no lock)
             self._held()
             if conn.broken:
+                self._lock_asked = False
                 self._writer = None
                 conn.close()
 
@@ -1151,6 +1159,7 @@ class PostgreSQLStorage(CachedRecordsMixin, SchemaMixin, PackMixin, MirrorMixin,
             raise StorageError(f"{self.__name__} is closed")
         try:
             wire.run(conn, [("COMMIT", ()), (_UNLOCK, ())])  # the durability point
+            self._lock_asked = False
         except self._psycopg.Error as exc:
             self._rollback()
             raise self._error(exc) from exc
