@@ -181,12 +181,13 @@ _CURRENT_SERIALS = "SELECT oid, tid FROM objects WHERE oid = ANY(%s::bigint[])"
 # Under the lock, with a snapshot taken once it is held: if a record the commit read (the
 # oids, tids and merge flags of _COMMIT_LOCK_IF_CURRENT: %(o)s, %(t)s, %(m)s) was replaced
 # meanwhile and does not merge, the lock is given back (true; NULL otherwise): the commit
-# has lost, and raises its ConflictError.
+# has lost, and raises its ConflictError. (A row pack deleted meanwhile is not a
+# conflict, as in the check before the lock.)
 _GIVE_BACK = f"""(SELECT pg_advisory_unlock({_COMMIT_LOCK_KEY})
  WHERE current_setting('amphora.locked', true) = 'on' AND EXISTS (
   SELECT FROM unnest(%(o)s::bigint[], %(t)s::bigint[], %(m)s::boolean[]) AS r(oid, tid, merges)
-  LEFT JOIN objects AS o ON o.oid = r.oid
-  WHERE NOT r.merges AND o.tid IS DISTINCT FROM nullif(r.tid, 0)))"""
+  JOIN objects AS o ON o.oid = r.oid
+  WHERE NOT r.merges AND o.tid <> r.tid))"""
 # Read once the lock is taken, in its round trip and one statement: the pack marker, the
 # mirror's key and whether the lock was given back (first row, tid NULL), then the commits
 # since the last sync (%(l)s), in order
@@ -1000,7 +1001,8 @@ class PostgreSQLStorage(CachedRecordsMixin, SchemaMixin, PackMixin, MirrorMixin,
             answers = wire.send(conn, [
                 (_COMMIT_LOCK_IF_CURRENT[self.keep_history],
                  (checking["o"], checking["t"], checking["m"])),
-                under_lock(checking if gives_back else _KEEPS)], begin=True)
+                # (a commit whose reads all merge never gives the lock back)
+                under_lock(checking if gives_back and "f" in flags else _KEEPS)], begin=True)
             # While the server takes the lock (or waits for it): each record's
             # references and, if the last commit wrote documents, its document, by
             # id() of the record (one replaced by a merge gets its own later). An
@@ -1063,7 +1065,8 @@ class PostgreSQLStorage(CachedRecordsMixin, SchemaMixin, PackMixin, MirrorMixin,
                                                   binary=True).fetchall())
         self._check_conflicts(serials, load_serial, stale)
         if given_back:  # (the server found a conflict that the check above must raise)
-            raise StorageError("the commit lock was given back, yet no conflict was found")
+            raise ConflictError("a record this transaction read was replaced while it "
+                                "waited for the commit lock")
         self._pending = pending
         self._pending_packed = packed or 0
         return max(seen, pending[-1][0] if pending else 0), mirror, made, load_serial
