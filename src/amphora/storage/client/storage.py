@@ -399,7 +399,7 @@ class ClientStorage(CachedRecordsMixin, RemoteMirror, UndoMixin, StorageBase):
         it) has some of their records, kept in the record cache as current. Called in
         commit order, before ``_ltid`` moves to ``tid``."""
         kept = {oid: data for oid, data in records.items() if type(data) is bytes}
-        self.record_cache.committed(tid, kept, [oid for oid in oids if oid not in kept])
+        self._records_invalidated(tid, list(oids), kept)
 
     def _merged(self, request_id: int, oid: bytes, data: bytes) -> None:
         """The server merged a conflict of commit ``request_id`` itself: it stores

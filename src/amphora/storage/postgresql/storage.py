@@ -89,6 +89,8 @@ SELECT x.tid, length(x.data), t.username, t.description, t.extension FROM
   UNION ALL SELECT tid, data FROM revisions WHERE oid = %(o)s) AS x
  LEFT JOIN transactions AS t ON t.tid = x.tid ORDER BY x.tid DESC LIMIT %(n)s"""
 _PACKED_THROUGH = "SELECT value::bigint FROM amphora_meta WHERE key = 'packed_through'"
+# The n-th (from 1) of the 8-byte big-endian oids joined in a bytea, as a bigint
+_OID_AT = "('x' || encode(substr({joined}, 8 * {n} - 7, 8), 'hex'))::bit(64)::bigint"
 # What sync reads, in one statement: the commits since the last one seen, each with the
 # pack marker (read once: an initplan), and, when those commits wrote few records
 # (%(k)s bytes of oids at most), the current records they wrote that are small (%(s)s
@@ -100,8 +102,8 @@ SELECT tid, oids, ({_PACKED_THROUGH}), NULL::bigint FROM t
 UNION ALL
 SELECT o.tid, o.data, NULL, o.oid FROM objects AS o
 WHERE o.oid = ANY(ARRAY(
-    SELECT ('x' || encode(substring(t.oids FROM n * 8 + 1 FOR 8), 'hex'))::bit(64)::bigint
-    FROM t, generate_series(0, length(t.oids) / 8 - 1) AS n
+    SELECT {_OID_AT.format(joined="t.oids", n="n")}
+    FROM t, generate_series(1, length(t.oids) / 8) AS n
     WHERE (SELECT sum(length(oids)) FROM t) <= %(k)s))
   AND length(o.data) BETWEEN 1 AND %(s)s"""
 # ... without the records, for a storage whose record cache holds none (one just opened:
@@ -238,13 +240,13 @@ _PRUNE_REPLACED = ("WITH gone AS (DELETE FROM replaced WHERE end_tid < %s RETURN
 # amphora.storage.postgresql.mirror): class names and JSON states, each list one string, every
 # element preceded by chr(30) (which JSON text never holds raw; a class name holding it
 # is sent as a text array instead), in the same statement.
-_ROWS = """
-SELECT ('x' || encode(substr(%(oids)s::bytea, 8 * u.n::int - 7, 8), 'hex'))::bit(64)::bigint,
+_ROWS = f"""
+SELECT {_OID_AT.format(joined="%(oids)s::bytea", n="u.n::int")},
        %(tid)s::bigint, substr(%(datas)s::bytea, u.start::int + 1, u.len::int),
-       CASE WHEN u.refs = 'N' THEN NULL ELSE u.refs::bigint[] END{documents}
+       CASE WHEN u.refs = 'N' THEN NULL ELSE u.refs::bigint[] END{{documents}}
 FROM unnest(string_to_array(%(lengths)s, ','), string_to_array(%(starts)s, ','),
-            string_to_array(%(refs)s, '|'){texts})
-     WITH ORDINALITY AS u(len, start, refs{names}, n)"""
+            string_to_array(%(refs)s, '|'){{texts}})
+     WITH ORDINALITY AS u(len, start, refs{{names}}, n)"""
 _PLAIN_ROWS = _ROWS.format(texts="", names="", documents="")
 _DOCUMENTED = {"names": ", class_name, state",
                "documents": ", u.class_name, u.state::jsonb, %(tid)s"}
@@ -928,7 +930,7 @@ class PostgreSQLStorage(CachedRecordsMixin, SchemaMixin, PackMixin, MirrorMixin,
         self._lock_asked = self._lock_asked and not finish
         inserted = None if inserting is None else results[inserting]
         if inserted is not None and inserted.rowcount != len(creating):
-            made = {oid for (oid,) in inserted.fetchall()}
+            made = {oid for (oid,) in inserted.rows}
             taken = [key for key, _ in creating if key not in made]
             found = dict(conn.execute(_CURRENT_SERIALS, (taken,)).fetchall())
             stale = [oid for oid, key in zip(oids, keys) if key in found]
@@ -1141,7 +1143,7 @@ class PostgreSQLStorage(CachedRecordsMixin, SchemaMixin, PackMixin, MirrorMixin,
         self._pending = []
         if conn is not None:
             # (and the commit lock, if this vote took it and did not give it back)
-            ending = [("ROLLBACK", ())] * (conn.pgconn.transaction_status != 0) \
+            ending = [("ROLLBACK", ())] * wire.in_transaction(conn) \
                 + [(_UNLOCK, ())] * self._lock_asked
             try:
                 if ending:

@@ -32,7 +32,7 @@ import select
 import weakref
 from typing import Any, Iterable, Sequence
 
-__all__ = ["Answers", "Result", "adopt", "send"]
+__all__ = ["Answers", "Result", "adopt", "in_transaction", "run", "send"]
 
 _PLACEHOLDER = re.compile(r"%\((\w+)\)s|%s|%%")
 # libpq's ExecStatusType and PGTransactionStatusType values (psycopg is imported by the
@@ -133,6 +133,19 @@ def _encode(value: Any) -> tuple[bytes | None, int, int]:
     raise TypeError(f"a statement parameter of type {kind.__name__} is not supported")
 
 
+def in_transaction(conn: Any) -> bool:
+    """Whether ``conn``'s session is in a transaction (a failed one too), or not known to
+    be idle."""
+    return conn.pgconn.transaction_status != _IDLE
+
+
+def _wait(pgconn: Any, event: int) -> None:
+    """Until the session's socket is ready for ``event`` (``select.POLLIN``, ``POLLOUT``)."""
+    poller = select.poll()
+    poller.register(pgconn.socket, event)
+    poller.poll()
+
+
 class Result:
     """One statement's answer: its rows (tuples of decoded values) and its row count."""
 
@@ -141,9 +154,6 @@ class Result:
     def __init__(self, rows: list[tuple], rowcount: int):
         self.rows = rows
         self.rowcount = rowcount
-
-    def fetchall(self) -> list[tuple]:
-        return self.rows
 
 
 def _rows(result: Any) -> list[tuple]:
@@ -202,12 +212,9 @@ class Answers:
         ended = False  # (a result of None ends a statement's results; two, the answers)
         try:
             while True:
-                if pgconn.is_busy():
-                    poller = select.poll()
-                    poller.register(pgconn.socket, select.POLLIN)
-                    while pgconn.is_busy():
-                        poller.poll()
-                        pgconn.consume_input()
+                while pgconn.is_busy():
+                    _wait(pgconn, select.POLLIN)
+                    pgconn.consume_input()
                 result = pgconn.get_result()
                 if result is None:
                     if ended:
@@ -296,11 +303,8 @@ def send(conn: Any, statements: Iterable[tuple[str, Any]], begin: bool = False) 
             pgconn.send_query_prepared(name, values, formats or None, result_format=1)
             kept.append(True)
         pgconn.pipeline_sync()
-        if pgconn.flush():
-            poller = select.poll()
-            poller.register(pgconn.socket, select.POLLOUT)
-            while pgconn.flush():
-                poller.poll()
+        while pgconn.flush():
+            _wait(pgconn, select.POLLOUT)
     except BaseException:
         _abandon(conn)
         raise
