@@ -34,7 +34,7 @@ from amphora.search import DatabaseSearch
 from amphora.serialize import ObjectWriter, references
 from amphora.storage import _fork
 from amphora.storage.base import RecordsAsStored, Storage, TransactionMetaData
-from amphora.utils import maxtid, p64, tid_from_datetime, tid_repr, u64, z64
+from amphora.utils import p64, tid_from_datetime, tid_repr, u64, z64
 
 __all__ = ["DB"]
 
@@ -78,7 +78,9 @@ class DB(DatabaseSearch, RecordsAsStored):
     def _ensure_root(self) -> None:
         storage = self.storage
         try:
-            storage.loadBefore(z64, maxtid)
+            # At the snapshot a connection opened now reads, so that a storage with a
+            # record cache keeps the root (and what its read-ahead brings) for it
+            storage.loadBefore(z64, p64(u64(storage.lastTransaction()) + 1))
             return
         except ObjectNotFoundError:
             pass

@@ -322,6 +322,45 @@ def test_sync_leaves_the_records_of_large_commits_to_the_loads(open_storage, mon
     assert loads == [p64(1)]
 
 
+def test_a_sessions_first_sync_asks_for_the_commits_only(open_storage, monkeypatch):
+    """On a new server session, planning the sync's statement with records costs more
+    than the records save: a storage's first sync asks for the commits, the next ones
+    for the records too."""
+    from amphora.storage.postgresql import storage as module
+    theirs = open_storage()
+    first = commit(theirs, {p64(1): record(1)})
+    mine = open_storage()
+    mine.registerDB(Recorder(mine))
+    assert mine.loadBefore(p64(1), p64(u64(first) + 1)) == (record(1), first, None)
+    asked: list[str] = []
+    run = module.wire.run
+    monkeypatch.setattr(module.wire, "run", lambda conn, statements, *args, **options:
+                        asked.extend(sql for sql, _ in statements)
+                        or run(conn, statements, *args, **options))
+    loads = counted_loads(monkeypatch, mine)
+    second = commit(theirs, {p64(1): record(2)}, {p64(1): first})
+    mine.sync()
+    assert mine.loadBefore(p64(1), p64(u64(second) + 1)) == (record(2), second, None)
+    third = commit(theirs, {p64(1): record(3)}, {p64(1): second})
+    mine.sync()
+    assert mine.loadBefore(p64(1), p64(u64(third) + 1)) == (record(3), third, None)
+    assert [sql for sql in asked if "FROM transactions" in sql] == [
+        module._COMMITS_SINCE, module._CHANGES_SINCE]
+    assert loads == [p64(1)]  # (the third's record came with the sync)
+
+
+def test_a_database_keeps_the_root_it_read_when_it_opened(server, schema, monkeypatch):
+    uri = server.uri(schema=schema)
+    with amphora.open(uri) as db:
+        with db.transaction() as conn:
+            conn.root()["x"] = 1
+    with amphora.open(uri) as db:
+        loads = counted_loads(monkeypatch, db.storage)
+        with db.transaction() as conn:
+            assert conn.root()["x"] == 1
+        assert loads == []
+
+
 def test_a_commit_reports_earlier_commits_of_others_first(open_storage):
     mine, theirs = open_storage(), open_storage()
     recorder = Recorder(mine)

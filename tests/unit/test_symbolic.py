@@ -262,3 +262,19 @@ def test_mergeable_is_true_for_length_records_only():
     long_record = record(3) + b"\x00" * 300
     assert len(long_record) > 256 and not mergeable(long_record)
     assert not mergeable(record(2**2100))
+
+
+# -- resolve_record uses it ------------------------------------------------------------------
+
+def test_resolve_record_merges_a_length_from_its_opcodes_and_others_with_their_class(
+        monkeypatch):
+    """The storages' resolver merges a Length without unpickling it (not even the class's
+    ``_p_resolveConflict`` is called), and any other class with its own resolver."""
+    def refuse(*args):
+        raise AssertionError("the class's resolver was called")
+    monkeypatch.setattr(Length, "_p_resolveConflict", refuse)
+    assert resolved_state(record(1), record(5), record(3)) == 7
+    assert resolved_state(record(1), record(5), HEAD + b"I3\n.") is None  # text int: the class's
+    head = pickle.dumps(Counter, 3)
+    assert resolved_state(record({"value": 1}, head), record({"value": 5}, head),
+                          record({"value": 3}, head)) == {"value": 7}

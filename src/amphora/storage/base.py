@@ -39,7 +39,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Protocol, runtime
 from amphora.errors import (ConflictError, ObjectNotFoundError, ReadConflictError,
                             ReadOnlyError, StaleReachableError, StorageError,
                             StorageTransactionError, Unsupported)
-from amphora.serialize import references
+from amphora.serialize import references, resolve_record
 from amphora.storage.sql.keys import _split
 from amphora.utils import (maxtid, new_tid, oid_repr, p64, tid_from_datetime, tid_repr,
                            tid_time, u64, z64)
@@ -722,7 +722,7 @@ class StorageBase:
         server's asks the client) before the storage's."""
         resolve = getattr(self._transaction, "resolve_conflict", None)
         if resolve is None and self._resolve_conflicts:
-            from amphora.serialize import resolve_record as resolve
+            return resolve_record
         return resolve
 
     def _next_tid(self, last: bytes) -> bytes:

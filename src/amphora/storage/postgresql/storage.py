@@ -106,8 +106,9 @@ WHERE o.oid = ANY(ARRAY(
     FROM t, generate_series(1, length(t.oids) / 8) AS n
     WHERE (SELECT sum(length(oids)) FROM t) <= %(k)s))
   AND length(o.data) BETWEEN 1 AND %(s)s"""
-# ... without the records, for a storage whose record cache holds none (one just opened:
-# on a new server session, planning the statement above costs about a millisecond more)
+# ... without the records, for a storage whose record cache holds none and for the first
+# sync of a server session (a storage just opened): on a new session, planning the
+# statement above costs about a millisecond more, more than the records could save
 _COMMITS_SINCE = (f"SELECT tid, oids, ({_PACKED_THROUGH}), NULL::bigint FROM transactions"
                   " WHERE tid > %(l)s")
 #: sync brings the new records of others' commits when they changed at most this many
@@ -500,6 +501,7 @@ class PostgreSQLStorage(CachedRecordsMixin, SchemaMixin, PackMixin, MirrorMixin,
         self._ltid = z64
         self._writer: Any = None
         self._poller: Any = None
+        self._synced_on: Any = None  # the poller that has synced (see sync)
         self._waiter: Any = None
         self._waiter_lock = threading.Lock()
         self._init_record_cache()
@@ -740,9 +742,13 @@ class PostgreSQLStorage(CachedRecordsMixin, SchemaMixin, PackMixin, MirrorMixin,
                 conn = self._poller
                 if conn is None:  # a forked child's first sync
                     conn = self._poller = self._connect(autocommit=True)
-                asked = _CHANGES_SINCE if len(self.record_cache) else _COMMITS_SINCE
+                # (the records are asked for from a session's second sync on: see
+                # _COMMITS_SINCE)
+                asked = _CHANGES_SINCE if conn is self._synced_on and len(self.record_cache) \
+                    else _COMMITS_SINCE
                 rows = wire.run(conn, [(asked, {"l": _u(self._ltid), "k": 8 * _SYNCED_OIDS,
                                                 "s": _SYNCED_BYTES})])[0].rows
+                self._synced_on = conn
             except self._psycopg.Error as exc:
                 if conn.broken:  # the next sync reconnects
                     self._poller = self._connect(autocommit=True)
