@@ -91,13 +91,20 @@ SELECT x.tid, length(x.data), t.username, t.description, t.extension FROM
 _PACKED_THROUGH = "SELECT value::bigint FROM amphora_meta WHERE key = 'packed_through'"
 # The n-th (from 1) of the 8-byte big-endian oids joined in a bytea, as a bigint
 _OID_AT = "('x' || encode(substr({joined}, 8 * {n} - 7, 8), 'hex'))::bit(64)::bigint"
+# The commits after the last one seen (%(l)s). The upper bound, always true, makes the
+# planner's estimate a narrow range with or without the table's statistics: for a plain
+# "tid > x" on a table not analyzed yet (a new database, before autovacuum gets to it)
+# it estimates a third of the rows, and scans the table at every sync; and a prepared
+# statement's generic plan, which PostgreSQL then keeps instead of planning each
+# execution, is the index scan.
+_AFTER_LAST_SEEN = "tid > %(l)s AND tid <= 9223372036854775807"
 # What sync reads, in one statement: the commits since the last one seen, each with the
 # pack marker (read once: an initplan), and, when those commits wrote few records
 # (%(k)s bytes of oids at most), the current records they wrote that are small (%(s)s
 # bytes at most): rows with an oid. A hot spot's counter, replaced by another process,
 # then needs no load of its own after the sync (see sync).
 _CHANGES_SINCE = f"""
-WITH t AS (SELECT tid, oids FROM transactions WHERE tid > %(l)s)
+WITH t AS (SELECT tid, oids FROM transactions WHERE {_AFTER_LAST_SEEN})
 SELECT tid, oids, ({_PACKED_THROUGH}), NULL::bigint FROM t
 UNION ALL
 SELECT o.tid, o.data, NULL, o.oid FROM objects AS o
@@ -110,7 +117,7 @@ WHERE o.oid = ANY(ARRAY(
 # sync of a server session (a storage just opened): on a new session, planning the
 # statement above costs about a millisecond more, more than the records could save
 _COMMITS_SINCE = (f"SELECT tid, oids, ({_PACKED_THROUGH}), NULL::bigint FROM transactions"
-                  " WHERE tid > %(l)s")
+                  f" WHERE {_AFTER_LAST_SEEN}")
 #: sync brings the new records of others' commits when they changed at most this many
 #: objects, those of at most _SYNCED_BYTES bytes (and keeps those the cache held)
 _SYNCED_OIDS = 32
@@ -196,7 +203,7 @@ _GIVE_BACK = f"""(SELECT pg_advisory_unlock({_COMMIT_LOCK_KEY})
 # since the last sync (%(l)s), in order
 _UNDER_LOCK = f"""
 SELECT NULL::bigint AS tid, NULL::bytea, ({_PACKED_THROUGH}), ({_MIRROR_KEY}), {_GIVE_BACK}
-UNION ALL SELECT tid, oids, NULL, NULL, NULL FROM transactions WHERE tid > %(l)s
+UNION ALL SELECT tid, oids, NULL, NULL, NULL FROM transactions WHERE {_AFTER_LAST_SEEN}
 ORDER BY tid NULLS FIRST"""
 # ... and after these (oid not NULL), for a small commit with records that merge, each
 # of those (the oids and serials read, %(mo)s and %(mt)s) replaced while the commit waited for
@@ -209,7 +216,7 @@ _UNDER_LOCK_WITH_STATES = {keep_history: f"""
 SELECT NULL::bigint AS tid, NULL::bytea AS oids, ({_PACKED_THROUGH}), ({_MIRROR_KEY}),
        NULL::bigint AS oid, NULL::bytea, NULL::bigint, NULL::bytea, {_GIVE_BACK}
 UNION ALL SELECT tid, oids, NULL, NULL, NULL, NULL, NULL, NULL, NULL
-FROM transactions WHERE tid > %(l)s
+FROM transactions WHERE {_AFTER_LAST_SEEN}
 UNION ALL SELECT o.tid, NULL, NULL, NULL, r.oid, o.data, r.tid, v.data, NULL
 FROM unnest(%(mo)s::bigint[], %(mt)s::bigint[]) AS r(oid, tid)
 JOIN objects AS o ON o.oid = r.oid AND o.tid <> r.tid
