@@ -14,6 +14,10 @@ private server (see ``pg_contention``). Cases, each ``--commits`` times:
             is a ``ConflictError``, retried (the retry's hold is counted); a
             ``BTrees.Length``'s is merged
 
+``--history N`` first gives each database a history of N transactions and N old
+revisions (rows made by SQL, below every tid the cases write, then ``ANALYZE``), as a
+database in use has: PostgreSQL plans statements by the size of the tables.
+
 Reported per case: the median of ``--rounds`` runs of the mean lock hold of the
 committing database (``storage.lock_held / storage.lock_holds``, from the reply showing
 the lock taken to the reply to COMMIT) and of the time its ``commit()`` (and retry) took.
@@ -30,6 +34,23 @@ from typing import Any
 
 _HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(_HERE))
+
+
+_HISTORY = ("INSERT INTO revisions (oid, tid, end_tid, data, refs) SELECT 1000000000 + n, n,"
+            " n + 1, '\\x00', NULL FROM generate_series(1, {n}) AS n",
+            "INSERT INTO transactions (tid, username, description, extension, oids)"
+            " SELECT n, '', '', '', '' FROM generate_series(1, {n}) AS n",
+            "ANALYZE")
+
+
+def give_history(uri: str, rows: int) -> None:
+    """N transactions and N replaced revisions (of objects no case reads), tids 1 to N."""
+    import amphora
+    import psycopg
+    amphora.open(uri).close()  # (the schema)
+    with psycopg.connect(uri, autocommit=True) as conn:
+        for statement in _HISTORY:
+            conn.execute(statement.format(n=rows))
 
 
 def case(uri: str, counter: str, lost: bool, commits: int) -> tuple[float, float]:
@@ -74,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--commits", type=int, default=300, help="commits per case (default 300)")
     p.add_argument("--rounds", type=int, default=3, help="runs of each case (default 3)")
+    p.add_argument("--history", type=int, default=0, metavar="N",
+                   help="transactions and old revisions each database has first (default 0)")
     p.add_argument("--pg-fsync", choices=("on", "off"), default="on",
                    help="on: PostgreSQL's durable defaults; off: the tests' server")
     args = p.parse_args(argv)
@@ -84,13 +107,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         server.server()
         print(f"PostgreSQL {server.version()}: {server.settings}; {args.commits} commits "
-              f"per case, {args.rounds} rounds", flush=True)
+              f"per case, {args.rounds} rounds, a history of {args.history} transactions",
+              flush=True)
         for _ in range(args.rounds):
             for counter in ("plain", "length"):
                 for name in ("alone", "lost"):
                     path = tempfile.mkdtemp(prefix=f"{counter}-{name}-", dir=base)
                     uri = server.uri(server.create(path))
                     try:
+                        if args.history:
+                            give_history(uri, args.history)
                         results.setdefault((counter, name), []).append(
                             case(uri, counter, name == "lost", args.commits))
                     finally:

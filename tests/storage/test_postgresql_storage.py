@@ -379,6 +379,30 @@ def test_the_commits_since_the_last_seen_are_found_by_index_before_any_analyze(o
         assert "transactions_pkey" in plan and "Seq Scan on transactions" not in plan, plan
 
 
+def test_commits_and_syncs_plan_their_statements_once_a_session(open_storage, sql):
+    """On a database with a long history, PostgreSQL would plan the statements of a
+    commit and of a sync anew at every execution (the plan for the values at hand looks
+    cheaper): a tenth to a third of a millisecond of the server's time each."""
+    open_storage()
+    sql("INSERT INTO revisions (oid, tid, end_tid, data, refs)"
+        " SELECT 1000000 + n, n, n + 1, '', NULL FROM generate_series(1, 100000) AS n")
+    sql("INSERT INTO transactions (tid, username, description, extension, oids)"
+        " SELECT n, '', '', '', '' FROM generate_series(1, 100000) AS n")
+    sql("ANALYZE")
+    storage = open_storage()
+    storage.registerDB(Recorder(storage))
+    serial = z64
+    for n in range(8):
+        serial = commit(storage, {p64(1): record(n)}, {p64(1): serial})
+        storage.sync()
+    for conn in (storage._writer, storage._poller):
+        plans = conn.execute("SELECT statement, generic_plans, custom_plans"
+                             " FROM pg_prepared_statements WHERE statement LIKE '%$1%'"
+                             ).fetchall()
+        conn.rollback()
+        assert plans and all(custom == 0 and generic >= 1 for _, generic, custom in plans), plans
+
+
 def test_a_commit_reports_earlier_commits_of_others_first(open_storage):
     mine, theirs = open_storage(), open_storage()
     recorder = Recorder(mine)
