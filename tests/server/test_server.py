@@ -460,10 +460,11 @@ def test_a_stale_client_merges_in_one_commit_request(stale_counter):
 
 # -- cold reads -------------------------------------------------------------------------------
 
-def test_a_cold_walk_of_a_tree_of_a_thousand_objects_takes_one_read_round_trip(servers):
-    """The first load brings the records the root refers to, and theirs (breadth first,
-    up to 2000); the connection's batched loads of the tree's objects are answered from
-    them, exactly as the server would answer."""
+def test_a_cold_walk_of_a_tree_of_a_thousand_objects_takes_one_read_round_trip(servers,
+                                                                              monkeypatch):
+    """The first load (the root's, when the database opens) brings the records the root
+    refers to, and theirs (breadth first, up to 2000); the connection's batched loads of
+    the tree's objects are answered from them, exactly as the server would answer."""
     from BTrees.OOBTree import OOBTree
     server = servers("memory://")
     db = amphora.open(f"amphora://{server.address}")
@@ -472,12 +473,11 @@ def test_a_cold_walk_of_a_tree_of_a_thousand_objects_takes_one_read_round_trip(s
         for i in range(1000):
             tree[f"k{i:04d}"] = PersistentMapping(n=i)
     db.close()
-    db = amphora.open(f"amphora://{server.address}")
     sent: list[str] = []
-    storage = db.storage
-    call = storage._call
-    storage._call = lambda method, *args, **kwargs: (sent.append(method),
-                                                     call(method, *args, **kwargs))[1]
+    call = ClientStorage._call
+    monkeypatch.setattr(ClientStorage, "_call", lambda self, method, *args, **kwargs: (
+        sent.append(method), call(self, method, *args, **kwargs))[1])
+    db = amphora.open(f"amphora://{server.address}")
     with db.transaction() as conn:
         assert sum(item["n"] for item in conn.root()["tree"].values()) == sum(range(1000))
     db.close()
