@@ -92,7 +92,9 @@ def _short_state(state: bytes) -> int | None:
 
 def _split(record: bytes) -> tuple[bytes, int] | None:
     """(class pickle, integer state) of a record made of exactly those two pickles."""
-    for head in _GLOBAL_PICKLES:  # the class pickles met (a few): the common case
+    # the class pickles met (a few): the common case (a copy of the keys: another thread
+    # may add one meanwhile)
+    for head in tuple(_GLOBAL_PICKLES):
         if record.startswith(head):
             number = _short_state(record[len(head):])
             if number is not None:
