@@ -51,7 +51,10 @@ class SchemaMixin:
         path = self._path
         if os.path.exists(path) and os.path.getsize(path) > 0:
             self._check_header()
-            conn = self._connect(read_only=True)
+            # (read-write unless the storage is read-only: a writer killed while it made
+            # the file may have left a journal to roll back, which a read-only connection
+            # cannot do: "attempt to write a readonly database")
+            conn = self._connect(read_only=self._read_only)
             try:
                 if conn.execute(_COUNT_TABLES).fetchone()[0]:
                     return self._read_meta(conn)
