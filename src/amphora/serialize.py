@@ -623,10 +623,11 @@ def resolve_record(oid: bytes, committed_serial: bytes, old_serial: bytes, new_d
     counter merges while its commit holds the commit lock.
     """
     klass: Any = None
+    old = committed = None  # the two records, read once
     try:
         if symbolic.mergeable(new_data):
-            merged = symbolic.merge(load_serial(oid, old_serial),
-                                    load_serial(oid, committed_serial), new_data)
+            old, committed = load_serial(oid, old_serial), load_serial(oid, committed_serial)
+            merged = symbolic.merge(old, committed, new_data)
             if merged is not None:
                 return merged
         refs: dict = {}
@@ -639,8 +640,10 @@ def resolve_record(oid: bytes, committed_serial: bytes, old_serial: bytes, new_d
         if resolve is None:
             _unresolvable.add(klass)
             return None
-        _, old_state = _state(load_serial(oid, old_serial), refs)
-        _, committed_state = _state(load_serial(oid, committed_serial), refs)
+        if old is None:
+            old, committed = load_serial(oid, old_serial), load_serial(oid, committed_serial)
+        _, old_state = _state(old, refs)
+        _, committed_state = _state(committed, refs)
         resolved = resolve(old_state, committed_state, new_state)
         file = io.BytesIO()
         pickler = _zpickle.Pickler(file, PROTOCOL)

@@ -177,10 +177,22 @@ def test_data_survives_closing_and_reopening(path, storage):
         reopened.close()
 
 
+def killed_after_its_first_line(code: str) -> str:
+    """Run ``code`` in a new interpreter, read the first line it prints, then kill it
+    (SIGKILL: no cleanup of any kind); the line."""
+    child = subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)],
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        return child.stdout.readline().strip()
+    finally:
+        child.kill()
+        child.wait()
+
+
 def test_a_file_whose_writer_was_killed_opens_and_keeps_its_commits(path):
     """A writer killed with commits still in the write-ahead log: the next storage to open
     the file finds every commit."""
-    child = textwrap.dedent(f"""
+    tid = bytes.fromhex(killed_after_its_first_line(f"""
         import sys, time
         sys.path[:0] = {[str(Path(__file__).parent)]!r}
         from records import commit, make_record
@@ -190,13 +202,7 @@ def test_a_file_whose_writer_was_killed_opens_and_keeps_its_commits(path):
         tid = commit(storage, {{z64: make_record("m", "root"), p64(1): make_record("m", 1)}})
         print(tid.hex(), flush=True)
         time.sleep(60)
-    """)
-    writer = subprocess.Popen([sys.executable, "-c", child], stdout=subprocess.PIPE, text=True)
-    try:
-        tid = bytes.fromhex(writer.stdout.readline().strip())
-    finally:
-        writer.kill()
-        writer.wait()
+    """))
     assert Path(f"{path}-wal").stat().st_size > 0  # (the commit is in the log only)
     reopened = SQLiteStorage(str(path))
     try:
@@ -212,7 +218,7 @@ def test_a_file_left_with_a_journal_to_roll_back_opens(path):
     connection must roll back: the storage opening the file does, and makes its
     database in the empty file."""
     sqlite3.connect(path).execute("PRAGMA user_version = 1").connection.close()  # page 1
-    child = textwrap.dedent(f"""
+    assert killed_after_its_first_line(f"""
         import sqlite3, time
         conn = sqlite3.connect({str(path)!r}, isolation_level=None)
         conn.execute("PRAGMA cache_size = 2")  # (the changed pages go to the file early)
@@ -222,13 +228,7 @@ def test_a_file_left_with_a_journal_to_roll_back_opens(path):
             conn.execute("INSERT INTO t VALUES (randomblob(500))")
         print("ready", flush=True)
         time.sleep(60)
-    """)
-    killed = subprocess.Popen([sys.executable, "-c", child], stdout=subprocess.PIPE, text=True)
-    try:
-        assert killed.stdout.readline().strip() == "ready"
-    finally:
-        killed.kill()
-        killed.wait()
+    """) == "ready"
     assert Path(f"{path}-journal").stat().st_size > 0
     storage = SQLiteStorage(str(path))
     try:

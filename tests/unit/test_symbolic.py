@@ -278,3 +278,19 @@ def test_resolve_record_merges_a_length_from_its_opcodes_and_others_with_their_c
     head = pickle.dumps(Counter, 3)
     assert resolved_state(record({"value": 1}, head), record({"value": 5}, head),
                           record({"value": 3}, head)) == {"value": 7}
+
+
+def test_resolve_record_reads_each_state_once_when_the_opcodes_do_not_merge():
+    """Committed records whose class pickle is not the writer's (protocol 2, as another
+    writer may have made them): the opcodes give up, the class merges, and the two
+    states are read once each."""
+    head = pickle.dumps(Length, 2)
+    records = {OLD: record(1, head, 2), COMMITTED: record(5, head, 2)}
+    asked = []
+
+    def load_serial(oid, serial):
+        asked.append(serial)
+        return records[serial]
+    data = resolve_record(p64(7), COMMITTED, OLD, record(3), load_serial)
+    assert read(data)[1] == 7
+    assert sorted(asked) == [OLD, COMMITTED]

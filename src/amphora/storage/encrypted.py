@@ -757,11 +757,9 @@ class EncryptedStorage(BlobLayerMixin, StorageBase):
         record the storage would store (this commit's, or a merge of it already made);
         ``committed`` None: a server asking ahead about a commit voted but not finished,
         whose tid the committed record names in its sealed header."""
-        resolve = getattr(self._transaction, "resolve_conflict", None)
+        resolve = self._conflict_resolver()
         if resolve is None:
-            if not self._resolve_conflicts:
-                return None
-            from amphora.serialize import resolve_record as resolve
+            return None
 
         def plain_serial(oid: bytes, serial: bytes | None) -> bytes:
             return self._open(load_serial(oid, serial), RECORD, oid, serial)
