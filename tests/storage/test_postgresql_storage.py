@@ -403,6 +403,17 @@ def test_commits_and_syncs_plan_their_statements_once_a_session(open_storage, sq
         assert plans and all(custom == 0 and generic >= 1 for _, generic, custom in plans), plans
 
 
+def test_only_the_sessions_of_commits_and_syncs_force_generic_plans(open_storage):
+    """Reads (and with them search) keep PostgreSQL's own choice of plans."""
+    storage = open_storage()
+    commit(storage, {p64(1): record(1)})
+    storage.sync()
+    assert storage._query("SHOW plan_cache_mode") == [("auto",)]
+    for conn in (storage._writer, storage._poller):
+        assert conn.execute("SHOW plan_cache_mode").fetchall() == [("force_generic_plan",)]
+        conn.rollback()
+
+
 def test_a_commit_reports_earlier_commits_of_others_first(open_storage):
     mine, theirs = open_storage(), open_storage()
     recorder = Recorder(mine)
