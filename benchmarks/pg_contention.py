@@ -161,6 +161,7 @@ def run(server: Any, contender: str, counter: str, processes: int, commits: int,
                 "commits": total, "seconds": elapsed, "commits_per_s": total / elapsed,
                 "conflicts": retries, "conflicts_per_commit": retries / total,
                 # amphora only: the commit lock's hold per vote that took it, in ms
+                # (see pg_lock_hold for how it is counted)
                 "lock_hold_ms": 1e3 * held / holds if holds else None}
     finally:
         server.drop(path)

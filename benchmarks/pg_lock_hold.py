@@ -19,8 +19,11 @@ revisions (rows made by SQL, below every tid the cases write, then ``ANALYZE``),
 database in use has: PostgreSQL plans statements by the size of the tables.
 
 Reported per case: the median of ``--rounds`` runs of the mean lock hold of the
-committing database (``storage.lock_held / storage.lock_holds``, from the reply showing
-the lock taken to the reply to COMMIT) and of the time its ``commit()`` (and retry) took.
+committing database (``storage.lock_held / storage.lock_holds``) and of the time its
+``commit()`` (and retry) took. A commit in two round trips counts its hold from the reply
+showing the lock taken to the reply to COMMIT; one made in one round trip (see
+``PostgreSQLStorage``), on the server's clock, from the statement after the one that took
+the lock to the one after COMMIT.
 """
 from __future__ import annotations
 

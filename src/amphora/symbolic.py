@@ -24,7 +24,7 @@ import pickletools
 import struct
 from typing import Callable
 
-__all__ = ["merge", "RULES"]
+__all__ = ["counter", "merge", "mergeable", "RULES"]
 
 
 def _add(old: int, committed: int, new: int) -> int:
@@ -131,6 +131,17 @@ def mergeable(record: bytes) -> bool:
         return False
     split = _split(record)
     return split is not None and _class_of(split[0]) in RULES
+
+
+def counter(record: bytes) -> tuple[bytes, int] | None:
+    """The class pickle and the number of a record whose conflicts merge as a counter's
+    (``committed + new - old``), or None: one whose merge may be done by anyone who can
+    add, with the bytes of its class pickle compared and the number's opcode read (the
+    PostgreSQL storage does it in SQL, see amphora.storage.postgresql)."""
+    if len(record) > _MAX_RECORD:
+        return None
+    split = _split(record)
+    return split if split is not None and RULES.get(_class_of(split[0])) is _add else None
 
 
 def merge(old: bytes, committed: bytes, new: bytes) -> bytes | None:

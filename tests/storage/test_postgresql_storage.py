@@ -1034,8 +1034,9 @@ def test_a_mergeable_conflict_is_merged_before_the_lock(open_storage, monkeypatc
                                                         merges_before_lock, states_with_lock,
                                                         round_trips):
     """A conflict on a class that merges (BTrees.Length), in a small commit: the statement
-    that checks before the lock takes it anyway, and the merge is done under it with the
-    states read in the lock's own round trip. In a larger commit, the check finds the
+    that checks before the lock takes it anyway, and the server merges it under the lock
+    in the same round trip (see test_the_server_merges_a_counter_as_the_client_would).
+    In a larger commit, the check finds the
     conflict and reads the states to merge in its round trip (no state is loaded one by
     one); the merge is done before the lock, which is then taken by the statement that
     finds the merged record still current. With no merge allowed before the lock (or
@@ -1066,7 +1067,8 @@ def test_a_mergeable_conflict_is_merged_before_the_lock(open_storage, monkeypatc
 @pytest.mark.parametrize("value,asks", [("Length", True), ("PersistentMapping", False)])
 def test_only_a_commit_that_may_merge_asks_for_states_with_the_lock(open_storage, monkeypatch,
                                                                     value, asks):
-    """The statement read under the lock carries the states of the records replaced
+    """A commit in two round trips (one that cannot be sent with the lock's, see the next
+    test): the statement read under the lock carries the states of the records replaced
     meanwhile only for a small commit whose records merge (a Length); a commit of a
     class that does not merge sends the cheaper statement."""
     from BTrees.Length import Length
@@ -1074,6 +1076,7 @@ def test_only_a_commit_that_may_merge_asks_for_states_with_the_lock(open_storage
     dbs, managers, conns = two_databases(open_storage, {"Length": Length,
                                                         "PersistentMapping":
                                                         PersistentMapping}[value]())
+    monkeypatch.setattr(dbs[1].storage, "_fits_at_once", lambda count: False)
     if value == "Length":
         conns[1].root()["x"].change(1)
     else:
@@ -1083,6 +1086,132 @@ def test_only_a_commit_that_may_merge_asks_for_states_with_the_lock(open_storage
     states = [statement for statement in sent if "AS r(oid, tid)\nJOIN objects" in statement]
     assert len(states) == (1 if asks else 0)
     assert [statement for statement in sent if "FROM transactions WHERE tid >" in statement]
+    for db in dbs:
+        db.close()
+
+
+def batches_of(monkeypatch, storage) -> list[list[str]]:
+    """The batches (round trips) ``storage``'s writing connection sends through the wire
+    from now on, each the list of its statements."""
+    from amphora.storage.postgresql import storage as module
+    batches: list[list[str]] = []
+    conn = storage._writing_connection()
+    send = module.wire.send
+
+    def sending(connection, statements, *args, **options):
+        statements = list(statements)
+        if connection is conn:
+            batches.append([statement for statement, _ in statements])
+        return send(connection, statements, *args, **options)
+    monkeypatch.setattr(module.wire, "send", sending)
+    return batches
+
+
+@pytest.mark.parametrize("value", ["PersistentMapping", "Length"])
+def test_a_small_commit_is_made_in_one_round_trip(open_storage, monkeypatch, value):
+    """A small commit sends its writes and its COMMIT with the statements that take the
+    lock and read under it: one round trip, in which the server also picks the tid and
+    merges a counter replaced meanwhile (a Length: both increments count, and the
+    client's merge is not called)."""
+    from BTrees.Length import Length
+    from persistent.mapping import PersistentMapping
+    from amphora import symbolic
+    dbs, managers, conns = two_databases(open_storage, {"Length": Length,
+                                                        "PersistentMapping":
+                                                        PersistentMapping}[value]())
+    if value == "Length":
+        conns[1].root()["x"].change(5)  # read at 0
+        conns[0].root()["x"].change(1)
+        managers[0].commit()
+        monkeypatch.setattr(symbolic, "merge", lambda *args: pytest.fail("merged by the client"))
+    else:
+        conns[1].root()["x"]["a"] = 1
+    storage = dbs[1].storage
+    batches = batches_of(monkeypatch, storage)
+    holds = storage.lock_holds
+    last = storage.lastTransaction()
+    managers[1].commit()
+    assert len(batches) == 1
+    assert batches[0][0].lstrip().startswith("WITH stale AS") and "COMMIT" in batches[0]
+    assert storage.lock_holds == holds + 1
+    assert storage.lastTransaction() > last
+    managers[0].begin()
+    if value == "Length":
+        assert conns[0].root()["x"]() == 6
+        assert conns[1].root()["x"]() == 6  # the merged state, invalidated and reloaded
+    else:
+        assert dict(conns[0].root()["x"]) == {"a": 1}
+    for db in dbs:
+        db.close()
+
+
+# A counter's class pickle, as ZODB writes it (the storage never imports the class)
+_LENGTH = b"\x80\x03cBTrees.Length\nLength\nq\x00."
+
+
+def length_record(value: int, protocol: int = 3) -> bytes:
+    return _LENGTH + pickle.dumps(value, protocol)
+
+
+@pytest.mark.parametrize("old,committed,new,protocol", [
+    (0, 1, 1, 3), (10, 200, 65, 3), (0, 255, 1, 3), (300, 65535, 301, 3), (0, 65535, 1, 3),
+    (5, 2, 1, 3), (0, -5, 2, 3), (0, 2 ** 31 - 2, 1, 3), (0, -2 ** 31 + 1, -1, 3),
+    (7, 1000, 9, 2), (0, 2 ** 31 - 1, 1, 3), (0, 2 ** 40, 1, 3), (0, -2 ** 31, -1, 3)])
+def test_the_server_merges_a_counter_as_the_client_would(open_storage, monkeypatch, old,
+                                                         committed, new, protocol):
+    """A counter replaced while a commit waited (read at ``old``, ``committed`` since,
+    ``new`` stored) merges to the same bytes as amphora.symbolic's merge: with the
+    server's arithmetic and pickling when every number fits in 32 bits (the int opcodes
+    read and written, protocol 2 records read too), and on the client when not (LONG1),
+    the lock kept meanwhile. Two storage objects: two processes."""
+    from amphora import symbolic
+    first, second = open_storage(), open_storage()
+    oid = p64(1)
+    commit(first, {z64: record("root", oid), oid: length_record(old, protocol)})
+    read = first.lastTransaction()
+    second.sync()
+    commit(second, {oid: length_record(committed, protocol)}, {oid: read})
+    expected = symbolic.merge(length_record(old, protocol), length_record(committed, protocol),
+                              length_record(new))
+    assert expected == _LENGTH + pickle.dumps(committed + new - old, 3)
+    by_server = all(-2 ** 31 <= n < 2 ** 31 for n in (old, committed, new,
+                                                        committed + new - old))
+    sends = []
+    from amphora.storage.postgresql import storage as module
+    send = module.wire.send
+    monkeypatch.setattr(module.wire, "send", lambda *args, **kwargs:
+                        sends.append(args[1]) or send(*args, **kwargs))
+    if by_server:
+        monkeypatch.setattr(symbolic, "merge", lambda *args: pytest.fail("merged by the client"))
+    txn = TransactionMetaData()
+    first.tpc_begin(txn)
+    first.store(oid, read, length_record(new), "", txn)
+    assert first.tpc_vote(txn) == [oid]
+    tid = first.tpc_finish(txn)
+    assert first.load(oid) == (expected, tid)
+    assert second.loadBefore(oid, p64(u64(tid) + 1))[0] == expected
+    assert len(sends) == (2 if by_server else 4)  # (the COMMIT in tpc_finish)
+
+
+def test_a_merge_the_server_does_not_make_is_made_with_the_lock_kept(open_storage,
+                                                                     monkeypatch):
+    """A record of a class that merges but is no counter (a BTree's bucket), replaced
+    while the commit waited for the lock: the server stops the first round trip before
+    its writes, and the client merges with the lock kept (the other process's commit
+    waits for it) and commits."""
+    from BTrees.OOBTree import OOBucket
+    dbs, managers, conns = two_databases(open_storage, OOBucket())
+    conns[1].root()["x"]["b"] = 2  # read before the other's commit
+    conns[0].root()["x"]["a"] = 1
+    managers[0].commit()
+    storage = dbs[1].storage
+    batches = batches_of(monkeypatch, storage)
+    managers[1].commit()
+    assert len(batches) == 3  # the writes stopped; ROLLBACK; the writes again
+    assert batches[1] == ["ROLLBACK"]
+    assert not any("pg_advisory_unlock" in statement for statement in batches[1])
+    managers[0].begin()
+    assert dict(conns[0].root()["x"]) == {"a": 1, "b": 2}
     for db in dbs:
         db.close()
 

@@ -22,6 +22,7 @@ from amphora.errors import (ConflictError, CorruptRecordError, InvalidURIError,
                             StorageError, StorageFormatError)
 from amphora.serialize import references as record_references
 from amphora.serialize import resolvable, resolve_record
+from amphora.symbolic import counter
 from amphora.storage import _fork
 from amphora.storage.postgresql.blobs import ChunkedBlobMixin
 from amphora.storage.postgresql.mirror import (_MIRROR_KEY, MirrorMixin, check_role,
@@ -193,6 +194,7 @@ _CURRENT_SERIALS = "SELECT oid, tid FROM objects WHERE oid = ANY(%s::bigint[])"
 # has lost, and raises its ConflictError. (A row pack deleted meanwhile is not a
 # conflict, as in the check before the lock.)
 _GIVE_BACK = f"""(SELECT pg_advisory_unlock({_COMMIT_LOCK_KEY})
+         AND set_config('amphora.locked', 'off', true) = 'off'
  WHERE current_setting('amphora.locked', true) = 'on' AND EXISTS (
   SELECT FROM unnest(%(o)s::bigint[], %(t)s::bigint[], %(m)s::boolean[]) AS r(oid, tid, merges)
   JOIN objects AS o ON o.oid = r.oid
@@ -222,6 +224,92 @@ JOIN objects AS o ON o.oid = r.oid AND o.tid <> r.tid
 LEFT JOIN {table} AS v ON v.oid = r.oid AND v.tid = r.tid
 ORDER BY oid NULLS FIRST, tid NULLS FIRST""" for keep_history, table in (
     (True, "revisions"), (False, "replaced"))}
+# -- a commit in one round trip (see PostgreSQLStorage._at_once) ------------------------
+# The integer of a counter's record (see amphora.symbolic.counter) whose class pickle is
+# the bytes r.head: its state a PROTO 2 or 3, one of the int opcodes the pickler writes
+# for a 32-bit int (BININT1, BININT2, BININT) and STOP. NULL: anything else (LONG1, a
+# record of another class or pickled otherwise), which the client merges.
+_COUNTER_OF = r"""SELECT CASE
+  WHEN substr(st, 1, 1) <> '\x80'::bytea OR substr(st, 2, 1) NOT IN ('\x02'::bytea, '\x03'::bytea)
+       OR substr(st, length(st), 1) <> '\x2e'::bytea THEN NULL
+  WHEN length(st) = 5 AND substr(st, 3, 1) = '\x4b'::bytea THEN get_byte(st, 3)::bigint
+  WHEN length(st) = 6 AND substr(st, 3, 1) = '\x4d'::bytea
+    THEN get_byte(st, 3) + 256 * get_byte(st, 4)::bigint
+  WHEN length(st) = 8 AND substr(st, 3, 1) = '\x4a'::bytea
+    THEN get_byte(st, 3) + 256 * get_byte(st, 4) + 65536 * get_byte(st, 5)
+         + 16777216 * get_byte(st, 6)::bigint
+         - CASE WHEN get_byte(st, 6) >= 128 THEN 4294967296 ELSE 0 END END
+FROM (SELECT substr({record}, length(r.head) + 1)
+      WHERE substr({record}, 1, length(r.head)) = r.head) AS x(st)"""
+# ... and the state pickle of a merged integer v, as pickle.dumps(v, 3) writes it (NULL
+# beyond 32 bits)
+_COUNTER_STATE = r"""'\x8003'::bytea || CASE
+  WHEN v BETWEEN 0 AND 255 THEN '\x4b'::bytea || set_byte('\x00'::bytea, 0, v::int)
+  WHEN v BETWEEN 256 AND 65535
+    THEN '\x4d'::bytea || set_byte(set_byte('\x0000'::bytea, 0, (v & 255)::int), 1, (v >> 8)::int)
+  WHEN v BETWEEN -2147483648 AND 2147483647
+    THEN '\x4a'::bytea || set_byte(set_byte(set_byte(set_byte('\x00000000'::bytea,
+      0, (v & 255)::int), 1, ((v >> 8) & 255)::int), 2, ((v >> 16) & 255)::int),
+      3, ((v >> 24) & 255)::int) END || '\x2e'::bytea"""
+# Sent after the statement read under the lock (_UNDER_LOCK), before the writes: the
+# commit goes on (the tid it gets, first row) if the lock is held (not given back: every
+# record read that does not merge is current) and each record that merges (%(mo)s: oids,
+# %(mt)s: serials read, %(mh)s: the hex of the class pickle of a counter, '' for another
+# record, %(mn)s: a counter's new number) and was replaced meanwhile is a counter whose
+# merge (committed + new - old) the server makes: then one row each (oid, committed tid,
+# merged record). The tid is the client's (%(tid)s, from its clock) or, if not above the
+# last, the last + 1. The writes read it (and the merged records) from the settings this
+# sets: 'amphora.tid' is "stop" if the commit does not go on, which fails the first
+# write (the cast to bigint), so nothing after it is done; the client then rolls back
+# and goes on as a commit in two round trips does, with the lock if it holds it. The
+# commit does not go on either if the last commit it knew of wrote no documents for the
+# mirror and a mirror kept by every commit was made meanwhile (%(mk)s: the mirror key
+# the client expects not to find). Its first row also has the server's clock (µs): the
+# lock's hold, counted to the clock of the statement that gives it back (_UNLOCK_TIMED).
+_SERVER_MERGE = {keep_history: f"""
+WITH r(oid, tid, head, n) AS (
+  SELECT oid, tid, decode(nullif(head, ''), 'hex'), n
+  FROM unnest(%(mo)s::bigint[], %(mt)s::bigint[], %(mh)s::text[], %(mn)s::bigint[])
+    AS u(oid, tid, head, n)),
+m AS MATERIALIZED (
+  SELECT r.oid, o.tid,
+         r.head || (SELECT {_COUNTER_STATE} FROM (SELECT c.n + r.n - p.n) AS w(v)) AS data
+  FROM r JOIN objects AS o ON o.oid = r.oid AND o.tid <> r.tid
+  LEFT JOIN {table} AS v ON v.oid = r.oid AND v.tid = r.tid
+  LEFT JOIN LATERAL ({_COUNTER_OF.format(record="o.data")}) AS c(n) ON true
+  LEFT JOIN LATERAL ({_COUNTER_OF.format(record="v.data")}) AS p(n) ON true),
+t(tid) AS (
+  SELECT CASE WHEN current_setting('amphora.locked', true) = 'on'
+    AND ({_MIRROR_KEY}) IS DISTINCT FROM %(mk)s AND NOT EXISTS (SELECT FROM m WHERE data IS NULL)
+    THEN greatest(%(tid)s::bigint, (SELECT max(tid) FROM transactions) + 1) END)
+SELECT NULL::bigint AS oid, t.tid, NULL::bytea,
+       set_config('amphora.tid', coalesce(t.tid::text, 'stop'), true),
+       set_config('amphora.merged', (SELECT coalesce(string_agg(oid || ':' || encode(data, 'hex'),
+                                                                ','), '') FROM m), true),
+       (extract(epoch FROM clock_timestamp()) * 1000000)::bigint
+FROM t
+UNION ALL SELECT oid, tid, data, NULL, NULL, NULL FROM m""" for keep_history, table in (
+    (True, "revisions"), (False, "replaced"))}
+_SET_TID = "current_setting('amphora.tid')::bigint"
+_UNLOCK_TIMED = ("SELECT pg_advisory_unlock_all(),"
+                 " (extract(epoch FROM clock_timestamp()) * 1000000)::bigint")
+
+
+def _at_once(sql: str, replacing: bool) -> str:
+    """A write statement of a commit in one round trip: with the tid that _SERVER_MERGE
+    set and, ``replacing`` objects, the records it merged."""
+    found = _AT_ONCE.get(sql)
+    if found is None:
+        found = sql.replace("%(tid)s", _SET_TID)
+        if replacing:
+            found = found.replace(_PLAIN_ROWS.replace("%(tid)s", _SET_TID), _MERGED_ROWS)
+        found = _AT_ONCE[sql] = found
+    return found
+
+
+_AT_ONCE: dict[str, str] = {}
+
+
 # Prefixed (in a WITH) to the statement that replaces the rows (see _WRITES): the
 # revisions replaced, archived by the same statement (its parts all read the rows as they
 # were before it)
@@ -262,6 +350,13 @@ _DOCUMENTED_ROWS = _ROWS.format(texts=", (string_to_array(%(classes)s, chr(30)))
                                 **_DOCUMENTED)
 _DOCUMENTED_ARRAY_ROWS = _ROWS.format(texts=", %(classes)s::text[], %(states)s::text[]",
                                       **_DOCUMENTED)
+# ... in a commit in one round trip, with the records the server merged (_SERVER_MERGE)
+_MERGED_ROWS = f"""
+SELECT w.oid, w.tid, coalesce(g.data, w.data), w.refs
+FROM ({_PLAIN_ROWS.replace("%(tid)s", _SET_TID)}) AS w(oid, tid, data, refs)
+LEFT JOIN (SELECT split_part(e, ':', 1)::bigint, decode(split_part(e, ':', 2), 'hex')
+           FROM unnest(string_to_array(current_setting('amphora.merged'), ',')) AS e
+          ) AS g(oid, data) ON g.oid = w.oid"""
 _COLUMNS = "INSERT INTO objects (oid, tid, data, refs) {rows}"
 _DOCUMENTED_COLUMNS = ("INSERT INTO objects (oid, tid, data, refs, class_name, state, state_tid)"
                        " {rows}")
@@ -311,6 +406,7 @@ _MERGES_BEFORE_LOCK = 2
 #: commits of up to this many records get the states of those replaced while they waited
 #: for the commit lock with the lock (see _UNDER_LOCK); larger ones ask if they need them
 _STATES_WITH_LOCK = 64
+_COUNTED = 2 ** 62  # a counter's number the server merges (sums stay in 64 bits)
 _OID_BLOCK = 64                      # oids first reserved per round trip to the sequence
 _OID_BLOCK_MAX = 4096                # ... doubling with each reservation up to this
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}\Z")
@@ -426,7 +522,11 @@ class PostgreSQLStorage(CachedRecordsMixin, SchemaMixin, PackMixin, MirrorMixin,
     by a commit that finds it lost a race) that serializes writers of this schema
     across processes, checks conflicts against what is committed under it, picks a tid
     above every committed tid and writes; ``tpc_finish`` commits, which is the
-    durability point, and the commit sends ``NOTIFY amphora_<schema>`` with its tid.
+    durability point, and the commit sends ``NOTIFY amphora_<schema>`` with its tid. A
+    small commit sends its writes (and, finished by its vote, its ``COMMIT``) with the
+    statements that take the lock, in one round trip: the server picks the tid, merges
+    the counters (``BTrees.Length``) replaced while it waited, and does not write if
+    anything else it read was replaced; the client then goes on as for a larger commit.
     ``sync()`` reports transactions committed elsewhere to the registered database, in
     tid order, before ``lastTransaction()`` shows them (one indexed query);
     :meth:`poll` waits for such a commit, woken by the notification.
@@ -899,20 +999,58 @@ class PostgreSQLStorage(CachedRecordsMixin, SchemaMixin, PackMixin, MirrorMixin,
 
     def _write(self, conn: Any, finish: bool = False) -> None:
         """Check conflicts and write the transaction, inside one database transaction;
-        with ``finish``, commit it in the same round trip as the writes."""
+        with ``finish``, commit it in the same round trip as the writes. A commit that
+        fits (see :meth:`_fits_at_once`) sends its writes with the statements that take
+        the lock, and is made in that one round trip unless it must merge what the
+        server does not (see _SERVER_MERGE)."""
         stores = self._stores
         oids = list(stores)
         keys = _ints(b"".join(oids))
         reads = _ints(b"".join(map(self._serials.__getitem__, oids)))
-        last, mirror, made, load_serial = self._lock_and_check(conn, oids, keys, reads)
-        tid = self._next_tid(max(_pack(last), self._ltid))
-        tid_i = _u(tid)
-        datas = [data or b"" for data in stores.values()]  # resolved conflicts replaced some
+        at_once = None
+        if self._fits_at_once(len(keys)):
+            made = _Made([data or b"" for data in stores.values()], False)
+            tid_i = _u(self._next_tid(self._ltid))  # (the server's if not above the last)
+            at_once = (self._writes(tid_i, oids, keys, reads, False, made, finish, True),
+                       tid_i, made)
+        last, mirror, made, load_serial, written = self._lock_and_check(conn, oids, keys,
+                                                                        reads, at_once)
+        if written is not None:  # made in the first round trip
+            tid, (_, inserting), results = written
+        else:
+            tid = self._next_tid(max(_pack(last), self._ltid))
+            # With a sync mirror, each row carries its document (written by the same
+            # statement)
+            mirrored = self._mirror_synced = self._mirror_documented(mirror)
+            statements, inserting = self._writes(_u(tid), oids, keys, reads, mirrored, made,
+                                                 finish)
+            if finish:
+                self._voted_tid = tid  # (before the COMMIT: a failed one is not retried)
+            results = wire.run(conn, statements, begin=True)
+        self._lock_asked = self._lock_asked and not finish
+        inserted = None if inserting is None else results[inserting]
+        creating = [key for key, read in zip(keys, reads) if not read]
+        if inserted is not None and inserted.rowcount != len(creating):
+            made_rows = {oid for (oid,) in inserted.rows}
+            taken = [key for key in creating if key not in made_rows]
+            found = dict(conn.execute(_CURRENT_SERIALS, (taken,)).fetchall())
+            stale = [oid for oid, key in zip(oids, keys) if key in found]
+            self._check_conflicts({oid: _pack(found[_u(oid)]) for oid in stale},
+                                  load_serial, stale)
+            raise StorageError("a new object's row exists, but no conflict was found")
+        self._write_blobs(conn, _u(tid))  # in this transaction: committed with the records
+        self._voted_tid = tid
+
+    def _writes(self, tid_i: int, oids: list[bytes], keys: list[int], reads: list[int],
+                mirrored: bool, made: _Made, finish: bool, at_once: bool = False
+                ) -> tuple[list[tuple[str, Any]], int | None]:
+        """The statements that write the commit as ``tid_i`` (``at_once``: as the tid the
+        server sets, see _SERVER_MERGE) and, with ``finish``, commit it, and the index of
+        the one that inserts new objects (None: none)."""
+        datas = [data or b"" for data in self._stores.values()]  # merges replaced some
         replacing = sorted([(key, data) for key, read, data in zip(keys, reads, datas) if read])
         creating = sorted([(key, data) for key, read, data in zip(keys, reads, datas) if not read])
         user, description, extension = self._meta
-        # With a sync mirror, each row carries its document (written by the same statement)
-        mirrored = self._mirror_synced = self._mirror_documented(mirror)
         # The transaction's row goes with the first write (see _TRANSACTION_ROW)
         row = {"tid": tid_i, "user": user, "description": description,
                "extension": extension, "written": b"".join(oids), "channel": self._channel}
@@ -923,11 +1061,12 @@ class PostgreSQLStorage(CachedRecordsMixin, SchemaMixin, PackMixin, MirrorMixin,
             how, params = self._row_params(tid_i, replacing, mirrored, made)
             params["replaced"] = _array([key for key, _ in replacing])
             params.update(row)
-            statements.append((f"WITH {_TRANSACTION_ROW}, {_ARCHIVING[self.keep_history]} "
-                               f"{_WRITES[how][0]}", params))
+            write = (f"WITH {_TRANSACTION_ROW}, {_ARCHIVING[self.keep_history]} "
+                     f"{_WRITES[how][0]}")
+            statements.append((_at_once(write, True) if at_once else write, params))
             row = None
         if not self.keep_history:
-            horizon = pack_tid(max(tid_time(tid) - self.conflict_window, 0))
+            horizon = pack_tid(max(tid_time(_pack(tid_i)) - self.conflict_window, 0))
             statements.append((_PRUNE_REPLACED, (_u(horizon),)))
         inserting = None
         if creating:
@@ -938,9 +1077,10 @@ class PostgreSQLStorage(CachedRecordsMixin, SchemaMixin, PackMixin, MirrorMixin,
                 insert = f"WITH {_TRANSACTION_ROW} {insert}"
                 row = None
             inserting = len(statements)
-            statements.append((insert, params))
+            statements.append((_at_once(insert, False) if at_once else insert, params))
         if row is not None:  # no record written (an empty commit)
-            statements.append((_INSERT_TRANSACTION, row))
+            statements.append((_at_once(_INSERT_TRANSACTION, False) if at_once
+                               else _INSERT_TRANSACTION, row))
         # New oids, stored without new_oid or not (a replaced object's was passed when it
         # was made; a restored one may be new, though read at its tid)
         self._top_oid = max([key for key, _ in creating]
@@ -948,31 +1088,38 @@ class PostgreSQLStorage(CachedRecordsMixin, SchemaMixin, PackMixin, MirrorMixin,
         if self._top_oid >= 0:
             statements.append((_PASS_OID, (self._top_oid, self._top_oid)))
         if finish:
-            self._voted_tid = tid  # (before the COMMIT: a failed one is not retried)
-            statements += [("COMMIT", ()), (_UNLOCK, ())]
-        results = wire.run(conn, statements, begin=True)
-        self._lock_asked = self._lock_asked and not finish
-        inserted = None if inserting is None else results[inserting]
-        if inserted is not None and inserted.rowcount != len(creating):
-            made = {oid for (oid,) in inserted.rows}
-            taken = [key for key, _ in creating if key not in made]
-            found = dict(conn.execute(_CURRENT_SERIALS, (taken,)).fetchall())
-            stale = [oid for oid, key in zip(oids, keys) if key in found]
-            self._check_conflicts({oid: _pack(found[_u(oid)]) for oid in stale},
-                                  load_serial, stale)
-            raise StorageError("a new object's row exists, but no conflict was found")
-        self._write_blobs(conn, tid_i)  # in this transaction: committed with the records
-        self._voted_tid = tid
+            statements += [("COMMIT", ()), (_UNLOCK_TIMED if at_once else _UNLOCK, ())]
+        return statements, inserting
 
-    def _lock_and_check(self, conn: Any, oids: list[bytes], keys: list[int], reads: list[int]
-                        ) -> tuple[int, str | None, _Made, Callable[[bytes, bytes], bytes]]:
+    def _fits_at_once(self, count: int) -> bool:
+        """Whether a commit of ``count`` records is sent with the statements that take the
+        lock (see _SERVER_MERGE): one that gives the lock back if it lost (small, and
+        merged by the storage's resolver or none), and has no blob, restore or tid of its
+        own, and whose records go without documents (the last commit wrote none: the
+        server checks that the mirror still wants none)."""
+        return count <= _STATES_WITH_LOCK and self._tid is None and not self._restored \
+            and not (self._staged_blobs or self._copied_blobs) and not self._mirror_synced \
+            and self._conflict_resolver() in (resolve_record, None)
+
+    def _lock_and_check(self, conn: Any, oids: list[bytes], keys: list[int], reads: list[int],
+                        at_once: tuple[tuple[list[tuple[str, Any]], int | None], int, _Made]
+                        | None = None) -> tuple[int, str | None, _Made,
+                                                Callable[[bytes, bytes], bytes], Any]:
         """Take the commit lock and check the transaction's conflicts under it: those that
         may be merged are, the others raised. Returns the last committed tid, the value
         of the mirror's key (read under the lock), the written records' references and
-        documents (made while the server takes the lock) and the ``load_serial`` of
-        conflict resolution (in this transaction). Others' commits since the last sync
-        are left in ``_pending`` (and pack's ``_pending_packed``), to be reported before
-        this one.
+        documents (made while the server takes the lock), the ``load_serial`` of
+        conflict resolution (in this transaction) and None. Others' commits since the
+        last sync are left in ``_pending`` (and pack's ``_pending_packed``), to be
+        reported before this one.
+
+        ``at_once``: the statements that write the commit as the server's tid (and the
+        index of its insert of new objects), the client's tid and the records'
+        references, sent with the first round trip (see _SERVER_MERGE). If they wrote
+        it, the last item returned is ``(tid, those statements, their results)``, and
+        the records the server merged are this commit's stores. If not, the
+        transaction is rolled back (the lock kept, if held) and the commit goes on as
+        one without them.
 
         Conflicts that may be merged are merged before the lock, against the states
         committed then, up to ``_MERGES_BEFORE_LOCK`` times (each merge makes its record
@@ -1003,12 +1150,12 @@ class PostgreSQLStorage(CachedRecordsMixin, SchemaMixin, PackMixin, MirrorMixin,
         gives_back = len(keys) <= _STATES_WITH_LOCK and \
             self._conflict_resolver() in (resolve_record, None)
 
-        def under_lock(checked: dict[str, str]) -> tuple[str, Any]:
+        def under_lock(checked: dict[str, str], states: bool = True) -> tuple[str, Any]:
             """Sent after the lock, in its round trip: the pack marker, the mirror's key,
             whether the lock was given back (a record of ``checked`` replaced that does not
             merge), others' commits since the last sync and, for a small commit that may
             merge, the states of its records replaced meanwhile (see _UNDER_LOCK)."""
-            if not with_states:
+            if not (with_states and states):
                 return _UNDER_LOCK, {"l": ltid, **checked}
             replacing = [(key, read) for key, read in zip(keys, reads) if merges.get(key)]
             return (_UNDER_LOCK_WITH_STATES[self.keep_history],
@@ -1024,11 +1171,17 @@ class PostgreSQLStorage(CachedRecordsMixin, SchemaMixin, PackMixin, MirrorMixin,
             flags = ",".join(["t" if merges.get(key) else "f" for key in read])
             checking = {"o": _array(read), "t": _array(read.values()), "m": f"{{{flags}}}"}
             self._lock_asked = True
-            answers = wire.send(conn, [
-                (_COMMIT_LOCK_IF_CURRENT[self.keep_history],
-                 (checking["o"], checking["t"], checking["m"])),
-                # (a commit whose reads all merge never gives the lock back)
-                under_lock(checking if gives_back and "f" in flags else _KEEPS)], begin=True)
+            first = at_once is not None and lost == 0
+            asked = [(_COMMIT_LOCK_IF_CURRENT[self.keep_history],
+                      (checking["o"], checking["t"], checking["m"])),
+                     # (a commit whose reads all merge never gives the lock back)
+                     under_lock(checking if gives_back and "f" in flags else _KEEPS,
+                                states=not first)]
+            if first:
+                (writes, inserting), tid_i, made = at_once  # type: ignore[misc]
+                asked += [(_SERVER_MERGE[self.keep_history],
+                           self._server_merges(oids, keys, reads, merges, tid_i))] + writes
+            answers = wire.send(conn, asked, begin=True)
             # While the server takes the lock (or waits for it): each record's
             # references and, if the last commit wrote documents, its document, by
             # id() of the record (one replaced by a merge gets its own later). An
@@ -1036,7 +1189,17 @@ class PostgreSQLStorage(CachedRecordsMixin, SchemaMixin, PackMixin, MirrorMixin,
             if made is None:
                 made = _Made([data or b"" for data in self._stores.values()],
                              self._mirror_synced)
-            locking, changes = answers.receive()
+            if first:
+                written = self._written_at_once(conn, answers,
+                                                timed=writes[-1][0] is _UNLOCK_TIMED)
+                if written[0] is not None:
+                    return (0, None, made, load_serial,
+                            (written[0], (writes, inserting), written[2]))
+                locking, changes = written[1]
+                rows_have_states = False
+            else:
+                locking, changes = answers.receive()
+                rows_have_states = with_states
             checked = locking.rows
             seen, locked = next((tid, lock) for key, tid, lock, _, _ in checked if key is None)
             # (0: gone)
@@ -1056,6 +1219,7 @@ class PostgreSQLStorage(CachedRecordsMixin, SchemaMixin, PackMixin, MirrorMixin,
                     asked.append((_STATES, merging))
                 self._lock_asked = True
                 _, changes, *fetched = wire.run(conn, asked, begin=True)
+                rows_have_states = with_states
                 if fetched:
                     _keep_states(states, fetched[0].rows)
                 break
@@ -1071,7 +1235,7 @@ class PostgreSQLStorage(CachedRecordsMixin, SchemaMixin, PackMixin, MirrorMixin,
         (_, _, packed, mirror, *_, given_back), *rows = changes.rows
         if not given_back:
             self._lock_taken = time.perf_counter()
-        if with_states:
+        if rows_have_states:
             _keep_states(states, [(oid, tid, data) for tid, _, _, _, oid, data, _, _, _
                                   in rows if oid is not None])
             _keep_states(states, [(oid, read, old) for _, _, _, _, oid, _, read, old, _
@@ -1095,7 +1259,59 @@ class PostgreSQLStorage(CachedRecordsMixin, SchemaMixin, PackMixin, MirrorMixin,
                                 "waited for the commit lock")
         self._pending = pending
         self._pending_packed = packed or 0
-        return max(seen, pending[-1][0] if pending else 0), mirror, made, load_serial
+        return max(seen, pending[-1][0] if pending else 0), mirror, made, load_serial, None
+
+    def _server_merges(self, oids: list[bytes], keys: list[int], reads: list[int],
+                       merges: dict[int, bool], tid_i: int) -> dict[str, Any]:
+        """The parameters of _SERVER_MERGE: the records that merge (``merges``), each with
+        its serial read and, for a counter (see amphora.symbolic.counter), its class
+        pickle and number; the client's tid."""
+        stores = self._stores
+        mo, mt, mh, mn = [], [], [], []
+        for oid, key, read in zip(oids, keys, reads):
+            if merges.get(key) and read:
+                found = counter(stores[oid])  # type: ignore[arg-type]
+                head, number = found if found is not None and \
+                    -_COUNTED <= found[1] <= _COUNTED else (b"", 0)
+                mo.append(key)
+                mt.append(read)
+                mh.append(head.hex())
+                mn.append(number)
+        return {"mo": _array(mo), "mt": _array(mt), "mn": _array(mn), "mk": "sync",
+                "mh": "{" + ",".join([f'"{head}"' for head in mh]) + "}", "tid": tid_i}
+
+    def _written_at_once(self, conn: Any, answers: wire.Answers, timed: bool
+                         ) -> tuple[bytes | None, Any, list[Any]]:
+        """The answers to a first round trip that carried the writes (see
+        _lock_and_check): ``(tid, None, results of the writes)`` if they were made,
+        else ``(None, (check, statement under the lock), [])`` once the transaction is
+        rolled back (the lock, if held, kept)."""
+        results, error = answers.receive_all()
+        locking, changes, merged, *written = results
+        if locking is None or changes is None or merged is None:
+            raise error  # type: ignore[misc]
+        _, tid, _, _, _, clock = next(row for row in merged.rows if row[0] is None)
+        if tid is None:  # (the first write failed, as it must, on "stop")
+            wire.run(conn, [("ROLLBACK", ())])
+            return None, (locking, changes), []
+        if error is not None:
+            raise error
+        (_, _, packed, _, _), *pending = changes.rows
+        self._pending = [(tid_, written_) for tid_, written_, *_ in pending]
+        self._pending_packed = packed or 0
+        stores = self._stores
+        for key, _, data, *_ in merged.rows:  # the records the server merged
+            if key is None:
+                continue
+            oid = _pack(key)
+            stores[oid] = data
+            self._resolved.append(oid)
+        if timed:  # committed, and the lock given back by _UNLOCK_TIMED
+            self.lock_holds += 1
+            self.lock_held += max(written[-1].rows[0][1] - clock, 0) / 1e6
+        else:  # held until tpc_finish: counted from here
+            self._lock_taken = time.perf_counter()
+        return _pack(tid), None, written
 
     def _merge_hints(self, oids: list[bytes], keys: list[int]) -> dict[int, bool]:
         """Which stores' conflicts the storage's own resolver would try to merge, by oid

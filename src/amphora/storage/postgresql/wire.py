@@ -204,10 +204,19 @@ class Answers:
     def receive(self) -> list[Result]:
         """Each statement's :class:`Result`, in order (a ``BEGIN`` sent with them not
         counted); raises the first statement's error, if one failed."""
+        results, error = self.receive_all()
+        if error is not None:
+            raise error
+        return results  # type: ignore[return-value]
+
+    def receive_all(self) -> tuple[list[Result | None], Exception | None]:
+        """Each statement's :class:`Result`, in order, None for one that failed or was
+        skipped after a failure, and the first statement's error (None if none failed).
+        A failure of the session itself (no answer) is raised."""
         conn = self._conn
         pgconn = conn.pgconn
         kept = iter(self._kept)
-        results: list[Result] = []
+        results: list[Result | None] = []
         error: Exception | None = None
         ended = False  # (a result of None ends a statement's results; two, the answers)
         try:
@@ -227,7 +236,7 @@ class Answers:
                 status = result.status
                 if status == _SYNC:
                     break
-                answer = Result([], 0)
+                answer: Result | None = None
                 if status in _OK:
                     try:
                         answer = Result(_rows(result), result.command_tuples or 0)
@@ -248,8 +257,7 @@ class Answers:
             prepared = _prepared.get(conn, {})
             for key in self._made:  # (perhaps not made: prepared again, by a new name)
                 prepared.pop(key, None)
-            raise error
-        return results
+        return results, error
 
 
 def _abandon(conn: Any) -> None:
