@@ -108,6 +108,25 @@ def test_an_error_is_psycopgs_and_the_session_goes_on(conn):
     assert rows.rows == [(1, b"one")]  # nothing of the failed batch
 
 
+def test_a_statement_prepared_before_an_error_stays_prepared(conn):
+    """A batch that fails keeps the statements it prepared before the failure (a
+    prepared statement outlives the transaction): sent again, they are not parsed again,
+    as a commit that loses a race at every try would otherwise have them."""
+    first = ("SELECT k FROM item WHERE k = %s", (1,))
+    failing = ("SELECT 'no number'::text::bigint + %s", (1,))
+    before = prepared_names(conn)
+    for _ in range(3):
+        with pytest.raises(psycopg.errors.InvalidTextRepresentation):
+            wire.run(conn, [first, failing, ("SELECT 3::bigint", ())], begin=True)
+        conn.rollback()
+    made = prepared_names(conn) - before
+    # the first and the failing one (its Parse answered, its execution failed) once
+    # each; the one after it never
+    assert len(made) == 2
+    assert wire.run(conn, [first])[0].rows == []
+    assert prepared_names(conn) - before == made
+
+
 def test_a_result_of_an_unknown_type_is_an_error_that_leaves_the_session_usable(conn):
     with pytest.raises(psycopg.InterfaceError, match="type oid 1184"):
         wire.run(conn, [("SELECT now()", ()), ("SELECT 1", ())])

@@ -224,7 +224,7 @@ JOIN objects AS o ON o.oid = r.oid AND o.tid <> r.tid
 LEFT JOIN {table} AS v ON v.oid = r.oid AND v.tid = r.tid
 ORDER BY oid NULLS FIRST, tid NULLS FIRST""" for keep_history, table in (
     (True, "revisions"), (False, "replaced"))}
-# -- a commit in one round trip (see PostgreSQLStorage._at_once) ------------------------
+# -- a commit in one round trip (see PostgreSQLStorage._fits_at_once) -------------------
 # The integer of a counter's record (see amphora.symbolic.counter) whose class pickle is
 # the bytes r.head: its state a PROTO 2 or 3, one of the int opcodes the pickler writes
 # for a 32-bit int (BININT1, BININT2, BININT) and STOP. NULL: anything else (LONG1, a
@@ -1293,6 +1293,9 @@ class PostgreSQLStorage(CachedRecordsMixin, SchemaMixin, PackMixin, MirrorMixin,
         _, tid, _, _, _, clock = next(row for row in merged.rows if row[0] is None)
         if tid is None:  # (the first write failed, as it must, on "stop")
             wire.run(conn, [("ROLLBACK", ())])
+            locked = next(lock for key, _, lock, _, _ in locking.rows if key is None)
+            if not locked or changes.rows[0][-1]:  # not taken, or given back
+                self._lock_asked = False
             return None, (locking, changes), []
         if error is not None:
             raise error

@@ -194,12 +194,13 @@ def adopt(conn: Any) -> Any:
 class Answers:
     """The results of statements sent by :func:`send`, read by :meth:`receive`."""
 
-    __slots__ = ("_conn", "_kept", "_made")
+    __slots__ = ("_conn", "_kept")
 
-    def __init__(self, conn: Any, kept: list[bool], made: list[tuple[bytes, tuple[int, ...]]]):
+    def __init__(self, conn: Any, kept: list[Any]):
         self._conn = conn
-        self._kept = kept  # per message answered: whether it is a statement's
-        self._made = made  # the statements prepared with these
+        # per message answered: True for a statement's, else False (BEGIN) or the key of
+        # the statement it prepares
+        self._kept = kept
 
     def receive(self) -> list[Result]:
         """Each statement's :class:`Result`, in order (a ``BEGIN`` sent with them not
@@ -216,6 +217,7 @@ class Answers:
         conn = self._conn
         pgconn = conn.pgconn
         kept = iter(self._kept)
+        unmade = []  # statements whose preparation failed or was skipped after a failure
         results: list[Result | None] = []
         error: Exception | None = None
         ended = False  # (a result of None ends a statement's results; two, the answers)
@@ -247,16 +249,18 @@ class Answers:
                     error = (errors.error_from_result(result, conn.info.encoding)
                              if status == _FATAL else errors.InterfaceError(
                                  f"unexpected result status {status!r}"))
-                if next(kept):
+                message = next(kept)
+                if message is True:
                     results.append(answer)
+                elif message is not False and status not in _OK:
+                    unmade.append(message)
             pgconn.exit_pipeline_mode()
         except BaseException:
             _abandon(conn)
             raise
-        if error is not None:
-            prepared = _prepared.get(conn, {})
-            for key in self._made:  # (perhaps not made: prepared again, by a new name)
-                prepared.pop(key, None)
+        prepared = _prepared.get(conn, {})
+        for key in unmade:  # (prepared again, by a new name, the next time it is sent)
+            prepared.pop(key, None)
         return results, error
 
 
@@ -289,8 +293,7 @@ def send(conn: Any, statements: Iterable[tuple[str, Any]], begin: bool = False) 
             types.append(oid)
             formats.append(fmt)
         encoded.append((statement.text, values, tuple(types), formats))
-    kept: list[bool] = []
-    made: list[tuple[bytes, tuple[int, ...]]] = []
+    kept: list[Any] = []  # (see Answers)
     try:
         pgconn.enter_pipeline_mode()
         if begin and pgconn.transaction_status == _IDLE:
@@ -306,8 +309,7 @@ def send(conn: Any, statements: Iterable[tuple[str, Any]], begin: bool = False) 
             if name is None:
                 name = prepared[key] = b"amphora_%d" % next(_names)
                 pgconn.send_prepare(name, text, types or None)
-                kept.append(False)
-                made.append(key)
+                kept.append(key)
             pgconn.send_query_prepared(name, values, formats or None, result_format=1)
             kept.append(True)
         pgconn.pipeline_sync()
@@ -316,7 +318,7 @@ def send(conn: Any, statements: Iterable[tuple[str, Any]], begin: bool = False) 
     except BaseException:
         _abandon(conn)
         raise
-    return Answers(conn, kept, made)
+    return Answers(conn, kept)
 
 
 def run(conn: Any, statements: Sequence[tuple[str, Any]], begin: bool = False
