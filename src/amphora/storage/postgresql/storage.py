@@ -259,13 +259,15 @@ _COUNTER_STATE = r"""'\x8003'::bytea || CASE
 # merge (committed + new - old) the server makes: then one row each (oid, committed tid,
 # merged record). The tid is the client's (%(tid)s, from its clock) or, if not above the
 # last, the last + 1. The writes read it (and the merged records) from the settings this
-# sets: 'amphora.tid' is "stop" if the commit does not go on, which fails the first
-# write (the cast to bigint), so nothing after it is done; the client then rolls back
-# and goes on as a commit in two round trips does, with the lock if it holds it. The
-# commit does not go on either if the last commit it knew of wrote no documents for the
-# mirror and a mirror kept by every commit was made meanwhile (%(mk)s: the mirror key
-# the client expects not to find). Its first row also has the server's clock (µs): the
-# lock's hold, counted to the clock of the statement that gives it back (_UNLOCK_TIMED).
+# sets: 'amphora.tid' is "stop" if the commit does not go on, and the writes then write
+# nothing (see _at_once), so that the COMMIT after them commits nothing, and
+# 'amphora.go' (kept by the session past that COMMIT) is "off", so that the statement
+# after the COMMIT does not give back a lock the commit holds. The client then goes on
+# as a commit in two round trips does, with the lock if it holds it. (Nothing raises an
+# error: the server would log every lost race.) The commit does not go on either if the
+# last commit it knew of wrote no documents for the mirror and a mirror kept by every
+# commit was made meanwhile. Its first row also has the server's clock (µs): the lock's
+# hold, counted to the clock of the statement that gives it back (_UNLOCK_TIMED).
 _SERVER_MERGE = {keep_history: f"""
 WITH r(oid, tid, head, n) AS (
   SELECT oid, tid, decode(nullif(head, ''), 'hex'), n
@@ -280,29 +282,39 @@ m AS MATERIALIZED (
   LEFT JOIN LATERAL ({_COUNTER_OF.format(record="v.data")}) AS p(n) ON true),
 t(tid) AS (
   SELECT CASE WHEN current_setting('amphora.locked', true) = 'on'
-    AND ({_MIRROR_KEY}) IS DISTINCT FROM %(mk)s AND NOT EXISTS (SELECT FROM m WHERE data IS NULL)
+    AND ({_MIRROR_KEY}) IS DISTINCT FROM 'sync' AND NOT EXISTS (SELECT FROM m WHERE data IS NULL)
     THEN greatest(%(tid)s::bigint, (SELECT max(tid) FROM transactions) + 1) END)
 SELECT NULL::bigint AS oid, t.tid, NULL::bytea,
-       set_config('amphora.tid', coalesce(t.tid::text, 'stop'), true),
+       set_config('amphora.tid', coalesce(t.tid::text, 'stop'), true)
+         || set_config('amphora.go', CASE WHEN t.tid IS NULL THEN 'off' ELSE 'on' END, false),
        set_config('amphora.merged', (SELECT coalesce(string_agg(oid || ':' || encode(data, 'hex'),
                                                                 ','), '') FROM m), true),
        (extract(epoch FROM clock_timestamp()) * 1000000)::bigint
 FROM t
 UNION ALL SELECT oid, tid, data, NULL, NULL, NULL FROM m""" for keep_history, table in (
     (True, "revisions"), (False, "replaced"))}
-_SET_TID = "current_setting('amphora.tid')::bigint"
+_GOES = "current_setting('amphora.tid') <> 'stop'"
+_SET_TID = "nullif(current_setting('amphora.tid'), 'stop')::bigint"
 _UNLOCK_TIMED = ("SELECT pg_advisory_unlock_all(),"
-                 " (extract(epoch FROM clock_timestamp()) * 1000000)::bigint")
+                 " (extract(epoch FROM clock_timestamp()) * 1000000)::bigint"
+                 " WHERE current_setting('amphora.go') = 'on'")
 
 
 def _at_once(sql: str, replacing: bool) -> str:
     """A write statement of a commit in one round trip: with the tid that _SERVER_MERGE
-    set and, ``replacing`` objects, the records it merged."""
+    set and, ``replacing`` objects, the records it merged; it writes nothing if the
+    commit does not go on (each row it inserts, archives or replaces is selected only
+    then)."""
     found = _AT_ONCE.get(sql)
     if found is None:
-        found = sql.replace("%(tid)s", _SET_TID)
-        if replacing:
-            found = found.replace(_PLAIN_ROWS.replace("%(tid)s", _SET_TID), _MERGED_ROWS)
+        rows = _MERGED_ROWS if replacing else f"{_PLAIN_ROWS}\nWHERE {_GOES}"
+        found = sql.replace(_TRANSACTION_VALUES, _TRANSACTION_VALUES.replace(
+            "VALUES (", "SELECT ").removesuffix(")") + f" WHERE {_GOES}")
+        found = found.replace(_ARCHIVED, f"{_ARCHIVED} AND {_GOES}")
+        found = found.replace(_PLAIN_ROWS, rows).replace("%(tid)s", _SET_TID)
+        if found.count(_GOES) != (_TRANSACTION_VALUES in sql) + ("INSERT INTO objects" in sql) \
+                + (_ARCHIVED in sql):
+            raise AssertionError(f"a write not stopped by _SERVER_MERGE: {sql}")
         found = _AT_ONCE[sql] = found
     return found
 
@@ -313,13 +325,12 @@ _AT_ONCE: dict[str, str] = {}
 # Prefixed (in a WITH) to the statement that replaces the rows (see _WRITES): the
 # revisions replaced, archived by the same statement (its parts all read the rows as they
 # were before it)
+_ARCHIVED = "WHERE oid = ANY(%(replaced)s::bigint[])"
 _ARCHIVING = {
     True: ("archived AS (INSERT INTO revisions (oid, tid, end_tid, data, refs)"
-           " SELECT oid, tid, %(tid)s::bigint, data, refs FROM objects"
-           " WHERE oid = ANY(%(replaced)s::bigint[]))"),
+           f" SELECT oid, tid, %(tid)s::bigint, data, refs FROM objects {_ARCHIVED})"),
     False: ("retained AS (INSERT INTO replaced (oid, tid, end_tid, data)"  # history-free
-            " SELECT oid, tid, %(tid)s::bigint, data FROM objects"
-            " WHERE oid = ANY(%(replaced)s::bigint[]))"),
+            f" SELECT oid, tid, %(tid)s::bigint, data FROM objects {_ARCHIVED})"),
 }
 # (with the chunks of the blob revisions forgotten: see .blobs)
 _PRUNE_REPLACED = ("WITH gone AS (DELETE FROM replaced WHERE end_tid < %s RETURNING oid, tid)"
@@ -353,7 +364,7 @@ _DOCUMENTED_ARRAY_ROWS = _ROWS.format(texts=", %(classes)s::text[], %(states)s::
 # ... in a commit in one round trip, with the records the server merged (_SERVER_MERGE)
 _MERGED_ROWS = f"""
 SELECT w.oid, w.tid, coalesce(g.data, w.data), w.refs
-FROM ({_PLAIN_ROWS.replace("%(tid)s", _SET_TID)}) AS w(oid, tid, data, refs)
+FROM ({_PLAIN_ROWS}\nWHERE {_GOES}) AS w(oid, tid, data, refs)
 LEFT JOIN (SELECT split_part(e, ':', 1)::bigint, decode(split_part(e, ':', 2), 'hex')
            FROM unnest(string_to_array(current_setting('amphora.merged'), ',')) AS e
           ) AS g(oid, data) ON g.oid = w.oid"""
@@ -389,9 +400,10 @@ _WRITES_STRICT = {
 # WITH) to the commit's first write, or alone in a commit that writes no record. (A
 # data-modifying WITH query runs to completion, its RETURNING list too, whether or not the
 # statement reads it.)
+_TRANSACTION_VALUES = ("VALUES (%(tid)s::bigint, %(user)s, %(description)s, %(extension)s,"
+                       " %(written)s)")
 _TRANSACTION_ROW = ("committed AS (INSERT INTO transactions"
-                    " (tid, username, description, extension, oids) VALUES (%(tid)s::bigint,"
-                    " %(user)s, %(description)s, %(extension)s, %(written)s)"
+                    f" (tid, username, description, extension, oids) {_TRANSACTION_VALUES}"
                     " RETURNING pg_notify(%(channel)s, tid::text))")
 _INSERT_TRANSACTION = f"WITH {_TRANSACTION_ROW} SELECT"
 _NEXT_OIDS = "SELECT nextval('oid_seq') FROM generate_series(1, %s)"
@@ -1117,9 +1129,8 @@ class PostgreSQLStorage(CachedRecordsMixin, SchemaMixin, PackMixin, MirrorMixin,
         index of its insert of new objects), the client's tid and the records'
         references, sent with the first round trip (see _SERVER_MERGE). If they wrote
         it, the last item returned is ``(tid, those statements, their results)``, and
-        the records the server merged are this commit's stores. If not, the
-        transaction is rolled back (the lock kept, if held) and the commit goes on as
-        one without them.
+        the records the server merged are this commit's stores. If not (they wrote
+        nothing), the commit goes on as one without them, with the lock if it holds it.
 
         Conflicts that may be merged are merged before the lock, against the states
         committed then, up to ``_MERGES_BEFORE_LOCK`` times (each merge makes its record
@@ -1277,28 +1288,25 @@ class PostgreSQLStorage(CachedRecordsMixin, SchemaMixin, PackMixin, MirrorMixin,
                 mt.append(read)
                 mh.append(head.hex())
                 mn.append(number)
-        return {"mo": _array(mo), "mt": _array(mt), "mn": _array(mn), "mk": "sync",
+        return {"mo": _array(mo), "mt": _array(mt), "mn": _array(mn),
                 "mh": "{" + ",".join([f'"{head}"' for head in mh]) + "}", "tid": tid_i}
 
     def _written_at_once(self, conn: Any, answers: wire.Answers, timed: bool
                          ) -> tuple[bytes | None, Any, list[Any]]:
         """The answers to a first round trip that carried the writes (see
         _lock_and_check): ``(tid, None, results of the writes)`` if they were made,
-        else ``(None, (check, statement under the lock), [])`` once the transaction is
-        rolled back (the lock, if held, kept)."""
+        else ``(None, (check, statement under the lock), [])``: the server stopped the
+        writes (and a COMMIT sent with them committed nothing), and the lock, if held,
+        is kept."""
         results, error = answers.receive_all()
-        locking, changes, merged, *written = results
-        if locking is None or changes is None or merged is None:
-            raise error  # type: ignore[misc]
-        _, tid, _, _, _, clock = next(row for row in merged.rows if row[0] is None)
-        if tid is None:  # (the first write failed, as it must, on "stop")
-            wire.run(conn, [("ROLLBACK", ())])
-            locked = next(lock for key, _, lock, _, _ in locking.rows if key is None)
-            if not locked or changes.rows[0][-1]:  # not taken, or given back
-                self._lock_asked = False
-            return None, (locking, changes), []
         if error is not None:
             raise error
+        locking, changes, merged, *written = results
+        _, tid, _, _, _, clock = next(row for row in merged.rows if row[0] is None)
+        if tid is None:
+            locked = next(lock for key, _, lock, _, _ in locking.rows if key is None)
+            self._lock_asked = locked and not changes.rows[0][-1]  # (not given back)
+            return None, (locking, changes), []
         (_, _, packed, _, _), *pending = changes.rows
         self._pending = [(tid_, written_) for tid_, written_, *_ in pending]
         self._pending_packed = packed or 0
