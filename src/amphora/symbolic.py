@@ -124,13 +124,17 @@ def _split(record: bytes) -> tuple[bytes, int] | None:
     return None
 
 
+def _ruled(record: bytes) -> tuple[bytes, int, Callable[[int, int, int], int]] | None:
+    """The class pickle, the number and the rule of a record of a class with a rule."""
+    split = _split(record) if len(record) <= _MAX_RECORD else None
+    rule = None if split is None else RULES.get(_class_of(split[0]))  # type: ignore[arg-type]
+    return None if rule is None else (*split, rule)  # type: ignore[misc]
+
+
 def mergeable(record: bytes) -> bool:
     """Whether conflicts on ``record``'s object may be merged here (its class has a rule:
     the merge itself may still give up)."""
-    if len(record) > _MAX_RECORD:
-        return False
-    split = _split(record)
-    return split is not None and _class_of(split[0]) in RULES
+    return _ruled(record) is not None
 
 
 def counter(record: bytes) -> tuple[bytes, int] | None:
@@ -138,10 +142,8 @@ def counter(record: bytes) -> tuple[bytes, int] | None:
     (``committed + new - old``), or None: one whose merge may be done by anyone who can
     add, with the bytes of its class pickle compared and the number's opcode read (the
     PostgreSQL storage does it in SQL, see amphora.storage.postgresql)."""
-    if len(record) > _MAX_RECORD:
-        return None
-    split = _split(record)
-    return split if split is not None and RULES.get(_class_of(split[0])) is _add else None
+    found = _ruled(record)
+    return found[:2] if found is not None and found[2] is _add else None
 
 
 def merge(old: bytes, committed: bytes, new: bytes) -> bytes | None:

@@ -958,11 +958,13 @@ def two_databases(open_storage, value):
 
 
 class Sent(list):
-    """Statements sent (and ``params``: those sent on the wire, with their parameters)."""
+    """Statements sent (and ``params``: those sent on the wire, with their parameters;
+    ``batches``: the statements of each round trip on the wire)."""
 
     def __init__(self):
         super().__init__()
         self.params: list[tuple[str, object]] = []
+        self.batches: list[list[str]] = []
 
 
 def statements_of(monkeypatch, storage, events: list[str] | None = None) -> list[str]:
@@ -986,6 +988,7 @@ def statements_of(monkeypatch, storage, events: list[str] | None = None) -> list
             for statement, params in statements:
                 noted(statement)
                 sent.params.append((str(statement), params))
+            sent.batches.append([str(statement) for statement, _ in statements])
         return send(connection, statements, *args, **options)
     monkeypatch.setattr(conn, "execute", lambda statement, *args, **kwargs:
                         noted(statement) or execute(statement, *args, **kwargs))
@@ -1033,7 +1036,7 @@ def test_a_conflict_found_before_the_lock_is_raised_without_waiting_for_it(open_
     conns[0].root()["x"]["early"] = 1
     managers[0].commit()
     holds = dbs[1].storage.lock_holds
-    batches = batches_of(monkeypatch, dbs[1].storage)
+    batches = statements_of(monkeypatch, dbs[1].storage).batches
     with pytest.raises(Conflict):
         managers[1].commit()
     assert dbs[1].storage.lock_holds == holds  # refused without the lock
@@ -1109,23 +1112,6 @@ def test_only_a_commit_that_may_merge_asks_for_states_with_the_lock(open_storage
         db.close()
 
 
-def batches_of(monkeypatch, storage) -> list[list[str]]:
-    """The batches (round trips) ``storage``'s writing connection sends through the wire
-    from now on, each the list of its statements."""
-    from amphora.storage.postgresql import storage as module
-    batches: list[list[str]] = []
-    conn = storage._writing_connection()
-    send = module.wire.send
-
-    def sending(connection, statements, *args, **options):
-        statements = list(statements)
-        if connection is conn:
-            batches.append([statement for statement, _ in statements])
-        return send(connection, statements, *args, **options)
-    monkeypatch.setattr(module.wire, "send", sending)
-    return batches
-
-
 @pytest.mark.parametrize("value", ["PersistentMapping", "Length"])
 def test_a_small_commit_is_made_in_one_round_trip(open_storage, monkeypatch, value):
     """A small commit sends its writes and its COMMIT with the statements that take the
@@ -1146,7 +1132,7 @@ def test_a_small_commit_is_made_in_one_round_trip(open_storage, monkeypatch, val
     else:
         conns[1].root()["x"]["a"] = 1
     storage = dbs[1].storage
-    batches = batches_of(monkeypatch, storage)
+    batches = statements_of(monkeypatch, storage).batches
     holds = storage.lock_holds
     last = storage.lastTransaction()
     managers[1].commit()
@@ -1195,11 +1181,7 @@ def test_the_server_merges_a_counter_as_the_client_would(open_storage, monkeypat
     assert expected == _LENGTH + pickle.dumps(committed + new - old, 3)
     by_server = all(-2 ** 31 <= n < 2 ** 31 for n in (old, committed, new,
                                                         committed + new - old))
-    sends = []
-    from amphora.storage.postgresql import storage as module
-    send = module.wire.send
-    monkeypatch.setattr(module.wire, "send", lambda *args, **kwargs:
-                        sends.append(args[1]) or send(*args, **kwargs))
+    sends = statements_of(monkeypatch, first).batches
     if by_server:
         monkeypatch.setattr(symbolic, "merge", lambda *args: pytest.fail("merged by the client"))
     txn = TransactionMetaData()
@@ -1225,7 +1207,7 @@ def test_a_merge_the_server_does_not_make_is_made_with_the_lock_kept(open_storag
     conns[0].root()["x"]["a"] = 1
     managers[0].commit()
     storage = dbs[1].storage
-    batches = batches_of(monkeypatch, storage)
+    batches = statements_of(monkeypatch, storage).batches
     managers[1].commit()
     assert len(batches) == 2  # the writes stopped; the writes again
     assert "COMMIT" in batches[0] and "COMMIT" in batches[1]

@@ -300,14 +300,19 @@ _UNLOCK_TIMED = ("SELECT pg_advisory_unlock_all(),"
                  " WHERE current_setting('amphora.go') = 'on'")
 
 
-def _at_once(sql: str, replacing: bool) -> str:
-    """A write statement of a commit in one round trip: with the tid that _SERVER_MERGE
-    set and, ``replacing`` objects, the records it merged; it writes nothing if the
-    commit does not go on (each row it inserts, archives or replaces is selected only
-    then)."""
+def _at_once(sql: str) -> str:
+    """A statement of a commit's writes as it goes in one round trip: a write with the
+    tid that _SERVER_MERGE set and, the one that replaces objects (and archives them),
+    the records it merged, writing nothing if the commit does not go on (each row it
+    inserts, archives or replaces is selected only then); the lock given back only then
+    (_UNLOCK_TIMED); any other unchanged."""
+    if sql == _UNLOCK:
+        return _UNLOCK_TIMED
+    if "%(tid)s" not in sql:
+        return sql
     found = _AT_ONCE.get(sql)
     if found is None:
-        rows = _MERGED_ROWS if replacing else f"{_PLAIN_ROWS}\nWHERE {_GOES}"
+        rows = _MERGED_ROWS if _ARCHIVED in sql else f"{_PLAIN_ROWS}\nWHERE {_GOES}"
         found = sql.replace(_TRANSACTION_VALUES, _TRANSACTION_VALUES.replace(
             "VALUES (", "SELECT ").removesuffix(")") + f" WHERE {_GOES}")
         found = found.replace(_ARCHIVED, f"{_ARCHIVED} AND {_GOES}")
@@ -1073,9 +1078,8 @@ class PostgreSQLStorage(CachedRecordsMixin, SchemaMixin, PackMixin, MirrorMixin,
             how, params = self._row_params(tid_i, replacing, mirrored, made)
             params["replaced"] = _array([key for key, _ in replacing])
             params.update(row)
-            write = (f"WITH {_TRANSACTION_ROW}, {_ARCHIVING[self.keep_history]} "
-                     f"{_WRITES[how][0]}")
-            statements.append((_at_once(write, True) if at_once else write, params))
+            statements.append((f"WITH {_TRANSACTION_ROW}, {_ARCHIVING[self.keep_history]} "
+                               f"{_WRITES[how][0]}", params))
             row = None
         if not self.keep_history:
             horizon = pack_tid(max(tid_time(_pack(tid_i)) - self.conflict_window, 0))
@@ -1089,10 +1093,9 @@ class PostgreSQLStorage(CachedRecordsMixin, SchemaMixin, PackMixin, MirrorMixin,
                 insert = f"WITH {_TRANSACTION_ROW} {insert}"
                 row = None
             inserting = len(statements)
-            statements.append((_at_once(insert, False) if at_once else insert, params))
+            statements.append((insert, params))
         if row is not None:  # no record written (an empty commit)
-            statements.append((_at_once(_INSERT_TRANSACTION, False) if at_once
-                               else _INSERT_TRANSACTION, row))
+            statements.append((_INSERT_TRANSACTION, row))
         # New oids, stored without new_oid or not (a replaced object's was passed when it
         # was made; a restored one may be new, though read at its tid)
         self._top_oid = max([key for key, _ in creating]
@@ -1100,7 +1103,9 @@ class PostgreSQLStorage(CachedRecordsMixin, SchemaMixin, PackMixin, MirrorMixin,
         if self._top_oid >= 0:
             statements.append((_PASS_OID, (self._top_oid, self._top_oid)))
         if finish:
-            statements += [("COMMIT", ()), (_UNLOCK_TIMED if at_once else _UNLOCK, ())]
+            statements += [("COMMIT", ()), (_UNLOCK, ())]
+        if at_once:
+            statements = [(_at_once(sql), params) for sql, params in statements]
         return statements, inserting
 
     def _fits_at_once(self, count: int) -> bool:
