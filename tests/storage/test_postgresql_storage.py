@@ -414,6 +414,19 @@ def test_only_the_sessions_of_commits_and_syncs_force_generic_plans(open_storage
         conn.rollback()
 
 
+def test_a_commits_session_keeps_settings_named_amphora(open_storage):
+    """What README says of the sessions: a commit's session keeps settings of its own,
+    named amphora.*, and no other session has them."""
+    storage = open_storage()
+    commit(storage, {p64(1): record(1)})
+    storage.sync()
+    named = "SELECT current_setting('amphora.go', true)"
+    found = storage._writer.execute(named).fetchall()
+    storage._writer.rollback()
+    assert found == [("on",)]
+    assert storage._query(named) == [(None,)]
+
+
 def test_a_commit_reports_earlier_commits_of_others_first(open_storage):
     mine, theirs = open_storage(), open_storage()
     recorder = Recorder(mine)
